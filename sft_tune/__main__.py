@@ -1,0 +1,3 @@
+from sft_tune.cli import main
+
+raise SystemExit(main())

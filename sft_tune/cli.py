@@ -1,0 +1,89 @@
+"""The `sft-tune` command line: each subcommand parses its arguments and calls one public function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sft_tune.errors import InputError
+
+EXIT_INPUT = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sft_tune.config import load_config
+
+    config = load_config(args.config)
+    if args.output_dir is not None:
+        config = config.model_copy(update={"output_dir": args.output_dir.resolve()})
+    from sft_tune.run import train  # heavy imports only after the config is known to be valid
+
+    metrics = train(config, progress=not args.no_progress)
+    print(json.dumps(metrics, indent=2, default=str))
+    test = metrics.get("test")
+    if test:
+        print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  (model: {metrics['model_dir']})")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sft_tune.predict import predict, write_jsonl
+
+    records = predict(args.model, args.input, args.text_column, args.batch_size)
+    if args.output is None:
+        write_jsonl(records, sys.stdout)
+        return 0
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    with open(tmp, "w") as handle:
+        count = write_jsonl(records, handle)
+    os.replace(tmp, args.output)
+    print(f"wrote {count} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sft-tune",
+        description="Two-phase supervised fine-tuning: phase 1 minimizes L_lm + alpha * L_task on "
+        "unlabelled and labelled data through one backbone, phase 2 minimizes L_task.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train both phases from a run config, test, export", description="Train both phases from a run config (YAML; see README 'Config reference'), evaluate on the test file, and export a Hugging Face model folder to OUTPUT_DIR/model.")
+    train.add_argument("--config", type=Path, required=True, help="run config YAML file")
+    train.add_argument("--output-dir", type=Path, default=None, help="override the config's output_dir")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    train.set_defaults(func=_train)
+
+    predict = sub.add_parser("predict", help="label texts with an exported model (JSONL out)", description="Label each text of INPUT (CSV, JSONL, Parquet or dataset folder) with an exported model; writes one JSON line per text with the label and the probability of every label.")
+    predict.add_argument("--model", type=Path, required=True, help="exported model folder (OUTPUT_DIR/model)")
+    predict.add_argument("--input", type=Path, required=True, help="file of texts to label")
+    predict.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    predict.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")
+    predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"sft-tune {args.command}: {err.render()}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"sft-tune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The run configuration: one YAML file, typed and strict.
+
+Unknown keys and bad values are all reported at once (see `errors.InputError`) before any model
+loads. Relative paths in the file are resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sft_tune.errors import InputError, Problem, fail
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which pretrained transformer to fine-tune, and for which task."""
+
+    name_or_path: str = Field(description="Hugging Face hub id or local model folder.")
+    task: str = Field(
+        "classification",
+        description="Task head to train; one of the names in `sft_tune.tasks.TASKS`.",
+    )
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        from sft_tune.tasks import TASKS
+
+        if task not in TASKS:
+            raise ValueError(f"must be one of {sorted(TASKS)}")
+        return task
+
+    lm_objective: Literal["auto", "masked", "causal"] = Field(
+        "auto",
+        description="Language-model loss of phase 1: masked-LM (encoders), next-token (decoders), "
+        "or auto (from the architecture).",
+    )
+
+
+class DataConfig(_Strict):
+    """Labelled and unlabelled data files, and how to read them."""
+
+    train: Path = Field(description="Labelled training file (CSV, JSONL, Parquet or a saved `datasets` folder).")
+    test: Path | None = Field(None, description="Labelled test file, evaluated once after phase 2.")
+    unlabelled: list[Path] = Field(
+        default_factory=list, description="Unlabelled in-domain text files for the phase-1 LM loss."
+    )
+    text_column: str = Field("text", description="Column holding the text in labelled files.")
+    label_column: str = Field("label", description="Column holding the label in labelled files.")
+    unlabelled_text_column: str = Field("text", description="Column holding the text in unlabelled files.")
+    labels: list[str] | None = Field(
+        None, description="The label set, in order; inferred (sorted) from the training file when absent."
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated).")
+    labelled_text_for_lm: bool = Field(
+        True, description="Whether the labelled training texts also feed the phase-1 LM loss."
+    )
+    validation_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="Stratified share of the labelled training file held out for per-epoch evaluation "
+        "(0 = none).",
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where tokenized data is cached by content (default: ~/.cache/sft-tune)."
+    )
+
+
+class Phase1Config(_Strict):
+    """Phase 1: minimize L_lm + alpha * L_task through one shared backbone."""
+
+    steps: int = Field(200, ge=0, description="Optimizer steps of phase 1 (0 skips phase 1).")
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of phase 1.")
+    alpha: float = Field(1.0, ge=0.0, description="Weight of the task loss in phase 1 (0 = LM loss only).")
+    lm_batch_size: int = Field(32, ge=1, description="Unlabelled texts per phase-1 step.")
+    task_batch_size: int = Field(16, ge=1, description="Labelled examples per phase-1 step.")
+    mask_probability: float = Field(
+        0.15, gt=0.0, lt=1.0, description="Share of tokens selected for masked-LM (encoders)."
+    )
+
+
+class Phase2Config(_Strict):
+    """Phase 2: minimize L_task alone, from the phase-1 weights."""
+
+    epochs: int = Field(3, ge=0, description="Passes over the labelled training data.")
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of phase 2.")
+    batch_size: int = Field(16, ge=1, description="Labelled examples per phase-2 step.")
+
+
+class OptimizerConfig(_Strict):
+    """AdamW with linear warm-up and linear decay, used by both phases (each with its own schedule)."""
+
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay (not on biases/norms).")
+    warmup_ratio: float = Field(0.06, ge=0.0, le=1.0, description="Share of each phase's steps spent warming up.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 = no clipping).")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
+    eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+
+
+class RunConfig(_Strict):
+    """One two-phase fine-tuning run."""
+
+    model: ModelConfig
+    data: DataConfig
+    phase1: Phase1Config = Field(default_factory=Phase1Config)
+    phase2: Phase2Config = Field(default_factory=Phase2Config)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    seed: int = Field(42, ge=0, description="Seed for weights, data order and masking.")
+    output_dir: Path = Field(Path("runs/latest"), description="Where the exported model and metrics go.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast (GPU only); auto = bf16 on CUDA, fp32 on CPU."
+    )
+    log_every: int = Field(10, ge=1, description="Steps between progress lines.")
+
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config file; raise `InputError` listing every problem."""
+    raw = read_yaml(path, "config file")
+    return parse_config(raw, base_dir=Path(path).resolve().parent, source=str(path))
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping, turning missing files and syntax errors into `InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(str(path), str(path), f"the {what} must exist", "check the path (relative to the current folder)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise fail(str(path), "(unparsable YAML)", f"the {what} must be valid YAML ({err})", "fix the YAML syntax")
+    if not isinstance(raw, dict):
+        raise fail(str(path), raw, f"the {what} must be a YAML mapping of keys", "write `key: value` lines")
+    return raw
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str = "config") -> RunConfig:
+    """Validate a config mapping; relative paths are resolved against `base_dir`."""
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(problems_from_validation(err, RunConfig), title=f"{source}: invalid config") from None
+    return resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def resolve_paths(config: RunConfig, base_dir: Path) -> RunConfig:
+    """Make the data paths and output folder absolute, relative to the config file's folder."""
+
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (base_dir / path).resolve()
+
+    data = config.data.model_copy(
+        update={
+            "train": absolute(config.data.train),
+            "test": absolute(config.data.test) if config.data.test else None,
+            "unlabelled": [absolute(p) for p in config.data.unlabelled],
+        }
+    )
+    model = config.model
+    local = base_dir / model.name_or_path
+    if not Path(model.name_or_path).is_absolute() and local.exists():
+        model = model.model_copy(update={"name_or_path": str(local.resolve())})
+    return config.model_copy(update={"data": data, "model": model, "output_dir": absolute(config.output_dir)})
+
+
+def problems_from_validation(err: ValidationError, schema: type[BaseModel], prefix: str = "") -> list[Problem]:
+    """Turn pydantic's errors into `Problem`s that name the key, value, rule and fix."""
+    problems = []
+    for item in err.errors():
+        loc = [str(part) for part in item["loc"]]
+        where = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "(top level)"
+        kind, message = item["type"], item["msg"]
+        if kind == "extra_forbidden":
+            valid = _field_names(schema, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            problems.append(Problem(where, item["input"], "unknown key", f"{hint}valid keys here: {', '.join(valid)}"))
+        elif kind == "missing":
+            problems.append(Problem(where, None, "this key is required", f"add `{loc[-1]}:` ({_describe(schema, loc)})"))
+        else:
+            rule = message.removeprefix("Value error, ")
+            fix = f"set it to a value that satisfies the rule ({_describe(schema, loc)})"
+            problems.append(Problem(where, item.get("input"), rule, fix))
+    return problems
+
+
+def _field_names(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    model = _sub_model(schema, loc)
+    return sorted(model.model_fields) if model else []
+
+
+def _describe(schema: type[BaseModel], loc: list[str]) -> str:
+    model = _sub_model(schema, loc[:-1])
+    if model is None or not loc or loc[-1] not in model.model_fields:
+        return "see the config reference in README.md"
+    return model.model_fields[loc[-1]].description or "see the config reference in README.md"
+
+
+def _sub_model(schema: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    model: Any = schema
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None

@@ -1,0 +1,173 @@
+"""Reading labelled and unlabelled text, tokenizing once (cached by content), batching.
+
+Files are read through the `datasets` library: CSV, JSONL/JSON, Parquet, or a folder written by
+`Dataset.save_to_disk`. Every problem with a file is an `InputError` naming the file and column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import datasets
+import torch
+
+from sft_tune.errors import InputError, Problem, fail
+
+datasets.disable_progress_bars()
+datasets.logging.set_verbosity_error()
+
+READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+# Tokenization passes actually run in this process (cache hits do not count).
+TOKENIZATION_PASSES = 0
+
+
+def read_table(path: Path, what: str) -> datasets.Dataset:
+    """Read a data file (or saved dataset folder) into a `datasets.Dataset`."""
+    path = Path(path)
+    if not path.exists():
+        raise fail(str(path), str(path), f"the {what} must exist", "check the path in the config (relative paths are relative to the config file)")
+    try:
+        if path.is_dir():
+            table = datasets.load_from_disk(str(path))
+            if isinstance(table, datasets.DatasetDict):
+                if len(table) != 1:
+                    raise fail(str(path), sorted(table), f"the {what} folder must hold one split", "save a single `Dataset`, not a `DatasetDict` with several splits")
+                table = next(iter(table.values()))
+        else:
+            builder = READERS.get(path.suffix.lower())
+            if builder is None:
+                raise fail(str(path), path.suffix, f"the {what} must be one of {sorted(READERS)} or a saved dataset folder", "convert the file or rename it with the right extension")
+            kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except InputError:
+        raise
+    except Exception as err:  # any parser failure is the file's fault, reported as such
+        raise fail(str(path), f"{type(err).__name__}: {err}", f"the {what} must be readable as {path.suffix or 'a dataset folder'}", "check the file's format and encoding (UTF-8)") from None
+    if len(table) == 0:
+        raise fail(str(path), "0 rows", f"the {what} must not be empty", "point to a file with data rows")
+    return table
+
+
+def require_columns(table: datasets.Dataset, columns: Sequence[str], path: Path, what: str) -> None:
+    """Raise one error listing every missing column."""
+    problems = [
+        Problem(f"{path} column {column!r}", table.column_names, f"the {what} must have a column {column!r}", f"rename the column or set the config's column name to one of {table.column_names}")
+        for column in columns
+        if column not in table.column_names
+    ]
+    if problems:
+        raise InputError(problems, title=f"{path}: missing column")
+
+
+def text_column(table: datasets.Dataset, column: str, path: Path, what: str) -> list[str]:
+    """The column's values, which must all be non-empty strings."""
+    values = table[column]
+    bad = [(row, value) for row, value in enumerate(values) if not isinstance(value, str) or not value.strip()]
+    if bad:
+        row, value = bad[0]
+        raise fail(
+            f"{path} column {column!r} row {row + 1}",
+            value,
+            f"every value of the {what} text column must be non-empty text ({len(bad)} of {len(values)} rows are not)",
+            "remove or fill those rows, or point `text_column` at the text column",
+        )
+    return values
+
+
+def read_unlabelled(paths: Sequence[Path], column: str) -> list[str]:
+    """All unlabelled texts, in file order."""
+    texts: list[str] = []
+    for path in paths:
+        table = read_table(path, "unlabelled file")
+        require_columns(table, [column], path, "unlabelled file")
+        texts.extend(text_column(table, column, path, "unlabelled file"))
+    return texts
+
+
+@dataclass
+class Encoded:
+    """Token ids for a list of texts (kept as Python lists: cheap to pickle and to batch)."""
+
+    input_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def cache_root(configured: Path | None) -> Path:
+    """The tokenization cache folder: config, then $SFT_TUNE_CACHE, then ~/.cache/sft-tune."""
+    if configured is not None:
+        return Path(configured)
+    return Path(os.environ.get("SFT_TUNE_CACHE", Path.home() / ".cache" / "sft-tune")) / "tokenized"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides how the tokenizer turns text into ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, tokenizer.padding_side])
+    return hashlib.sha256((body + extra).encode()).hexdigest()
+
+
+def tokenize(texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path | None = None) -> Encoded:
+    """Tokenize texts with truncation, reusing an earlier result for the same texts and tokenizer."""
+    global TOKENIZATION_PASSES
+    digest = hashlib.sha256()
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    digest.update(str(max_length).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    entry = cache_root(cache_dir) / f"{digest.hexdigest()}.json"
+    if entry.is_file():
+        return Encoded(json.loads(entry.read_text()))
+    TOKENIZATION_PASSES += 1
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=entry.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(ids, handle)
+    os.replace(handle.name, entry)
+    return Encoded(ids)
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence in the batch (dynamic padding); returns (input_ids, attention_mask)."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def batch_indices(
+    size: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
+    """One epoch of index batches, shuffled when a generator is given, sharded across DDP ranks.
+
+    Every rank gets the same number of batches (the order is padded by wrapping around) so that
+    no rank waits for a gradient all-reduce that never comes.
+    """
+    order = torch.randperm(size, generator=generator).tolist() if generator is not None else list(range(size))
+    per_rank = -(-size // world_size)
+    order = (order * (world_size + 1))[: per_rank * world_size] if world_size > 1 else order
+    mine = order[rank::world_size]
+    return [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+
+
+def endless_batches(
+    size: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+) -> Iterator[list[int]]:
+    """Shuffled index batches forever (phase 1 draws a fixed number of steps, not epochs)."""
+    while True:
+        yield from batch_indices(size, batch_size, generator, rank, world_size)

@@ -1,0 +1,47 @@
+"""User-facing input errors: bad config, search space, data file or CLI argument.
+
+Each problem names the key or file as the user wrote it, the value received, the rule and the fix.
+The CLI prints them all at once and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the user's input."""
+
+    where: str
+    value: object
+    rule: str
+    fix: str
+
+    def __str__(self) -> str:
+        value = _short(self.value)
+        return f"{self.where}: got {value}; {self.rule}. Fix: {self.fix}"
+
+
+class InputError(Exception):
+    """Bad user input, reported as a list of problems (all of them, not the first one)."""
+
+    def __init__(self, problems: list[Problem], title: str = "invalid input") -> None:
+        self.problems = list(problems)
+        self.title = title
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        count = len(self.problems)
+        head = f"{self.title}: {count} problem{'s' if count != 1 else ''}"
+        return "\n".join([head] + [f"  - {problem}" for problem in self.problems])
+
+
+def fail(where: str, value: object, rule: str, fix: str, title: str = "invalid input") -> InputError:
+    """Build an `InputError` holding one problem (to `raise`)."""
+    return InputError([Problem(where, value, rule, fix)], title=title)
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,145 @@
+"""The two-phase model: a standard `AutoModelFor<Task>` plus the LM head of the same checkpoint.
+
+The LM head comes from `AutoModelForMaskedLM` (encoders) or `AutoModelForCausalLM` (decoders),
+with the checkpoint's head weights where present, and runs on the task model's own backbone, so
+both losses train the same weights. Where the architecture ties the output projection to the
+input embeddings, the head is re-tied to the task model's embeddings. Only the task model is
+exported, so the result loads with plain transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import (
+    MODEL_FOR_MASKED_LM_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+)
+from transformers import logging as hf_logging
+
+from sft_tune.config import ModelConfig
+from sft_tune.data import pad
+from sft_tune.errors import fail
+from sft_tune.losses import LossParts, causal_lm_loss, mask_tokens, masked_lm_loss, phase_loss
+
+log = logging.getLogger(__name__)
+
+
+class TwoPhaseModel(nn.Module):
+    """Task model + LM head on its backbone; `forward` returns the phase loss parts.
+
+    One `forward` computes both losses so that DDP wraps a single module call per step.
+    """
+
+    def __init__(self, task_model: nn.Module, lm_head: nn.Module, objective: str) -> None:
+        super().__init__()
+        self.task_model = task_model
+        self.lm_head = lm_head
+        self.objective = objective
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.task_model.base_model
+
+    def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Masked-LM loss (labels from `mask_tokens`) or next-token loss (labels None)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
+        if self.objective == "masked":
+            return masked_lm_loss(hidden, labels, self.lm_head)
+        return causal_lm_loss(hidden, input_ids, attention_mask, self.lm_head)
+
+    def forward(self, lm_batch: dict[str, torch.Tensor] | None, task_batch: dict[str, torch.Tensor] | None, alpha: float = 1.0) -> LossParts:
+        """Phase 1: both batches; phase 2: `lm_batch` None (no LM loss is computed)."""
+        lm = self.lm_loss(**lm_batch) if lm_batch is not None else None
+        task = None
+        if task_batch is not None:
+            if lm is not None and alpha == 0:
+                with torch.no_grad():  # logged, but it must not train the task head
+                    task = self.task_model(**task_batch).loss
+            else:
+                task = self.task_model(**task_batch).loss
+        return phase_loss(lm, task, alpha)
+
+
+def resolve_objective(model: ModelConfig, config: Any, tokenizer) -> str:
+    """masked for encoders with a mask token and an MLM head class, causal otherwise."""
+    if model.lm_objective != "auto":
+        return model.lm_objective
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING and tokenizer.mask_token_id is not None:
+        return "masked"
+    return "causal"
+
+
+def load_tokenizer(model: ModelConfig):
+    """The checkpoint's tokenizer; a missing pad token is set to EOS (decoders)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+    except (OSError, ValueError) as err:
+        raise fail("model.name_or_path", model.name_or_path, f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})", "point to a folder with config.json and tokenizer files") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise fail("model.name_or_path", model.name_or_path, "the tokenizer needs a pad or EOS token", "use a tokenizer that defines one")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) -> TwoPhaseModel:
+    """Build the task model and attach the LM head of the matching LM class."""
+    config = AutoConfig.from_pretrained(model.name_or_path)
+    objective = resolve_objective(model, config, tokenizer)
+    lm_class = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load reports below say what matters, once
+    try:
+        task_model = task.auto_model.from_pretrained(model.name_or_path, **task.model_kwargs(label_names))
+        lm_model, info = lm_class.from_pretrained(model.name_or_path, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if task_model.config.pad_token_id is None:
+        task_model.config.pad_token_id = tokenizer.pad_token_id
+    fresh = [key for key in info["missing_keys"] if not key.startswith(lm_model.base_model_prefix)]
+    if fresh:
+        log.info("LM head: %d tensors not in the checkpoint, newly initialised (%s ...)", len(fresh), fresh[0])
+    head = lm_head_of(lm_model)
+    output = lm_model.get_output_embeddings()
+    if output is not None and output.weight is lm_model.get_input_embeddings().weight:
+        output.weight = task_model.get_input_embeddings().weight  # tie to the shared backbone
+    return TwoPhaseModel(task_model, head, objective)
+
+
+def lm_head_of(lm_model: nn.Module) -> nn.Module:
+    """The LM model's head: its one child module besides the backbone."""
+    prefix = lm_model.base_model_prefix
+    heads = [module for name, module in lm_model.named_children() if name != prefix]
+    if len(heads) != 1:
+        names = [name for name, _ in lm_model.named_children()]
+        raise fail("model.name_or_path", type(lm_model).__name__, f"the LM model must be a backbone `{prefix}` plus one head module, but has children {names}", "use a BERT/RoBERTa-like encoder or a GPT/Llama-like decoder")
+    return heads[0]
+
+
+class MaskingCollator:
+    """Turns token-id lists into a padded LM batch (masked for MLM), with its own seeded RNG."""
+
+    def __init__(self, tokenizer, objective: str, probability: float, seed: int) -> None:
+        self.objective = objective
+        self.probability = probability
+        self.pad_id = tokenizer.pad_token_id
+        self.side = tokenizer.padding_side
+        self.mask_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad(sequences, self.pad_id, self.side)
+        if self.objective != "masked":
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": None}
+        special = torch.isin(input_ids, self.special_ids) | (attention_mask == 0)
+        masked, labels = mask_tokens(input_ids, special, self.mask_id, self.vocab_size, self.probability, self.generator)
+        return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}

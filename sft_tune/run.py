@@ -1,0 +1,98 @@
+"""One `sft-tune train` run: read and check the data, tokenize, train both phases, test, export."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from sklearn.model_selection import train_test_split
+
+from sft_tune.config import RunConfig
+from sft_tune.data import read_unlabelled, tokenize
+from sft_tune.errors import fail
+from sft_tune.export import export_model
+from sft_tune.model import load_model, load_tokenizer
+from sft_tune.tasks import get_task
+from sft_tune.train import FitData, Report, evaluate, fit, lm_sequences, runtime_for, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RawData:
+    """Everything read from the data files and checked, before any tokenizer or model loads."""
+
+    train: Any
+    test: Any | None
+    unlabelled: list[str]
+    label_names: list[str]
+
+
+def read_data(config: RunConfig, task) -> RawData:
+    """Read and check every data file of the config (bad files raise `InputError`)."""
+    data = config.data
+    train = task.read(data.train, data, "labelled training file")
+    names = task.label_names(train, data)
+    task.check_labels(train, names, data.train)
+    test = None
+    if data.test is not None:
+        test = task.read(data.test, data, "labelled test file")
+        task.check_labels(test, names, data.test)
+    unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column)
+    if config.phase1.steps > 0 and not unlabelled and not data.labelled_text_for_lm:
+        raise fail("phase1.steps", config.phase1.steps, "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`", "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0")
+    return RawData(train, test, unlabelled, names)
+
+
+def check_class_counts(strata: Sequence[Any], needed: int, what: str, path: Path) -> None:
+    """Every class must have `needed` examples for the split asked for."""
+    counts = Counter(strata)
+    short = {label: n for label, n in sorted(counts.items()) if n < needed}
+    if short:
+        raise fail(f"{path} labels", short, f"every class needs at least {needed} examples for {what}", "add examples of those classes, drop them from the label set, or ask for a smaller split")
+
+
+def split_validation(strata: Sequence[Any], fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
+    """Stratified (train, validation) indices; all indices to train when fraction is 0."""
+    indices = list(range(len(strata)))
+    if fraction == 0:
+        return indices, []
+    check_class_counts(strata, 2, f"a stratified validation split of {fraction}", path)
+    classes = len(set(strata))
+    if round(fraction * len(strata)) < classes:
+        raise fail("data.validation_fraction", fraction, f"the validation split must hold at least one example per class ({classes} classes, {len(strata)} examples)", "raise data.validation_fraction or add examples")
+    train, held = train_test_split(indices, test_size=fraction, stratify=list(strata), random_state=seed)
+    return sorted(train), sorted(held)
+
+
+def train(config: RunConfig, report: Report | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train both phases, evaluate on the test file, export to `output_dir/model`; returns the metrics."""
+    task = get_task(config.model.task)
+    raw = read_data(config, task)
+    train_idx, held_idx = split_validation(task.strata(raw.train), config.data.validation_fraction, config.seed, config.data.train)
+    tokenizer = load_tokenizer(config.model)
+    labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
+    unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
+    labelled_texts = task.texts(raw.train)
+    lm_ids = lm_sequences(unlabelled_ids, raw.unlabelled, labelled.input_ids, labelled_texts, train_idx, held_idx, config.data.labelled_text_for_lm)
+    data = FitData(labelled.subset(train_idx), lm_ids, labelled.subset(held_idx) if held_idx else None)
+    log.info("data: %d labelled for training, %d for validation, %d LM texts", len(train_idx), len(held_idx), len(lm_ids))
+
+    seed_everything(config.seed)
+    model = load_model(config.model, task, raw.label_names, tokenizer)
+    rt = runtime_for(config, **({"report": report} if report else {}), progress=progress)
+    model.to(rt.device)
+    result = fit(model, task, data, config, tokenizer, rt)
+
+    metrics: dict[str, Any] = {"validation": result.last_eval}
+    if raw.test is not None:
+        test = task.encode(raw.test, tokenizer, raw.label_names, config.data)
+        metrics["test"] = evaluate(model, task, test, tokenizer, rt)
+    target = config.output_dir / "model"
+    info = {"config": config.model_dump(mode="json"), "labels": raw.label_names, "metrics": metrics, "evaluations": result.evaluations}
+    export_model(model.task_model, tokenizer, target, info, result.history)
+    metrics["model_dir"] = str(target)
+    return metrics

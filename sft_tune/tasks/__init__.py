@@ -1,0 +1,19 @@
+"""Task registry: one file per task, each a `Task` (see `base.py`).
+
+Adding a task (token classification, extractive QA, generation) is adding a file here and a line
+to `TASKS`.
+"""
+
+from __future__ import annotations
+
+from sft_tune.tasks.base import Task
+from sft_tune.tasks.classification import ClassificationTask
+
+TASKS: dict[str, type[Task]] = {
+    "classification": ClassificationTask,
+}
+
+
+def get_task(name: str) -> Task:
+    """The task registered under `name` (config validation already checked the name)."""
+    return TASKS[name]()

@@ -1,0 +1,59 @@
+"""What a task provides to the two-phase loop.
+
+A task reads its labelled files, encodes them once, batches them, and scores a model. The loop
+(`sft_tune.train`) knows nothing task-specific beyond this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from sft_tune.config import DataConfig
+
+
+class Task(ABC):
+    """Base of every task. `auto_model` is the transformers Auto class of the exported model."""
+
+    name: str
+    auto_model: Any
+    metric: str  # the score a search maximizes, e.g. "macro_f1"
+
+    @abstractmethod
+    def read(self, path: Path, data: DataConfig, what: str) -> Any:
+        """Read and check one labelled file (texts and raw labels)."""
+
+    @abstractmethod
+    def label_names(self, train: Any, data: DataConfig) -> list[str]:
+        """The label set: the configured one, or inferred from the training data."""
+
+    @abstractmethod
+    def check_labels(self, labelled: Any, names: Sequence[str], path: Path) -> None:
+        """Raise `InputError` when a label is outside the label set."""
+
+    @abstractmethod
+    def encode(self, labelled: Any, tokenizer, names: Sequence[str], data: DataConfig) -> Any:
+        """Tokenize (cached) and map labels to ids; returns an object with `subset(indices)`."""
+
+    @abstractmethod
+    def texts(self, labelled: Any) -> list[str]:
+        """The labelled texts, e.g. to feed the LM loss."""
+
+    @abstractmethod
+    def strata(self, labelled: Any) -> list[Any]:
+        """One stratification key per example (folds and validation splits keep their shares)."""
+
+    @abstractmethod
+    def collate(self, examples: Any, indices: Sequence[int], pad_id: int, side: str) -> dict[str, torch.Tensor]:
+        """A padded batch with `labels`, ready for `auto_model(**batch)`."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, examples: Any, batches: list[list[int]], pad_id: int, side: str, device: torch.device) -> dict[str, float]:
+        """Metrics of `model` on `examples` (including `self.metric`)."""
+
+    def model_kwargs(self, names: Sequence[str]) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments for the task head."""
+        return {}

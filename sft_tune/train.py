@@ -1,0 +1,226 @@
+"""The two-phase loop: phase 1 (L_lm + alpha * L_task), then phase 2 (L_task), as plain functions.
+
+`fit` runs both phases on prepared, tokenized data and calls an injected `report(metrics,
+checkpoint)` after each evaluation, so the same loop runs in a unit test, in one process, and in
+a Ray Train worker. `train` is the whole `sft-tune train` run: data, model, both phases, test,
+export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup, set_seed
+
+from sft_tune.config import OptimizerConfig, RunConfig
+from sft_tune.data import batch_indices, endless_batches
+from sft_tune.model import MaskingCollator, TwoPhaseModel
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any], Any], None]
+StepLog = Callable[[dict[str, Any]], None]
+
+
+def no_report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+    """The default `report` hook: do nothing (Ray plugs its own in)."""
+
+
+@dataclass
+class Runtime:
+    """Where and how the loop runs: device, precision, DDP rank, and the injected hooks."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bf16: bool = False
+    rank: int = 0
+    world_size: int = 1
+    report: Report = no_report
+    on_step: StepLog | None = None
+    progress: bool = True
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def runtime_for(config: RunConfig, **hooks: Any) -> Runtime:
+    """Pick the device and precision the config asks for."""
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
+    return Runtime(device=device, bf16=bf16 and use_cuda, **hooks)
+
+
+@dataclass
+class FitData:
+    """What one fit needs: encoded labelled train/eval sets and the LM token-id lists."""
+
+    train: Any
+    lm_ids: list[list[int]]
+    eval: Any | None = None
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]
+
+    @property
+    def last_eval(self) -> dict[str, Any] | None:
+        return self.evaluations[-1] if self.evaluations else None
+
+
+def make_optimizer(model: nn.Module, lr: float, opt: OptimizerConfig, steps: int):
+    """AdamW (no decay on biases and norms) with linear warm-up and linear decay over `steps`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+    warmup = math.ceil(opt.warmup_ratio * steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
+
+
+def optimizer_step(model: nn.Module, optimizer, scheduler, loss: torch.Tensor, max_grad_norm: float) -> None:
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def unwrap(model: nn.Module) -> TwoPhaseModel:
+    """The TwoPhaseModel inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
+    """Minimize L_lm + alpha * L_task: each step takes one LM batch and one labelled batch."""
+    p1 = config.phase1
+    inner = unwrap(model)
+    collator = MaskingCollator(tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 1 + rt.rank)
+    order = torch.Generator().manual_seed(config.seed * 1000 + 2)
+    lm_batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size)
+    task_batches = endless_batches(len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size)
+    optimizer, scheduler = make_optimizer(model, p1.learning_rate, config.optimizer, p1.steps)
+    model.train()
+    history = []
+    bar = _progress(p1.steps, "phase 1", rt)
+    for step in range(1, p1.steps + 1):
+        lm_batch = to_device(collator([data.lm_ids[i] for i in next(lm_batches)]), rt.device)
+        task_batch = to_device(task.collate(data.train, next(task_batches), tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
+        with rt.autocast():
+            parts = model(lm_batch, task_batch, p1.alpha)
+        lr = scheduler.get_last_lr()[0]
+        optimizer_step(model, optimizer, scheduler, parts.total, config.optimizer.max_grad_norm)
+        history.append(_record(1, step, lr, parts.as_floats(), rt, bar))
+    bar.close()
+    return history
+
+
+def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, on_epoch: Callable[[int], None]) -> list[dict]:
+    """Minimize L_task alone, from the phase-1 weights; `on_epoch(epoch)` evaluates after each epoch."""
+    p2 = config.phase2
+    order = torch.Generator().manual_seed(config.seed * 1000 + 3)
+    per_epoch = len(batch_indices(len(data.train), p2.batch_size, None, rt.rank, rt.world_size))
+    optimizer, scheduler = make_optimizer(model, p2.learning_rate, config.optimizer, per_epoch * p2.epochs)
+    model.train()
+    history = []
+    bar = _progress(per_epoch * p2.epochs, "phase 2", rt)
+    step = 0
+    for epoch in range(1, p2.epochs + 1):
+        for indices in batch_indices(len(data.train), p2.batch_size, order, rt.rank, rt.world_size):
+            step += 1
+            batch = to_device(task.collate(data.train, indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
+            with rt.autocast():
+                parts = model(None, batch)
+            lr = scheduler.get_last_lr()[0]
+            optimizer_step(model, optimizer, scheduler, parts.total, config.optimizer.max_grad_norm)
+            history.append(_record(2, step, lr, parts.as_floats(), rt, bar))
+        on_epoch(epoch)
+    bar.close()
+    return history
+
+
+def evaluate(model: nn.Module, task, examples: Any, tokenizer, rt: Runtime, batch_size: int = 64) -> dict[str, float]:
+    """Task metrics of the task model on `examples` (every rank scores the whole set)."""
+    batches = batch_indices(len(examples), batch_size, None)
+    with rt.autocast():
+        return task.evaluate(unwrap(model).task_model, examples, batches, tokenizer.pad_token_id, tokenizer.padding_side, rt.device)
+
+
+def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> FitResult:
+    """Both phases on prepared data; evaluates and calls `rt.report` after phase 1 and each phase-2 epoch."""
+    evaluations: list[dict[str, Any]] = []
+
+    def checkpoint_eval(phase: int, epoch: int) -> None:
+        if data.eval is None:
+            return
+        metrics = {"phase": phase, "epoch": epoch, **evaluate(model, task, data.eval, tokenizer, rt)}
+        evaluations.append(metrics)
+        if rt.rank == 0:
+            log.info("eval after phase %d epoch %d: %s", phase, epoch, _fmt(metrics))
+        rt.report(metrics, None)
+
+    history = []
+    if config.phase1.steps > 0:
+        history += run_phase1(model, task, data, config, tokenizer, rt)
+        checkpoint_eval(1, 0)
+    history += run_phase2(model, task, data, config, tokenizer, rt, lambda epoch: checkpoint_eval(2, epoch))
+    return FitResult(history, evaluations)
+
+
+def _progress(total: int, desc: str, rt: Runtime) -> tqdm:
+    """A progress bar (steps, losses, ETA) on rank 0 only."""
+    return tqdm(total=total, desc=desc, disable=not rt.progress or rt.rank != 0 or total == 0, dynamic_ncols=True)
+
+
+def _record(phase: int, step: int, lr: float, losses: dict[str, float], rt: Runtime, bar: tqdm) -> dict[str, Any]:
+    """One step's log record; shown on the progress bar and passed to `rt.on_step`."""
+    record = {"phase": phase, "step": step, "lr": lr, **losses}
+    bar.update(1)
+    bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if not math.isnan(v)}, refresh=False)
+    if rt.on_step is not None:
+        rt.on_step(record)
+    return record
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch RNGs (weights init of new heads, dropout)."""
+    set_seed(seed)
+
+
+def lm_sequences(
+    unlabelled_ids: Sequence[list[int]],
+    unlabelled_texts: Sequence[str],
+    labelled_ids: Sequence[list[int]],
+    labelled_texts: Sequence[str],
+    train_indices: Sequence[int],
+    heldout_indices: Sequence[int],
+    include_labelled: bool,
+) -> list[list[int]]:
+    """The LM data of one split: unlabelled texts plus (optionally) the training part of the labelled
+    texts, never any held-out text (also not when the unlabelled pool happens to contain it)."""
+    heldout = {labelled_texts[i] for i in heldout_indices}
+    ids = [seq for seq, text in zip(unlabelled_ids, unlabelled_texts) if text not in heldout]
+    if include_labelled:
+        ids += [labelled_ids[i] for i in train_indices if labelled_texts[i] not in heldout]
+    return ids

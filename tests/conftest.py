@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny random BERT-like and GPT-2-like models saved to a temp folder (loaded back
+through the real `from_pretrained` path), a learnable toy sentiment set, and run configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["good", "great", "excellent", "happy", "love"]
+NEGATIVE = ["bad", "awful", "terrible", "sad", "hate"]
+NEUTRAL = ["okay", "fine", "average", "normal", "plain"]
+FILLER = "the a car road drive today city bus train ride was is it this my our very so and then".split()
+LABELS = {"positive": POSITIVE, "negative": NEGATIVE, "neutral": NEUTRAL}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_TUNE_CACHE", str(tmp_path / "cache"))
+
+
+def toy_sentence(rng: random.Random, word: str) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
+    words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
+
+
+def toy_rows(n: int, seed: int, labels: tuple[str, ...] = ("negative", "positive")) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"text": toy_sentence(rng, rng.choice(LABELS[label])), "label": label} for label in labels for _ in range(n // len(labels))]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _vocabulary() -> list[str]:
+    words = sorted({w for ws in LABELS.values() for w in ws} | set(FILLER))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + list("abcdefghijklmnopqrstuvwxyz")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT with a word-level WordPiece vocabulary, saved like a hub checkpoint."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(_vocabulary())}, do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 with a byte-level BPE trained on the toy words; no pad token (like GPT-2)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    rng = random.Random(0)
+    corpus = [toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL)) for _ in range(300)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(folder))
+    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text().splitlines() if line and not line.startswith("#")]
+    tokenizer = GPT2TokenizerFast(vocab=json.loads((folder / "vocab.json").read_text()), merges=merges)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def toy_files(tmp_path) -> dict[str, Path]:
+    """Labelled train/test CSVs and an unlabelled JSONL pool of the learnable toy sentiment task."""
+    rng = random.Random(1)
+    unlabelled = [{"text": toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL))} for _ in range(120)]
+    return {
+        "train": write_csv(tmp_path / "train.csv", toy_rows(80, seed=2)),
+        "test": write_csv(tmp_path / "test.csv", toy_rows(40, seed=3)),
+        "unlabelled": write_jsonl(tmp_path / "unlabelled.jsonl", unlabelled),
+    }
+
+
+def run_config_dict(model: Path, files: dict[str, Path], out: Path, **overrides) -> dict:
+    """A small, fast run config over the toy files (override sections with dicts)."""
+    config = {
+        "model": {"name_or_path": str(model), "task": "classification"},
+        "data": {"train": str(files["train"]), "test": str(files["test"]), "unlabelled": [str(files["unlabelled"])], "max_length": 32, "validation_fraction": 0.2},
+        "phase1": {"steps": 6, "learning_rate": 1e-3, "alpha": 1.0, "lm_batch_size": 8, "task_batch_size": 8},
+        "phase2": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8},
+        "optimizer": {"warmup_ratio": 0.0},
+        "seed": 7,
+        "output_dir": str(out),
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict):
+            config[section] = {**config.get(section, {}), **value}
+        else:
+            config[section] = value
+    return config
