@@ -49,11 +49,20 @@ def read_table(path: Path, what: str) -> datasets.Dataset:
             table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except InputError:
         raise
+    except ValueError as err:
+        if "corresponds to no data" not in str(err):  # how `datasets` says a file holds no rows
+            raise _unreadable(path, what, err) from None
+        table = []
     except Exception as err:  # any parser failure is the file's fault, reported as such
-        raise fail(str(path), f"{type(err).__name__}: {err}", f"the {what} must be readable as {path.suffix or 'a dataset folder'}", "check the file's format and encoding (UTF-8)") from None
+        raise _unreadable(path, what, err) from None
     if len(table) == 0:
         raise fail(str(path), "0 rows", f"the {what} must not be empty", "point to a file with data rows")
     return table
+
+
+def _unreadable(path: Path, what: str, err: Exception) -> InputError:
+    kind = path.suffix or "a saved dataset folder"
+    return fail(str(path), f"{type(err).__name__}: {err}", f"the {what} must be readable as {kind}", "check the file's format and encoding (UTF-8)")
 
 
 def require_columns(table: datasets.Dataset, columns: Sequence[str], path: Path, what: str) -> None:
@@ -112,7 +121,14 @@ def cache_root(configured: Path | None) -> Path:
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything that decides how the tokenizer turns text into ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # Truncation and padding are per-call settings that a call leaves behind, not identity.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        body = json.dumps(state, sort_keys=True)
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, tokenizer.padding_side])
     return hashlib.sha256((body + extra).encode()).hexdigest()
 

@@ -104,7 +104,7 @@ def toy_files(tmp_path) -> dict[str, Path]:
     rng = random.Random(1)
     unlabelled = [{"text": toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL))} for _ in range(120)]
     return {
-        "train": write_csv(tmp_path / "train.csv", toy_rows(80, seed=2)),
+        "train": write_csv(tmp_path / "train.csv", toy_rows(160, seed=2)),
         "test": write_csv(tmp_path / "test.csv", toy_rows(40, seed=3)),
         "unlabelled": write_jsonl(tmp_path / "unlabelled.jsonl", unlabelled),
     }

@@ -1,0 +1,42 @@
+import json
+
+import yaml
+
+from conftest import run_config_dict, write_csv
+from sft_tune.cli import main
+
+
+def test_bad_config_exits_2_without_traceback_and_starts_nothing(tmp_path, capsys, tiny_bert, toy_files):
+    raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"alpha": -2, "stepz": 3})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    code = main(["train", "--config", str(tmp_path / "bad.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "phase1.alpha: got -2" in err and "phase1.stepz" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys, tiny_bert, toy_files):
+    bad = write_csv(tmp_path / "bad.csv", [{"words": "a", "label": "x"}])
+    raw = run_config_dict(tiny_bert, {**toy_files, "train": bad}, tmp_path / "out")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 2
+    assert "bad.csv" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_then_predict(tmp_path, capsys, tiny_bert, toy_files):
+    raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 2}, phase2={"epochs": 1})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", "--model", str(tmp_path / "out" / "model"), "--input", str(toy_files["test"]), "--output", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 40
+    assert all(r["label"] in ("negative", "positive") and abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in records)
+
+
+def test_predict_with_a_missing_model_folder(tmp_path, capsys, toy_files):
+    assert main(["predict", "--model", str(tmp_path / "none"), "--input", str(toy_files["test"])]) == 2
+    assert "--model" in capsys.readouterr().err

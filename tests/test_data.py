@@ -1,0 +1,104 @@
+import datasets
+import pytest
+
+from conftest import run_config_dict, toy_rows, write_csv, write_jsonl
+from sft_tune.config import parse_config
+from sft_tune.errors import InputError
+from sft_tune.run import read_data, split_validation
+from sft_tune.tasks import get_task
+
+TASK = get_task("classification")
+
+
+def _read(model, files, out, **overrides):
+    return read_data(parse_config(run_config_dict(model, files, out, **overrides)), TASK)
+
+
+def _error(model, files, out, **overrides):
+    with pytest.raises(InputError) as caught:
+        _read(model, files, out, **overrides)
+    return caught.value
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "folder"])
+def test_every_format_reads_the_same(fmt, tmp_path, toy_files):
+    rows = toy_rows(20, seed=5)
+    if fmt == "csv":
+        path = write_csv(tmp_path / "t.csv", rows)
+    elif fmt == "jsonl":
+        path = write_jsonl(tmp_path / "t.jsonl", rows)
+    elif fmt == "parquet":
+        path = tmp_path / "t.parquet"
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    else:
+        path = tmp_path / "saved"
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    raw = _read("m", {**toy_files, "train": path}, tmp_path / "out")
+    assert raw.train.texts == [r["text"] for r in rows]
+    assert raw.label_names == ["negative", "positive"] and len(raw.unlabelled) == 120
+
+
+def test_missing_file(tmp_path, toy_files):
+    err = _error("m", {**toy_files, "test": tmp_path / "nope.csv"}, tmp_path)
+    assert "nope.csv" in err.problems[0].where and "must exist" in err.problems[0].rule
+
+
+def test_missing_column(tmp_path, toy_files):
+    path = write_csv(tmp_path / "t.csv", [{"sentence": "a", "label": "x"}])
+    err = _error("m", {**toy_files, "train": path}, tmp_path)
+    problem = err.problems[0]
+    assert "'text'" in problem.where and "sentence" in problem.fix
+
+
+def test_empty_file(tmp_path, toy_files):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    err = _error("m", {**toy_files, "unlabelled": path}, tmp_path)
+    assert "empty.jsonl" in err.problems[0].where
+
+
+def test_header_only_csv_is_empty(tmp_path, toy_files):
+    path = tmp_path / "head.csv"
+    path.write_text("text,label\n")
+    err = _error("m", {**toy_files, "train": path}, tmp_path)
+    assert "not be empty" in err.problems[0].rule
+
+
+def test_labels_outside_the_label_set(tmp_path, toy_files):
+    path = write_csv(tmp_path / "test.csv", toy_rows(4, seed=1) + [{"text": "the car", "label": "angry"}])
+    err = _error("m", {**toy_files, "test": path}, tmp_path)
+    assert err.problems[0].value == {"angry": 1} and "data.labels" in err.problems[0].fix
+    err = _error("m", toy_files, tmp_path, data={"labels": ["negative", "neutral"]})
+    assert err.problems[0].value == {"positive": 80}
+
+
+def test_non_text_values(tmp_path, toy_files):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "fine", "label": "a"}, {"text": 3, "label": "b"}])
+    err = _error("m", {**toy_files, "train": path}, tmp_path)
+    assert "row 2" in err.problems[0].where
+
+
+def test_empty_text_values(tmp_path, toy_files):
+    path = write_csv(tmp_path / "t.csv", [{"text": "fine", "label": "a"}, {"text": "", "label": "b"}])
+    err = _error("m", {**toy_files, "train": path}, tmp_path)
+    assert "row 2" in err.problems[0].where
+
+
+def test_class_with_too_few_examples_for_the_split(tmp_path):
+    with pytest.raises(InputError) as caught:
+        split_validation(["a"] * 10 + ["b"], 0.2, seed=0, path=tmp_path / "t.csv")
+    assert caught.value.problems[0].value == {"b": 1} and "at least 2" in caught.value.problems[0].rule
+    train, held = split_validation(["a"] * 10 + ["b"] * 10, 0.2, seed=0, path=tmp_path / "t.csv")
+    assert len(held) == 4 and not set(train) & set(held)
+
+
+def test_phase_one_needs_lm_text(tmp_path, toy_files):
+    err = _error("m", toy_files, tmp_path, data={"unlabelled": [], "labelled_text_for_lm": False})
+    assert err.problems[0].where == "phase1.steps"
+
+
+def test_unsupported_extension(tmp_path, toy_files):
+    path = tmp_path / "t.xlsx"
+    path.write_text("x")
+    err = _error("m", {**toy_files, "train": path}, tmp_path)
+    assert ".xlsx" in str(err.problems[0].value)
