@@ -135,23 +135,28 @@ def read_tweets() -> tuple[list[str], list[str], Path]:
 # ----------------------------------------------------------------------------- timing
 
 
-def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) -> dict[str, list[float]]:
+def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Run every variant `warmup + steps` times, interleaved: round r runs the variants in order
     when r is even and in reverse order when r is odd. Round r uses data item r for every variant.
-    Returns the timed (post-warm-up) seconds per step of each variant."""
+    Returns the timed (post-warm-up) seconds per step of each variant, and each variant's CPU
+    utilisation over them: process CPU seconds / wall seconds (well below the torch thread count
+    means the CPUs were shared with something else, or the variant runs single-threaded code)."""
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_seconds = {name: 0.0 for name in names}
     threads = torch.get_num_threads()
     for r in range(warmup + steps):
         for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()  # outside the timed region: no GC pause inside one variant only
             assert torch.get_num_threads() == threads, "torch thread count changed during the benchmark"
+            cpu = time.process_time()
             start = time.perf_counter()
             variants[name](r)
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 times[name].append(elapsed)
-    return times
+                cpu_seconds[name] += time.process_time() - cpu
+    return times, {name: cpu_seconds[name] / sum(times[name]) for name in names}
 
 
 def summary(values: list[float]) -> tuple[float, float, float, float]:
@@ -311,6 +316,7 @@ def profile_step(label: str, step: Callable[[int], None], r: int, rows: int = 14
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
+    hf_logging.disable_progress_bar()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -321,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print("versions: " + ", ".join(versions()))
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads} (all variants), interop threads {torch.get_num_interop_threads()}")
+    print(f"load average before start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} (well above 0 = other work shares the CPUs; timings then drift)")
     print(f"settings: {args.steps} timed + {args.warmup} warm-up steps per variant, LM batch {args.lm_batch_size}, task batch {args.batch_size}, alpha {args.alpha}, max_length {args.max_length}, mask p {MASK_PROBABILITY}, fp32, dropout on (train mode)")
 
     peak_start, peak_start_median = matmul_peak()
@@ -391,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         total.item(), lm_loss.item(), task_loss.item()
 
     print(f"\nphase 1: {rounds} rounds x 2 variants ...", flush=True)
-    p1 = race({"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps)
+    p1, p1_cpu = race({"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps)
     if args.profile:
         extra = args.warmup  # re-use a warm batch; these steps are not timed
         profile_step("sft-tune", ours_phase1, extra)
@@ -436,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         float(norm), loss.item()
 
     print(f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}) ...", flush=True)
-    p2 = race({"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps)
+    p2, p2_cpu = race({"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps)
 
     # Optimizer update alone (grads present, no clipping), to tell optimizer from forward/backward.
     def adamw_alone(model: nn.Module, opt, batch) -> float:
@@ -474,16 +481,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"padded shapes (timed steps, mean): phase-1 LM {args.lm_batch_size}x{lm_shape:.1f} with {selected:.1f} selected MLM positions, phase-1 task {args.batch_size}x{t1_shape:.1f}, phase-2 task {args.batch_size}x{t2_shape:.1f}")
     print("FLOPs/step = 6*N_enc*sum(B*T) + 12*L*h*sum(B*T^2) + 6*(h*V + h^2)*n_lm + 6*N_cls*B_task  (padded B x T; n_lm = selected MLM positions for sft-tune, all B_lm*T_lm positions for naive)")
     print()
-    header = f"{'phase':<8} {'variant':<9} {'mean s/step':>11} {'median':>8} {'min':>7} {'std':>7} {'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7}"
+    header = f"{'phase':<8} {'variant':<9} {'mean s/step':>11} {'median':>8} {'min':>7} {'std':>7} {'CPU/wall':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7}"
     print(header)
     print("-" * len(header))
     results = {}
-    for phase, timings in (("phase 1", p1), ("phase 2", p2)):
+    for phase, timings, cpu in (("phase 1", p1, p1_cpu), ("phase 2", p2, p2_cpu)):
         for name, values in timings.items():
             mean, median, low, std = summary(values)
             results[(phase, name)] = mean
             rate = fl[(phase, name)] / mean
-            print(f"{phase:<8} {name:<9} {mean:>11.3f} {median:>8.3f} {low:>7.3f} {std:>7.3f} {fl[(phase, name)]/1e9:>10.1f} {rate/1e9:>8.1f} {100*rate/peak:>6.1f}%")
+            print(f"{phase:<8} {name:<9} {mean:>11.3f} {median:>8.3f} {low:>7.3f} {std:>7.3f} {cpu[name]:>8.2f} {fl[(phase, name)]/1e9:>10.1f} {rate/1e9:>8.1f} {100*rate/peak:>6.1f}%")
     print()
     r1 = results[("phase 1", "naive")] / results[("phase 1", "sft-tune")]
     r1_med = statistics.median(p1["naive"]) / statistics.median(p1["sft-tune"])
@@ -494,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  phase 2  Trainer / sft-tune = {r2:.2f}x (medians {r2_med:.2f}x)   goal >= 1.0  {'MET' if r2 >= 1.0 else 'NOT MET'}")
     print(f"  achieved / peak: phase 1 sft-tune {100 * fl[('phase 1', 'sft-tune')] / results[('phase 1', 'sft-tune')] / peak:.1f}%, phase 2 sft-tune {100 * fl[('phase 2', 'sft-tune')] / results[('phase 2', 'sft-tune')] / peak:.1f}%")
     print(f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})")
+    print(f"load average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
 
 

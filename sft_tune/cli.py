@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from sft_tune.errors import InputError
+from sft_tune.errors import InputError, Problem
 
 EXIT_INPUT = 2
 
@@ -45,6 +45,28 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    if (args.space is None) == (args.resume is None):
+        raise InputError([Problem("--space / --resume", {"space": args.space, "resume": args.resume}, "give exactly one of --space FILE (new sweep) and --resume DIR (continue one)", "e.g. sft-tune search --space search_spaces/alpha.yaml")])
+    from sft_tune.search import format_table, run_search, sweep_dir_of, prepare
+
+    folder = sweep_dir_of(prepare(args.space, args.resume))
+    try:
+        result = run_search(args.space, args.resume, args.address)
+    except KeyboardInterrupt:
+        print(f"\nsweep interrupted; resume it with: sft-tune search --resume {folder}", file=sys.stderr)
+        return 130
+    print(format_table(result))
+    print(f"\nsweep folder: {result.sweep_dir}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db)")
+    print(f"tokenization passes in this sweep: {result.tokenization_passes}; Optuna trial states: {result.optuna_states}")
+    if result.best:
+        best = result.best
+        print(f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}")
+    if not result.complete:
+        print(f"sweep incomplete; resume it with: sft-tune search --resume {result.sweep_dir}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sft-tune",
@@ -67,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     predict.set_defaults(func=_predict)
+    search = sub.add_parser("search", help="search hyperparameters with Ray Tune + Optuna, scored by k-fold CV", description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation in one Ray Train run. Results go to STORAGE_PATH/NAME (see README 'Search').")
+    search.add_argument("--space", type=Path, default=None, help="search-space YAML (see search_spaces/)")
+    search.add_argument("--resume", type=Path, default=None, metavar="DIR", help="resume the interrupted sweep in DIR (no rerun of finished trials)")
+    search.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray with the dashboard on 127.0.0.1)")
+    search.set_defaults(func=_search)
     return parser
 
 

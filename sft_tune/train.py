@@ -44,6 +44,7 @@ class Runtime:
     report: Report = no_report
     on_step: StepLog | None = None
     progress: bool = True
+    wrap: Callable[[nn.Module], nn.Module] = lambda model: model  # e.g. DDP in a Ray Train worker
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:

@@ -20,7 +20,8 @@ class Task(ABC):
 
     name: str
     auto_model: Any
-    metric: str  # the score a search maximizes, e.g. "macro_f1"
+    metric: str  # the default score a search maximizes, e.g. "macro_f1"
+    metrics: tuple[str, ...]  # every key `evaluate` returns
 
     @abstractmethod
     def read(self, path: Path, data: DataConfig, what: str) -> Any:

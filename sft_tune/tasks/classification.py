@@ -44,6 +44,7 @@ class ClassificationTask(Task):
     name = "classification"
     auto_model = AutoModelForSequenceClassification
     metric = "macro_f1"
+    metrics = ("accuracy", "macro_f1", "loss")
 
     def read(self, path: Path, data: DataConfig, what: str) -> LabelledTexts:
         table = read_table(path, what)

@@ -1,0 +1,166 @@
+"""k-fold cross-validation of one configuration, as the loop of a Ray Train worker.
+
+The driver reads and tokenizes the data once (`prepare_sweep_data`) and shares it through the Ray
+object store. Each worker runs all folds of its trial inside one TorchTrainer run: for each fold,
+both phases train on the other folds plus the unlabelled pool (never the held-out fold's texts),
+then the held-out fold is scored and the running mean is reported, so a scheduler can stop weak
+trials after the first folds. A checkpoint after each fold lets a restored trial resume at the
+next fold.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sklearn.model_selection import StratifiedKFold
+
+from sft_tune import data as data_module
+from sft_tune.config import RunConfig
+from sft_tune.data import tokenize
+from sft_tune.model import load_model, load_tokenizer
+from sft_tune.run import check_class_counts, read_data
+from sft_tune.tasks import get_task
+from sft_tune.train import FitData, Runtime, evaluate, fit, lm_sequences, seed_everything
+
+FOLDS_FILE = "folds.json"
+# Testing hook: when set to a path that does not exist yet, the first fold of the next trial to
+# start creates the file and raises, so that tests can check retries.
+FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
+
+
+@dataclass
+class SweepData:
+    """Tokenized data shared by every trial, fold and worker of a sweep."""
+
+    labelled: Any  # the task's encoded labelled set (all training examples)
+    labelled_texts: list[str]
+    unlabelled_ids: list[list[int]]
+    unlabelled_texts: list[str]
+    label_names: list[str]
+    folds: list[tuple[list[int], list[int]]]  # (train indices, held-out indices) per fold
+    tokenization_passes: int
+
+    def fold_lm_ids(self, fold: int, include_labelled: bool) -> list[list[int]]:
+        """The LM data of one fold: never any text of its held-out part."""
+        train, held = self.folds[fold]
+        return lm_sequences(self.unlabelled_ids, self.unlabelled_texts, self.labelled.input_ids, self.labelled_texts, train, held, include_labelled)
+
+
+def make_folds(strata: list[Any], k: int, seed: int, path: Path) -> list[tuple[list[int], list[int]]]:
+    """Stratified k folds (scikit-learn), shuffled with `seed`."""
+    check_class_counts(strata, k, f"{k}-fold stratified cross-validation", path)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(train.tolist(), held.tolist()) for train, held in splitter.split(strata, strata)]
+
+
+def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
+    """Read, check and tokenize the labelled training file and unlabelled pool, once per sweep."""
+    task = get_task(config.model.task)
+    raw = read_data(config, task)
+    fold_indices = make_folds(task.strata(raw.train), folds, seed, config.data.train)
+    before = data_module.TOKENIZATION_PASSES
+    tokenizer = load_tokenizer(config.model)
+    labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
+    unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
+    return SweepData(labelled, task.texts(raw.train), unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before)
+
+
+def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None) -> list[float]:
+    """Train and score each fold from `start`; `after_fold(fold, scores, summary)` after each one."""
+    task = get_task(config.model.task)
+    scores = list(scores or [])
+    tokenizer = load_tokenizer(config.model)
+    seed_everything(config.seed)
+    model = load_model(config.model, task, data.label_names, tokenizer).to(rt.device)
+    initial = copy.deepcopy(model.state_dict())
+    wrapped = rt.wrap(model)
+    for fold in range(start, len(data.folds)):
+        _maybe_inject_fault()
+        seed_everything(config.seed + fold)
+        model.load_state_dict(initial)
+        train, held = data.folds[fold]
+        fold_data = FitData(data.labelled.subset(train), data.fold_lm_ids(fold, config.data.labelled_text_for_lm))
+        result = fit(wrapped, task, fold_data, config, tokenizer, rt)
+        metrics = evaluate(wrapped, task, data.labelled.subset(held), tokenizer, rt)
+        scores.append(metrics[metric])
+        if after_fold is not None:
+            after_fold(fold, scores, {"fold_metrics": metrics, **_loss_summary(result.history)})
+    return scores
+
+
+def fold_summary(scores: list[float]) -> dict[str, Any]:
+    """Running CV statistics after some folds."""
+    return {
+        "folds_done": len(scores),
+        "cv_mean": statistics.fmean(scores),
+        "cv_std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+        "fold_scores": json.dumps(scores),
+    }
+
+
+def _loss_summary(history: list[dict]) -> dict[str, float]:
+    """Last phase-1 and phase-2 losses of a fold, for the trial's results."""
+    summary = {}
+    for phase in (1, 2):
+        last = [h for h in history if h["phase"] == phase][-1:]
+        for key in ("lm_loss", "task_loss", "loss"):
+            if last and last[0][key] == last[0][key]:  # skip NaN (not computed)
+                summary[f"phase{phase}_{key}"] = last[0][key]
+    return summary
+
+
+def _maybe_inject_fault() -> None:
+    path = os.environ.get(FAULT_FILE_ENV)
+    if path and not os.path.exists(path):
+        Path(path).write_text("injected fault\n")
+        raise RuntimeError(f"injected fault ({FAULT_FILE_ENV}={path})")
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: all folds of one trial, one report (and checkpoint) per fold."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    config = RunConfig.model_validate(loop_config["run_config"])
+    data: SweepData = ray.get(loop_config["data_ref"][0])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    rt = Runtime(device=device, bf16=device.type == "cuda" and loop_config.get("bf16", True), rank=rank, world_size=world, progress=False)
+    rt.wrap = lambda model: ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    start, scores = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            scores = json.loads((Path(folder) / FOLDS_FILE).read_text())["scores"]
+            start = len(scores)
+
+    def after_fold(fold: int, scores: list[float], summary: dict[str, Any]) -> None:
+        metrics = {"fold": fold + 1, "fold_score": scores[-1], **fold_summary(scores), **_flat(summary), "worker_tokenization_passes": data_module.TOKENIZATION_PASSES}
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if rank == 0:
+                (Path(folder) / FOLDS_FILE).write_text(json.dumps({"scores": scores}))
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold)
+
+
+def _flat(summary: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+        else:
+            flat[key] = value
+    return flat

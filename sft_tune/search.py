@@ -1,0 +1,295 @@
+"""`sft-tune search`: Ray Tune + Optuna over the two-phase objective, scored by k-fold CV.
+
+Each Tune trial is a function trainable that launches one Ray Train `TorchTrainer` running all
+folds (see `cv.worker_loop`); the trainer's `TuneReportCallback` turns each fold's report into one
+Tune result, so ASHA can stop a trial between folds. Trials the scheduler stopped are told to
+Optuna as PRUNED (Ray's default tells them as COMPLETE with a partial score, which misleads TPE).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from ray.tune.search.optuna import OptunaSearch
+
+from sft_tune.config import parse_config
+from sft_tune.errors import fail
+from sft_tune.space import Sweep, load_space, make_sampler, to_optuna, with_params
+
+log = logging.getLogger(__name__)
+
+TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass
+class SweepResult:
+    """What a finished (or interrupted) sweep produced."""
+
+    sweep_dir: Path
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    tokenization_passes: int
+    complete: bool
+    optuna_states: dict[str, int] = field(default_factory=dict)
+
+
+def sweep_dir_of(sweep: Sweep) -> Path:
+    """The local sweep folder (storage_path/name); URIs are handled by Ray, results still land locally."""
+    storage = sweep.search.storage_path
+    base = Path(storage) if "://" not in storage else Path("runs/sweeps")
+    return (base / sweep.search.name).resolve()
+
+
+def _storage_uri(sweep: Sweep) -> str:
+    storage = sweep.search.storage_path
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+class FoldAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records trials stopped before their last fold as PRUNED."""
+
+    def __init__(self, *args: Any, folds: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._folds = folds
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error and result.get("folds_done", self._folds) < self._folds:
+            result = None  # stopped early: told without a value and without error, Optuna records PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
+
+def make_searcher(sweep: Sweep, storage_url: str) -> FoldAwareOptunaSearch:
+    """The Optuna searcher: metric and mode given here too (OptunaSearch ignores TuneConfig's)."""
+    return FoldAwareOptunaSearch(
+        space=to_optuna(sweep.params),
+        metric=TUNE_METRIC,
+        mode=sweep.search.mode,
+        sampler=make_sampler(sweep),
+        study_name=sweep.search.name,
+        storage=optuna.storages.RDBStorage(storage_url),
+        points_to_evaluate=sweep.search.initial_points or None,
+        folds=sweep.search.folds,
+    )
+
+
+def run_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
+    """Tune function trainable: one TorchTrainer run holding every fold of this configuration."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from sft_tune.cv import worker_loop
+
+    config = parse_config(with_params(shared["base"], params))
+    resources = shared["resources"]
+    use_gpu = resources["gpus_per_worker"] > 0
+    per_worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if use_gpu else {})}
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"run_config": config.model_dump(mode="json"), "data_ref": shared["data_ref"], "metric": shared["metric"]},
+        scaling_config=ray.train.ScalingConfig(num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=shared["train_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
+
+
+def prepare(space_path: Path | None = None, resume: Path | None = None) -> Sweep:
+    """Load and check the sweep (a new space file, or the snapshot of a sweep to resume)."""
+    if resume is None:
+        sweep = load_space(space_path)
+        folder = sweep_dir_of(sweep)
+        if (folder / SWEEP_FILE).exists():
+            raise fail("search.name", sweep.search.name, f"the sweep folder {folder} already holds a sweep", f"resume it with `sft-tune search --resume {folder}`, or pick another search.name")
+        return sweep
+    snapshot = Path(resume) / SWEEP_FILE
+    if not snapshot.is_file():
+        raise fail("--resume", str(resume), f"must be a sweep folder holding {SWEEP_FILE}", "pass the folder printed by the interrupted `sft-tune search`")
+    saved = json.loads(snapshot.read_text())
+    from sft_tune.space import Param, SearchSettings
+
+    return Sweep(
+        base=saved["base"],
+        base_config=parse_config(saved["base"]),
+        params={k: Param.model_validate(v) for k, v in saved["params"].items()},
+        search=SearchSettings.model_validate(saved["search"]),
+        source=saved["source"],
+    )
+
+
+def run_search(space_path: Path | None = None, resume: Path | None = None, address: str | None = None) -> SweepResult:
+    """Run (or resume) a sweep; every input is checked before Ray starts."""
+    from sft_tune.cv import prepare_sweep_data
+
+    sweep = prepare(space_path, resume)
+    folder = sweep_dir_of(sweep)
+    data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        snapshot = {"base": sweep.base, "params": {k: v.model_dump() for k, v in sweep.params.items()}, "search": sweep.search.model_dump(), "source": sweep.source}
+        (folder / SWEEP_FILE).write_text(json.dumps(snapshot, indent=2))
+    _start_ray(sweep, address)
+    tuner = _tuner(sweep, folder, data, resume is not None)
+    results = tuner.fit()
+    return summarize(sweep, folder, results, data.tokenization_passes)
+
+
+def _start_ray(sweep: Sweep, address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+    else:
+        res = sweep.search.resources
+        # Trials hold a token CPU share; their Train workers hold the real CPUs.
+        logical = max(os.cpu_count() or 1, math.ceil(res.workers * res.cpus_per_worker * sweep.search.max_concurrent))
+        ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    need_cpu = sweep.search.resources.workers * sweep.search.resources.cpus_per_worker
+    need_gpu = sweep.search.resources.workers * sweep.search.resources.gpus_per_worker
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu} CPU and {need_gpu} GPU, the cluster has {have.get('CPU', 0)} CPU and {have.get('GPU', 0)} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
+
+
+def _tuner(sweep: Sweep, folder: Path, data, restoring: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.search import ConcurrencyLimiter
+
+    settings = sweep.search
+    shared = {
+        "base": sweep.base,
+        "resources": settings.resources.model_dump(),
+        "metric": settings.metric,
+        "data_ref": [ray.put(data)],
+        "train_storage": str(folder / "train"),
+    }
+    trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"cpu": 0.01})
+    if restoring:
+        return tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    schedulers = {
+        "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=settings.folds, grace_period=1, reduction_factor=2),
+        "median": lambda: MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2),
+        "none": FIFOScheduler,
+    }
+    search = make_searcher(sweep, settings.optuna_storage or f"sqlite:///{folder / 'study.db'}")
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=TUNE_METRIC,
+            mode=settings.mode,
+            search_alg=ConcurrencyLimiter(search, max_concurrent=settings.max_concurrent),
+            scheduler=schedulers[settings.scheduler](),
+            num_samples=settings.num_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=folder.name,
+            storage_path=str(folder.parent),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def summarize(sweep: Sweep, folder: Path, results, tokenization_passes: int) -> SweepResult:
+    """Trial table, best configuration and sweep summary, written to the sweep folder."""
+    folds = sweep.search.folds
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        done = int(metrics.get("folds_done", 0))
+        status = "ERROR" if result.error else ("COMPLETE" if done == folds else ("STOPPED" if done else "NOT RUN"))
+        params = {k: v for k, v in (result.config or {}).items() if k in sweep.params}
+        trials.append({
+            "trial_id": metrics.get("trial_id", Path(result.path).name),
+            "status": status,
+            "folds_done": done,
+            "cv_mean": metrics.get("cv_mean"),
+            "cv_std": metrics.get("cv_std"),
+            "fold_scores": json.loads(metrics.get("fold_scores", "[]")),
+            "error": str(result.error).splitlines()[0] if result.error else None,
+            "worker_tokenization_passes": metrics.get("worker_tokenization_passes", 0),
+            **{f"param:{k}": v for k, v in params.items()},
+        })
+    trials.sort(key=lambda t: t["trial_id"])
+    best = _best(sweep, trials)
+    states = _optuna_states(sweep, folder)
+    passes = tokenization_passes + sum(t["worker_tokenization_passes"] for t in trials)
+    complete = sum(t["status"] in ("COMPLETE", "STOPPED", "ERROR") for t in trials) >= sweep.search.num_trials
+    _write_outputs(sweep, folder, trials, best, passes, complete, states)
+    return SweepResult(folder, trials, best, passes, complete, states)
+
+
+def _best(sweep: Sweep, trials: list[dict]) -> dict[str, Any] | None:
+    """Best finished trial by CV mean; ties go to the lower standard deviation, then the earlier trial."""
+    finished = [t for t in trials if t["status"] == "COMPLETE"]
+    if not finished:
+        return None
+    sign = -1 if sweep.search.mode == "max" else 1
+    top = min(finished, key=lambda t: (sign * t["cv_mean"], t["cv_std"], t["trial_id"]))
+    params = {k.removeprefix("param:"): v for k, v in top.items() if k.startswith("param:")}
+    return {**{k: top[k] for k in ("trial_id", "cv_mean", "cv_std", "fold_scores")}, "metric": sweep.search.metric, "params": params, "config": with_params(sweep.base, params)}
+
+
+def _optuna_states(sweep: Sweep, folder: Path) -> dict[str, int]:
+    url = sweep.search.optuna_storage or f"sqlite:///{folder / 'study.db'}"
+    try:
+        study = optuna.load_study(study_name=sweep.search.name, storage=url)
+    except KeyError:
+        return {}
+    states: dict[str, int] = {}
+    for trial in study.trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    return states
+
+
+def _write_outputs(sweep: Sweep, folder: Path, trials, best, passes: int, complete: bool, states) -> None:
+    import csv
+
+    columns = ["trial_id", "status", "folds_done", "cv_mean", "cv_std", "fold_scores", "error"] + sorted({k for t in trials for k in t if k.startswith("param:")})
+    with open(folder / "trials.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**t, "fold_scores": json.dumps(t["fold_scores"])} for t in trials)
+    (folder / "trials.json").write_text(json.dumps(trials, indent=2))
+    if best is not None:
+        (folder / "best.json").write_text(json.dumps({k: v for k, v in best.items() if k != "config"}, indent=2))
+        (folder / "best_config.yaml").write_text(yaml.safe_dump(best["config"], sort_keys=False))
+    summary = {"sweep_dir": str(folder), "complete": complete, "trials": len(trials), "tokenization_passes": passes, "optuna_states": states, "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")}, "best": {k: v for k, v in (best or {}).items() if k != "config"} or None}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def format_table(result: SweepResult) -> str:
+    """The trial table for the terminal."""
+    params = sorted({k for t in result.trials for k in t if k.startswith("param:")})
+    header = ["trial", *[p.removeprefix("param:") for p in params], "cv mean ± std", "folds", "status"]
+    rows = []
+    for t in result.trials:
+        score = f"{t['cv_mean']:.4f} ± {t['cv_std']:.4f}" if t["cv_mean"] is not None else "-"
+        rows.append([t["trial_id"], *[_short(t.get(p)) for p in params], score, str(t["folds_done"]), t["status"]])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,263 @@
+"""The search-space file: a base run config, the parameters to search, and the search settings.
+
+Parameters are addressed by dotted run-config paths (`phase1.alpha`) in Optuna's short form
+(`type: float|int|categorical`, `low`, `high`, `log`, `step`, `choices`). Everything is parsed
+and checked here, before Ray starts; `to_optuna` is the one translation to Optuna distributions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sft_tune.config import RunConfig, parse_config, problems_from_validation, read_yaml, resolve_paths
+from sft_tune.errors import InputError, Problem
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Param(_Strict):
+    """One searched parameter, Optuna's short form."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="Distribution kind.")
+    low: float | None = Field(None, description="Lower bound (float, int).")
+    high: float | None = Field(None, description="Upper bound (float, int).")
+    log: bool = Field(False, description="Sample on a log scale (float, int; low > 0).")
+    step: float | None = Field(None, description="Discretization step (float, int; not with log).")
+    choices: list[Any] | None = Field(None, description="Values to choose from (categorical).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Param":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes `choices`, not `low`/`high`")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs `low` and `high`")
+        if self.low > self.high:
+            raise ValueError(f"`low <= high` must hold, but got (low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"`low > 0` must hold with log: true, but got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("`step` and `log: true` cannot be used together")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int parameter needs whole-number bounds, but got (low={self.low}, high={self.high})")
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes `low`/`high`, not `choices`")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """The values that bound the distribution (checked against the run config's rules)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class Resources(_Strict):
+    """What each trial's Ray Train run asks for."""
+
+    workers: int = Field(1, ge=1, description="DDP workers per trial.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker (> 0 trains on GPU with NCCL).")
+
+
+class SearchSettings(_Strict):
+    """How the search runs."""
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name: folder under storage_path and Optuna study name.")
+    metric: str = Field("macro_f1", description="Task metric averaged over folds (e.g. macro_f1, accuracy).")
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower metric is better.")
+    num_trials: int = Field(8, ge=1, description="Trials to run.")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
+    sampler: str = Field("tpe", description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers class name.")
+    scheduler: Literal["asha", "median", "none"] = Field("asha", description="Early stopping between folds.")
+    folds: int = Field(3, ge=2, le=20, description="k of stratified k-fold cross-validation.")
+    seed: int = Field(0, ge=0, description="Seed of the sampler and the fold split.")
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: int = Field(1, ge=0, description="Retries of a crashing trial.")
+    storage_path: str = Field("runs/sweeps", description="Folder or URI (s3://, gs://) for results and checkpoints.")
+    optuna_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file in the sweep folder).")
+    initial_points: list[dict[str, Any]] = Field(default_factory=list, description="Configurations to try first (param -> value).")
+
+
+class SearchSpace(_Strict):
+    """The whole search-space file."""
+
+    base: str | None = Field(None, description="Path of the base run config (relative to this file).")
+    config: dict[str, Any] | None = Field(None, description="The base run config, inline.")
+    params: dict[str, Param] = Field(description="Searched parameters by dotted config path.")
+    search: SearchSettings = Field(default_factory=SearchSettings)
+
+
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "cmaes": "CmaEsSampler",
+    "qmc": "QMCSampler",
+    "gp": "GPSampler",
+    "nsga2": "NSGAIISampler",
+    "bruteforce": "BruteForceSampler",
+}
+
+
+class Sweep(BaseModel):
+    """A checked search: base config as a dict and as a typed config, params and settings."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    base: dict[str, Any]
+    base_config: RunConfig
+    params: dict[str, Param]
+    search: SearchSettings
+    source: str
+
+
+def load_space(path: str | Path) -> Sweep:
+    """Read and check a search-space file; raise `InputError` listing every problem."""
+    path = Path(path)
+    raw = read_yaml(path, "search-space file")
+    title = f"{path}: invalid search space"
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(problems_from_validation(err, SearchSpace), title=title) from None
+    problems: list[Problem] = []
+    base = _base_dict(space, path, problems)
+    base_config = None
+    if base is not None:
+        try:
+            base_config = parse_config(base, source=f"{path} base config")
+        except InputError as err:
+            problems += [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in err.problems]
+    if base_config is not None:
+        problems += _check_params(base, space.params)
+        problems += _check_settings(space, base_config)
+    if problems:
+        raise InputError(problems, title=title)
+    base_dir = (path.parent / space.base).resolve().parent if space.base else path.resolve().parent
+    resolved = resolve_paths(base_config, base_dir)
+    return Sweep(base=resolved.model_dump(mode="json"), base_config=resolved, params=space.params, search=space.search, source=str(path))
+
+
+def _base_dict(space: SearchSpace, path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    if (space.base is None) == (space.config is None):
+        problems.append(Problem("base / config", {"base": space.base, "config": "..." if space.config else None}, "give exactly one of `base` (a run-config file) and `config` (inline)", "keep one of the two keys"))
+        return None
+    if space.config is not None:
+        return space.config
+    try:
+        return read_yaml(path.parent / space.base, "base run config")
+    except InputError as err:
+        problems += [Problem("base", space.base, p.rule, p.fix) for p in err.problems]
+        return None
+
+
+def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of the base config dict with each dotted path set to its value."""
+    import copy
+
+    config = copy.deepcopy(base)
+    for dotted, value in params.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config
+
+
+def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Problem]:
+    """Every path must name a config field, and every bound or choice must be valid there."""
+    problems = []
+    for dotted, param in params.items():
+        for value in param.candidates():
+            try:
+                parse_config(with_params(base, {dotted: value}))
+            except InputError as err:
+                for p in err.problems:
+                    where = f"params.{dotted}"
+                    if p.rule == "unknown key":
+                        problems.append(Problem(where, dotted, "must be a dotted path of a run-config field", p.fix))
+                    elif p.where == dotted:
+                        problems.append(Problem(where, value, f"each bound/choice must be a valid `{dotted}`: {p.rule}", "narrow the range to valid values"))
+                    else:
+                        problems.append(Problem(where, dotted, f"must be a scalar run-config field ({p.where}: {p.rule})", "address a leaf field, e.g. phase1.alpha"))
+                break
+    return problems
+
+
+def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]:
+    from sft_tune.tasks import get_task
+
+    search, problems = space.search, []
+    task = get_task(base_config.model.task)
+    if search.metric not in task.metrics:
+        problems.append(Problem("search.metric", search.metric, f"must be a metric of the {task.name} task: {sorted(task.metrics)}", "pick one of those"))
+    try:
+        sampler_class(search.sampler)
+    except KeyError:
+        problems.append(Problem("search.sampler", search.sampler, f"must be one of {sorted(SAMPLERS)} or an optuna.samplers class name", "pick a listed sampler"))
+    if search.sampler in ("grid", "GridSampler", "bruteforce", "BruteForceSampler"):
+        for dotted, param in space.params.items():
+            if param.type == "float" and param.step is None:
+                problems.append(Problem(f"params.{dotted}", param.model_dump(exclude_none=True), f"the {search.sampler} sampler needs a finite grid", "give float parameters a `step`, or use categorical choices"))
+    for i, point in enumerate(search.initial_points):
+        unknown = sorted(set(point) - set(space.params))
+        if unknown:
+            problems.append(Problem(f"search.initial_points[{i}]", unknown, "every key must be a searched parameter", f"use keys from {sorted(space.params)}"))
+    return problems
+
+
+def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
+    """The Optuna sampler class for a short name or class name (KeyError when unknown)."""
+    cls_name = SAMPLERS.get(name.lower(), name)
+    cls = getattr(optuna.samplers, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)) or cls is optuna.samplers.BaseSampler:
+        raise KeyError(name)
+    return cls
+
+
+def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+    """Instantiate the sampler, seeded (GridSampler gets the grid of the params)."""
+    cls = sampler_class(sweep.search.sampler)
+    if cls is optuna.samplers.GridSampler:
+        return cls(_grid(sweep.params), seed=sweep.search.seed)
+    try:
+        return cls(seed=sweep.search.seed)
+    except TypeError:
+        return cls()
+
+
+def _grid(params: dict[str, Param]) -> dict[str, list[Any]]:
+    grid = {}
+    for dotted, param in params.items():
+        if param.type == "categorical":
+            grid[dotted] = list(param.choices)
+            continue
+        step = param.step or 1
+        count = int(round((param.high - param.low) / step)) + 1
+        cast = int if param.type == "int" else float
+        grid[dotted] = [cast(param.low + i * step) for i in range(count)]
+    return grid
+
+
+def to_optuna(params: dict[str, Param]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The one translation of the short form into Optuna distributions."""
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    for dotted, param in params.items():
+        if param.type == "categorical":
+            dists[dotted] = optuna.distributions.CategoricalDistribution(param.choices)
+        elif param.type == "int":
+            dists[dotted] = optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+        else:
+            dists[dotted] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    return dists
