@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,12 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             scores = json.loads((Path(folder) / FOLDS_FILE).read_text())["scores"]
             start = len(scores)
+    events = EventLog(loop_config.get("event_log"), loop_config.get("trial_id"), enabled=rank == 0)
+    events.write("start", fold=start + 1)
 
     def after_fold(fold: int, scores: list[float], summary: dict[str, Any]) -> None:
         metrics = {"fold": fold + 1, "fold_score": scores[-1], **fold_summary(scores), **_flat(summary), "worker_tokenization_passes": data_module.TOKENIZATION_PASSES}
+        events.write("fold", fold=fold + 1, score=scores[-1])
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
@@ -154,6 +158,31 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
     cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold)
+
+
+class EventLog:
+    """Append-only `events.jsonl` in the sweep folder: trial starts (retries, resumes) and folds.
+
+    Written by rank 0 where the sweep folder is reachable (a local or shared file system).
+    """
+
+    def __init__(self, path: str | None, trial_id: str | None, enabled: bool) -> None:
+        self.path = Path(path) if path and enabled and Path(path).parent.is_dir() else None
+        self.trial_id = trial_id
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        record = {"trial_id": self.trial_id, "event": event, "time": time.time(), "pid": os.getpid(), **fields}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The records of an `events.jsonl` (empty when absent)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
 SWEEP_FILE = "sweep.json"
+EVENTS_FILE = "events.jsonl"
+TRIAL_CPU = 0.01  # the Tune trial only launches a TorchTrainer (an all-zero bundle is rejected)
 
 
 @dataclass
@@ -62,6 +64,12 @@ class FoldAwareOptunaSearch(OptunaSearch):
         self._folds = folds
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # The running CV mean after each fold, as Optuna intermediate values (what TPE ranks
+            # pruned trials by).
+            scores = json.loads(result.get("fold_scores", "[]"))
+            for fold in range(1, len(scores) + 1):
+                self._ot_trials[trial_id].report(sum(scores[:fold]) / fold, fold)
         if result and not error and result.get("folds_done", self._folds) < self._folds:
             result = None  # stopped early: told without a value and without error, Optuna records PRUNED
         super().on_trial_complete(trial_id, result, error)
@@ -91,16 +99,17 @@ def run_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     from sft_tune.cv import worker_loop
 
     config = parse_config(with_params(shared["base"], params))
+    trial_id = tune.get_context().get_trial_id()
     resources = shared["resources"]
     use_gpu = resources["gpus_per_worker"] > 0
     per_worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"run_config": config.model_dump(mode="json"), "data_ref": shared["data_ref"], "metric": shared["metric"]},
+        train_loop_config={"run_config": config.model_dump(mode="json"), "data_ref": shared["data_ref"], "metric": shared["metric"], "trial_id": trial_id, "event_log": shared["event_log"]},
         scaling_config=ray.train.ScalingConfig(num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"train-{tune.get_context().get_trial_id()}",
+            name=f"train-{trial_id}",
             storage_path=shared["train_storage"],
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=0),
@@ -143,25 +152,46 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
     if resume is None:
         snapshot = {"base": sweep.base, "params": {k: v.model_dump() for k, v in sweep.params.items()}, "search": sweep.search.model_dump(), "source": sweep.source}
         (folder / SWEEP_FILE).write_text(json.dumps(snapshot, indent=2))
-    _start_ray(sweep, address)
-    tuner = _tuner(sweep, folder, data, resume is not None)
-    results = tuner.fit()
-    return summarize(sweep, folder, results, data.tokenization_passes)
+    import ray
+
+    started = _start_ray(sweep, address)
+    try:
+        tuner = _tuner(sweep, folder, data, resume is not None)
+        results = tuner.fit()
+        return summarize(sweep, folder, results, data.tokenization_passes)
+    finally:
+        if started:
+            ray.shutdown()
 
 
-def _start_ray(sweep: Sweep, address: str | None) -> None:
+def _start_ray(sweep: Sweep, address: str | None) -> bool:
+    """Attach to a cluster or start a local Ray; True when this call started it."""
     import ray
 
     if ray.is_initialized():
-        return
+        _check_resources(sweep)
+        return False
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"])
     else:
         res = sweep.search.resources
-        # Trials hold a token CPU share; their Train workers hold the real CPUs.
-        logical = max(os.cpu_count() or 1, math.ceil(res.workers * res.cpus_per_worker * sweep.search.max_concurrent))
+        # Trials hold a token CPU share (TRIAL_CPU); their Train workers hold the real CPUs. Declare
+        # enough logical CPUs for max_concurrent trials, or a worker group waits forever.
+        need = sweep.search.max_concurrent * (res.workers * res.cpus_per_worker + TRIAL_CPU)
+        logical = max(os.cpu_count() or 1, math.ceil(need))
         ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    try:
+        _check_resources(sweep)
+    except Exception:
+        ray.shutdown()
+        raise
+    return True
+
+
+def _check_resources(sweep: Sweep) -> None:
+    import ray
+
     need_cpu = sweep.search.resources.workers * sweep.search.resources.cpus_per_worker
     need_gpu = sweep.search.resources.workers * sweep.search.resources.gpus_per_worker
     have = ray.cluster_resources()
@@ -182,8 +212,9 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool):
         "metric": settings.metric,
         "data_ref": [ray.put(data)],
         "train_storage": str(folder / "train"),
+        "event_log": str(folder / EVENTS_FILE),
     }
-    trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"cpu": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_CPU})
     if restoring:
         return tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
     schedulers = {
@@ -214,14 +245,18 @@ def summarize(sweep: Sweep, folder: Path, results, tokenization_passes: int) -> 
     """Trial table, best configuration and sweep summary, written to the sweep folder."""
     folds = sweep.search.folds
     trials = []
+    from sft_tune.cv import read_events
+
+    events = read_events(folder / EVENTS_FILE)
     for result in results:
         metrics = result.metrics or {}
         done = int(metrics.get("folds_done", 0))
         status = "ERROR" if result.error else ("COMPLETE" if done == folds else ("STOPPED" if done else "NOT RUN"))
         params = {k: v for k, v in (result.config or {}).items() if k in sweep.params}
         trials.append({
-            "trial_id": metrics.get("trial_id", Path(result.path).name),
+            "trial_id": (trial_id := metrics.get("trial_id") or _trial_id_from_path(result.path)),
             "status": status,
+            "attempts": sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
             "folds_done": done,
             "cv_mean": metrics.get("cv_mean"),
             "cv_std": metrics.get("cv_std"),
@@ -237,6 +272,11 @@ def summarize(sweep: Sweep, folder: Path, results, tokenization_passes: int) -> 
     complete = sum(t["status"] in ("COMPLETE", "STOPPED", "ERROR") for t in trials) >= sweep.search.num_trials
     _write_outputs(sweep, folder, trials, best, passes, complete, states)
     return SweepResult(folder, trials, best, passes, complete, states)
+
+
+def _trial_id_from_path(path: str) -> str:
+    """Tune names trial folders `<trainable>_<trial id>_<n>_...`; the trainable here is run_trial."""
+    return Path(path).name.removeprefix("run_trial_").split("_")[0]
 
 
 def _best(sweep: Sweep, trials: list[dict]) -> dict[str, Any] | None:
@@ -265,7 +305,7 @@ def _optuna_states(sweep: Sweep, folder: Path) -> dict[str, int]:
 def _write_outputs(sweep: Sweep, folder: Path, trials, best, passes: int, complete: bool, states) -> None:
     import csv
 
-    columns = ["trial_id", "status", "folds_done", "cv_mean", "cv_std", "fold_scores", "error"] + sorted({k for t in trials for k in t if k.startswith("param:")})
+    columns = ["trial_id", "status", "attempts", "folds_done", "cv_mean", "cv_std", "fold_scores", "error"] + sorted({k for t in trials for k in t if k.startswith("param:")})
     with open(folder / "trials.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -83,7 +83,7 @@ class SearchSettings(_Strict):
     seed: int = Field(0, ge=0, description="Seed of the sampler and the fold split.")
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, description="Retries of a crashing trial.")
-    storage_path: str = Field("runs/sweeps", description="Folder or URI (s3://, gs://) for results and checkpoints.")
+    storage_path: str = Field("runs/sweeps", description="Folder (relative to this file) or URI (s3://, gs://) for results and checkpoints.")
     optuna_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file in the sweep folder).")
     initial_points: list[dict[str, Any]] = Field(default_factory=list, description="Configurations to try first (param -> value).")
 
@@ -145,7 +145,10 @@ def load_space(path: str | Path) -> Sweep:
         raise InputError(problems, title=title)
     base_dir = (path.parent / space.base).resolve().parent if space.base else path.resolve().parent
     resolved = resolve_paths(base_config, base_dir)
-    return Sweep(base=resolved.model_dump(mode="json"), base_config=resolved, params=space.params, search=space.search, source=str(path))
+    search = space.search
+    if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
+        search = search.model_copy(update={"storage_path": str((path.parent / search.storage_path).resolve())})
+    return Sweep(base=resolved.model_dump(mode="json"), base_config=resolved, params=space.params, search=search, source=str(path))
 
 
 def _base_dict(space: SearchSpace, path: Path, problems: list[Problem]) -> dict[str, Any] | None:

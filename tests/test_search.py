@@ -1,0 +1,140 @@
+"""Real local Ray sweeps on tiny models (marked `ray`)."""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import toy_rows, write_csv
+from sft_tune.config import load_config
+from sft_tune.cv import SweepData, make_folds, prepare_sweep_data, read_events
+from sft_tune.search import run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+
+def write_space(tmp_path, model, files, name, **search):
+    raw = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    raw["config"]["model"]["name_or_path"] = str(model)
+    raw["config"]["data"]["train"] = str(files["train"])
+    raw["config"]["data"]["unlabelled"] = [str(files["unlabelled"])]
+    raw["search"].update({"name": name, "storage_path": str(tmp_path / "sweeps"), **search})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_sweep_runs_folds_retries_a_crash_and_writes_results(tmp_path, tiny_bert, toy_files, monkeypatch):
+    fault = tmp_path / "fault-injected"
+    monkeypatch.setenv("SFT_TUNE_FAULT_FILE", str(fault))
+    space = write_space(tmp_path, tiny_bert, toy_files, "basic", scheduler="none", max_failures=1)
+    result = run_search(space)
+
+    assert result.complete and len(result.trials) == 3
+    for trial in result.trials:
+        assert trial["status"] == "COMPLETE" and trial["folds_done"] == 2
+        assert trial["cv_mean"] == pytest.approx(statistics.fmean(trial["fold_scores"]))
+        assert trial["cv_std"] == pytest.approx(statistics.pstdev(trial["fold_scores"]))
+    # The injected crash happened once; that trial was retried, recorded, and still finished.
+    assert fault.exists()
+    assert sorted(t["attempts"] for t in result.trials) == [1, 1, 2]
+    # Tokenized once on the driver (train + unlabelled), never in a trial, fold or worker.
+    assert result.tokenization_passes == 2
+    assert all(t["worker_tokenization_passes"] == 0 for t in result.trials)
+
+    folder = result.sweep_dir
+    assert json.loads((folder / "summary.json").read_text())["tokenization_passes"] == 2
+    assert len(json.loads((folder / "trials.json").read_text())) == 3
+    assert (folder / "trials.csv").read_text().count("\n") == 4
+    best = json.loads((folder / "best.json").read_text())
+    assert best["cv_mean"] == max(t["cv_mean"] for t in result.trials)
+    best_config = load_config(folder / "best_config.yaml")
+    assert best_config.phase1.alpha == pytest.approx(best["params"]["phase1.alpha"])
+    study = optuna.load_study(study_name="basic", storage=f"sqlite:///{folder / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(tmp_path, tiny_bert, toy_files):
+    good = {"phase1.alpha": 1.0, "phase1.learning_rate": 1e-3, "phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
+    bad = {**good, "phase2.learning_rate": 1e-4, "phase2.epochs": 1}
+    space = write_space(tmp_path, tiny_bert, toy_files, "asha", num_trials=2, folds=3, scheduler="asha", initial_points=[good, bad])
+    raw = yaml.safe_load(space.read_text())
+    raw["config"]["phase2"]["batch_size"] = 4
+    space.write_text(yaml.safe_dump(raw))
+    result = run_search(space)
+    by_status = {t["status"]: t for t in result.trials}
+    assert set(by_status) == {"COMPLETE", "STOPPED"}
+    assert by_status["STOPPED"]["folds_done"] < 3 and by_status["STOPPED"]["param:phase2.learning_rate"] == 1e-4
+    assert result.optuna_states == {"COMPLETE": 1, "PRUNED": 1}
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{result.sweep_dir / 'study.db'}")
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    # PRUNED with its running fold mean as intermediate value (Optuna shows the last one as value).
+    stopped = by_status["STOPPED"]
+    assert pruned.intermediate_values == {1: pytest.approx(stopped["cv_mean"])}
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_bert, toy_files):
+    space = write_space(tmp_path, tiny_bert, toy_files, "resume", num_trials=3, scheduler="none")
+    folder = tmp_path / "sweeps" / "resume"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen([sys.executable, "-m", "sft_tune", "search", "--space", str(space)], cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and driver.poll() is None:
+            folds = [e for e in read_events(folder / "events.jsonl") if e["event"] == "fold"]
+            if any(e["fold"] == 2 for e in folds):
+                break
+            time.sleep(1)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(3)  # let Tune save the experiment state with the finished trial
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+    finished_before = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "fold" and e["fold"] == 2}
+    assert finished_before
+
+    result = run_search(resume=folder)
+    assert result.complete and [t["status"] for t in result.trials] == ["COMPLETE"] * 3
+    events = read_events(folder / "events.jsonl")
+    for trial_id in finished_before:  # finished trials were not run again
+        assert sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events) == 1
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{folder / 'study.db'}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+
+
+def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_bert, toy_files):
+    rows = toy_rows(40, seed=9)
+    files = {**toy_files, "train": write_csv(tmp_path / "train.csv", rows)}
+    # The unlabelled pool also holds copies of labelled texts: they must be dropped for their fold.
+    pool = [{"text": r["text"]} for r in rows[::3]] + [{"text": "the road was plain"}]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pool))
+    space = write_space(tmp_path, tiny_bert, {**files, "unlabelled": tmp_path / "pool.jsonl"}, "leak", folds=4)
+    from sft_tune.space import load_space
+
+    sweep = load_space(space)
+    data: SweepData = prepare_sweep_data(sweep.base_config, 4, 0)
+    for fold, (train, held) in enumerate(data.folds):
+        held_ids = {tuple(data.labelled.input_ids[i]) for i in held}
+        lm = {tuple(ids) for ids in data.fold_lm_ids(fold, include_labelled=True)}
+        assert not lm & held_ids
+        assert {tuple(data.labelled.input_ids[i]) for i in train} <= lm
+    assert sorted(i for _, held in data.folds for i in held) == list(range(40))
+
+
+def test_folds_are_stratified(tmp_path):
+    strata = ["a"] * 30 + ["b"] * 10
+    folds = make_folds(strata, 5, seed=0, path=tmp_path / "t.csv")
+    for _, held in folds:
+        assert [strata[i] for i in held].count("b") == 2
