@@ -52,7 +52,7 @@ def _search(args: argparse.Namespace) -> int:
 
     folder = sweep_dir_of(prepare(args.space, args.resume))
     try:
-        result = run_search(args.space, args.resume, args.address)
+        result = run_search(args.space, args.resume, args.address, use_wandb=not args.no_wandb)
     except KeyboardInterrupt:
         print(f"\nsweep interrupted; resume it with: sft-tune search --resume {folder}", file=sys.stderr)
         return 130
@@ -64,6 +64,33 @@ def _search(args: argparse.Namespace) -> int:
         print(f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}")
     if not result.complete:
         print(f"sweep incomplete; resume it with: sft-tune search --resume {result.sweep_dir}", file=sys.stderr)
+        return 0
+    if result.best and not args.no_select:
+        args.sweep_dir, args.no_progress = result.sweep_dir, False
+        _select(args)
+    from sft_tune.report import build_report
+
+    path, _ = build_report(result.sweep_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from sft_tune.select import select_best
+
+    summary = select_best(args.sweep_dir, use_wandb=not args.no_wandb, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2, default=str))
+    test = summary.get("test") or {}
+    print(f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; test " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()) + f"\nmodel: {summary['model_dir']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sft_tune.report import build_report
+
+    path, summary = build_report(args.sweep_dir, args.output)
+    print(summary)
+    print(f"report: {path}\nOptuna dashboard: optuna-dashboard sqlite:///{Path(args.sweep_dir).resolve() / 'study.db'}")
     return 0
 
 
@@ -93,7 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--space", type=Path, default=None, help="search-space YAML (see search_spaces/)")
     search.add_argument("--resume", type=Path, default=None, metavar="DIR", help="resume the interrupted sweep in DIR (no rerun of finished trials)")
     search.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray with the dashboard on 127.0.0.1)")
+    search.add_argument("--no-wandb", action="store_true", help="no W&B runs (default: one offline W&B run per trial, unless WANDB_MODE says otherwise)")
+    search.add_argument("--no-select", action="store_true", help="skip retraining and exporting the best configuration at the end")
     search.set_defaults(func=_search)
+
+    select = sub.add_parser("select", help="retrain the best trial of a sweep on all data, test, export", description="Take the best COMPLETE trial of SWEEP_DIR by CV mean (ties: lower std, then lower trial id), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best.")
+    select.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)")
+    select.add_argument("--no-wandb", action="store_true", help="do not log the best model to W&B")
+    select.add_argument("--no-progress", action="store_true", help="no progress bars")
+    select.set_defaults(func=_select)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a sweep", description="Write SWEEP_DIR/report.html (optimization history, parallel coordinates, alpha against CV score, fold spread per trial, loss curves of the best configuration) and print a short summary.")
+    report.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)")
+    report.add_argument("--output", type=Path, default=None, help="HTML file to write (default: SWEEP_DIR/report.html)")
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -31,6 +31,7 @@ from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Runtime, evaluate, fit, lm_sequences, seed_everything
 
 FOLDS_FILE = "folds.json"
+HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
 # Testing hook: when set to a path that does not exist yet, the first fold of the next trial to
 # start creates the file and raises, so that tests can check retries.
 FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
@@ -74,7 +75,7 @@ def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
 
 
 def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None) -> list[float]:
-    """Train and score each fold from `start`; `after_fold(fold, scores, summary)` after each one."""
+    """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
     tokenizer = load_tokenizer(config.model)
@@ -92,7 +93,7 @@ def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime,
         metrics = evaluate(wrapped, task, data.labelled.subset(held), tokenizer, rt)
         scores.append(metrics[metric])
         if after_fold is not None:
-            after_fold(fold, scores, {"fold_metrics": metrics, **_loss_summary(result.history)})
+            after_fold(fold, scores, {"fold_metrics": metrics, **_loss_summary(result.history)}, result.history)
     return scores
 
 
@@ -138,24 +139,30 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     rt = Runtime(device=device, bf16=device.type == "cuda" and loop_config.get("bf16", True), rank=rank, world_size=world, progress=False)
     rt.wrap = lambda model: ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
 
-    start, scores = 0, []
+    start, scores, last = 0, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            scores = json.loads((Path(folder) / FOLDS_FILE).read_text())["scores"]
+            saved = json.loads((Path(folder) / FOLDS_FILE).read_text())
+            scores, last = saved["scores"], saved["metrics"]
             start = len(scores)
+    if start >= len(data.folds):
+        # Every fold finished before the driver went away: hand Tune the final result again.
+        ray.train.report(last)
+        return
     events = EventLog(loop_config.get("event_log"), loop_config.get("trial_id"), enabled=rank == 0)
     events.write("start", fold=start + 1)
 
-    def after_fold(fold: int, scores: list[float], summary: dict[str, Any]) -> None:
+    def after_fold(fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]) -> None:
         metrics = {"fold": fold + 1, "fold_score": scores[-1], **fold_summary(scores), **_flat(summary), "worker_tokenization_passes": data_module.TOKENIZATION_PASSES}
-        events.write("fold", fold=fold + 1, score=scores[-1])
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
-                (Path(folder) / FOLDS_FILE).write_text(json.dumps({"scores": scores}))
+                (Path(folder) / FOLDS_FILE).write_text(json.dumps({"scores": scores, "metrics": metrics}))
+                (Path(folder) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ckpt)
+        events.write("fold", fold=fold + 1, score=scores[-1])  # after the checkpoint is persisted
 
     cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold)
 

@@ -50,14 +50,17 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def export_model(task_model, tokenizer, target: Path, info: dict[str, Any], history: list[dict] | None = None) -> Path:
-    """Save model (safetensors), tokenizer, `run.json` (config, metrics, versions) and the step log."""
+def export_model(task_model, tokenizer, target: Path, info: dict[str, Any], history: list[dict] | None = None, extra_files: dict[str, dict] | None = None) -> Path:
+    """Save model (safetensors), tokenizer, `run.json` (config, metrics, versions), the step log, and
+    `extra_files` (name -> JSON content), all in one atomic rename."""
 
     def write(folder: Path) -> None:
         task_model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
         payload = {**info, "versions": library_versions()}
         (folder / RUN_FILE).write_text(json.dumps(payload, indent=2, default=str))
+        for name, content in (extra_files or {}).items():
+            (folder / name).write_text(json.dumps(content, indent=2, default=str))
         if history is not None:
             with open(folder / "history.jsonl", "w") as handle:
                 for record in history:

@@ -68,8 +68,9 @@ def split_validation(strata: Sequence[Any], fraction: float, seed: int, path: Pa
     return sorted(train), sorted(held)
 
 
-def train(config: RunConfig, report: Report | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train both phases, evaluate on the test file, export to `output_dir/model`; returns the metrics."""
+def train(config: RunConfig, report: Report | None = None, progress: bool = True, model_dir: Path | None = None, extra_files: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Train both phases, evaluate on the test file, export to `model_dir` (default
+    `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns the metrics."""
     task = get_task(config.model.task)
     raw = read_data(config, task)
     train_idx, held_idx = split_validation(task.strata(raw.train), config.data.validation_fraction, config.seed, config.data.train)
@@ -91,8 +92,9 @@ def train(config: RunConfig, report: Report | None = None, progress: bool = True
     if raw.test is not None:
         test = task.encode(raw.test, tokenizer, raw.label_names, config.data)
         metrics["test"] = evaluate(model, task, test, tokenizer, rt)
-    target = config.output_dir / "model"
+    target = model_dir or config.output_dir / "model"
     info = {"config": config.model_dump(mode="json"), "labels": raw.label_names, "metrics": metrics, "evaluations": result.evaluations}
-    export_model(model.task_model, tokenizer, target, info, result.history)
+    extra = {name: {**content, "test": metrics.get("test")} for name, content in (extra_files or {}).items()}
+    export_model(model.task_model, tokenizer, target, info, result.history, extra)
     metrics["model_dir"] = str(target)
     return metrics

@@ -126,12 +126,16 @@ def prepare(space_path: Path | None = None, resume: Path | None = None) -> Sweep
         if (folder / SWEEP_FILE).exists():
             raise fail("search.name", sweep.search.name, f"the sweep folder {folder} already holds a sweep", f"resume it with `sft-tune search --resume {folder}`, or pick another search.name")
         return sweep
-    snapshot = Path(resume) / SWEEP_FILE
-    if not snapshot.is_file():
+    if not (Path(resume) / SWEEP_FILE).is_file():
         raise fail("--resume", str(resume), f"must be a sweep folder holding {SWEEP_FILE}", "pass the folder printed by the interrupted `sft-tune search`")
-    saved = json.loads(snapshot.read_text())
+    return load_sweep(Path(resume))
+
+
+def load_sweep(folder: Path) -> Sweep:
+    """The sweep as saved in its folder when it started."""
     from sft_tune.space import Param, SearchSettings
 
+    saved = json.loads((Path(folder) / SWEEP_FILE).read_text())
     return Sweep(
         base=saved["base"],
         base_config=parse_config(saved["base"]),
@@ -141,7 +145,7 @@ def prepare(space_path: Path | None = None, resume: Path | None = None) -> Sweep
     )
 
 
-def run_search(space_path: Path | None = None, resume: Path | None = None, address: str | None = None) -> SweepResult:
+def run_search(space_path: Path | None = None, resume: Path | None = None, address: str | None = None, use_wandb: bool = True) -> SweepResult:
     """Run (or resume) a sweep; every input is checked before Ray starts."""
     from sft_tune.cv import prepare_sweep_data
 
@@ -156,7 +160,7 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
 
     started = _start_ray(sweep, address)
     try:
-        tuner = _tuner(sweep, folder, data, resume is not None)
+        tuner = _tuner(sweep, folder, data, resume is not None, use_wandb)
         results = tuner.fit()
         return summarize(sweep, folder, results, data.tokenization_passes)
     finally:
@@ -199,7 +203,7 @@ def _check_resources(sweep: Sweep) -> None:
         raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu} CPU and {need_gpu} GPU, the cluster has {have.get('CPU', 0)} CPU and {have.get('GPU', 0)} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
 
 
-def _tuner(sweep: Sweep, folder: Path, data, restoring: bool):
+def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
@@ -215,6 +219,8 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool):
         "event_log": str(folder / EVENTS_FILE),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_CPU})
+    from sft_tune.tracking import WandbTrialCallback
+
     if restoring:
         return tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
     schedulers = {
@@ -236,6 +242,7 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool):
             name=folder.name,
             storage_path=str(folder.parent),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            callbacks=[WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb)],
             verbose=1,
         ),
     )
@@ -266,7 +273,7 @@ def summarize(sweep: Sweep, folder: Path, results, tokenization_passes: int) -> 
             **{f"param:{k}": v for k, v in params.items()},
         })
     trials.sort(key=lambda t: t["trial_id"])
-    best = _best(sweep, trials)
+    best = best_trial(sweep, trials)
     states = _optuna_states(sweep, folder)
     passes = tokenization_passes + sum(t["worker_tokenization_passes"] for t in trials)
     complete = sum(t["status"] in ("COMPLETE", "STOPPED", "ERROR") for t in trials) >= sweep.search.num_trials
@@ -279,7 +286,7 @@ def _trial_id_from_path(path: str) -> str:
     return Path(path).name.removeprefix("run_trial_").split("_")[0]
 
 
-def _best(sweep: Sweep, trials: list[dict]) -> dict[str, Any] | None:
+def best_trial(sweep: Sweep, trials: list[dict]) -> dict[str, Any] | None:
     """Best finished trial by CV mean; ties go to the lower standard deviation, then the earlier trial."""
     finished = [t for t in trials if t["status"] == "COMPLETE"]
     if not finished:

@@ -85,6 +85,7 @@ class SearchSettings(_Strict):
     max_failures: int = Field(1, ge=0, description="Retries of a crashing trial.")
     storage_path: str = Field("runs/sweeps", description="Folder (relative to this file) or URI (s3://, gs://) for results and checkpoints.")
     optuna_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file in the sweep folder).")
+    wandb_project: str = Field("sft-tune", description="W&B project of the trial runs (grouped by sweep name).")
     initial_points: list[dict[str, Any]] = Field(default_factory=list, description="Configurations to try first (param -> value).")
 
 

@@ -108,7 +108,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
     result = run_search(resume=folder)
     assert result.complete and [t["status"] for t in result.trials] == ["COMPLETE"] * 3
     events = read_events(folder / "events.jsonl")
-    for trial_id in finished_before:  # finished trials were not run again
+    folds = [(e["trial_id"], e["fold"]) for e in events if e["event"] == "fold"]
+    assert len(folds) == len(set(folds)) == 6  # no fold of any trial ran twice
+    for trial_id in finished_before:  # finished trials were not started again
         assert sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events) == 1
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{folder / 'study.db'}")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3

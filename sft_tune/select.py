@@ -1,0 +1,60 @@
+"""`sft-tune select`: retrain the best trial of a sweep on all labelled data, test it, export it.
+
+The best trial is the COMPLETE one with the best CV mean; ties go to the lower standard deviation,
+then to the lower trial id (so a rerun picks the same trial). Both phases are retrained with the
+same hyperparameters on the whole labelled training file (no validation split), the test file is
+evaluated, and `SWEEP_DIR/best_model` is written atomically: a Hugging Face folder plus
+`best.json` (parameters, CV mean and std, test metrics, sweep id, library versions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sft_tune.config import parse_config
+from sft_tune.errors import fail
+from sft_tune.export import library_versions
+from sft_tune.search import SWEEP_FILE, best_trial, load_sweep
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best_model"
+BEST_FILE = "best.json"
+
+
+def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Pick, retrain, test and export the best configuration of a finished sweep."""
+    from sft_tune.run import train
+    from sft_tune.tracking import log_best_model
+
+    sweep_dir = Path(sweep_dir).resolve()
+    trials_file = sweep_dir / "trials.json"
+    if not (sweep_dir / SWEEP_FILE).is_file() or not trials_file.is_file():
+        raise fail("SWEEP_DIR", str(sweep_dir), f"must be a sweep folder with {SWEEP_FILE} and trials.json", "pass the folder printed by `sft-tune search` (storage_path/name)")
+    sweep = load_sweep(sweep_dir)
+    best = best_trial(sweep, json.loads(trials_file.read_text()))
+    if best is None:
+        raise fail(str(trials_file), "no COMPLETE trial", "selection needs at least one trial that finished all folds", "resume the sweep (`sft-tune search --resume DIR`) or run more trials")
+    raw = best["config"]
+    raw = {**raw, "data": {**raw["data"], "validation_fraction": 0.0}, "output_dir": str(sweep_dir)}
+    config = parse_config(raw)
+    summary = {
+        "sweep_id": sweep.search.name,
+        "sweep_dir": str(sweep_dir),
+        "trial_id": best["trial_id"],
+        "params": best["params"],
+        "metric": best["metric"],
+        "cv_mean": best["cv_mean"],
+        "cv_std": best["cv_std"],
+        "fold_scores": best["fold_scores"],
+        "versions": library_versions(),
+    }
+    log.info("best trial %s: %s %.4f ± %.4f; retraining on all labelled data", best["trial_id"], best["metric"], best["cv_mean"], best["cv_std"])
+    metrics = train(config, progress=progress, model_dir=sweep_dir / BEST_DIR, extra_files={BEST_FILE: summary})
+    summary["test"] = metrics.get("test")
+    summary["model_dir"] = metrics["model_dir"]
+    summary["wandb_artifact"] = log_best_model(sweep.search.wandb_project, sweep.search.name, sweep_dir, Path(metrics["model_dir"]), summary, enabled=use_wandb)
+    return summary

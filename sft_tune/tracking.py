@@ -1,0 +1,161 @@
+"""W&B records of a sweep: one run per trial, grouped by sweep, plus the best model as an Artifact.
+
+Logging happens on the driver, from the results that rank 0 of each trial reports (Ray Train
+passes on rank 0's report), so exactly one writer per trial exists whatever the number of DDP
+workers. Per-step losses travel in each fold's Train checkpoint (`history.jsonl`).
+
+W&B is offline unless the user configured it online (`WANDB_MODE`). It never crashes or stalls a
+sweep: the first failure is warned about once and W&B is off for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+from sft_tune.cv import HISTORY_FILE
+INIT_TIMEOUT_S = 60
+
+
+class Wandb:
+    """A guarded handle on the `wandb` module: every call goes through `call`, which turns
+    failures into one warning and disables W&B for the rest of the process."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.module = None
+        self.failed = False
+        if not enabled:
+            return
+        try:
+            import wandb
+
+            self.module = wandb
+        except Exception as err:  # not installed, or broken
+            self._warn(err)
+
+    @property
+    def active(self) -> bool:
+        return self.module is not None and not self.failed
+
+    def call(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:
+        if not self.active:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            self._warn(err, what)
+            return None
+
+    def init(self, **kwargs: Any):
+        mode = os.environ.get("WANDB_MODE", "offline")
+        settings = self.call("settings", lambda: self.module.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off"))
+        return self.call("init", self.module.init, mode=mode, reinit="create_new", settings=settings, **kwargs) if self.active else None
+
+    def _warn(self, err: Exception, what: str = "import") -> None:
+        if not self.failed:
+            log.warning("W&B unavailable (%s failed: %s: %s); the sweep goes on without it", what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        self.failed = True
+
+
+def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
+    """The per-step records a fold left in its Train checkpoint (empty when absent)."""
+    if not checkpoint_path:
+        return []
+    try:
+        import ray.train
+
+        with ray.train.Checkpoint(checkpoint_path).as_directory() as folder:
+            path = Path(folder) / HISTORY_FILE
+            return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    except Exception as err:  # a missing checkpoint must not stop the sweep
+        log.debug("no fold history at %s: %s", checkpoint_path, err)
+        return []
+
+
+def step_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """W&B keys of one step record: phase<k>/loss, lm_loss, task_loss, lr (NaN parts left out)."""
+    prefix = f"phase{record['phase']}"
+    return {f"{prefix}/{key}": record[key] for key in ("loss", "lm_loss", "task_loss", "lr") if key in record and record[key] == record[key]}
+
+
+class WandbTrialCallback(tune.Callback):
+    """Tune callback: a W&B run per trial with params, per-step losses, fold metrics, CV and status."""
+
+    def __init__(self, project: str, group: str, folder: Path, params: list[str], folds: int, enabled: bool = True) -> None:
+        self.wandb = Wandb(enabled)
+        self.project, self.group, self.folder, self.params, self.folds = project, group, Path(folder), params, folds
+        self.runs: dict[str, Any] = {}
+        self.steps: dict[str, int] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        if trial.trial_id in self.runs or not self.wandb.active:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in trial.config.items() if k in self.params}
+        run = self.wandb.init(project=self.project, group=self.group, name=trial.trial_id, id=f"{self.group}-{trial.trial_id}", job_type="trial", config=config, dir=str(self.folder), resume="allow")
+        if run is not None:
+            self.runs[trial.trial_id] = run
+            self.steps.setdefault(trial.trial_id, 0)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        run = self.runs.get(trial.trial_id)
+        if run is None or "fold" not in result:
+            return
+        fold = result["fold"]
+        for record in read_history(result.get("checkpoint_path")):
+            self.steps[trial.trial_id] += 1
+            self.wandb.call("log", run.log, {**step_metrics(record), "fold": fold}, step=self.steps[trial.trial_id])
+        folds = {f"fold/{k.removeprefix('fold_metrics/')}": v for k, v in result.items() if k.startswith("fold_metrics/")}
+        summary = {"fold": fold, "fold/score": result["fold_score"], "cv_mean": result["cv_mean"], "cv_std": result["cv_std"], "folds_done": result["folds_done"], **folds}
+        self.steps[trial.trial_id] += 1
+        self.wandb.call("log", run.log, summary, step=self.steps[trial.trial_id])
+        self.wandb.call("summary", run.summary.update, {"fold_scores": json.loads(result["fold_scores"])})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        done = (trial.last_result or {}).get("folds_done", 0)
+        self._finish(trial, "COMPLETE" if done >= self.folds else "STOPPED", 0)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._finish(trial, "FAILED", 1)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        run = self.runs.get(trial.trial_id)
+        if run is not None:
+            self.wandb.call("summary", run.summary.update, {"retries": run.summary.get("retries", 0) + 1})
+
+    def _finish(self, trial, status: str, exit_code: int) -> None:
+        run = self.runs.pop(trial.trial_id, None)
+        if run is None:
+            return
+        self.wandb.call("summary", run.summary.update, {"status": status})
+        self.wandb.call("finish", run.finish, exit_code=exit_code)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in list(trials):  # whatever is still open (e.g. Ctrl-C)
+            if trial.trial_id in self.runs:
+                self._finish(trial, "INTERRUPTED", 1)
+
+
+def log_best_model(project: str, group: str, folder: Path, model_dir: Path, best: dict[str, Any], enabled: bool = True) -> bool:
+    """Log the exported best model as a W&B Artifact of type `model` with the alias `best`."""
+    handle = Wandb(enabled)
+    run = handle.init(project=project, group=group, name=f"{group}-best", job_type="select", config={"params": best.get("params", {})}, dir=str(folder))
+    if run is None:
+        return False
+
+    def log_artifact() -> None:
+        artifact = handle.module.Artifact(f"{group}-best-model", type="model", metadata={k: v for k, v in best.items() if k != "config"})
+        artifact.add_dir(str(model_dir))
+        run.log_artifact(artifact, aliases=["best"])
+        run.summary.update({"test": best.get("test", {}), "cv_mean": best.get("cv_mean"), "cv_std": best.get("cv_std")})
+
+    handle.call("artifact", log_artifact)
+    handle.call("finish", run.finish)
+    return handle.active
