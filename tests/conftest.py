@@ -98,16 +98,64 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def toy_files(tmp_path) -> dict[str, Path]:
-    """Labelled train/test CSVs and an unlabelled JSONL pool of the learnable toy sentiment task."""
+def make_toy_files(folder: Path) -> dict[str, Path]:
     rng = random.Random(1)
     unlabelled = [{"text": toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL))} for _ in range(120)]
     return {
-        "train": write_csv(tmp_path / "train.csv", toy_rows(160, seed=2)),
-        "test": write_csv(tmp_path / "test.csv", toy_rows(40, seed=3)),
-        "unlabelled": write_jsonl(tmp_path / "unlabelled.jsonl", unlabelled),
+        "train": write_csv(folder / "train.csv", toy_rows(160, seed=2)),
+        "test": write_csv(folder / "test.csv", toy_rows(40, seed=3)),
+        "unlabelled": write_jsonl(folder / "unlabelled.jsonl", unlabelled),
     }
+
+
+@pytest.fixture
+def toy_files(tmp_path) -> dict[str, Path]:
+    """Labelled train/test CSVs and an unlabelled JSONL pool of the learnable toy sentiment task."""
+    return make_toy_files(tmp_path)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_space(folder: Path, model: Path, files: dict[str, Path], name: str, **search) -> Path:
+    """search_spaces/tiny.yaml pointed at a model and toy files, with search settings overridden."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    raw["config"]["model"]["name_or_path"] = str(model)
+    raw["config"]["data"].update({"train": str(files["train"]), "unlabelled": [str(files["unlabelled"])]})
+    if "test" in files:
+        raw["config"]["data"]["test"] = str(files["test"])
+    raw["search"].update({"name": name, "storage_path": str(folder / "sweeps"), **search})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory, tiny_bert):
+    """One real 3-trial, 2-fold sweep on a local Ray (the first trial crashes once and is
+    retried), W&B offline, followed by `select`. Shared by the search, tracking, select and
+    report tests."""
+    from sft_tune.search import run_search
+    from sft_tune.select import select_best
+
+    folder = tmp_path_factory.mktemp("sweep")
+    files = make_toy_files(folder)
+    fault = folder / "fault-injected"
+    saved = {k: os.environ.get(k) for k in ("SFT_TUNE_FAULT_FILE", "WANDB_MODE", "SFT_TUNE_CACHE")}
+    os.environ.update({"SFT_TUNE_FAULT_FILE": str(fault), "WANDB_MODE": "offline", "SFT_TUNE_CACHE": str(folder / "cache")})
+    try:
+        space = write_space(folder, tiny_bert, files, "basic", scheduler="none", max_failures=1)
+        result = run_search(space)
+        os.environ.pop("SFT_TUNE_FAULT_FILE")
+        selected = select_best(result.sweep_dir, progress=False)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+    return {"result": result, "selected": selected, "fault": fault, "files": files}
 
 
 def run_config_dict(model: Path, files: dict[str, Path], out: Path, **overrides) -> dict:
