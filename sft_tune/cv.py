@@ -32,8 +32,8 @@ from sft_tune.train import FitData, Runtime, evaluate, fit, lm_sequences, seed_e
 
 FOLDS_FILE = "folds.json"
 HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
-# Testing hook: when set to a path that does not exist yet, the first fold of the next trial to
-# start creates the file and raises, so that tests can check retries.
+# Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
+# the next trial to start creates the file and raises, so that tests can check retries.
 FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
 
 
@@ -74,7 +74,7 @@ def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
     return SweepData(labelled, task.texts(raw.train), unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before)
 
 
-def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None) -> list[float]:
+def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None) -> list[float]:
     """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
@@ -84,7 +84,7 @@ def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime,
     initial = copy.deepcopy(model.state_dict())
     wrapped = rt.wrap(model)
     for fold in range(start, len(data.folds)):
-        _maybe_inject_fault()
+        _maybe_inject_fault(fault_file)
         seed_everything(config.seed + fold)
         model.load_state_dict(initial)
         train, held = data.folds[fold]
@@ -118,8 +118,7 @@ def _loss_summary(history: list[dict]) -> dict[str, float]:
     return summary
 
 
-def _maybe_inject_fault() -> None:
-    path = os.environ.get(FAULT_FILE_ENV)
+def _maybe_inject_fault(path: str | None) -> None:
     if path and not os.path.exists(path):
         Path(path).write_text("injected fault\n")
         raise RuntimeError(f"injected fault ({FAULT_FILE_ENV}={path})")
@@ -164,7 +163,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
         events.write("fold", fold=fold + 1, score=scores[-1])  # after the checkpoint is persisted
 
-    cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold)
+    cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold, loop_config.get("fault_file"))
 
 
 class EventLog:

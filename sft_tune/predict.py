@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sft_tune.data import read_table, require_columns, text_column
 from sft_tune.errors import fail
+from sft_tune.export import RUN_FILE
 
 
 def predict(model_dir: Path, input_path: Path, text_column_name: str = "text", batch_size: int = 32) -> Iterator[dict[str, Any]]:
@@ -24,14 +25,23 @@ def predict(model_dir: Path, input_path: Path, text_column_name: str = "text", b
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     names = model.config.id2label
+    max_length = _trained_max_length(model_dir)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        batch = tokenizer(chunk, truncation=True, padding=True, return_tensors="pt")
+        batch = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         with torch.no_grad():
             probs = model(**batch).logits.softmax(-1)
         for text, row in zip(chunk, probs.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
             yield {"text": text, "label": names[best], "probabilities": {names[i]: p for i, p in enumerate(row)}}
+
+
+def _trained_max_length(model_dir: Path) -> int | None:
+    """The max_length the model was trained with (from run.json), so inputs are cut the same way."""
+    run = model_dir / RUN_FILE
+    if not run.is_file():
+        return None
+    return json.loads(run.read_text()).get("config", {}).get("data", {}).get("max_length")
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], handle) -> int:

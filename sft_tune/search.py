@@ -21,6 +21,7 @@ import yaml
 from ray.tune.search.optuna import OptunaSearch
 
 from sft_tune.config import parse_config
+from sft_tune.cv import FAULT_FILE_ENV
 from sft_tune.errors import fail
 from sft_tune.space import Sweep, load_space, make_sampler, to_optuna, with_params
 
@@ -105,7 +106,7 @@ def run_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     per_worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"run_config": config.model_dump(mode="json"), "data_ref": shared["data_ref"], "metric": shared["metric"], "trial_id": trial_id, "event_log": shared["event_log"]},
+        train_loop_config={"run_config": config.model_dump(mode="json"), "data_ref": shared["data_ref"], "metric": shared["metric"], "trial_id": trial_id, "event_log": shared["event_log"], "fault_file": shared["fault_file"]},
         scaling_config=ray.train.ScalingConfig(num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
@@ -217,6 +218,7 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
         "data_ref": [ray.put(data)],
         "train_storage": str(folder / "train"),
         "event_log": str(folder / EVENTS_FILE),
+        "fault_file": os.environ.get(FAULT_FILE_ENV),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_CPU})
     from sft_tune.tracking import WandbTrialCallback
