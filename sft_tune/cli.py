@@ -94,6 +94,19 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from sft_tune.submit import submit
+
+    command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    return submit(args.address, command, follow=args.follow, token_file=args.token_file, pip=args.pip, env=args.env)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from sft_tune.submit import jobs_command
+
+    return jobs_command(args.action, args.job_id, args.address, args.token_file, args.follow)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sft-tune",
@@ -134,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)")
     report.add_argument("--output", type=Path, default=None, help="HTML file to write (default: SWEEP_DIR/report.html)")
     report.set_defaults(func=_report)
+    submit = sub.add_parser("submit", help="run a command (search, train, select, report) on a Ray cluster as a Ray Job", description="Submit `sft-tune COMMAND ...` to a Ray cluster through the Job Submission API, with this project folder as the job's working directory (minus .gitignore/.rayignore). The command is checked locally first. The Ray token comes from --token-file, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token and is never printed or sent anywhere but the Authorization header.", epilog="example: sft-tune submit --address http://HEAD:8265 --follow -- search --space search_spaces/alpha.yaml")
+    submit.add_argument("--address", required=True, help="the head's dashboard address, e.g. http://HEAD:8265")
+    submit.add_argument("--follow", action="store_true", help="stream the job's logs and exit with its outcome (0 = SUCCEEDED)")
+    submit.add_argument("--token-file", type=Path, default=None, help="file holding the cluster's Ray token")
+    submit.add_argument("--pip", action="append", default=None, metavar="REQ", help="pip requirement to install for the job (repeatable)")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the job (repeatable; secrets are refused). WANDB_MODE (default offline) and HF_HUB_OFFLINE are forwarded when set")
+    submit.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the sft-tune command to run on the cluster")
+    submit.set_defaults(func=_submit)
+
+    jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job", description="Look after a job submitted with `sft-tune submit`.")
+    jobs.add_argument("action", choices=["status", "logs", "stop"], help="what to do")
+    jobs.add_argument("job_id", metavar="JOB_ID", help="the id printed by `sft-tune submit`")
+    jobs.add_argument("--address", required=True, help="the head's dashboard address, e.g. http://HEAD:8265")
+    jobs.add_argument("--token-file", type=Path, default=None, help="file holding the cluster's Ray token")
+    jobs.add_argument("--follow", action="store_true", help="with logs: stream until the job ends and exit with its outcome")
+    jobs.set_defaults(func=_jobs)
     return parser
 
 

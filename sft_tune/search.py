@@ -179,6 +179,7 @@ def _start_ray(sweep: Sweep, address: str | None) -> bool:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"])
+        _warn_node_local_storage(sweep)
     else:
         res = sweep.search.resources
         # Trials hold a token CPU share (TRIAL_CPU); their Train workers hold the real CPUs. Declare
@@ -192,6 +193,18 @@ def _start_ray(sweep: Sweep, address: str | None) -> bool:
         ray.shutdown()
         raise
     return True
+
+
+def _warn_node_local_storage(sweep: Sweep) -> None:
+    """A multi-node sweep needs storage every node reaches; say so when storage_path is a plain path."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in sweep.search.storage_path:
+        log.warning(
+            "search.storage_path %s is a local path on a %d-node cluster: unless it is a shared file system "
+            "mounted on every node, trials on other nodes cannot write results and checkpoints there. "
+            "Use s3://bucket/path, gs://bucket/path or a shared mount.", sweep.search.storage_path, len(nodes))
 
 
 def _check_resources(sweep: Sweep) -> None:

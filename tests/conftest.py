@@ -132,9 +132,9 @@ def write_space(folder: Path, model: Path, files: dict[str, Path], name: str, **
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray for every sweep of the test session (starting Ray costs seconds each time)."""
+    """One local Ray for the sweeps of a test module (starting Ray costs seconds each time)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
@@ -143,7 +143,7 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def finished_sweep(tmp_path_factory, tiny_bert, ray_session):
+def finished_sweep(tmp_path_factory, tiny_bert):
     """One real 3-trial, 2-fold sweep on a local Ray (the first trial crashes once and is
     retried), W&B offline, followed by `select`. Shared by the search, tracking, select and
     report tests."""
