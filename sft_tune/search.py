@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,24 @@ class FoldAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._folds = folds
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished in the study before the driver went away (a resumed sweep)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             # The running CV mean after each fold, as Optuna intermediate values (what TPE ranks
             # pruned trials by).
             scores = json.loads(result.get("fold_scores", "[]"))
-            for fold in range(1, len(scores) + 1):
-                self._ot_trials[trial_id].report(sum(scores[:fold]) / fold, fold)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # steps Tune already reported are ignored by Optuna
+                try:
+                    for fold in range(1, len(scores) + 1):
+                        self._ot_trials[trial_id].report(sum(scores[:fold]) / fold, fold)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # told before the driver went away (a resumed sweep)
         if result and not error and result.get("folds_done", self._folds) < self._folds:
             result = None  # stopped early: told without a value and without error, Optuna records PRUNED
         super().on_trial_complete(trial_id, result, error)
