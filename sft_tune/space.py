@@ -94,6 +94,7 @@ class SearchSpace(_Strict):
 
     base: str | None = Field(None, description="Path of the base run config (relative to this file).")
     config: dict[str, Any] | None = Field(None, description="The base run config, inline.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Fixed values for this search, by dotted config path.")
     params: dict[str, Param] = Field(description="Searched parameters by dotted config path.")
     search: SearchSettings = Field(default_factory=SearchSettings)
 
@@ -157,9 +158,9 @@ def _base_dict(space: SearchSpace, path: Path, problems: list[Problem]) -> dict[
         problems.append(Problem("base / config", {"base": space.base, "config": "..." if space.config else None}, "give exactly one of `base` (a run-config file) and `config` (inline)", "keep one of the two keys"))
         return None
     if space.config is not None:
-        return space.config
+        return with_params(space.config, space.overrides)
     try:
-        return read_yaml(path.parent / space.base, "base run config")
+        return with_params(read_yaml(path.parent / space.base, "base run config"), space.overrides)
     except InputError as err:
         problems += [Problem("base", space.base, p.rule, p.fix) for p in err.problems]
         return None

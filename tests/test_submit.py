@@ -31,7 +31,9 @@ def ray_head(tmp_path_factory):
     folder = tmp_path_factory.mktemp("head")
     token = secrets.token_hex(32)
     (folder / "token").write_text(token)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    # Job drivers run `python` from the head's PATH: this interpreter's (the test venv's) first.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
     start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"]

