@@ -222,7 +222,7 @@ def _warn_node_local_storage(sweep: Sweep) -> None:
 def _check_resources(sweep: Sweep) -> None:
     import ray
 
-    need_cpu = sweep.search.resources.workers * sweep.search.resources.cpus_per_worker
+    need_cpu = sweep.search.resources.workers * sweep.search.resources.cpus_per_worker + TRIAL_CPU
     need_gpu = sweep.search.resources.workers * sweep.search.resources.gpus_per_worker
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):

@@ -103,6 +103,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
 
 
+def test_a_trial_trains_with_two_ddp_workers(tmp_path, tiny_bert, toy_files):
+    space = write_space(tmp_path, tiny_bert, toy_files, "ddp", num_trials=1, scheduler="none", resources={"workers": 2, "cpus_per_worker": 0.5})
+    result = run_search(space, use_wandb=False)
+    [trial] = result.trials
+    assert trial["status"] == "COMPLETE" and len(trial["fold_scores"]) == 2
+
+
 def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_bert, toy_files):
     rows = toy_rows(40, seed=9)
     files = {**toy_files, "train": write_csv(tmp_path / "train.csv", rows)}
