@@ -53,9 +53,11 @@ def sweep_dir_of(sweep: Sweep) -> Path:
     return (base / sweep.search.name).resolve()
 
 
-def _storage_uri(sweep: Sweep) -> str:
+def experiment_path(sweep: Sweep) -> str:
+    """Where Ray Tune and Ray Train keep the sweep's results and checkpoints: the local sweep folder,
+    or STORAGE_URI/NAME for s3:// and gs:// storage that every node of a cluster reaches."""
     storage = sweep.search.storage_path
-    return storage if "://" in storage else str(Path(storage).resolve())
+    return f"{storage.rstrip('/')}/{sweep.search.name}" if "://" in storage else str(sweep_dir_of(sweep))
 
 
 class FoldAwareOptunaSearch(OptunaSearch):
@@ -241,7 +243,7 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
         "resources": settings.resources.model_dump(),
         "metric": settings.metric,
         "data_ref": [ray.put(data)],
-        "train_storage": str(folder / "train"),
+        "train_storage": f"{experiment_path(sweep)}/train",
         "event_log": str(folder / EVENTS_FILE),
         "fault_file": os.environ.get(FAULT_FILE_ENV),
     }
@@ -249,7 +251,7 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
     from sft_tune.tracking import WandbTrialCallback
 
     if restoring:
-        return tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(experiment_path(sweep), trainable=trainable, resume_unfinished=True, resume_errored=True)
     schedulers = {
         "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=settings.folds, grace_period=1, reduction_factor=2),
         "median": lambda: MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2),
@@ -267,7 +269,7 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
         ),
         run_config=tune.RunConfig(
             name=folder.name,
-            storage_path=str(folder.parent),
+            storage_path=experiment_path(sweep).rsplit("/", 1)[0],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             callbacks=[WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb)],
             verbose=1,
