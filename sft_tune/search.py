@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
 SWEEP_FILE = "sweep.json"
 EVENTS_FILE = "events.jsonl"
+CONTROLLER_FAILURE_LIMIT = 3
 TRIAL_CPU = 0.01  # the Tune trial only launches a TorchTrainer (an all-zero bundle is rejected)
 
 
@@ -127,7 +128,9 @@ def run_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
             name=f"train-{trial_id}",
             storage_path=shared["train_storage"],
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # Crashes are retried by Tune (max_failures) from the last fold checkpoint; a worker
+            # group that cannot be placed fails after a few start timeouts instead of hanging.
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
         ),
     )
     trainer.fit()
@@ -187,10 +190,11 @@ def _start_ray(sweep: Sweep, address: str | None) -> bool:
     """Attach to a cluster or start a local Ray; True when this call started it."""
     import ray
 
+    # Read by the Train controllers of a local Ray (they inherit this process's environment).
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     if ray.is_initialized():
         _check_resources(sweep)
         return False
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"])
         _warn_node_local_storage(sweep)
@@ -253,7 +257,9 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
     if restoring:
         return tune.Tuner.restore(experiment_path(sweep), trainable=trainable, resume_unfinished=True, resume_errored=True)
     schedulers = {
-        "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=settings.folds, grace_period=1, reduction_factor=2),
+        # max_t one past the last fold: a trial that reaches its last fold ends by itself (a clean
+        # Train teardown) instead of being stopped by the scheduler at the same moment.
+        "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=settings.folds + 1, grace_period=1, reduction_factor=2),
         "median": lambda: MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2),
         "none": FIFOScheduler,
     }

@@ -137,6 +137,7 @@ def ray_session():
     """One local Ray for the sweeps of a test module (starting Ray costs seconds each time)."""
     import ray
 
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
