@@ -138,7 +138,9 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    # 4 logical CPUs on 2 cores: room for a trial (0.01) plus its worker even if a stopped trial's
+    # placement group is still being cleaned up.
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 
