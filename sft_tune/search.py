@@ -146,7 +146,12 @@ def prepare(space_path: Path | None = None, resume: Path | None = None) -> Sweep
         return sweep
     if not (Path(resume) / SWEEP_FILE).is_file():
         raise fail("--resume", str(resume), f"must be a sweep folder holding {SWEEP_FILE}", "pass the folder printed by the interrupted `sft-tune search`")
-    return load_sweep(Path(resume))
+    sweep = load_sweep(Path(resume))
+    from ray import tune
+
+    if not tune.Tuner.can_restore(experiment_path(sweep)):
+        raise fail("--resume", str(resume), "the sweep never got as far as saving Ray Tune state, so there is nothing to resume", f"delete {resume} and start the sweep again with --space")
+    return sweep
 
 
 def load_sweep(folder: Path) -> Sweep:
@@ -170,14 +175,14 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
     sweep = prepare(space_path, resume)
     folder = sweep_dir_of(sweep)
     data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        snapshot = {"base": sweep.base, "params": {k: v.model_dump() for k, v in sweep.params.items()}, "search": sweep.search.model_dump(), "source": sweep.source}
-        (folder / SWEEP_FILE).write_text(json.dumps(snapshot, indent=2))
     import ray
 
     started = _start_ray(sweep, address)
     try:
+        if resume is None:  # written once Ray is up, so a failed start leaves no half-made sweep
+            folder.mkdir(parents=True, exist_ok=True)
+            snapshot = {"base": sweep.base, "params": {k: v.model_dump() for k, v in sweep.params.items()}, "search": sweep.search.model_dump(), "source": sweep.source}
+            (folder / SWEEP_FILE).write_text(json.dumps(snapshot, indent=2))
         tuner = _tuner(sweep, folder, data, resume is not None, use_wandb)
         results = tuner.fit()
         return summarize(sweep, folder, results, data.tokenization_passes)
