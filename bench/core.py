@@ -20,13 +20,12 @@ It measures, in one run and with the measured variants interleaved step by step:
    Ratio naive/ours (goal >= 1.5).
 2. Phase-2 step: sft-tune's `model(None, task_batch)` -> `optimizer_step` versus one optimizer
    step of a plain Hugging Face `transformers.Trainer` on a copy of the same task model and the
-   same batch. Ratio Trainer/ours (goal >= 1.0). A what-if row, "sft+fused", is sft-tune's step
-   with a fused AdamW update (the Trainer's default optimizer), the one difference found.
+   same batch. Ratio Trainer/ours (goal >= 1.0).
 3. Achieved training FLOP/s of each measured step against this machine's measured fp32 matmul
    peak (best of several 2048x2048 `torch.matmul`s with torch's default thread count).
 
 Warm-up steps are run but not timed; every variant runs with the same torch thread count; the
-order of the variants alternates every step (A B, B A, A B, ...) so that drifts in machine speed
+order of the variants rotates every step (A B, B A, A B, ...) so that drifts in machine speed
 hit both alike. It reports how many cores other processes kept busy meanwhile (from /proc/stat)
 and warns when the machine was shared. Needs `accelerate` (the Trainer requires it): `.venv/bin/pip install accelerate`.
 """
@@ -59,7 +58,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import BertForMaskedLM, BertForSequenceClassification, get_linear_schedule_with_warmup  # noqa: E402
+from transformers import BertForMaskedLM, BertForSequenceClassification  # noqa: E402
 from transformers import logging as hf_logging  # noqa: E402
 
 from sft_tune.config import ModelConfig, OptimizerConfig  # noqa: E402
@@ -148,8 +147,9 @@ def busy_cpu_seconds() -> float | None:
 
 
 def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float], float | None]:
-    """Run every variant `warmup + steps` times, interleaved: round r runs the variants in order
-    when r is even and in reverse order when r is odd. Round r uses data item r for every variant.
+    """Run every variant `warmup + steps` times, interleaved: round r runs the variants rotated by
+    r places (A B, B A, ... for two), so each takes each position equally often. Round r uses data
+    item r for every variant.
     Returns the timed (post-warm-up) seconds per step of each variant, each variant's CPU
     utilisation over them (process CPU seconds / wall seconds), and how many cores OTHER processes
     kept busy on average during the race (machine-wide busy time minus this process's CPU time;
@@ -160,7 +160,7 @@ def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) ->
     threads = torch.get_num_threads()
     busy0, cpu0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for r in range(warmup + steps):
-        for name in names if r % 2 == 0 else names[::-1]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             gc.collect()  # outside the timed region: no GC pause inside one variant only
             assert torch.get_num_threads() == threads, "torch thread count changed during the benchmark"
             cpu = time.process_time()
@@ -435,16 +435,6 @@ def main(argv: list[str] | None = None) -> None:
     # likewise leaves out its collate and progress bar but keeps the `.item()`s its loop logs.
     ours_opt, ours_sched = make_optimizer(ours, LR, opt_cfg, rounds)
     hf_model = copy.deepcopy(ours.task_model)
-    # What-if row (no goal): sft-tune's phase-2 step with one change, a fused AdamW update (what the
-    # Trainer uses by default), on its own copy of the model; same groups and schedule as make_optimizer.
-    fused_model = copy.deepcopy(ours)
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in make_optimizer(fused_model, LR, opt_cfg, rounds)[0].param_groups]
-    try:
-        fused_opt = torch.optim.AdamW(groups, lr=LR, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.eps, fused=True)
-        fused_sched = get_linear_schedule_with_warmup(fused_opt, math.ceil(opt_cfg.warmup_ratio * rounds), rounds)
-    except (RuntimeError, TypeError) as err:  # a torch without fused AdamW for this device
-        print(f"note: fused AdamW unavailable ({err}); the what-if row is skipped")
-        fused_opt = None
     tmp = tempfile.TemporaryDirectory(prefix="sft-tune-bench-")
     trainer = make_trainer(hf_model, args.batch_size, rounds, opt_cfg, tmp.name)
     if torch.get_num_threads() != threads:  # keep one thread count for every variant
@@ -460,11 +450,6 @@ def main(argv: list[str] | None = None) -> None:
         optimizer_step(ours, ours_opt, ours_sched, parts.total, opt_cfg.max_grad_norm)
         parts.as_floats()
 
-    def fused_phase2(r: int) -> None:
-        parts = fused_model(None, p2_batches[r])
-        optimizer_step(fused_model, fused_opt, fused_sched, parts.total, opt_cfg.max_grad_norm)
-        parts.as_floats()
-
     def trainer_phase2(r: int) -> None:
         loss = trainer.training_step(hf_model, dict(p2_batches[r]))
         norm = trainer.accelerator.clip_grad_norm_(hf_model.parameters(), trainer.args.max_grad_norm)
@@ -473,12 +458,8 @@ def main(argv: list[str] | None = None) -> None:
         hf_model.zero_grad()
         float(norm), loss.item()
 
-    p2_variants = {"sft-tune": ours_phase2, "Trainer": trainer_phase2}
-    if fused_opt is not None:
-        p2_variants["sft+fused"] = fused_phase2
-    fused_model.train()
-    print(f"phase 2: {rounds} rounds x {len(p2_variants)} variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}; sft+fused = sft-tune with AdamW(fused=True), a what-if) ...", flush=True)
-    p2, p2_cpu, p2_others = race(p2_variants, args.warmup, args.steps)
+    print(f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}) ...", flush=True)
+    p2, p2_cpu, p2_others = race({"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps)
 
     # Optimizer update alone (grads present, no clipping), to tell optimizer from forward/backward.
     def adamw_alone(model: nn.Module, opt, batch) -> float:
@@ -507,7 +488,6 @@ def main(argv: list[str] | None = None) -> None:
         ("phase 2", "sft-tune"): statistics.fmean(flops.phase2(p2_batches[r]) for r in timed),
         ("phase 2", "Trainer"): statistics.fmean(flops.phase2(p2_batches[r]) for r in timed),
     }
-    fl[("phase 2", "sft+fused")] = fl[("phase 2", "Trainer")]
     lm_shape = statistics.fmean(p1_batches[r][0]["input_ids"].shape[1] for r in timed)
     t1_shape = statistics.fmean(p1_batches[r][1]["input_ids"].shape[1] for r in timed)
     t2_shape = statistics.fmean(p2_batches[r]["input_ids"].shape[1] for r in timed)
@@ -539,9 +519,6 @@ def main(argv: list[str] | None = None) -> None:
     print("RATIOS")
     ratio_line("phase 1", p1, p1_cpu, "naive", 1.5)
     ratio_line("phase 2", p2, p2_cpu, "Trainer", 1.0)
-    if "sft+fused" in p2:
-        what_if = results[("phase 2", "Trainer")] / results[("phase 2", "sft+fused")]
-        print(f"  what-if  Trainer / sft-tune with fused AdamW = {what_if:.2f}x mean (medians {statistics.median(p2['Trainer']) / statistics.median(p2['sft+fused']):.2f}x): the change to make in sft_tune.train.make_optimizer")
     if p1_others is not None and p2_others is not None:
         print(f"  other processes kept {p1_others:.2f} (phase 1) and {p2_others:.2f} (phase 2) of {os.cpu_count()} cores busy on average while timing")
         if max(p1_others, p2_others) > 0.1 * (os.cpu_count() or 1):
