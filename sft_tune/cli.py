@@ -33,13 +33,18 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from sft_tune.predict import predict, write_jsonl
 
-    records = predict(args.model, args.input, args.text_column, args.batch_size)
+    columns = {"text_column": args.text_column, "qa.question_column": args.question_column, "qa.context_column": args.context_column}
+    records = predict(args.model, args.input, columns, args.batch_size)
     if args.output is None:
         write_jsonl(records, sys.stdout)
         return 0
     tmp = args.output.with_name(args.output.name + ".tmp")
-    with open(tmp, "w") as handle:
-        count = write_jsonl(records, handle)
+    try:
+        with open(tmp, "w") as handle:
+            count = write_jsonl(records, handle)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, args.output)
     print(f"wrote {count} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -122,10 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     train.set_defaults(func=_train)
 
-    predict = sub.add_parser("predict", help="label texts with an exported model (JSONL out)", description="Label each text of INPUT (CSV, JSONL, Parquet or dataset folder) with an exported model; writes one JSON line per text with the label and the probability of every label.")
+    predict = sub.add_parser("predict", help="run an exported model over a file (JSONL out)", description="Run an exported model over each row of INPUT (CSV, JSONL, Parquet or dataset folder); writes one JSON line per row: classification: the label and every label's probability; ner: the entities with type, character offsets and score; qa: the answer with its score and character offsets. Columns default to the ones the model was trained with (its run.json).")
     predict.add_argument("--model", type=Path, required=True, help="exported model folder (OUTPUT_DIR/model)")
     predict.add_argument("--input", type=Path, required=True, help="file of texts to label")
-    predict.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    predict.add_argument("--text-column", default=None, help="column holding the text (classification, ner; default: as in training)")
+    predict.add_argument("--question-column", default=None, help="column holding the question (qa; default: as in training)")
+    predict.add_argument("--context-column", default=None, help="column holding the context (qa; default: as in training)")
     predict.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     predict.set_defaults(func=_predict)

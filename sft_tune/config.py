@@ -44,6 +44,44 @@ class ModelConfig(_Strict):
     )
 
 
+class NerConfig(_Strict):
+    """How token-classification (NER) files are read, labelled and scored."""
+
+    tokens_column: str = Field("tokens", description="JSONL/Parquet column with the list of words of a sentence.")
+    tags_column: str = Field("tags", description="JSONL/Parquet column with the list of tags (one per word).")
+    document_column: str = Field(
+        "document", description="Optional column naming each sentence's document; folds keep documents whole."
+    )
+    tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
+        "auto", description="Tagging scheme of the files (auto = detected from the training tags)."
+    )
+    label_subwords: Literal["first", "all"] = Field(
+        "first",
+        description="Which sub-word tokens of a word carry its tag in training: the first only "
+        "(the rest ignored) or all of them. Predictions always read the first sub-token.",
+    )
+
+
+class QaConfig(_Strict):
+    """How extractive-QA files are read and answers decoded."""
+
+    question_column: str = Field("question", description="JSONL/Parquet column with the question.")
+    context_column: str = Field("context", description="JSONL/Parquet column with the context passage.")
+    answers_column: str = Field(
+        "answers", description="JSONL/Parquet column with the answers: {text: [...], answer_start: [...]}."
+    )
+    group_column: str = Field(
+        "title", description="Optional column naming the article; folds keep articles (else contexts) whole."
+    )
+    max_answer_length: int = Field(30, ge=1, description="Longest answer span predicted, in tokens.")
+    n_best: int = Field(20, ge=1, description="Start and end candidates considered per window.")
+    no_answer: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="Whether the model may answer \"no answer\" (SQuAD v2); auto = when the training "
+        "data has unanswerable questions.",
+    )
+
+
 class DataConfig(_Strict):
     """Labelled and unlabelled data files, and how to read them."""
 
@@ -72,6 +110,12 @@ class DataConfig(_Strict):
     cache_dir: Path | None = Field(
         None, description="Where tokenized data is cached by content (default: ~/.cache/sft-tune)."
     )
+    stride: int = Field(
+        32, ge=0, description="Tokens shared by consecutive windows when a long input (NER sentence, QA "
+        "context) is split to fit max_length."
+    )
+    ner: NerConfig = Field(default_factory=NerConfig, description="Token classification (task: ner).")
+    qa: QaConfig = Field(default_factory=QaConfig, description="Extractive QA (task: qa).")
 
 
 class Phase1Config(_Strict):

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sklearn.model_selection import StratifiedKFold
-
 from sft_tune import data as data_module
 from sft_tune.config import RunConfig
 from sft_tune.data import tokenize
 from sft_tune.model import load_model, load_tokenizer
-from sft_tune.run import check_class_counts, read_data
+from sft_tune.run import read_data
+from sft_tune.splits import make_folds
 from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Runtime, evaluate, fit, lm_sequences, seed_everything
 
@@ -43,6 +42,7 @@ class SweepData:
 
     labelled: Any  # the task's encoded labelled set (all training examples)
     labelled_texts: list[str]
+    labelled_lm_ids: list[list[int]]  # the labelled texts tokenized for the LM loss
     unlabelled_ids: list[list[int]]
     unlabelled_texts: list[str]
     label_names: list[str]
@@ -52,33 +52,28 @@ class SweepData:
     def fold_lm_ids(self, fold: int, include_labelled: bool) -> list[list[int]]:
         """The LM data of one fold: never any text of its held-out part."""
         train, held = self.folds[fold]
-        return lm_sequences(self.unlabelled_ids, self.unlabelled_texts, self.labelled.input_ids, self.labelled_texts, train, held, include_labelled)
-
-
-def make_folds(strata: list[Any], k: int, seed: int, path: Path) -> list[tuple[list[int], list[int]]]:
-    """Stratified k folds (scikit-learn), shuffled with `seed`."""
-    check_class_counts(strata, k, f"{k}-fold stratified cross-validation", path)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(train.tolist(), held.tolist()) for train, held in splitter.split(strata, strata)]
+        return lm_sequences(self.unlabelled_ids, self.unlabelled_texts, self.labelled_lm_ids, self.labelled_texts, train, held, include_labelled)
 
 
 def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
     """Read, check and tokenize the labelled training file and unlabelled pool, once per sweep."""
     task = get_task(config.model.task)
     raw = read_data(config, task)
-    fold_indices = make_folds(task.strata(raw.train), folds, seed, config.data.train)
+    fold_indices = make_folds(task.strata(raw.train), task.groups(raw.train), folds, seed, config.data.train)
     before = data_module.TOKENIZATION_PASSES
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, task)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
     unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
-    return SweepData(labelled, task.texts(raw.train), unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before)
+    texts = task.texts(raw.train)
+    labelled_lm_ids = tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
+    return SweepData(labelled, texts, labelled_lm_ids, unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before)
 
 
 def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None) -> list[float]:
     """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, task)
     seed_everything(config.seed)
     model = load_model(config.model, task, data.label_names, tokenizer).to(rt.device)
     initial = copy.deepcopy(model.state_dict())

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import datasets
 import torch
@@ -133,24 +133,39 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def tokenize(texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path | None = None) -> Encoded:
-    """Tokenize texts with truncation, reusing an earlier result for the same texts and tokenizer."""
+def cached(kind: str, tokenizer, params: dict[str, Any], items: Sequence[Any], compute: Callable[[], Any], cache_dir: Path | None = None) -> Any:
+    """`compute()`'s JSON result, reused when the same `kind`, tokenizer, params and items come again.
+
+    Every tokenization of a labelled or unlabelled set goes through here, so a sweep tokenizes
+    each file once however many trials, folds and workers use it; `TOKENIZATION_PASSES` counts
+    the misses.
+    """
     global TOKENIZATION_PASSES
     digest = hashlib.sha256()
+    digest.update(kind.encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
-    digest.update(str(max_length).encode())
-    for text in texts:
-        digest.update(text.encode())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for item in items:
+        digest.update(item.encode() if isinstance(item, str) else json.dumps(item, sort_keys=True).encode())
         digest.update(b"\0")
     entry = cache_root(cache_dir) / f"{digest.hexdigest()}.json"
     if entry.is_file():
-        return Encoded(json.loads(entry.read_text()))
+        return json.loads(entry.read_text())
     TOKENIZATION_PASSES += 1
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    result = compute()
     entry.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=entry.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(ids, handle)
+        json.dump(result, handle)
     os.replace(handle.name, entry)
+    return result
+
+
+def tokenize(texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path | None = None) -> Encoded:
+    """Tokenize texts with truncation, reusing an earlier result for the same texts and tokenizer."""
+    ids = cached(
+        "texts", tokenizer, {"max_length": max_length}, texts,
+        lambda: tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"], cache_dir,
+    )
     return Encoded(ids)
 
 

@@ -76,10 +76,11 @@ def resolve_objective(model: ModelConfig, config: Any, tokenizer) -> str:
     return "causal"
 
 
-def load_tokenizer(model: ModelConfig):
-    """The checkpoint's tokenizer; a missing pad token is set to EOS (decoders)."""
+def load_tokenizer(model: ModelConfig, task=None):
+    """The checkpoint's tokenizer (with the task's extra arguments); a missing pad token is set to
+    EOS (decoders)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **(task.tokenizer_kwargs() if task else {}))
     except (OSError, ValueError) as err:
         raise fail("model.name_or_path", model.name_or_path, f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})", "point to a folder with config.json and tokenizer files") from None
     if tokenizer.pad_token is None:

@@ -1,4 +1,8 @@
-"""`sft-tune predict`: label new texts with an exported model (labels and probabilities as JSONL)."""
+"""`sft-tune predict`: run an exported model over a file (one JSON line per input row).
+
+The task (classification, ner, qa, ...) and the data settings it was trained with (columns,
+max_length, windows) come from the model folder's run.json; the task's `predict` does the rest.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,56 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from sft_tune.data import read_table, require_columns, text_column
+from sft_tune.config import DataConfig
 from sft_tune.errors import fail
 from sft_tune.export import RUN_FILE
+from sft_tune.tasks import TASKS, get_task
+
+# Which task an exported folder without run.json holds, from its architecture's name.
+ARCHITECTURE_TASKS = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner", "ForQuestionAnswering": "qa"}
 
 
-def predict(model_dir: Path, input_path: Path, text_column_name: str = "text", batch_size: int = 32) -> Iterator[dict[str, Any]]:
-    """Yield one `{"text", "label", "probabilities"}` record per input row, in order."""
+def predict(model_dir: Path, input_path: Path, columns: dict[str, str] | None = None, batch_size: int = 32) -> Iterator[dict[str, Any]]:
+    """Yield the task's prediction record for each row of `input_path`, in order.
+
+    `columns` overrides data settings of the run, e.g. {"text_column": "body",
+    "qa.question_column": "q"}. Bad input is reported before the first record is produced."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise fail("--model", str(model_dir), "must be a model folder with config.json (as written by `sft-tune train`)", "pass the `model` folder inside the run's output_dir")
-    table = read_table(Path(input_path), "input file")
-    require_columns(table, [text_column_name], Path(input_path), "input file")
-    texts = text_column(table, text_column_name, Path(input_path), "input file")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    names = model.config.id2label
-    max_length = _trained_max_length(model_dir)
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        batch = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            probs = model(**batch).logits.softmax(-1)
-        for text, row in zip(chunk, probs.tolist()):
-            best = max(range(len(row)), key=row.__getitem__)
-            yield {"text": text, "label": names[best], "probabilities": {names[i]: p for i, p in enumerate(row)}}
+    if batch_size < 1:
+        raise fail("--batch-size", batch_size, "must be at least 1", "pass a positive number")
+    run_config = _run_config(model_dir)
+    task = get_task(_task_name(model_dir, run_config))
+    raw = dict(run_config.get("data") or {"train": "-"})
+    for key, value in (columns or {}).items():
+        if value is not None:
+            section, _, name = key.rpartition(".")
+            target = raw.setdefault(section, {}) if section else raw
+            target[name] = value
+    data = DataConfig.model_validate(raw)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, **task.tokenizer_kwargs())
+    model = task.auto_model.from_pretrained(model_dir).eval()
+    return task.predict(model, tokenizer, Path(input_path), data, batch_size)
 
 
-def _trained_max_length(model_dir: Path) -> int | None:
-    """The max_length the model was trained with (from run.json), so inputs are cut the same way."""
+def _run_config(model_dir: Path) -> dict[str, Any]:
     run = model_dir / RUN_FILE
-    if not run.is_file():
-        return None
-    return json.loads(run.read_text()).get("config", {}).get("data", {}).get("max_length")
+    return json.loads(run.read_text()).get("config", {}) if run.is_file() else {}
+
+
+def _task_name(model_dir: Path, run_config: dict[str, Any]) -> str:
+    name = run_config.get("model", {}).get("task")
+    if name in TASKS:
+        return name
+    architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    for architecture in architectures:
+        for suffix, task in ARCHITECTURE_TASKS.items():
+            if architecture.endswith(suffix) and task in TASKS:
+                return task
+    raise fail(f"{model_dir}/config.json", architectures, f"must be a model of one of the tasks {sorted(TASKS)}", "export the model with `sft-tune train` or `sft-tune select`")
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], handle) -> int:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-from sklearn.model_selection import train_test_split
+from typing import Any
 
 from sft_tune.config import RunConfig
 from sft_tune.data import read_unlabelled, tokenize
 from sft_tune.errors import fail
 from sft_tune.export import export_model
 from sft_tune.model import load_model, load_tokenizer
+from sft_tune.splits import split_validation
 from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Report, evaluate, fit, lm_sequences, runtime_for, seed_everything
 
@@ -47,38 +45,18 @@ def read_data(config: RunConfig, task) -> RawData:
     return RawData(train, test, unlabelled, names)
 
 
-def check_class_counts(strata: Sequence[Any], needed: int, what: str, path: Path) -> None:
-    """Every class must have `needed` examples for the split asked for."""
-    counts = Counter(strata)
-    short = {label: n for label, n in sorted(counts.items()) if n < needed}
-    if short:
-        raise fail(f"{path} labels", short, f"every class needs at least {needed} examples for {what}", "add examples of those classes, drop them from the label set, or ask for a smaller split")
-
-
-def split_validation(strata: Sequence[Any], fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
-    """Stratified (train, validation) indices; all indices to train when fraction is 0."""
-    indices = list(range(len(strata)))
-    if fraction == 0:
-        return indices, []
-    check_class_counts(strata, 2, f"a stratified validation split of {fraction}", path)
-    classes = len(set(strata))
-    if round(fraction * len(strata)) < classes:
-        raise fail("data.validation_fraction", fraction, f"the validation split must hold at least one example per class ({classes} classes, {len(strata)} examples)", "raise data.validation_fraction or add examples")
-    train, held = train_test_split(indices, test_size=fraction, stratify=list(strata), random_state=seed)
-    return sorted(train), sorted(held)
-
-
 def train(config: RunConfig, report: Report | None = None, progress: bool = True, model_dir: Path | None = None, extra_files: dict[str, dict] | None = None) -> dict[str, Any]:
     """Train both phases, evaluate on the test file, export to `model_dir` (default
     `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns the metrics."""
     task = get_task(config.model.task)
     raw = read_data(config, task)
-    train_idx, held_idx = split_validation(task.strata(raw.train), config.data.validation_fraction, config.seed, config.data.train)
-    tokenizer = load_tokenizer(config.model)
+    train_idx, held_idx = split_validation(task.strata(raw.train), task.groups(raw.train), config.data.validation_fraction, config.seed, config.data.train)
+    tokenizer = load_tokenizer(config.model, task)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
     unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
     labelled_texts = task.texts(raw.train)
-    lm_ids = lm_sequences(unlabelled_ids, raw.unlabelled, labelled.input_ids, labelled_texts, train_idx, held_idx, config.data.labelled_text_for_lm)
+    labelled_lm_ids = tokenize(labelled_texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
+    lm_ids = lm_sequences(unlabelled_ids, raw.unlabelled, labelled_lm_ids, labelled_texts, train_idx, held_idx, config.data.labelled_text_for_lm)
     data = FitData(labelled.subset(train_idx), lm_ids, labelled.subset(held_idx) if held_idx else None)
     log.info("data: %d labelled for training, %d for validation, %d LM texts", len(train_idx), len(held_idx), len(lm_ids))
 

@@ -226,5 +226,9 @@ def lm_sequences(
     heldout = {labelled_texts[i] for i in heldout_indices}
     ids = [seq for seq, text in zip(unlabelled_ids, unlabelled_texts) if text not in heldout]
     if include_labelled:
-        ids += [labelled_ids[i] for i in train_indices if labelled_texts[i] not in heldout]
+        seen = set(heldout)  # several examples may share one text (QA: questions on a context)
+        for i in train_indices:
+            if labelled_texts[i] not in seen:
+                seen.add(labelled_texts[i])
+                ids.append(labelled_ids[i])
     return ids

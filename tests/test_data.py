@@ -4,7 +4,8 @@ import pytest
 from conftest import run_config_dict, toy_rows, write_csv, write_jsonl
 from sft_tune.config import parse_config
 from sft_tune.errors import InputError
-from sft_tune.run import read_data, split_validation
+from sft_tune.run import read_data
+from sft_tune.splits import split_validation
 from sft_tune.tasks import get_task
 
 TASK = get_task("classification")
@@ -86,9 +87,9 @@ def test_empty_text_values(tmp_path, toy_files):
 
 def test_class_with_too_few_examples_for_the_split(tmp_path):
     with pytest.raises(InputError) as caught:
-        split_validation(["a"] * 10 + ["b"], 0.2, seed=0, path=tmp_path / "t.csv")
+        split_validation(["a"] * 10 + ["b"], None, 0.2, seed=0, path=tmp_path / "t.csv")
     assert caught.value.problems[0].value == {"b": 1} and "at least 2" in caught.value.problems[0].rule
-    train, held = split_validation(["a"] * 10 + ["b"] * 10, 0.2, seed=0, path=tmp_path / "t.csv")
+    train, held = split_validation(["a"] * 10 + ["b"] * 10, None, 0.2, seed=0, path=tmp_path / "t.csv")
     assert len(held) == 4 and not set(train) & set(held)
 
 

@@ -15,7 +15,8 @@ import yaml
 
 from conftest import toy_rows, write_csv, write_space
 from sft_tune.config import load_config
-from sft_tune.cv import SweepData, make_folds, prepare_sweep_data, read_events
+from sft_tune.cv import SweepData, prepare_sweep_data, read_events
+from sft_tune.splits import make_folds
 from sft_tune.search import run_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -131,6 +132,6 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
 
 def test_folds_are_stratified(tmp_path):
     strata = ["a"] * 30 + ["b"] * 10
-    folds = make_folds(strata, 5, seed=0, path=tmp_path / "t.csv")
+    folds = make_folds(strata, None, 5, seed=0, path=tmp_path / "t.csv")
     for _, held in folds:
         assert [strata[i] for i in held].count("b") == 2

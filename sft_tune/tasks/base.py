@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -47,6 +47,11 @@ class Task(ABC):
     def strata(self, labelled: Any) -> list[Any]:
         """One stratification key per example (folds and validation splits keep their shares)."""
 
+    def groups(self, labelled: Any) -> list[Any] | None:
+        """One group key per example where examples come in groups that must stay on one side of
+        a split (sentences of a document, questions on a context); None = independent examples."""
+        return None
+
     @abstractmethod
     def collate(self, examples: Any, indices: Sequence[int], pad_id: int, side: str) -> dict[str, torch.Tensor]:
         """A padded batch with `labels`, ready for `auto_model(**batch)`."""
@@ -58,3 +63,14 @@ class Task(ABC):
     def model_kwargs(self, names: Sequence[str]) -> dict[str, Any]:
         """Extra `from_pretrained` arguments for the task head."""
         return {}
+
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        """Extra `AutoTokenizer.from_pretrained` arguments the task needs."""
+        return {}
+
+    @abstractmethod
+    def predict(self, model: torch.nn.Module, tokenizer, input_path: Path, data: DataConfig, batch_size: int) -> Iterator[dict[str, Any]]:
+        """One JSON-able record per input row of `input_path`, in order (`sft-tune predict`).
+
+        `data` is the run's data config (from the model's run.json) with the command line's
+        column overrides applied."""
