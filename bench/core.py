@@ -11,14 +11,14 @@ batches are padded to their longest text, as sft-tune does).
 
 It measures, in one run and with the measured variants interleaved step by step:
 
-1. Phase-1 step: sft-tune's `TwoPhaseModel(lm_batch, task_batch, alpha)` -> `optimizer_step`
+1. Phase-1 step: sft-tune's `TwoPhaseModel(lm_batch, task_batch, alpha)` -> `train_step`
    (backward, clip, AdamW, linear schedule) versus a NAIVE step: `BertForMaskedLM` and
    `BertForSequenceClassification` sharing one `bert` module (the same weights), each with its
    own forward, the MLM loss from full-vocabulary logits at every position
    (`mlm_model(input_ids, attention_mask, labels=labels).loss`) + alpha * classifier loss, then
-   the very same `optimizer_step`. Same weights at the start, same masked inputs at each step.
+   the same backward/clip/AdamW/schedule (`plain_step`). Same weights at the start, same masked inputs at each step.
    Ratio naive/ours (goal >= 1.5).
-2. Phase-2 step: sft-tune's `model(None, task_batch)` -> `optimizer_step` versus one optimizer
+2. Phase-2 step: sft-tune's `model(None, task_batch)` -> `train_step` versus one optimizer
    step of a plain Hugging Face `transformers.Trainer` on a copy of the same task model and the
    same batch. Ratio Trainer/ours (goal >= 1.0).
 3. Achieved training FLOP/s of each measured step against this machine's measured fp32 matmul
@@ -64,7 +64,18 @@ from transformers import logging as hf_logging  # noqa: E402
 from sft_tune.config import ModelConfig, OptimizerConfig  # noqa: E402
 from sft_tune.model import MaskingCollator, TwoPhaseModel, load_model, load_tokenizer  # noqa: E402
 from sft_tune.tasks.classification import ClassificationTask, EncodedLabelled  # noqa: E402
-from sft_tune.train import make_optimizer, optimizer_step  # noqa: E402
+from sft_tune.train import Runtime, make_optimizer, train_step  # noqa: E402
+
+RUNTIME = Runtime(progress=False)
+
+
+def plain_step(model, optimizer, scheduler, loss, max_grad_norm: float) -> None:
+    """backward, clip, AdamW, schedule, zero: what `train_step` does around one micro-batch."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 LR = 5e-5
 MASK_PROBABILITY = 0.15
@@ -398,19 +409,16 @@ def main(argv: list[str] | None = None) -> None:
     naive_opt, naive_sched = make_optimizer(naive, LR, opt_cfg, rounds)
     ours.train(), naive.train()
 
-    def ours_phase1(r: int) -> None:
-        lm, tb = p1_batches[r]
-        parts = ours(lm, tb, args.alpha)
-        optimizer_step(ours, ours_opt, ours_sched, parts.total, opt_cfg.max_grad_norm)
-        parts.as_floats()  # the training loop logs every step
+    def ours_phase1(r: int) -> None:  # train_step also takes the .item()s the loop logs
+        train_step(ours, ours_opt, ours_sched, [p1_batches[r]], lambda b: ours(b[0], b[1], args.alpha), opt_cfg.max_grad_norm, RUNTIME)
 
     def naive_phase1(r: int) -> None:
         lm, tb = p1_batches[r]
         lm_loss = mlm_model(input_ids=lm["input_ids"], attention_mask=lm["attention_mask"], labels=lm["labels"]).loss
         task_loss = cls_model(**tb).loss
         total = lm_loss + args.alpha * task_loss
-        # Same backward + clip + AdamW + schedule code as sft-tune: only the forward differs.
-        optimizer_step(naive, naive_opt, naive_sched, total, opt_cfg.max_grad_norm)
+        # Same backward + clip + AdamW + schedule as sft-tune's train_step: only the forward differs.
+        plain_step(naive, naive_opt, naive_sched, total, opt_cfg.max_grad_norm)
         total.item(), lm_loss.item(), task_loss.item()
 
     print(f"\nphase 1: {rounds} rounds x 2 variants ...", flush=True)
@@ -446,9 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     ours.train()
 
     def ours_phase2(r: int) -> None:
-        parts = ours(None, p2_batches[r])
-        optimizer_step(ours, ours_opt, ours_sched, parts.total, opt_cfg.max_grad_norm)
-        parts.as_floats()
+        train_step(ours, ours_opt, ours_sched, [p2_batches[r]], lambda b: ours(None, b), opt_cfg.max_grad_norm, RUNTIME)
 
     def trainer_phase2(r: int) -> None:
         loss = trainer.training_step(hf_model, dict(p2_batches[r]))

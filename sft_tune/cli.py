@@ -26,7 +26,8 @@ def _train(args: argparse.Namespace) -> int:
     print(json.dumps(metrics, indent=2, default=str))
     test = metrics.get("test")
     if test:
-        print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  (model: {metrics['model_dir']})")
+        scores = "  ".join(f"{key} {value:.4f}" for key, value in test.items() if isinstance(value, float) and "/" not in key)
+        print(f"test {scores}  (model: {metrics['model_dir']})")
     return 0
 
 

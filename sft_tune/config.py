@@ -42,6 +42,15 @@ class ModelConfig(_Strict):
         description="Language-model loss of phase 1: masked-LM (encoders), next-token (decoders), "
         "or auto (from the architecture).",
     )
+    gguf_file: str | None = Field(
+        None,
+        description="Load the weights (and tokenizer) from this GGUF file inside `name_or_path` "
+        "(e.g. SmolLM2-135M-Instruct.Q4_1.gguf); needs the `gguf` package. Weights are dequantized "
+        "to fp32 for training; the exported model is a plain safetensors folder.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% more compute)."
+    )
 
 
 class NerConfig(_Strict):
@@ -82,6 +91,26 @@ class QaConfig(_Strict):
     )
 
 
+class GenerationConfig(_Strict):
+    """How prompt->response files are read and rendered (task: generation)."""
+
+    prompt_column: str = Field("prompt", description="Column with the prompt text.")
+    response_column: str = Field("response", description="Column with the response text (trained on).")
+    messages_column: str = Field(
+        "messages",
+        description="Column with chat messages [{role, content}, ...], used when the file has it: "
+        "the last assistant message is the response, everything before it the prompt.",
+    )
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Render prompts with the tokenizer's chat template: auto = when it has one "
+        "(always for `messages`).",
+    )
+    max_new_tokens: int = Field(
+        32, ge=1, description="Longest greedy generation in evaluation (exact match) and predict."
+    )
+
+
 class DataConfig(_Strict):
     """Labelled and unlabelled data files, and how to read them."""
 
@@ -116,6 +145,9 @@ class DataConfig(_Strict):
     )
     ner: NerConfig = Field(default_factory=NerConfig, description="Token classification (task: ner).")
     qa: QaConfig = Field(default_factory=QaConfig, description="Extractive QA (task: qa).")
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig, description="Prompt->response SFT (task: generation)."
+    )
 
 
 class Phase1Config(_Strict):
@@ -129,6 +161,9 @@ class Phase1Config(_Strict):
     mask_probability: float = Field(
         0.15, gt=0.0, lt=1.0, description="Share of tokens selected for masked-LM (encoders)."
     )
+    accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches (of both batch sizes) whose gradients add up to one step."
+    )
 
 
 class Phase2Config(_Strict):
@@ -136,7 +171,10 @@ class Phase2Config(_Strict):
 
     epochs: int = Field(3, ge=0, description="Passes over the labelled training data.")
     learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of phase 2.")
-    batch_size: int = Field(16, ge=1, description="Labelled examples per phase-2 step.")
+    batch_size: int = Field(16, ge=1, description="Labelled examples per phase-2 micro-batch.")
+    accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches whose gradients add up to one optimizer step."
+    )
 
 
 class OptimizerConfig(_Strict):

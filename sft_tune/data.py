@@ -182,14 +182,24 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") ->
 
 
 def batch_indices(
-    size: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world_size: int = 1
+    size: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    rank: int = 0,
+    world_size: int = 1,
+    lengths: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """One epoch of index batches, shuffled when a generator is given, sharded across DDP ranks.
 
     Every rank gets the same number of batches (the order is padded by wrapping around) so that
-    no rank waits for a gradient all-reduce that never comes.
+    no rank waits for a gradient all-reduce that never comes. With `lengths`, the shuffled order
+    is sorted by length inside windows of 50 batches (like transformers' LengthGroupedSampler),
+    so a batch holds examples of similar length and padding does not dominate its cost.
     """
     order = torch.randperm(size, generator=generator).tolist() if generator is not None else list(range(size))
+    if lengths is not None and generator is not None:
+        span = 50 * batch_size * world_size
+        order = [i for start in range(0, size, span) for i in sorted(order[start : start + span], key=lambda j: -lengths[j])]
     per_rank = -(-size // world_size)
     order = (order * (world_size + 1))[: per_rank * world_size] if world_size > 1 else order
     mine = order[rank::world_size]
@@ -197,8 +207,8 @@ def batch_indices(
 
 
 def endless_batches(
-    size: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+    size: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1, lengths: Sequence[int] | None = None
 ) -> Iterator[list[int]]:
     """Shuffled index batches forever (phase 1 draws a fixed number of steps, not epochs)."""
     while True:
-        yield from batch_indices(size, batch_size, generator, rank, world_size)
+        yield from batch_indices(size, batch_size, generator, rank, world_size, lengths)

@@ -6,6 +6,7 @@ never leaves a half-written model folder that looks complete.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -54,8 +55,10 @@ def export_model(task_model, tokenizer, target: Path, info: dict[str, Any], hist
     """Save model (safetensors), tokenizer, `run.json` (config, metrics, versions), the step log, and
     `extra_files` (name -> JSON content), all in one atomic rename."""
 
+    model = plain_model(task_model)
+
     def write(folder: Path) -> None:
-        task_model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
         payload = {**info, "versions": library_versions()}
         (folder / RUN_FILE).write_text(json.dumps(payload, indent=2, default=str))
@@ -67,3 +70,16 @@ def export_model(task_model, tokenizer, target: Path, info: dict[str, Any], hist
                     handle.write(json.dumps(record) + "\n")
 
     return write_atomically(target, write)
+
+
+def plain_model(model):
+    """The model itself, or for one loaded from a quantized checkpoint (GGUF) the same weights in a
+    plain model of its class: transformers refuses to save a GGUF-loaded model as such."""
+    if getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None:
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    return plain.to(next(model.parameters()).dtype)

@@ -77,33 +77,56 @@ def resolve_objective(model: ModelConfig, config: Any, tokenizer) -> str:
 
 
 def load_tokenizer(model: ModelConfig, task=None):
-    """The checkpoint's tokenizer (with the task's extra arguments); a missing pad token is set to
-    EOS (decoders)."""
+    """The checkpoint's tokenizer (with the task's extra arguments), padding on the right.
+
+    Training always pads on the right: absolute-position decoders (GPT-2) would shift every
+    position under left padding, and the classification heads of transformers pool the last
+    non-padding token either way. A missing pad token is set to EOS; padding positions are
+    excluded by the attention mask and ignored by every loss, so reusing EOS is safe.
+    """
+    kwargs = {**(task.tokenizer_kwargs() if task else {}), **_gguf(model)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **(task.tokenizer_kwargs() if task else {}))
+        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         raise fail("model.name_or_path", model.name_or_path, f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})", "point to a folder with config.json and tokenizer files") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise fail("model.name_or_path", model.name_or_path, "the tokenizer needs a pad or EOS token", "use a tokenizer that defines one")
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
     return tokenizer
 
 
+def _gguf(model: ModelConfig) -> dict[str, Any]:
+    """`from_pretrained` arguments that read a GGUF checkpoint (dequantized to fp32)."""
+    return {"gguf_file": model.gguf_file} if model.gguf_file else {}
+
+
 def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) -> TwoPhaseModel:
-    """Build the task model and attach the LM head of the matching LM class."""
-    config = AutoConfig.from_pretrained(model.name_or_path)
+    """Build the task model and attach the LM head of the matching LM class.
+
+    A task whose model is itself a causal LM (generation) brings its own head: the LM loss uses it.
+    """
+    gguf = _gguf(model)
+    weights = {**gguf, "dtype": torch.float32} if gguf else {}
+    config = AutoConfig.from_pretrained(model.name_or_path, **gguf)
     objective = resolve_objective(model, config, tokenizer)
     lm_class = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load reports below say what matters, once
     try:
-        task_model = task.auto_model.from_pretrained(model.name_or_path, **task.model_kwargs(label_names))
-        lm_model, info = lm_class.from_pretrained(model.name_or_path, output_loading_info=True)
+        task_model = task.auto_model.from_pretrained(model.name_or_path, **weights, **task.model_kwargs(label_names))
+        own_head = task.auto_model is lm_class
+        if not own_head:
+            lm_model, info = lm_class.from_pretrained(model.name_or_path, output_loading_info=True, **weights)
     finally:
         hf_logging.set_verbosity(verbosity)
     if task_model.config.pad_token_id is None:
         task_model.config.pad_token_id = tokenizer.pad_token_id
+    if model.gradient_checkpointing:
+        enable_checkpointing(task_model)
+    if own_head:
+        return TwoPhaseModel(task_model, lm_head_of(task_model), objective)
     fresh = [key for key in info["missing_keys"] if not key.startswith(lm_model.base_model_prefix)]
     if fresh:
         log.info("LM head: %d tensors not in the checkpoint, newly initialised (%s ...)", len(fresh), fresh[0])
@@ -112,6 +135,18 @@ def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) 
     if output is not None and output.weight is lm_model.get_input_embeddings().weight:
         output.weight = task_model.get_input_embeddings().weight  # tie to the shared backbone
     return TwoPhaseModel(task_model, head, objective)
+
+
+def enable_checkpointing(task_model: nn.Module) -> None:
+    """Activation (gradient) checkpointing on the backbone, non-reentrant (works with DDP and
+    frozen inputs); the LM loss runs on the same backbone, so it is checkpointed too."""
+    if not getattr(task_model, "supports_gradient_checkpointing", False):
+        raise fail("model.gradient_checkpointing", True, f"{type(task_model).__name__} does not support gradient checkpointing", "set model.gradient_checkpointing: false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(task_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        task_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        task_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def lm_head_of(lm_model: nn.Module) -> nn.Module:

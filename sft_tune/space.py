@@ -73,7 +73,7 @@ class SearchSettings(_Strict):
     """How the search runs."""
 
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name: folder under storage_path and Optuna study name.")
-    metric: str = Field("macro_f1", description="Task metric averaged over folds (e.g. macro_f1, accuracy).")
+    metric: str = Field("macro_f1", description="Task metric averaged over folds; default: the task's own (classification macro_f1, ner f1, qa f1).")
     mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower metric is better.")
     num_trials: int = Field(8, ge=1, description="Trials to run.")
     max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
@@ -205,6 +205,8 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
 
     search, problems = space.search, []
     task = get_task(base_config.model.task)
+    if "metric" not in search.model_fields_set:
+        search.metric = task.metric  # the task's own score (macro_f1, entity f1, squad f1, ...)
     if search.metric not in task.metrics:
         problems.append(Problem("search.metric", search.metric, f"must be a metric of the {task.name} task: {sorted(task.metrics)}", "pick one of those"))
     try:

@@ -94,13 +94,27 @@ def make_optimizer(model: nn.Module, lr: float, opt: OptimizerConfig, steps: int
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
 
 
-def optimizer_step(model: nn.Module, optimizer, scheduler, loss: torch.Tensor, max_grad_norm: float) -> None:
-    loss.backward()
+def train_step(model: nn.Module, optimizer, scheduler, micro_batches: Sequence[Any], compute: Callable[[Any], Any], max_grad_norm: float, rt: Runtime) -> dict[str, float]:
+    """One optimizer step over `micro_batches` (gradient accumulation): `compute(micro)` returns
+    the `LossParts` of one micro-batch; gradients are averaged, and under DDP all-reduced only on
+    the last micro-batch. Returns the losses averaged over the micro-batches."""
+    n = len(micro_batches)
+    losses: dict[str, float] = {}
+    for i, micro in enumerate(micro_batches):
+        last = i == n - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with rt.autocast():
+                parts = compute(micro)
+            (parts.total / n).backward()
+        for key, value in parts.as_floats().items():
+            losses[key] = losses.get(key, 0.0) + value / n
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return losses
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -113,25 +127,29 @@ def unwrap(model: nn.Module) -> TwoPhaseModel:
 
 
 def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
-    """Minimize L_lm + alpha * L_task: each step takes one LM batch and one labelled batch."""
+    """Minimize L_lm + alpha * L_task: each micro-batch is one LM batch plus one labelled batch."""
     p1 = config.phase1
     inner = unwrap(model)
     collator = MaskingCollator(tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 1 + rt.rank)
     order = torch.Generator().manual_seed(config.seed * 1000 + 2)
     lm_batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size)
-    task_batches = endless_batches(len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size)
+    task_batches = endless_batches(len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size, task.lengths(data.train))
     optimizer, scheduler = make_optimizer(model, p1.learning_rate, config.optimizer, p1.steps)
+
+    def compute(micro: tuple[list[int], list[int]]):
+        lm_indices, task_indices = micro
+        lm_batch = to_device(collator([data.lm_ids[i] for i in lm_indices]), rt.device)
+        task_batch = to_device(task.collate(data.train, task_indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
+        return model(lm_batch, task_batch, p1.alpha)
+
     model.train()
     history = []
     bar = _progress(p1.steps, "phase 1", rt)
     for step in range(1, p1.steps + 1):
-        lm_batch = to_device(collator([data.lm_ids[i] for i in next(lm_batches)]), rt.device)
-        task_batch = to_device(task.collate(data.train, next(task_batches), tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
-        with rt.autocast():
-            parts = model(lm_batch, task_batch, p1.alpha)
+        micro = [(next(lm_batches), next(task_batches)) for _ in range(p1.accumulation_steps)]
         lr = scheduler.get_last_lr()[0]
-        optimizer_step(model, optimizer, scheduler, parts.total, config.optimizer.max_grad_norm)
-        history.append(_record(1, step, lr, parts.as_floats(), rt, bar))
+        losses = train_step(model, optimizer, scheduler, micro, compute, config.optimizer.max_grad_norm, rt)
+        history.append(_record(1, step, lr, losses, rt, bar))
     bar.close()
     return history
 
@@ -140,21 +158,25 @@ def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
     """Minimize L_task alone, from the phase-1 weights; `on_epoch(epoch)` evaluates after each epoch."""
     p2 = config.phase2
     order = torch.Generator().manual_seed(config.seed * 1000 + 3)
-    per_epoch = len(batch_indices(len(data.train), p2.batch_size, None, rt.rank, rt.world_size))
+    lengths = task.lengths(data.train)
+    per_epoch = -(-len(batch_indices(len(data.train), p2.batch_size, None, rt.rank, rt.world_size)) // p2.accumulation_steps)
     optimizer, scheduler = make_optimizer(model, p2.learning_rate, config.optimizer, per_epoch * p2.epochs)
+
+    def compute(indices: list[int]):
+        batch = to_device(task.collate(data.train, indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
+        return model(None, batch)
+
     model.train()
     history = []
     bar = _progress(per_epoch * p2.epochs, "phase 2", rt)
     step = 0
     for epoch in range(1, p2.epochs + 1):
-        for indices in batch_indices(len(data.train), p2.batch_size, order, rt.rank, rt.world_size):
+        batches = batch_indices(len(data.train), p2.batch_size, order, rt.rank, rt.world_size, lengths)
+        for start in range(0, len(batches), p2.accumulation_steps):
             step += 1
-            batch = to_device(task.collate(data.train, indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
-            with rt.autocast():
-                parts = model(None, batch)
             lr = scheduler.get_last_lr()[0]
-            optimizer_step(model, optimizer, scheduler, parts.total, config.optimizer.max_grad_norm)
-            history.append(_record(2, step, lr, parts.as_floats(), rt, bar))
+            losses = train_step(model, optimizer, scheduler, batches[start : start + p2.accumulation_steps], compute, config.optimizer.max_grad_norm, rt)
+            history.append(_record(2, step, lr, losses, rt, bar))
         on_epoch(epoch)
     bar.close()
     return history

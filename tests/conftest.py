@@ -98,6 +98,34 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return folder
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant: {% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tiny_gpt2) -> Path:
+    """A 2-layer Llama-style decoder (RoPE, RMSNorm, SwiGLU) on the tiny byte-level BPE, with a
+    chat template, saved like a hub checkpoint."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    eos = tokenizer.eos_token_id
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def toy_generation_rows(n: int, seed: int) -> list[dict]:
+    """The toy sentiment set framed as prompt -> label-word pairs."""
+    return [{"prompt": f"review: {row['text']}\nsentiment:", "response": row["label"]} for row in toy_rows(n, seed)]
+
+
 def make_toy_files(folder: Path) -> dict[str, Path]:
     rng = random.Random(1)
     unlabelled = [{"text": toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL))} for _ in range(120)]

@@ -60,6 +60,10 @@ class Task(ABC):
     def evaluate(self, model: torch.nn.Module, examples: Any, batches: list[list[int]], pad_id: int, side: str, device: torch.device) -> dict[str, float]:
         """Metrics of `model` on `examples` (including `self.metric`)."""
 
+    def lengths(self, examples: Any) -> list[int] | None:
+        """Token length of each training unit, for length-grouped batches; None = plain shuffling."""
+        return None
+
     def model_kwargs(self, names: Sequence[str]) -> dict[str, Any]:
         """Extra `from_pretrained` arguments for the task head."""
         return {}
