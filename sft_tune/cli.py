@@ -68,6 +68,9 @@ def _search(args: argparse.Namespace) -> int:
     if result.best:
         best = result.best
         print(f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}")
+    from sft_tune.search import phase1_verdict, load_sweep
+
+    print(f"phase 1: {phase1_verdict(load_sweep(result.sweep_dir), result.trials)['statement']}")
     if not result.complete:
         print(f"sweep incomplete; resume it with: sft-tune search --resume {result.sweep_dir}", file=sys.stderr)
         return 0

@@ -164,6 +164,20 @@ class Phase1Config(_Strict):
     accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches (of both batch sizes) whose gradients add up to one step."
     )
+    alpha_schedule: Literal["constant", "increase", "decrease"] = Field(
+        "constant",
+        description="How the task-loss weight moves over phase 1: constant alpha, linearly from 0 up "
+        "to alpha (LM first, task later), or from alpha down to 0.",
+    )
+    head_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Steps that train only the LM head on the LM loss, backbone frozen, before phase 1 "
+        "(for checkpoints whose LM head starts fresh, e.g. MiniLM); 0 = none.",
+    )
+    head_warmup_learning_rate: float = Field(
+        1e-3, gt=0.0, le=1.0, description="Learning rate of the LM-head warm-up."
+    )
 
 
 class Phase2Config(_Strict):
@@ -174,6 +188,13 @@ class Phase2Config(_Strict):
     batch_size: int = Field(16, ge=1, description="Labelled examples per phase-2 micro-batch.")
     accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches whose gradients add up to one optimizer step."
+    )
+    early_stopping_patience: int = Field(
+        0,
+        ge=0,
+        description="Stop phase 2 after this many epochs without a better validation score and keep "
+        "the best epoch's weights (0 = off). Needs data.validation_fraction > 0; in a search, each "
+        "fold's training part is split again, so the held-out fold stays unseen.",
     )
 
 
@@ -186,6 +207,13 @@ class OptimizerConfig(_Strict):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
     eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    head_lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1000.0,
+        description="Learning-rate multiplier for the heads (task head and LM head) against the "
+        "pretrained backbone; >1 lets freshly created heads catch up.",
+    )
 
 
 class RunConfig(_Strict):
@@ -232,7 +260,20 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str 
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
         raise InputError(problems_from_validation(err, RunConfig), title=f"{source}: invalid config") from None
+    problems = cross_checks(config)
+    if problems:
+        raise InputError(problems, title=f"{source}: invalid config")
     return resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def cross_checks(config: RunConfig) -> list[Problem]:
+    """Rules that tie several fields together (each field alone was already checked)."""
+    problems = []
+    if config.phase2.early_stopping_patience > 0 and config.data.validation_fraction == 0:
+        problems.append(Problem("phase2.early_stopping_patience", config.phase2.early_stopping_patience, "early stopping needs a validation split to score each epoch", "set data.validation_fraction above 0 (e.g. 0.1), or early_stopping_patience to 0"))
+    if config.model.task in ("ner", "qa") and config.data.stride >= config.data.max_length // 2:
+        problems.append(Problem("data.stride", config.data.stride, f"windows must overlap by less than half of data.max_length ({config.data.max_length})", f"set data.stride below {config.data.max_length // 2}"))
+    return problems
 
 
 def resolve_paths(config: RunConfig, base_dir: Path) -> RunConfig:

@@ -18,14 +18,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sft_tune import data as data_module
 from sft_tune.config import RunConfig
 from sft_tune.data import tokenize
 from sft_tune.model import load_model, load_tokenizer
 from sft_tune.run import read_data
-from sft_tune.splits import make_folds
+from sft_tune.splits import make_folds, split_validation
 from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Runtime, evaluate, fit, lm_sequences, seed_everything
 
@@ -48,25 +48,38 @@ class SweepData:
     label_names: list[str]
     folds: list[tuple[list[int], list[int]]]  # (train indices, held-out indices) per fold
     tokenization_passes: int
+    strata: list[Any] | None = None  # per labelled example, for inner validation splits
+    groups: list[Any] | None = None
 
-    def fold_lm_ids(self, fold: int, include_labelled: bool) -> list[list[int]]:
-        """The LM data of one fold: never any text of its held-out part."""
+    def fold_lm_ids(self, fold: int, include_labelled: bool, also_held: Sequence[int] = ()) -> list[list[int]]:
+        """The LM data of one fold: never any text of its held-out part (nor of `also_held`)."""
         train, held = self.folds[fold]
-        return lm_sequences(self.unlabelled_ids, self.unlabelled_texts, self.labelled_lm_ids, self.labelled_texts, train, held, include_labelled)
+        train = [i for i in train if i not in set(also_held)]
+        return lm_sequences(self.unlabelled_ids, self.unlabelled_texts, self.labelled_lm_ids, self.labelled_texts, train, list(held) + list(also_held), include_labelled)
+
+    def fold_split(self, fold: int, fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
+        """The fold's training part split again into (train, inner validation) example indices,
+        for early stopping that never looks at the held-out fold."""
+        train, _ = self.folds[fold]
+        strata = [self.strata[i] for i in train]
+        groups = [self.groups[i] for i in train] if self.groups is not None else None
+        inner_train, inner_val = split_validation(strata, groups, fraction, seed, path)
+        return [train[i] for i in inner_train], [train[i] for i in inner_val]
 
 
 def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
     """Read, check and tokenize the labelled training file and unlabelled pool, once per sweep."""
     task = get_task(config.model.task)
     raw = read_data(config, task)
-    fold_indices = make_folds(task.strata(raw.train), task.groups(raw.train), folds, seed, config.data.train)
+    strata, groups = task.strata(raw.train), task.groups(raw.train)
+    fold_indices = make_folds(strata, groups, folds, seed, config.data.train)
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
     unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
     texts = task.texts(raw.train)
     labelled_lm_ids = tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-    return SweepData(labelled, texts, labelled_lm_ids, unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before)
+    return SweepData(labelled, texts, labelled_lm_ids, unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before, strata, groups)
 
 
 def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None) -> list[float]:
@@ -83,8 +96,12 @@ def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime,
         seed_everything(config.seed + fold)
         model.load_state_dict(initial)
         train, held = data.folds[fold]
-        fold_data = FitData(data.labelled.subset(train), data.fold_lm_ids(fold, config.data.labelled_text_for_lm))
-        result = fit(wrapped, task, fold_data, config, tokenizer, rt)
+        if config.phase2.early_stopping_patience > 0:
+            train, inner = data.fold_split(fold, config.data.validation_fraction, config.seed + fold, config.data.train)
+            fold_data = FitData(data.labelled.subset(train), data.fold_lm_ids(fold, config.data.labelled_text_for_lm, inner), data.labelled.subset(inner))
+        else:
+            fold_data = FitData(data.labelled.subset(train), data.fold_lm_ids(fold, config.data.labelled_text_for_lm))
+        result = fit(wrapped, task, fold_data, config, tokenizer, rt, metric)
         metrics = evaluate(wrapped, task, data.labelled.subset(held), tokenizer, rt)
         scores.append(metrics[metric])
         if after_fold is not None:

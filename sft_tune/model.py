@@ -9,6 +9,7 @@ exported, so the result loads with plain transformers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Sequence
 
@@ -47,9 +48,11 @@ class TwoPhaseModel(nn.Module):
     def backbone(self) -> nn.Module:
         return self.task_model.base_model
 
-    def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Masked-LM loss (labels from `mask_tokens`) or next-token loss (labels None)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
+    def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None, frozen_backbone: bool = False) -> torch.Tensor:
+        """Masked-LM loss (labels from `mask_tokens`) or next-token loss (labels None); with
+        `frozen_backbone` only the head receives gradients (LM-head warm-up)."""
+        with torch.no_grad() if frozen_backbone else contextlib.nullcontext():
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
         if self.objective == "masked":
             return masked_lm_loss(hidden, labels, self.lm_head)
         return causal_lm_loss(hidden, input_ids, attention_mask, self.lm_head)

@@ -92,6 +92,9 @@ def terminal_summary(sweep, trials: list[dict[str, Any]], best: dict[str, Any] |
     lines = [f"sweep {sweep.search.name}: {len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), {sweep.search.folds}-fold CV of {sweep.search.metric}"]
     if best:
         lines.append(f"best trial {best['trial_id']}: {best['cv_mean']:.4f} ± {best['cv_std']:.4f}; " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
+    from sft_tune.search import phase1_verdict
+
+    lines.append(f"phase 1: {phase1_verdict(sweep, trials)['statement']}")
     return "\n".join(lines)
 
 

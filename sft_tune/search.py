@@ -337,6 +337,45 @@ def best_trial(sweep: Sweep, trials: list[dict]) -> dict[str, Any] | None:
     return {**{k: top[k] for k in ("trial_id", "cv_mean", "cv_std", "fold_scores")}, "metric": sweep.search.metric, "params": params, "config": with_params(sweep.base, params)}
 
 
+def phase1_verdict(sweep: Sweep, trials: list[dict]) -> dict[str, Any]:
+    """Did the best configuration use phase 1, and by how much did it beat the best plain
+    fine-tune (phase1.steps = 0) of the same sweep? Both judged by CV mean on COMPLETE trials."""
+    finished = [t for t in trials if t["status"] == "COMPLETE"]
+    sign = 1 if sweep.search.mode == "max" else -1
+
+    def steps(trial: dict) -> int:
+        params = {k.removeprefix("param:"): v for k, v in trial.items() if k.startswith("param:")}
+        return int(with_params(sweep.base, params).get("phase1", {}).get("steps", 200))
+
+    def top(group: list[dict]) -> dict | None:
+        return max(group, key=lambda t: (sign * t["cv_mean"], -t["cv_std"])) if group else None
+
+    two_phase, plain = top([t for t in finished if steps(t) > 0]), top([t for t in finished if steps(t) == 0])
+    metric = sweep.search.metric
+    verdict: dict[str, Any] = {
+        "best_two_phase": two_phase and {"trial_id": two_phase["trial_id"], "cv_mean": two_phase["cv_mean"]},
+        "best_plain": plain and {"trial_id": plain["trial_id"], "cv_mean": plain["cv_mean"]},
+        "best_uses_phase1": None,
+        "margin": None,
+    }
+    if two_phase and plain:
+        margin = sign * (two_phase["cv_mean"] - plain["cv_mean"])
+        uses = margin > 0
+        verdict.update(best_uses_phase1=uses, margin=margin)
+        if uses:
+            verdict["statement"] = f"the best configuration uses phase 1: CV {metric} {two_phase['cv_mean']:.4f} vs {plain['cv_mean']:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f}"
+        else:
+            verdict["statement"] = f"phase 1 did not help on this data: the best plain fine-tune (phase1.steps 0) scored CV {metric} {plain['cv_mean']:.4f}, the best two-phase configuration {two_phase['cv_mean']:.4f} ({margin:+.4f})"
+    elif two_phase or plain:
+        kind = "two-phase" if two_phase else "plain (phase1.steps 0)"
+        other = "a plain fine-tune (phase1.steps 0)" if two_phase else "a configuration with phase 1"
+        verdict["best_uses_phase1"] = bool(two_phase)
+        verdict["statement"] = f"only {kind} configurations finished, so this sweep cannot say whether phase 1 helps; let phase1.steps reach 0 and above so that {other} is tried too"
+    else:
+        verdict["statement"] = "no trial finished all folds"
+    return verdict
+
+
 def _optuna_states(sweep: Sweep, folder: Path) -> dict[str, int]:
     url = sweep.search.optuna_storage or f"sqlite:///{folder / 'study.db'}"
     try:
@@ -361,7 +400,7 @@ def _write_outputs(sweep: Sweep, folder: Path, trials, best, passes: int, comple
     if best is not None:
         (folder / "best.json").write_text(json.dumps({k: v for k, v in best.items() if k != "config"}, indent=2))
         (folder / "best_config.yaml").write_text(yaml.safe_dump(best["config"], sort_keys=False))
-    summary = {"sweep_dir": str(folder), "complete": complete, "trials": len(trials), "tokenization_passes": passes, "optuna_states": states, "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")}, "best": {k: v for k, v in (best or {}).items() if k != "config"} or None}
+    summary = {"sweep_dir": str(folder), "complete": complete, "trials": len(trials), "tokenization_passes": passes, "optuna_states": states, "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")}, "best": {k: v for k, v in (best or {}).items() if k != "config"} or None, "phase1": phase1_verdict(sweep, trials)}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

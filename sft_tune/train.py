@@ -79,13 +79,22 @@ class FitResult:
         return self.evaluations[-1] if self.evaluations else None
 
 
-def make_optimizer(model: nn.Module, lr: float, opt: OptimizerConfig, steps: int):
-    """AdamW (no decay on biases and norms) with linear warm-up and linear decay over `steps`."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def make_optimizer(model: nn.Module, lr: float, opt: OptimizerConfig, steps: int, params: Sequence[nn.Parameter] | None = None):
+    """AdamW (no decay on biases and norms) with linear warm-up and linear decay over `steps`.
+
+    The heads (every trainable parameter outside the shared backbone: task head, LM head) get
+    `lr * opt.head_lr_scale`. `params` restricts the optimizer to those parameters.
+    """
+    trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    backbone = {id(p) for p in getattr(unwrap(model), "backbone", model).parameters()}
+    groups = []
+    for is_head, scale in ((False, 1.0), (True, opt.head_lr_scale)):
+        part = [p for p in trainable if (id(p) not in backbone) == is_head]
+        groups += [
+            {"params": [p for p in part if p.ndim >= 2], "weight_decay": opt.weight_decay, "lr": lr * scale},
+            {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr": lr * scale},
+        ]
+    groups = [group for group in groups if group["params"]]
     try:  # the fused kernel is ~7x faster per update on CPU (bench/core.py) and on GPU
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=True)
     except (RuntimeError, TypeError):  # a device or dtype the fused kernel does not take
@@ -126,6 +135,52 @@ def unwrap(model: nn.Module) -> TwoPhaseModel:
     return getattr(model, "module", model)
 
 
+def alpha_at(step: int, steps: int, alpha: float, schedule: str) -> float:
+    """The task-loss weight at phase-1 step `step` (1-based) of `steps`."""
+    if schedule == "increase":
+        return alpha * step / steps
+    if schedule == "decrease":
+        return alpha * (steps - step + 1) / steps
+    return alpha
+
+
+def run_head_warmup(model: nn.Module, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
+    """Train only the LM head's own weights on the LM loss, the backbone frozen (run under no_grad),
+    so that a freshly created head (MiniLM has none) does not send random gradients into the
+    backbone when phase 1 starts. Weights the head shares with the backbone (tied embeddings)
+    stay as they are. Under DDP the head gradients are averaged by hand (this bypasses the
+    DDP wrapper, which owns the backbone)."""
+    p1 = config.phase1
+    inner = unwrap(model)
+    shared = {id(p) for p in inner.task_model.parameters()}
+    params = [p for p in inner.lm_head.parameters() if id(p) not in shared]
+    if not params:
+        return []
+    collator = MaskingCollator(tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 4 + rt.rank)
+    batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, torch.Generator().manual_seed(config.seed * 1000 + 5), rt.rank, rt.world_size)
+    optimizer, scheduler = make_optimizer(inner, p1.head_warmup_learning_rate, config.optimizer.model_copy(update={"head_lr_scale": 1.0}), p1.head_warmup_steps, params)
+    inner.train()
+    history = []
+    bar = _progress(p1.head_warmup_steps, "LM-head warm-up", rt)
+    for step in range(1, p1.head_warmup_steps + 1):
+        batch = to_device(collator([data.lm_ids[i] for i in next(batches)]), rt.device)
+        with rt.autocast():
+            loss = inner.lm_loss(**batch, frozen_backbone=True)
+        loss.backward()
+        if rt.world_size > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= rt.world_size
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append(_record(0, step, lr, {"loss": loss.item(), "lm_loss": loss.item(), "task_loss": float("nan")}, rt, bar))
+    bar.close()
+    return history
+
+
 def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
     """Minimize L_lm + alpha * L_task: each micro-batch is one LM batch plus one labelled batch."""
     p1 = config.phase1
@@ -135,27 +190,30 @@ def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
     lm_batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size)
     task_batches = endless_batches(len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size, task.lengths(data.train))
     optimizer, scheduler = make_optimizer(model, p1.learning_rate, config.optimizer, p1.steps)
+    alpha = p1.alpha
 
     def compute(micro: tuple[list[int], list[int]]):
         lm_indices, task_indices = micro
         lm_batch = to_device(collator([data.lm_ids[i] for i in lm_indices]), rt.device)
         task_batch = to_device(task.collate(data.train, task_indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
-        return model(lm_batch, task_batch, p1.alpha)
+        return model(lm_batch, task_batch, alpha)
 
     model.train()
     history = []
     bar = _progress(p1.steps, "phase 1", rt)
     for step in range(1, p1.steps + 1):
+        alpha = alpha_at(step, p1.steps, p1.alpha, p1.alpha_schedule)
         micro = [(next(lm_batches), next(task_batches)) for _ in range(p1.accumulation_steps)]
         lr = scheduler.get_last_lr()[0]
         losses = train_step(model, optimizer, scheduler, micro, compute, config.optimizer.max_grad_norm, rt)
-        history.append(_record(1, step, lr, losses, rt, bar))
+        history.append(_record(1, step, lr, {**losses, "alpha": alpha}, rt, bar))
     bar.close()
     return history
 
 
-def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, on_epoch: Callable[[int], None]) -> list[dict]:
-    """Minimize L_task alone, from the phase-1 weights; `on_epoch(epoch)` evaluates after each epoch."""
+def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, on_epoch: Callable[[int], bool]) -> list[dict]:
+    """Minimize L_task alone, from the phase-1 weights; `on_epoch(epoch)` evaluates after each
+    epoch and returns True to stop early. The schedule stays the one planned for all epochs."""
     p2 = config.phase2
     order = torch.Generator().manual_seed(config.seed * 1000 + 3)
     lengths = task.lengths(data.train)
@@ -177,7 +235,8 @@ def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
             lr = scheduler.get_last_lr()[0]
             losses = train_step(model, optimizer, scheduler, batches[start : start + p2.accumulation_steps], compute, config.optimizer.max_grad_norm, rt)
             history.append(_record(2, step, lr, losses, rt, bar))
-        on_epoch(epoch)
+        if on_epoch(epoch):
+            break
     bar.close()
     return history
 
@@ -189,24 +248,41 @@ def evaluate(model: nn.Module, task, examples: Any, tokenizer, rt: Runtime, batc
         return task.evaluate(unwrap(model).task_model, examples, batches, tokenizer.pad_token_id, tokenizer.padding_side, rt.device)
 
 
-def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> FitResult:
-    """Both phases on prepared data; evaluates and calls `rt.report` after phase 1 and each phase-2 epoch."""
+def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, metric: str | None = None) -> FitResult:
+    """Both phases on prepared data; evaluates and calls `rt.report` after phase 1 and each phase-2
+    epoch. With `phase2.early_stopping_patience`, phase 2 stops once `metric` (default: the task's)
+    has not improved on `data.eval` for that many epochs, and the best epoch's weights are kept."""
     evaluations: list[dict[str, Any]] = []
+    metric = metric or task.metric
+    patience = config.phase2.early_stopping_patience if data.eval is not None else 0
+    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None}
 
-    def checkpoint_eval(phase: int, epoch: int) -> None:
+    def checkpoint_eval(phase: int, epoch: int) -> bool:
+        """Evaluate; True when phase 2 should stop early."""
         if data.eval is None:
-            return
+            return False
         metrics = {"phase": phase, "epoch": epoch, **evaluate(model, task, data.eval, tokenizer, rt)}
         evaluations.append(metrics)
         if rt.rank == 0:
             log.info("eval after phase %d epoch %d: %s", phase, epoch, _fmt(metrics))
         rt.report(metrics, None)
+        if phase != 2 or not patience:
+            return False
+        score = metrics[metric] if task.metric_mode(metric) == "max" else -metrics[metric]
+        if score > best["score"]:
+            best.update(score=score, epoch=epoch, state={k: v.detach().clone() for k, v in unwrap(model).state_dict().items()})
+        return epoch - best["epoch"] >= patience
 
     history = []
     if config.phase1.steps > 0:
+        if config.phase1.head_warmup_steps > 0:
+            history += run_head_warmup(model, data, config, tokenizer, rt)
         history += run_phase1(model, task, data, config, tokenizer, rt)
         checkpoint_eval(1, 0)
     history += run_phase2(model, task, data, config, tokenizer, rt, lambda epoch: checkpoint_eval(2, epoch))
+    if best["state"] is not None:
+        unwrap(model).load_state_dict(best["state"])
+        log.info("early stopping: kept the weights of phase-2 epoch %d (%s %.4f)", best["epoch"], metric, abs(best["score"]))
     return FitResult(history, evaluations)
 
 

@@ -60,6 +60,10 @@ class Task(ABC):
     def evaluate(self, model: torch.nn.Module, examples: Any, batches: list[list[int]], pad_id: int, side: str, device: torch.device) -> dict[str, float]:
         """Metrics of `model` on `examples` (including `self.metric`)."""
 
+    def metric_mode(self, metric: str) -> str:
+        """"max" when a higher `metric` is better, "min" for losses."""
+        return "min" if metric in ("loss", "perplexity") else "max"
+
     def lengths(self, examples: Any) -> list[int] | None:
         """Token length of each training unit, for length-grouped batches; None = plain shuffling."""
         return None
