@@ -39,7 +39,9 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
     if best is None:
         raise fail(str(trials_file), "no COMPLETE trial", "selection needs at least one trial that finished all folds", "resume the sweep (`sft-tune search --resume DIR`) or run more trials")
     raw = best["config"]
-    raw = {**raw, "data": {**raw["data"], "validation_fraction": 0.0}, "output_dir": str(sweep_dir)}
+    # All labelled data trains the final model; early stopping keeps its validation split.
+    keep_split = raw.get("phase2", {}).get("early_stopping_patience", 0) > 0
+    raw = {**raw, "data": {**raw["data"], "validation_fraction": raw["data"].get("validation_fraction", 0.1) if keep_split else 0.0}, "output_dir": str(sweep_dir)}
     config = parse_config(raw)
     summary = {
         "sweep_id": sweep.search.name,

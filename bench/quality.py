@@ -1,0 +1,264 @@
+"""Quality study: does searched two-phase SFT beat an equally searched plain fine-tune?
+
+Four arms, each chosen by k-fold cross-validation only (never by the test set), each with the
+same search budget (trials x folds), on the same data splits, repeated over seeds:
+
+  plain     plain fine-tuning: phase1.steps 0; phase-2 learning rate and epochs searched
+  tapt      task-adaptive pre-training then fine-tuning: alpha 0 (LM loss only in phase 1);
+            phase-1 steps and learning rate, phase-2 learning rate and epochs searched
+  sft       two-phase SFT: alpha, both learning rates and both phase lengths searched
+  sft-a1    two-phase SFT with alpha fixed at 1
+
+Every (arm, seed) is a real `sft-tune search` (Ray Tune + Optuna, k-fold CV) followed by
+`sft-tune select` (retrain on all labelled data, test once). The seed sets the fold split, the
+sampler and the training seed; arms with the same seed share the fold split (paired design).
+Results go to a JSON file as they finish (a rerun skips finished (arm, seed) pairs) and to a
+Markdown table with mean +- std, paired differences against `plain` per seed, a paired t-test and
+a Wilcoxon signed-rank test, and the labelled / unlabelled examples each arm consumed.
+
+    python examples/prepare_tweets.py
+    python bench/quality.py --seeds 0 1 2 3 4 --trials 4 --folds 2      # writes bench/QUALITY.md
+
+Extra arm options (all searchable config fields): `--warmup N` adds an LM-head warm-up of N steps
+to the phase-1 arms (MiniLM ships no MLM head), `--head-lr-scale X` gives the heads X times the
+backbone learning rate in every arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ARMS = {
+    "plain": {
+        "overrides": {"phase1.steps": 0},
+        "params": {
+            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
+            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
+        },
+    },
+    "tapt": {
+        "overrides": {"phase1.alpha": 0.0},
+        "params": {
+            "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
+            "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
+            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
+            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
+        },
+    },
+    "sft": {
+        "overrides": {},
+        "params": {
+            "phase1.alpha": {"type": "float", "low": 0.25, "high": 4.0, "log": True},
+            "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
+            "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
+            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
+            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
+        },
+    },
+    "sft-a1": {
+        "overrides": {"phase1.alpha": 1.0},
+        "params": {
+            "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
+            "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
+            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
+            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
+        },
+    },
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, default=ROOT / "examples" / "tweets.yaml", help="run config every arm starts from (default: the tweet demo)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to run (default: all four)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0-4)")
+    parser.add_argument("--trials", type=int, default=4, help="trials per search (same for every arm)")
+    parser.add_argument("--folds", type=int, default=2, help="CV folds per trial (same for every arm)")
+    parser.add_argument("--warmup", type=int, default=0, help="LM-head warm-up steps in the phase-1 arms (0 = none)")
+    parser.add_argument("--head-lr-scale", type=float, default=1.0, help="head learning-rate multiplier in every arm")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="folder for the sweeps and results.json")
+    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md", help="Markdown results table to write")
+    parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray (default: this machine's)")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.folds < 2:
+        parser.error("--trials must be >= 1 and --folds >= 2")
+    if not args.base.is_file():
+        parser.error(f"--base {args.base}: no such file (run `python examples/prepare_tweets.py` for the demo)")
+    return args
+
+
+def write_space(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    """The search space of one (arm, seed), written under the output folder."""
+    spec = ARMS[arm]
+    overrides = {"seed": seed, "optimizer.head_lr_scale": args.head_lr_scale, **spec["overrides"]}
+    if args.warmup and spec["overrides"].get("phase1.steps") != 0:
+        overrides["phase1.head_warmup_steps"] = args.warmup
+    space = {
+        "base": str(args.base.resolve()),
+        "overrides": overrides,
+        "params": spec["params"],
+        "search": {
+            "name": f"{arm}-s{seed}",
+            "num_trials": args.trials,
+            "folds": args.folds,
+            "seed": seed,
+            "sampler": "tpe",
+            "scheduler": "none",  # every trial runs every fold: the same budget in every arm
+            "max_concurrent": 1,
+            "resources": {"workers": 1, "cpus_per_worker": 1},
+            "storage_path": str((args.out / "sweeps").resolve()),
+        },
+    }
+    path = args.out / "spaces" / f"{arm}-s{seed}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def consumed(config: dict, n_train: int, n_lm: int) -> dict[str, int]:
+    """Labelled and unlabelled (LM) examples one training run of `config` reads."""
+    p1, p2 = config.get("phase1", {}), config.get("phase2", {})
+    steps = p1.get("steps", 200)
+    return {
+        "labelled": steps * p1.get("task_batch_size", 16) + p2.get("epochs", 3) * n_train,
+        "unlabelled": steps * p1.get("lm_batch_size", 32),
+    }
+
+
+def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
+    from sft_tune.search import load_sweep, run_search
+    from sft_tune.select import select_best
+
+    space = write_space(args, arm, seed)
+    start = time.time()
+    result = run_search(space, use_wandb=False)
+    selected = select_best(result.sweep_dir, use_wandb=False, progress=False)
+    trials = json.loads((result.sweep_dir / "trials.json").read_text())
+    sweep = load_sweep(result.sweep_dir)
+    from sft_tune.space import with_params
+
+    n_labelled = _rows(sweep.base_config.data.train)
+    n_lm = _rows(sweep.base_config.data.unlabelled[0]) if sweep.base_config.data.unlabelled else 0
+    fold_train = n_labelled * (args.folds - 1) // args.folds
+    used = {"labelled": 0, "unlabelled": 0}
+    for trial in trials:
+        params = {k.removeprefix("param:"): v for k, v in trial.items() if k.startswith("param:")}
+        one = consumed(with_params(sweep.base, params), fold_train, n_lm)
+        for key in used:
+            used[key] += one[key] * trial["folds_done"]
+    final = consumed(selected["config"] if "config" in selected else with_params(sweep.base, selected["params"]), n_labelled, n_lm)
+    for key in used:
+        used[key] += final[key]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "test": selected["test"],
+        "cv_mean": selected["cv_mean"],
+        "cv_std": selected["cv_std"],
+        "params": selected["params"],
+        "consumed": used,
+        "minutes": (time.time() - start) / 60,
+        "sweep_dir": str(result.sweep_dir),
+    }
+
+
+def _rows(path: Path) -> int:
+    from sft_tune.data import read_table
+
+    return len(read_table(Path(path), "data file"))
+
+
+def paired(results: list[dict], arm: str, metric: str) -> dict:
+    """Per-seed differences of `arm` against plain, with a paired t-test and Wilcoxon test."""
+    from scipy import stats
+
+    base = {r["seed"]: r["test"][metric] for r in results if r["arm"] == "plain"}
+    mine = {r["seed"]: r["test"][metric] for r in results if r["arm"] == arm}
+    seeds = sorted(set(base) & set(mine))
+    diffs = [mine[s] - base[s] for s in seeds]
+    out = {"seeds": seeds, "diffs": diffs}
+    if len(seeds) >= 2 and any(d != 0 for d in diffs):
+        out["t_p"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)
+        out["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
+    return out
+
+
+def report(args: argparse.Namespace, results: list[dict]) -> str:
+    lines = [
+        "# Quality study: searched two-phase SFT against an equally searched plain fine-tune",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality.py {' '.join(sys.argv[1:])}`.",
+        f"Base config `{args.base.relative_to(ROOT) if args.base.is_relative_to(ROOT) else args.base}`; every arm: {args.trials} trials x {args.folds} folds (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
+        "",
+        "| arm | seeds | test macro-F1 (mean ± std) | test accuracy | Δ macro-F1 vs plain (per seed) | paired t p | Wilcoxon p | labelled / LM examples read | minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in args.arms:
+        rows = [r for r in results if r["arm"] == arm]
+        if not rows:
+            continue
+        f1 = [100 * r["test"]["macro_f1"] for r in rows]
+        acc = [100 * r["test"]["accuracy"] for r in rows]
+        stat = paired(results, arm, "macro_f1") if arm != "plain" else {}
+        diffs = " ".join(f"{100 * d:+.1f}" for d in stat.get("diffs", [])) or "-"
+        lab = statistics.fmean(r["consumed"]["labelled"] for r in rows)
+        lm = statistics.fmean(r["consumed"]["unlabelled"] for r in rows)
+        lines.append(
+            f"| {arm} | {len(rows)} | {_ms(f1)} | {_ms(acc)} | {diffs} | {_p(stat.get('t_p'))} | {_p(stat.get('wilcoxon_p'))} | {lab:,.0f} / {lm:,.0f} | {statistics.fmean(r['minutes'] for r in rows):.1f} |"
+        )
+    lines += ["", "Best parameters per (arm, seed):", ""]
+    for r in results:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+        lines.append(f"- {r['arm']} seed {r['seed']}: CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}; test macro-F1 {r['test']['macro_f1']:.4f}; {params}")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.out / "results.json"
+    results = json.loads(store.read_text()) if store.is_file() else []
+    done = {(r["arm"], r["seed"]) for r in results}
+    import ray
+
+    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        for seed in args.seeds:  # seed-major: every arm of a seed before the next seed (paired)
+            for arm in args.arms:
+                if (arm, seed) in done:
+                    continue
+                print(f"== {arm} seed {seed}", flush=True)
+                results.append(run_one(args, arm, seed))
+                store.write_text(json.dumps(results, indent=2, default=str))
+                args.report.write_text(report(args, results))
+                r = results[-1]
+                print(f"   test macro-F1 {r['test']['macro_f1']:.4f} (CV {r['cv_mean']:.4f}) in {r['minutes']:.1f} min", flush=True)
+    finally:
+        ray.shutdown()
+    args.report.write_text(report(args, results))
+    print(args.report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
