@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from sft_tune.predict import predict, write_jsonl
 
-    columns = {"text_column": args.text_column, "qa.question_column": args.question_column, "qa.context_column": args.context_column}
+    columns = {"text_column": args.text_column, "ner.tokens_column": args.tokens_column, "qa.question_column": args.question_column, "qa.context_column": args.context_column}
     records = predict(args.model, args.input, columns, args.batch_size)
     if args.output is None:
         write_jsonl(records, sys.stdout)
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", type=Path, required=True, help="exported model folder (OUTPUT_DIR/model)")
     predict.add_argument("--input", type=Path, required=True, help="file of texts to label")
     predict.add_argument("--text-column", default=None, help="column holding the text (classification, ner; default: as in training)")
+    predict.add_argument("--tokens-column", default=None, help="column holding lists of words (ner; default: as in training)")
     predict.add_argument("--question-column", default=None, help="column holding the question (qa; default: as in training)")
     predict.add_argument("--context-column", default=None, help="column holding the context (qa; default: as in training)")
     predict.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")

@@ -29,7 +29,8 @@ def test_train_then_predict(tmp_path, capsys, tiny_bert, toy_files):
     raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 2}, phase2={"epochs": 1})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
-    assert "test accuracy" in capsys.readouterr().out
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test ")]
+    assert summary and "accuracy" in summary[0] and "macro_f1" in summary[0]
     out = tmp_path / "pred.jsonl"
     assert main(["predict", "--model", str(tmp_path / "out" / "model"), "--input", str(toy_files["test"]), "--output", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -40,3 +41,13 @@ def test_train_then_predict(tmp_path, capsys, tiny_bert, toy_files):
 def test_predict_with_a_missing_model_folder(tmp_path, capsys, toy_files):
     assert main(["predict", "--model", str(tmp_path / "none"), "--input", str(toy_files["test"])]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_predict_reports_a_bad_input_before_writing_anything(tmp_path, capsys, tiny_bert, toy_files):
+    raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 0}, phase2={"epochs": 1})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    out = tmp_path / "pred.jsonl"
+    code = main(["predict", "--model", str(tmp_path / "out" / "model"), "--input", str(toy_files["test"]), "--text-column", "body", "--output", str(out)])
+    assert code == 2 and "body" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("pred.jsonl*"))

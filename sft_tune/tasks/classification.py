@@ -122,16 +122,21 @@ class ClassificationTask(Task):
         }
 
     def predict(self, model, tokenizer, input_path: Path, data: DataConfig, batch_size: int) -> Iterator[dict[str, Any]]:
-        """`{"text", "label", "probabilities"}` per row."""
+        """`{"text", "label", "probabilities"}` per row; the input is read and checked here, before
+        the first record is produced."""
         table = read_table(input_path, "input file")
         require_columns(table, [data.text_column], input_path, "input file")
         texts = text_column(table, data.text_column, input_path, "input file")
         names = model.config.id2label
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            batch = tokenizer(chunk, truncation=True, max_length=data.max_length, padding=True, return_tensors="pt")
-            with torch.no_grad():
-                probs = model(**batch).logits.softmax(-1)
-            for text, row in zip(chunk, probs.tolist()):
-                best = max(range(len(row)), key=row.__getitem__)
-                yield {"text": text, "label": names[best], "probabilities": {names[i]: p for i, p in enumerate(row)}}
+
+        def records() -> Iterator[dict[str, Any]]:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                batch = tokenizer(chunk, truncation=True, max_length=data.max_length, padding=True, return_tensors="pt")
+                with torch.no_grad():
+                    probs = model(**batch).logits.softmax(-1)
+                for text, row in zip(chunk, probs.tolist()):
+                    best = max(range(len(row)), key=row.__getitem__)
+                    yield {"text": text, "label": names[best], "probabilities": {names[i]: p for i, p in enumerate(row)}}
+
+        return records()
