@@ -106,6 +106,15 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
 
 def test_a_trial_trains_with_two_ddp_workers(tmp_path, tiny_bert, toy_files):
     space = write_space(tmp_path, tiny_bert, toy_files, "ddp", num_trials=1, scheduler="none", resources={"workers": 2, "cpus_per_worker": 0.5})
+    # The DDP-specific paths of the options: LM-head warm-up (head gradients averaged by hand),
+    # gradient accumulation (no_sync until the last micro-batch), early stopping (every rank
+    # scores the same inner validation split and stops at the same epoch).
+    raw = yaml.safe_load(space.read_text())
+    raw["config"]["phase1"].update(steps=4, head_warmup_steps=2, accumulation_steps=2)
+    raw["config"]["phase2"].update(accumulation_steps=2, early_stopping_patience=1, epochs=3)
+    raw["config"]["data"]["validation_fraction"] = 0.2
+    raw["params"].pop("phase2.epochs"), raw["params"].pop("phase1.steps")
+    space.write_text(yaml.safe_dump(raw))
     result = run_search(space, use_wandb=False)
     [trial] = result.trials
     assert trial["status"] == "COMPLETE" and len(trial["fold_scores"]) == 2

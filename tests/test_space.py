@@ -43,6 +43,9 @@ def test_alpha_space_searches_alpha_both_lrs_and_both_lengths():
     sweep = load_space(ROOT / "search_spaces" / "alpha.yaml")
     assert {"phase1.alpha", "phase1.learning_rate", "phase2.learning_rate", "phase1.steps", "phase2.epochs"} <= set(sweep.params)
     assert sweep.search.sampler == "tpe" and sweep.search.scheduler == "asha"
+    # "no phase 1" and alpha = 0 are in the space, and a plain fine-tune runs first
+    assert sweep.params["phase1.steps"].low == 0 and sweep.params["phase1.alpha"].low == 0
+    assert sweep.search.initial_points[0]["phase1.steps"] == 0
 
 
 def test_optuna_translation(tmp_path):
