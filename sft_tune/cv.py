@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from sft_tune import data as data_module
 from sft_tune.config import RunConfig
-from sft_tune.data import tokenize
+from sft_tune.data import SequenceView, TokenArray, text_hashes, tokenize
 from sft_tune.model import load_model, load_tokenizer
 from sft_tune.run import read_data
 from sft_tune.splits import make_folds, split_validation
 from sft_tune.tasks import get_task
-from sft_tune.train import FitData, Runtime, evaluate, fit, lm_sequences, seed_everything
+from sft_tune.train import FitData, Runtime, evaluate, fit, seed_everything
 
 FOLDS_FILE = "folds.json"
 HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
@@ -38,24 +40,41 @@ FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
 
 @dataclass
 class SweepData:
-    """Tokenized data shared by every trial, fold and worker of a sweep."""
+    """Tokenized data shared by every trial, fold and worker of a sweep.
+
+    Token ids are `TokenArray`s (flat numpy) and texts are kept only as 64-bit hashes, so a worker's
+    `ray.get` maps the object-store copy instead of rebuilding it in its heap: N concurrent trials
+    share one copy of the unlabelled pool.
+    """
 
     labelled: Any  # the task's encoded labelled set (all training examples)
-    labelled_texts: list[str]
-    labelled_lm_ids: list[list[int]]  # the labelled texts tokenized for the LM loss
-    unlabelled_ids: list[list[int]]
-    unlabelled_texts: list[str]
+    labelled_hashes: np.ndarray  # per labelled example: hash of its text (what LM data must not hold)
+    labelled_lm: TokenArray  # the labelled texts tokenized for the LM loss
+    unlabelled: TokenArray
+    unlabelled_hashes: np.ndarray
     label_names: list[str]
     folds: list[tuple[list[int], list[int]]]  # (train indices, held-out indices) per fold
     tokenization_passes: int
     strata: list[Any] | None = None  # per labelled example, for inner validation splits
     groups: list[Any] | None = None
 
-    def fold_lm_ids(self, fold: int, include_labelled: bool, also_held: Sequence[int] = ()) -> list[list[int]]:
-        """The LM data of one fold: never any text of its held-out part (nor of `also_held`)."""
+    def fold_lm_ids(self, fold: int, include_labelled: bool, also_held: Sequence[int] = ()) -> SequenceView:
+        """The LM data of one fold: unlabelled texts plus (optionally) its training texts, never a
+        text of its held-out part (nor of `also_held`), also not as a copy in the unlabelled pool.
+        Same rule as `train.lm_sequences`, on hashes; no token is copied."""
         train, held = self.folds[fold]
-        train = [i for i in train if i not in set(also_held)]
-        return lm_sequences(self.unlabelled_ids, self.unlabelled_texts, self.labelled_lm_ids, self.labelled_texts, train, list(held) + list(also_held), include_labelled)
+        excluded = set(also_held)
+        held_hashes = self.labelled_hashes[list(held) + list(excluded)]
+        parts = [(self.unlabelled, np.flatnonzero(~np.isin(self.unlabelled_hashes, held_hashes)))]
+        if include_labelled:
+            seen, chosen = set(held_hashes.tolist()), []
+            for i in train:
+                key = int(self.labelled_hashes[i])
+                if i not in excluded and key not in seen:  # one copy of a repeated text (QA contexts)
+                    seen.add(key)
+                    chosen.append(i)
+            parts.append((self.labelled_lm, np.asarray(chosen, dtype=np.int64)))
+        return SequenceView(parts)
 
     def fold_split(self, fold: int, fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
         """The fold's training part split again into (train, inner validation) example indices,
@@ -79,7 +98,11 @@ def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
     unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
     texts = task.texts(raw.train)
     labelled_lm_ids = tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-    return SweepData(labelled, texts, labelled_lm_ids, unlabelled_ids, raw.unlabelled, raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before, strata, groups)
+    return SweepData(
+        labelled, text_hashes(texts), TokenArray.from_lists(labelled_lm_ids),
+        TokenArray.from_lists(unlabelled_ids), text_hashes(raw.unlabelled),
+        raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before, strata, groups,
+    )
 
 
 def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None) -> list[float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import datasets
+import numpy as np
 import torch
 
 from sft_tune.errors import InputError, Problem, fail
@@ -169,6 +170,54 @@ def tokenize(texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path |
     return Encoded(ids)
 
 
+class TokenArray:
+    """Many token-id sequences in one flat int32 array plus offsets.
+
+    Shared through the Ray object store it stays one copy: `ray.get` maps numpy buffers
+    zero-copy (read-only) into every worker on the node, where a list of Python lists would be
+    rebuilt in each worker's heap. Item `i` is a view of its tokens.
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> "TokenArray":
+        lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((token for seq in sequences for token in seq), dtype=np.int32, count=int(offsets[-1]))
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+
+class SequenceView:
+    """Selected items of several `TokenArray`s as one sequence list, without copying tokens:
+    `parts` is [(array, indices into it), ...]."""
+
+    def __init__(self, parts: Sequence[tuple[TokenArray, np.ndarray]]) -> None:
+        self.parts = [(array, np.asarray(index, dtype=np.int64)) for array, index in parts]
+        self.ends = np.cumsum([len(index) for _, index in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        part = int(np.searchsorted(self.ends, i, side="right"))
+        array, index = self.parts[part]
+        return array[int(index[i - (self.ends[part - 1] if part else 0)])]
+
+
+def text_hashes(texts: Sequence[str]) -> np.ndarray:
+    """A 64-bit content hash per text (to test "is this text held out?" without the texts)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts), dtype=np.uint64, count=len(texts))
+
+
 def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest sequence in the batch (dynamic padding); returns (input_ids, attention_mask)."""
     width = max(len(seq) for seq in sequences)
@@ -176,7 +225,7 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") ->
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        ids[row, span] = torch.as_tensor(np.asarray(seq, dtype=np.int64))  # copies: views stay read-only
         mask[row, span] = 1
     return ids, mask
 

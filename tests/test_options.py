@@ -9,6 +9,7 @@ import torch
 from conftest import run_config_dict
 from sft_tune.config import parse_config
 from sft_tune.cv import SweepData
+from sft_tune.data import TokenArray, text_hashes
 from sft_tune.errors import InputError
 from sft_tune.model import load_model, load_tokenizer
 from sft_tune.search import phase1_verdict
@@ -97,12 +98,12 @@ def test_inner_validation_split_of_a_fold_never_touches_the_held_out_fold():
     strata = ["a", "b"] * 20
     texts = [f"text {i}" for i in range(40)]
     folds = [(list(range(0, 30)), list(range(30, 40)))]
-    data = SweepData(None, texts, [[i] for i in range(40)], [], [], LABELS, folds, 0, strata, None)
+    data = SweepData(None, text_hashes(texts), TokenArray.from_lists([[i] for i in range(40)]), TokenArray.from_lists([]), text_hashes([]), LABELS, folds, 0, strata, None)
     train, inner = data.fold_split(0, 0.2, 0, "train.csv")
     assert sorted(train + inner) == list(range(30)) and not set(inner) & set(train)
-    lm = data.fold_lm_ids(0, True, inner)
-    assert all(seq[0] in train for seq in lm)
-    assert lm == lm_sequences([], [], data.labelled_lm_ids, texts, train, list(range(30, 40)) + inner, True)
+    lm = [int(seq[0]) for seq in (data.fold_lm_ids(0, True, inner)[i] for i in range(len(data.fold_lm_ids(0, True, inner))))]
+    assert sorted(lm) == sorted(train)
+    assert lm == [int(s[0]) for s in lm_sequences([], [], [[i] for i in range(40)], texts, train, list(range(30, 40)) + inner, True)]
 
 
 def _verdict(trials, mode="max"):

@@ -139,6 +139,28 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
     assert sorted(i for _, held in data.folds for i in held) == list(range(40))
 
 
+def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path, tiny_bert, toy_files):
+    """The tokenized pool reaches a worker as a read-only view of the object store (zero-copy),
+    so N concurrent trials hold one copy of it, not N."""
+    import ray
+
+    from sft_tune.space import load_space
+
+    data = prepare_sweep_data(load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config, 2, 0)
+    ref = ray.put(data)
+
+    @ray.remote(num_cpus=0.01)
+    def probe(wrapped):
+        got = wrapped[0] if isinstance(wrapped, list) else wrapped
+        got = ray.get(got) if isinstance(got, ray.ObjectRef) else got
+        lm = got.fold_lm_ids(0, include_labelled=True)
+        return got.unlabelled.flat.flags.writeable, got.unlabelled.flat.nbytes, len(lm), [int(t) for t in lm[0]]
+
+    writeable, nbytes, n_lm, first = ray.get(probe.remote([ref]))
+    assert not writeable and nbytes == data.unlabelled.flat.nbytes
+    assert n_lm == len(data.fold_lm_ids(0, include_labelled=True)) and first == data.fold_lm_ids(0, True)[0].tolist()
+
+
 def test_folds_are_stratified(tmp_path):
     strata = ["a"] * 30 + ["b"] * 10
     folds = make_folds(strata, None, 5, seed=0, path=tmp_path / "t.csv")
