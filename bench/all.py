@@ -347,6 +347,7 @@ def part_memory(args: argparse.Namespace, run: Callable, state: dict[str, Any]) 
     if "get_uss_mb" in f:
         rows.append([f"`ray.get` of the data in {f['get_workers']} fresh Ray workers at once: each worker's own USS", f"{f['get_uss_mb']:+.1f} MB (RSS {f['get_rss_mb']:+.1f} MB)",
                      f"shared: ~0; a private copy: {f['data_heap_mb']:.1f} MB. Measured: " + ("copied per worker" if f["get_copied"] else "mapped, not copied")])
+        rows.append(["the same probe on a control: the pool's token ids as Python lists", f"{f['get_control_uss_mb']:+.1f} MB", "a copy per worker (what the probe shows for one)"])
     if "worker_data_cost_mb" in f:
         rows.append(["Train worker's own peak USS, large pool - small pool", f"{f['worker_data_cost_mb']:+.0f} MB per trial (deserialized data differ by {f['worker_data_heap_mb']:.0f} MB)",
                      "the data if copied + per-trial structures over the pool (fold indices, shuffled order)"])

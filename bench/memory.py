@@ -279,10 +279,12 @@ def overlap_seconds(events: list[dict[str, Any]]) -> float:
     return out
 
 
-def get_probe(base: dict, pool: Path, folds: int, workers: int) -> list[dict[str, int]]:
+def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, list[dict[str, int]]]:
     """What `ray.get` of the sweep's tokenized data costs a Ray worker: the same `prepare_sweep_data`
     object `ray.put` by this driver (as `run_search` does), fetched by `workers` fresh worker
-    processes at once, each measuring its own /proc/self/smaps_rollup just before and after."""
+    processes at once, each measuring its own /proc/self/smaps_rollup just before and after. The
+    control is the pool's token ids as a list of Python lists (a layout `ray.get` must rebuild in
+    every worker's heap): it shows what a copy looks like to the same probe."""
     import ray
 
     from sft_tune.config import parse_config
@@ -290,7 +292,12 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> list[dict[str
 
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
-    ref = ray.put(prepare_sweep_data(parse_config(config), folds, 0))
+    data = prepare_sweep_data(parse_config(config), folds, 0)
+    pool_ids = getattr(data, "unlabelled_ids", None)
+    if pool_ids is None:  # a TokenArray: flat ids + offsets
+        pool_ids = [data.unlabelled[i].tolist() for i in range(len(data.unlabelled))]
+    refs = {"data": ray.put(data), "control": ray.put(list(pool_ids))}
+    del data, pool_ids
 
     @ray.remote(num_cpus=0, max_calls=1)  # a fresh worker process per call
     def fetch(refs: list) -> dict[str, int]:
@@ -308,9 +315,9 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> list[dict[str
         return {f"{key}_delta": after[key] - before[key] for key in before}
 
     try:
-        return ray.get([fetch.remote([ref]) for _ in range(workers)], timeout=300)
+        return {name: ray.get([fetch.remote([ref]) for _ in range(workers)], timeout=300) for name, ref in refs.items()}
     finally:
-        del ref
+        del refs
 
 
 def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log: Path, probe: tuple[dict, Path] | None = None) -> dict[str, Any]:
@@ -434,12 +441,12 @@ def report(runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], ar
         if runs["B"]["overlap_seconds"] < 1:
             say("WARNING: the concurrent trials of B did not overlap inside their Train loops; raise --steps")
     probe = runs.get("A", {}).get("get_probe")
-    if isinstance(probe, list) and probe and big:
-        uss = statistics.fmean(p["uss_delta"] for p in probe) / MB
-        rss = statistics.fmean(p["rss_delta"] for p in probe) / MB
-        figures.update(get_uss_mb=uss, get_rss_mb=rss, get_workers=len(probe), get_copied=uss >= 0.5 * big["heap"] / MB)
-        say(f"RAY.GET PROBE: {len(probe)} fresh Ray workers fetching the sweep's data at once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
-            f"(a private copy would be {big['heap'] / MB:.1f} MB): {'COPIED into each worker' if figures['get_copied'] else 'mapped from the object store, not copied'}")
+    if isinstance(probe, dict) and "data" in probe and big:
+        uss, rss, control = (statistics.fmean(p[key] for p in probe[name]) / MB for name, key in (("data", "uss_delta"), ("data", "rss_delta"), ("control", "uss_delta")))
+        figures.update(get_uss_mb=uss, get_rss_mb=rss, get_control_uss_mb=control, get_workers=len(probe["data"]), get_copied=uss >= 0.5 * big["heap"] / MB)
+        say(f"RAY.GET PROBE: {len(probe['data'])} fresh Ray workers fetching the sweep's data at once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
+            f"(a private copy would be {big['heap'] / MB:.1f} MB): {'COPIED into each worker' if figures['get_copied'] else 'mapped from the object store, not copied'}; "
+            f"control (the pool's token ids as Python lists): own USS {control:+.1f} MB each")
     elif probe:
         say(f"RAY.GET PROBE failed: {probe}")
     if "B" in runs and "C" in runs:
