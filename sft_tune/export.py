@@ -18,12 +18,13 @@ from typing import Any, Callable
 RUN_FILE = "run.json"
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide how a model trains and loads."""
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of the libraries that decide how a model trains and loads (plus `extra` ones);
+    packages that are not installed are left out."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("sft-tune", "torch", "transformers", "datasets", "ray", "optuna", "wandb", "scikit-learn"):
+    for name in ("sft-tune", "torch", "transformers", "datasets", "ray", "optuna", "wandb", "scikit-learn", *extra):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -14,13 +14,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from sft_tune.config import OptimizerConfig, RunConfig
-from sft_tune.data import batch_indices, endless_batches
+from sft_tune.data import batch_indices, endless_batches, text_hashes
 from sft_tune.model import MaskingCollator, TwoPhaseModel
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,30 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
+def lm_selection(
+    unlabelled_hashes: np.ndarray,
+    labelled_hashes: np.ndarray,
+    train_indices: Sequence[int],
+    heldout_indices: Sequence[int],
+    include_labelled: bool,
+) -> tuple[np.ndarray, list[int]]:
+    """Which texts feed the LM loss of one split, by text hash (`data.text_hashes`): the unlabelled
+    texts that are not a held-out text (the pool may hold copies of labelled texts), and, when
+    `include_labelled`, one copy of each training text that is not held out (several examples
+    may share a text: QA questions on one context). Returns (unlabelled indices, labelled indices)."""
+    held = labelled_hashes[list(heldout_indices)]
+    keep = np.flatnonzero(~np.isin(unlabelled_hashes, held))
+    chosen: list[int] = []
+    if include_labelled:
+        seen = set(held.tolist())
+        for i in train_indices:
+            key = int(labelled_hashes[i])
+            if key not in seen:
+                seen.add(key)
+                chosen.append(i)
+    return keep, chosen
+
+
 def lm_sequences(
     unlabelled_ids: Sequence[list[int]],
     unlabelled_texts: Sequence[str],
@@ -319,14 +344,6 @@ def lm_sequences(
     heldout_indices: Sequence[int],
     include_labelled: bool,
 ) -> list[list[int]]:
-    """The LM data of one split: unlabelled texts plus (optionally) the training part of the labelled
-    texts, never any held-out text (also not when the unlabelled pool happens to contain it)."""
-    heldout = {labelled_texts[i] for i in heldout_indices}
-    ids = [seq for seq, text in zip(unlabelled_ids, unlabelled_texts) if text not in heldout]
-    if include_labelled:
-        seen = set(heldout)  # several examples may share one text (QA: questions on a context)
-        for i in train_indices:
-            if labelled_texts[i] not in seen:
-                seen.add(labelled_texts[i])
-                ids.append(labelled_ids[i])
-    return ids
+    """The LM token ids of one split (the rule of `lm_selection`), for a single run's lists."""
+    keep, chosen = lm_selection(text_hashes(unlabelled_texts), text_hashes(labelled_texts), train_indices, heldout_indices, include_labelled)
+    return [unlabelled_ids[i] for i in keep] + [labelled_ids[i] for i in chosen]
