@@ -66,10 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head-lr-scale", type=float, default=1.0, help="head learning-rate multiplier in every arm")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="folder for the sweeps and results.json")
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md", help="Markdown results table to write")
+    parser.add_argument("--concurrent", type=int, default=1, help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first 10 trials at random anyway)")
     parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray (default: this machine's)")
     args = parser.parse_args(argv)
-    if args.trials < 1 or args.folds < 2:
-        parser.error("--trials must be >= 1 and --folds >= 2")
+    if args.trials < 1 or args.folds < 2 or args.concurrent < 1:
+        parser.error("--trials and --concurrent must be >= 1 and --folds >= 2")
     if not args.base.is_file():
         parser.error(f"--base {args.base}: no such file (run `python examples/prepare_tweets.py` for the demo)")
     return args
@@ -92,7 +93,7 @@ def write_space(args: argparse.Namespace, arm: str, seed: int) -> Path:
             "seed": seed,
             "sampler": "tpe",
             "scheduler": "none",  # every trial runs every fold: the same budget in every arm
-            "max_concurrent": 1,
+            "max_concurrent": args.concurrent,
             "resources": {"workers": 1, "cpus_per_worker": 1},
             "storage_path": str((args.out / "sweeps").resolve()),
         },
@@ -176,7 +177,7 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
         "# Quality study: searched two-phase SFT against an equally searched plain fine-tune",
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality.py {' '.join(sys.argv[1:])}`.",
-        f"Base config `{args.base.relative_to(ROOT) if args.base.is_relative_to(ROOT) else args.base}`; every arm: {args.trials} trials x {args.folds} folds (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
+        f"Base config `{args.base.relative_to(ROOT) if args.base.is_relative_to(ROOT) else args.base}`; every arm: {args.trials} trials x {args.folds} folds, {args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
         "",
         "| arm | seeds | test macro-F1 (mean ± std) | test accuracy | Δ macro-F1 vs plain (per seed) | paired t p | Wilcoxon p | labelled / LM examples read | minutes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
