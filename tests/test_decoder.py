@@ -235,3 +235,36 @@ def test_a_gguf_config_without_its_packages_is_refused_before_loading(tmp_path, 
     with pytest.raises(InputError) as err:
         parse_config(raw)
     assert "model.gguf_file" in str(err.value) and "sft-tune[gguf]" in str(err.value)
+
+
+@pytest.mark.ray
+def test_generation_search_scores_greedy_exact_match_and_select_exports_a_generator(tiny_gpt2, generation_files, tmp_path, ray_session):
+    import yaml
+
+    from sft_tune.search import run_search
+    from sft_tune.select import select_best
+
+    config = run_config_dict(tiny_gpt2, generation_files, tmp_path / "unused", phase1={"steps": 2}, phase2={"epochs": 3, "batch_size": 8}, data={"validation_fraction": 0.0})
+    config["model"]["task"] = "generation"
+    config["data"]["max_length"] = 48
+    space = {
+        "config": config,
+        "params": {"phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0}, "phase2.learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
+        "search": {"name": "generation", "metric": "exact_match", "mode": "max", "num_trials": 2, "folds": 2, "scheduler": "none", "storage_path": str(tmp_path / "sweeps")},
+    }
+    path = tmp_path / "generation-space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = run_search(path, use_wandb=False)
+    assert result.complete and len(result.trials) == 2 and all(t["status"] == "COMPLETE" for t in result.trials)
+    assert all(len(t["fold_scores"]) == 2 and 0.0 <= t["cv_mean"] <= 1.0 for t in result.trials)
+    summary = json.loads((result.sweep_dir / "summary.json").read_text())
+    assert summary["best"]["metric"] == "exact_match" and summary["phase1"]["best_uses_phase1"] is True
+
+    selected = select_best(result.sweep_dir, use_wandb=False, progress=False)
+    assert selected["metric"] == "exact_match" and 0.0 <= selected["test"]["exact_match"] <= 1.0
+    exported = AutoModelForCausalLM.from_pretrained(selected["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(selected["model_dir"])
+    prompt = tokenizer(["review: good car\nsentiment:"], return_tensors="pt")
+    assert exported.generate(**prompt, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id).shape[1] > prompt["input_ids"].shape[1]
+    records = list(predict(Path(selected["model_dir"]), generation_files["test"]))
+    assert len(records) == 12 and all(isinstance(r["response"], str) for r in records)
