@@ -29,7 +29,7 @@ from sft_tune.model import load_model, load_tokenizer
 from sft_tune.run import read_data
 from sft_tune.splits import make_folds, split_validation
 from sft_tune.tasks import get_task
-from sft_tune.train import FitData, Runtime, evaluate, fit, lm_selection, seed_everything
+from sft_tune.train import FitData, Runtime, evaluate, fit, lm_selection, seed_everything, uses_bf16
 
 FOLDS_FILE = "folds.json"
 HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
@@ -161,7 +161,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    rt = Runtime(device=device, bf16=device.type == "cuda" and loop_config.get("bf16", True), rank=rank, world_size=world, progress=False)
+    rt = Runtime(device=device, bf16=uses_bf16(config, device), rank=rank, world_size=world, progress=False)
     rt.wrap = lambda model: ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
 
     start, scores, last = 0, [], None

@@ -53,12 +53,16 @@ class Runtime:
         return contextlib.nullcontext()
 
 
+def uses_bf16(config: RunConfig, device: torch.device) -> bool:
+    """bf16 autocast on CUDA unless `precision: fp32`; CPU always runs fp32."""
+    return device.type == "cuda" and config.precision != "fp32"
+
+
 def runtime_for(config: RunConfig, **hooks: Any) -> Runtime:
     """Pick the device and precision the config asks for."""
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
-    return Runtime(device=device, bf16=bf16 and use_cuda, **hooks)
+    return Runtime(device=device, bf16=uses_bf16(config, device), **hooks)
 
 
 @dataclass

@@ -268,3 +268,28 @@ def test_generation_search_scores_greedy_exact_match_and_select_exports_a_genera
     assert exported.generate(**prompt, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id).shape[1] > prompt["input_ids"].shape[1]
     records = list(predict(Path(selected["model_dir"]), generation_files["test"]))
     assert len(records) == 12 and all(isinstance(r["response"], str) for r in records)
+
+
+def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(tiny_llama, generation_files, tmp_path):
+    from sft_tune.train import uses_bf16
+
+    config = generation_config(tiny_llama, generation_files, tmp_path / "out")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_bf16(config, cuda) and not uses_bf16(config, cpu)
+    assert not uses_bf16(config.model_copy(update={"precision": "fp32"}), cuda)
+    # The autocast path itself, run on CPU here (on a GPU the same code runs with device cuda).
+    task = get_task("generation")
+    tokenizer = load_tokenizer(config.model, task)
+    examples = task.encode(task.read(config.data.train, config.data, "train"), tokenizer, [], config.data)
+    batch = task.collate(examples, list(range(8)), tokenizer.pad_token_id, "right")
+    losses = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = load_model(config.model, task, [], tokenizer)
+        with Runtime(bf16=bf16, progress=False).autocast():
+            parts = model(None, batch)
+        parts.total.backward()
+        losses[bf16] = parts.total.item()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert losses[True] != losses[False] and losses[True] == pytest.approx(losses[False], rel=0.05)  # bf16 really ran
