@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -219,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["arm"], r["seed"]) for r in results}
     import ray
 
-    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    from sft_tune.search import TRIAL_CPU
+
+    # Each trial holds TRIAL_CPU plus one 1-CPU Train worker: declare room for --concurrent of them,
+    # or the last one's worker group waits for a CPU, times out and the trial errors.
+    logical = max(args.num_cpus or os.cpu_count() or 1, math.ceil(args.concurrent * (1 + TRIAL_CPU)))
+    ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=False)
     try:
         for seed in args.seeds:  # seed-major: every arm of a seed before the next seed (paired)
             for arm in args.arms:
