@@ -183,7 +183,7 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
             folder.mkdir(parents=True, exist_ok=True)
             snapshot = {"base": sweep.base, "params": {k: v.model_dump() for k, v in sweep.params.items()}, "search": sweep.search.model_dump(), "source": sweep.source}
             (folder / SWEEP_FILE).write_text(json.dumps(snapshot, indent=2))
-        tuner = _tuner(sweep, folder, data, resume is not None, use_wandb)
+        tuner = _tuner(sweep, folder, data, resume is not None, use_wandb, concurrency(sweep, remote=bool(address or os.environ.get("RAY_ADDRESS"))))
         results = tuner.fit()
         return summarize(sweep, folder, results, data.tokenization_passes)
     finally:
@@ -240,7 +240,30 @@ def _check_resources(sweep: Sweep) -> None:
         raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu} CPU and {need_gpu} GPU, the cluster has {have.get('CPU', 0)} CPU and {have.get('GPU', 0)} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
 
 
-def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
+def concurrency(sweep: Sweep, remote: bool) -> int:
+    """Trials to run at once: search.max_concurrent, capped on a fixed-size Ray to the trials whose
+    Train workers fit. A trial reserves only TRIAL_CPU for itself, so Tune would start more trials
+    than there are CPUs/GPUs for their workers; those wait, time out and error. A remote cluster may
+    autoscale: there it is only a warning."""
+    import ray
+
+    res = sweep.search.resources
+    have = ray.cluster_resources()
+    fits = math.floor(have.get("CPU", 0) / (res.workers * res.cpus_per_worker + TRIAL_CPU))
+    if res.gpus_per_worker:
+        fits = min(fits, math.floor(have.get("GPU", 0) / (res.workers * res.gpus_per_worker)))
+    wanted = sweep.search.max_concurrent
+    if wanted <= max(fits, 1):
+        return wanted
+    message = f"search.max_concurrent {wanted}: the cluster ({have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU) holds the workers of {max(fits, 1)} trial(s) at once"
+    if remote:
+        log.warning("%s; the others wait for the autoscaler to add nodes (and fail after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S if none come)", message)
+        return wanted
+    log.warning("%s; running %d at a time", message, max(fits, 1))
+    return max(fits, 1)
+
+
+def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool, max_concurrent: int | None = None):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
@@ -274,7 +297,7 @@ def _tuner(sweep: Sweep, folder: Path, data, restoring: bool, use_wandb: bool):
         tune_config=tune.TuneConfig(
             metric=TUNE_METRIC,
             mode=settings.mode,
-            search_alg=ConcurrencyLimiter(search, max_concurrent=settings.max_concurrent),
+            search_alg=ConcurrencyLimiter(search, max_concurrent=max_concurrent or settings.max_concurrent),
             scheduler=schedulers[settings.scheduler](),
             num_samples=settings.num_trials,
         ),

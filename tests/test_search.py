@@ -161,6 +161,25 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path
     assert n_lm == len(data.fold_lm_ids(0, include_labelled=True)) and first == data.fold_lm_ids(0, True)[0].tolist()
 
 
+def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_path, tiny_bert, toy_files, caplog):
+    """A trial reserves a token CPU share, so Tune would start trials whose Train workers cannot be
+    placed (they time out and error): on a fixed-size Ray, run only as many as fit."""
+    from sft_tune.search import concurrency
+    from sft_tune.space import load_space
+
+    def sweep_with(max_concurrent, cpus_per_worker):
+        path = write_space(tmp_path, tiny_bert, toy_files, f"cap-{max_concurrent}-{cpus_per_worker}", max_concurrent=max_concurrent, resources={"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0})
+        return load_space(path)
+
+    # the module's Ray declares 4 CPUs
+    assert concurrency(sweep_with(3, 1), remote=False) == 3
+    assert concurrency(sweep_with(4, 1), remote=False) == 3  # 4 x (1 + the trial's 0.01) > 4
+    assert "running 3 at a time" in caplog.text
+    assert concurrency(sweep_with(3, 2), remote=False) == 1
+    assert concurrency(sweep_with(3, 2), remote=True) == 3  # a remote cluster may autoscale: warn only
+    assert "autoscaler" in caplog.text
+
+
 def test_folds_are_stratified(tmp_path):
     strata = ["a"] * 30 + ["b"] * 10
     folds = make_folds(strata, None, 5, seed=0, path=tmp_path / "t.csv")
