@@ -250,13 +250,13 @@ def test_generation_search_scores_greedy_exact_match_and_select_exports_a_genera
     space = {
         "config": config,
         "params": {"phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0}, "phase2.learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
-        "search": {"name": "generation", "metric": "exact_match", "mode": "max", "num_trials": 2, "folds": 2, "scheduler": "none", "storage_path": str(tmp_path / "sweeps")},
+        "search": {"name": "generation", "metric": "exact_match", "mode": "max", "num_trials": 1, "folds": 2, "scheduler": "none", "storage_path": str(tmp_path / "sweeps")},
     }
     path = tmp_path / "generation-space.yaml"
     path.write_text(yaml.safe_dump(space))
     result = run_search(path, use_wandb=False)
-    assert result.complete and len(result.trials) == 2 and all(t["status"] == "COMPLETE" for t in result.trials)
-    assert all(len(t["fold_scores"]) == 2 and 0.0 <= t["cv_mean"] <= 1.0 for t in result.trials)
+    assert result.complete and len(result.trials) == 1 and result.trials[0]["status"] == "COMPLETE"  # one trial: the NER/QA/classification tests cover the searching
+    assert len(result.trials[0]["fold_scores"]) == 2 and 0.0 <= result.trials[0]["cv_mean"] <= 1.0
     summary = json.loads((result.sweep_dir / "summary.json").read_text())
     assert summary["best"]["metric"] == "exact_match" and summary["phase1"]["best_uses_phase1"] is True
 
