@@ -95,6 +95,7 @@ def write_space(args: argparse.Namespace, arm: str, seed: int) -> Path:
             "sampler": "tpe",
             "scheduler": "none",  # every trial runs every fold: the same budget in every arm
             "max_concurrent": args.concurrent,
+            "max_failures": 3,  # a retried trial resumes at its last finished fold: same scores, more time
             "resources": {"workers": 1, "cpus_per_worker": 1},
             "storage_path": str((args.out / "sweeps").resolve()),
         },
@@ -148,6 +149,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "params": selected["params"],
         "consumed": used,
         "minutes": (time.time() - start) / 60,
+        "trials_complete": sum(t["status"] == "COMPLETE" for t in trials),
         "sweep_dir": str(result.sweep_dir),
     }
 
@@ -198,9 +200,20 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
         )
     lines += ["", "Best parameters per (arm, seed):", ""]
     for r in results:
+        if _complete(r) != args.trials:
+            lines.append(f"- WARNING {r['arm']} seed {r['seed']}: {_complete(r)} of {args.trials} trials finished every fold (an unequal budget)")
+    for r in results:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
         lines.append(f"- {r['arm']} seed {r['seed']}: CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}; test macro-F1 {r['test']['macro_f1']:.4f}; {params}")
     return "\n".join(lines) + "\n"
+
+
+def _complete(r: dict) -> int:
+    """Trials of the pair's search that finished every fold (read from its sweep when not stored)."""
+    if "trials_complete" not in r:
+        trials = json.loads((Path(r["sweep_dir"]) / "trials.json").read_text())
+        r["trials_complete"] = sum(t["status"] == "COMPLETE" for t in trials)
+    return r["trials_complete"]
 
 
 def _ms(values: list[float]) -> str:
@@ -225,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     # Each trial holds TRIAL_CPU plus one 1-CPU Train worker: declare room for --concurrent of them,
     # or the last one's worker group waits for a CPU, times out and the trial errors.
     logical = max(args.num_cpus or os.cpu_count() or 1, math.ceil(args.concurrent * (1 + TRIAL_CPU)))
-    ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=False)
+    # The dashboard stays on: Ray Train's placement-group cleaner asks the State API whether a
+    # trial's controller lives; without it, it can take a live run for dead and remove its workers.
+    ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         for seed in args.seeds:  # seed-major: every arm of a seed before the next seed (paired)
             for arm in args.arms:
