@@ -112,12 +112,12 @@ def consumed(config: dict, n_train: int, n_lm: int) -> dict[str, int]:
     steps = p1.get("steps", 200)
     return {
         "labelled": steps * p1.get("task_batch_size", 16) + p2.get("epochs", 3) * n_train,
-        "unlabelled": steps * p1.get("lm_batch_size", 32),
+        "unlabelled": (steps + (p1.get("head_warmup_steps", 0) if steps else 0)) * p1.get("lm_batch_size", 32),
     }
 
 
 def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
-    from sft_tune.search import load_sweep, run_search
+    from sft_tune.search import run_search
     from sft_tune.select import select_best
 
     space = write_space(args, arm, seed)
@@ -125,21 +125,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
     result = run_search(space, use_wandb=False)
     selected = select_best(result.sweep_dir, use_wandb=False, progress=False)
     trials = json.loads((result.sweep_dir / "trials.json").read_text())
-    sweep = load_sweep(result.sweep_dir)
-    from sft_tune.space import with_params
-
-    n_labelled = _rows(sweep.base_config.data.train)
-    n_lm = _rows(sweep.base_config.data.unlabelled[0]) if sweep.base_config.data.unlabelled else 0
-    fold_train = n_labelled * (args.folds - 1) // args.folds
-    used = {"labelled": 0, "unlabelled": 0}
-    for trial in trials:
-        params = {k.removeprefix("param:"): v for k, v in trial.items() if k.startswith("param:")}
-        one = consumed(with_params(sweep.base, params), fold_train, n_lm)
-        for key in used:
-            used[key] += one[key] * trial["folds_done"]
-    final = consumed(selected["config"] if "config" in selected else with_params(sweep.base, selected["params"]), n_labelled, n_lm)
-    for key in used:
-        used[key] += final[key]
+    used = examples_read(args, result.sweep_dir, selected["params"])
     return {
         "arm": arm,
         "seed": seed,
@@ -152,6 +138,28 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "trials_complete": sum(t["status"] == "COMPLETE" for t in trials),
         "sweep_dir": str(result.sweep_dir),
     }
+
+
+def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
+    """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
+    from sft_tune.search import load_sweep
+    from sft_tune.space import with_params
+
+    trials = json.loads((Path(sweep_dir) / "trials.json").read_text())
+    sweep = load_sweep(Path(sweep_dir))
+    n_labelled = _rows(sweep.base_config.data.train)
+    n_lm = _rows(sweep.base_config.data.unlabelled[0]) if sweep.base_config.data.unlabelled else 0
+    fold_train = n_labelled * (args.folds - 1) // args.folds
+    used = {"labelled": 0, "unlabelled": 0}
+    for trial in trials:
+        params = {k.removeprefix("param:"): v for k, v in trial.items() if k.startswith("param:")}
+        one = consumed(with_params(sweep.base, params), fold_train, n_lm)
+        for key in used:
+            used[key] += one[key] * trial["folds_done"]
+    final = consumed(with_params(sweep.base, best_params), n_labelled, n_lm)
+    for key in used:
+        used[key] += final[key]
+    return used
 
 
 def _rows(path: Path) -> int:
