@@ -204,10 +204,9 @@ def _start_ray(sweep: Sweep, address: str | None) -> bool:
         ray.init(address=address or os.environ["RAY_ADDRESS"])
         _warn_node_local_storage(sweep)
     else:
-        res = sweep.search.resources
         # Trials hold a token CPU share (TRIAL_CPU); their Train workers hold the real CPUs. Declare
         # enough logical CPUs for max_concurrent trials, or a worker group waits forever.
-        need = sweep.search.max_concurrent * (res.workers * res.cpus_per_worker + TRIAL_CPU)
+        need = sweep.search.max_concurrent * trial_need(sweep)[0]
         logical = max(os.cpu_count() or 1, math.ceil(need))
         ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     try:
@@ -230,11 +229,16 @@ def _warn_node_local_storage(sweep: Sweep) -> None:
             "Use s3://bucket/path, gs://bucket/path or a shared mount.", sweep.search.storage_path, len(nodes))
 
 
+def trial_need(sweep: Sweep) -> tuple[float, float]:
+    """CPUs and GPUs one trial holds: its own token CPU share plus its Train workers."""
+    res = sweep.search.resources
+    return res.workers * res.cpus_per_worker + TRIAL_CPU, res.workers * res.gpus_per_worker
+
+
 def _check_resources(sweep: Sweep) -> None:
     import ray
 
-    need_cpu = sweep.search.resources.workers * sweep.search.resources.cpus_per_worker + TRIAL_CPU
-    need_gpu = sweep.search.resources.workers * sweep.search.resources.gpus_per_worker
+    need_cpu, need_gpu = trial_need(sweep)
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
         raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu} CPU and {need_gpu} GPU, the cluster has {have.get('CPU', 0)} CPU and {have.get('GPU', 0)} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
@@ -247,11 +251,11 @@ def concurrency(sweep: Sweep, remote: bool) -> int:
     autoscale: there it is only a warning."""
     import ray
 
-    res = sweep.search.resources
+    need_cpu, need_gpu = trial_need(sweep)
     have = ray.cluster_resources()
-    fits = math.floor(have.get("CPU", 0) / (res.workers * res.cpus_per_worker + TRIAL_CPU))
-    if res.gpus_per_worker:
-        fits = min(fits, math.floor(have.get("GPU", 0) / (res.workers * res.gpus_per_worker)))
+    fits = math.floor(have.get("CPU", 0) / need_cpu)
+    if need_gpu:
+        fits = min(fits, math.floor(have.get("GPU", 0) / need_gpu))
     wanted = sweep.search.max_concurrent
     if wanted <= max(fits, 1):
         return wanted
