@@ -91,6 +91,27 @@ class FoldAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+MOVED: dict[str, str] = {}  # sweep folders moved since they started: old path -> where they are now
+
+
+def moved_path(path: str) -> str:
+    """Where a path inside a sweep folder is now, if that folder moved (what Tune pickled holds the old one)."""
+    for old, new in MOVED.items():
+        if path == old or path.startswith(old + "/"):
+            return new + path[len(old):]
+    return path
+
+
+class SweepStorage(optuna.storages.RDBStorage):
+    """The sweep's Optuna study database. Tune pickles the searcher with it; unpickled to resume a
+    sweep whose folder has moved, it opens the study.db that moved with the folder."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["url"].startswith("sqlite:///"):
+            state["url"] = "sqlite:///" + moved_path(state["url"].removeprefix("sqlite:///"))
+        super().__setstate__(state)
+
+
 def make_searcher(sweep: Sweep, storage_url: str) -> FoldAwareOptunaSearch:
     """The Optuna searcher: metric and mode given here too (OptunaSearch ignores TuneConfig's)."""
     return FoldAwareOptunaSearch(
@@ -99,7 +120,7 @@ def make_searcher(sweep: Sweep, storage_url: str) -> FoldAwareOptunaSearch:
         mode=sweep.search.mode,
         sampler=make_sampler(sweep),
         study_name=sweep.search.name,
-        storage=optuna.storages.RDBStorage(storage_url),
+        storage=SweepStorage(storage_url),
         points_to_evaluate=sweep.search.initial_points or None,
         folds=sweep.search.folds,
     )
@@ -146,12 +167,23 @@ def prepare(space_path: Path | None = None, resume: Path | None = None) -> Sweep
         return sweep
     if not (Path(resume) / SWEEP_FILE).is_file():
         raise fail("--resume", str(resume), f"must be a sweep folder holding {SWEEP_FILE}", "pass the folder printed by the interrupted `sft-tune search`")
-    sweep = load_sweep(Path(resume))
+    sweep = rebase(load_sweep(Path(resume)), Path(resume))
     from ray import tune
 
     if not tune.Tuner.can_restore(experiment_path(sweep)):
         raise fail("--resume", str(resume), "the sweep never got as far as saving Ray Tune state, so there is nothing to resume", f"delete {resume} and start the sweep again with --space")
     return sweep
+
+
+def rebase(sweep: Sweep, folder: Path) -> Sweep:
+    """A local sweep folder moved since it started (another disk, a copied run) resumes where it is now."""
+    if "://" in sweep.search.storage_path or sweep_dir_of(sweep) == folder.resolve():
+        return sweep
+    if folder.resolve().name != sweep.search.name:
+        raise fail("--resume", str(folder), f"a sweep folder must keep its search.name ({sweep.search.name!r}): the Optuna study and Ray Tune state inside are named after it", f"rename the folder back to {folder.resolve().parent / sweep.search.name}")
+    log.info("sweep folder moved from %s; resuming it at %s", sweep_dir_of(sweep), folder.resolve())
+    MOVED[str(sweep_dir_of(sweep))] = str(folder.resolve())
+    return sweep.model_copy(update={"search": sweep.search.model_copy(update={"storage_path": str(folder.resolve().parent)})})
 
 
 def load_sweep(folder: Path) -> Sweep:

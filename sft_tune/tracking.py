@@ -94,6 +94,11 @@ class WandbTrialCallback(tune.Callback):
         self.runs: dict[str, Any] = {}
         self.steps: dict[str, int] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from sft_tune.search import moved_path  # unpickled by Tune to resume a sweep: follow a moved folder
+
+        self.__dict__.update(state, folder=Path(moved_path(str(state["folder"]))))
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         if trial.trial_id in self.runs or not self.wandb.active:
             return

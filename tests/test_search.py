@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ import yaml
 from conftest import toy_rows, write_csv, write_space
 from sft_tune.config import load_config
 from sft_tune.cv import SweepData, prepare_sweep_data, read_events
+from sft_tune.errors import InputError
 from sft_tune.splits import make_folds
 from sft_tune.search import run_search
 
@@ -75,7 +77,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
     env = {**os.environ, "RAY_ADDRESS": ""}
     driver = subprocess.Popen([sys.executable, "-m", "sft_tune", "search", "--space", str(space)], cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
             folds = [e for e in read_events(folder / "events.jsonl") if e["event"] == "fold"]
             if any(e["fold"] == 2 for e in folds):
@@ -93,8 +95,18 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
     finished_before = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "fold" and e["fold"] == 2}
     assert finished_before
 
+    # Resumed from where it was moved to (another disk, a copied run): it keeps running there.
+    moved = tmp_path / "elsewhere" / "resume"
+    moved.parent.mkdir()
+    shutil.move(folder, moved)
+    renamed = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(moved, renamed)
+    with pytest.raises(InputError, match="rename the folder back"):
+        run_search(resume=renamed)
+    folder = moved
     result = run_search(resume=folder)
-    assert result.complete and [t["status"] for t in result.trials] == ["COMPLETE"] * 3
+    assert result.complete and result.sweep_dir == folder and [t["status"] for t in result.trials] == ["COMPLETE"] * 3
+    assert not (tmp_path / "sweeps" / "resume").exists()
     events = read_events(folder / "events.jsonl")
     folds = [(e["trial_id"], e["fold"]) for e in events if e["event"] == "fold"]
     assert len(folds) == len(set(folds)) == 6  # no fold of any trial ran twice
