@@ -121,8 +121,14 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
     from sft_tune.select import select_best
 
     space = write_space(args, arm, seed)
+    folder = args.out.resolve() / "sweeps" / f"{arm}-s{seed}"
     start = time.time()
-    result = run_search(space, use_wandb=False)
+    resumed = (folder / "sweep.json").exists()
+    if resumed:  # a search this script started and was stopped in: resume it (its minutes then miss the time before the stop)
+        print(f"   resuming {folder}", flush=True)
+        result = run_search(resume=folder, use_wandb=False)
+    else:
+        result = run_search(space, use_wandb=False)
     selected = select_best(result.sweep_dir, use_wandb=False, progress=False)
     trials = json.loads((result.sweep_dir / "trials.json").read_text())
     used = examples_read(args, result.sweep_dir, selected["params"])
@@ -135,6 +141,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "params": selected["params"],
         "consumed": used,
         "minutes": (time.time() - start) / 60,
+        "resumed": resumed,
         "trials_complete": sum(t["status"] == "COMPLETE" for t in trials),
         "sweep_dir": str(result.sweep_dir),
     }
