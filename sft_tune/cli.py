@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_predict)
     search = sub.add_parser("search", help="search hyperparameters with Ray Tune + Optuna, scored by k-fold CV", description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation in one Ray Train run. Results go to STORAGE_PATH/NAME (see README 'Search').")
     search.add_argument("--space", type=Path, default=None, help="search-space YAML (see search_spaces/)")
-    search.add_argument("--resume", type=Path, default=None, metavar="DIR", help="resume the interrupted sweep in DIR (no rerun of finished trials)")
+    search.add_argument("--resume", type=Path, default=None, metavar="DIR", help="resume the interrupted sweep in DIR (no rerun of finished trials; DIR may have been moved, not renamed)")
     search.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray with the dashboard on 127.0.0.1)")
     search.add_argument("--no-wandb", action="store_true", help="no W&B runs (default: one offline W&B run per trial, unless WANDB_MODE says otherwise)")
     search.add_argument("--no-select", action="store_true", help="skip retraining and exporting the best configuration at the end")
