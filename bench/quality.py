@@ -213,7 +213,14 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
         lines.append(
             f"| {arm} | {len(rows)} | {_ms(f1)} | {_ms(acc)} | {diffs} | {_p(stat.get('t_p'))} | {_p(stat.get('wilcoxon_p'))} | {lab:,.0f} / {lm:,.0f} | {statistics.fmean(r['minutes'] for r in rows):.1f} |"
         )
-    lines += ["", "Best parameters per (arm, seed):", ""]
+    lines += [
+        "",
+        "Both p-values are two-sided, over the per-seed pairs: a paired t-test and a Wilcoxon signed-rank test "
+        f"(with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** len(args.seeds):.4f} at {len(args.seeds)} seeds).",
+        "",
+        "Best parameters per (arm, seed):",
+        "",
+    ]
     for r in results:
         if _complete(r) != args.trials:
             lines.append(f"- WARNING {r['arm']} seed {r['seed']}: {_complete(r)} of {args.trials} trials finished every fold (an unequal budget)")
