@@ -117,13 +117,14 @@ def consumed(config: dict, n_train: int, n_lm: int) -> dict[str, int]:
 
 
 def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
-    from sft_tune.search import run_search
+    from sft_tune.search import SWEEP_FILE, run_search, sweep_dir_of
     from sft_tune.select import select_best
+    from sft_tune.space import load_space
 
     space = write_space(args, arm, seed)
-    folder = args.out.resolve() / "sweeps" / f"{arm}-s{seed}"
+    folder = sweep_dir_of(load_space(space))
     start = time.time()
-    resumed = (folder / "sweep.json").exists()
+    resumed = (folder / SWEEP_FILE).exists()
     if resumed:  # a search this script started and was stopped in: resume it (its minutes then miss the time before the stop)
         print(f"   resuming {folder}", flush=True)
         result = run_search(resume=folder, use_wandb=False)

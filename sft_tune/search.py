@@ -177,13 +177,14 @@ def prepare(space_path: Path | None = None, resume: Path | None = None) -> Sweep
 
 def rebase(sweep: Sweep, folder: Path) -> Sweep:
     """A local sweep folder moved since it started (another disk, a copied run) resumes where it is now."""
-    if "://" in sweep.search.storage_path or sweep_dir_of(sweep) == folder.resolve():
+    was, now = sweep_dir_of(sweep), folder.resolve()
+    if "://" in sweep.search.storage_path or was == now:
         return sweep
-    if folder.resolve().name != sweep.search.name:
-        raise fail("--resume", str(folder), f"a sweep folder must keep its search.name ({sweep.search.name!r}): the Optuna study and Ray Tune state inside are named after it", f"rename the folder back to {folder.resolve().parent / sweep.search.name}")
-    log.info("sweep folder moved from %s; resuming it at %s", sweep_dir_of(sweep), folder.resolve())
-    MOVED[str(sweep_dir_of(sweep))] = str(folder.resolve())
-    return sweep.model_copy(update={"search": sweep.search.model_copy(update={"storage_path": str(folder.resolve().parent)})})
+    if now.name != sweep.search.name:
+        raise fail("--resume", str(folder), f"a sweep folder must keep its search.name ({sweep.search.name!r}): the Optuna study and Ray Tune state inside are named after it", f"rename the folder back to {now.parent / sweep.search.name}")
+    log.info("sweep folder moved from %s; resuming it at %s", was, now)
+    MOVED[str(was)] = str(now)
+    return sweep.model_copy(update={"search": sweep.search.model_copy(update={"storage_path": str(now.parent)})})
 
 
 def load_sweep(folder: Path) -> Sweep:
