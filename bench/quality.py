@@ -14,7 +14,9 @@ Every (arm, seed) is a real `sft-tune search` (Ray Tune + Optuna, k-fold CV) fol
 sampler and the training seed; arms with the same seed share the fold split (paired design).
 Results go to a JSON file as they finish (a rerun skips finished (arm, seed) pairs) and to a
 Markdown table with mean +- std, paired differences against `plain` per seed, a paired t-test and
-a Wilcoxon signed-rank test, and the labelled / unlabelled examples each arm consumed.
+a Wilcoxon signed-rank test, and the labelled / unlabelled examples each arm consumed (a rewrite keeps
+the hand-written part of the old report below the KEEP marker; `--report-only` rewrites it from the
+finished pairs without running anything).
 
     python examples/prepare_tweets.py
     python bench/quality.py --seeds 0 1 2 3 4 --trials 4 --folds 2      # writes bench/QUALITY.md
@@ -69,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md", help="Markdown results table to write")
     parser.add_argument("--concurrent", type=int, default=1, help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first 10 trials at random anyway)")
     parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray (default: this machine's)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the finished pairs in --out; run nothing")
     args = parser.parse_args(argv)
     if args.trials < 1 or args.folds < 2 or args.concurrent < 1:
         parser.error("--trials and --concurrent must be >= 1 and --folds >= 2")
@@ -191,12 +194,48 @@ def paired(results: list[dict], arm: str, metric: str) -> dict:
     return out
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command line that runs (or resumes) this study: the options that differ from the defaults."""
+    parts = ["python bench/quality.py"]
+    if args.base.resolve() != (ROOT / "examples" / "tweets.yaml").resolve():
+        parts.append(f"--base {_rel(args.base)}")
+    if args.arms != list(ARMS):
+        parts.append("--arms " + " ".join(args.arms))
+    parts.append("--seeds " + " ".join(map(str, args.seeds)))
+    parts.append(f"--trials {args.trials} --folds {args.folds} --concurrent {args.concurrent}")
+    if args.warmup:
+        parts.append(f"--warmup {args.warmup}")
+    if args.head_lr_scale != 1.0:
+        parts.append(f"--head-lr-scale {args.head_lr_scale:g}")
+    return " ".join(parts)
+
+
+def _rel(path: Path | str) -> str:
+    """`path` relative to the repository when it lies inside it (the report and its JSON are committed)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+KEEP = "<!-- written by hand below this line; bench/quality.py keeps it when it rewrites the table -->"
+
+
+def write_report(args: argparse.Namespace, results: list[dict]) -> None:
+    """The Markdown report, keeping the hand-written part of the old one, and its JSON next to it."""
+    old = args.report.read_text() if args.report.is_file() else ""
+    text = report(args, results)
+    if KEEP in old:
+        text += "\n" + old[old.index(KEEP):]
+    args.report.write_text(text)
+    rows = [{**r, "sweep_dir": _rel(r["sweep_dir"])} for r in results]
+    args.report.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+
+
 def report(args: argparse.Namespace, results: list[dict]) -> str:
     lines = [
         "# Quality study: searched two-phase SFT against an equally searched plain fine-tune",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality.py {' '.join(sys.argv[1:])}`.",
-        f"Base config `{args.base.relative_to(ROOT) if args.base.is_relative_to(ROOT) else args.base}`; every arm: {args.trials} trials x {args.folds} folds, {args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the pairs finished by `{command(args)}`.",
+        f"Base config `{_rel(args.base)}`; every arm: {args.trials} trials x {args.folds} folds, {args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
         "",
         "| arm | seeds | test macro-F1 (mean ± std) | test accuracy | Δ macro-F1 vs plain (per seed) | paired t p | Wilcoxon p | labelled / LM examples read | minutes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -254,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     store = args.out / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else []
     done = {(r["arm"], r["seed"]) for r in results}
+    if args.report_only:
+        write_report(args, results)
+        print(args.report.read_text())
+        return 0
     import ray
 
     from sft_tune.search import TRIAL_CPU
@@ -272,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== {arm} seed {seed}", flush=True)
                 results.append(run_one(args, arm, seed))
                 store.write_text(json.dumps(results, indent=2, default=str))
-                args.report.write_text(report(args, results))
+                write_report(args, results)
                 r = results[-1]
                 print(f"   test macro-F1 {r['test']['macro_f1']:.4f} (CV {r['cv_mean']:.4f}) in {r['minutes']:.1f} min", flush=True)
     finally:
         ray.shutdown()
-    args.report.write_text(report(args, results))
+    write_report(args, results)
     print(args.report.read_text())
     return 0
 
