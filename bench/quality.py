@@ -110,12 +110,17 @@ def write_space(args: argparse.Namespace, arm: str, seed: int) -> Path:
 
 
 def consumed(config: dict, n_train: int, n_lm: int) -> dict[str, int]:
-    """Labelled and unlabelled (LM) examples one training run of `config` reads."""
+    """Labelled and unlabelled (LM) examples one training run of `config` learns from.
+
+    With alpha 0, phase 1 scores its labelled batches for the log without a gradient: not counted.
+    """
     p1, p2 = config.get("phase1", {}), config.get("phase2", {})
-    steps = p1.get("steps", 200)
+    steps = p1.get("steps", 200) * p1.get("accumulation_steps", 1)
+    warmup = p1.get("head_warmup_steps", 0) if steps else 0
+    task = p1.get("task_batch_size", 16) if p1.get("alpha", 1.0) > 0 else 0
     return {
-        "labelled": steps * p1.get("task_batch_size", 16) + p2.get("epochs", 3) * n_train,
-        "unlabelled": (steps + (p1.get("head_warmup_steps", 0) if steps else 0)) * p1.get("lm_batch_size", 32),
+        "labelled": steps * task + p2.get("epochs", 3) * n_train,
+        "unlabelled": (steps + warmup) * p1.get("lm_batch_size", 32),
     }
 
 
@@ -237,7 +242,7 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the pairs finished by `{command(args)}`.",
         f"Base config `{_rel(args.base)}`; every arm: {args.trials} trials x {args.folds} folds, {args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
         "",
-        "| arm | seeds | test macro-F1 (mean ± std) | test accuracy | Δ macro-F1 vs plain (per seed) | paired t p | Wilcoxon p | labelled / LM examples read | minutes |",
+        "| arm | seeds | test macro-F1 (mean ± std) | test accuracy | Δ macro-F1 vs plain (per seed) | paired t p | Wilcoxon p | labelled / LM examples learned from | minutes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in args.arms:
@@ -255,7 +260,8 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
         )
     lines += [
         "",
-        "Both p-values are two-sided, over the per-seed pairs: a paired t-test and a Wilcoxon signed-rank test "
+        "Examples learned from: every fold of every trial plus the retraining; an α = 0 phase 1 scores its labelled "
+        "batches for the log without learning from them (not counted). Both p-values are two-sided, over the per-seed pairs: a paired t-test and a Wilcoxon signed-rank test "
         f"(with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** len(args.seeds):.4f} at {len(args.seeds)} seeds).",
         "",
         "Best parameters per (arm, seed):",
@@ -293,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     store = args.out / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else []
     done = {(r["arm"], r["seed"]) for r in results}
-    if args.report_only:
+    if args.report_only:  # recount from each pair's sweep folder (the counting rules may have changed)
+        for r in results:
+            r["consumed"] = examples_read(args, ROOT / r["sweep_dir"], r["params"])
+        store.write_text(json.dumps(results, indent=2, default=str))
         write_report(args, results)
         print(args.report.read_text())
         return 0
