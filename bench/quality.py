@@ -14,9 +14,9 @@ Every (arm, seed) is a real `sft-tune search` (Ray Tune + Optuna, k-fold CV) fol
 sampler and the training seed; arms with the same seed share the fold split (paired design).
 Results go to a JSON file as they finish (a rerun skips finished (arm, seed) pairs) and to a
 Markdown table with mean +- std, paired differences against `plain` per seed, a paired t-test and
-a Wilcoxon signed-rank test, and the labelled / unlabelled examples each arm consumed (a rewrite keeps
-the hand-written part of the old report below the KEEP marker; `--report-only` rewrites it from the
-finished pairs without running anything).
+a Wilcoxon signed-rank test, and the labelled / unlabelled examples each arm learned from (a rewrite
+keeps the hand-written part of the old report below the KEEP marker; `--report-only` recounts the
+finished pairs from their sweep folders and rewrites the files without training).
 
     python examples/prepare_tweets.py
     python bench/quality.py --seeds 0 1 2 3 4 --trials 4 --folds 2      # writes bench/QUALITY.md
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md", help="Markdown results table to write")
     parser.add_argument("--concurrent", type=int, default=1, help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first 10 trials at random anyway)")
     parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray (default: this machine's)")
-    parser.add_argument("--report-only", action="store_true", help="write the report from the finished pairs in --out; run nothing")
+    parser.add_argument("--report-only", action="store_true", help="recount the finished pairs in --out from their sweep folders and rewrite results.json and the report; train nothing")
     args = parser.parse_args(argv)
     if args.trials < 1 or args.folds < 2 or args.concurrent < 1:
         parser.error("--trials and --concurrent must be >= 1 and --folds >= 2")
