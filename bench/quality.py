@@ -279,7 +279,7 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
 def _complete(r: dict) -> int:
     """Trials of the pair's search that finished every fold (read from its sweep when not stored)."""
     if "trials_complete" not in r:
-        trials = json.loads((Path(r["sweep_dir"]) / "trials.json").read_text())
+        trials = json.loads((ROOT / r["sweep_dir"] / "trials.json").read_text())
         r["trials_complete"] = sum(t["status"] == "COMPLETE" for t in trials)
     return r["trials_complete"]
 
