@@ -36,8 +36,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from sft_tune.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -109,18 +113,18 @@ def write_space(args: argparse.Namespace, arm: str, seed: int) -> Path:
     return path
 
 
-def consumed(config: dict, n_train: int, n_lm: int) -> dict[str, int]:
+def consumed(config: RunConfig, n_train: int, n_lm: int) -> dict[str, int]:
     """Labelled and unlabelled (LM) examples one training run of `config` learns from.
 
     With alpha 0, phase 1 scores its labelled batches for the log without a gradient: not counted.
     """
-    p1, p2 = config.get("phase1", {}), config.get("phase2", {})
-    steps = p1.get("steps", 200) * p1.get("accumulation_steps", 1)
-    warmup = p1.get("head_warmup_steps", 0) if steps else 0
-    task = p1.get("task_batch_size", 16) if p1.get("alpha", 1.0) > 0 else 0
+    p1 = config.phase1
+    steps = p1.steps * p1.accumulation_steps
+    warmup = p1.head_warmup_steps if steps else 0
+    task = p1.task_batch_size if p1.alpha > 0 else 0
     return {
-        "labelled": steps * task + p2.get("epochs", 3) * n_train,
-        "unlabelled": (steps + warmup) * p1.get("lm_batch_size", 32),
+        "labelled": steps * task + config.phase2.epochs * n_train,
+        "unlabelled": (steps + warmup) * p1.lm_batch_size,
     }
 
 
@@ -158,6 +162,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
     """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
+    from sft_tune.config import parse_config
     from sft_tune.search import load_sweep
     from sft_tune.space import with_params
 
@@ -169,10 +174,10 @@ def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) 
     used = {"labelled": 0, "unlabelled": 0}
     for trial in trials:
         params = {k.removeprefix("param:"): v for k, v in trial.items() if k.startswith("param:")}
-        one = consumed(with_params(sweep.base, params), fold_train, n_lm)
+        one = consumed(parse_config(with_params(sweep.base, params)), fold_train, n_lm)
         for key in used:
             used[key] += one[key] * trial["folds_done"]
-    final = consumed(with_params(sweep.base, best_params), n_labelled, n_lm)
+    final = consumed(parse_config(with_params(sweep.base, best_params)), n_labelled, n_lm)
     for key in used:
         used[key] += final[key]
     return used
