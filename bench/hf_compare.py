@@ -142,7 +142,7 @@ def setup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 def run_sft(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path) -> dict[str, Any]:
     import yaml
 
-    from sft_tune.search import run_search
+    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
 
     space = {
@@ -187,10 +187,10 @@ def sft_retrain(sweep_dir: Path, params: dict[str, Any], seed: int, folder: Path
     """What `select_best` does (retrain the best configuration on all labelled data, test), with another seed."""
     from sft_tune.config import parse_config
     from sft_tune.run import train
-    from sft_tune.search import load_sweep
+    from sft_tune.sweep.folder import SweepFolder
     from sft_tune.space import with_params
 
-    raw = with_params(load_sweep(sweep_dir).base, params)
+    raw = with_params(SweepFolder(sweep_dir).load_sweep().base, params)
     raw = {**raw, "data": {**raw["data"], "validation_fraction": 0.0}, "seed": seed, "output_dir": str(folder / f"sft-seed-{seed}")}
     return train(parse_config(raw), progress=False)["test"]["macro_f1"]
 
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray  # noqa: F401
         import transformers  # noqa: F401
 
-        import sft_tune.search  # noqa: F401
+        import sft_tune.sweep.run  # noqa: F401
         import sft_tune.select  # noqa: F401
 
         with chatter_to(log, True):

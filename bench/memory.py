@@ -4,7 +4,7 @@ the tokenization passes of a sweep.
 
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/memory.py [--concurrent N] [--unlabelled U] ...
 
-Three sweeps of the same N trials through `sft_tune.search.run_search`, each on its own fresh local
+Three sweeps of the same N trials through `sft_tune.sweep.run.run_search`, each on its own fresh local
 Ray (`ray.init(num_cpus=N * cpus_per_worker + 2)`, like the tests' `ray_session`; one Train worker
 of `--cpus-per-worker` CPUs per trial), on a tiny random BERT with a toy labelled set and a large
 pool of U synthetic unlabelled sentences:
@@ -288,7 +288,7 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
     import ray
 
     from sft_tune.config import parse_config
-    from sft_tune.cv import prepare_sweep_data
+    from sft_tune.sweep.folds import prepare_sweep_data
 
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
@@ -301,7 +301,7 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
 
     @ray.remote(num_cpus=0, max_calls=1)  # a fresh worker process per call
     def fetch(refs: list) -> dict[str, int]:
-        import sft_tune.cv  # noqa: F401  (the data's classes, imported before measuring)
+        import sft_tune.sweep.folds  # noqa: F401  (the data's classes, imported before measuring)
 
         def memory() -> dict[str, int]:
             lines = open("/proc/self/smaps_rollup").read().splitlines()
@@ -325,8 +325,8 @@ def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log:
     `ray.get` probe on the same Ray."""
     import ray
 
-    from sft_tune.cv import read_events
-    from sft_tune.search import run_search
+    from sft_tune.sweep.folder import read_events
+    from sft_tune.sweep.run import run_search
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     logical = args.concurrent * args.cpus_per_worker + 2
@@ -360,7 +360,7 @@ def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int
     """Pickled size (what ray.put stores) and deserialized heap size (what ray.get builds) of the
     sweep's tokenized data, from the sweep's own `prepare_sweep_data` (warm cache: no tokenization)."""
     from sft_tune.config import parse_config
-    from sft_tune.cv import prepare_sweep_data
+    from sft_tune.sweep.folds import prepare_sweep_data
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     config = json.loads(json.dumps(base))
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.cpus_per_worker)
         import ray  # noqa: F401
-        import sft_tune.search  # noqa: F401
+        import sft_tune.sweep.run  # noqa: F401
 
         with chatter_to(log, True):
             setup = make_toy(folder, args.train_size, 0, 0.15)

@@ -129,14 +129,15 @@ def consumed(config: RunConfig, n_train: int, n_lm: int) -> dict[str, int]:
 
 
 def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
-    from sft_tune.search import SWEEP_FILE, run_search, sweep_dir_of
+    from sft_tune.sweep.folder import SweepFolder
+    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
     from sft_tune.space import load_space
 
     space = write_space(args, arm, seed)
-    folder = sweep_dir_of(load_space(space))
+    folder = SweepFolder.of(load_space(space).search).path
     start = time.time()
-    resumed = (folder / SWEEP_FILE).exists()
+    resumed = (folder / SweepFolder.SNAPSHOT).exists()
     if resumed:  # a search this script started and was stopped in: resume it (its minutes then miss the time before the stop)
         print(f"   resuming {folder}", flush=True)
         result = run_search(resume=folder, use_wandb=False)
@@ -163,11 +164,11 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
 def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
     """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
     from sft_tune.config import parse_config
-    from sft_tune.search import load_sweep
+    from sft_tune.sweep.folder import SweepFolder
     from sft_tune.space import with_params
 
     trials = json.loads((Path(sweep_dir) / "trials.json").read_text())
-    sweep = load_sweep(Path(sweep_dir))
+    sweep = SweepFolder(Path(sweep_dir)).load_sweep()
     n_labelled = _rows(sweep.base_config.data.train)
     n_lm = _rows(sweep.base_config.data.unlabelled[0]) if sweep.base_config.data.unlabelled else 0
     fold_train = n_labelled * (args.folds - 1) // args.folds
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray
 
-    from sft_tune.search import TRIAL_CPU
+    from sft_tune.sweep.cluster import TRIAL_CPU
 
     # Each trial holds TRIAL_CPU plus one 1-CPU Train worker: declare room for --concurrent of them,
     # or the last one's worker group waits for a CPU, times out and the trial errors.

@@ -5,7 +5,7 @@
 
 Measured in one run:
 
-1. Sweep overhead. The wall time of an N-trial sweep through `sft_tune.search.run_search`
+1. Sweep overhead. The wall time of an N-trial sweep through `sft_tune.sweep.run.run_search`
    (scheduler none, max_concurrent 1, one Train worker, k folds) against the SAME N
    configurations (read back from the sweep's result) trained back to back in this one plain
    process: `prepare_sweep_data` once, then for each configuration
@@ -357,7 +357,7 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
     """Seconds per fold of the fixed part (model reset + scoring), per phase-1 step and per
     phase-2 step, from `cross_validate` runs in this process (after one untimed warm-up)."""
     from sft_tune.config import parse_config
-    from sft_tune.cv import cross_validate, prepare_sweep_data
+    from sft_tune.sweep.folds import cross_validate, prepare_sweep_data
     from sft_tune.train import Runtime
 
     data = prepare_sweep_data(parse_config(sized(base, 1, 1)), folds, seed)
@@ -424,8 +424,8 @@ def write_space(folder: Path, name: str, base: dict, params: dict, args: argpars
 
 def run_sweep(space: Path, cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One timed `run_search` call (everything from data preparation to ray.shutdown)."""
-    from sft_tune.cv import read_events
-    from sft_tune.search import run_search
+    from sft_tune.sweep.folder import read_events
+    from sft_tune.sweep.run import run_search
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)  # a fresh tokenization cache: no side gets the other's
     info: dict[str, Any] = {"start": time.time()}
@@ -468,7 +468,7 @@ def trial_params(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The same configurations in this process: prepare_sweep_data once, cross_validate each."""
     from sft_tune.config import parse_config
-    from sft_tune.cv import cross_validate, prepare_sweep_data
+    from sft_tune.sweep.folds import cross_validate, prepare_sweep_data
     from sft_tune.space import load_space, with_params
     from sft_tune.train import Runtime
 
@@ -506,7 +506,7 @@ def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
 
 
 def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
-    from sft_tune.search import format_table
+    from sft_tune.sweep.results import format_table
 
     steps, epochs, predicted = plan(cal, args.trial_seconds, args.folds, args.phase1_share, args.size)
     base = sized(setup["base"], steps, epochs)
@@ -569,7 +569,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
 
 
 def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
-    from sft_tune.search import format_table
+    from sft_tune.sweep.results import format_table
 
     steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size)
     base = sized(setup["base"], steps, epochs)
@@ -644,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         import ray  # noqa: F401  (imports before any clock starts)
-        import sft_tune.search  # noqa: F401
-        import sft_tune.tracking  # noqa: F401
+        import sft_tune.sweep.run  # noqa: F401
+        import sft_tune.sweep.tracking  # noqa: F401
 
         if not args.no_wandb:
             import wandb  # noqa: F401

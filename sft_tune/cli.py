@@ -54,13 +54,14 @@ def _predict(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     if (args.space is None) == (args.resume is None):
         raise InputError([Problem("--space / --resume", {"space": args.space, "resume": args.resume}, "give exactly one of --space FILE (new sweep) and --resume DIR (continue one)", "e.g. sft-tune search --space search_spaces/alpha.yaml")])
-    from sft_tune.search import format_table, run_search, sweep_dir_of, prepare
+    from sft_tune.sweep.results import format_table, phase1_verdict
+    from sft_tune.sweep.run import prepare, run_search
 
-    folder = sweep_dir_of(prepare(args.space, args.resume))
+    sweep, folder = prepare(args.space, args.resume)
     try:
         result = run_search(args.space, args.resume, args.address, use_wandb=not args.no_wandb)
     except KeyboardInterrupt:
-        print(f"\nsweep interrupted; resume it with: sft-tune search --resume {folder}", file=sys.stderr)
+        print(f"\nsweep interrupted; resume it with: sft-tune search --resume {folder.path}", file=sys.stderr)
         return 130
     print(format_table(result))
     print(f"\nsweep folder: {result.sweep_dir}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db)")
@@ -68,9 +69,7 @@ def _search(args: argparse.Namespace) -> int:
     if result.best:
         best = result.best
         print(f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}")
-    from sft_tune.search import phase1_verdict, load_sweep
-
-    print(f"phase 1: {phase1_verdict(load_sweep(result.sweep_dir), result.trials)['statement']}")
+    print(f"phase 1: {phase1_verdict(sweep, result.trials)['statement']}")
     if not result.complete:
         print(f"sweep incomplete; resume it with: sft-tune search --resume {result.sweep_dir}", file=sys.stderr)
         return 0

@@ -17,24 +17,22 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 
-from sft_tune.errors import fail
-from sft_tune.search import SWEEP_FILE, best_trial, load_sweep
+from sft_tune.sweep.folder import SweepFolder
+from sft_tune.sweep.results import best_trial, phase1_verdict
 
-REPORT_FILE = "report.html"
 PLOTS = ("history", "parallel", "alpha", "folds", "losses")
 
 
 def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str]:
     """Write the HTML report; returns its path and the terminal summary."""
-    sweep_dir = Path(sweep_dir).resolve()
-    if not (sweep_dir / SWEEP_FILE).is_file() or not (sweep_dir / "trials.json").is_file():
-        raise fail("SWEEP_DIR", str(sweep_dir), f"must be a sweep folder with {SWEEP_FILE} and trials.json", "pass the folder printed by `sft-tune search`")
-    sweep = load_sweep(sweep_dir)
-    trials = json.loads((sweep_dir / "trials.json").read_text())
+    folder = SweepFolder(Path(sweep_dir))
+    folder.require_results("report")
+    sweep = folder.load_sweep()
+    trials = folder.trials()
     best = best_trial(sweep, trials)
-    study = optuna.load_study(study_name=sweep.search.name, storage=sweep.search.optuna_storage or f"sqlite:///{sweep_dir / 'study.db'}")
+    study = optuna.load_study(study_name=sweep.search.name, storage=folder.optuna_url(sweep.search.optuna_storage))
     alpha = "phase1.alpha" if "phase1.alpha" in sweep.params else next(iter(sweep.params))
-    history = loss_history(sweep_dir, best)
+    history = loss_history(folder, best)
     figures = {
         "history": _titled(optuna.visualization.plot_optimization_history(study), f"Optimization history (CV {sweep.search.metric})"),
         "parallel": _titled(optuna.visualization.plot_parallel_coordinate(study), "Parallel coordinates of the searched parameters"),
@@ -43,21 +41,21 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
         "losses": loss_curves(history, best),
     }
     summary = terminal_summary(sweep, trials, best)
-    output = Path(output) if output else sweep_dir / REPORT_FILE
+    output = Path(output) if output else folder.file(folder.REPORT)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(_page(sweep.search.name, summary, figures))
     os.replace(tmp, output)
     return output, summary
 
 
-def loss_history(sweep_dir: Path, best: dict[str, Any] | None) -> list[dict[str, Any]]:
+def loss_history(folder: SweepFolder, best: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per-step losses of the best configuration: its retrained model if selected, else its first fold."""
-    selected = sweep_dir / "best_model" / "history.jsonl"
+    selected = folder.file(folder.BEST_MODEL) / "history.jsonl"
     if selected.is_file():
         return [json.loads(line) for line in selected.read_text().splitlines()]
     if best is None:
         return []
-    checkpoints = sorted((sweep_dir / "train" / f"train-{best['trial_id']}").glob("checkpoint_*/history.jsonl"))
+    checkpoints = sorted((folder.path / "train" / f"train-{best['trial_id']}").glob("checkpoint_*/history.jsonl"))
     return [json.loads(line) for line in checkpoints[0].read_text().splitlines()] if checkpoints else []
 
 
@@ -92,8 +90,6 @@ def terminal_summary(sweep, trials: list[dict[str, Any]], best: dict[str, Any] |
     lines = [f"sweep {sweep.search.name}: {len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), {sweep.search.folds}-fold CV of {sweep.search.metric}"]
     if best:
         lines.append(f"best trial {best['trial_id']}: {best['cv_mean']:.4f} ± {best['cv_std']:.4f}; " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
-    from sft_tune.search import phase1_verdict
-
     lines.append(f"phase 1: {phase1_verdict(sweep, trials)['statement']}")
     return "\n".join(lines)
 

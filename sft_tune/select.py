@@ -9,7 +9,6 @@ evaluated, and `SWEEP_DIR/best_model` is written atomically: a Hugging Face fold
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,35 +16,32 @@ from typing import Any
 from sft_tune.config import parse_config
 from sft_tune.errors import fail
 from sft_tune.export import library_versions
-from sft_tune.search import SWEEP_FILE, best_trial, load_sweep
+from sft_tune.sweep.folder import SweepFolder
+from sft_tune.sweep.results import best_trial
 
 log = logging.getLogger(__name__)
 
-BEST_DIR = "best_model"
-BEST_FILE = "best.json"
 
 
 def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) -> dict[str, Any]:
     """Pick, retrain, test and export the best configuration of a finished sweep."""
     from sft_tune.run import train
-    from sft_tune.tracking import log_best_model
+    from sft_tune.sweep.tracking import log_best_model
 
-    sweep_dir = Path(sweep_dir).resolve()
-    trials_file = sweep_dir / "trials.json"
-    if not (sweep_dir / SWEEP_FILE).is_file() or not trials_file.is_file():
-        raise fail("SWEEP_DIR", str(sweep_dir), f"must be a sweep folder with {SWEEP_FILE} and trials.json", "pass the folder printed by `sft-tune search` (storage_path/name)")
-    sweep = load_sweep(sweep_dir)
-    best = best_trial(sweep, json.loads(trials_file.read_text()))
+    folder = SweepFolder(Path(sweep_dir))
+    folder.require_results("select")
+    sweep = folder.load_sweep()
+    best = best_trial(sweep, folder.trials())
     if best is None:
-        raise fail(str(trials_file), "no COMPLETE trial", "selection needs at least one trial that finished all folds", "resume the sweep (`sft-tune search --resume DIR`) or run more trials")
+        raise fail(str(folder.file(folder.TRIALS_JSON)), "no COMPLETE trial", "selection needs at least one trial that finished all folds", "resume the sweep (`sft-tune search --resume DIR`) or run more trials")
     raw = best["config"]
     # All labelled data trains the final model; early stopping keeps its validation split.
     keep_split = raw.get("phase2", {}).get("early_stopping_patience", 0) > 0
-    raw = {**raw, "data": {**raw["data"], "validation_fraction": raw["data"].get("validation_fraction", 0.1) if keep_split else 0.0}, "output_dir": str(sweep_dir)}
+    raw = {**raw, "data": {**raw["data"], "validation_fraction": raw["data"].get("validation_fraction", 0.1) if keep_split else 0.0}, "output_dir": str(folder.path)}
     config = parse_config(raw)
     summary = {
         "sweep_id": sweep.search.name,
-        "sweep_dir": str(sweep_dir),
+        "sweep_dir": str(folder.path),
         "trial_id": best["trial_id"],
         "params": best["params"],
         "metric": best["metric"],
@@ -55,8 +51,8 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
         "versions": library_versions(),
     }
     log.info("best trial %s: %s %.4f ± %.4f; retraining on all labelled data", best["trial_id"], best["metric"], best["cv_mean"], best["cv_std"])
-    metrics = train(config, progress=progress, model_dir=sweep_dir / BEST_DIR, extra_files={BEST_FILE: summary})
+    metrics = train(config, progress=progress, model_dir=folder.file(folder.BEST_MODEL), extra_files={folder.BEST: summary})
     summary["test"] = metrics.get("test")
     summary["model_dir"] = metrics["model_dir"]
-    summary["wandb_artifact"] = log_best_model(sweep.search.wandb_project, sweep.search.name, sweep_dir, Path(metrics["model_dir"]), summary, enabled=use_wandb)
+    summary["wandb_artifact"] = log_best_model(sweep.search.wandb_project, sweep.search.name, folder, Path(metrics["model_dir"]), summary, enabled=use_wandb)
     return summary

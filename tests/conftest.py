@@ -178,7 +178,7 @@ def finished_sweep(tmp_path_factory, tiny_bert):
     """One real 3-trial, 2-fold sweep on a local Ray (the first trial crashes once and is
     retried), W&B offline, followed by `select`. Shared by the search, tracking, select and
     report tests."""
-    from sft_tune.search import run_search
+    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
 
     folder = tmp_path_factory.mktemp("sweep")

@@ -241,7 +241,7 @@ def test_a_gguf_config_without_its_packages_is_refused_before_loading(tmp_path, 
 def test_generation_search_scores_greedy_exact_match_and_select_exports_a_generator(tiny_gpt2, generation_files, tmp_path, ray_session):
     import yaml
 
-    from sft_tune.search import run_search
+    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
 
     config = run_config_dict(tiny_gpt2, generation_files, tmp_path / "unused", phase1={"steps": 2}, phase2={"epochs": 3, "batch_size": 8}, data={"validation_fraction": 0.0})

@@ -377,8 +377,8 @@ def test_shipped_ner_space_loads():
 def test_search_keeps_documents_whole_and_select_exports(wordpiece_bert, tmp_path, ray_session, monkeypatch):
     from transformers import AutoModelForTokenClassification
 
-    from sft_tune import cv
-    from sft_tune.search import run_search
+    from sft_tune.sweep import folds as cv
+    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
 
     train_file = toy_conll(tmp_path / "train.conll", 8, seed=5)

@@ -8,11 +8,11 @@ import torch
 
 from conftest import run_config_dict
 from sft_tune.config import parse_config
-from sft_tune.cv import SweepData
+from sft_tune.sweep.folds import SweepData
 from sft_tune.data import TokenArray, text_hashes
 from sft_tune.errors import InputError
 from sft_tune.model import load_model, load_tokenizer
-from sft_tune.search import phase1_verdict
+from sft_tune.sweep.results import phase1_verdict
 from sft_tune.space import SearchSettings, Sweep
 from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Runtime, alpha_at, fit, lm_sequences, make_optimizer, run_head_warmup

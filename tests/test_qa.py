@@ -394,8 +394,8 @@ def test_predict_checks_the_whole_input_before_returning(tiny_bert, tmp_path):
 
 @pytest.mark.ray
 def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session):
-    from sft_tune.cv import prepare_sweep_data
-    from sft_tune.search import run_search
+    from sft_tune.sweep.folds import prepare_sweep_data
+    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
     from sft_tune.space import load_space
 

@@ -16,10 +16,11 @@ import yaml
 
 from conftest import toy_rows, write_csv, write_space
 from sft_tune.config import load_config
-from sft_tune.cv import SweepData, prepare_sweep_data, read_events
+from sft_tune.sweep.folder import read_events
+from sft_tune.sweep.folds import SweepData, prepare_sweep_data
 from sft_tune.errors import InputError
 from sft_tune.splits import make_folds
-from sft_tune.search import run_search
+from sft_tune.sweep.run import run_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -176,7 +177,7 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path
 def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_path, tiny_bert, toy_files, caplog):
     """A trial reserves a token CPU share, so Tune would start trials whose Train workers cannot be
     placed (they time out and error): on a fixed-size Ray, run only as many as fit."""
-    from sft_tune.search import concurrency
+    from sft_tune.sweep.cluster import concurrency
     from sft_tune.space import load_space
 
     def sweep_with(max_concurrent, cpus_per_worker):

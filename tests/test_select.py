@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from sft_tune.config import RunConfig
 from sft_tune.data import batch_indices
 from sft_tune.run import read_data
-from sft_tune.search import best_trial, load_sweep
+from sft_tune.sweep.folder import SweepFolder
+from sft_tune.sweep.results import best_trial
 from sft_tune.select import select_best
 from sft_tune.tasks import get_task
 
@@ -21,7 +22,7 @@ def test_best_json_holds_params_cv_test_sweep_and_versions(finished_sweep):
     folder = finished_sweep["result"].sweep_dir / "best_model"
     best = json.loads((folder / "best.json").read_text())
     trials = finished_sweep["result"].trials
-    expected = best_trial(load_sweep(finished_sweep["result"].sweep_dir), trials)
+    expected = best_trial(SweepFolder(finished_sweep["result"].sweep_dir).load_sweep(), trials)
     assert best["trial_id"] == selected["trial_id"] == expected["trial_id"]
     assert best["cv_mean"] == max(t["cv_mean"] for t in trials) == expected["cv_mean"]
     assert best["params"] == expected["params"]
@@ -50,14 +51,14 @@ def test_select_rerun_gives_the_same_choice(finished_sweep):
     sweep_dir = finished_sweep["result"].sweep_dir
     first = finished_sweep["selected"]
     trials = json.loads((sweep_dir / "trials.json").read_text())
-    assert best_trial(load_sweep(sweep_dir), trials)["trial_id"] == first["trial_id"]
+    assert best_trial(SweepFolder(sweep_dir).load_sweep(), trials)["trial_id"] == first["trial_id"]
     again = select_best(sweep_dir, use_wandb=False, progress=False)
     assert again["trial_id"] == first["trial_id"] and again["params"] == first["params"]
     assert again["test"] == pytest.approx(first["test"])
 
 
 def test_ties_go_to_the_lower_std_then_the_lower_trial_id(finished_sweep):
-    sweep = load_sweep(finished_sweep["result"].sweep_dir)
+    sweep = SweepFolder(finished_sweep["result"].sweep_dir).load_sweep()
     trials = [
         {"trial_id": "b", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 1.0},
         {"trial_id": "a", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.05, "fold_scores": [], "param:phase1.alpha": 2.0},

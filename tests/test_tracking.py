@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from sft_tune.tracking import Wandb, step_metrics
+from sft_tune.sweep.tracking import Wandb, step_metrics
 from wandb_records import read_runs
 
 

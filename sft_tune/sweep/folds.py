@@ -1,4 +1,4 @@
-"""k-fold cross-validation of one configuration, as the loop of a Ray Train worker.
+"""The fold loop: k-fold cross-validation of one configuration, as the loop of a Ray Train worker.
 
 The driver reads and tokenizes the data once (`prepare_sweep_data`) and shares it through the Ray
 object store. Each worker runs all folds of its trial inside one TorchTrainer run: for each fold,
@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,11 +27,10 @@ from sft_tune.data import SequenceView, TokenArray, text_hashes, tokenize
 from sft_tune.model import load_model, load_tokenizer
 from sft_tune.run import read_data
 from sft_tune.splits import make_folds, split_validation
+from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, EventLog
 from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Runtime, evaluate, fit, lm_selection, seed_everything, uses_bf16
 
-FOLDS_FILE = "folds.json"
-HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 # the next trial to start creates the file and raises, so that tests can check retries.
 FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
@@ -190,31 +188,6 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         events.write("fold", fold=fold + 1, score=scores[-1])  # after the checkpoint is persisted
 
     cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold, loop_config.get("fault_file"))
-
-
-class EventLog:
-    """Append-only `events.jsonl` in the sweep folder: trial starts (retries, resumes) and folds.
-
-    Written by rank 0 where the sweep folder is reachable (a local or shared file system).
-    """
-
-    def __init__(self, path: str | None, trial_id: str | None, enabled: bool) -> None:
-        self.path = Path(path) if path and enabled and Path(path).parent.is_dir() else None
-        self.trial_id = trial_id
-
-    def write(self, event: str, **fields: Any) -> None:
-        if self.path is None:
-            return
-        record = {"trial_id": self.trial_id, "event": event, "time": time.time(), "pid": os.getpid(), **fields}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The records of an `events.jsonl` (empty when absent)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, Any]:

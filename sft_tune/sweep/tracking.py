@@ -18,9 +18,10 @@ from typing import Any
 
 from ray import tune
 
+from sft_tune.sweep.folder import HISTORY_FILE, SweepFolder
+
 log = logging.getLogger(__name__)
 
-from sft_tune.cv import HISTORY_FILE
 INIT_TIMEOUT_S = 60
 
 
@@ -88,23 +89,18 @@ def step_metrics(record: dict[str, Any]) -> dict[str, float]:
 class WandbTrialCallback(tune.Callback):
     """Tune callback: a W&B run per trial with params, per-step losses, fold metrics, CV and status."""
 
-    def __init__(self, project: str, group: str, folder: Path, params: list[str], folds: int, enabled: bool = True) -> None:
+    def __init__(self, project: str, group: str, folder: SweepFolder, params: list[str], folds: int, enabled: bool = True) -> None:
         self.wandb = Wandb(enabled)
-        self.project, self.group, self.folder, self.params, self.folds = project, group, Path(folder), params, folds
+        self.project, self.group, self.folder, self.params, self.folds = project, group, folder, params, folds
         self.runs: dict[str, Any] = {}
         self.steps: dict[str, int] = {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        from sft_tune.search import moved_path  # unpickled by Tune to resume a sweep: follow a moved folder
-
-        self.__dict__.update(state, folder=Path(moved_path(str(state["folder"]))))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         if trial.trial_id in self.runs or not self.wandb.active:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.path.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in trial.config.items() if k in self.params}
-        run = self.wandb.init(project=self.project, group=self.group, name=trial.trial_id, id=f"{self.group}-{trial.trial_id}", job_type="trial", config=config, dir=str(self.folder), resume="allow")
+        run = self.wandb.init(project=self.project, group=self.group, name=trial.trial_id, id=f"{self.group}-{trial.trial_id}", job_type="trial", config=config, dir=str(self.folder.path), resume="allow")
         if run is not None:
             self.runs[trial.trial_id] = run
             self.steps.setdefault(trial.trial_id, 0)
@@ -148,10 +144,10 @@ class WandbTrialCallback(tune.Callback):
                 self._finish(trial, "INTERRUPTED", 1)
 
 
-def log_best_model(project: str, group: str, folder: Path, model_dir: Path, best: dict[str, Any], enabled: bool = True) -> bool:
+def log_best_model(project: str, group: str, folder: SweepFolder, model_dir: Path, best: dict[str, Any], enabled: bool = True) -> bool:
     """Log the exported best model as a W&B Artifact of type `model` with the alias `best`."""
     handle = Wandb(enabled)
-    run = handle.init(project=project, group=group, name=f"{group}-best", job_type="select", config={"params": best.get("params", {})}, dir=str(folder))
+    run = handle.init(project=project, group=group, name=f"{group}-best", job_type="select", config={"params": best.get("params", {})}, dir=str(folder.path))
     if run is None:
         return False
 

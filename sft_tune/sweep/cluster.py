@@ -1,0 +1,91 @@
+"""The Ray a sweep runs on: start a local one or attach to a cluster, and what a trial holds."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from sft_tune.errors import fail
+from sft_tune.space import Sweep
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_FAILURE_LIMIT = 3
+TRIAL_CPU = 0.01  # the Tune trial only launches a TorchTrainer (an all-zero bundle is rejected)
+
+
+def start_ray(sweep: Sweep, address: str | None) -> bool:
+    """Attach to a cluster or start a local Ray; True when this call started it."""
+    import ray
+
+    # Read by the Train controllers of a local Ray (they inherit this process's environment).
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    if ray.is_initialized():
+        check_resources(sweep)
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+        _warn_node_local_storage(sweep)
+    else:
+        # Trials hold a token CPU share (TRIAL_CPU); their Train workers hold the real CPUs. Declare
+        # enough logical CPUs for max_concurrent trials, or a worker group waits forever.
+        need = sweep.search.max_concurrent * trial_need(sweep)[0]
+        logical = max(os.cpu_count() or 1, math.ceil(need))
+        ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    try:
+        check_resources(sweep)
+    except Exception:
+        ray.shutdown()
+        raise
+    return True
+
+
+def _warn_node_local_storage(sweep: Sweep) -> None:
+    """A multi-node sweep needs storage every node reaches; say so when storage_path is a plain path."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in sweep.search.storage_path:
+        log.warning(
+            "search.storage_path %s is a local path on a %d-node cluster: unless it is a shared file system "
+            "mounted on every node, trials on other nodes cannot write results and checkpoints there. "
+            "Use s3://bucket/path, gs://bucket/path or a shared mount.", sweep.search.storage_path, len(nodes))
+
+
+def trial_need(sweep: Sweep) -> tuple[float, float]:
+    """CPUs and GPUs one trial holds: its own token CPU share plus its Train workers."""
+    res = sweep.search.resources
+    return res.workers * res.cpus_per_worker + TRIAL_CPU, res.workers * res.gpus_per_worker
+
+
+def check_resources(sweep: Sweep) -> None:
+    import ray
+
+    need_cpu, need_gpu = trial_need(sweep)
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu} CPU and {need_gpu} GPU, the cluster has {have.get('CPU', 0)} CPU and {have.get('GPU', 0)} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
+
+
+def concurrency(sweep: Sweep, remote: bool) -> int:
+    """Trials to run at once: search.max_concurrent, capped on a fixed-size Ray to the trials whose
+    Train workers fit. A trial reserves only TRIAL_CPU for itself, so Tune would start more trials
+    than there are CPUs/GPUs for their workers; those wait, time out and error. A remote cluster may
+    autoscale: there it is only a warning."""
+    import ray
+
+    need_cpu, need_gpu = trial_need(sweep)
+    have = ray.cluster_resources()
+    fits = math.floor(have.get("CPU", 0) / need_cpu)
+    if need_gpu:
+        fits = min(fits, math.floor(have.get("GPU", 0) / need_gpu))
+    wanted = sweep.search.max_concurrent
+    if wanted <= max(fits, 1):
+        return wanted
+    message = f"search.max_concurrent {wanted}: the cluster ({have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU) holds the workers of {max(fits, 1)} trial(s) at once"
+    if remote:
+        log.warning("%s; the others wait for the autoscaler to add nodes (and fail after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S if none come)", message)
+        return wanted
+    log.warning("%s; running %d at a time", message, max(fits, 1))
+    return max(fits, 1)
