@@ -54,26 +54,27 @@ def _predict(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     if (args.space is None) == (args.resume is None):
         raise InputError([Problem("--space / --resume", {"space": args.space, "resume": args.resume}, "give exactly one of --space FILE (new sweep) and --resume DIR (continue one)", "e.g. sft-tune search --space search_spaces/alpha.yaml")])
-    from sft_tune.sweep.results import format_table, phase1_verdict
+    from sft_tune.sweep.results import format_table
     from sft_tune.sweep.run import prepare, run_search
 
-    sweep, folder = prepare(args.space, args.resume)
+    _, folder = prepare(args.space, args.resume)
     try:
-        result = run_search(args.space, args.resume, args.address, use_wandb=not args.no_wandb)
+        result = run_search(args.space, args.resume, args.address, use_wandb=not args.no_wandb, verbose=args.verbose)
     except KeyboardInterrupt:
         print(f"\nsweep interrupted; resume it with: sft-tune search --resume {folder.path}", file=sys.stderr)
         return 130
     print(format_table(result))
-    print(f"\nsweep folder: {result.sweep_dir}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db)")
+    print(f"\nsweep folder: {result.sweep_dir}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db, sweep.log)")
     print(f"tokenization passes in this sweep: {result.tokenization_passes}; Optuna trial states: {result.optuna_states}")
     if result.best:
         best = result.best
         print(f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}")
-    print(f"phase 1: {phase1_verdict(sweep, result.trials)['statement']}")
+    print(f"phase 1: {result.verdict['statement']}")
     if not result.complete:
         print(f"sweep incomplete; resume it with: sft-tune search --resume {result.sweep_dir}", file=sys.stderr)
         return 0
     if result.best and not args.no_select:
+        print("\nretraining the best configuration on all labelled data (sft-tune select) ...", flush=True)
         args.sweep_dir, args.no_progress = result.sweep_dir, False
         _select(args)
     from sft_tune.report import build_report
@@ -140,12 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     predict.set_defaults(func=_predict)
-    search = sub.add_parser("search", help="search hyperparameters with Ray Tune + Optuna, scored by k-fold CV", description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation in one Ray Train run. Results go to STORAGE_PATH/NAME (see README 'Search').")
+    search = sub.add_parser("search", help="search hyperparameters with Ray Tune + Optuna, scored by k-fold CV", description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation (a 1-worker trial in its own reused Tune actor, a multi-worker one as a Ray Train DDP run). Stopped trials whose partial CV mean reaches the best complete one are finished before the best is chosen, retrained on all labelled data, tested and exported. The terminal shows one progress line per trial event; Ray's own output goes to STORAGE_PATH/NAME/sweep.log. Results go to STORAGE_PATH/NAME (see README 'sft-tune search').")
     search.add_argument("--space", type=Path, default=None, help="search-space YAML (see search_spaces/)")
     search.add_argument("--resume", type=Path, default=None, metavar="DIR", help="resume the interrupted sweep in DIR (no rerun of finished trials; DIR may have been moved, not renamed)")
     search.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray with the dashboard on 127.0.0.1)")
     search.add_argument("--no-wandb", action="store_true", help="no W&B runs (default: one offline W&B run per trial, unless WANDB_MODE says otherwise)")
     search.add_argument("--no-select", action="store_true", help="skip retraining and exporting the best configuration at the end")
+    search.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also show Ray's, Tune's and Train's own output (status tables, INFO logs), which otherwise goes only to SWEEP_DIR/sweep.log")
     search.set_defaults(func=_search)
 
     select = sub.add_parser("select", help="retrain the best trial of a sweep on all data, test, export", description="Take the best COMPLETE trial of SWEEP_DIR by CV mean (ties: lower std, then lower trial id), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best.")

@@ -18,7 +18,8 @@ import optuna
 import plotly.graph_objects as go
 
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import best_trial, phase1_verdict
+from sft_tune.sweep.results import Status, Trial, best_trial, phase1_verdict, read_trials
+from sft_tune.sweep.tracking import read_history
 
 PLOTS = ("history", "parallel", "alpha", "folds", "losses")
 
@@ -28,15 +29,17 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     folder = SweepFolder(Path(sweep_dir))
     folder.require_results("report")
     sweep = folder.load_sweep()
-    trials = folder.trials()
+    trials = read_trials(folder)
     best = best_trial(sweep, trials)
     study = optuna.load_study(study_name=sweep.search.name, storage=folder.optuna_url(sweep.search.optuna_storage))
     alpha = "phase1.alpha" if "phase1.alpha" in sweep.params else next(iter(sweep.params))
-    history = loss_history(folder, best)
+    history = loss_history(folder, trials, best)
+    sampled = {name for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]) for name in t.params}
     figures = {
         "history": _titled(optuna.visualization.plot_optimization_history(study), f"Optimization history (CV {sweep.search.metric})"),
         "parallel": _titled(optuna.visualization.plot_parallel_coordinate(study), "Parallel coordinates of the searched parameters"),
-        "alpha": _titled(optuna.visualization.plot_slice(study, params=[alpha]), f"{alpha} against the CV score"),
+        # alpha is sampled only for two-phase trials: with no complete one, there is nothing to plot
+        "alpha": _titled(optuna.visualization.plot_slice(study, params=[alpha]) if alpha in sampled else go.Figure(), f"{alpha} against the CV score" + ("" if alpha in sampled else f" (no complete trial sampled {alpha})")),
         "folds": fold_spread(trials, sweep.search.metric),
         "losses": loss_curves(history, best),
     }
@@ -48,22 +51,21 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     return output, summary
 
 
-def loss_history(folder: SweepFolder, best: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-step losses of the best configuration: its retrained model if selected, else its first fold."""
+def loss_history(folder: SweepFolder, trials: list[Trial], best: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-step losses of the best configuration: its retrained model if selected, else its last fold."""
     selected = folder.file(folder.BEST_MODEL) / "history.jsonl"
     if selected.is_file():
         return [json.loads(line) for line in selected.read_text().splitlines()]
     if best is None:
         return []
-    checkpoints = sorted((folder.path / "train" / f"train-{best['trial_id']}").glob("checkpoint_*/history.jsonl"))
-    return [json.loads(line) for line in checkpoints[0].read_text().splitlines()] if checkpoints else []
+    return read_history(next(t.checkpoint for t in trials if t.trial_id == best["trial_id"]))
 
 
-def fold_spread(trials: list[dict[str, Any]], metric: str) -> go.Figure:
+def fold_spread(trials: list[Trial], metric: str) -> go.Figure:
     figure = go.Figure()
     for trial in trials:
-        if trial["fold_scores"]:
-            figure.add_trace(go.Box(y=trial["fold_scores"], name=f"{trial['trial_id']} ({trial['status'].lower()})", boxpoints="all"))
+        if trial.fold_scores:
+            figure.add_trace(go.Box(y=trial.fold_scores, name=f"{trial.trial_id} ({trial.status.value.lower()})", boxpoints="all"))
     figure.update_layout(title=f"Fold {metric} per trial", yaxis_title=metric, showlegend=False)
     return figure
 
@@ -85,8 +87,8 @@ def loss_curves(history: list[dict[str, Any]], best: dict[str, Any] | None) -> g
     return figure
 
 
-def terminal_summary(sweep, trials: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
-    counts = {status: sum(t["status"] == status for t in trials) for status in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")}
+def terminal_summary(sweep, trials: list[Trial], best: dict[str, Any] | None) -> str:
+    counts = {status.value: sum(t.status is status for t in trials) for status in Status}
     lines = [f"sweep {sweep.search.name}: {len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), {sweep.search.folds}-fold CV of {sweep.search.metric}"]
     if best:
         lines.append(f"best trial {best['trial_id']}: {best['cv_mean']:.4f} ± {best['cv_std']:.4f}; " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))

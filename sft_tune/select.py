@@ -17,7 +17,7 @@ from sft_tune.config import parse_config
 from sft_tune.errors import fail
 from sft_tune.export import library_versions
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import best_trial
+from sft_tune.sweep.results import best_trial, read_trials
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
     folder = SweepFolder(Path(sweep_dir))
     folder.require_results("select")
     sweep = folder.load_sweep()
-    best = best_trial(sweep, folder.trials())
+    best = best_trial(sweep, read_trials(folder))
     if best is None:
         raise fail(str(folder.file(folder.TRIALS_JSON)), "no COMPLETE trial", "selection needs at least one trial that finished all folds", "resume the sweep (`sft-tune search --resume DIR`) or run more trials")
     raw = best["config"]

@@ -79,7 +79,7 @@ class SearchSettings(_Strict):
     max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
     sampler: str = Field("tpe", description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers class name.")
     scheduler: Literal["asha", "median", "none"] = Field("asha", description="Early stopping between folds.")
-    folds: int = Field(3, ge=2, le=20, description="k of stratified k-fold cross-validation.")
+    folds: int = Field(3, ge=1, le=20, description="k of stratified k-fold cross-validation; 1 = one holdout split of the base config's data.validation_fraction.")
     seed: int = Field(0, ge=0, description="Seed of the sampler and the fold split.")
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, description="Retries of a crashing trial.")
@@ -121,6 +121,38 @@ class Sweep(BaseModel):
     params: dict[str, Param]
     search: SearchSettings
     source: str
+
+    def steps_of(self, params: dict[str, Any]) -> int:
+        """phase1.steps of a trial with these searched parameters."""
+        return int(with_params(self.base, params).get("phase1", {}).get("steps", 0))
+
+    def arms(self) -> set[str]:
+        """Which arms this space's trials can fall in: "plain" (phase1.steps 0) and "two-phase"."""
+        values = self.params["phase1.steps"].candidates() if "phase1.steps" in self.params else [self.steps_of({})]
+        low, high = min(values), max(values)
+        return {arm for arm, present in (("plain", low <= 0), ("two-phase", high > 0)) if present}
+
+    def arm_point(self, arm: str) -> dict[str, Any]:
+        """A value of phase1.steps that puts a trial in `arm` (the middle positive one for
+        two-phase), as an initial point; the other parameters are left to the sampler."""
+        if arm == "plain":
+            return {"phase1.steps": 0}
+        param = self.params["phase1.steps"]
+        if param.type == "categorical":
+            positive = sorted(v for v in param.choices if v > 0)
+        else:
+            step = int(param.step or 1)
+            positive = [v for v in range(int(param.low), int(param.high) + 1, step) if v > 0]
+        return {"phase1.steps": positive[(len(positive) - 1) // 2]}
+
+
+# Parameters that only act in phase 1: sampled only for trials that run it (phase1.steps > 0).
+PHASE1_ONLY = ("data.labelled_text_for_lm", "model.lm_objective")
+
+
+def phase1_only(dotted: str) -> bool:
+    """Whether a searched parameter changes nothing when phase 1 is skipped."""
+    return (dotted.startswith("phase1.") and dotted != "phase1.steps") or dotted in PHASE1_ONLY
 
 
 def load_space(path: str | Path) -> Sweep:
@@ -217,6 +249,8 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
         for dotted, param in space.params.items():
             if param.type == "float" and param.step is None:
                 problems.append(Problem(f"params.{dotted}", param.model_dump(exclude_none=True), f"the {search.sampler} sampler needs a finite grid", "give float parameters a `step`, or use categorical choices"))
+    if search.folds == 1 and base_config.data.validation_fraction == 0:
+        problems.append(Problem("search.folds", 1, "one fold is a holdout split of data.validation_fraction of the labelled file, and the base config sets it to 0", "set data.validation_fraction (e.g. overrides: {data.validation_fraction: 0.2}), or use folds >= 2"))
     for i, point in enumerate(search.initial_points):
         unknown = sorted(set(point) - set(space.params))
         if unknown:

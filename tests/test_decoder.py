@@ -255,8 +255,8 @@ def test_generation_search_scores_greedy_exact_match_and_select_exports_a_genera
     path = tmp_path / "generation-space.yaml"
     path.write_text(yaml.safe_dump(space))
     result = run_search(path, use_wandb=False)
-    assert result.complete and len(result.trials) == 1 and result.trials[0]["status"] == "COMPLETE"  # one trial: the NER/QA/classification tests cover the searching
-    assert len(result.trials[0]["fold_scores"]) == 2 and 0.0 <= result.trials[0]["cv_mean"] <= 1.0
+    assert result.complete and len(result.trials) == 1 and result.trials[0].status == "COMPLETE"  # one trial: the NER/QA/classification tests cover the searching
+    assert len(result.trials[0].fold_scores) == 2 and 0.0 <= result.trials[0].cv_mean <= 1.0
     summary = json.loads((result.sweep_dir / "summary.json").read_text())
     assert summary["best"]["metric"] == "exact_match" and summary["phase1"]["best_uses_phase1"] is True
 

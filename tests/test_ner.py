@@ -400,8 +400,8 @@ def test_search_keeps_documents_whole_and_select_exports(wordpiece_bert, tmp_pat
 
     monkeypatch.setattr(cv, "make_folds", recording_make_folds)
     result = run_search(path, use_wandb=False)
-    assert result.complete and len(result.trials) == 2 and all(t["status"] == "COMPLETE" for t in result.trials)
-    assert all(len(t["fold_scores"]) == 2 and 0.0 <= t["cv_mean"] <= 1.0 for t in result.trials)
+    assert result.complete and len(result.trials) == 2 and all(t.status == "COMPLETE" for t in result.trials)
+    assert all(len(t.fold_scores) == 2 and 0.0 <= t.cv_mean <= 1.0 for t in result.trials)
     task = get_task("ner")
     documents = task.groups(task.read(train_file, DataConfig(train=train_file), "train"))
     assert len(folds) == 2

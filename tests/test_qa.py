@@ -409,8 +409,8 @@ def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session)
     space.write_text(yaml.safe_dump(raw))
 
     result = run_search(space, use_wandb=False)
-    assert result.complete and [t["status"] for t in result.trials] == ["COMPLETE"] * 2
-    assert all(len(t["fold_scores"]) == 2 and 0 <= t["cv_mean"] <= 1 for t in result.trials)
+    assert result.complete and [t.status for t in result.trials] == ["COMPLETE"] * 2
+    assert all(len(t.fold_scores) == 2 and 0 <= t.cv_mean <= 1 for t in result.trials)
     assert result.tokenization_passes == 3  # windows, the LM texts, the unlabelled pool: once each
 
     sweep = load_space(space)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import toy_rows, write_csv, write_space
+from wandb_records import read_runs
 from sft_tune.config import load_config
 from sft_tune.sweep.folder import read_events
 from sft_tune.sweep.folds import SweepData, prepare_sweep_data
@@ -29,24 +30,25 @@ def test_sweep_runs_folds_retries_a_crash_and_writes_results(finished_sweep):
     result = finished_sweep["result"]
     assert result.complete and len(result.trials) == 3
     for trial in result.trials:
-        assert trial["status"] == "COMPLETE" and trial["folds_done"] == 2
-        assert trial["cv_mean"] == pytest.approx(statistics.fmean(trial["fold_scores"]))
-        assert trial["cv_std"] == pytest.approx(statistics.pstdev(trial["fold_scores"]))
+        assert trial.status == "COMPLETE" and trial.folds_done == 2
+        assert trial.cv_mean == pytest.approx(statistics.fmean(trial.fold_scores))
+        assert trial.cv_std == pytest.approx(statistics.pstdev(trial.fold_scores))
     # The injected crash happened once; that trial was retried, recorded, and still finished.
     assert finished_sweep["fault"].exists()
-    assert sorted(t["attempts"] for t in result.trials) == [1, 1, 2]
+    assert sorted(t.attempts for t in result.trials) == [1, 1, 2]
     # Tokenized once on the driver (train + unlabelled), never in a trial, fold or worker.
     assert result.tokenization_passes == 2
-    assert all(t["worker_tokenization_passes"] == 0 for t in result.trials)
+    assert all(t.worker_tokenization_passes == 0 for t in result.trials)
 
     folder = result.sweep_dir
     assert json.loads((folder / "summary.json").read_text())["tokenization_passes"] == 2
     assert len(json.loads((folder / "trials.json").read_text())) == 3
     assert (folder / "trials.csv").read_text().count("\n") == 4
     best = json.loads((folder / "best.json").read_text())
-    assert best["cv_mean"] == max(t["cv_mean"] for t in result.trials)
+    assert best["cv_mean"] == max(t.cv_mean for t in result.trials)
     best_config = load_config(folder / "best_config.yaml")
-    assert best_config.phase1.alpha == pytest.approx(best["params"]["phase1.alpha"])
+    assert best_config.phase1.alpha == pytest.approx(best["params"].get("phase1.alpha", best_config.phase1.alpha))
+    assert best_config.phase2.learning_rate == pytest.approx(best["params"]["phase2.learning_rate"])
     study = optuna.load_study(study_name="basic", storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
 
@@ -56,20 +58,66 @@ def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(tmp_path, tiny_ber
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    good = {"phase1.alpha": 1.0, "phase1.learning_rate": 1e-3, "phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
+    good = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
     bad = {**good, "phase2.learning_rate": 1e-3, "phase2.epochs": 1}
     space = write_space(tmp_path, tiny_bert, toy_files, "asha", num_trials=2, folds=3, scheduler="asha", initial_points=[good, bad])
     result = run_search(space)
-    by_status = {t["status"]: t for t in result.trials}
+    by_status = {t.status: t for t in result.trials}
     assert set(by_status) == {"COMPLETE", "STOPPED"}
-    assert by_status["STOPPED"]["folds_done"] < 3 and by_status["STOPPED"]["param:phase2.learning_rate"] == 1e-3
+    stopped = by_status["STOPPED"]
+    assert stopped.folds_done < 3 and stopped.params["phase2.learning_rate"] == 1e-3
+    # Its partial mean is below the complete trial's CV, so it is not worth finishing.
+    assert stopped.cv_mean < by_status["COMPLETE"].cv_mean and not stopped.finished_after_stop
     assert result.optuna_states == {"COMPLETE": 1, "PRUNED": 1}
     study = optuna.load_study(study_name="asha", storage=f"sqlite:///{result.sweep_dir / 'study.db'}")
     pruned = next(t for t in study.trials if t.state.name == "PRUNED")
     # PRUNED with its running fold mean as intermediate value (Optuna shows the last one as value).
-    stopped = by_status["STOPPED"]
-    assert pruned.intermediate_values == {1: pytest.approx(stopped["cv_mean"])}
+    assert pruned.intermediate_values == {1: pytest.approx(stopped.cv_mean)}
+    assert pruned.user_attrs["tune_trial_id"] == stopped.trial_id
     assert "W&B unavailable" in caplog.text and not list(result.sweep_dir.glob("wandb/*run-*"))
+
+
+def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_once(tmp_path, tiny_bert, toy_files):
+    space = write_space(tmp_path, tiny_bert, toy_files, "reuse", num_trials=2, folds=2, scheduler="none")
+    result = run_search(space, use_wandb=False)
+    starts = [e for e in read_events(result.sweep_dir / "events.jsonl") if e["event"] == "start"]
+    assert len(starts) == 2 and len({e["pid"] for e in starts}) == 1 and starts[0]["pid"] != os.getpid()  # one actor served both
+    assert [t.process_model_loads for t in result.trials] == [1, 1]  # from_pretrained once in that process
+    assert [t.status for t in result.trials] == ["COMPLETE"] * 2
+    assert not (result.sweep_dir / "train").exists()  # no Ray Train run: the folds ran in the actor
+
+
+def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_them(tmp_path, tiny_bert, toy_files):
+    """ASHA stops the weak two-phase trial after its first fold. It is the best (only) trial of
+    its arm, so the sweep finishes it from its fold checkpoint before choosing: the verdict then
+    compares a complete trial of each arm. The plain trial samples no phase-1-only parameter."""
+    plain = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
+    weak = {"phase1.alpha": 1.0, "phase1.learning_rate": 1e-3, "phase2.learning_rate": 1e-3, "phase1.steps": 2, "phase2.epochs": 1}
+    space = write_space(tmp_path, tiny_bert, toy_files, "arms", num_trials=2, folds=3, scheduler="asha", initial_points=[plain, weak])
+    result = run_search(space)
+    by_steps = {t.params["phase1.steps"]: t for t in result.trials}
+    first, finished = by_steps[0], by_steps[2]
+    assert first.status == "COMPLETE" and not first.finished_after_stop
+    assert finished.status == "COMPLETE" and finished.finished_after_stop and finished.folds_done == 3 and len(finished.fold_scores) == 3
+    summary = json.loads((result.sweep_dir / "summary.json").read_text())
+    assert summary["finished_after_stop"] == [finished.trial_id]
+    verdict = summary["phase1"]
+    assert verdict["best_plain"]["trial_id"] == first.trial_id and verdict["best_two_phase"]["trial_id"] == finished.trial_id
+    assert verdict["margin"] == pytest.approx(finished.cv_mean - first.cv_mean) and "finished after the scheduler stopped" in verdict["statement"]
+    # It went on from its checkpoint: each of its folds trained once, in two starts.
+    events = read_events(result.sweep_dir / "events.jsonl")
+    assert sorted(e["fold"] for e in events if e["event"] == "fold" and e["trial_id"] == finished.trial_id) == [1, 2, 3]
+    assert finished.attempts == 2
+    study = optuna.load_study(study_name="arms", storage=f"sqlite:///{result.sweep_dir / 'study.db'}")
+    of = lambda trial: [t for t in study.trials if t.user_attrs.get("tune_trial_id") == trial.trial_id]  # noqa: E731
+    assert set(of(first)[0].params) == {"phase1.steps", "phase2.epochs", "phase2.learning_rate"}  # no alpha, no phase-1 lr
+    assert {"phase1.alpha", "phase1.learning_rate"} <= set(of(finished)[0].params)
+    states = {t.state.name: t for t in of(finished)}  # PRUNED as searched, COMPLETE as finished
+    assert set(states) == {"PRUNED", "COMPLETE"} and states["COMPLETE"].value == pytest.approx(finished.cv_mean)
+    # One W&B run for the finished trial, holding all three folds.
+    runs = [run for run in read_runs(result.sweep_dir / "wandb") if run.run_id == f"arms-{finished.trial_id}"]
+    assert len(runs) == 1 and sorted(h["fold"] for h in runs[0].history if "fold/score" in h) == [1, 2, 3]
+    assert runs[0].summary["status"] == "COMPLETE" and runs[0].summary["finished_after_stop"] is True
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_bert, toy_files):
@@ -106,7 +154,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
         run_search(resume=renamed)
     folder = moved
     result = run_search(resume=folder)
-    assert result.complete and result.sweep_dir == folder and [t["status"] for t in result.trials] == ["COMPLETE"] * 2
+    assert result.complete and result.sweep_dir == folder and [t.status for t in result.trials] == ["COMPLETE"] * 2
     assert not (tmp_path / "sweeps" / "resume").exists()
     events = read_events(folder / "events.jsonl")
     folds = [(e["trial_id"], e["fold"]) for e in events if e["event"] == "fold"]
@@ -117,8 +165,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
 
 
-def test_a_trial_trains_with_two_ddp_workers(tmp_path, tiny_bert, toy_files):
-    space = write_space(tmp_path, tiny_bert, toy_files, "ddp", num_trials=1, scheduler="none", resources={"workers": 2, "cpus_per_worker": 0.5})
+def test_a_trial_trains_with_two_ddp_workers_through_ray_train_and_is_retried(tmp_path, tiny_bert, toy_files, monkeypatch):
+    # A crash in the first fold: the trial is retried (a new TorchTrainer run) and still finishes.
+    monkeypatch.setenv("SFT_TUNE_FAULT_FILE", str(tmp_path / "fault-injected"))
+    space = write_space(tmp_path, tiny_bert, toy_files, "ddp", num_trials=1, scheduler="none", max_failures=1, resources={"workers": 2, "cpus_per_worker": 0.5})
     # The DDP-specific paths of the options: LM-head warm-up (head gradients averaged by hand),
     # gradient accumulation (no_sync until the last micro-batch), early stopping (every rank
     # scores the same inner validation split and stops at the same epoch).
@@ -130,7 +180,11 @@ def test_a_trial_trains_with_two_ddp_workers(tmp_path, tiny_bert, toy_files):
     space.write_text(yaml.safe_dump(raw))
     result = run_search(space, use_wandb=False)
     [trial] = result.trials
-    assert trial["status"] == "COMPLETE" and len(trial["fold_scores"]) == 2
+    assert trial.status == "COMPLETE" and len(trial.fold_scores) == 2 and trial.attempts == 2
+    assert (tmp_path / "fault-injected").exists()
+    # The folds ran in a Ray Train worker group: its run folder holds the fold checkpoints.
+    assert len(list((result.sweep_dir / "train").glob("train-*/checkpoint_*"))) >= 2
+    assert trial.checkpoint and "/train/train-" in trial.checkpoint
 
 
 def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_bert, toy_files):
@@ -175,8 +229,8 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path
 
 
 def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_path, tiny_bert, toy_files, caplog):
-    """A trial reserves a token CPU share, so Tune would start trials whose Train workers cannot be
-    placed (they time out and error): on a fixed-size Ray, run only as many as fit."""
+    """On a fixed-size Ray, run only as many trials at once as their workers' CPUs fit (more would
+    only wait, and a Train worker group that waits too long times out and errors)."""
     from sft_tune.sweep.cluster import concurrency
     from sft_tune.space import load_space
 
@@ -184,11 +238,11 @@ def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_
         path = write_space(tmp_path, tiny_bert, toy_files, f"cap-{max_concurrent}-{cpus_per_worker}", max_concurrent=max_concurrent, resources={"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0})
         return load_space(path)
 
-    # the module's Ray declares 4 CPUs
+    # the module's Ray declares 4 CPUs; a 1-worker trial holds exactly its worker's CPUs
     assert concurrency(sweep_with(3, 1), remote=False) == 3
-    assert concurrency(sweep_with(4, 1), remote=False) == 3  # 4 x (1 + the trial's 0.01) > 4
-    assert "running 3 at a time" in caplog.text
-    assert concurrency(sweep_with(3, 2), remote=False) == 1
+    assert concurrency(sweep_with(5, 1), remote=False) == 4
+    assert "running 4 at a time" in caplog.text
+    assert concurrency(sweep_with(3, 2), remote=False) == 2
     assert concurrency(sweep_with(3, 2), remote=True) == 3  # a remote cluster may autoscale: warn only
     assert "autoscaler" in caplog.text
 

@@ -10,7 +10,7 @@ from sft_tune.config import RunConfig
 from sft_tune.data import batch_indices
 from sft_tune.run import read_data
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import best_trial
+from sft_tune.sweep.results import Trial, best_trial, read_trials
 from sft_tune.select import select_best
 from sft_tune.tasks import get_task
 
@@ -24,7 +24,7 @@ def test_best_json_holds_params_cv_test_sweep_and_versions(finished_sweep):
     trials = finished_sweep["result"].trials
     expected = best_trial(SweepFolder(finished_sweep["result"].sweep_dir).load_sweep(), trials)
     assert best["trial_id"] == selected["trial_id"] == expected["trial_id"]
-    assert best["cv_mean"] == max(t["cv_mean"] for t in trials) == expected["cv_mean"]
+    assert best["cv_mean"] == max(t.cv_mean for t in trials) == expected["cv_mean"]
     assert best["params"] == expected["params"]
     assert best["sweep_id"] == "basic" and {"torch", "transformers", "ray", "optuna"} <= set(best["versions"])
     assert set(best["test"]) >= {"accuracy", "macro_f1"}
@@ -50,7 +50,7 @@ def test_exported_best_model_loads_with_plain_transformers_and_reproduces_the_te
 def test_select_rerun_gives_the_same_choice(finished_sweep):
     sweep_dir = finished_sweep["result"].sweep_dir
     first = finished_sweep["selected"]
-    trials = json.loads((sweep_dir / "trials.json").read_text())
+    trials = read_trials(SweepFolder(sweep_dir))
     assert best_trial(SweepFolder(sweep_dir).load_sweep(), trials)["trial_id"] == first["trial_id"]
     again = select_best(sweep_dir, use_wandb=False, progress=False)
     assert again["trial_id"] == first["trial_id"] and again["params"] == first["params"]
@@ -60,10 +60,10 @@ def test_select_rerun_gives_the_same_choice(finished_sweep):
 def test_ties_go_to_the_lower_std_then_the_lower_trial_id(finished_sweep):
     sweep = SweepFolder(finished_sweep["result"].sweep_dir).load_sweep()
     trials = [
-        {"trial_id": "b", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 1.0},
-        {"trial_id": "a", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.05, "fold_scores": [], "param:phase1.alpha": 2.0},
-        {"trial_id": "c", "status": "STOPPED", "cv_mean": 0.9, "cv_std": 0.0, "fold_scores": [], "param:phase1.alpha": 3.0},
-        {"trial_id": "d", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 4.0},
+        Trial.from_row({"trial_id": "b", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 1.0}),
+        Trial.from_row({"trial_id": "a", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.05, "fold_scores": [], "param:phase1.alpha": 2.0}),
+        Trial.from_row({"trial_id": "c", "status": "STOPPED", "cv_mean": 0.9, "cv_std": 0.0, "fold_scores": [], "param:phase1.alpha": 3.0}),
+        Trial.from_row({"trial_id": "d", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 4.0}),
     ]
     assert best_trial(sweep, trials)["trial_id"] == "b"
 

@@ -77,7 +77,7 @@ def test_bad_space_reports_every_problem(tmp_path):
         "phase1.steps": {"type": "categorical"},
         "phase1": {"type": "int", "low": 1, "high": 2},
     }
-    search = {"sampler": "annealing", "scheduler": "hyperband", "folds": 1, "metric": "bleu", "num_trial": 3}
+    search = {"sampler": "annealing", "scheduler": "hyperband", "folds": 0, "metric": "bleu", "num_trial": 3}
     problems = _problems(_space(tmp_path, params, search))
     # Shape errors come first (pydantic); the field-level ones after them, in a second load.
     assert {"params.phase1.alpha", "params.phase1.learning_rate", "params.phase1.steps", "search.scheduler", "search.folds", "search.num_trial"} <= set(problems)
@@ -120,3 +120,36 @@ def test_cli_bad_space_exits_2_before_ray_starts(tmp_path, capsys):
     assert main(["search"]) == 2
     assert main(["search", "--resume", str(tmp_path / "nothing")]) == 2
     assert "sweep folder" in capsys.readouterr().err
+
+
+def test_one_fold_is_a_holdout_of_the_validation_fraction(tmp_path):
+    problems = _problems(_space(tmp_path, search={"folds": 1}, config={"model": {"name_or_path": "m"}, "data": {"train": "train.csv", "validation_fraction": 0.0}}))
+    assert "data.validation_fraction" in problems["search.folds"].fix
+    sweep = load_space(_space(tmp_path, search={"folds": 1}))  # the default validation_fraction (0.1)
+    assert sweep.search.folds == 1
+
+
+def test_initial_points_cover_both_arms_and_plain_points_drop_phase1_only_values(tmp_path):
+    from sft_tune.sweep.searcher import initial_points
+
+    params = {"phase1.alpha": {"type": "float", "low": 0, "high": 2}, "phase1.steps": {"type": "int", "low": 0, "high": 30, "step": 10}, "phase2.epochs": {"type": "int", "low": 1, "high": 3}}
+    sweep = load_space(_space(tmp_path, params))
+    assert sweep.arms() == {"plain", "two-phase"}
+    assert initial_points(sweep) == [{"phase1.steps": 0}, {"phase1.steps": 20}]  # one of each arm first
+    given = load_space(_space(tmp_path, params, {"initial_points": [{"phase1.steps": 0, "phase1.alpha": 1.0, "phase2.epochs": 2}]}))
+    assert initial_points(given) == [{"phase1.steps": 0, "phase2.epochs": 2}, {"phase1.steps": 20}]
+    one_arm = load_space(_space(tmp_path, {"phase1.alpha": {"type": "float", "low": 0, "high": 2}}))  # steps fixed at the default 200
+    assert one_arm.arms() == {"two-phase"} and initial_points(one_arm) == []
+
+
+def test_the_searched_space_samples_phase1_only_parameters_only_when_phase1_runs(tmp_path):
+    from sft_tune.sweep.searcher import ConditionalSpace
+
+    params = {"phase1.alpha": {"type": "float", "low": 0, "high": 2}, "phase1.steps": {"type": "categorical", "choices": [0, 10]}, "data.labelled_text_for_lm": {"type": "categorical", "choices": [True, False]}, "phase2.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+    space = ConditionalSpace(load_space(_space(tmp_path, params)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: space(trial) or 0.0, n_trials=20)
+    for trial in study.trials:
+        expected = {"phase1.steps", "phase2.learning_rate"} | ({"phase1.alpha", "data.labelled_text_for_lm"} if trial.params["phase1.steps"] else set())
+        assert set(trial.params) == expected
+    assert {t.params["phase1.steps"] for t in study.trials} == {0, 10}

@@ -1,4 +1,10 @@
-"""The Ray a sweep runs on: start a local one or attach to a cluster, and what a trial holds."""
+"""The Ray a sweep runs on: start a local one or attach to a cluster, and what a trial holds.
+
+A 1-worker trial trains inside its own Tune trial actor, which holds exactly the worker's CPUs
+and GPUs. A trial with several workers is a Tune actor that only launches a Ray Train
+`TorchTrainer`: it holds a token bundle (`DDP_LAUNCHER`, no CPU) and its Train workers hold the
+real CPUs and GPUs. Either way Ray's logical resources match the machine's.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,28 @@ from sft_tune.space import Sweep
 log = logging.getLogger(__name__)
 
 CONTROLLER_FAILURE_LIMIT = 3
-TRIAL_CPU = 0.01  # the Tune trial only launches a TorchTrainer (an all-zero bundle is rejected)
+# The bundle of a trial that only launches a TorchTrainer: no CPU (its workers hold them), and
+# one byte of memory because Ray rejects an empty bundle.
+DDP_LAUNCHER = {"cpu": 0, "memory": 1}
+
+
+def in_actor(sweep: Sweep) -> bool:
+    """Whether a trial trains inside its Tune trial actor (one worker) or through Ray Train DDP."""
+    return sweep.search.resources.workers == 1
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    """The `tune.with_resources` request of one trial."""
+    res = sweep.search.resources
+    if in_actor(sweep):
+        return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+    return DDP_LAUNCHER
+
+
+def trial_need(sweep: Sweep) -> tuple[float, float]:
+    """CPUs and GPUs one trial holds, with its Train workers."""
+    res = sweep.search.resources
+    return res.workers * res.cpus_per_worker, res.workers * res.gpus_per_worker
 
 
 def start_ray(sweep: Sweep, address: str | None) -> bool:
@@ -28,11 +55,9 @@ def start_ray(sweep: Sweep, address: str | None) -> bool:
         ray.init(address=address or os.environ["RAY_ADDRESS"])
         _warn_node_local_storage(sweep)
     else:
-        # Trials hold a token CPU share (TRIAL_CPU); their Train workers hold the real CPUs. Declare
-        # enough logical CPUs for max_concurrent trials, or a worker group waits forever.
-        need = sweep.search.max_concurrent * trial_need(sweep)[0]
-        logical = max(os.cpu_count() or 1, math.ceil(need))
-        ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        # The dashboard stays on: it serves users, and Train's placement-group cleaner needs its
+        # State API when a scheduler stops a multi-worker trial.
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     try:
         check_resources(sweep)
     except Exception:
@@ -53,33 +78,26 @@ def _warn_node_local_storage(sweep: Sweep) -> None:
             "Use s3://bucket/path, gs://bucket/path or a shared mount.", sweep.search.storage_path, len(nodes))
 
 
-def trial_need(sweep: Sweep) -> tuple[float, float]:
-    """CPUs and GPUs one trial holds: its own token CPU share plus its Train workers."""
-    res = sweep.search.resources
-    return res.workers * res.cpus_per_worker + TRIAL_CPU, res.workers * res.gpus_per_worker
-
-
 def check_resources(sweep: Sweep) -> None:
     import ray
 
     need_cpu, need_gpu = trial_need(sweep)
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-        raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu} CPU and {need_gpu} GPU, the cluster has {have.get('CPU', 0)} CPU and {have.get('GPU', 0)} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
+        raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
 
 
 def concurrency(sweep: Sweep, remote: bool) -> int:
     """Trials to run at once: search.max_concurrent, capped on a fixed-size Ray to the trials whose
-    Train workers fit. A trial reserves only TRIAL_CPU for itself, so Tune would start more trials
-    than there are CPUs/GPUs for their workers; those wait, time out and error. A remote cluster may
-    autoscale: there it is only a warning."""
+    workers fit (the rest would only wait for CPUs, and a Train worker group that waits too long
+    times out and errors). A remote cluster may autoscale: there it is only a warning."""
     import ray
 
     need_cpu, need_gpu = trial_need(sweep)
     have = ray.cluster_resources()
-    fits = math.floor(have.get("CPU", 0) / need_cpu)
+    fits = math.floor(have.get("CPU", 0) / need_cpu + 1e-9)
     if need_gpu:
-        fits = min(fits, math.floor(have.get("GPU", 0) / need_gpu))
+        fits = min(fits, math.floor(have.get("GPU", 0) / need_gpu + 1e-9))
     wanted = sweep.search.max_concurrent
     if wanted <= max(fits, 1):
         return wanted

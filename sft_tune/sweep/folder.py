@@ -20,6 +20,9 @@ LOCAL_FOR_URI_STORAGE = Path("runs/sweeps")  # where a sweep on s3:// or gs:// k
 # Inside each fold checkpoint of a trial:
 FOLDS_FILE = "folds.json"  # the fold scores so far and the last fold's metrics (where a retry resumes)
 HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
+# The Tune config key of a trial that finishes a stopped one: the stopped trial's id.
+FINISH_KEY = "finish_trial"
+FINISH_EXPERIMENT = "finish"  # the Tune experiment inside the sweep folder that finishes stopped trials
 
 
 class SweepFolder:
@@ -134,6 +137,16 @@ class SweepFolder:
         """Raise the input error of a folder that is not a finished sweep."""
         if not self.holds_sweep() or not self.file(self.TRIALS_JSON).is_file():
             raise fail("SWEEP_DIR", str(self.path), f"must be a sweep folder with {self.SNAPSHOT} and {self.TRIALS_JSON}", f"pass the folder printed by `sft-tune search` (storage_path/name) to {what}")
+
+
+def fold_checkpoint(trial_path: str | None, metrics: dict[str, Any]) -> str | None:
+    """Where a trial's last fold checkpoint is: the Train checkpoint of a multi-worker trial (the
+    `checkpoint_path` metric that Train's TuneReportCallback passes on), or the Tune checkpoint an
+    in-actor trial reported (`checkpoint_dir_name`, inside the trial's folder)."""
+    if metrics.get("checkpoint_path"):
+        return metrics["checkpoint_path"]
+    name = metrics.get("checkpoint_dir_name")
+    return f"{trial_path}/{name}" if name and trial_path else None
 
 
 class EventLog:

@@ -1,23 +1,28 @@
-"""The fold loop: k-fold cross-validation of one configuration, as the loop of a Ray Train worker.
+"""The fold loop: k-fold cross-validation of one configuration, wherever the trial runs.
 
 The driver reads and tokenizes the data once (`prepare_sweep_data`) and shares it through the Ray
-object store. Each worker runs all folds of its trial inside one TorchTrainer run: for each fold,
-both phases train on the other folds plus the unlabelled pool (never the held-out fold's texts),
-then the held-out fold is scored and the running mean is reported, so a scheduler can stop weak
-trials after the first folds. A checkpoint after each fold lets a restored trial resume at the
-next fold.
+object store. A trial runs all its folds in one place: its own Tune trial actor (one worker), or
+the ranks of a Ray Train `TorchTrainer` worker group (several workers, DDP). Both run the same
+`run_folds`, given the place's `report`, checkpoint and model-wrapping functions (`TrialPlace`).
+For each fold, both phases train on the other folds plus the unlabelled pool (never the held-out
+fold's texts), then the held-out fold is scored and the running mean is reported with a
+checkpoint, so a scheduler can stop weak trials after the first folds and a retried, resumed or
+finished trial goes on at the next fold.
+
+A trial process keeps what it loaded between the trials it serves (`ProcessCache`): a reused Tune
+actor does not fetch the data, load the tokenizer or call `from_pretrained` again; it resets the
+model per fold from a pristine CPU copy of the pretrained weights.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -80,7 +85,10 @@ def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
     task = get_task(config.model.task)
     raw = read_data(config, task)
     strata, groups = task.strata(raw.train), task.groups(raw.train)
-    fold_indices = make_folds(strata, groups, folds, seed, config.data.train)
+    if folds == 1:  # a holdout: one split of data.validation_fraction
+        fold_indices = [split_validation(strata, groups, config.data.validation_fraction, seed, config.data.train)]
+    else:
+        fold_indices = make_folds(strata, groups, folds, seed, config.data.train)
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
@@ -94,19 +102,59 @@ def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
     )
 
 
-def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None) -> list[float]:
+class ProcessCache:
+    """What a trial process keeps between the trials it serves (a reused Tune trial actor): the
+    shared data it fetched, the tokenizer, and the model with a pristine CPU copy of its
+    pretrained weights (and of the new heads, seeded by `seed`). One of each: a sweep has one data
+    set and, unless the model itself is searched, one model."""
+
+    def __init__(self) -> None:
+        self._data: tuple[str, SweepData] | None = None
+        self._tokenizer: tuple[str, Any] | None = None
+        self._model: tuple[str, Any, dict[str, Any]] | None = None
+        self.model_loads = 0  # from_pretrained calls in this process (tests, bench)
+
+    def data(self, ref) -> SweepData:
+        import ray
+
+        if self._data is None or self._data[0] != ref.hex():
+            self._data = (ref.hex(), ray.get(ref))
+        return self._data[1]
+
+    def tokenizer(self, config: RunConfig, task):
+        key = json.dumps([config.model.model_dump(mode="json"), task.name])
+        if self._tokenizer is None or self._tokenizer[0] != key:
+            self._tokenizer = (key, load_tokenizer(config.model, task))
+        return self._tokenizer[1]
+
+    def model(self, config: RunConfig, task, label_names: Sequence[str], tokenizer) -> tuple[Any, dict[str, Any]]:
+        """The model of this config and its pristine weights (load them into it to reset it)."""
+        key = json.dumps([config.model.model_dump(mode="json"), list(label_names), config.seed])
+        if self._model is None or self._model[0] != key:
+            self._model = None  # let the previous model go before the next one loads
+            seed_everything(config.seed)
+            model = load_model(config.model, task, label_names, tokenizer)
+            pristine = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+            self._model = (key, model, pristine)
+            self.model_loads += 1
+        return self._model[1], self._model[2]
+
+
+CACHE = ProcessCache()
+
+
+def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None, cache: ProcessCache = CACHE) -> list[float]:
     """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
-    tokenizer = load_tokenizer(config.model, task)
-    seed_everything(config.seed)
-    model = load_model(config.model, task, data.label_names, tokenizer).to(rt.device)
-    initial = copy.deepcopy(model.state_dict())
+    tokenizer = cache.tokenizer(config, task)
+    model, pristine = cache.model(config, task, data.label_names, tokenizer)
+    model.to(rt.device)
     wrapped = rt.wrap(model)
     for fold in range(start, len(data.folds)):
         _maybe_inject_fault(fault_file)
         seed_everything(config.seed + fold)
-        model.load_state_dict(initial)
+        model.load_state_dict(pristine)
         train, held = data.folds[fold]
         if config.phase2.early_stopping_patience > 0:
             train, inner = data.fold_split(fold, config.data.validation_fraction, config.seed + fold, config.data.train)
@@ -148,46 +196,98 @@ def _maybe_inject_fault(path: str | None) -> None:
         raise RuntimeError(f"injected fault ({FAULT_FILE_ENV}={path})")
 
 
-def worker_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: all folds of one trial, one report (and checkpoint) per fold."""
+@dataclass
+class TrialPlace:
+    """Where a trial's folds run, as the functions the fold loop needs: `report(metrics, folder)`
+    hands one fold's metrics (and, from rank 0, the folder to checkpoint) to Tune or Train,
+    `saved()` is the fold state of the checkpoint to go on from (None for a fresh start), and
+    `wrap` prepares the model for the place (DDP in a Train worker group)."""
+
+    report: Callable[[dict[str, Any], str | None], None]
+    saved: Callable[[], dict[str, Any] | None]
+    device: Any
+    rank: int = 0
+    world_size: int = 1
+    wrap: Callable[[Any], Any] = lambda model: model
+
+
+def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACHE) -> None:
+    """All folds of one trial (from the first one not in its checkpoint), one report per fold.
+
+    `job` is what the trainable hands every place: the run config, the shared data's ref, the
+    metric, the trial id, the event log's path and the fault hook."""
+    config = RunConfig.model_validate(job["run_config"])
+    data = cache.data(job["data_ref"][0])
+    saved = place.saved() or {"scores": [], "metrics": None}
+    scores = saved["scores"]
+    if len(scores) >= len(data.folds):
+        place.report(saved["metrics"], None)  # every fold finished before: hand the final result again
+        return
+    rt = Runtime(device=place.device, bf16=uses_bf16(config, place.device), rank=place.rank, world_size=place.world_size, progress=False, wrap=place.wrap)
+    events = EventLog(job.get("event_log"), job["trial_id"], enabled=place.rank == 0)
+    events.write("start", fold=len(scores) + 1)
+
+    def after_fold(fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]) -> None:
+        metrics = {"sweep_trial_id": job["trial_id"], "fold": fold + 1, "fold_score": scores[-1], **fold_summary(scores), **_flat(summary),
+                   "worker_tokenization_passes": data_module.TOKENIZATION_PASSES, "process_model_loads": cache.model_loads, "pid": os.getpid()}
+        # The driver logs the fold in events.jsonl when this report reaches it (`tuner.FoldEvents`):
+        # a trial the scheduler stops ends inside the report, so nothing after it would run.
+        with tempfile.TemporaryDirectory() as folder:
+            if place.rank == 0:
+                (Path(folder) / FOLDS_FILE).write_text(json.dumps({"scores": scores, "metrics": metrics}))
+                (Path(folder) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
+            place.report(metrics, folder if place.rank == 0 else None)
+
+    cross_validate(config, data, job["metric"], rt, len(scores), scores, after_fold, job.get("fault_file"), cache)
+
+
+def read_saved(checkpoint) -> dict[str, Any] | None:
+    """The fold state inside a fold checkpoint (a `ray.train.Checkpoint`, local or on URI storage)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return json.loads((Path(folder) / FOLDS_FILE).read_text())
+
+
+def _resume_from(job: dict[str, Any]):
+    """The checkpoint a trial that finishes a stopped one starts from (its own comes first)."""
+    import ray.train
+
+    return ray.train.Checkpoint(job["resume_from"]) if job.get("resume_from") else None
+
+
+def run_in_actor(job: dict[str, Any], cpus: float) -> None:
+    """A 1-worker trial: its folds run right here, in the Tune trial actor, on the actor's CPUs
+    (torch threads) and GPU (Ray sets CUDA_VISIBLE_DEVICES to the one it assigned)."""
     import ray
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(cpus)))
+    wants_cpu = job["run_config"].get("device") == "cpu"
+    device = torch.device("cuda") if ray.get_gpu_ids() and not wants_cpu else torch.device("cpu")
+
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+
+    run_folds(job, TrialPlace(report, lambda: read_saved(tune.get_checkpoint() or _resume_from(job)), device))
+
+
+def ddp_worker(job: dict[str, Any]) -> None:
+    """One rank of a multi-worker trial's TorchTrainer: the same folds, DDP across the ranks."""
     import ray.train
     import ray.train.torch
 
-    config = RunConfig.model_validate(loop_config["run_config"])
-    data: SweepData = ray.get(loop_config["data_ref"][0])
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    rt = Runtime(device=device, bf16=uses_bf16(config, device), rank=rank, world_size=world, progress=False)
-    rt.wrap = lambda model: ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
 
-    start, scores, last = 0, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            saved = json.loads((Path(folder) / FOLDS_FILE).read_text())
-            scores, last = saved["scores"], saved["metrics"]
-            start = len(scores)
-    if start >= len(data.folds):
-        # Every fold finished before the driver went away: hand Tune the final result again.
-        ray.train.report(last)
-        return
-    events = EventLog(loop_config.get("event_log"), loop_config.get("trial_id"), enabled=rank == 0)
-    events.write("start", fold=start + 1)
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
-    def after_fold(fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]) -> None:
-        metrics = {"fold": fold + 1, "fold_score": scores[-1], **fold_summary(scores), **_flat(summary), "worker_tokenization_passes": data_module.TOKENIZATION_PASSES}
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0:
-                (Path(folder) / FOLDS_FILE).write_text(json.dumps({"scores": scores, "metrics": metrics}))
-                (Path(folder) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=ckpt)
-        events.write("fold", fold=fold + 1, score=scores[-1])  # after the checkpoint is persisted
+    def wrap(model):
+        return ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
 
-    cross_validate(config, data, loop_config["metric"], rt, start, scores, after_fold, loop_config.get("fault_file"))
+    saved = lambda: read_saved(ray.train.get_checkpoint() or _resume_from(job))  # noqa: E731
+    run_folds(job, TrialPlace(report, saved, ray.train.torch.get_device(), context.get_world_rank(), context.get_world_size(), wrap))
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, Any]:

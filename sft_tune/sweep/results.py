@@ -1,18 +1,59 @@
-"""What a sweep found: the trial table, the best configuration, the phase-1 verdict, the files."""
+"""What a sweep found: one `Trial` record per trial, one ranking rule, the stopped trials worth
+finishing, the phase-1 verdict, and the files and table that show it."""
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sft_tune.space import Sweep, with_params
-from sft_tune.sweep.folder import SweepFolder
+from sft_tune.sweep.folder import SweepFolder, fold_checkpoint
 from sft_tune.sweep.searcher import optuna_states
+
+
+class Status(str, Enum):
+    """How a trial ended."""
+
+    COMPLETE = "COMPLETE"  # every fold trained and scored
+    STOPPED = "STOPPED"  # stopped early by the scheduler after some folds
+    ERROR = "ERROR"  # failed (after its retries)
+    NOT_RUN = "NOT RUN"  # never reported a fold (e.g. the sweep was interrupted first)
+
+
+@dataclass
+class Trial:
+    """One trial of a sweep, as written to trials.json."""
+
+    trial_id: str
+    status: Status
+    params: dict[str, Any]
+    folds_done: int = 0
+    cv_mean: float | None = None
+    cv_std: float | None = None
+    fold_scores: list[float] = field(default_factory=list)
+    attempts: int = 0
+    error: str | None = None
+    checkpoint: str | None = None  # the last fold checkpoint: where finishing a stopped trial resumes
+    finished_after_stop: bool = False  # stopped by the scheduler, then finished before selection
+    worker_tokenization_passes: int = 0
+    process_model_loads: int = 0  # model loads in the process that ran its last fold (1 in a reused actor)
+
+    def row(self) -> dict[str, Any]:
+        """The flat record of trials.json / trials.csv (parameters as `param:NAME`)."""
+        row = {k: v for k, v in asdict(self).items() if k != "params"}
+        return {**row, "status": self.status.value, **{f"param:{k}": v for k, v in self.params.items()}}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Trial":
+        known = {k: v for k, v in row.items() if k in cls.__dataclass_fields__ and k != "params"}
+        params = {k.removeprefix("param:"): v for k, v in row.items() if k.startswith("param:")}
+        return cls(**{**known, "status": Status(row["status"])}, params=params)
 
 
 @dataclass
@@ -20,42 +61,39 @@ class SweepResult:
     """What a finished (or interrupted) sweep produced."""
 
     sweep_dir: Path
-    trials: list[dict[str, Any]]
+    trials: list[Trial]
     best: dict[str, Any] | None
     tokenization_passes: int
     complete: bool
     optuna_states: dict[str, int] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)
 
 
-def summarize(sweep: Sweep, folder: SweepFolder, results, tokenization_passes: int) -> SweepResult:
-    """Trial table, best configuration and sweep summary, written to the sweep folder."""
-    folds = sweep.search.folds
-    trials = []
+def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
+    """Trial records from a Tune ResultGrid (one entry per Tune trial), sorted by trial id."""
     events = folder.events()
+    trials = []
     for result in results:
         metrics = result.metrics or {}
+        # Tune fills in its own `trial_id`; a trial that finishes a stopped one reports that one's id.
+        trial_id = metrics.get("sweep_trial_id") or metrics.get("trial_id") or _trial_id_from_path(result.path)
         done = int(metrics.get("folds_done", 0))
-        status = "ERROR" if result.error else ("COMPLETE" if done == folds else ("STOPPED" if done else "NOT RUN"))
-        params = {k: v for k, v in (result.config or {}).items() if k in sweep.params}
-        trials.append({
-            "trial_id": (trial_id := metrics.get("trial_id") or _trial_id_from_path(result.path)),
-            "status": status,
-            "attempts": sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
-            "folds_done": done,
-            "cv_mean": metrics.get("cv_mean"),
-            "cv_std": metrics.get("cv_std"),
-            "fold_scores": json.loads(metrics.get("fold_scores", "[]")),
-            "error": str(result.error).splitlines()[0] if result.error else None,
-            "worker_tokenization_passes": metrics.get("worker_tokenization_passes", 0),
-            **{f"param:{k}": v for k, v in params.items()},
-        })
-    trials.sort(key=lambda t: t["trial_id"])
-    best = best_trial(sweep, trials)
-    states = optuna_states(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage))
-    passes = tokenization_passes + sum(t["worker_tokenization_passes"] for t in trials)
-    complete = sum(t["status"] in ("COMPLETE", "STOPPED", "ERROR") for t in trials) >= sweep.search.num_trials
-    write_outputs(sweep, folder, trials, best, passes, complete, states)
-    return SweepResult(folder.path, trials, best, passes, complete, states)
+        status = Status.ERROR if result.error else Status.COMPLETE if done >= sweep.search.folds else Status.STOPPED if done else Status.NOT_RUN
+        trials.append(Trial(
+            trial_id=trial_id,
+            status=status,
+            params={k: v for k, v in (result.config or {}).items() if k in sweep.params},
+            folds_done=done,
+            cv_mean=metrics.get("cv_mean"),
+            cv_std=metrics.get("cv_std"),
+            fold_scores=json.loads(metrics.get("fold_scores", "[]")),
+            attempts=sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
+            error=str(result.error).splitlines()[0] if result.error else None,
+            checkpoint=fold_checkpoint(result.path, metrics),
+            worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
+            process_model_loads=metrics.get("process_model_loads", 0),
+        ))
+    return sorted(trials, key=lambda t: t.trial_id)
 
 
 def _trial_id_from_path(path: str) -> str:
@@ -63,78 +101,157 @@ def _trial_id_from_path(path: str) -> str:
     return Path(path).name.removeprefix("run_trial_").split("_")[0]
 
 
-def best_trial(sweep: Sweep, trials: list[dict]) -> dict[str, Any] | None:
-    """Best finished trial by CV mean; ties go to the lower standard deviation, then the earlier trial."""
-    finished = [t for t in trials if t["status"] == "COMPLETE"]
-    if not finished:
+def read_trials(folder: SweepFolder) -> list[Trial]:
+    return [Trial.from_row(row) for row in folder.trials()]
+
+
+# -- the ranking rule -----------------------------------------------------------------------------
+
+
+def rank_key(trial: Trial, mode: str) -> tuple:
+    """Better trials sort first: CV mean (by mode), then the lower std, then the lower trial id."""
+    sign = -1 if mode == "max" else 1
+    return (sign * trial.cv_mean, trial.cv_std, trial.trial_id)
+
+
+def top(trials: list[Trial], mode: str) -> Trial | None:
+    return min(trials, key=lambda t: rank_key(t, mode)) if trials else None
+
+
+def best_trial(sweep: Sweep, trials: list[Trial]) -> dict[str, Any] | None:
+    """The best COMPLETE trial (partial CV means never win), with its full config."""
+    best = top([t for t in trials if t.status is Status.COMPLETE], sweep.search.mode)
+    if best is None:
         return None
-    sign = -1 if sweep.search.mode == "max" else 1
-    top = min(finished, key=lambda t: (sign * t["cv_mean"], t["cv_std"], t["trial_id"]))
-    params = {k.removeprefix("param:"): v for k, v in top.items() if k.startswith("param:")}
-    return {**{k: top[k] for k in ("trial_id", "cv_mean", "cv_std", "fold_scores")}, "metric": sweep.search.metric, "params": params, "config": with_params(sweep.base, params)}
+    return {"trial_id": best.trial_id, "cv_mean": best.cv_mean, "cv_std": best.cv_std, "fold_scores": best.fold_scores, "metric": sweep.search.metric, "params": best.params, "config": with_params(sweep.base, best.params)}
 
 
-def phase1_verdict(sweep: Sweep, trials: list[dict]) -> dict[str, Any]:
+def arm_of(sweep: Sweep, trial: Trial) -> str:
+    return "two-phase" if sweep.steps_of(trial.params) > 0 else "plain"
+
+
+def contenders(sweep: Sweep, trials: list[Trial]) -> list[Trial]:
+    """Stopped trials to finish before the best is chosen: each whose partial CV mean reaches the
+    best complete mean (early stopping must not hide a better configuration; with no complete
+    trial, the best stopped one), and, when the space holds both arms, the best stopped trial of
+    an arm that has no complete trial (so the phase-1 verdict compares the two)."""
+    mode = sweep.search.mode
+    stopped = [t for t in trials if t.status is Status.STOPPED and t.checkpoint]
+    complete = [t for t in trials if t.status is Status.COMPLETE]
+    best = top(complete, mode)
+    if best is None:
+        chosen = [top(stopped, mode)] if stopped else []
+    else:
+        chosen = [t for t in stopped if rank_key(t, mode)[0] <= rank_key(best, mode)[0]]
+    if sweep.arms() == {"plain", "two-phase"}:
+        for arm in ("plain", "two-phase"):
+            if not any(arm_of(sweep, t) == arm for t in complete + chosen):
+                candidate = top([t for t in stopped if arm_of(sweep, t) == arm], mode)
+                chosen += [candidate] if candidate else []
+    return sorted(chosen, key=lambda t: t.trial_id)
+
+
+# -- the phase-1 verdict --------------------------------------------------------------------------
+
+
+def phase1_verdict(sweep: Sweep, trials: list[Trial]) -> dict[str, Any]:
     """Did the best configuration use phase 1, and by how much did it beat the best plain
-    fine-tune (phase1.steps = 0) of the same sweep? Both judged by CV mean on COMPLETE trials."""
-    finished = [t for t in trials if t["status"] == "COMPLETE"]
-    sign = 1 if sweep.search.mode == "max" else -1
-
-    def steps(trial: dict) -> int:
-        params = {k.removeprefix("param:"): v for k, v in trial.items() if k.startswith("param:")}
-        return int(with_params(sweep.base, params).get("phase1", {}).get("steps", 200))
-
-    def top(group: list[dict]) -> dict | None:
-        return max(group, key=lambda t: (sign * t["cv_mean"], -t["cv_std"])) if group else None
-
-    two_phase, plain = top([t for t in finished if steps(t) > 0]), top([t for t in finished if steps(t) == 0])
-    metric = sweep.search.metric
+    fine-tune (phase1.steps = 0) of the same sweep? Both judged by CV mean on COMPLETE trials;
+    the statement also says what happened to each arm's trials."""
+    mode, metric = sweep.search.mode, sweep.search.metric
+    arms = {arm: [t for t in trials if arm_of(sweep, t) == arm] for arm in ("plain", "two-phase")}
+    best = {arm: top([t for t in group if t.status is Status.COMPLETE], mode) for arm, group in arms.items()}
+    two_phase, plain = best["two-phase"], best["plain"]
     verdict: dict[str, Any] = {
-        "best_two_phase": two_phase and {"trial_id": two_phase["trial_id"], "cv_mean": two_phase["cv_mean"]},
-        "best_plain": plain and {"trial_id": plain["trial_id"], "cv_mean": plain["cv_mean"]},
+        "best_two_phase": two_phase and {"trial_id": two_phase.trial_id, "cv_mean": two_phase.cv_mean},
+        "best_plain": plain and {"trial_id": plain.trial_id, "cv_mean": plain.cv_mean},
         "best_uses_phase1": None,
         "margin": None,
+        "arms": {arm: _arm_counts(group) for arm, group in arms.items()},
     }
+    happened = "; ".join(f"{arm}: {_describe(counts)}" for arm, counts in verdict["arms"].items() if counts["trials"])
     if two_phase and plain:
-        margin = sign * (two_phase["cv_mean"] - plain["cv_mean"])
-        uses = margin > 0
-        verdict.update(best_uses_phase1=uses, margin=margin)
-        if uses:
-            verdict["statement"] = f"the best configuration uses phase 1: CV {metric} {two_phase['cv_mean']:.4f} vs {plain['cv_mean']:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f}"
+        margin = (1 if mode == "max" else -1) * (two_phase.cv_mean - plain.cv_mean)
+        verdict.update(best_uses_phase1=margin > 0, margin=margin)
+        if margin > 0:
+            verdict["statement"] = f"the best configuration uses phase 1: CV {metric} {two_phase.cv_mean:.4f} vs {plain.cv_mean:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f} ({happened})"
         else:
-            verdict["statement"] = f"phase 1 did not help on this data: the best plain fine-tune (phase1.steps 0) scored CV {metric} {plain['cv_mean']:.4f}, the best two-phase configuration {two_phase['cv_mean']:.4f} ({margin:+.4f})"
-    elif two_phase or plain:
-        kind = "two-phase" if two_phase else "plain (phase1.steps 0)"
-        other = "a plain fine-tune (phase1.steps 0)" if two_phase else "a configuration with phase 1"
-        verdict["best_uses_phase1"] = bool(two_phase)
-        verdict["statement"] = f"only {kind} configurations finished, so this sweep cannot say whether phase 1 helps; let phase1.steps reach 0 and above so that {other} is tried too"
+            verdict["statement"] = f"phase 1 did not help on this data: the best plain fine-tune (phase1.steps 0) scored CV {metric} {plain.cv_mean:.4f}, the best two-phase configuration {two_phase.cv_mean:.4f} ({margin:+.4f}; {happened})"
+        return verdict
+    verdict["best_uses_phase1"] = True if two_phase else False if plain else None
+    space_arms = sweep.arms()
+    if len(space_arms) == 1:
+        (only,) = space_arms
+        fixed = "above 0" if only == "two-phase" else "at 0"
+        verdict["statement"] = f"the search space keeps phase1.steps {fixed}, so every trial is {only} and this sweep makes no plain-vs-two-phase comparison ({happened or 'no trial ran'})"
     else:
-        verdict["statement"] = "no trial finished all folds"
+        missing = [arm for arm in ("plain", "two-phase") if best[arm] is None]
+        verdict["statement"] = f"no {' and no '.join(missing)} trial finished all folds, so this sweep cannot compare the two ({happened or 'no trial ran'})"
     return verdict
 
 
-def write_outputs(sweep: Sweep, folder: SweepFolder, trials, best, passes: int, complete: bool, states) -> None:
-    columns = ["trial_id", "status", "attempts", "folds_done", "cv_mean", "cv_std", "fold_scores", "error"] + sorted({k for t in trials for k in t if k.startswith("param:")})
-    with open(folder.file(folder.TRIALS_CSV), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({**t, "fold_scores": json.dumps(t["fold_scores"])} for t in trials)
-    folder.file(folder.TRIALS_JSON).write_text(json.dumps(trials, indent=2))
+def _arm_counts(group: list[Trial]) -> dict[str, int]:
+    counts = {"trials": len(group), "finished_after_stop": sum(t.finished_after_stop for t in group)}
+    counts.update({status.value.lower().replace(" ", "_"): sum(t.status is status for t in group) for status in Status})
+    return counts
+
+
+def _describe(counts: dict[str, int]) -> str:
+    parts = [f"{counts['trials']} sampled"]
+    parts += [f"{counts[key]} {key.replace('_', ' ')}" for key in ("complete", "stopped", "error", "not_run") if counts[key]]
+    if counts["finished_after_stop"]:
+        parts.append(f"{counts['finished_after_stop']} of the complete ones finished after the scheduler stopped them")
+    return ", ".join(parts)
+
+
+# -- files and the table --------------------------------------------------------------------------
+
+
+def summarize(sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenization_passes: int) -> SweepResult:
+    """Best configuration, verdict and sweep summary of the trials, written to the sweep folder."""
+    best = best_trial(sweep, trials)
+    states = optuna_states(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage))
+    passes = tokenization_passes + sum(t.worker_tokenization_passes for t in trials)
+    complete = sum(t.status is not Status.NOT_RUN for t in trials) >= sweep.search.num_trials
+    verdict = phase1_verdict(sweep, trials)
+    _write_trials(folder, trials)
     if best is not None:
         folder.file(folder.BEST).write_text(json.dumps({k: v for k, v in best.items() if k != "config"}, indent=2))
         folder.file(folder.BEST_CONFIG).write_text(yaml.safe_dump(best["config"], sort_keys=False))
-    summary = {"sweep_dir": str(folder.path), "complete": complete, "trials": len(trials), "tokenization_passes": passes, "optuna_states": states, "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")}, "best": {k: v for k, v in (best or {}).items() if k != "config"} or None, "phase1": phase1_verdict(sweep, trials)}
+    summary = {
+        "sweep_dir": str(folder.path),
+        "complete": complete,
+        "trials": len(trials),
+        "tokenization_passes": passes,
+        "optuna_states": states,
+        "statuses": {s.value: sum(t.status is s for t in trials) for s in Status},
+        "finished_after_stop": [t.trial_id for t in trials if t.finished_after_stop],
+        "best": {k: v for k, v in (best or {}).items() if k != "config"} or None,
+        "phase1": verdict,
+    }
     folder.file(folder.SUMMARY).write_text(json.dumps(summary, indent=2))
+    return SweepResult(folder.path, trials, best, passes, complete, states, verdict)
+
+
+def _write_trials(folder: SweepFolder, trials: list[Trial]) -> None:
+    rows = [t.row() for t in trials]
+    columns = ["trial_id", "status", "attempts", "folds_done", "cv_mean", "cv_std", "fold_scores", "finished_after_stop", "error"] + sorted({k for r in rows for k in r if k.startswith("param:")})
+    with open(folder.file(folder.TRIALS_CSV), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "fold_scores": json.dumps(r["fold_scores"])} for r in rows)
+    folder.file(folder.TRIALS_JSON).write_text(json.dumps(rows, indent=2))
 
 
 def format_table(result: SweepResult) -> str:
-    """The trial table for the terminal."""
-    params = sorted({k for t in result.trials for k in t if k.startswith("param:")})
-    header = ["trial", *[p.removeprefix("param:") for p in params], "cv mean ± std", "folds", "status"]
+    """The trial table for the terminal (a parameter a trial did not sample shows as -)."""
+    params = sorted({k for t in result.trials for k in t.params})
+    header = ["trial", *params, "cv mean ± std", "folds", "status"]
     rows = []
     for t in result.trials:
-        score = f"{t['cv_mean']:.4f} ± {t['cv_std']:.4f}" if t["cv_mean"] is not None else "-"
-        rows.append([t["trial_id"], *[_short(t.get(p)) for p in params], score, str(t["folds_done"]), t["status"]])
+        score = f"{t.cv_mean:.4f} ± {t.cv_std:.4f}" if t.cv_mean is not None else "-"
+        status = t.status.value + (" (finished after stop)" if t.finished_after_stop else "")
+        rows.append([t.trial_id, *[_short(t.params.get(p, "-")) for p in params], score, str(t.folds_done), status])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

@@ -1,15 +1,29 @@
-"""`sft-tune search`: check everything, prepare the data once, run the Tuner, write the results."""
+"""`sft-tune search`: check everything, prepare the data once, search, finish the stopped trials
+that could still be the best, and write the results.
+
+The search runs as one Tune experiment (the sweep folder). Early stopping must not hide the best
+configuration, nor leave an arm without a complete trial: when the search ends, the stopped
+trials worth finishing (`results.contenders`) run their remaining folds from their last fold
+checkpoint in a second experiment inside the folder (`finish/`), and their results replace the
+partial ones before the best configuration is chosen.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from pathlib import Path
 
 from sft_tune.errors import fail
 from sft_tune.space import Sweep, load_space
 from sft_tune.sweep.cluster import concurrency, start_ray
+from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import SweepResult, summarize
+from sft_tune.sweep.results import Status, SweepResult, Trial, collect, contenders, summarize
+from sft_tune.sweep.searcher import record_finished
+
+log = logging.getLogger(__name__)
 
 
 def prepare(space_path: Path | None = None, resume: Path | None = None) -> tuple[Sweep, SweepFolder]:
@@ -32,26 +46,66 @@ def prepare(space_path: Path | None = None, resume: Path | None = None) -> tuple
     return sweep, folder
 
 
-def run_search(space_path: Path | None = None, resume: Path | None = None, address: str | None = None, use_wandb: bool = True) -> SweepResult:
-    """Run (or resume) a sweep; every input is checked before Ray starts."""
-    import logging
+def run_search(space_path: Path | None = None, resume: Path | None = None, address: str | None = None, use_wandb: bool = True, verbose: bool = False) -> SweepResult:
+    """Run (or resume) a sweep; every input is checked before Ray starts. While it runs, the
+    terminal shows the progress view and Ray's output goes to SWEEP_DIR/sweep.log (also to the
+    terminal with `verbose`)."""
+    import ray
 
     from sft_tune.sweep.folds import prepare_sweep_data
-    from sft_tune.sweep.tuner import make_tuner
 
     sweep, folder = prepare(space_path, resume)
     if resume is not None and (was := folder.moved_from()) is not None:
-        logging.getLogger(__name__).info("sweep folder moved from %s; resuming it at %s", was, folder.path)
+        log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
     data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
-    import ray
+    folder.path.mkdir(parents=True, exist_ok=True)
+    with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
+        started = start_ray(sweep, address)
+        try:
+            if resume is None:  # written once Ray is up, so a failed start leaves no half-made sweep
+                folder.save_snapshot(sweep)
+            print(f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
+                  f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})", file=terminal, flush=True)
+            trials = _search(sweep, folder, ray.put(data), resume is not None, use_wandb, terminal, remote=bool(address or os.environ.get("RAY_ADDRESS")))
+            return summarize(sweep, folder, trials, data.tokenization_passes)
+        finally:
+            if started:
+                ray.shutdown()
 
-    started = start_ray(sweep, address)
+
+def _search(sweep: Sweep, folder: SweepFolder, data_ref, restoring: bool, use_wandb: bool, terminal, remote: bool) -> list[Trial]:
+    """The search experiment, then the one that finishes the stopped contenders: the trials."""
+    from sft_tune.sweep.tracking import WandbTrialCallback
+    from sft_tune.sweep.tuner import FoldEvents, make_finishing_tuner, make_tuner, shared_inputs
+
+    settings = sweep.search
+    wandb = WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb)
+    progress = ProgressView(settings.num_trials, settings.folds, settings.metric, terminal)
+    callbacks = [FoldEvents(folder), wandb, progress]  # the same in both experiments; Tune appends its own to the list it gets, so each gets a copy
+    at_once = concurrency(sweep, remote)
     try:
-        if resume is None:  # written once Ray is up, so a failed start leaves no half-made sweep
-            folder.save_snapshot(sweep)
-        tuner = make_tuner(sweep, folder, data, resume is not None, use_wandb, concurrency(sweep, remote=bool(address or os.environ.get("RAY_ADDRESS"))))
-        results = tuner.fit()
-        return summarize(sweep, folder, results, data.tokenization_passes)
+        trials = collect(sweep, folder, make_tuner(sweep, folder, shared_inputs(sweep, folder, data_ref), list(callbacks), restoring, at_once).fit())
+        chosen = [t for t in contenders(sweep, trials) if t.status is Status.STOPPED]
+        if chosen:
+            progress.finish_total = len(chosen)
+            progress.say(f"finishing {len(chosen)} stopped trial(s) before choosing the best: " + ", ".join(f"{t.trial_id} (mean {t.cv_mean:.4f} after {t.folds_done} folds)" for t in chosen))
+            finish = {t.trial_id: {"params": t.params, "checkpoint": t.checkpoint} for t in chosen}
+            tuner = make_finishing_tuner(sweep, folder, shared_inputs(sweep, folder, data_ref, finish), list(callbacks), list(finish), at_once)
+            trials = _merge(sweep, folder, trials, collect(sweep, folder, tuner.fit()))
     finally:
-        if started:
-            ray.shutdown()
+        wandb.close()
+    return trials
+
+
+def _merge(sweep: Sweep, folder: SweepFolder, trials: list[Trial], finished: list[Trial]) -> list[Trial]:
+    """The search's trials with the finished ones' results in place of their partial ones."""
+    by_id = {t.trial_id: t for t in finished}
+    merged = []
+    for trial in trials:
+        done = by_id.get(trial.trial_id)
+        if done is not None and done.status is Status.COMPLETE:
+            merged.append(dataclasses.replace(done, params=trial.params, finished_after_stop=True))
+            record_finished(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage), trial.trial_id, done.fold_scores)
+        else:  # not finished (its finishing run failed, or the sweep was interrupted): as it stopped
+            merged.append(trial if done is None else dataclasses.replace(trial, attempts=done.attempts, error=done.error))
+    return merged

@@ -1,11 +1,14 @@
 """What to try next: the Optuna searcher of a sweep and its study.
 
-Ray's `OptunaSearch` with three changes. Trials a scheduler stopped before their last fold are
-told to Optuna as PRUNED, with their running fold means as intermediate values (Ray's default
-tells them as COMPLETE with a partial score, which misleads TPE). Results that arrive again for a
-trial the study already closed (a resumed sweep) are ignored. And the study is never pickled with
-its storage: Tune pickles the searcher into the sweep's state, and a sweep folder that moved must
-reopen the study.db that moved with it, so the searcher holds the storage URL and reopens it.
+Ray's `OptunaSearch` over a define-by-run space (`ConditionalSpace`: parameters that only act in
+phase 1 are sampled only for trials that run it), with these changes. Trials a scheduler stopped
+before their last fold are told to Optuna as PRUNED, with their running fold means as
+intermediate values (Ray's default tells them as COMPLETE with a partial score, which misleads
+TPE). Results that arrive again for a trial the study already closed (a resumed sweep) are
+ignored. Each Optuna trial records its Tune trial id (user attribute `tune_trial_id`). And the
+study is never pickled with its storage: Tune pickles the searcher into the sweep's state, and a
+sweep folder that moved must reopen the study.db that moved with it, so the searcher holds the
+storage URL and reopens it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,33 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from sft_tune.space import Sweep, make_sampler, to_optuna
+from sft_tune.space import Sweep, make_sampler, phase1_only, to_optuna
 
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
+
+
+class ConditionalSpace:
+    """The searched parameters as an Optuna define-by-run space: phase1.steps first, then every
+    other parameter, except those that only act in phase 1 when the trial skips it (steps 0).
+    A plain class, not a closure: Tune pickles it with the searcher."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.distributions = to_optuna(sweep.params)
+        self.fixed_steps = sweep.steps_of({})
+
+    def __call__(self, trial) -> None:
+        steps = _suggest(trial, "phase1.steps", self.distributions["phase1.steps"]) if "phase1.steps" in self.distributions else self.fixed_steps
+        for name, distribution in self.distributions.items():
+            if name != "phase1.steps" and not (steps == 0 and phase1_only(name)):
+                _suggest(trial, name, distribution)
+
+
+def _suggest(trial, name: str, distribution: optuna.distributions.BaseDistribution) -> Any:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 class FoldAwareOptunaSearch(OptunaSearch):
@@ -66,7 +93,9 @@ class FoldAwareOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         self._study()
-        return super().suggest(trial_id)
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._study()
@@ -97,15 +126,44 @@ def make_searcher(sweep: Sweep, storage_url: str, restoring: bool = False) -> Fo
     """The Optuna searcher: metric and mode given here too (OptunaSearch ignores TuneConfig's).
     A searcher for a restored sweep enqueues nothing: its saved state is loaded into it."""
     return FoldAwareOptunaSearch(
-        space=to_optuna(sweep.params),
+        space=ConditionalSpace(sweep),
         metric=TUNE_METRIC,
         mode=sweep.search.mode,
         sampler=make_sampler(sweep),
         study_name=sweep.search.name,
         storage_url=storage_url,
-        points_to_evaluate=None if restoring else (sweep.search.initial_points or None),
+        points_to_evaluate=None if restoring else (initial_points(sweep) or None),
         folds=sweep.search.folds,
     )
+
+
+def initial_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """The space's initial points, then, when the space holds both a plain fine-tune (phase1.steps
+    0) and two-phase trials, one point for each arm no initial point covers (as far as the trial
+    budget allows): the first trials are one of each, so the sweep can always compare them. A
+    plain point drops phase-1-only values."""
+    points = [{k: v for k, v in point.items() if not (sweep.steps_of(point) == 0 and phase1_only(k))} for point in sweep.search.initial_points]
+    if sweep.arms() == {"plain", "two-phase"}:
+        covered = {sweep.steps_of(point) > 0 for point in points}
+        missing = [sweep.arm_point(arm) for arm, two_phase in (("plain", False), ("two-phase", True)) if two_phase not in covered]
+        points += missing[: max(sweep.search.num_trials - len(points), 0)]  # within the trial budget
+    return points
+
+
+def record_finished(study_name: str, storage_url: str, tune_trial_id: str, fold_scores: list[float]) -> None:
+    """A trial the scheduler stopped (PRUNED in the study) was finished before selection: add it
+    to the study as COMPLETE with the same parameters and its full CV mean (an Optuna trial cannot
+    change state once finished), marked with `finished_after_stop`."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    pruned = [t for t in study.trials if t.user_attrs.get("tune_trial_id") == tune_trial_id and not t.user_attrs.get("finished_after_stop")]
+    if not pruned or any(t.user_attrs.get("finished_after_stop") and t.user_attrs.get("tune_trial_id") == tune_trial_id for t in study.trials):
+        return
+    source = pruned[0]
+    means = {fold: sum(fold_scores[:fold]) / fold for fold in range(1, len(fold_scores) + 1)}
+    study.add_trial(optuna.trial.create_trial(
+        params=source.params, distributions=source.distributions, value=means[len(fold_scores)], intermediate_values=means,
+        user_attrs={"tune_trial_id": tune_trial_id, "finished_after_stop": True, "pruned_trial_number": source.number},
+    ))
 
 
 def optuna_states(study_name: str, storage_url: str) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 Logging happens on the driver, from the results that rank 0 of each trial reports (Ray Train
 passes on rank 0's report), so exactly one writer per trial exists whatever the number of DDP
-workers. Per-step losses travel in each fold's Train checkpoint (`history.jsonl`).
+workers. Per-step losses travel in each fold's checkpoint (`history.jsonl`).
 
 W&B is offline unless the user configured it online (`WANDB_MODE`). It never crashes or stalls a
 sweep: the first failure is warned about once and W&B is off for the rest of the process.
@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from sft_tune.sweep.folder import HISTORY_FILE, SweepFolder
+from sft_tune.sweep.folder import FINISH_KEY, HISTORY_FILE, SweepFolder, fold_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Wandb:
 
 
 def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
-    """The per-step records a fold left in its Train checkpoint (empty when absent)."""
+    """The per-step records a fold left in its checkpoint (empty when absent)."""
     if not checkpoint_path:
         return []
     try:
@@ -87,61 +87,99 @@ def step_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 class WandbTrialCallback(tune.Callback):
-    """Tune callback: a W&B run per trial with params, per-step losses, fold metrics, CV and status."""
+    """Tune callback: a W&B run per trial with params, per-step losses, fold metrics, CV and status.
+
+    A trial the scheduler stops keeps its run open until the sweep ends (`close`): if the sweep
+    finishes it before selection (a second Tune trial that carries its id under FINISH_KEY), the
+    remaining folds go to the same run, so each trial has one run however it ran."""
 
     def __init__(self, project: str, group: str, folder: SweepFolder, params: list[str], folds: int, enabled: bool = True) -> None:
-        self.wandb = Wandb(enabled)
+        self.enabled = enabled
         self.project, self.group, self.folder, self.params, self.folds = project, group, folder, params, folds
-        self.runs: dict[str, Any] = {}
+        self.__setstate__(self.__getstate__())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the sweep's state: the settings, no open run."""
+        return {k: getattr(self, k) for k in ("enabled", "project", "group", "folder", "params", "folds")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.wandb = Wandb(self.enabled)
+        self.runs: dict[str, Any] = {}  # sweep trial id -> open run of a running trial
+        self.stopped: dict[str, Any] = {}  # sweep trial id -> open run of a trial the scheduler stopped
         self.steps: dict[str, int] = {}
 
+    @staticmethod
+    def trial_of(trial) -> str:
+        """The sweep's id of a Tune trial (a finishing trial carries the stopped one's id)."""
+        return trial.config.get(FINISH_KEY) or trial.trial_id
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        if trial.trial_id in self.runs or not self.wandb.active:
+        key = self.trial_of(trial)
+        if key in self.runs or not self.wandb.active:
+            return
+        if key in self.stopped:
+            self.runs[key] = run = self.stopped.pop(key)
+            self.wandb.call("summary", run.summary.update, {"finished_after_stop": True})
             return
         self.folder.path.mkdir(parents=True, exist_ok=True)
+        finishing = FINISH_KEY in trial.config  # its run was closed by an earlier driver: a run of its own
+        run_id = f"{self.group}-{key}" + ("-finish" if finishing else "")
         config = {k: v for k, v in trial.config.items() if k in self.params}
-        run = self.wandb.init(project=self.project, group=self.group, name=trial.trial_id, id=f"{self.group}-{trial.trial_id}", job_type="trial", config=config, dir=str(self.folder.path), resume="allow")
+        run = self.wandb.init(project=self.project, group=self.group, name=key, id=run_id, job_type="trial", config=config, dir=str(self.folder.path), resume="allow")
         if run is not None:
-            self.runs[trial.trial_id] = run
-            self.steps.setdefault(trial.trial_id, 0)
+            self.runs[key] = run
+            self.steps.setdefault(key, 0)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        run = self.runs.get(trial.trial_id)
+        key = self.trial_of(trial)
+        run = self.runs.get(key)
         if run is None or "fold" not in result:
             return
         fold = result["fold"]
-        for record in read_history(result.get("checkpoint_path")):
-            self.steps[trial.trial_id] += 1
-            self.wandb.call("log", run.log, {**step_metrics(record), "fold": fold}, step=self.steps[trial.trial_id])
+        for record in read_history(fold_checkpoint(trial.path, result)):
+            self.steps[key] += 1
+            self.wandb.call("log", run.log, {**step_metrics(record), "fold": fold}, step=self.steps[key])
         folds = {f"fold/{k.removeprefix('fold_metrics/')}": v for k, v in result.items() if k.startswith("fold_metrics/")}
         summary = {"fold": fold, "fold/score": result["fold_score"], "cv_mean": result["cv_mean"], "cv_std": result["cv_std"], "folds_done": result["folds_done"], **folds}
-        self.steps[trial.trial_id] += 1
-        self.wandb.call("log", run.log, summary, step=self.steps[trial.trial_id])
+        self.steps[key] += 1
+        self.wandb.call("log", run.log, summary, step=self.steps[key])
         self.wandb.call("summary", run.summary.update, {"fold_scores": json.loads(result["fold_scores"])})
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         done = (trial.last_result or {}).get("folds_done", 0)
-        self._finish(trial, "COMPLETE" if done >= self.folds else "STOPPED", 0)
+        if done >= self.folds:
+            self._finish(self.trial_of(trial), "COMPLETE", 0)
+            return
+        run = self.runs.pop(self.trial_of(trial), None)
+        if run is not None:  # stopped early: STOPPED unless the sweep finishes it before the end
+            self.wandb.call("summary", run.summary.update, {"status": "STOPPED"})
+            self.stopped[self.trial_of(trial)] = run
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._finish(trial, "FAILED", 1)
+        self._finish(self.trial_of(trial), "FAILED", 1)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        run = self.runs.get(trial.trial_id)
+        run = self.runs.get(self.trial_of(trial))
         if run is not None:
             self.wandb.call("summary", run.summary.update, {"retries": run.summary.get("retries", 0) + 1})
 
-    def _finish(self, trial, status: str, exit_code: int) -> None:
-        run = self.runs.pop(trial.trial_id, None)
+    def _finish(self, key: str, status: str, exit_code: int) -> None:
+        run = self.runs.pop(key, None)
         if run is None:
             return
         self.wandb.call("summary", run.summary.update, {"status": status})
         self.wandb.call("finish", run.finish, exit_code=exit_code)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for trial in list(trials):  # whatever is still open (e.g. Ctrl-C)
-            if trial.trial_id in self.runs:
-                self._finish(trial, "INTERRUPTED", 1)
+        for key in list(self.runs):  # trials still running (e.g. Ctrl-C)
+            self._finish(key, "INTERRUPTED", 1)
+
+    def close(self) -> None:
+        """End the runs of stopped trials that were not finished (the sweep is over)."""
+        for key, run in list(self.stopped.items()):
+            self.wandb.call("finish", run.finish, exit_code=0)
+            del self.stopped[key]
 
 
 def log_best_model(project: str, group: str, folder: SweepFolder, model_dir: Path, best: dict[str, Any], enabled: bool = True) -> bool:

@@ -1,8 +1,11 @@
-"""The Tuner of a sweep: the trainable, the searcher, the scheduler and the callbacks, put together
-for a new sweep or a restored one.
+"""The Tuners of a sweep: the trainable, the searcher, the scheduler and the callbacks, put
+together for a new sweep or a restored one, and the second Tuner that finishes stopped trials.
 
-Each Tune trial is a function trainable that launches one Ray Train `TorchTrainer` running all
-folds (`folds.worker_loop`); the trainer's `TuneReportCallback` turns each fold's report into one
+Each Tune trial is the function trainable `run_trial`, which runs every fold of one
+configuration: in the trial actor itself for a 1-worker trial (`tune.with_resources` holds the
+worker's CPUs and GPUs, and `reuse_actors` lets the next trial keep the actor's imports, data and
+model), or through one Ray Train `TorchTrainer` for a multi-worker (DDP) trial, whose
+`TuneReportCallback` turns each fold's report into one Tune result. Either way each fold is one
 Tune result, so ASHA can stop a trial between folds.
 """
 
@@ -11,37 +14,58 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ray import tune
+
 from sft_tune.config import parse_config
 from sft_tune.space import Sweep, with_params
-from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, TRIAL_CPU
-from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.folds import FAULT_FILE_ENV
+from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
+from sft_tune.sweep.folder import FINISH_EXPERIMENT, FINISH_KEY, EventLog, SweepFolder
+from sft_tune.sweep.folds import FAULT_FILE_ENV, ddp_worker, run_in_actor
 from sft_tune.sweep.searcher import TUNE_METRIC, make_searcher
-from sft_tune.sweep.tracking import WandbTrialCallback
 
 
-def run_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
-    """Tune function trainable: one TorchTrainer run holding every fold of this configuration."""
+def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
+    """Tune function trainable: every fold of one configuration (`config` holds the searched
+    parameters, or FINISH_KEY: the id of a stopped trial to finish from its last fold)."""
+    tune_id = tune.get_context().get_trial_id()
+    if FINISH_KEY in config:
+        stopped = shared["finish"][config[FINISH_KEY]]
+        trial_id, params, resume_from = config[FINISH_KEY], stopped["params"], stopped["checkpoint"]
+    else:
+        trial_id, params, resume_from = tune_id, config, None
+    job = {
+        "trial_id": trial_id,
+        "run_config": parse_config(with_params(shared["base"], params)).model_dump(mode="json"),
+        "data_ref": shared["data_ref"],
+        "metric": shared["metric"],
+        "event_log": shared["event_log"],
+        "fault_file": shared["fault_file"],
+        "resume_from": resume_from,
+    }
+    resources = shared["resources"]
+    if resources["workers"] == 1:
+        run_in_actor(job, resources["cpus_per_worker"])
+    else:
+        _run_ddp(job, resources, shared["train_storage"], tune_id)
+
+
+def _run_ddp(job: dict[str, Any], resources: dict[str, Any], storage: str, tune_id: str) -> None:
+    """The folds through one TorchTrainer run, named after the Tune trial: a retried or restored
+    trial resumes its Train run from the last fold checkpoint."""
     import ray.train
-    from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from sft_tune.sweep.folds import worker_loop
-
-    config = parse_config(with_params(shared["base"], params))
-    trial_id = tune.get_context().get_trial_id()
-    resources = shared["resources"]
     use_gpu = resources["gpus_per_worker"] > 0
     per_worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={"run_config": config.model_dump(mode="json"), "data_ref": shared["data_ref"], "metric": shared["metric"], "trial_id": trial_id, "event_log": shared["event_log"], "fault_file": shared["fault_file"]},
+        ddp_worker,
+        train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=shared["train_storage"],
+            name=f"train-{tune_id}",
+            storage_path=storage,
             callbacks=[TuneReportCallback()],
             # Crashes are retried by Tune (max_failures) from the last fold checkpoint; a worker
             # group that cannot be placed fails after a few start timeouts instead of hanging.
@@ -51,49 +75,85 @@ def run_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     trainer.fit()
 
 
-def make_tuner(sweep: Sweep, folder: SweepFolder, data, restoring: bool, use_wandb: bool, max_concurrent: int | None = None):
-    """A Tuner for a new sweep, or the restored Tuner of an interrupted one."""
-    import ray
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
+class FoldEvents(tune.Callback):
+    """Tune callback: each fold result, as the driver receives it (so after its checkpoint is
+    persisted), appended to events.jsonl; the trials themselves log their starts."""
 
-    settings = sweep.search
-    shared = {
+    def __init__(self, folder: SweepFolder) -> None:
+        self.folder = folder
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if "fold" in result:
+            trial_id = result.get("sweep_trial_id") or trial.trial_id
+            EventLog(str(self.folder.file(self.folder.EVENTS)), trial_id, enabled=True).write("fold", fold=result["fold"], score=result["fold_score"], trial_pid=result.get("pid"))
+
+
+def shared_inputs(sweep: Sweep, folder: SweepFolder, data_ref, finish: dict[str, dict] | None = None) -> dict[str, Any]:
+    """What every trial of the sweep gets (through `tune.with_parameters`, in the object store)."""
+    return {
         "base": sweep.base,
-        "resources": settings.resources.model_dump(),
-        "metric": settings.metric,
-        "data_ref": [ray.put(data)],
+        "resources": sweep.search.resources.model_dump(),
+        "metric": sweep.search.metric,
+        "data_ref": [data_ref],
         "train_storage": folder.train_storage,
         "event_log": str(folder.file(folder.EVENTS)),
         "fault_file": os.environ.get(FAULT_FILE_ENV),
+        "finish": finish or {},
     }
-    trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"cpu": TRIAL_CPU})
-    search_alg = ConcurrencyLimiter(make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring), max_concurrent=max_concurrent or settings.max_concurrent)
+
+
+def _trainable(sweep: Sweep, shared: dict[str, Any]):
+    return tune.with_resources(tune.with_parameters(run_trial, shared=shared), trial_resources(sweep))
+
+
+def make_tuner(sweep: Sweep, folder: SweepFolder, shared: dict[str, Any], callbacks: list, restoring: bool, max_concurrent: int):
+    """The search's Tuner for a new sweep, or the restored Tuner of an interrupted one."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    settings = sweep.search
+    trainable = _trainable(sweep, shared)
+    search_alg = ConcurrencyLimiter(make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring), max_concurrent=max_concurrent)
     scheduler = _scheduler(settings.scheduler, settings.folds)
-    callbacks = [WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb)]
     if restoring:
         tuner = tune.Tuner.restore(folder.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
         _replace_pickled_parts(tuner, search_alg, scheduler, callbacks)
         return tuner
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode=settings.mode, search_alg=search_alg, scheduler=scheduler, num_samples=settings.num_trials),
-        run_config=tune.RunConfig(
-            name=folder.name,
-            storage_path=folder.experiment.rsplit("/", 1)[0],
-            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=callbacks,
-            verbose=1,
-        ),
+        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode=settings.mode, search_alg=search_alg, scheduler=scheduler, num_samples=settings.num_trials, reuse_actors=in_actor(sweep)),
+        run_config=_run_config(sweep, folder.name, folder.experiment.rsplit("/", 1)[0], callbacks),
     )
+
+
+def make_finishing_tuner(sweep: Sweep, folder: SweepFolder, shared: dict[str, Any], callbacks: list, trial_ids: list[str], max_concurrent: int):
+    """A Tuner that runs the remaining folds of stopped trials (one Tune trial each, from the
+    stopped trial's last fold checkpoint), kept in the sweep folder's `finish` experiment; an
+    interrupted one is restored."""
+    trainable = _trainable(sweep, shared)
+    path = f"{folder.experiment}/{FINISH_EXPERIMENT}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        internal = tuner._local_tuner  # see _replace_pickled_parts
+        internal.get_run_config().callbacks = callbacks
+        return tuner
+    return tune.Tuner(
+        trainable,
+        param_space={FINISH_KEY: tune.grid_search(trial_ids)},
+        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode=sweep.search.mode, num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=in_actor(sweep)),
+        run_config=_run_config(sweep, FINISH_EXPERIMENT, folder.experiment, callbacks),
+    )
+
+
+def _run_config(sweep: Sweep, name: str, storage_path: str, callbacks: list):
+    return tune.RunConfig(name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures), callbacks=callbacks, verbose=1)
 
 
 def _replace_pickled_parts(tuner, search_alg, scheduler, callbacks) -> None:
     """`Tuner.restore` unpickles the searcher, scheduler and callbacks the sweep started with, which
-    point at the folder where it started; use the ones made for where it is now. The searcher's
-    saved state is still loaded into the new one (`FoldAwareOptunaSearch.restore`); Tune keeps no
-    scheduler state, and the callbacks keep none across a restore. Ray has no public accessor for
-    a restored Tuner's configs (ray-project/ray#41364)."""
+    point at the folder where it started (and hold no terminal); use the ones made for this run.
+    The searcher's saved state is still loaded into the new one (`FoldAwareOptunaSearch.restore`);
+    Tune keeps no scheduler state, and the callbacks keep none across a restore. Ray has no
+    public accessor for a restored Tuner's configs (ray-project/ray#41364)."""
     internal = tuner._local_tuner
     internal._tune_config.search_alg = search_alg
     internal._tune_config.scheduler = scheduler
@@ -105,7 +165,7 @@ def _scheduler(name: str, folds: int):
 
     if name == "asha":
         # max_t one past the last fold: a trial that reaches its last fold ends by itself (a clean
-        # Train teardown) instead of being stopped by the scheduler at the same moment.
+        # teardown) instead of being stopped by the scheduler at the same moment.
         return ASHAScheduler(time_attr="training_iteration", max_t=folds + 1, grace_period=1, reduction_factor=2)
     if name == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)

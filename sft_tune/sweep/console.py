@@ -1,0 +1,177 @@
+"""What a person sees while a sweep runs: one sft-tune progress view, and everything else in the
+sweep folder's log file.
+
+Ray, Tune, Train, transformers and the trials write a lot (status tables, INFO logs, result
+dumps, error-level lines of harmless teardowns). During a sweep this process's stdout and stderr
+go to `SWEEP_DIR/sweep.log` (with `verbose`, to the terminal as well); the terminal shows the
+`ProgressView` lines and sft-tune's own log messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+from ray import tune
+
+from sft_tune.sweep.folder import FINISH_KEY
+
+LOG_FILE = "sweep.log"
+
+
+@contextlib.contextmanager
+def sweep_console(log_path: Path, verbose: bool = False) -> Iterator[TextIO]:
+    """Send file descriptors 1 and 2 (so Ray's processes and this one's prints) to `log_path`, and
+    with `verbose` to the terminal too; yield a stream to the terminal for the progress view."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    log_file = open(log_path, "ab")
+    handler = None
+    if verbose:
+        read_end, write_end = os.pipe()
+        copier = threading.Thread(target=_tee, args=(read_end, log_file, saved[1]), daemon=True)
+        copier.start()
+        target = write_end
+    else:
+        target = log_file.fileno()
+        # sft-tune's own messages still reach the terminal (without verbose they would go only
+        # to the log, with the root logger's handler).
+        handler = logging.StreamHandler(terminal)
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("sft_tune").addHandler(handler)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    try:
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        if verbose:
+            os.close(target)  # the copier ends when no process holds the pipe any more
+        if handler is not None:
+            logging.getLogger("sft_tune").removeHandler(handler)
+        terminal.close()
+        if not verbose:
+            log_file.close()
+
+
+def _tee(read_end: int, log_file, terminal_fd: int) -> None:
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            log_file.write(chunk)
+            log_file.flush()
+            try:
+                os.write(terminal_fd, chunk)
+            except OSError:
+                pass  # the terminal went away; the log keeps everything
+
+
+class ProgressView(tune.Callback):
+    """One line per event of the sweep: a trial starts (its parameters), finishes a fold (score,
+    running mean), ends (status); after each, where the sweep stands and an ETA (an upper bound:
+    it assumes every remaining trial runs all its folds, which early stopping shortens)."""
+
+    def __init__(self, num_trials: int, folds: int, metric: str, stream: TextIO | None = None) -> None:
+        self.num_trials, self.folds, self.metric = num_trials, folds, metric
+        self.__setstate__({"num_trials": num_trials, "folds": folds, "metric": metric})
+        self.stream = stream
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the sweep's state: the settings, not the terminal."""
+        return {"num_trials": self.num_trials, "folds": self.folds, "metric": self.metric}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = None
+        self.numbers: dict[str, int] = {}  # sweep trial id -> 1-based number in start order
+        self.status: dict[str, str] = {}
+        self.folds_done = 0
+        self.finish_total = 0  # trials to finish after the search (set by the sweep)
+        self.started = time.monotonic()
+
+    def say(self, line: str) -> None:
+        if self.stream is not None:
+            print(f"[{_clock(time.monotonic() - self.started)}] {line}", file=self.stream, flush=True)
+
+    def _label(self, trial) -> str:
+        key = trial.config.get(FINISH_KEY) or trial.trial_id
+        number = self.numbers.setdefault(key, len(self.numbers) + 1)
+        return f"trial {number} ({key})"
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        if FINISH_KEY in trial.config:
+            self.say(f"{self._label(trial)} finishing: the scheduler stopped it, its partial mean is in the running")
+            return
+        params = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        self.say(f"{self._label(trial)} started: {params or 'base config'}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if "fold" not in result:
+            return
+        self.folds_done += 1
+        self.say(f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} {result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± {result['cv_std']:.4f}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        done = (trial.last_result or {}).get("folds_done", 0)
+        mean = (trial.last_result or {}).get("cv_mean")
+        status = "COMPLETE" if done >= self.folds else "STOPPED"
+        self.status[self._label(trial)] = status
+        score = f": CV {self.metric} {mean:.4f} ± {trial.last_result['cv_std']:.4f}" if mean is not None else ""
+        ended = f"stopped by the scheduler after {done}/{self.folds} folds" if status == "STOPPED" else f"complete ({done} folds)"
+        self.say(f"{self._label(trial)} {ended}{score}")
+        self._where(trials)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.say(f"{self._label(trial)} failed ({_error_line(trial)}); retrying from its last finished fold")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.status[self._label(trial)] = "ERROR"
+        self.say(f"{self._label(trial)} ERROR: {_error_line(trial)}")
+        self._where(trials)
+
+    def _where(self, trials: list) -> None:
+        ended = len(self.status)
+        counts = ", ".join(f"{sum(s == status for s in self.status.values())} {status.lower()}" for status in ("COMPLETE", "STOPPED", "ERROR") if status in self.status.values())
+        elapsed = time.monotonic() - self.started
+        total = self.num_trials + self.finish_total
+        left = max(total - ended, 0)
+        eta = ""
+        if left and self.folds_done:
+            per_fold = elapsed / self.folds_done
+            eta = f", ETA at most {_clock(per_fold * left * self.folds)}"
+        self.say(f"sweep: {ended}/{total} trials ended ({counts}), {self.folds_done} folds trained in {_clock(elapsed)}{eta}")
+
+
+def _error_line(trial) -> str:
+    """The exception of a failed trial in one line (Ray's error files start with a banner)."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError:
+        return "see the trial's error.txt"
+    found = [line for line in lines if ":" in line and line.split(":", 1)[0].replace(".", "").isidentifier() and line.split(":", 1)[0].split(".")[-1][:1].isupper()]
+    return found[-1] if found else (lines[-1] if lines else "unknown error")
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(math.ceil(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
