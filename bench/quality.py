@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -314,13 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray
 
-    from sft_tune.sweep.cluster import TRIAL_CPU
-
-    # Each trial holds TRIAL_CPU plus one 1-CPU Train worker: declare room for --concurrent of them,
-    # or the last one's worker group waits for a CPU, times out and the trial errors.
-    logical = max(args.num_cpus or os.cpu_count() or 1, math.ceil(args.concurrent * (1 + TRIAL_CPU)))
-    # The dashboard stays on: Ray Train's placement-group cleaner asks the State API whether a
-    # trial's controller lives; without it, it can take a live run for dead and remove its workers.
+    # Each trial holds its one worker's CPU (it trains in its Tune actor): room for --concurrent of them.
+    logical = max(args.num_cpus or os.cpu_count() or 1, args.concurrent)
     ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         for seed in args.seeds:  # seed-major: every arm of a seed before the next seed (paired)

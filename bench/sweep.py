@@ -85,11 +85,26 @@ def _size(text: str) -> tuple[int, int]:
     return steps, epochs
 
 
+def _overhead(text: str) -> tuple[float, int, float]:
+    try:
+        seconds, trials, goal = text.split(":")
+        value = (float(seconds), int(trials), float(goal))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS:TRIALS:GOAL (e.g. 120:4:1.05), got {text!r}") from None
+    if value[0] <= 0 or value[1] < 1 or value[2] <= 0:
+        raise argparse.ArgumentTypeError(f"SECONDS > 0, TRIALS >= 1 and GOAL > 0 must hold, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=3, help="part 1: trials of the sweep, and configurations trained back to back (default 3)")
-    p.add_argument("--trial-seconds", type=float, default=60.0, help="part 1: target training seconds of one trial, all folds (default 60)")
-    p.add_argument("--asha-trials", type=int, default=8, help="part 2: trials of each of the asha and none sweeps (default 8)")
+    p.add_argument("--overhead", action="append", type=_overhead, default=None, metavar="SECONDS:TRIALS:GOAL",
+                   help="part 1, repeatable: a sweep of TRIALS trials of about SECONDS of training each against the same trials back to back, "
+                   "goal ratio GOAL (default: 120:4:1.05 and 10:8:1.25, the issue's goals; overrides --trials/--trial-seconds)")
+    p.add_argument("--trials", type=int, default=3, help="part 1: trials of the sweep, and configurations trained back to back (default 3; with --trial-seconds, one size, goal 1.05)")
+    p.add_argument("--trial-seconds", type=float, default=None, help="part 1: target training seconds of one trial, all folds (one size instead of the --overhead defaults)")
+    p.add_argument("--asha-trials", type=int, default=16, help="part 2: trials of each of the asha and none sweeps (default 16)")
+    p.add_argument("--asha-sampler", default="random", help="part 2: sampler of both sweeps (default random: the same configurations whatever ASHA stops)")
     p.add_argument("--asha-trial-seconds", type=float, default=10.0, help="part 2: target training seconds of one full trial (default 10)")
     p.add_argument("--size", type=_size, default=None, metavar="STEPS,EPOCHS", help="part 1: fix phase1.steps and phase2.epochs instead of sizing by --trial-seconds")
     p.add_argument("--asha-size", type=_size, default=None, metavar="STEPS,EPOCHS", help="part 2: fix phase1.steps and phase2.epochs instead of sizing by --asha-trial-seconds")
@@ -111,8 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.parts = {int(x) for x in args.parts.split(",") if x.strip()}
     if not args.parts <= {1, 2} or not args.parts:
         p.error("--parts takes 1, 2 or 1,2")
-    if args.trials < 1 or args.asha_trials < 1 or args.trial_seconds <= 0 or args.asha_trial_seconds <= 0:
+    if args.trials < 1 or args.asha_trials < 1 or (args.trial_seconds is not None and args.trial_seconds <= 0) or args.asha_trial_seconds <= 0:
         p.error("--trials, --asha-trials >= 1 and the trial seconds > 0")
+    if args.overhead is None:
+        args.overhead = [(args.trial_seconds, args.trials, 1.05)] if args.trial_seconds is not None else [(120.0, 4, 1.05), (10.0, 8, 1.25)]
     if args.folds < 2 or (2 in args.parts and args.folds < 3):
         p.error("--folds must be >= 2, and >= 3 for part 2 (ASHA needs folds to stop between)")
     if not 0.0 <= args.phase1_share < 1.0:
@@ -396,7 +413,7 @@ def plan(cal: dict[str, float], seconds: float, folds: int, share: float, fixed:
 # ----------------------------------------------------------------------------- sweeps
 
 
-def write_space(folder: Path, name: str, base: dict, params: dict, args: argparse.Namespace, scheduler: str, trials: int) -> Path:
+def write_space(folder: Path, name: str, base: dict, params: dict, args: argparse.Namespace, scheduler: str, trials: int, sampler: str | None = None) -> Path:
     import yaml
 
     space = {
@@ -408,7 +425,7 @@ def write_space(folder: Path, name: str, base: dict, params: dict, args: argpars
             "mode": "max",
             "num_trials": trials,
             "max_concurrent": 1,
-            "sampler": args.sampler,
+            "sampler": sampler or args.sampler,
             "scheduler": scheduler,
             "folds": args.folds,
             "seed": args.seed,
@@ -458,11 +475,11 @@ def in_start_order(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     for event in sweep["events"]:
         if event["event"] == "start":
             first.setdefault(event["trial_id"], event["time"])
-    return sorted(sweep["result"].trials, key=lambda t: (first.get(t["trial_id"], math.inf), t["trial_id"]))
+    return sorted(sweep["result"].trials, key=lambda t: (first.get(t.trial_id, math.inf), t.trial_id))
 
 
-def trial_params(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k.removeprefix("param:"): v for k, v in t.items() if k.startswith("param:")} for t in trials]
+def trial_params(trials: list) -> list[dict[str, Any]]:
+    return [dict(t.params) for t in trials]
 
 
 def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -506,24 +523,30 @@ def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
 
 
 def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
+    """Part 1 at each --overhead size, in turn."""
+    FIGURES["part1"] = []
+    return [line for seconds, trials, target in args.overhead for line in overhead(args, setup, cal, folder, log, seconds, trials, target)]
+
+
+def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_trials: int, target: float) -> list[str]:
     from sft_tune.sweep.results import format_table
 
-    steps, epochs, predicted = plan(cal, args.trial_seconds, args.folds, args.phase1_share, args.size)
+    steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share, args.size)
     base = sized(setup["base"], steps, epochs)
-    space = write_space(folder, "overhead", base, setup["params"], args, "none", args.trials)
-    say("", f"== part 1: sweep overhead: {args.trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
-        f"(predicted {predicted:.1f} s of training per trial) ==")
+    space = write_space(folder, f"overhead-{trial_seconds:g}s", base, setup["params"], args, "none", n_trials)
+    say("", f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
+        f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target}) ==")
     say("   running the sweep (run_search) ...")
-    sweep = run_sweep(space, folder / "cache-overhead-sweep", log, args)
+    sweep = run_sweep(space, folder / f"cache-overhead-{trial_seconds:g}s-sweep", log, args)
     result = sweep["result"]
     say(format_table(result), f"   sweep: {sweep['seconds']:.1f} s; {busy(sweep)}")
-    bad = [t for t in result.trials if t["status"] != "COMPLETE"]
+    bad = [t for t in result.trials if t.status != "COMPLETE"]
     if bad:
-        say(f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t['status'] for t in bad)}): the comparison is not like for like")
+        say(f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t.status.value for t in bad)}): the comparison is not like for like")
     trials = in_start_order(sweep)
     configs = trial_params(trials)
     say("   training the same configurations back to back in this process ...")
-    plain = back_to_back(space, configs, folder / "cache-overhead-plain", log, args)
+    plain = back_to_back(space, configs, folder / f"cache-overhead-{trial_seconds:g}s-plain", log, args)
     say(f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}")
     split = breakdown(sweep)
     n = len(configs)
@@ -533,37 +556,38 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
     ]
     if split:
         rows += [
-            ["  sweep, inside the Train workers' loops (model load + folds)", f"{sum(split['inside']):.1f}", f"{statistics.fmean(split['inside']):.1f}"],
-            ["  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trainer start)", f"{split['head']:.1f}", ""],
-            ["  sweep, between trials (trainer end + next trainer start)", f"{sum(split['gaps']):.1f}", f"{statistics.fmean(split['gaps']):.1f}" if split["gaps"] else ""],
-            ["  sweep, after the last trial's loop (trainer end, results, ray.shutdown)", f"{split['tail']:.1f}", ""],
+            ["  sweep, inside the trials' fold loops (model load + folds)", f"{sum(split['inside']):.1f}", f"{statistics.fmean(split['inside']):.1f}"],
+            ["  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trial actor)", f"{split['head']:.1f}", ""],
+            ["  sweep, between trials (last fold's report to the next trial's start)", f"{sum(split['gaps']):.1f}", f"{statistics.fmean(split['gaps']):.1f}" if split["gaps"] else ""],
+            ["  sweep, after the last trial's loop (results, ray.shutdown)", f"{split['tail']:.1f}", ""],
             ["  back to back, cross_validate only (model load + folds)", f"{sum(plain['per_config']):.1f}", f"{statistics.fmean(plain['per_config']):.1f}"],
             ["  back to back, prepare_sweep_data", f"{plain['prep']:.1f}", ""],
         ]
     ratio = sweep["seconds"] / plain["seconds"]
-    scores = [[t["trial_id"], f"{t['cv_mean']:.4f}" if t["cv_mean"] is not None else "-", f"{s:.4f}", f"{p:.1f}", f"{i:.1f}" if split and k < len(split["inside"]) else "-"]
+    scores = [[t.trial_id, f"{t.cv_mean:.4f}" if t.cv_mean is not None else "-", f"{s:.4f}", f"{p:.1f}", f"{i:.1f}" if split and k < len(split["inside"]) else "-"]
               for k, (t, s, p, i) in enumerate(zip(trials, plain["scores"], plain["per_config"], (split or {}).get("inside", [0.0] * n) + [0.0] * n))]
     say("", table(["configuration", "sweep cv", "plain cv", "plain s", "in-worker s"], scores))
     say("", table(["part 1 (wall seconds)", "total", "per trial"], rows))
     fixed = (sweep["seconds"] - sum(split["inside"])) / n if split else float("nan")
     lines = [
-        f"RATIO sweep / back-to-back = {ratio:.3f}: {goal(ratio, 1.05, '.3f')}",
+        f"RATIO sweep / back-to-back = {ratio:.3f} at {statistics.fmean(plain['per_config']):.1f}-s trials: {goal(ratio, target, '.3f')}",
         f"   trial length got: {statistics.fmean(plain['per_config']):.1f} s of training per configuration in the plain process "
-        f"(target {args.trial_seconds:.0f} s), {sweep['seconds'] / n:.1f} s of sweep wall time per trial; "
+        f"(target {trial_seconds:.0f} s), {sweep['seconds'] / n:.1f} s of sweep wall time per trial; "
         f"sweep time outside the workers' loops: {fixed:.1f} s per trial",
     ]
     if split:
         inside_ratio = sum(split["inside"]) / sum(plain["per_config"])
-        lines.append(f"   inside the workers' loops / plain cross_validate = {inside_ratio:.3f} (the per-step cost of training under Ray Train, 1 worker)")
-        if ratio > 1.05:
-            need = (fixed * n) / (0.05 * n) if fixed > 0 else float("nan")
-            lines.append(f"   at this fixed cost per trial, 1.05 needs about {need:.0f} s of training per trial (if the in-worker speed matched the plain process)")
+        lines.append(f"   inside the trials' loops / plain cross_validate = {inside_ratio:.3f} (the per-step cost of training in a trial actor, 1 worker)")
+        if split["gaps"]:
+            lines.append(f"GAP between trials (after the first): mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s: {goal(max(split['gaps']), 1.0, '.2f', ' s')}")
     say("", *lines)
-    FIGURES["part1"] = {"trials": n, "sweep_seconds": sweep["seconds"], "plain_seconds": plain["seconds"], "ratio": ratio, "goal": 1.05,
+    FIGURES["part1"].append({"trials": n, "sweep_seconds": sweep["seconds"], "plain_seconds": plain["seconds"], "ratio": ratio, "goal": target,
+                        "gap_mean": statistics.fmean(split["gaps"]) if split and split["gaps"] else None, "gap_max": max(split["gaps"]) if split and split["gaps"] else None,
                         "training_per_config": statistics.fmean(plain["per_config"]), "fixed_per_trial": fixed,
                         "inside_ratio": sum(split["inside"]) / sum(plain["per_config"]) if split else None,
-                        "others_sweep": sweep["others"], "others_plain": plain["others"], "incomplete_trials": len(bad)}
-    return [f"part 1: sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, 1.05, '.3f')}); "
+                        "others_sweep": sweep["others"], "others_plain": plain["others"], "incomplete_trials": len(bad)})
+    gaps = f"gaps between trials mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s; " if split and split["gaps"] else ""
+    return [f"part 1 ({trial_seconds:g}-s trials): sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, target, '.3f')}); {gaps}"
             f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops; "
             f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back to back)"]
 
@@ -573,11 +597,11 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
 
     steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size)
     base = sized(setup["base"], steps, epochs)
-    say("", f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.sampler} seed {args.seed}, "
+    say("", f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {args.seed}, "
         f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==")
     runs = {}
     for scheduler in ("asha", "none"):
-        space = write_space(folder, f"sched-{scheduler}", base, setup["params"], args, scheduler, args.asha_trials)
+        space = write_space(folder, f"sched-{scheduler}", base, setup["params"], args, scheduler, args.asha_trials, args.asha_sampler)
         say(f"   running the {scheduler} sweep ...")
         runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}", log, args)
         say(f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; {busy(runs[scheduler])}", format_table(runs[scheduler]["result"]))
@@ -587,10 +611,11 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
         trials = result.trials
         best = result.best["cv_mean"] if result.best else float("nan")
         stats[scheduler] = {
-            "folds": sum(t["folds_done"] for t in trials),
+            "folds": sum(t.folds_done for t in trials),
             "seconds": run["seconds"],
             "best": best,
-            "statuses": {s: sum(t["status"] == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN") if any(t["status"] == s for t in trials)},
+            "statuses": {s: sum(t.status == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN") if any(t.status == s for t in trials)},
+            "finished_after_stop": sum(t.finished_after_stop for t in trials),
         }
     a, n = stats["asha"], stats["none"]
     same = trial_params(in_start_order(runs["asha"])) == trial_params(in_start_order(runs["none"]))
@@ -600,13 +625,13 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
     wall_ratio = a["seconds"] / n["seconds"]
     diff = (n["best"] - a["best"]) * 100
     say("",
-        f"RATIO asha / none, compute (folds trained) = {fold_ratio:.1%}: {goal(fold_ratio * 100, 50, '.1f', ' %')}",
-        f"RATIO asha / none, wall time = {wall_ratio:.1%}: {goal(wall_ratio * 100, 50, '.1f', ' %')}",
-        f"BEST CV: asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} macro-F1 points; none - asha = {diff:+.2f} points: {goal(diff, 0.5, '.2f', ' points')}",
+        f"RATIO asha / none, compute (folds trained, with the {a['finished_after_stop']} stopped trial(s) finished before selection) = {fold_ratio:.1%}: {goal(fold_ratio * 100, 60, '.1f', ' %')}",
+        f"RATIO asha / none, wall time = {wall_ratio:.1%}",
+        f"BEST CV (complete CV of the chosen configuration): asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} macro-F1 points; none - asha = {diff:+.2f} points: {goal(diff, 0.5, '.2f', ' points')}",
         f"   both sweeps sampled the same {args.asha_trials} configurations in the same order: {'yes' if same else 'NO (the sampler saw different results)'}")
     FIGURES["part2"] = {"trials": args.asha_trials, "folds": args.folds, "asha_folds": a["folds"], "none_folds": n["folds"], "fold_ratio": fold_ratio,
                         "asha_seconds": a["seconds"], "none_seconds": n["seconds"], "wall_ratio": wall_ratio, "best_asha": a["best"], "best_none": n["best"],
-                        "best_diff_points": diff, "same_configs": same, "statuses": {k: v["statuses"] for k, v in stats.items()},
+                        "best_diff_points": diff, "same_configs": same, "statuses": {k: v["statuses"] for k, v in stats.items()}, "finished_after_stop": a["finished_after_stop"], "fold_goal": 0.6,
                         "others_asha": runs["asha"]["others"], "others_none": runs["none"]["others"]}
     return [f"part 2: asha/none compute {a['folds']}/{n['folds']} folds = {fold_ratio:.1%}, wall {a['seconds']:.0f}/{n['seconds']:.0f} s = {wall_ratio:.1%}; "
             f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points); "
