@@ -120,8 +120,9 @@ def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_t
     assert runs[0].summary["status"] == "COMPLETE" and runs[0].summary["finished_after_stop"] is True
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_bert, toy_files):
-    space = write_space(tmp_path, tiny_bert, toy_files, "resume", num_trials=2, scheduler="none")
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-actor", "ddp"])
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_bert, toy_files, workers):
+    space = write_space(tmp_path, tiny_bert, toy_files, "resume", num_trials=2, scheduler="none", resources={"workers": workers, "cpus_per_worker": 1 / workers})
     folder = tmp_path / "sweeps" / "resume"
     env = {**os.environ, "RAY_ADDRESS": ""}
     driver = subprocess.Popen([sys.executable, "-m", "sft_tune", "search", "--space", str(space)], cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

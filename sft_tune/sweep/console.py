@@ -21,7 +21,7 @@ from typing import Any, Iterator, TextIO
 
 from ray import tune
 
-from sft_tune.sweep.folder import FINISH_KEY
+from sft_tune.sweep.folder import FINISH_KEY, new_fold
 
 LOG_FILE = "sweep.log"
 
@@ -121,7 +121,7 @@ class ProgressView(tune.Callback):
         self.say(f"{self._label(trial)} started: {params or 'base config'}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        if "fold" not in result:
+        if not new_fold(result):
             return
         self.folds_done += 1
         self.say(f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} {result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± {result['cv_std']:.4f}")

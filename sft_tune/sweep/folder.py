@@ -23,6 +23,7 @@ HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the drive
 # The Tune config key of a trial that finishes a stopped one: the stopped trial's id.
 FINISH_KEY = "finish_trial"
 FINISH_EXPERIMENT = "finish"  # the Tune experiment inside the sweep folder that finishes stopped trials
+REPLAYED = "replayed"  # marks a result a restored trial reports again (its fold was already logged)
 
 
 class SweepFolder:
@@ -137,6 +138,11 @@ class SweepFolder:
         """Raise the input error of a folder that is not a finished sweep."""
         if not self.holds_sweep() or not self.file(self.TRIALS_JSON).is_file():
             raise fail("SWEEP_DIR", str(self.path), f"must be a sweep folder with {self.SNAPSHOT} and {self.TRIALS_JSON}", f"pass the folder printed by `sft-tune search` (storage_path/name) to {what}")
+
+
+def new_fold(result: dict[str, Any]) -> bool:
+    """Whether a Tune result is a fold finished now (not one a restored trial hands back again)."""
+    return "fold" in result and not result.get(REPLAYED)
 
 
 def fold_checkpoint(trial_path: str | None, metrics: dict[str, Any]) -> str | None:

@@ -32,7 +32,7 @@ from sft_tune.data import SequenceView, TokenArray, text_hashes, tokenize
 from sft_tune.model import load_model, load_tokenizer
 from sft_tune.run import read_data
 from sft_tune.splits import make_folds, split_validation
-from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, EventLog
+from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
 from sft_tune.tasks import get_task
 from sft_tune.train import FitData, Runtime, evaluate, fit, lm_selection, seed_everything, uses_bf16
 
@@ -221,7 +221,9 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
     saved = place.saved() or {"scores": [], "metrics": None}
     scores = saved["scores"]
     if len(scores) >= len(data.folds):
-        place.report(saved["metrics"], None)  # every fold finished before: hand the final result again
+        # Every fold finished before (a restored trial whose last fold was checkpointed): hand Tune
+        # the final result again, marked so that no callback counts that fold twice.
+        place.report({**saved["metrics"], REPLAYED: True}, None)
         return
     rt = Runtime(device=place.device, bf16=uses_bf16(config, place.device), rank=place.rank, world_size=place.world_size, progress=False, wrap=place.wrap)
     events = EventLog(job.get("event_log"), job["trial_id"], enabled=place.rank == 0)

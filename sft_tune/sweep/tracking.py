@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from sft_tune.sweep.folder import FINISH_KEY, HISTORY_FILE, SweepFolder, fold_checkpoint
+from sft_tune.sweep.folder import FINISH_KEY, HISTORY_FILE, SweepFolder, fold_checkpoint, new_fold
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class WandbTrialCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         key = self.trial_of(trial)
         run = self.runs.get(key)
-        if run is None or "fold" not in result:
+        if run is None or not new_fold(result):
             return
         fold = result["fold"]
         for record in read_history(fold_checkpoint(trial.path, result)):

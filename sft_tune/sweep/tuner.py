@@ -19,7 +19,7 @@ from ray import tune
 from sft_tune.config import parse_config
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
-from sft_tune.sweep.folder import FINISH_EXPERIMENT, FINISH_KEY, EventLog, SweepFolder
+from sft_tune.sweep.folder import FINISH_EXPERIMENT, FINISH_KEY, EventLog, SweepFolder, new_fold
 from sft_tune.sweep.folds import FAULT_FILE_ENV, ddp_worker, run_in_actor
 from sft_tune.sweep.searcher import TUNE_METRIC, make_searcher
 
@@ -83,7 +83,7 @@ class FoldEvents(tune.Callback):
         self.folder = folder
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        if "fold" in result:
+        if new_fold(result):
             trial_id = result.get("sweep_trial_id") or trial.trial_id
             EventLog(str(self.folder.file(self.folder.EVENTS)), trial_id, enabled=True).write("fold", fold=result["fold"], score=result["fold_score"], trial_pid=result.get("pid"))
 
