@@ -152,3 +152,26 @@ def test_contenders_are_stopped_trials_that_reach_the_best_complete_mean_and_eac
     # One arm only: no arm rule.
     one_arm = [_trial("a", 100, 0.70), _trial("e", 100, 0.50, status="STOPPED", folds=1)]
     assert contenders(_sweep(steps=100), one_arm) == []
+
+
+def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped_and_nothing_is_finished(tmp_path):
+    """Ctrl-C (or a killed driver) leaves a trial with some folds and no end event: it is
+    INTERRUPTED, the search did not end, and no stopped trial is finished before a resume."""
+    from types import SimpleNamespace
+
+    from sft_tune.sweep.folder import EventLog, SweepFolder
+    from sft_tune.sweep.results import collect, search_ended
+
+    folder = SweepFolder(tmp_path / "sweep")
+    folder.path.mkdir()
+    EventLog(str(folder.file(folder.EVENTS)), "stopped", enabled=True).write("end", status="STOPPED")
+
+    def result(trial_id, folds, steps):
+        metrics = {"sweep_trial_id": trial_id, "folds_done": folds, "cv_mean": 0.5, "cv_std": 0.0, "fold_scores": "[0.5]"}
+        return SimpleNamespace(metrics=metrics, config={"phase1.steps": steps}, error=None, path=str(tmp_path / trial_id))
+
+    sweep = _sweep()
+    sweep.search.folds, sweep.search.num_trials = 3, 3
+    trials = {t.trial_id: t for t in collect(sweep, folder, [result("done", 3, 0), result("stopped", 1, 50), result("cut", 1, 50)])}
+    assert (trials["done"].status, trials["stopped"].status, trials["cut"].status) == ("COMPLETE", "STOPPED", "INTERRUPTED")
+    assert not search_ended(sweep, list(trials.values()))

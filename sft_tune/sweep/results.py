@@ -23,6 +23,7 @@ class Status(str, Enum):
     COMPLETE = "COMPLETE"  # every fold trained and scored
     STOPPED = "STOPPED"  # stopped early by the scheduler after some folds
     ERROR = "ERROR"  # failed (after its retries)
+    INTERRUPTED = "INTERRUPTED"  # the sweep stopped (Ctrl-C, a killed driver) while it ran: resume to go on
     NOT_RUN = "NOT RUN"  # never reported a fold (e.g. the sweep was interrupted first)
 
 
@@ -72,13 +73,21 @@ class SweepResult:
 def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
     """Trial records from a Tune ResultGrid (one entry per Tune trial), sorted by trial id."""
     events = folder.events()
+    ended = {e["trial_id"]: e["status"] for e in events if e["event"] == "end"}  # the last end of each trial
     trials = []
     for result in results:
         metrics = result.metrics or {}
         # Tune fills in its own `trial_id`; a trial that finishes a stopped one reports that one's id.
         trial_id = metrics.get("sweep_trial_id") or metrics.get("trial_id") or _trial_id_from_path(result.path)
         done = int(metrics.get("folds_done", 0))
-        status = Status.ERROR if result.error else Status.COMPLETE if done >= sweep.search.folds else Status.STOPPED if done else Status.NOT_RUN
+        if result.error:
+            status = Status.ERROR
+        elif done >= sweep.search.folds:
+            status = Status.COMPLETE
+        elif done:  # stopped by the scheduler, or cut short by the end of the sweep's driver
+            status = Status.STOPPED if ended.get(trial_id) == Status.STOPPED.value else Status.INTERRUPTED
+        else:
+            status = Status.NOT_RUN
         trials.append(Trial(
             trial_id=trial_id,
             status=status,
@@ -94,6 +103,12 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
             process_model_loads=metrics.get("process_model_loads", 0),
         ))
     return sorted(trials, key=lambda t: t.trial_id)
+
+
+def search_ended(sweep: Sweep, trials: list[Trial]) -> bool:
+    """Whether every trial of the search ran to its end (none interrupted, none left to run)."""
+    ended = [t for t in trials if t.status not in (Status.NOT_RUN, Status.INTERRUPTED)]
+    return len(ended) == len(trials) and len(ended) >= sweep.search.num_trials
 
 
 def _trial_id_from_path(path: str) -> str:
@@ -198,7 +213,7 @@ def _arm_counts(group: list[Trial]) -> dict[str, int]:
 
 def _describe(counts: dict[str, int]) -> str:
     parts = [f"{counts['trials']} sampled"]
-    parts += [f"{counts[key]} {key.replace('_', ' ')}" for key in ("complete", "stopped", "error", "not_run") if counts[key]]
+    parts += [f"{counts[key]} {key.replace('_', ' ')}" for key in ("complete", "stopped", "error", "interrupted", "not_run") if counts[key]]
     if counts["finished_after_stop"]:
         parts.append(f"{counts['finished_after_stop']} of the complete ones finished after the scheduler stopped them")
     return ", ".join(parts)
@@ -212,7 +227,7 @@ def summarize(sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenizati
     best = best_trial(sweep, trials)
     states = optuna_states(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage))
     passes = tokenization_passes + sum(t.worker_tokenization_passes for t in trials)
-    complete = sum(t.status is not Status.NOT_RUN for t in trials) >= sweep.search.num_trials
+    complete = search_ended(sweep, trials)
     verdict = phase1_verdict(sweep, trials)
     _write_trials(folder, trials)
     if best is not None:

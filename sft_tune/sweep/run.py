@@ -20,7 +20,7 @@ from sft_tune.space import Sweep, load_space
 from sft_tune.sweep.cluster import concurrency, start_ray
 from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import Status, SweepResult, Trial, collect, contenders, summarize
+from sft_tune.sweep.results import Status, SweepResult, Trial, collect, contenders, search_ended, summarize
 from sft_tune.sweep.searcher import record_finished
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,17 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
 def _search(sweep: Sweep, folder: SweepFolder, data_ref, restoring: bool, use_wandb: bool, terminal, remote: bool) -> list[Trial]:
     """The search experiment, then the one that finishes the stopped contenders: the trials."""
     from sft_tune.sweep.tracking import WandbTrialCallback
-    from sft_tune.sweep.tuner import FoldEvents, make_finishing_tuner, make_tuner, shared_inputs
+    from sft_tune.sweep.tuner import TrialEvents, make_finishing_tuner, make_tuner, shared_inputs
 
     settings = sweep.search
-    wandb = WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb)
+    wandb = WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb, log_every=sweep.base_config.log_every)
     progress = ProgressView(settings.num_trials, settings.folds, settings.metric, terminal)
-    callbacks = [FoldEvents(folder), wandb, progress]  # the same in both experiments; Tune appends its own to the list it gets, so each gets a copy
+    callbacks = [TrialEvents(folder, settings.folds), wandb, progress]  # the same in both experiments; Tune appends its own to the list it gets, so each gets a copy
     at_once = concurrency(sweep, remote)
     try:
         trials = collect(sweep, folder, make_tuner(sweep, folder, shared_inputs(sweep, folder, data_ref), list(callbacks), restoring, at_once).fit())
-        chosen = [t for t in contenders(sweep, trials) if t.status is Status.STOPPED]
+        # Only after a search that ended: an interrupted one is resumed first (--resume).
+        chosen = contenders(sweep, trials) if search_ended(sweep, trials) else []
         if chosen:
             progress.finish_total = len(chosen)
             progress.say(f"finishing {len(chosen)} stopped trial(s) before choosing the best: " + ", ".join(f"{t.trial_id} (mean {t.cv_mean:.4f} after {t.folds_done} folds)" for t in chosen))

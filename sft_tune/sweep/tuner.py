@@ -75,17 +75,27 @@ def _run_ddp(job: dict[str, Any], resources: dict[str, Any], storage: str, tune_
     trainer.fit()
 
 
-class FoldEvents(tune.Callback):
+class TrialEvents(tune.Callback):
     """Tune callback: each fold result, as the driver receives it (so after its checkpoint is
-    persisted), appended to events.jsonl; the trials themselves log their starts."""
+    persisted), and each trial's end with its status, appended to events.jsonl (the trials
+    themselves log their starts). A trial cut short by the end of the driver has no end."""
 
-    def __init__(self, folder: SweepFolder) -> None:
-        self.folder = folder
+    def __init__(self, folder: SweepFolder, folds: int) -> None:
+        self.folder, self.folds = folder, folds
+
+    def _log(self, trial, event: str, **fields: Any) -> None:
+        EventLog(str(self.folder.file(self.folder.EVENTS)), trial.config.get(FINISH_KEY) or trial.trial_id, enabled=True).write(event, **fields)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if new_fold(result):
-            trial_id = result.get("sweep_trial_id") or trial.trial_id
-            EventLog(str(self.folder.file(self.folder.EVENTS)), trial_id, enabled=True).write("fold", fold=result["fold"], score=result["fold_score"], trial_pid=result.get("pid"))
+            self._log(trial, "fold", fold=result["fold"], score=result["fold_score"], trial_pid=result.get("pid"))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        done = (trial.last_result or {}).get("folds_done", 0)
+        self._log(trial, "end", status="COMPLETE" if done >= self.folds else "STOPPED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._log(trial, "end", status="ERROR")
 
 
 def shared_inputs(sweep: Sweep, folder: SweepFolder, data_ref, finish: dict[str, dict] | None = None) -> dict[str, Any]:
