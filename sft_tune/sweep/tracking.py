@@ -4,6 +4,7 @@ Logging happens on the driver, from the results that rank 0 of each trial report
 passes on rank 0's report), so exactly one writer per trial exists whatever the number of DDP
 workers. Per-step losses travel in each fold's checkpoint (`history.jsonl`).
 
+Per-step losses go to W&B every `log_every` steps (and each phase's last step).
 W&B is offline unless the user configured it online (`WANDB_MODE`). It never crashes or stalls a
 sweep: the first failure is warned about once and W&B is off for the rest of the process.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,13 @@ def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
         return []
 
 
+def every_nth_step(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The records of every n-th step of each phase, and of each phase's last step: W&B's rows
+    cost CPU that a 2-core machine's training shares (history.jsonl keeps every step)."""
+    last = {record["phase"]: record["step"] for record in records}
+    return [r for r in records if r["step"] % n == 0 or r["step"] == last[r["phase"]]]
+
+
 def step_metrics(record: dict[str, Any]) -> dict[str, float]:
     """W&B keys of one step record: phase<k>/loss, lm_loss, task_loss, lr (NaN parts left out)."""
     prefix = f"phase{record['phase']}"
@@ -89,33 +99,89 @@ def step_metrics(record: dict[str, Any]) -> dict[str, float]:
 class WandbTrialCallback(tune.Callback):
     """Tune callback: a W&B run per trial with params, per-step losses, fold metrics, CV and status.
 
-    A trial the scheduler stops keeps its run open until the sweep ends (`close`): if the sweep
-    finishes it before selection (a second Tune trial that carries its id under FINISH_KEY), the
-    remaining folds go to the same run, so each trial has one run however it ran."""
+    Every W&B call runs, in order, on the callback's own thread: Tune hands a trial its next step
+    only after the callbacks saw its last result, so W&B (thousands of per-step rows per fold)
+    must not hold up the driver loop. A trial the scheduler stops keeps its run open until the
+    sweep ends (`close`): if the sweep finishes it before selection (a second Tune trial that
+    carries its id under FINISH_KEY), the remaining folds go to the same run, so each trial has one
+    run however it ran."""
 
-    def __init__(self, project: str, group: str, folder: SweepFolder, params: list[str], folds: int, enabled: bool = True) -> None:
+    def __init__(self, project: str, group: str, folder: SweepFolder, params: list[str], folds: int, enabled: bool = True, log_every: int = 1) -> None:
         self.enabled = enabled
-        self.project, self.group, self.folder, self.params, self.folds = project, group, folder, params, folds
+        self.project, self.group, self.folder, self.params, self.folds, self.log_every = project, group, folder, params, folds, log_every
         self.__setstate__(self.__getstate__())
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the sweep's state: the settings, no open run."""
-        return {k: getattr(self, k) for k in ("enabled", "project", "group", "folder", "params", "folds")}
+        return {k: getattr(self, k) for k in ("enabled", "project", "group", "folder", "params", "folds", "log_every")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.wandb = Wandb(self.enabled)
+        # Touched only on the W&B thread:
         self.runs: dict[str, Any] = {}  # sweep trial id -> open run of a running trial
         self.stopped: dict[str, Any] = {}  # sweep trial id -> open run of a trial the scheduler stopped
         self.steps: dict[str, int] = {}
+        self._jobs: queue.Queue | None = None
 
     @staticmethod
     def trial_of(trial) -> str:
         """The sweep's id of a Tune trial (a finishing trial carries the stopped one's id)."""
         return trial.config.get(FINISH_KEY) or trial.trial_id
 
+    # -- Tune's hooks: each hands its work to the W&B thread -----------------------------------
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        key = self.trial_of(trial)
+        config = {k: v for k, v in trial.config.items() if k in self.params}
+        self._submit(self._start, self.trial_of(trial), config, FINISH_KEY in trial.config)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        if new_fold(result):
+            self._submit(self._fold, self.trial_of(trial), fold_checkpoint(trial.path, result), dict(result))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._submit(self._complete, self.trial_of(trial), (trial.last_result or {}).get("folds_done", 0))
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._submit(self._finish, self.trial_of(trial), "FAILED", 1)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._submit(self._recover, self.trial_of(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._submit(self._interrupt)
+        self._drain()
+
+    def close(self) -> None:
+        """End the runs of stopped trials that were not finished (the sweep is over)."""
+        self._submit(self._close_stopped)
+        self._drain()
+
+    # -- the W&B thread ------------------------------------------------------------------------
+
+    def _submit(self, job, *args: Any) -> None:
+        if not self.wandb.active:
+            return
+        if self._jobs is None:
+            self._jobs = queue.Queue()
+            threading.Thread(target=self._work, args=(self._jobs,), name="sft-tune-wandb", daemon=True).start()
+        self._jobs.put((job, args))
+
+    def _work(self, jobs: queue.Queue) -> None:
+        while True:
+            job, args = jobs.get()
+            try:
+                job(*args)
+            except Exception as err:  # never let W&B stop the sweep (Wandb.call guards W&B's own calls)
+                log.warning("W&B record skipped (%s: %s)", type(err).__name__, err)
+            finally:
+                jobs.task_done()
+
+    def _drain(self) -> None:
+        if self._jobs is not None:
+            self._jobs.join()
+
+    def _start(self, key: str, config: dict[str, Any], finishing: bool) -> None:
         if key in self.runs or not self.wandb.active:
             return
         if key in self.stopped:
@@ -123,21 +189,18 @@ class WandbTrialCallback(tune.Callback):
             self.wandb.call("summary", run.summary.update, {"finished_after_stop": True})
             return
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        finishing = FINISH_KEY in trial.config  # its run was closed by an earlier driver: a run of its own
-        run_id = f"{self.group}-{key}" + ("-finish" if finishing else "")
-        config = {k: v for k, v in trial.config.items() if k in self.params}
+        run_id = f"{self.group}-{key}" + ("-finish" if finishing else "")  # a finishing trial whose run an earlier driver closed: a run of its own
         run = self.wandb.init(project=self.project, group=self.group, name=key, id=run_id, job_type="trial", config=config, dir=str(self.folder.path), resume="allow")
         if run is not None:
             self.runs[key] = run
             self.steps.setdefault(key, 0)
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        key = self.trial_of(trial)
+    def _fold(self, key: str, checkpoint: str | None, result: dict[str, Any]) -> None:
         run = self.runs.get(key)
-        if run is None or not new_fold(result):
+        if run is None:
             return
         fold = result["fold"]
-        for record in read_history(fold_checkpoint(trial.path, result)):
+        for record in every_nth_step(read_history(checkpoint), self.log_every):
             self.steps[key] += 1
             self.wandb.call("log", run.log, {**step_metrics(record), "fold": fold}, step=self.steps[key])
         folds = {f"fold/{k.removeprefix('fold_metrics/')}": v for k, v in result.items() if k.startswith("fold_metrics/")}
@@ -146,21 +209,17 @@ class WandbTrialCallback(tune.Callback):
         self.wandb.call("log", run.log, summary, step=self.steps[key])
         self.wandb.call("summary", run.summary.update, {"fold_scores": json.loads(result["fold_scores"])})
 
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        done = (trial.last_result or {}).get("folds_done", 0)
+    def _complete(self, key: str, done: int) -> None:
         if done >= self.folds:
-            self._finish(self.trial_of(trial), "COMPLETE", 0)
+            self._finish(key, "COMPLETE", 0)
             return
-        run = self.runs.pop(self.trial_of(trial), None)
+        run = self.runs.pop(key, None)
         if run is not None:  # stopped early: STOPPED unless the sweep finishes it before the end
             self.wandb.call("summary", run.summary.update, {"status": "STOPPED"})
-            self.stopped[self.trial_of(trial)] = run
+            self.stopped[key] = run
 
-    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._finish(self.trial_of(trial), "FAILED", 1)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        run = self.runs.get(self.trial_of(trial))
+    def _recover(self, key: str) -> None:
+        run = self.runs.get(key)
         if run is not None:
             self.wandb.call("summary", run.summary.update, {"retries": run.summary.get("retries", 0) + 1})
 
@@ -171,12 +230,11 @@ class WandbTrialCallback(tune.Callback):
         self.wandb.call("summary", run.summary.update, {"status": status})
         self.wandb.call("finish", run.finish, exit_code=exit_code)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def _interrupt(self) -> None:
         for key in list(self.runs):  # trials still running (e.g. Ctrl-C)
             self._finish(key, "INTERRUPTED", 1)
 
-    def close(self) -> None:
-        """End the runs of stopped trials that were not finished (the sweep is over)."""
+    def _close_stopped(self) -> None:
         for key, run in list(self.stopped.items()):
             self.wandb.call("finish", run.finish, exit_code=0)
             del self.stopped[key]
