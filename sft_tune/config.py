@@ -230,7 +230,7 @@ class RunConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast (GPU only); auto = bf16 on CUDA, fp32 on CPU."
     )
-    log_every: int = Field(10, ge=1, description="Steps between progress lines.")
+    log_every: int = Field(10, ge=1, description="Steps between the per-step loss rows a sweep logs to W&B (each phase's last step too); history.jsonl keeps every step.")
 
 
 

@@ -63,3 +63,12 @@ def test_a_failing_wandb_call_warns_once(caplog):
 
 def test_disabled_wandb_does_nothing():
     assert Wandb(enabled=False).init(project="p") is None
+
+
+def test_per_step_rows_follow_log_every_and_keep_each_phases_last_step():
+    from sft_tune.sweep.tracking import every_nth_step
+
+    records = [{"phase": 1, "step": s} for s in range(1, 8)] + [{"phase": 2, "step": s} for s in range(1, 5)]
+    kept = [(r["phase"], r["step"]) for r in every_nth_step(records, 3)]
+    assert kept == [(1, 3), (1, 6), (1, 7), (2, 3), (2, 4)]
+    assert every_nth_step(records, 1) == records
