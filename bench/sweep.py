@@ -1,25 +1,29 @@
 #!/usr/bin/env python
-"""Sweep benchmark of `sft-tune search`: what Ray Tune + Ray Train cost, and what ASHA saves.
+"""Sweep benchmark of `sft-tune search`: what a sweep costs beyond its training, and what ASHA saves.
 
-    .venv/bin/python bench/sweep.py [--trials N] [--trial-seconds S] [--asha-trials M] ...
+    .venv/bin/python bench/sweep.py [--overhead SECONDS:TRIALS:GOAL ...] [--asha-trials M] ...
 
 Measured in one run:
 
-1. Sweep overhead. The wall time of an N-trial sweep through `sft_tune.sweep.run.run_search`
-   (scheduler none, max_concurrent 1, one Train worker, k folds) against the SAME N
-   configurations (read back from the sweep's result) trained back to back in this one plain
-   process: `prepare_sweep_data` once, then for each configuration
-   `cross_validate(parse_config(with_params(sweep.base, params)), data, metric, Runtime(progress=False))`.
-   The sweep time is the whole `run_search` call: reading and tokenizing the data, `ray.init`
-   (with the dashboard), the Tuner, one TorchTrainer start per trial, the W&B callback (offline,
-   as `run_search` does by default; `--no-wandb` turns it off), writing the results and
-   `ray.shutdown`. Imports are done before either clock starts. The back-to-back time includes
-   `prepare_sweep_data` and the model load of each configuration. Ratio sweep / back-to-back
-   (goal <= 1.05 at trials of about 2 minutes).
-2. ASHA savings. The same search space, sampler and seed run twice, with scheduler asha and with
-   scheduler none (M trials, k >= 3 folds each): compute used = total folds trained (sum of
-   `folds_done`) and wall time, ratios asha / none (goal <= 50%), and the best CV score of each
-   (goal: asha within 0.5 points of none).
+1. Sweep overhead, at each --overhead size (default: 4 trials of about 2 minutes, goal 1.05, and
+   8 trials of about 10 seconds, goal 1.25). The wall time of an N-trial sweep through
+   `sft_tune.sweep.run.run_search` (scheduler none, max_concurrent 1, one worker per trial: each
+   trial trains in its reused Tune trial actor, k folds) against the SAME N configurations (read
+   back from the sweep's result) trained back to back in this one plain process:
+   `prepare_sweep_data` once, then for each configuration `cross_validate(parse_config(
+   with_params(sweep.base, params)), data, metric, Runtime(progress=False), cache=process)`, one
+   `ProcessCache` for all of them (one model load, as in the sweep's reused actor). The sweep
+   time is the whole `run_search` call: reading and tokenizing the data, `ray.init` (with the
+   dashboard), the Tuner, the trial actor, the W&B callback (offline, as `run_search` does by
+   default; `--no-wandb` turns it off), writing the results and `ray.shutdown`. Imports are done
+   before either clock starts. Ratio sweep / back-to-back, and the gap between trials (from one
+   trial's last fold report to the next trial's start, in events.jsonl; goal <= 1 s).
+2. ASHA savings. The same search space, sampler (--asha-sampler, random by default, so both
+   sweeps try the same configurations whatever ASHA stops) and seed run twice, with scheduler
+   asha and with scheduler none (M trials, default 16, k >= 3 folds each): compute used = total
+   folds trained (sum of `folds_done`, stopped trials finished before selection included; goal
+   <= 60%) and wall time, ratios asha / none, and the complete CV of each sweep's chosen
+   configuration (goal: asha within 0.5 points of none).
 
 Trials are sized by compute: the searched parameters (alpha and the two learning rates) do not
 change the number of steps; phase-1 steps and phase-2 epochs are fixed per part so that one
@@ -485,11 +489,12 @@ def trial_params(trials: list) -> list[dict[str, Any]]:
 def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The same configurations in this process: prepare_sweep_data once, cross_validate each."""
     from sft_tune.config import parse_config
-    from sft_tune.sweep.folds import cross_validate, prepare_sweep_data
     from sft_tune.space import load_space, with_params
+    from sft_tune.sweep.folds import ProcessCache, cross_validate, prepare_sweep_data
     from sft_tune.train import Runtime
 
     sweep = load_space(space)
+    process = ProcessCache()  # loads the model once, as a sweep's reused trial actor does (not the calibration's warm one)
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     info: dict[str, Any] = {"per_config": [], "scores": []}
     cpu = time.process_time()
@@ -499,7 +504,7 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
         info["prep"] = time.perf_counter() - start
         for params in configs:
             t = time.perf_counter()
-            folds = cross_validate(parse_config(with_params(sweep.base, params)), data, sweep.search.metric, Runtime(progress=False))
+            folds = cross_validate(parse_config(with_params(sweep.base, params)), data, sweep.search.metric, Runtime(progress=False), cache=process)
             info["per_config"].append(time.perf_counter() - t)
             info["scores"].append(statistics.fmean(folds))
     info["cpu_per_wall"] = (time.process_time() - cpu) / info["seconds"]
@@ -551,8 +556,8 @@ def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_
     split = breakdown(sweep)
     n = len(configs)
     rows = [
-        ["sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trainer starts, W&B, results, ray.shutdown)", f"{sweep['seconds']:.1f}", f"{sweep['seconds'] / n:.1f}"],
-        ["back to back: prepare_sweep_data + cross_validate per config (one process)", f"{plain['seconds']:.1f}", f"{plain['seconds'] / n:.1f}"],
+        ["sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trial actor, W&B, results, ray.shutdown)", f"{sweep['seconds']:.1f}", f"{sweep['seconds'] / n:.1f}"],
+        ["back to back: prepare_sweep_data + cross_validate per config (one process, one model load)", f"{plain['seconds']:.1f}", f"{plain['seconds'] / n:.1f}"],
     ]
     if split:
         rows += [
