@@ -300,7 +300,8 @@ def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
         same = configs["hf"] == configs["sft"]
         say(f"RATIO wall sft-tune / HF = {sides['sft']['seconds'] / sides['hf']['seconds']:.2f}; test macro-F1 sft-tune {sides['sft']['test_macro_f1']:.4f} vs HF {sides['hf']['test_macro_f1']:.4f} "
             f"(seed 42); over {args.test_seeds} seeds sft-tune {spread(sides['sft']['test_macro_f1_seeds'])} vs HF {spread(sides['hf']['test_macro_f1_seeds'])}",
-            f"   the HF search scores one eval split; sft-tune scores {args.folds}-fold CV ({args.folds} trainings per trial on {args.folds - 1}/{args.folds} of the data)",
+            (f"   the HF search scores one eval split; sft-tune scores {args.folds}-fold CV ({args.folds} trainings per trial on {args.folds - 1}/{args.folds} of the data)" if args.folds > 1
+             else f"   both sides score one stratified holdout split of {args.eval_fraction:.0%} (sft-tune: search.folds 1)"),
             f"   both sides tried the same configurations: {'yes' if same else 'no (see the trial lists)'}")
 
 
