@@ -77,9 +77,15 @@ def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(tmp_path, tiny_ber
     assert "W&B unavailable" in caplog.text and not list(result.sweep_dir.glob("wandb/*run-*"))
 
 
-def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_once(tmp_path, tiny_bert, toy_files):
+def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_once(tmp_path, tiny_bert, toy_files, capfd):
     space = write_space(tmp_path, tiny_bert, toy_files, "reuse", num_trials=2, folds=2, scheduler="none")
     result = run_search(space, use_wandb=False)
+    # The terminal shows sft-tune's progress lines; Ray's and Tune's own output is in sweep.log.
+    shown = capfd.readouterr()
+    assert "trial 1 (" in shown.err and "fold 2/2: macro_f1" in shown.err and "sweep: 2/2 trials ended (2 complete)" in shown.err
+    assert "Trial status" not in shown.out + shown.err and "Configuration for experiment" not in shown.out + shown.err
+    log = (result.sweep_dir / "sweep.log").read_text()
+    assert "Trial status" in log and "Configuration for experiment" in log
     starts = [e for e in read_events(result.sweep_dir / "events.jsonl") if e["event"] == "start"]
     assert len(starts) == 2 and len({e["pid"] for e in starts}) == 1 and starts[0]["pid"] != os.getpid()  # one actor served both
     assert [t.process_model_loads for t in result.trials] == [1, 1]  # from_pretrained once in that process

@@ -28,19 +28,21 @@ LOG_FILE = "sweep.log"
 
 @contextlib.contextmanager
 def sweep_console(log_path: Path, verbose: bool = False) -> Iterator[TextIO]:
-    """Send file descriptors 1 and 2 (so Ray's processes and this one's prints) to `log_path`, and
-    with `verbose` to the terminal too; yield a stream to the terminal for the progress view."""
+    """Send file descriptors 1 and 2 (Ray's processes, C++ logs) and Python's stdout and stderr to
+    `log_path`, with `verbose` to the terminal too; yield the stream for the progress view: the
+    terminal, or the caller's own stderr when that is not file descriptor 2 (a notebook, pytest)."""
     sys.stdout.flush()
     sys.stderr.flush()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    streams = sys.stdout, sys.stderr
     saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    own_terminal = _is_fd(sys.stderr, 2)
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1) if own_terminal else sys.stderr
     log_file = open(log_path, "ab")
     handler = None
     if verbose:
         read_end, write_end = os.pipe()
-        copier = threading.Thread(target=_tee, args=(read_end, log_file, saved[1]), daemon=True)
-        copier.start()
+        threading.Thread(target=_tee, args=(read_end, log_file, saved[1]), daemon=True).start()
         target = write_end
     else:
         target = log_file.fileno()
@@ -52,11 +54,15 @@ def sweep_console(log_path: Path, verbose: bool = False) -> Iterator[TextIO]:
         logging.getLogger("sft_tune").addHandler(handler)
     os.dup2(target, 1)
     os.dup2(target, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     try:
         yield terminal
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            stream.close()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:
@@ -65,9 +71,17 @@ def sweep_console(log_path: Path, verbose: bool = False) -> Iterator[TextIO]:
             os.close(target)  # the copier ends when no process holds the pipe any more
         if handler is not None:
             logging.getLogger("sft_tune").removeHandler(handler)
-        terminal.close()
+        if own_terminal:
+            terminal.close()
         if not verbose:
             log_file.close()
+
+
+def _is_fd(stream: TextIO, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):  # a notebook's or a test's stream
+        return False
 
 
 def _tee(read_end: int, log_file, terminal_fd: int) -> None:
@@ -101,7 +115,8 @@ class ProgressView(tune.Callback):
         self.numbers: dict[str, int] = {}  # sweep trial id -> 1-based number in start order
         self.status: dict[str, str] = {}
         self.folds_done = 0
-        self.finish_total = 0  # trials to finish after the search (set by the sweep)
+        self.finish_total = 0  # stopped trials to finish after the search (set by the sweep)
+        self.finished = 0
         self.started = time.monotonic()
 
     def say(self, line: str) -> None:
@@ -127,6 +142,7 @@ class ProgressView(tune.Callback):
         self.say(f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} {result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± {result['cv_std']:.4f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.finished += FINISH_KEY in trial.config
         done = (trial.last_result or {}).get("folds_done", 0)
         mean = (trial.last_result or {}).get("cv_mean")
         status = "COMPLETE" if done >= self.folds else "STOPPED"
@@ -140,6 +156,7 @@ class ProgressView(tune.Callback):
         self.say(f"{self._label(trial)} failed ({_error_line(trial)}); retrying from its last finished fold")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.finished += FINISH_KEY in trial.config
         self.status[self._label(trial)] = "ERROR"
         self.say(f"{self._label(trial)} ERROR: {_error_line(trial)}")
         self._where(trials)
@@ -148,13 +165,13 @@ class ProgressView(tune.Callback):
         ended = len(self.status)
         counts = ", ".join(f"{sum(s == status for s in self.status.values())} {status.lower()}" for status in ("COMPLETE", "STOPPED", "ERROR") if status in self.status.values())
         elapsed = time.monotonic() - self.started
-        total = self.num_trials + self.finish_total
-        left = max(total - ended, 0)
+        finishing = f"; {self.finished}/{self.finish_total} stopped trial(s) finished" if self.finish_total else ""
+        left = max(self.num_trials - ended, 0) + self.finish_total - self.finished
         eta = ""
         if left and self.folds_done:
             per_fold = elapsed / self.folds_done
             eta = f", ETA at most {_clock(per_fold * left * self.folds)}"
-        self.say(f"sweep: {ended}/{total} trials ended ({counts}), {self.folds_done} folds trained in {_clock(elapsed)}{eta}")
+        self.say(f"sweep: {ended}/{self.num_trials} trials ended ({counts}){finishing}, {self.folds_done} folds trained in {_clock(elapsed)}{eta}")
 
 
 def _error_line(trial) -> str:
