@@ -6,7 +6,7 @@
 #
 # It creates .venv (if missing), installs torch, sft-tune and the two demo packages, prepares the
 # data (examples/prepare_tweets.py), then runs the demo search (search_spaces/alpha.yaml: about
-# 10-12 minutes on 2 CPU cores), which ends by retraining the best configuration on all labelled
+# 5 minutes on 2 idle CPU cores), which ends by retraining the best configuration on all labelled
 # tweets, printing its test accuracy and macro-F1, and exporting runs/sweeps/alpha-demo/best_model.
 # `bash examples/demo.sh train` instead trains both phases once with examples/tweets.yaml (about
 # 4-5 minutes; model in runs/tweets/model).
