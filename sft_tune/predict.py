@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from sft_tune.config import DataConfig
 from sft_tune.errors import fail
-from sft_tune.export import RUN_FILE
+from sft_tune.core.export import RUN_FILE
 from sft_tune.tasks import TASKS, get_task
 
 # Which task an exported folder without run.json holds, from its architecture's name.

@@ -3,46 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sft_tune.config import RunConfig
-from sft_tune.data import read_unlabelled, tokenize
-from sft_tune.errors import fail
-from sft_tune.export import export_model
-from sft_tune.model import load_model, load_tokenizer
-from sft_tune.splits import split_validation
+from sft_tune.core.data import tokenize
+from sft_tune.core.export import export_model
+from sft_tune.core.model import load_model, load_tokenizer
+from sft_tune.core.splits import split_validation
 from sft_tune.tasks import get_task
-from sft_tune.train import FitData, Report, evaluate, fit, lm_sequences, runtime_for, seed_everything
+from sft_tune.core.loop import FitData, Report, evaluate, fit, runtime_for, seed_everything
+from sft_tune.core.prepare import lm_sequences, read_data
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RawData:
-    """Everything read from the data files and checked, before any tokenizer or model loads."""
-
-    train: Any
-    test: Any | None
-    unlabelled: list[str]
-    label_names: list[str]
-
-
-def read_data(config: RunConfig, task) -> RawData:
-    """Read and check every data file of the config (bad files raise `InputError`)."""
-    data = config.data
-    train = task.read(data.train, data, "labelled training file")
-    names = task.label_names(train, data)
-    task.check_labels(train, names, data.train)
-    test = None
-    if data.test is not None:
-        test = task.read(data.test, data, "labelled test file")
-        task.check_labels(test, names, data.test)
-    unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column)
-    if config.phase1.steps > 0 and not unlabelled and not data.labelled_text_for_lm:
-        raise fail("phase1.steps", config.phase1.steps, "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`", "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0")
-    return RawData(train, test, unlabelled, names)
 
 
 def train(config: RunConfig, report: Report | None = None, progress: bool = True, model_dir: Path | None = None, extra_files: dict[str, dict] | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sft_tune.config import parse_config
 from sft_tune.errors import fail
-from sft_tune.export import library_versions
+from sft_tune.core.export import library_versions
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import best_trial, read_trials
 

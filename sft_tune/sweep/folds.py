@@ -24,82 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
-from sft_tune import data as data_module
+from sft_tune.core import data as data_module
 from sft_tune.config import RunConfig
-from sft_tune.data import SequenceView, TokenArray, text_hashes, tokenize
-from sft_tune.model import load_model, load_tokenizer
-from sft_tune.run import read_data
-from sft_tune.splits import make_folds, split_validation
+from sft_tune.core.model import load_model, load_tokenizer
+from sft_tune.core.prepare import SweepData
 from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
 from sft_tune.tasks import get_task
-from sft_tune.train import FitData, Runtime, evaluate, fit, lm_selection, seed_everything, uses_bf16
+from sft_tune.core.loop import FitData, Runtime, evaluate, fit, seed_everything, uses_bf16
+
+# Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 # the next trial to start creates the file and raises, so that tests can check retries.
 FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
-
-
-@dataclass
-class SweepData:
-    """Tokenized data shared by every trial, fold and worker of a sweep.
-
-    Token ids are `TokenArray`s (flat numpy) and texts are kept only as 64-bit hashes, so a worker's
-    `ray.get` maps the object-store copy instead of rebuilding it in its heap: N concurrent trials
-    share one copy of the unlabelled pool.
-    """
-
-    labelled: Any  # the task's encoded labelled set (all training examples)
-    labelled_hashes: np.ndarray  # per labelled example: hash of its text (what LM data must not hold)
-    labelled_lm: TokenArray  # the labelled texts tokenized for the LM loss
-    unlabelled: TokenArray
-    unlabelled_hashes: np.ndarray
-    label_names: list[str]
-    folds: list[tuple[list[int], list[int]]]  # (train indices, held-out indices) per fold
-    tokenization_passes: int
-    strata: list[Any] | None = None  # per labelled example, for inner validation splits
-    groups: list[Any] | None = None
-
-    def fold_lm_ids(self, fold: int, include_labelled: bool, also_held: Sequence[int] = ()) -> SequenceView:
-        """The LM data of one fold: unlabelled texts plus (optionally) its training texts, never a
-        text of its held-out part (nor of `also_held`), also not as a copy in the unlabelled pool.
-        The rule is `train.lm_selection`; no token is copied."""
-        train, held = self.folds[fold]
-        excluded = set(also_held)
-        keep, chosen = lm_selection(self.unlabelled_hashes, self.labelled_hashes, [i for i in train if i not in excluded], list(held) + list(also_held), include_labelled)
-        return SequenceView([(self.unlabelled, keep), (self.labelled_lm, np.asarray(chosen, dtype=np.int64))])
-
-    def fold_split(self, fold: int, fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
-        """The fold's training part split again into (train, inner validation) example indices,
-        for early stopping that never looks at the held-out fold."""
-        train, _ = self.folds[fold]
-        strata = [self.strata[i] for i in train]
-        groups = [self.groups[i] for i in train] if self.groups is not None else None
-        inner_train, inner_val = split_validation(strata, groups, fraction, seed, path)
-        return [train[i] for i in inner_train], [train[i] for i in inner_val]
-
-
-def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
-    """Read, check and tokenize the labelled training file and unlabelled pool, once per sweep."""
-    task = get_task(config.model.task)
-    raw = read_data(config, task)
-    strata, groups = task.strata(raw.train), task.groups(raw.train)
-    if folds == 1:  # a holdout: one split of data.validation_fraction
-        fold_indices = [split_validation(strata, groups, config.data.validation_fraction, seed, config.data.train)]
-    else:
-        fold_indices = make_folds(strata, groups, folds, seed, config.data.train)
-    before = data_module.TOKENIZATION_PASSES
-    tokenizer = load_tokenizer(config.model, task)
-    labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
-    unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
-    texts = task.texts(raw.train)
-    labelled_lm_ids = tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-    return SweepData(
-        labelled, text_hashes(texts), TokenArray.from_lists(labelled_lm_ids),
-        TokenArray.from_lists(unlabelled_ids), text_hashes(raw.unlabelled),
-        raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before, strata, groups,
-    )
 
 
 class ProcessCache:

@@ -52,7 +52,7 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
     terminal with `verbose`)."""
     import ray
 
-    from sft_tune.sweep.folds import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_sweep_data
 
     sweep, folder = prepare(space_path, resume)
     if resume is not None and (was := folder.moved_from()) is not None:

@@ -1,7 +1,7 @@
 """What a task provides to the two-phase loop.
 
 A task reads its labelled files, encodes them once, batches them, and scores a model. The loop
-(`sft_tune.train`) knows nothing task-specific beyond this interface.
+(`sft_tune.core.loop`) knows nothing task-specific beyond this interface.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification
 
 from sft_tune.config import DataConfig
-from sft_tune.data import pad, read_table, require_columns, text_column, tokenize
+from sft_tune.core.batches import pad
+from sft_tune.core.data import read_table, require_columns, text_column, tokenize
 from sft_tune.errors import fail
 from sft_tune.tasks.base import Task
 

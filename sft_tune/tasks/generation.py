@@ -23,9 +23,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sft_tune.config import DataConfig, GenerationConfig
-from sft_tune.data import cached, pad, read_table, require_columns, text_column
+from sft_tune.core.data import cached, read_table, require_columns, text_column
+from sft_tune.core.batches import pad
 from sft_tune.errors import fail
-from sft_tune.losses import IGNORE_INDEX
+from sft_tune.core.losses import IGNORE_INDEX
 from sft_tune.tasks.base import Task
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages before the response

@@ -52,7 +52,8 @@ from seqeval.scheme import IOB2, IOBES
 from transformers import AutoModelForTokenClassification
 
 from sft_tune.config import DataConfig, NerConfig
-from sft_tune.data import cached, pad, read_table, require_columns, text_column
+from sft_tune.core.data import cached, read_table, require_columns, text_column
+from sft_tune.core.batches import pad
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.tasks.base import Task
 

@@ -23,7 +23,8 @@ import torch
 from transformers import AutoModelForQuestionAnswering
 
 from sft_tune.config import DataConfig
-from sft_tune.data import cached, pad, read_table, require_columns
+from sft_tune.core.data import cached, read_table, require_columns
+from sft_tune.core.batches import pad
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.tasks.base import Task
 

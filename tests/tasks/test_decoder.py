@@ -12,14 +12,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import run_config_dict, toy_generation_rows, write_jsonl
 from sft_tune.config import ModelConfig, parse_config
-from sft_tune.data import batch_indices
+from sft_tune.core.batches import batch_indices
 from sft_tune.errors import InputError
-from sft_tune.losses import IGNORE_INDEX
-from sft_tune.model import load_model, load_tokenizer
+from sft_tune.core.losses import IGNORE_INDEX
+from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.predict import predict
 from sft_tune.run import train
 from sft_tune.tasks import get_task
-from sft_tune.train import Runtime, make_optimizer, train_step
+from sft_tune.core.loop import Runtime, make_optimizer, train_step
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_generation_search_scores_greedy_exact_match_and_select_exports_a_genera
 
 
 def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(tiny_llama, generation_files, tmp_path):
-    from sft_tune.train import uses_bf16
+    from sft_tune.core.loop import uses_bf16
 
     config = generation_config(tiny_llama, generation_files, tmp_path / "out")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

@@ -4,8 +4,8 @@ import pytest
 from conftest import run_config_dict, toy_rows, write_csv, write_jsonl
 from sft_tune.config import parse_config
 from sft_tune.errors import InputError
-from sft_tune.run import read_data
-from sft_tune.splits import split_validation
+from sft_tune.core.prepare import read_data
+from sft_tune.core.splits import split_validation
 from sft_tune.tasks import get_task
 
 TASK = get_task("classification")

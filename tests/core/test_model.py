@@ -3,7 +3,8 @@ import torch
 from safetensors.torch import load_file
 
 from sft_tune.config import ModelConfig
-from sft_tune.model import MaskingCollator, load_model, load_tokenizer
+from sft_tune.core.batches import MaskingCollator
+from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.tasks import get_task
 
 LABELS = ["negative", "positive"]

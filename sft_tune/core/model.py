@@ -25,9 +25,8 @@ from transformers import (
 from transformers import logging as hf_logging
 
 from sft_tune.config import ModelConfig
-from sft_tune.data import pad
 from sft_tune.errors import fail
-from sft_tune.losses import LossParts, causal_lm_loss, mask_tokens, masked_lm_loss, phase_loss
+from sft_tune.core.losses import LossParts, causal_lm_loss, masked_lm_loss, phase_loss
 
 log = logging.getLogger(__name__)
 
@@ -160,25 +159,3 @@ def lm_head_of(lm_model: nn.Module) -> nn.Module:
         names = [name for name, _ in lm_model.named_children()]
         raise fail("model.name_or_path", type(lm_model).__name__, f"the LM model must be a backbone `{prefix}` plus one head module, but has children {names}", "use a BERT/RoBERTa-like encoder or a GPT/Llama-like decoder")
     return heads[0]
-
-
-class MaskingCollator:
-    """Turns token-id lists into a padded LM batch (masked for MLM), with its own seeded RNG."""
-
-    def __init__(self, tokenizer, objective: str, probability: float, seed: int) -> None:
-        self.objective = objective
-        self.probability = probability
-        self.pad_id = tokenizer.pad_token_id
-        self.side = tokenizer.padding_side
-        self.mask_id = tokenizer.mask_token_id
-        self.vocab_size = len(tokenizer)
-        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad(sequences, self.pad_id, self.side)
-        if self.objective != "masked":
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": None}
-        special = torch.isin(input_ids, self.special_ids) | (attention_mask == 0)
-        masked, labels = mask_tokens(input_ids, special, self.mask_id, self.vocab_size, self.probability, self.generator)
-        return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}

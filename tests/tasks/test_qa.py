@@ -14,13 +14,13 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from conftest import ROOT, run_config_dict
-from sft_tune import data as data_module
+from sft_tune.core import data as data_module
 from sft_tune.config import DataConfig, parse_config
 from sft_tune.errors import InputError
 from sft_tune.tasks import get_task
 from sft_tune.tasks.qa import decode_answer, normalize_answer, question_scores, squad_scores
 
-DATA = Path(__file__).parent / "data" / "qa"
+DATA = Path(__file__).parents[1] / "data" / "qa"
 TASK = get_task("qa")
 
 
@@ -394,7 +394,7 @@ def test_predict_checks_the_whole_input_before_returning(tiny_bert, tmp_path):
 
 @pytest.mark.ray
 def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session):
-    from sft_tune.sweep.folds import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_sweep_data
     from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
     from sft_tune.space import load_space

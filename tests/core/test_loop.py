@@ -5,10 +5,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import run_config_dict
-from sft_tune import data as data_module
+from sft_tune.core import data as data_module
 from sft_tune.config import parse_config
 from sft_tune.run import train
-from sft_tune.train import FitData, Runtime, run_phase2
+from sft_tune.core.loop import FitData, Runtime, run_phase2
 
 
 def _config(model, files, out, **overrides):
@@ -60,9 +60,9 @@ def test_exported_model_loads_with_plain_transformers_and_reproduces_logits(tiny
         first, second = model(**batch).logits, AutoModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits
     torch.testing.assert_close(first, second)
     # The logits of the trained in-memory model are what the folder holds: retrain with the same seed.
-    from sft_tune.model import load_model, load_tokenizer
+    from sft_tune.core.model import load_model, load_tokenizer
     from sft_tune.tasks import get_task
-    from sft_tune.train import seed_everything
+    from sft_tune.core.loop import seed_everything
     seed_everything(0)
     fresh = load_model(config.model, get_task("classification"), ["negative", "positive"], load_tokenizer(config.model)).task_model.eval()
     with torch.no_grad():
@@ -86,8 +86,8 @@ def test_same_seed_gives_the_same_result(tiny_bert, toy_files, tmp_path):
 
 
 def test_phase_two_never_computes_an_lm_loss(tiny_bert, toy_files, tmp_path):
-    from sft_tune.model import load_model, load_tokenizer
-    from sft_tune.run import read_data
+    from sft_tune.core.model import load_model, load_tokenizer
+    from sft_tune.core.prepare import read_data
     from sft_tune.tasks import get_task
 
     config = _config(tiny_bert, toy_files, tmp_path / "out", phase2={"epochs": 1})
@@ -116,7 +116,7 @@ def test_second_run_reuses_the_tokenized_data(tiny_bert, toy_files, tmp_path):
 
 
 def test_lm_data_never_contains_validation_texts(tiny_bert, toy_files, tmp_path):
-    from sft_tune.train import lm_sequences
+    from sft_tune.core.prepare import lm_sequences
 
     unlabelled_texts = ["u1", "v0"]
     ids = lm_sequences([[1], [2]], unlabelled_texts, [[10], [11], [12]], ["v0", "t1", "t2"], [1, 2], [0], include_labelled=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sft_tune.losses import IGNORE_INDEX, causal_lm_loss, mask_tokens, masked_lm_loss, phase_loss
+from sft_tune.core.losses import IGNORE_INDEX, causal_lm_loss, mask_tokens, masked_lm_loss, phase_loss
 
 
 def _masking_input(rows=400, cols=64, pad_from=48):

@@ -9,15 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 import numpy as np
-import torch
 
 from sft_tune.errors import InputError, Problem, fail
 
@@ -216,48 +214,3 @@ class SequenceView:
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
     """A 64-bit content hash per text (to test "is this text held out?" without the texts)."""
     return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts), dtype=np.uint64, count=len(texts))
-
-
-def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence in the batch (dynamic padding); returns (input_ids, attention_mask)."""
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
-        ids[row, span] = torch.as_tensor(np.asarray(seq, dtype=np.int64))  # copies: views stay read-only
-        mask[row, span] = 1
-    return ids, mask
-
-
-def batch_indices(
-    size: int,
-    batch_size: int,
-    generator: torch.Generator | None,
-    rank: int = 0,
-    world_size: int = 1,
-    lengths: Sequence[int] | None = None,
-) -> list[list[int]]:
-    """One epoch of index batches, shuffled when a generator is given, sharded across DDP ranks.
-
-    Every rank gets the same number of batches (the order is padded by wrapping around) so that
-    no rank waits for a gradient all-reduce that never comes. With `lengths`, the shuffled order
-    is sorted by length inside windows of 50 batches (like transformers' LengthGroupedSampler),
-    so a batch holds examples of similar length and padding does not dominate its cost.
-    """
-    order = torch.randperm(size, generator=generator).tolist() if generator is not None else list(range(size))
-    if lengths is not None and generator is not None:
-        span = 50 * batch_size * world_size
-        order = [i for start in range(0, size, span) for i in sorted(order[start : start + span], key=lambda j: -lengths[j])]
-    per_rank = -(-size // world_size)
-    order = (order * (world_size + 1))[: per_rank * world_size] if world_size > 1 else order
-    mine = order[rank::world_size]
-    return [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
-
-
-def endless_batches(
-    size: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1, lengths: Sequence[int] | None = None
-) -> Iterator[list[int]]:
-    """Shuffled index batches forever (phase 1 draws a fixed number of steps, not epochs)."""
-    while True:
-        yield from batch_indices(size, batch_size, generator, rank, world_size, lengths)

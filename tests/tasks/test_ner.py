@@ -16,8 +16,8 @@ from sft_tune.errors import InputError
 from sft_tune.tasks import get_task
 from sft_tune.tasks.ner import Windows, detect_scheme, entity_scores, stitch, window_spans
 
-DATA = Path(__file__).parent / "data" / "ner"
-ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parents[1] / "data" / "ner"
+ROOT = Path(__file__).resolve().parents[2]
 
 PEOPLE = ["john", "mary", "peter", "anna", "johnson", "maryton"]  # the last two split into pieces
 PLACES = ["paris", "london", "rome", "oslo", "new york"]
@@ -55,7 +55,7 @@ def wordpiece_bert(tmp_path_factory) -> Path:
 
 def _tokenizer(folder):
     from sft_tune.config import ModelConfig
-    from sft_tune.model import load_tokenizer
+    from sft_tune.core.model import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path=str(folder), task="ner"), get_task("ner"))
 
@@ -377,7 +377,7 @@ def test_shipped_ner_space_loads():
 def test_search_keeps_documents_whole_and_select_exports(wordpiece_bert, tmp_path, ray_session, monkeypatch):
     from transformers import AutoModelForTokenClassification
 
-    from sft_tune.sweep import folds as cv
+    from sft_tune.core import prepare as cv
     from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
 

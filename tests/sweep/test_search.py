@@ -18,9 +18,9 @@ from conftest import toy_rows, write_csv, write_space
 from wandb_records import read_runs
 from sft_tune.config import load_config
 from sft_tune.sweep.folder import read_events
-from sft_tune.sweep.folds import SweepData, prepare_sweep_data
+from sft_tune.core.prepare import SweepData, prepare_sweep_data
 from sft_tune.errors import InputError
-from sft_tune.splits import make_folds
+from sft_tune.core.splits import make_folds
 from sft_tune.sweep.run import run_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]

@@ -97,3 +97,12 @@ def causal_lm_loss(
         return hidden.sum() * 0.0
     logits = head(hidden[:, :-1][valid])
     return F.cross_entropy(logits.float(), targets[valid])
+
+
+def alpha_at(step: int, steps: int, alpha: float, schedule: str) -> float:
+    """The task-loss weight at phase-1 step `step` (1-based) of `steps`."""
+    if schedule == "increase":
+        return alpha * step / steps
+    if schedule == "decrease":
+        return alpha * (steps - step + 1) / steps
+    return alpha

@@ -14,15 +14,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from sft_tune.config import OptimizerConfig, RunConfig
-from sft_tune.data import batch_indices, endless_batches, text_hashes
-from sft_tune.model import MaskingCollator, TwoPhaseModel
+from sft_tune.core.batches import MaskingCollator, batch_indices, endless_batches
+from sft_tune.core.losses import alpha_at
+from sft_tune.core.model import TwoPhaseModel
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def unwrap(model: nn.Module) -> TwoPhaseModel:
     """The TwoPhaseModel inside a DDP wrapper (or the model itself)."""
     return getattr(model, "module", model)
-
-
-def alpha_at(step: int, steps: int, alpha: float, schedule: str) -> float:
-    """The task-loss weight at phase-1 step `step` (1-based) of `steps`."""
-    if schedule == "increase":
-        return alpha * step / steps
-    if schedule == "decrease":
-        return alpha * (steps - step + 1) / steps
-    return alpha
 
 
 def run_head_warmup(model: nn.Module, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
@@ -313,41 +304,3 @@ def _fmt(metrics: dict[str, Any]) -> str:
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch RNGs (weights init of new heads, dropout)."""
     set_seed(seed)
-
-
-def lm_selection(
-    unlabelled_hashes: np.ndarray,
-    labelled_hashes: np.ndarray,
-    train_indices: Sequence[int],
-    heldout_indices: Sequence[int],
-    include_labelled: bool,
-) -> tuple[np.ndarray, list[int]]:
-    """Which texts feed the LM loss of one split, by text hash (`data.text_hashes`): the unlabelled
-    texts that are not a held-out text (the pool may hold copies of labelled texts), and, when
-    `include_labelled`, one copy of each training text that is not held out (several examples
-    may share a text: QA questions on one context). Returns (unlabelled indices, labelled indices)."""
-    held = labelled_hashes[list(heldout_indices)]
-    keep = np.flatnonzero(~np.isin(unlabelled_hashes, held))
-    chosen: list[int] = []
-    if include_labelled:
-        seen = set(held.tolist())
-        for i in train_indices:
-            key = int(labelled_hashes[i])
-            if key not in seen:
-                seen.add(key)
-                chosen.append(i)
-    return keep, chosen
-
-
-def lm_sequences(
-    unlabelled_ids: Sequence[list[int]],
-    unlabelled_texts: Sequence[str],
-    labelled_ids: Sequence[list[int]],
-    labelled_texts: Sequence[str],
-    train_indices: Sequence[int],
-    heldout_indices: Sequence[int],
-    include_labelled: bool,
-) -> list[list[int]]:
-    """The LM token ids of one split (the rule of `lm_selection`), for a single run's lists."""
-    keep, chosen = lm_selection(text_hashes(unlabelled_texts), text_hashes(labelled_texts), train_indices, heldout_indices, include_labelled)
-    return [unlabelled_ids[i] for i in keep] + [labelled_ids[i] for i in chosen]
