@@ -24,7 +24,7 @@ size of the tokenized data:
 pickled (what the object store holds) and deserialized into a heap (what a worker pays if `ray.get`
 copies it rather than mapping the object store's buffers).
 
-After sweep A, on the same Ray, a probe puts the same `prepare_sweep_data` object into the object
+After sweep A, on the same Ray, a probe puts the same `prepare_data` object into the object
 store and has N fresh Ray workers `ray.get` it at once, each reading its own smaps_rollup just before
 and after: the memory `ray.get` adds to a worker (about the deserialized size if it copies, about 0
 if it maps the store's buffers). That is the cleanest per-trial figure: the Train workers' peak USS
@@ -283,7 +283,7 @@ def overlap_seconds(events: list[dict[str, Any]]) -> float:
 
 
 def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, list[dict[str, int]]]:
-    """What `ray.get` of the sweep's tokenized data costs a Ray worker: the same `prepare_sweep_data`
+    """What `ray.get` of the sweep's tokenized data costs a Ray worker: the same `prepare_data`
     object `ray.put` by this driver (as `run_search` does), fetched by `workers` fresh worker
     processes at once, each measuring its own /proc/self/smaps_rollup just before and after. The
     control is the pool's token ids as a list of Python lists (a layout `ray.get` must rebuild in
@@ -291,11 +291,11 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
     import ray
 
     from sft_tune.config import parse_config
-    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_data
 
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
-    data = prepare_sweep_data(parse_config(config), folds, 0)
+    data = prepare_data(parse_config(config), folds, 0)
     pool_ids = getattr(data, "unlabelled_ids", None)
     if pool_ids is None:  # a TokenArray: flat ids + offsets
         pool_ids = [data.unlabelled[i].tolist() for i in range(len(data.unlabelled))]
@@ -361,14 +361,14 @@ def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log:
 
 def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int]:
     """Pickled size (what ray.put stores) and deserialized heap size (what ray.get builds) of the
-    sweep's tokenized data, from the sweep's own `prepare_sweep_data` (warm cache: no tokenization)."""
+    sweep's tokenized data, from the sweep's own `prepare_data` (warm cache: no tokenization)."""
     from sft_tune.config import parse_config
-    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_data
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
-    data = prepare_sweep_data(parse_config(config), folds, 0)
+    data = prepare_data(parse_config(config), folds, 0)
     blob = pickle.dumps(data, protocol=5)
     del data
     gc.collect()
@@ -383,7 +383,7 @@ def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int
 
 
 def token_count(data: Any) -> int:
-    """Unlabelled tokens of a SweepData: a flat token array (`TokenArray`) or lists of token-id lists."""
+    """Unlabelled tokens of a PreparedData: a flat token array (`TokenArray`) or lists of token-id lists."""
     flat = getattr(getattr(data, "unlabelled", None), "flat", None)
     if flat is not None:
         return int(flat.size)

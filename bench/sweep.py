@@ -10,7 +10,7 @@ Measured in one run:
    `sft_tune.sweep.run.run_search` (scheduler none, max_concurrent 1, one worker per trial: each
    trial trains in its reused Tune trial actor, k folds) against the SAME N configurations (read
    back from the sweep's result) trained back to back in this one plain process:
-   `prepare_sweep_data` once, then for each configuration `cross_validate(parse_config(
+   `prepare_data` once, then for each configuration `cross_validate(parse_config(
    with_params(sweep.base, params)), data, metric, Runtime(progress=False), cache=process)`, one
    `ProcessCache` for all of them (one model load, as in the sweep's reused actor). The sweep
    time is the whole `run_search` call: reading and tokenizing the data, `ray.init` (with the
@@ -379,12 +379,12 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
     phase-2 step, from `cross_validate` runs in this process (after one untimed warm-up)."""
     from sft_tune.config import parse_config
     from sft_tune.sweep.folds import cross_validate
-    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_data
     from sft_tune.core.loop import Runtime
 
-    data = prepare_sweep_data(parse_config(sized(base, 1, 1)), folds, seed)
+    data = prepare_data(parse_config(sized(base, 1, 1)), folds, seed)
     batch = base["phase2"].get("batch_size", 16)
-    per_epoch = statistics.fmean(math.ceil(len(train) / batch) for train, _ in data.folds)
+    per_epoch = statistics.fmean(math.ceil(len(train) / batch) for train, _ in data.splits)
 
     def run(steps: int, epochs: int) -> float:
         start = time.perf_counter()
@@ -488,11 +488,11 @@ def trial_params(trials: list) -> list[dict[str, Any]]:
 
 
 def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The same configurations in this process: prepare_sweep_data once, cross_validate each."""
+    """The same configurations in this process: prepare_data once, cross_validate each."""
     from sft_tune.config import parse_config
     from sft_tune.space import load_space, with_params
     from sft_tune.sweep.folds import ProcessCache, cross_validate
-    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_data
     from sft_tune.core.loop import Runtime
 
     sweep = load_space(space)
@@ -502,7 +502,7 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
     cpu = time.process_time()
     with watched(info), chatter_to(log, not args.verbose):
         start = time.perf_counter()
-        data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
+        data = prepare_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
         info["prep"] = time.perf_counter() - start
         for params in configs:
             t = time.perf_counter()
@@ -559,7 +559,7 @@ def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_
     n = len(configs)
     rows = [
         ["sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trial actor, W&B, results, ray.shutdown)", f"{sweep['seconds']:.1f}", f"{sweep['seconds'] / n:.1f}"],
-        ["back to back: prepare_sweep_data + cross_validate per config (one process, one model load)", f"{plain['seconds']:.1f}", f"{plain['seconds'] / n:.1f}"],
+        ["back to back: prepare_data + cross_validate per config (one process, one model load)", f"{plain['seconds']:.1f}", f"{plain['seconds'] / n:.1f}"],
     ]
     if split:
         rows += [
@@ -568,7 +568,7 @@ def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_
             ["  sweep, between trials (last fold's report to the next trial's start)", f"{sum(split['gaps']):.1f}", f"{statistics.fmean(split['gaps']):.1f}" if split["gaps"] else ""],
             ["  sweep, after the last trial's loop (results, ray.shutdown)", f"{split['tail']:.1f}", ""],
             ["  back to back, cross_validate only (model load + folds)", f"{sum(plain['per_config']):.1f}", f"{statistics.fmean(plain['per_config']):.1f}"],
-            ["  back to back, prepare_sweep_data", f"{plain['prep']:.1f}", ""],
+            ["  back to back, prepare_data", f"{plain['prep']:.1f}", ""],
         ]
     ratio = sweep["seconds"] / plain["seconds"]
     scores = [[t.trial_id, f"{t.cv_mean:.4f}" if t.cv_mean is not None else "-", f"{s:.4f}", f"{p:.1f}", f"{i:.1f}" if split and k < len(split["inside"]) else "-"]

@@ -37,6 +37,16 @@ class InputError(Exception):
         return "\n".join([head] + [f"  - {problem}" for problem in self.problems])
 
 
+SHOWN = 10  # problems listed for one bad file; the rest are only counted
+
+
+def first_problems(problems: list[Problem], title: str, limit: int = SHOWN) -> InputError:
+    """One `InputError` listing the first `limit` problems of a file (a file can hold thousands
+    of bad lines), the title saying how many there are in all."""
+    more = f" ({len(problems)} in all, the first {limit} listed)" if len(problems) > limit else ""
+    return InputError(list(problems[:limit]), title=title + more)
+
+
 def fail(where: str, value: object, rule: str, fix: str, title: str = "invalid input") -> InputError:
     """Build an `InputError` holding one problem (to `raise`)."""
     return InputError([Problem(where, value, rule, fix)], title=title)

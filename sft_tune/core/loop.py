@@ -9,6 +9,7 @@ export.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -186,9 +187,8 @@ def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
     lm_batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size)
     task_batches = endless_batches(len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size, task.lengths(data.train))
     optimizer, scheduler = make_optimizer(model, p1.learning_rate, config.optimizer, p1.steps)
-    alpha = p1.alpha
 
-    def compute(micro: tuple[list[int], list[int]]):
+    def compute(micro: tuple[list[int], list[int]], alpha: float):
         lm_indices, task_indices = micro
         lm_batch = to_device(collator([data.lm_ids[i] for i in lm_indices]), rt.device)
         task_batch = to_device(task.collate(data.train, task_indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
@@ -201,7 +201,7 @@ def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
         alpha = alpha_at(step, p1.steps, p1.alpha, p1.alpha_schedule)
         micro = [(next(lm_batches), next(task_batches)) for _ in range(p1.accumulation_steps)]
         lr = scheduler.get_last_lr()[0]
-        losses = train_step(model, optimizer, scheduler, micro, compute, config.optimizer.max_grad_norm, rt)
+        losses = train_step(model, optimizer, scheduler, micro, functools.partial(compute, alpha=alpha), config.optimizer.max_grad_norm, rt)
         history.append(_record(1, step, lr, {**losses, "alpha": alpha}, rt, bar))
     bar.close()
     return history
@@ -238,10 +238,17 @@ def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
 
 
 def evaluate(model: nn.Module, task, examples: Any, tokenizer, rt: Runtime, batch_size: int = 64) -> dict[str, float]:
-    """Task metrics of the task model on `examples` (every rank scores the whole set)."""
+    """Task metrics of the task model on `examples` (every rank scores the whole set), in eval mode
+    and without gradients; the model's mode is restored afterwards (the tasks only score)."""
     batches = batch_indices(len(examples), batch_size, None)
-    with rt.autocast():
-        return task.evaluate(unwrap(model).task_model, examples, batches, tokenizer.pad_token_id, tokenizer.padding_side, rt.device)
+    scored = unwrap(model).task_model
+    was_training = scored.training
+    scored.eval()
+    try:
+        with torch.no_grad(), rt.autocast():
+            return task.evaluate(scored, examples, batches, tokenizer.pad_token_id, tokenizer.padding_side, rt.device)
+    finally:
+        scored.train(was_training)
 
 
 def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, metric: str | None = None) -> FitResult:

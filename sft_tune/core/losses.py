@@ -1,7 +1,7 @@
 """The phase-1 objective: real language-model losses and their mix with the task loss.
 
-`phase_loss` is the one place the objective is composed; its `LossParts` feed both `backward()`
-and the logs. The LM losses take the backbone's hidden states and project to the vocabulary only
+`phase_loss` is the one place the objective is composed (with the alpha schedule, `alpha_at`,
+and the alpha = 0 rule, `task_trains`); its `LossParts` feed both `backward()` and the logs. The LM losses take the backbone's hidden states and project to the vocabulary only
 where a target exists (selected MLM positions, non-padding next tokens): over all positions the
 vocabulary projection dominates the cost of a phase-1 step.
 """
@@ -36,14 +36,21 @@ class LossParts:
 
 
 def phase_loss(lm: torch.Tensor | None, task: torch.Tensor | None, alpha: float) -> LossParts:
-    """Compose L = L_lm + alpha * L_task (phase 1) or L = L_task (phase 2, `lm` is None)."""
+    """The objective: L_pre = L_lm + alpha * L_task in phase 1, L = L_task in phase 2 (`lm` None).
+    With alpha 0 (`task_trains`), phase 1 is the LM loss alone: L_task is logged, not trained."""
     if lm is None and task is None:
         raise ValueError("phase_loss needs at least one of lm and task")
     if lm is None:
         return LossParts(total=task, lm=None, task=task)
-    if task is None or alpha == 0:
+    if task is None or not task_trains(alpha):
         return LossParts(total=lm, lm=lm, task=task)
     return LossParts(total=lm + alpha * task, lm=lm, task=task)
+
+
+def task_trains(alpha: float) -> bool:
+    """The one alpha = 0 rule: with alpha 0 phase 1 is task-adaptive pre-training, the task loss
+    is computed for the logs but trains nothing (the model computes it without a graph)."""
+    return alpha != 0
 
 
 def mask_tokens(
@@ -100,7 +107,8 @@ def causal_lm_loss(
 
 
 def alpha_at(step: int, steps: int, alpha: float, schedule: str) -> float:
-    """The task-loss weight at phase-1 step `step` (1-based) of `steps`."""
+    """The task-loss weight at phase-1 step `step` (1-based) of `steps`: constant, increasing
+    from 0 to alpha (LM first), or decreasing from alpha to 0."""
     if schedule == "increase":
         return alpha * step / steps
     if schedule == "decrease":

@@ -26,7 +26,7 @@ from transformers import logging as hf_logging
 
 from sft_tune.config import ModelConfig
 from sft_tune.errors import fail
-from sft_tune.core.losses import LossParts, causal_lm_loss, masked_lm_loss, phase_loss
+from sft_tune.core.losses import LossParts, causal_lm_loss, masked_lm_loss, phase_loss, task_trains
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ class TwoPhaseModel(nn.Module):
         lm = self.lm_loss(**lm_batch) if lm_batch is not None else None
         task = None
         if task_batch is not None:
-            if lm is not None and alpha == 0:
-                with torch.no_grad():  # logged, but it must not train the task head
-                    task = self.task_model(**task_batch).loss
-            else:
+            untrained = lm is not None and not task_trains(alpha)  # logged only: no graph for it
+            with torch.no_grad() if untrained else contextlib.nullcontext():
                 task = self.task_model(**task_batch).loss
         return phase_loss(lm, task, alpha)
 

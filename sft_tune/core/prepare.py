@@ -44,9 +44,14 @@ def read_data(config: RunConfig, task) -> RawData:
     return RawData(train, test, unlabelled, names)
 
 
+Split = tuple[list[int], list[int]]  # (train indices, held-out indices) of the labelled set
+
+
 @dataclass
-class SweepData:
-    """Tokenized data shared by every trial, fold and worker of a sweep.
+class PreparedData:
+    """A config's data read, checked, split and tokenized once: used by a training run (one split:
+    train and validation), by every fold of a sweep's trials (k folds, or one holdout) and by
+    `select` (a training run). Every split's training data follows one LM-text rule.
 
     Token ids are `TokenArray`s (flat numpy) and texts are kept only as 64-bit hashes, so a worker's
     `ray.get` maps the object-store copy instead of rebuilding it in its heap: N concurrent trials
@@ -59,49 +64,73 @@ class SweepData:
     unlabelled: TokenArray
     unlabelled_hashes: np.ndarray
     label_names: list[str]
-    folds: list[tuple[list[int], list[int]]]  # (train indices, held-out indices) per fold
+    splits: list[Split]
     tokenization_passes: int
     strata: list[Any] | None = None  # per labelled example, for inner validation splits
     groups: list[Any] | None = None
+    test: Any | None = None  # the task's encoded test set, when asked for
 
-    def fold_lm_ids(self, fold: int, include_labelled: bool, also_held: Sequence[int] = ()) -> SequenceView:
-        """The LM data of one fold: unlabelled texts plus (optionally) its training texts, never a
+    def lm_ids(self, split: int, include_labelled: bool, also_held: Sequence[int] = ()) -> SequenceView:
+        """The LM data of one split: unlabelled texts plus (optionally) its training texts, never a
         text of its held-out part (nor of `also_held`), also not as a copy in the unlabelled pool.
-        The rule is `train.lm_selection`; no token is copied."""
-        train, held = self.folds[fold]
+        The rule is `lm_selection`; no token is copied."""
+        train, held = self.splits[split]
         excluded = set(also_held)
         keep, chosen = lm_selection(self.unlabelled_hashes, self.labelled_hashes, [i for i in train if i not in excluded], list(held) + list(also_held), include_labelled)
         return SequenceView([(self.unlabelled, keep), (self.labelled_lm, np.asarray(chosen, dtype=np.int64))])
 
-    def fold_split(self, fold: int, fraction: float, seed: int, path: Path) -> tuple[list[int], list[int]]:
-        """The fold's training part split again into (train, inner validation) example indices,
-        for early stopping that never looks at the held-out fold."""
-        train, _ = self.folds[fold]
+    def inner_split(self, split: int, fraction: float, seed: int, path: Path) -> Split:
+        """The split's training part split again into (train, inner validation) example indices,
+        for early stopping that never looks at the held-out part."""
+        train, _ = self.splits[split]
         strata = [self.strata[i] for i in train]
         groups = [self.groups[i] for i in train] if self.groups is not None else None
         inner_train, inner_val = split_validation(strata, groups, fraction, seed, path)
         return [train[i] for i in inner_train], [train[i] for i in inner_val]
 
+    def fit_data(self, split: int, config: RunConfig, evaluate_held_out: bool = False):
+        """What `loop.fit` trains on for one split. A training run evaluates each epoch on the
+        held-out part (`evaluate_held_out`: its validation split); a CV fold keeps its held-out
+        part for the fold's score, and evaluates (for early stopping) on an inner split."""
+        from sft_tune.core.loop import FitData
 
-def prepare_sweep_data(config: RunConfig, folds: int, seed: int) -> SweepData:
-    """Read, check and tokenize the labelled training file and unlabelled pool, once per sweep."""
+        train, held = self.splits[split]
+        include = config.data.labelled_text_for_lm
+        if evaluate_held_out:
+            return FitData(self.labelled.subset(train), self.lm_ids(split, include), self.labelled.subset(held) if held else None)
+        if config.phase2.early_stopping_patience > 0:
+            train, inner = self.inner_split(split, config.data.validation_fraction, config.seed + split, config.data.train)
+            return FitData(self.labelled.subset(train), self.lm_ids(split, include, inner), self.labelled.subset(inner))
+        return FitData(self.labelled.subset(train), self.lm_ids(split, include))
+
+    def held_out(self, split: int) -> Any:
+        return self.labelled.subset(self.splits[split][1])
+
+
+def prepare_data(config: RunConfig, folds: int = 1, seed: int | None = None, with_test: bool = False) -> PreparedData:
+    """Read, check, split and tokenize a config's data once. `folds` 1 is one split of
+    data.validation_fraction (a training run's validation split, or a sweep's holdout), k >= 2
+    is k-fold CV; `seed` (default the config's) shuffles the split; `with_test` also encodes the
+    test file."""
     task = get_task(config.model.task)
     raw = read_data(config, task)
     strata, groups = task.strata(raw.train), task.groups(raw.train)
-    if folds == 1:  # a holdout: one split of data.validation_fraction
-        fold_indices = [split_validation(strata, groups, config.data.validation_fraction, seed, config.data.train)]
+    seed = config.seed if seed is None else seed
+    if folds == 1:
+        splits = [split_validation(strata, groups, config.data.validation_fraction, seed, config.data.train)]
     else:
-        fold_indices = make_folds(strata, groups, folds, seed, config.data.train)
+        splits = make_folds(strata, groups, folds, seed, config.data.train)
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
     unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
     texts = task.texts(raw.train)
     labelled_lm_ids = tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-    return SweepData(
+    test = task.encode(raw.test, tokenizer, raw.label_names, config.data) if with_test and raw.test is not None else None
+    return PreparedData(
         labelled, text_hashes(texts), TokenArray.from_lists(labelled_lm_ids),
         TokenArray.from_lists(unlabelled_ids), text_hashes(raw.unlabelled),
-        raw.label_names, fold_indices, data_module.TOKENIZATION_PASSES - before, strata, groups,
+        raw.label_names, splits, data_module.TOKENIZATION_PASSES - before, strata, groups, test,
     )
 
 
@@ -127,17 +156,3 @@ def lm_selection(
                 seen.add(key)
                 chosen.append(i)
     return keep, chosen
-
-
-def lm_sequences(
-    unlabelled_ids: Sequence[list[int]],
-    unlabelled_texts: Sequence[str],
-    labelled_ids: Sequence[list[int]],
-    labelled_texts: Sequence[str],
-    train_indices: Sequence[int],
-    heldout_indices: Sequence[int],
-    include_labelled: bool,
-) -> list[list[int]]:
-    """The LM token ids of one split (the rule of `lm_selection`), for a single run's lists."""
-    keep, chosen = lm_selection(text_hashes(unlabelled_texts), text_hashes(labelled_texts), train_indices, heldout_indices, include_labelled)
-    return [unlabelled_ids[i] for i in keep] + [labelled_ids[i] for i in chosen]

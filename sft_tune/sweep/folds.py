@@ -1,6 +1,6 @@
 """The fold loop: k-fold cross-validation of one configuration, wherever the trial runs.
 
-The driver reads and tokenizes the data once (`prepare_sweep_data`) and shares it through the Ray
+The driver reads and tokenizes the data once (`prepare_data`) and shares it through the Ray
 object store. A trial runs all its folds in one place: its own Tune trial actor (one worker), or
 the ranks of a Ray Train `TorchTrainer` worker group (several workers, DDP). Both run the same
 `run_folds`, given the place's `report`, checkpoint and model-wrapping functions (`TrialPlace`).
@@ -28,10 +28,10 @@ from typing import Any, Callable, Sequence
 from sft_tune.core import data as data_module
 from sft_tune.config import RunConfig
 from sft_tune.core.model import load_model, load_tokenizer
-from sft_tune.core.prepare import SweepData
+from sft_tune.core.prepare import PreparedData
 from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
 from sft_tune.tasks import get_task
-from sft_tune.core.loop import FitData, Runtime, evaluate, fit, seed_everything, uses_bf16
+from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf16
 
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 
@@ -47,12 +47,12 @@ class ProcessCache:
     set and, unless the model itself is searched, one model."""
 
     def __init__(self) -> None:
-        self._data: tuple[str, SweepData] | None = None
+        self._data: tuple[str, PreparedData] | None = None
         self._tokenizer: tuple[str, Any] | None = None
         self._model: tuple[str, Any, dict[str, Any]] | None = None
         self.model_loads = 0  # from_pretrained calls in this process (tests, bench)
 
-    def data(self, ref) -> SweepData:
+    def data(self, ref) -> PreparedData:
         import ray
 
         if self._data is None or self._data[0] != ref.hex():
@@ -81,7 +81,7 @@ class ProcessCache:
 CACHE = ProcessCache()
 
 
-def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None, cache: ProcessCache = CACHE) -> list[float]:
+def cross_validate(config: RunConfig, data: PreparedData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None, cache: ProcessCache = CACHE) -> list[float]:
     """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
@@ -89,18 +89,12 @@ def cross_validate(config: RunConfig, data: SweepData, metric: str, rt: Runtime,
     model, pristine = cache.model(config, task, data.label_names, tokenizer)
     model.to(rt.device)
     wrapped = rt.wrap(model)
-    for fold in range(start, len(data.folds)):
+    for fold in range(start, len(data.splits)):
         _maybe_inject_fault(fault_file)
         seed_everything(config.seed + fold)
         model.load_state_dict(pristine)
-        train, held = data.folds[fold]
-        if config.phase2.early_stopping_patience > 0:
-            train, inner = data.fold_split(fold, config.data.validation_fraction, config.seed + fold, config.data.train)
-            fold_data = FitData(data.labelled.subset(train), data.fold_lm_ids(fold, config.data.labelled_text_for_lm, inner), data.labelled.subset(inner))
-        else:
-            fold_data = FitData(data.labelled.subset(train), data.fold_lm_ids(fold, config.data.labelled_text_for_lm))
-        result = fit(wrapped, task, fold_data, config, tokenizer, rt, metric)
-        metrics = evaluate(wrapped, task, data.labelled.subset(held), tokenizer, rt)
+        result = fit(wrapped, task, data.fit_data(fold, config), config, tokenizer, rt, metric)
+        metrics = evaluate(wrapped, task, data.held_out(fold), tokenizer, rt)
         scores.append(metrics[metric])
         if after_fold is not None:
             after_fold(fold, scores, {"fold_metrics": metrics, **_loss_summary(result.history)}, result.history)
@@ -158,7 +152,7 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
     data = cache.data(job["data_ref"][0])
     saved = place.saved() or {"scores": [], "metrics": None}
     scores = saved["scores"]
-    if len(scores) >= len(data.folds):
+    if len(scores) >= len(data.splits):
         # Every fold finished before (a restored trial whose last fold was checkpointed): hand Tune
         # the final result again, marked so that no callback counts that fold twice.
         place.report({**saved["metrics"], REPLAYED: True}, None)

@@ -52,12 +52,12 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
     terminal with `verbose`)."""
     import ray
 
-    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_data
 
     sweep, folder = prepare(space_path, resume)
     if resume is not None and (was := folder.moved_from()) is not None:
         log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
-    data = prepare_sweep_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
+    data = prepare_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
     folder.path.mkdir(parents=True, exist_ok=True)
     with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
         started = start_ray(sweep, address)

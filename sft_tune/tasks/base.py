@@ -58,7 +58,8 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, examples: Any, batches: list[list[int]], pad_id: int, side: str, device: torch.device) -> dict[str, float]:
-        """Metrics of `model` on `examples` (including `self.metric`)."""
+        """Metrics of `model` on `examples` (including `self.metric`); `loop.evaluate` calls it in
+        eval mode without gradients."""
 
     def metric_mode(self, metric: str) -> str:
         """"max" when a higher `metric` is better, "min" for losses."""

@@ -97,15 +97,11 @@ class ClassificationTask(Task):
 
     def evaluate(self, model, examples: EncodedLabelled, batches, pad_id: int, side: str, device) -> dict[str, float]:
         predictions, total_loss = [], 0.0
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for indices in batches:
-                batch = {k: v.to(device) for k, v in self.collate(examples, indices, pad_id, side).items()}
-                outputs = model(**batch)
-                total_loss += outputs.loss.item() * len(indices)
-                predictions.extend(outputs.logits.argmax(-1).tolist())
-        model.train(was_training)
+        for indices in batches:
+            batch = {k: v.to(device) for k, v in self.collate(examples, indices, pad_id, side).items()}
+            outputs = model(**batch)
+            total_loss += outputs.loss.item() * len(indices)
+            predictions.extend(outputs.logits.argmax(-1).tolist())
         truth = [examples.labels[i] for indices in batches for i in indices]
         num_labels = model.config.num_labels
         return {

@@ -119,23 +119,19 @@ class GenerationTask(Task):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def evaluate(self, model, examples: EncodedConversations, batches, pad_id: int, side: str, device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         total_loss, total_tokens, correct, matches = 0.0, 0, 0, 0
-        with torch.no_grad():
-            for indices in batches:
-                batch = {k: v.to(device) for k, v in self.collate(examples, indices, pad_id, side).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-                targets = batch["labels"][:, 1:]
-                scored = targets != IGNORE_INDEX
-                total_loss += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
-                correct += (logits.argmax(-1)[scored] == targets[scored]).sum().item()
-                total_tokens += int(scored.sum())
-                longest = max(len(examples.response_ids[i]) for i in indices)
-                prompts = [examples.prompt_ids[i] for i in indices]
-                for i, ids in zip(indices, generate(model, prompts, pad_id, examples.eos_id, min(longest, examples.max_new_tokens), device)):
-                    matches += ids == without_eos(examples.response_ids[i], examples.eos_id)
-        model.train(was_training)
+        for indices in batches:
+            batch = {k: v.to(device) for k, v in self.collate(examples, indices, pad_id, side).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            targets = batch["labels"][:, 1:]
+            scored = targets != IGNORE_INDEX
+            total_loss += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+            correct += (logits.argmax(-1)[scored] == targets[scored]).sum().item()
+            total_tokens += int(scored.sum())
+            longest = max(len(examples.response_ids[i]) for i in indices)
+            prompts = [examples.prompt_ids[i] for i in indices]
+            for i, ids in zip(indices, generate(model, prompts, pad_id, examples.eos_id, min(longest, examples.max_new_tokens), device)):
+                matches += ids == without_eos(examples.response_ids[i], examples.eos_id)
         count = sum(len(indices) for indices in batches)
         loss = total_loss / max(total_tokens, 1)
         return {

@@ -54,7 +54,8 @@ from transformers import AutoModelForTokenClassification
 from sft_tune.config import DataConfig, NerConfig
 from sft_tune.core.data import cached, read_table, require_columns, text_column
 from sft_tune.core.batches import pad
-from sft_tune.errors import InputError, Problem, fail
+from sft_tune.core.losses import IGNORE_INDEX
+from sft_tune.errors import Problem, fail, first_problems
 from sft_tune.tasks.base import Task
 
 TABLE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
@@ -62,9 +63,7 @@ DOCSTART = "-DOCSTART-"
 PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES", "auto": "BIES"}
 TAG = re.compile(r"^([A-Z])-(\S+)$")
 WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # raw text to words at predict time (CoNLL-like)
-IGNORE = -100  # label of the tokens the loss skips
 MIN_STRATUM = 20  # sentences a stratum needs; smaller ones join the largest (folds go up to 20)
-SHOWN = 10  # problems listed per bad file
 
 
 @dataclass
@@ -91,7 +90,7 @@ class Windows:
 
     sentence: list[int]  # per window: its sentence
     input_ids: list[list[int]]  # per window, special tokens included
-    labels: list[list[int]]  # per window, IGNORE where no tag is learned
+    labels: list[list[int]]  # per window, IGNORE_INDEX where no tag is learned
     start: list[int]  # per window: offset of its first content token in the sentence's sub-tokens
     first: list[list[int]]  # per sentence: offset of each word's first sub-token
     length: list[int]  # per sentence: number of sub-tokens
@@ -193,10 +192,7 @@ class NerTask(Task):
         return collate_windows(examples, indices, pad_id, side)
 
     def evaluate(self, model, examples: Windows, batches, pad_id: int, side: str, device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         picked, loss = stitch(model, examples, batches, pad_id, side, device)
-        model.train(was_training)
         sentences = sorted({examples.sentence[w] for indices in batches for w in indices})
         names = examples.names
         gold = [[names[t] for t in examples.tags[s]] for s in sentences]
@@ -245,13 +241,6 @@ def detect_scheme(tags: Sequence[Sequence[str]]) -> str:
                 return "IOB1"
             previous = tag
     return "IOB2"
-
-
-def _raise_problems(problems: list[Problem], path: Path) -> None:
-    if problems:
-        shown = problems[:SHOWN]
-        more = f" (first {SHOWN} shown)" if len(problems) > SHOWN else ""
-        raise InputError(shown, title=f"{path}: {len(problems)} bad {'entries' if len(problems) > 1 else 'entry'}{more}")
 
 
 def _split_columns(line: str) -> list[str]:
@@ -305,7 +294,8 @@ def read_conll(path: Path, scheme: str, what: str) -> Sentences:
             problems.append(Problem(f"{path} line {number}", columns[-1], rule, f"fix the tag{'' if scheme == 'auto' else ', or set data.ner.tag_scheme to the scheme of the file'}"))
         current.append((columns[0], columns[-1]))
     close(len(lines) + 1)
-    _raise_problems(problems, path)
+    if problems:
+        raise first_problems(problems, f"{path}: invalid NER data")
     if not words:
         raise fail(str(path), "no token lines", f"the {what} must hold at least one sentence", "point to a CoNLL file with `token ... tag` lines")
     detected = detect_scheme(tags) if scheme == "auto" else scheme
@@ -341,7 +331,8 @@ def read_sentence_table(path: Path, ner: NerConfig, what: str) -> Sentences:
                     problems.append(Problem(f"{where} word {index + 1}", tag, rule, "fix the tag, or set data.ner.tag_scheme to the scheme of the file"))
         words.append(tokens)
         tags.append(row_tags)
-    _raise_problems(problems, path)
+    if problems:
+        raise first_problems(problems, f"{path}: invalid NER data")
     documents = None
     if ner.document_column in table.column_names:
         documents = [f"row {row}" if value is None else str(value) for row, value in enumerate(table[ner.document_column], 1)]
@@ -425,7 +416,7 @@ def build_windows(sentences: Sequence[Sequence[str]], tag_ids: Sequence[Sequence
             ids += pieces[word]
             if tag_ids is not None:
                 tag = tag_ids[s][w]
-                labels += [tag] + [tag if label_all else IGNORE] * (len(pieces[word]) - 1)
+                labels += [tag] + [tag if label_all else IGNORE_INDEX] * (len(pieces[word]) - 1)
         out["first"].append(first)
         out["length"].append(len(ids))
         out["tags"].append(list(tag_ids[s]) if tag_ids is not None else [])
@@ -434,7 +425,7 @@ def build_windows(sentences: Sequence[Sequence[str]], tag_ids: Sequence[Sequence
             out["start"].append(start)
             out["input_ids"].append(prefix + ids[start:end] + suffix)
             if tag_ids is not None:
-                out["labels"].append([IGNORE] * len(prefix) + labels[start:end] + [IGNORE] * len(suffix))
+                out["labels"].append([IGNORE_INDEX] * len(prefix) + labels[start:end] + [IGNORE_INDEX] * len(suffix))
     return out
 
 
@@ -466,11 +457,11 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: str
 
 
 def collate_windows(examples: Windows, indices: Sequence[int], pad_id: int, side: str) -> dict[str, torch.Tensor]:
-    """Windows padded on the tokenizer's side (labels with IGNORE); no labels where none are known."""
+    """Windows padded on the tokenizer's side (labels with IGNORE_INDEX); no labels where none are known."""
     input_ids, attention_mask = pad([examples.input_ids[i] for i in indices], pad_id, side)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if examples.labels:
-        batch["labels"] = pad([examples.labels[i] for i in indices], IGNORE, side)[0]
+        batch["labels"] = pad([examples.labels[i] for i in indices], IGNORE_INDEX, side)[0]
     return batch
 
 
@@ -483,7 +474,7 @@ def stitch(model: torch.nn.Module, examples: Windows, batches: Sequence[Sequence
         for indices in batches:
             batch = {k: v.to(device) for k, v in collate_windows(examples, indices, pad_id, side).items()}
             outputs = model(**batch)
-            labelled = int((batch["labels"] != IGNORE).sum()) if "labels" in batch else 0
+            labelled = int((batch["labels"] != IGNORE_INDEX).sum()) if "labels" in batch else 0
             if labelled:
                 total_loss += outputs.loss.item() * labelled
                 counted += labelled

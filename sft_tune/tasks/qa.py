@@ -25,14 +25,13 @@ from transformers import AutoModelForQuestionAnswering
 from sft_tune.config import DataConfig
 from sft_tune.core.data import cached, read_table, require_columns
 from sft_tune.core.batches import pad
-from sft_tune.errors import InputError, Problem, fail
+from sft_tune.errors import Problem, fail, first_problems
 from sft_tune.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 ANSWER_KINDS = ["answer", "no_answer"]  # `label_names`: what the model may predict
 N_BEST_SHOWN = 5  # candidates listed per question by `predict`
-MAX_PROBLEMS = 10  # answer problems listed per file (then a count of the rest)
 SQUAD_SHAPE = '{"version": ..., "data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}'
 
 
@@ -165,13 +164,10 @@ class QaTask(Task):
 
     def evaluate(self, model, examples: QaWindows, batches, pad_id: int, side: str, device) -> dict[str, float]:
         logits, total_loss = {}, 0.0
-        was_training = model.training
-        model.eval()
         for indices in batches:
             found, loss = self.window_logits(model, examples, indices, pad_id, side, device)
             logits.update(zip(indices, found))
             total_loss += loss * len(indices)
-        model.train(was_training)
         predictions, golds = [], []
         for question, windows in examples.windows_of().items():
             seen = [w for w in windows if w in logits]
@@ -373,10 +369,7 @@ def _checked_answers(raw: list[Any] | None, context: str, where: str, problems: 
 
 def _raise(problems: list[Problem], path: Path) -> None:
     if problems:
-        shown = problems[:MAX_PROBLEMS]
-        if len(problems) > MAX_PROBLEMS:
-            shown.append(Problem(str(path), f"{len(problems) - MAX_PROBLEMS} more", "(not listed)", "fix the ones above and run again"))
-        raise InputError(shown, title=f"{path}: invalid QA data")
+        raise first_problems(problems, f"{path}: invalid QA data")
 
 
 # --- Windows -------------------------------------------------------------------------------

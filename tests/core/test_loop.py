@@ -8,6 +8,7 @@ from conftest import run_config_dict
 from sft_tune.core import data as data_module
 from sft_tune.config import parse_config
 from sft_tune.run import train
+from sft_tune.core.data import text_hashes
 from sft_tune.core.loop import FitData, Runtime, run_phase2
 
 
@@ -116,9 +117,10 @@ def test_second_run_reuses_the_tokenized_data(tiny_bert, toy_files, tmp_path):
 
 
 def test_lm_data_never_contains_validation_texts(tiny_bert, toy_files, tmp_path):
-    from sft_tune.core.prepare import lm_sequences
+    from sft_tune.core.prepare import lm_selection
 
-    unlabelled_texts = ["u1", "v0"]
-    ids = lm_sequences([[1], [2]], unlabelled_texts, [[10], [11], [12]], ["v0", "t1", "t2"], [1, 2], [0], include_labelled=True)
-    assert ids == [[1], [11], [12]]
-    assert lm_sequences([[1]], ["u1"], [[10], [11]], ["a", "b"], [0], [1], include_labelled=False) == [[1]]
+    # The pool holds a copy of the held-out text v0: it is dropped; the training texts t1, t2 join.
+    keep, chosen = lm_selection(text_hashes(["u1", "v0"]), text_hashes(["v0", "t1", "t2"]), [1, 2], [0], include_labelled=True)
+    assert keep.tolist() == [0] and chosen == [1, 2]
+    keep, chosen = lm_selection(text_hashes(["u1"]), text_hashes(["a", "b"]), [0], [1], include_labelled=False)
+    assert keep.tolist() == [0] and chosen == []

@@ -8,14 +8,13 @@ import torch
 
 from conftest import run_config_dict
 from sft_tune.config import parse_config
-from sft_tune.core.prepare import SweepData
+from sft_tune.core.prepare import PreparedData
 from sft_tune.core.data import TokenArray, text_hashes
 from sft_tune.errors import InputError
 from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.tasks import get_task
 from sft_tune.core.loop import FitData, Runtime, fit, make_optimizer, run_head_warmup
 from sft_tune.core.losses import alpha_at
-from sft_tune.core.prepare import lm_sequences
 
 LABELS = ["negative", "positive"]
 
@@ -98,9 +97,8 @@ def test_inner_validation_split_of_a_fold_never_touches_the_held_out_fold():
     strata = ["a", "b"] * 20
     texts = [f"text {i}" for i in range(40)]
     folds = [(list(range(0, 30)), list(range(30, 40)))]
-    data = SweepData(None, text_hashes(texts), TokenArray.from_lists([[i] for i in range(40)]), TokenArray.from_lists([]), text_hashes([]), LABELS, folds, 0, strata, None)
-    train, inner = data.fold_split(0, 0.2, 0, "train.csv")
+    data = PreparedData(None, text_hashes(texts), TokenArray.from_lists([[i] for i in range(40)]), TokenArray.from_lists([]), text_hashes([]), LABELS, folds, 0, strata, None)
+    train, inner = data.inner_split(0, 0.2, 0, "train.csv")
     assert sorted(train + inner) == list(range(30)) and not set(inner) & set(train)
-    lm = [int(seq[0]) for seq in (data.fold_lm_ids(0, True, inner)[i] for i in range(len(data.fold_lm_ids(0, True, inner))))]
+    lm = [int(seq[0]) for seq in (data.lm_ids(0, True, inner)[i] for i in range(len(data.lm_ids(0, True, inner))))]
     assert sorted(lm) == sorted(train)
-    assert lm == [int(s[0]) for s in lm_sequences([], [], [[i] for i in range(40)], texts, train, list(range(30, 40)) + inner, True)]

@@ -8,7 +8,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -18,7 +17,7 @@ from conftest import toy_rows, write_csv, write_space
 from wandb_records import read_runs
 from sft_tune.config import load_config
 from sft_tune.sweep.folder import read_events
-from sft_tune.core.prepare import SweepData, prepare_sweep_data
+from sft_tune.core.prepare import PreparedData, prepare_data
 from sft_tune.errors import InputError
 from sft_tune.core.splits import make_folds
 from sft_tune.sweep.run import run_search
@@ -204,13 +203,13 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
     from sft_tune.space import load_space
 
     sweep = load_space(space)
-    data: SweepData = prepare_sweep_data(sweep.base_config, 4, 0)
-    for fold, (train, held) in enumerate(data.folds):
+    data: PreparedData = prepare_data(sweep.base_config, 4, 0)
+    for fold, (train, held) in enumerate(data.splits):
         held_ids = {tuple(data.labelled.input_ids[i]) for i in held}
-        lm = {tuple(ids) for ids in data.fold_lm_ids(fold, include_labelled=True)}
+        lm = {tuple(ids) for ids in data.lm_ids(fold, include_labelled=True)}
         assert not lm & held_ids
         assert {tuple(data.labelled.input_ids[i]) for i in train} <= lm
-    assert sorted(i for _, held in data.folds for i in held) == list(range(40))
+    assert sorted(i for _, held in data.splits for i in held) == list(range(40))
 
 
 def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path, tiny_bert, toy_files):
@@ -220,19 +219,19 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path
 
     from sft_tune.space import load_space
 
-    data = prepare_sweep_data(load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config, 2, 0)
+    data = prepare_data(load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config, 2, 0)
     ref = ray.put(data)
 
     @ray.remote(num_cpus=0.01)
     def probe(wrapped):
         got = wrapped[0] if isinstance(wrapped, list) else wrapped
         got = ray.get(got) if isinstance(got, ray.ObjectRef) else got
-        lm = got.fold_lm_ids(0, include_labelled=True)
+        lm = got.lm_ids(0, include_labelled=True)
         return got.unlabelled.flat.flags.writeable, got.unlabelled.flat.nbytes, len(lm), [int(t) for t in lm[0]]
 
     writeable, nbytes, n_lm, first = ray.get(probe.remote([ref]))
     assert not writeable and nbytes == data.unlabelled.flat.nbytes
-    assert n_lm == len(data.fold_lm_ids(0, include_labelled=True)) and first == data.fold_lm_ids(0, True)[0].tolist()
+    assert n_lm == len(data.lm_ids(0, include_labelled=True)) and first == data.lm_ids(0, True)[0].tolist()
 
 
 def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_path, tiny_bert, toy_files, caplog):

@@ -394,7 +394,7 @@ def test_predict_checks_the_whole_input_before_returning(tiny_bert, tmp_path):
 
 @pytest.mark.ray
 def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session):
-    from sft_tune.core.prepare import prepare_sweep_data
+    from sft_tune.core.prepare import prepare_data
     from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
     from sft_tune.space import load_space
@@ -415,7 +415,7 @@ def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session)
 
     sweep = load_space(space)
     questions = TASK.read(DATA / "squad_v2.json", sweep.base_config.data, "x")
-    folds = prepare_sweep_data(sweep.base_config, 2, sweep.search.seed).folds
+    folds = prepare_data(sweep.base_config, 2, sweep.search.seed).splits
     for train, held in folds:
         assert not {questions.titles[i] for i in train} & {questions.titles[i] for i in held}
         assert not {questions.contexts[i] for i in train} & {questions.contexts[i] for i in held}
