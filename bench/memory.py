@@ -290,7 +290,7 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
     every worker's heap): it shows what a copy looks like to the same probe."""
     import ray
 
-    from sft_tune.config import parse_config
+    from sft_tune.runconfig import parse_config
     from sft_tune.core.prepare import prepare_data
 
     config = json.loads(json.dumps(base))
@@ -362,7 +362,7 @@ def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log:
 def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int]:
     """Pickled size (what ray.put stores) and deserialized heap size (what ray.get builds) of the
     sweep's tokenized data, from the sweep's own `prepare_data` (warm cache: no tokenization)."""
-    from sft_tune.config import parse_config
+    from sft_tune.runconfig import parse_config
     from sft_tune.core.prepare import prepare_data
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)

@@ -377,7 +377,7 @@ def sized(base: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
 def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, metric: str) -> dict[str, float]:
     """Seconds per fold of the fixed part (model reset + scoring), per phase-1 step and per
     phase-2 step, from `cross_validate` runs in this process (after one untimed warm-up)."""
-    from sft_tune.config import parse_config
+    from sft_tune.runconfig import parse_config
     from sft_tune.sweep.folds import cross_validate
     from sft_tune.core.prepare import prepare_data
     from sft_tune.core.loop import Runtime
@@ -489,7 +489,7 @@ def trial_params(trials: list) -> list[dict[str, Any]]:
 
 def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The same configurations in this process: prepare_data once, cross_validate each."""
-    from sft_tune.config import parse_config
+    from sft_tune.runconfig import parse_config
     from sft_tune.space import load_space, with_params
     from sft_tune.sweep.folds import ProcessCache, cross_validate
     from sft_tune.core.prepare import prepare_data

@@ -15,7 +15,7 @@ EXIT_INPUT = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sft_tune.config import load_config
+    from sft_tune.runconfig import load_config
 
     config = load_config(args.config)
     if args.output_dir is not None:

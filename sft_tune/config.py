@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sft_tune.errors import InputError, Problem, fail
+from sft_tune.errors import Problem, fail
 
 
 class _Strict(BaseModel):
@@ -28,15 +28,6 @@ class ModelConfig(_Strict):
         "classification",
         description="Task head to train; one of the names in `sft_tune.tasks.TASKS`.",
     )
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, task: str) -> str:
-        from sft_tune.tasks import TASKS
-
-        if task not in TASKS:
-            raise ValueError(f"must be one of {sorted(TASKS)}")
-        return task
-
     lm_objective: Literal["auto", "masked", "causal"] = Field(
         "auto",
         description="Language-model loss of phase 1: masked-LM (encoders), next-token (decoders), "
@@ -53,62 +44,16 @@ class ModelConfig(_Strict):
     )
 
 
-class NerConfig(_Strict):
-    """How token-classification (NER) files are read, labelled and scored."""
+class TaskOptions(_Strict):
+    """Base of a task's own section of `data` (e.g. `data.ner`): the task module defines the
+    fields; `runconfig.parse_config` validates the section with it after the schema here."""
 
-    tokens_column: str = Field("tokens", description="JSONL/Parquet column with the list of words of a sentence.")
-    tags_column: str = Field("tags", description="JSONL/Parquet column with the list of tags (one per word).")
-    document_column: str = Field(
-        "document", description="Optional column naming each sentence's document; folds keep documents whole."
-    )
-    tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
-        "auto", description="Tagging scheme of the files (auto = detected from the training tags)."
-    )
-    label_subwords: Literal["first", "all"] = Field(
-        "first",
-        description="Which sub-word tokens of a word carry its tag in training: the first only "
-        "(the rest ignored) or all of them. Predictions always read the first sub-token.",
-    )
+    section: ClassVar[str]
 
-
-class QaConfig(_Strict):
-    """How extractive-QA files are read and answers decoded."""
-
-    question_column: str = Field("question", description="JSONL/Parquet column with the question.")
-    context_column: str = Field("context", description="JSONL/Parquet column with the context passage.")
-    answers_column: str = Field(
-        "answers", description="JSONL/Parquet column with the answers: {text: [...], answer_start: [...]}."
-    )
-    group_column: str = Field(
-        "title", description="Optional column naming the article; folds keep articles (else contexts) whole."
-    )
-    max_answer_length: int = Field(30, ge=1, description="Longest answer span predicted, in tokens.")
-    n_best: int = Field(20, ge=1, description="Start and end candidates considered per window.")
-    no_answer: Literal["auto", "true", "false"] = Field(
-        "auto",
-        description="Whether the model may answer \"no answer\" (SQuAD v2); auto = when the training "
-        "data has unanswerable questions.",
-    )
-
-
-class GenerationConfig(_Strict):
-    """How prompt->response files are read and rendered (task: generation)."""
-
-    prompt_column: str = Field("prompt", description="Column with the prompt text.")
-    response_column: str = Field("response", description="Column with the response text (trained on).")
-    messages_column: str = Field(
-        "messages",
-        description="Column with chat messages [{role, content}, ...], used when the file has it: "
-        "the last assistant message is the response, everything before it the prompt.",
-    )
-    chat_template: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="Render prompts with the tokenizer's chat template: auto = when it has one "
-        "(always for `messages`).",
-    )
-    max_new_tokens: int = Field(
-        32, ge=1, description="Longest greedy generation in evaluation (exact match) and predict."
-    )
+    @classmethod
+    def of(cls, data: "DataConfig") -> "TaskOptions":
+        """The task's options from a parsed data config (its section is a validated mapping)."""
+        return cls.model_validate(getattr(data, cls.section))
 
 
 class DataConfig(_Strict):
@@ -143,10 +88,13 @@ class DataConfig(_Strict):
         32, ge=0, description="Tokens shared by consecutive windows when a long input (NER sentence, QA "
         "context) is split to fit max_length."
     )
-    ner: NerConfig = Field(default_factory=NerConfig, description="Token classification (task: ner).")
-    qa: QaConfig = Field(default_factory=QaConfig, description="Extractive QA (task: qa).")
-    generation: GenerationConfig = Field(
-        default_factory=GenerationConfig, description="Prompt->response SFT (task: generation)."
+    ner: dict[str, Any] = Field(
+        default_factory=dict, description="Token classification options (task: ner; `sft_tune.tasks.ner.NerOptions`)."
+    )
+    qa: dict[str, Any] = Field(default_factory=dict, description="Extractive QA options (task: qa; `sft_tune.tasks.qa.QaOptions`).")
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Prompt->response SFT options (task: generation; `sft_tune.tasks.generation.GenerationOptions`).",
     )
 
 
@@ -234,12 +182,6 @@ class RunConfig(_Strict):
 
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config file; raise `InputError` listing every problem."""
-    raw = read_yaml(path, "config file")
-    return parse_config(raw, base_dir=Path(path).resolve().parent, source=str(path))
-
-
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     """Read a YAML mapping, turning missing files and syntax errors into `InputError`."""
     path = Path(path)
@@ -254,20 +196,18 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     return raw
 
 
-def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str = "config") -> RunConfig:
-    """Validate a config mapping; relative paths are resolved against `base_dir`."""
+def validate_schema(raw: dict[str, Any]) -> tuple[RunConfig | None, list[Problem]]:
+    """The config mapping checked against the schema: (config, []) or (None, every problem).
+    The task name and the task sections are checked by `runconfig.parse_config`."""
     try:
-        config = RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw), []
     except ValidationError as err:
-        raise InputError(problems_from_validation(err, RunConfig), title=f"{source}: invalid config") from None
-    problems = cross_checks(config)
-    if problems:
-        raise InputError(problems, title=f"{source}: invalid config")
-    return resolve_paths(config, base_dir) if base_dir is not None else config
+        return None, problems_from_validation(err, RunConfig)
 
 
 def cross_checks(config: RunConfig) -> list[Problem]:
-    """Rules that tie several fields together (each field alone was already checked)."""
+    """Rules that tie several fields together (each field alone was already checked); a task's own
+    rules are its `Task.check`."""
     problems = []
     if config.model.gguf_file:
         import importlib.util
@@ -277,8 +217,6 @@ def cross_checks(config: RunConfig) -> list[Problem]:
             problems.append(Problem("model.gguf_file", config.model.gguf_file, f"reading a GGUF checkpoint needs the packages {missing}", "pip install 'sft-tune[gguf]' (gguf and accelerate)"))
     if config.phase2.early_stopping_patience > 0 and config.data.validation_fraction == 0:
         problems.append(Problem("phase2.early_stopping_patience", config.phase2.early_stopping_patience, "early stopping needs a validation split to score each epoch", "set data.validation_fraction above 0 (e.g. 0.1), or early_stopping_patience to 0"))
-    if config.model.task in ("ner", "qa") and config.data.stride >= config.data.max_length // 2:
-        problems.append(Problem("data.stride", config.data.stride, f"windows must overlap by less than half of data.max_length ({config.data.max_length})", f"set data.stride below {config.data.max_length // 2}"))
     return problems
 
 

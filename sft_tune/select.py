@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sft_tune.config import parse_config
+from sft_tune.runconfig import parse_config
 from sft_tune.errors import fail
 from sft_tune.core.export import library_versions
 from sft_tune.sweep.folder import SweepFolder

@@ -13,7 +13,8 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sft_tune.config import RunConfig, parse_config, problems_from_validation, read_yaml, resolve_paths
+from sft_tune.config import RunConfig, problems_from_validation, read_yaml, resolve_paths
+from sft_tune.runconfig import parse_config
 from sft_tune.errors import InputError, Problem
 
 

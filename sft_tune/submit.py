@@ -82,7 +82,7 @@ def check_command(command: list[str]) -> None:
 
         load_space(options["--space"])
     if command[0] == "train" and "--config" in options:
-        from sft_tune.config import load_config
+        from sft_tune.runconfig import load_config
 
         load_config(options["--config"])
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from sft_tune.config import load_config, parse_config
+from sft_tune.runconfig import load_config, parse_config
 from sft_tune.errors import InputError
 
 
@@ -69,3 +69,45 @@ def test_unreadable_config_files(tmp_path, text, rule):
     with pytest.raises(InputError) as caught:
         load_config(path)
     assert rule in caught.value.problems[0].rule
+
+
+def test_task_sections_are_checked_by_their_task_with_the_schema_at_once():
+    # data.ner is the NER task's section (NerOptions in tasks/ner.py): its typo and bad value are
+    # reported with a schema problem elsewhere, under their full dotted keys.
+    raw = _base()
+    raw["model"]["task"] = "ner"
+    raw["data"]["ner"] = {"tag_shceme": "IOB2", "label_subwords": "some"}
+    raw["data"]["qa"] = {"n_best": 0}
+    raw["phase1"] = {"alpha": -1}
+    where = {p.where: p for p in _problems(raw)}
+    assert set(where) == {"data.ner.tag_shceme", "data.ner.label_subwords", "data.qa.n_best", "phase1.alpha"}
+    assert where["data.ner.tag_shceme"].rule == "unknown key" and "tag_scheme" in where["data.ner.tag_shceme"].fix
+    assert where["data.qa.n_best"].value == 0 and "candidates" in where["data.qa.n_best"].fix
+
+
+def test_task_sections_come_back_complete():
+    raw = _base()
+    raw["data"]["ner"] = {"tag_scheme": "BIOES"}
+    config = parse_config(raw)
+    assert config.data.ner == {"tokens_column": "tokens", "tags_column": "tags", "document_column": "document", "tag_scheme": "BIOES", "label_subwords": "first"}
+    assert config.data.qa["max_answer_length"] == 30 and config.data.generation["max_new_tokens"] == 32
+    assert parse_config(config.model_dump(mode="json")) == config  # a saved config reads back the same
+
+
+@pytest.mark.parametrize("task, problem", [("ner", True), ("qa", True), ("classification", False), ("generation", False)])
+def test_the_window_rule_is_the_windowed_tasks_own(task, problem):
+    raw = _base()
+    raw["model"]["task"] = task
+    raw["data"].update(max_length=16, stride=8)
+    if problem:
+        assert [p.where for p in _problems(raw)] == ["data.stride"]
+    else:
+        parse_config(raw)
+
+
+def test_config_schema_imports_no_task():
+    import subprocess
+    import sys
+
+    code = "import sys, sft_tune.config; print(sorted(m for m in sys.modules if m.startswith('sft_tune.tasks')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

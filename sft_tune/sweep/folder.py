@@ -100,7 +100,7 @@ class SweepFolder:
     def load_sweep(self):
         """The sweep saved in this folder, its storage re-pointed to where the folder is now when
         a local folder was moved since it started (it must keep its name)."""
-        from sft_tune.config import parse_config
+        from sft_tune.runconfig import parse_config
         from sft_tune.space import Param, SearchSettings, Sweep
 
         saved = json.loads(self.file(self.SNAPSHOT).read_text())

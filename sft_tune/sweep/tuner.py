@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from sft_tune.config import parse_config
+from sft_tune.runconfig import parse_config
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
 from sft_tune.sweep.folder import FINISH_EXPERIMENT, FINISH_KEY, EventLog, SweepFolder, new_fold

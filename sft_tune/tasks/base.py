@@ -12,7 +12,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from sft_tune.config import DataConfig
+from sft_tune.config import DataConfig, RunConfig, TaskOptions
+from sft_tune.errors import Problem
 
 
 class Task(ABC):
@@ -22,6 +23,12 @@ class Task(ABC):
     auto_model: Any
     metric: str  # the default score a search maximizes, e.g. "macro_f1"
     metrics: tuple[str, ...]  # every key `evaluate` returns
+    options: type[TaskOptions] | None = None  # the task's section of `data` (e.g. data.ner), if any
+
+    def check(self, config: RunConfig) -> list[Problem]:
+        """The task's own rules on a schema-valid config (`runconfig.parse_config` reports them
+        with every other problem); none by default."""
+        return []
 
     @abstractmethod
     def read(self, path: Path, data: DataConfig, what: str) -> Any:
@@ -83,3 +90,11 @@ class Task(ABC):
 
         `data` is the run's data config (from the model's run.json) with the command line's
         column overrides applied."""
+
+
+def window_problems(data: DataConfig) -> list[Problem]:
+    """The rule of tasks that split a long input into overlapping windows (NER sentences, QA
+    contexts): consecutive windows share `data.stride` tokens, less than half a window."""
+    if data.stride >= data.max_length // 2:
+        return [Problem("data.stride", data.stride, f"windows must overlap by less than half of data.max_length ({data.max_length})", f"set data.stride below {data.max_length // 2}")]
+    return []

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from sft_tune.config import DataConfig, GenerationConfig
+from pydantic import Field
+
+from sft_tune.config import DataConfig, TaskOptions
 from sft_tune.core.data import cached, read_table, require_columns, text_column
 from sft_tune.core.batches import pad
 from sft_tune.errors import fail
@@ -59,15 +61,38 @@ class EncodedConversations:
         return EncodedConversations(pick(self.prompt_ids), pick(self.response_ids), pick(self.responses), self.max_new_tokens, self.eos_id)
 
 
+class GenerationOptions(TaskOptions):
+    """How prompt->response files are read and rendered (task: generation)."""
+
+    section = "generation"
+
+    prompt_column: str = Field("prompt", description="Column with the prompt text.")
+    response_column: str = Field("response", description="Column with the response text (trained on).")
+    messages_column: str = Field(
+        "messages",
+        description="Column with chat messages [{role, content}, ...], used when the file has it: "
+        "the last assistant message is the response, everything before it the prompt.",
+    )
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Render prompts with the tokenizer's chat template: auto = when it has one "
+        "(always for `messages`).",
+    )
+    max_new_tokens: int = Field(
+        32, ge=1, description="Longest greedy generation in evaluation (exact match) and predict."
+    )
+
+
 class GenerationTask(Task):
     name = "generation"
     auto_model = AutoModelForCausalLM
     metric = "token_accuracy"
     metrics = ("loss", "perplexity", "token_accuracy", "exact_match")
+    options = GenerationOptions
 
     def read(self, path: Path, data: DataConfig, what: str) -> Conversations:
         table = read_table(path, what)
-        settings = data.generation
+        settings = GenerationOptions.of(data)
         if settings.messages_column in table.column_names:
             prompts, responses = _split_messages(table[settings.messages_column], path, settings.messages_column)
         else:
@@ -85,7 +110,7 @@ class GenerationTask(Task):
         return None  # any response text is valid
 
     def encode(self, labelled: Conversations, tokenizer, names: Sequence[str], data: DataConfig) -> EncodedConversations:
-        settings = data.generation
+        settings = GenerationOptions.of(data)
         rendered = [render_prompt(prompt, tokenizer, settings, labelled.path) for prompt in labelled.prompts]
         templated = any(flag for _, flag in rendered)  # the template writes its own BOS
 
@@ -143,7 +168,7 @@ class GenerationTask(Task):
 
     def predict(self, model, tokenizer, input_path: Path, data: DataConfig, batch_size: int) -> Iterator[dict[str, Any]]:
         """`{"prompt", "response"}` per row: a greedy generation of at most max_new_tokens."""
-        settings = data.generation
+        settings = GenerationOptions.of(data)
         table = read_table(input_path, "input file")
         if settings.messages_column in table.column_names:
             prompts = [messages for messages in table[settings.messages_column]]
@@ -201,11 +226,11 @@ def fit_length(prompt: list[int], response: list[int], max_length: int) -> tuple
     return prompt, response[: max_length - len(prompt)]
 
 
-def _use_template(tokenizer, settings: GenerationConfig) -> bool:
+def _use_template(tokenizer, settings: GenerationOptions) -> bool:
     return settings.chat_template == "always" or (settings.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
 
 
-def render_prompt(prompt: Prompt, tokenizer, settings: GenerationConfig, path: Path) -> tuple[str, bool]:
+def render_prompt(prompt: Prompt, tokenizer, settings: GenerationOptions, path: Path) -> tuple[str, bool]:
     """The prompt as the model sees it (chat template with a generation prompt, or plain text)."""
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if isinstance(prompt, list) or _use_template(tokenizer, settings):

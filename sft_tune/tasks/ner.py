@@ -42,7 +42,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import datasets
 import torch
@@ -51,12 +51,14 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, IOBES
 from transformers import AutoModelForTokenClassification
 
-from sft_tune.config import DataConfig, NerConfig
+from pydantic import Field
+
+from sft_tune.config import DataConfig, RunConfig, TaskOptions
 from sft_tune.core.data import cached, read_table, require_columns, text_column
 from sft_tune.core.batches import pad
 from sft_tune.core.losses import IGNORE_INDEX
 from sft_tune.errors import Problem, fail, first_problems
-from sft_tune.tasks.base import Task
+from sft_tune.tasks.base import Task, window_problems
 
 TABLE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
 DOCSTART = "-DOCSTART-"
@@ -119,26 +121,51 @@ class Windows:
         )
 
 
+class NerOptions(TaskOptions):
+    """How token-classification (NER) files are read, labelled and scored."""
+
+    section = "ner"
+
+    tokens_column: str = Field("tokens", description="JSONL/Parquet column with the list of words of a sentence.")
+    tags_column: str = Field("tags", description="JSONL/Parquet column with the list of tags (one per word).")
+    document_column: str = Field(
+        "document", description="Optional column naming each sentence's document; folds keep documents whole."
+    )
+    tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
+        "auto", description="Tagging scheme of the files (auto = detected from the training tags)."
+    )
+    label_subwords: Literal["first", "all"] = Field(
+        "first",
+        description="Which sub-word tokens of a word carry its tag in training: the first only "
+        "(the rest ignored) or all of them. Predictions always read the first sub-token.",
+    )
+
+
 class NerTask(Task):
     name = "ner"
     auto_model = AutoModelForTokenClassification
     metric = "f1"
     metrics = ("precision", "recall", "f1", "accuracy", "loss")
+    options = NerOptions
     scheme: str | None = None  # the training file's scheme, set by `label_names`
+
+    def check(self, config: RunConfig) -> list[Problem]:
+        return window_problems(config.data)
 
     def read(self, path: Path, data: DataConfig, what: str) -> Sentences:
         path = Path(path)
         if path.is_dir() or path.suffix.lower() in TABLE_SUFFIXES:
-            return read_sentence_table(path, data.ner, what)
-        return read_conll(path, data.ner.tag_scheme, what)
+            return read_sentence_table(path, NerOptions.of(data), what)
+        return read_conll(path, NerOptions.of(data).tag_scheme, what)
 
     def label_names(self, train: Sentences, data: DataConfig) -> list[str]:
         self.scheme = train.scheme
         if data.labels is not None:
             names = list(data.labels)
-            bad = [name for name in names if tag_rule(name, data.ner.tag_scheme)]
+            scheme = NerOptions.of(data).tag_scheme
+            bad = [name for name in names if tag_rule(name, scheme)]
             if bad:
-                raise fail("data.labels", bad, tag_rule(bad[0], data.ner.tag_scheme), "list tags such as O, B-PER, I-PER")
+                raise fail("data.labels", bad, tag_rule(bad[0], scheme), "list tags such as O, B-PER, I-PER")
         else:
             types = {tag[2:] for seq in train.tags for tag in seq if tag != "O"}
             names = ["O"] + sorted(f"{prefix}-{kind}" for kind in types for prefix in PREFIXES[train.scheme])
@@ -162,12 +189,13 @@ class NerTask(Task):
         prefix, suffix = special_tokens(tokenizer)
         content = content_length(data, len(prefix) + len(suffix))
         label_id = {name: i for i, name in enumerate(names)}
-        params = {"max_length": data.max_length, "stride": data.stride, "subwords": data.ner.label_subwords, "labels": list(names)}
+        subwords = NerOptions.of(data).label_subwords
+        params = {"max_length": data.max_length, "stride": data.stride, "subwords": subwords, "labels": list(names)}
         items = [json.dumps([words, tags], ensure_ascii=False) for words, tags in zip(labelled.words, labelled.tags)]
 
         def compute() -> dict[str, Any]:
             tag_ids = [[label_id[tag] for tag in seq] for seq in labelled.tags]
-            return build_windows(labelled.words, tag_ids, word_pieces(labelled.words, tokenizer), prefix, suffix, content, data.stride, data.ner.label_subwords == "all")
+            return build_windows(labelled.words, tag_ids, word_pieces(labelled.words, tokenizer), prefix, suffix, content, data.stride, subwords == "all")
 
         built = cached("ner-windows", tokenizer, params, items, compute, data.cache_dir)
         return Windows(**built, prefix=len(prefix), suffix=len(suffix), names=list(names), scheme=self.scheme or labelled.scheme)
@@ -308,7 +336,7 @@ def _tag_names(table: datasets.Dataset, column: str) -> list[str] | None:
     return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
 
 
-def read_sentence_table(path: Path, ner: NerConfig, what: str) -> Sentences:
+def read_sentence_table(path: Path, ner: NerOptions, what: str) -> Sentences:
     """One sentence a row: a list of tokens and a list of tags (text, or ClassLabel ids)."""
     table = read_table(path, what)
     require_columns(table, [ner.tokens_column, ner.tags_column], path, what)
@@ -344,7 +372,7 @@ def read_prediction_input(path: Path, data: DataConfig) -> list[tuple[str, list[
     """(text, words, character span of each word) per row: raw text split into words, or a tokens
     column joined by spaces."""
     table = read_table(path, "input file")
-    tokens_column = data.ner.tokens_column
+    tokens_column = NerOptions.of(data).tokens_column
     if data.text_column in table.column_names:
         rows = []
         for text in text_column(table, data.text_column, path, "input file"):
@@ -379,11 +407,8 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def content_length(data: DataConfig, specials: int) -> int:
-    """Content tokens per window; the stride must leave each window some new tokens."""
-    content = data.max_length - specials
-    if data.stride >= content:
-        raise fail("data.stride", data.stride, f"must be smaller than data.max_length minus the {specials} special tokens ({content})", f"lower data.stride (e.g. {content // 4}) or raise data.max_length")
-    return content
+    """Content tokens per window (the stride leaves each window new ones: `window_problems`)."""
+    return data.max_length - specials
 
 
 def word_pieces(sentences: Sequence[Sequence[str]], tokenizer) -> dict[str, list[int]]:

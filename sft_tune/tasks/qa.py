@@ -16,17 +16,19 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering
 
-from sft_tune.config import DataConfig
+from pydantic import Field
+
+from sft_tune.config import DataConfig, RunConfig, TaskOptions
 from sft_tune.core.data import cached, read_table, require_columns
 from sft_tune.core.batches import pad
 from sft_tune.errors import Problem, fail, first_problems
-from sft_tune.tasks.base import Task
+from sft_tune.tasks.base import Task, window_problems
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,38 @@ class Answer:
     candidates: list[dict[str, Any]]
 
 
+class QaOptions(TaskOptions):
+    """How extractive-QA files are read and answers decoded."""
+
+    section = "qa"
+
+    question_column: str = Field("question", description="JSONL/Parquet column with the question.")
+    context_column: str = Field("context", description="JSONL/Parquet column with the context passage.")
+    answers_column: str = Field(
+        "answers", description="JSONL/Parquet column with the answers: {text: [...], answer_start: [...]}."
+    )
+    group_column: str = Field(
+        "title", description="Optional column naming the article; folds keep articles (else contexts) whole."
+    )
+    max_answer_length: int = Field(30, ge=1, description="Longest answer span predicted, in tokens.")
+    n_best: int = Field(20, ge=1, description="Start and end candidates considered per window.")
+    no_answer: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="Whether the model may answer \"no answer\" (SQuAD v2); auto = when the training "
+        "data has unanswerable questions.",
+    )
+
+
 class QaTask(Task):
     name = "qa"
     auto_model = AutoModelForQuestionAnswering
     metric = "f1"
     metrics = ("exact_match", "f1", "loss", "has_answer_exact_match", "has_answer_f1", "no_answer_exact_match", "no_answer_f1")
+    options = QaOptions
+
+    def check(self, config: RunConfig) -> list[Problem]:
+        return window_problems(config.data)
+
 
     def read(self, path: Path, data: DataConfig, what: str) -> Questions:
         return read_questions(Path(path), data, what, need_answers=True)
@@ -124,7 +153,8 @@ class QaTask(Task):
         Written to run.json, so `predict` knows it too."""
         if data.labels is not None:
             raise fail("data.labels", data.labels, "the qa task has no label set (answers are spans of the context)", "remove `data.labels` from the config")
-        allow = data.qa.no_answer == "true" or (data.qa.no_answer == "auto" and any(not a for a in train.answers))
+        no_answer = QaOptions.of(data).no_answer
+        allow = no_answer == "true" or (no_answer == "auto" and any(not a for a in train.answers))
         return list(ANSWER_KINDS) if allow else ANSWER_KINDS[:1]
 
     def check_labels(self, labelled: Questions, names: Sequence[str], path: Path) -> None:
@@ -220,8 +250,9 @@ class QaTask(Task):
 
 def _predict_allows_no_answer(model, data: DataConfig) -> bool:
     """The config's choice; for auto, what training decided (run.json beside the model), else no."""
-    if data.qa.no_answer != "auto":
-        return data.qa.no_answer == "true"
+    no_answer = QaOptions.of(data).no_answer
+    if no_answer != "auto":
+        return no_answer == "true"
     run = Path(getattr(model, "name_or_path", "") or ".") / "run.json"
     try:
         return "no_answer" in json.loads(run.read_text()).get("labels", [])
@@ -308,7 +339,7 @@ def _add_squad_question(found: Questions, qa: Any, context: str, title: str | No
 
 
 def _read_rows(path: Path, data: DataConfig, what: str, need_answers: bool) -> Questions:
-    qa = data.qa
+    qa = QaOptions.of(data)
     table = read_table(path, what)
     require_columns(table, [qa.question_column, qa.context_column] + ([qa.answers_column] if need_answers else []), path, what)
     size = len(table)
@@ -419,9 +450,10 @@ def _check_room(labelled: Questions, tokenizer, data: DataConfig) -> None:
 def to_windows(windows: dict[str, Any], labelled: Questions, data: DataConfig, allow_no_answer: bool) -> QaWindows:
     """Tokenized windows plus answer positions and the scoring settings."""
     positions = [answer_positions(offsets, labelled.answers[q]) for offsets, q in zip(windows["offsets"], windows["example"])]
+    options = QaOptions.of(data)
     settings = {
-        "max_answer_length": data.qa.max_answer_length,
-        "n_best": data.qa.n_best,
+        "max_answer_length": options.max_answer_length,
+        "n_best": options.n_best,
         "allow_no_answer": allow_no_answer,
         "has_unanswerable": any(not a for a in labelled.answers),
     }

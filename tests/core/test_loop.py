@@ -6,7 +6,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import run_config_dict
 from sft_tune.core import data as data_module
-from sft_tune.config import parse_config
+from sft_tune.runconfig import parse_config
 from sft_tune.run import train
 from sft_tune.core.data import text_hashes
 from sft_tune.core.loop import FitData, Runtime, run_phase2

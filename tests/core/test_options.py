@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_config_dict
-from sft_tune.config import parse_config
+from sft_tune.runconfig import parse_config
 from sft_tune.core.prepare import PreparedData
 from sft_tune.core.data import TokenArray, text_hashes
 from sft_tune.errors import InputError

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import toy_rows, write_csv, write_space
 from wandb_records import read_runs
-from sft_tune.config import load_config
+from sft_tune.runconfig import load_config
 from sft_tune.sweep.folder import read_events
 from sft_tune.core.prepare import PreparedData, prepare_data
 from sft_tune.errors import InputError

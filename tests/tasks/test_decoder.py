@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import run_config_dict, toy_generation_rows, write_jsonl
-from sft_tune.config import ModelConfig, parse_config
+from sft_tune.config import ModelConfig
+from sft_tune.runconfig import parse_config
 from sft_tune.core.batches import batch_indices
 from sft_tune.errors import InputError
 from sft_tune.core.losses import IGNORE_INDEX

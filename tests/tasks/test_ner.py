@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from sft_tune.config import DataConfig, parse_config
+from sft_tune.config import DataConfig
+from sft_tune.runconfig import parse_config
 from sft_tune.errors import InputError
 from sft_tune.tasks import get_task
 from sft_tune.tasks.ner import Windows, detect_scheme, entity_scores, stitch, window_spans
@@ -246,10 +247,12 @@ def test_stitching_takes_the_window_farthest_from_a_cut():
     assert [picked[(0, w)][0] for w in range(10)] == [1, 1, 1, 2, 2, 3, 3, 4, 4, 4]
 
 
-def test_stride_must_leave_room(wordpiece_bert):
-    task, sentences, config = _read("docs.conll", max_length=10, stride=8)
-    with pytest.raises(InputError, match="data.stride"):
-        task.encode(sentences, _tokenizer(wordpiece_bert), ["O", "B-PER"], config)
+def test_stride_must_leave_room(wordpiece_bert, tmp_path):
+    # The windowed tasks' one stride rule, checked with the config (before any file is read).
+    raw = _ner_config(wordpiece_bert, DATA / "docs.conll", tmp_path, data={"max_length": 10, "stride": 5})
+    with pytest.raises(InputError, match=r"data.stride: got 5; windows must overlap by less than half of data.max_length \(10\)"):
+        parse_config(raw)
+    parse_config(_ner_config(wordpiece_bert, DATA / "docs.conll", tmp_path, data={"max_length": 10, "stride": 4}))
 
 
 # ---- scores -------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from conftest import ROOT, run_config_dict
 from sft_tune.core import data as data_module
-from sft_tune.config import DataConfig, parse_config
+from sft_tune.config import DataConfig
+from sft_tune.runconfig import parse_config
 from sft_tune.errors import InputError
 from sft_tune.tasks import get_task
 from sft_tune.tasks.qa import decode_answer, normalize_answer, question_scores, squad_scores

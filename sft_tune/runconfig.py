@@ -1,0 +1,70 @@
+"""A run config checked whole: the schema (`config.py`), the task name, each task's own section
+of `data` (e.g. `data.ner`, defined in the task's module) and the task's rules; every problem at
+once (see `errors.InputError`).
+
+`config.py` knows no task: the task registry is consulted here, after the schema has parsed, so
+the schema and the tasks import in one direction only (tasks -> config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sft_tune.config import RunConfig, cross_checks, problems_from_validation, read_yaml, resolve_paths, validate_schema
+from sft_tune.errors import InputError, Problem
+from sft_tune.tasks import TASKS
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config file; raise `InputError` listing every problem."""
+    raw = read_yaml(path, "config file")
+    return parse_config(raw, base_dir=Path(path).resolve().parent, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str = "config") -> RunConfig:
+    """Validate a config mapping; relative paths are resolved against `base_dir`. Each task
+    section comes back complete (defaults filled in), as the task's options validated it."""
+    config, problems = validate_schema(raw)
+    task_name = _get(raw, "model", "task", default="classification")
+    if task_name not in TASKS:
+        problems.append(Problem("model.task", task_name, f"must be one of {sorted(TASKS)}", f"set model.task to one of: {', '.join(sorted(TASKS))}"))
+    sections, section_problems = task_sections(raw)
+    problems += section_problems
+    if config is not None:
+        config = config.model_copy(update={"data": config.data.model_copy(update=sections)})
+        problems += cross_checks(config)
+        if task_name in TASKS and not section_problems:
+            problems += TASKS[task_name]().check(config)
+    if problems:
+        raise InputError(problems, title=f"{source}: invalid config")
+    return resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def task_sections(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
+    """Every task's section of `data` validated by its options (all of them, whichever the task:
+    a typo in an unused section is still a typo); returns (section -> complete mapping, problems)."""
+    sections: dict[str, dict[str, Any]] = {}
+    problems: list[Problem] = []
+    for task in TASKS.values():
+        if task.options is None:
+            continue
+        section = task.options.section
+        given = _get(raw, "data", section, default={})
+        if not isinstance(given, dict):
+            continue  # the schema reported it
+        try:
+            sections[section] = task.options.model_validate(given).model_dump(mode="json")
+        except ValidationError as err:
+            problems += problems_from_validation(err, task.options, prefix=f"data.{section}.")
+    return sections, problems
+
+
+def _get(raw: Any, *keys: str, default: Any) -> Any:
+    for key in keys:
+        if not isinstance(raw, dict) or key not in raw:
+            return default
+        raw = raw[key]
+    return raw
