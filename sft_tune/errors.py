@@ -47,7 +47,9 @@ def first_problems(problems: list[Problem], title: str, limit: int = SHOWN) -> I
     return InputError(list(problems[:limit]), title=title + more)
 
 
-def fail(where: str, value: object, rule: str, fix: str, title: str = "invalid input") -> InputError:
+def fail(
+    where: str, value: object, rule: str, fix: str, title: str = "invalid input"
+) -> InputError:
     """Build an `InputError` holding one problem (to `raise`)."""
     return InputError([Problem(where, value, rule, fix)], title=title)
 

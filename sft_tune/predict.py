@@ -7,28 +7,40 @@ max_length, windows) come from the model folder's run.json; the task's `predict`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from transformers import AutoTokenizer
 
 from sft_tune.config import DataConfig
-from sft_tune.errors import fail
 from sft_tune.core.export import RUN_FILE
+from sft_tune.errors import fail
 from sft_tune.tasks import TASKS, get_task
 
 # Which task an exported folder without run.json holds, from its architecture's name.
-ARCHITECTURE_TASKS = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner", "ForQuestionAnswering": "qa"}
+ARCHITECTURE_TASKS = {
+    "ForSequenceClassification": "classification",
+    "ForTokenClassification": "ner",
+    "ForQuestionAnswering": "qa",
+}
 
 
-def predict(model_dir: Path, input_path: Path, columns: dict[str, str] | None = None, batch_size: int = 32) -> Iterator[dict[str, Any]]:
+def predict(
+    model_dir: Path, input_path: Path, columns: dict[str, str] | None = None, batch_size: int = 32
+) -> Iterator[dict[str, Any]]:
     """Yield the task's prediction record for each row of `input_path`, in order.
 
     `columns` overrides data settings of the run, e.g. {"text_column": "body",
     "qa.question_column": "q"}. Bad input is reported before the first record is produced."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise fail("--model", str(model_dir), "must be a model folder with config.json (as written by `sft-tune train`)", "pass the `model` folder inside the run's output_dir")
+        raise fail(
+            "--model",
+            str(model_dir),
+            "must be a model folder with config.json (as written by `sft-tune train`)",
+            "pass the `model` folder inside the run's output_dir",
+        )
     if batch_size < 1:
         raise fail("--batch-size", batch_size, "must be at least 1", "pass a positive number")
     run_config = _run_config(model_dir)
@@ -59,7 +71,12 @@ def _task_name(model_dir: Path, run_config: dict[str, Any]) -> str:
         for suffix, task in ARCHITECTURE_TASKS.items():
             if architecture.endswith(suffix) and task in TASKS:
                 return task
-    raise fail(f"{model_dir}/config.json", architectures, f"must be a model of one of the tasks {sorted(TASKS)}", "export the model with `sft-tune train` or `sft-tune select`")
+    raise fail(
+        f"{model_dir}/config.json",
+        architectures,
+        f"must be a model of one of the tasks {sorted(TASKS)}",
+        "export the model with `sft-tune train` or `sft-tune select`",
+    )
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], handle) -> int:

@@ -31,15 +31,33 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     sweep = folder.load_sweep()
     trials = read_trials(folder)
     best = best_trial(sweep, trials)
-    study = optuna.load_study(study_name=sweep.search.name, storage=folder.optuna_url(sweep.search.optuna_storage))
+    study = optuna.load_study(
+        study_name=sweep.search.name, storage=folder.optuna_url(sweep.search.optuna_storage)
+    )
     alpha = "phase1.alpha" if "phase1.alpha" in sweep.params else next(iter(sweep.params))
     history = loss_history(folder, trials, best)
-    sampled = {name for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]) for name in t.params}
+    sampled = {
+        name
+        for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+        for name in t.params
+    }
     figures = {
-        "history": _titled(optuna.visualization.plot_optimization_history(study), f"Optimization history (CV {sweep.search.metric})"),
-        "parallel": _titled(optuna.visualization.plot_parallel_coordinate(study), "Parallel coordinates of the searched parameters"),
+        "history": _titled(
+            optuna.visualization.plot_optimization_history(study),
+            f"Optimization history (CV {sweep.search.metric})",
+        ),
+        "parallel": _titled(
+            optuna.visualization.plot_parallel_coordinate(study),
+            "Parallel coordinates of the searched parameters",
+        ),
         # alpha is sampled only for two-phase trials: with no complete one, there is nothing to plot
-        "alpha": _titled(optuna.visualization.plot_slice(study, params=[alpha]) if alpha in sampled else go.Figure(), f"{alpha} against the CV score" + ("" if alpha in sampled else f" (no complete trial sampled {alpha})")),
+        "alpha": _titled(
+            optuna.visualization.plot_slice(study, params=[alpha])
+            if alpha in sampled
+            else go.Figure(),
+            f"{alpha} against the CV score"
+            + ("" if alpha in sampled else f" (no complete trial sampled {alpha})"),
+        ),
         "folds": fold_spread(trials, sweep.search.metric),
         "losses": loss_curves(history, best),
     }
@@ -51,7 +69,9 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     return output, summary
 
 
-def loss_history(folder: SweepFolder, trials: list[Trial], best: dict[str, Any] | None) -> list[dict[str, Any]]:
+def loss_history(
+    folder: SweepFolder, trials: list[Trial], best: dict[str, Any] | None
+) -> list[dict[str, Any]]:
     """Per-step losses of the best configuration: its retrained model if selected, else its last fold."""
     selected = folder.file(folder.BEST_MODEL) / "history.jsonl"
     if selected.is_file():
@@ -65,7 +85,13 @@ def fold_spread(trials: list[Trial], metric: str) -> go.Figure:
     figure = go.Figure()
     for trial in trials:
         if trial.fold_scores:
-            figure.add_trace(go.Box(y=trial.fold_scores, name=f"{trial.trial_id} ({trial.status.value.lower()})", boxpoints="all"))
+            figure.add_trace(
+                go.Box(
+                    y=trial.fold_scores,
+                    name=f"{trial.trial_id} ({trial.status.value.lower()})",
+                    boxpoints="all",
+                )
+            )
     figure.update_layout(title=f"Fold {metric} per trial", yaxis_title=metric, showlegend=False)
     return figure
 
@@ -76,22 +102,40 @@ def loss_curves(history: list[dict[str, Any]], best: dict[str, Any] | None) -> g
     offset = max((h["step"] for h in history if h["phase"] == 1), default=0)
     for key, label in (("lm_loss", "L_lm"), ("task_loss", "L_task"), ("loss", "total")):
         for phase in (1, 2):
-            points = [(h["step"] + (offset if phase == 2 else 0), h[key]) for h in history if h["phase"] == phase and h.get(key) == h.get(key)]
+            points = [
+                (h["step"] + (offset if phase == 2 else 0), h[key])
+                for h in history
+                if h["phase"] == phase and h.get(key) == h.get(key)
+            ]
             if points:
                 xs, ys = zip(*points)
-                figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{label} (phase {phase})"))
+                figure.add_trace(
+                    go.Scatter(x=xs, y=ys, mode="lines", name=f"{label} (phase {phase})")
+                )
     if offset:
         figure.add_vline(x=offset + 0.5, line_dash="dot", annotation_text="phase 2")
     trial = best["trial_id"] if best else "none"
-    figure.update_layout(title=f"Loss curves of the best configuration (trial {trial})", xaxis_title="step", yaxis_title="loss")
+    figure.update_layout(
+        title=f"Loss curves of the best configuration (trial {trial})",
+        xaxis_title="step",
+        yaxis_title="loss",
+    )
     return figure
 
 
 def terminal_summary(sweep, trials: list[Trial], best: dict[str, Any] | None) -> str:
     counts = {status.value: sum(t.status is status for t in trials) for status in Status}
-    lines = [f"sweep {sweep.search.name}: {len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), {sweep.search.folds}-fold CV of {sweep.search.metric}"]
+    lines = [
+        f"sweep {sweep.search.name}: {len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), {sweep.search.folds}-fold CV of {sweep.search.metric}"
+    ]
     if best:
-        lines.append(f"best trial {best['trial_id']}: {best['cv_mean']:.4f} ± {best['cv_std']:.4f}; " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
+        lines.append(
+            f"best trial {best['trial_id']}: {best['cv_mean']:.4f} ± {best['cv_std']:.4f}; "
+            + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in best["params"].items()
+            )
+        )
     lines.append(f"phase 1: {phase1_verdict(sweep, trials)['statement']}")
     return "\n".join(lines)
 
@@ -104,7 +148,9 @@ def _titled(figure: go.Figure, title: str) -> go.Figure:
 def _page(name: str, summary: str, figures: dict[str, go.Figure]) -> str:
     parts = []
     for i, (key, figure) in enumerate(figures.items()):
-        body = figure.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=f"plot-{key}")
+        body = figure.to_html(
+            full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=f"plot-{key}"
+        )
         parts.append(f'<section class="plot" data-plot="{key}">{body}</section>')
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"

@@ -16,13 +16,24 @@ from sft_tune.tasks import get_task
 log = logging.getLogger(__name__)
 
 
-def train(config: RunConfig, report: Report | None = None, progress: bool = True, model_dir: Path | None = None, extra_files: dict[str, dict] | None = None) -> dict[str, Any]:
+def train(
+    config: RunConfig,
+    report: Report | None = None,
+    progress: bool = True,
+    model_dir: Path | None = None,
+    extra_files: dict[str, dict] | None = None,
+) -> dict[str, Any]:
     """Train both phases, evaluate on the test file, export to `model_dir` (default
     `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns the metrics."""
     task = get_task(config.model.task)
     prepared = prepare_data(config, with_test=True)
     data = prepared.fit_data(0, config, evaluate_held_out=True)
-    log.info("data: %d labelled for training, %d for validation, %d LM texts", len(data.train), len(data.eval) if data.eval is not None else 0, len(data.lm_ids))
+    log.info(
+        "data: %d labelled for training, %d for validation, %d LM texts",
+        len(data.train),
+        len(data.eval) if data.eval is not None else 0,
+        len(data.lm_ids),
+    )
     tokenizer = load_tokenizer(config.model, task)
 
     seed_everything(config.seed)
@@ -35,8 +46,16 @@ def train(config: RunConfig, report: Report | None = None, progress: bool = True
     if prepared.test is not None:
         metrics["test"] = evaluate(model, task, prepared.test, tokenizer, rt)
     target = model_dir or config.output_dir / "model"
-    info = {"config": config.model_dump(mode="json"), "labels": prepared.label_names, "metrics": metrics, "evaluations": result.evaluations}
-    extra = {name: {**content, "test": metrics.get("test")} for name, content in (extra_files or {}).items()}
+    info = {
+        "config": config.model_dump(mode="json"),
+        "labels": prepared.label_names,
+        "metrics": metrics,
+        "evaluations": result.evaluations,
+    }
+    extra = {
+        name: {**content, "test": metrics.get("test")}
+        for name, content in (extra_files or {}).items()
+    }
     export_model(model.task_model, tokenizer, target, info, result.history, extra)
     metrics["model_dir"] = str(target)
     return metrics

@@ -13,7 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sft_tune.config import RunConfig, cross_checks, problems_from_validation, read_yaml, resolve_paths, validate_schema
+from sft_tune.config import (
+    RunConfig,
+    cross_checks,
+    problems_from_validation,
+    read_yaml,
+    resolve_paths,
+    validate_schema,
+)
 from sft_tune.errors import InputError, Problem
 from sft_tune.tasks import TASKS
 
@@ -24,13 +31,22 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(raw, base_dir=Path(path).resolve().parent, source=str(path))
 
 
-def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str = "config") -> RunConfig:
+def parse_config(
+    raw: dict[str, Any], base_dir: Path | None = None, source: str = "config"
+) -> RunConfig:
     """Validate a config mapping; relative paths are resolved against `base_dir`. Each task
     section comes back complete (defaults filled in), as the task's options validated it."""
     config, problems = validate_schema(raw)
     task_name = _get(raw, "model", "task", default="classification")
     if task_name not in TASKS:
-        problems.append(Problem("model.task", task_name, f"must be one of {sorted(TASKS)}", f"set model.task to one of: {', '.join(sorted(TASKS))}"))
+        problems.append(
+            Problem(
+                "model.task",
+                task_name,
+                f"must be one of {sorted(TASKS)}",
+                f"set model.task to one of: {', '.join(sorted(TASKS))}",
+            )
+        )
     sections, section_problems = task_sections(raw)
     problems += section_problems
     if config is not None:

@@ -13,14 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sft_tune.runconfig import parse_config
-from sft_tune.errors import fail
 from sft_tune.core.export import library_versions
+from sft_tune.errors import fail
+from sft_tune.runconfig import parse_config
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import best_trial, read_trials
 
 log = logging.getLogger(__name__)
-
 
 
 def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -33,11 +32,25 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
     sweep = folder.load_sweep()
     best = best_trial(sweep, read_trials(folder))
     if best is None:
-        raise fail(str(folder.file(folder.TRIALS_JSON)), "no COMPLETE trial", "selection needs at least one trial that finished all folds", "resume the sweep (`sft-tune search --resume DIR`) or run more trials")
+        raise fail(
+            str(folder.file(folder.TRIALS_JSON)),
+            "no COMPLETE trial",
+            "selection needs at least one trial that finished all folds",
+            "resume the sweep (`sft-tune search --resume DIR`) or run more trials",
+        )
     raw = best["config"]
     # All labelled data trains the final model; early stopping keeps its validation split.
     keep_split = raw.get("phase2", {}).get("early_stopping_patience", 0) > 0
-    raw = {**raw, "data": {**raw["data"], "validation_fraction": raw["data"].get("validation_fraction", 0.1) if keep_split else 0.0}, "output_dir": str(folder.path)}
+    raw = {
+        **raw,
+        "data": {
+            **raw["data"],
+            "validation_fraction": raw["data"].get("validation_fraction", 0.1)
+            if keep_split
+            else 0.0,
+        },
+        "output_dir": str(folder.path),
+    }
     config = parse_config(raw)
     summary = {
         "sweep_id": sweep.search.name,
@@ -50,9 +63,27 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
         "fold_scores": best["fold_scores"],
         "versions": library_versions(),
     }
-    log.info("best trial %s: %s %.4f ± %.4f; retraining on all labelled data", best["trial_id"], best["metric"], best["cv_mean"], best["cv_std"])
-    metrics = train(config, progress=progress, model_dir=folder.file(folder.BEST_MODEL), extra_files={folder.BEST: summary})
+    log.info(
+        "best trial %s: %s %.4f ± %.4f; retraining on all labelled data",
+        best["trial_id"],
+        best["metric"],
+        best["cv_mean"],
+        best["cv_std"],
+    )
+    metrics = train(
+        config,
+        progress=progress,
+        model_dir=folder.file(folder.BEST_MODEL),
+        extra_files={folder.BEST: summary},
+    )
     summary["test"] = metrics.get("test")
     summary["model_dir"] = metrics["model_dir"]
-    summary["wandb_artifact"] = log_best_model(sweep.search.wandb_project, sweep.search.name, folder, Path(metrics["model_dir"]), summary, enabled=use_wandb)
+    summary["wandb_artifact"] = log_best_model(
+        sweep.search.wandb_project,
+        sweep.search.name,
+        folder,
+        Path(metrics["model_dir"]),
+        summary,
+        enabled=use_wandb,
+    )
     return summary

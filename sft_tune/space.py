@@ -14,8 +14,8 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sft_tune.config import RunConfig, problems_from_validation, read_yaml, resolve_paths
-from sft_tune.runconfig import parse_config
 from sft_tune.errors import InputError, Problem
+from sft_tune.runconfig import parse_config
 
 
 class _Strict(BaseModel):
@@ -33,7 +33,7 @@ class Param(_Strict):
     choices: list[Any] | None = Field(None, description="Values to choose from (categorical).")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Param":
+    def _consistent(self) -> Param:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty `choices` list")
@@ -49,7 +49,9 @@ class Param(_Strict):
         if self.log and self.step is not None:
             raise ValueError("`step` and `log: true` cannot be used together")
         if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError(f"an int parameter needs whole-number bounds, but got (low={self.low}, high={self.high})")
+            raise ValueError(
+                f"an int parameter needs whole-number bounds, but got (low={self.low}, high={self.high})"
+            )
         if self.choices is not None:
             raise ValueError(f"a {self.type} parameter takes `low`/`high`, not `choices`")
         return self
@@ -67,35 +69,69 @@ class Resources(_Strict):
 
     workers: int = Field(1, ge=1, description="DDP workers per trial.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker (> 0 trains on GPU with NCCL).")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs per worker (> 0 trains on GPU with NCCL)."
+    )
 
 
 class SearchSettings(_Strict):
     """How the search runs."""
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name: folder under storage_path and Optuna study name.")
-    metric: str = Field("macro_f1", description="Task metric averaged over folds; default: the task's own (classification macro_f1, ner f1, qa f1).")
-    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower metric is better.")
+    name: str = Field(
+        "sweep",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Sweep name: folder under storage_path and Optuna study name.",
+    )
+    metric: str = Field(
+        "macro_f1",
+        description="Task metric averaged over folds; default: the task's own (classification macro_f1, ner f1, qa f1).",
+    )
+    mode: Literal["max", "min"] = Field(
+        "max", description="Whether a higher or lower metric is better."
+    )
     num_trials: int = Field(8, ge=1, description="Trials to run.")
     max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
-    sampler: str = Field("tpe", description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers class name.")
-    scheduler: Literal["asha", "median", "none"] = Field("asha", description="Early stopping between folds.")
-    folds: int = Field(3, ge=1, le=20, description="k of stratified k-fold cross-validation; 1 = one holdout split of the base config's data.validation_fraction.")
+    sampler: str = Field(
+        "tpe",
+        description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers class name.",
+    )
+    scheduler: Literal["asha", "median", "none"] = Field(
+        "asha", description="Early stopping between folds."
+    )
+    folds: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="k of stratified k-fold cross-validation; 1 = one holdout split of the base config's data.validation_fraction.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the sampler and the fold split.")
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, description="Retries of a crashing trial.")
-    storage_path: str = Field("runs/sweeps", description="Folder (relative to this file) or URI (s3://, gs://) for results and checkpoints.")
-    optuna_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file in the sweep folder).")
-    wandb_project: str = Field("sft-tune", description="W&B project of the trial runs (grouped by sweep name).")
-    initial_points: list[dict[str, Any]] = Field(default_factory=list, description="Configurations to try first (param -> value).")
+    storage_path: str = Field(
+        "runs/sweeps",
+        description="Folder (relative to this file) or URI (s3://, gs://) for results and checkpoints.",
+    )
+    optuna_storage: str | None = Field(
+        None, description="Optuna storage URL (default: sqlite file in the sweep folder)."
+    )
+    wandb_project: str = Field(
+        "sft-tune", description="W&B project of the trial runs (grouped by sweep name)."
+    )
+    initial_points: list[dict[str, Any]] = Field(
+        default_factory=list, description="Configurations to try first (param -> value)."
+    )
 
 
 class SearchSpace(_Strict):
     """The whole search-space file."""
 
-    base: str | None = Field(None, description="Path of the base run config (relative to this file).")
+    base: str | None = Field(
+        None, description="Path of the base run config (relative to this file)."
+    )
     config: dict[str, Any] | None = Field(None, description="The base run config, inline.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Fixed values for this search, by dotted config path.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Fixed values for this search, by dotted config path."
+    )
     params: dict[str, Param] = Field(description="Searched parameters by dotted config path.")
     search: SearchSettings = Field(default_factory=SearchSettings)
 
@@ -129,7 +165,11 @@ class Sweep(BaseModel):
 
     def arms(self) -> set[str]:
         """Which arms this space's trials can fall in: "plain" (phase1.steps 0) and "two-phase"."""
-        values = self.params["phase1.steps"].candidates() if "phase1.steps" in self.params else [self.steps_of({})]
+        values = (
+            self.params["phase1.steps"].candidates()
+            if "phase1.steps" in self.params
+            else [self.steps_of({})]
+        )
         low, high = min(values), max(values)
         return {arm for arm, present in (("plain", low <= 0), ("two-phase", high > 0)) if present}
 
@@ -172,7 +212,9 @@ def load_space(path: str | Path) -> Sweep:
         try:
             base_config = parse_config(base, source=f"{path} base config")
         except InputError as err:
-            problems += [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in err.problems]
+            problems += [
+                Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in err.problems
+            ]
     if base_config is not None:
         problems += _check_params(base, space.params)
         problems += _check_settings(space, base_config)
@@ -182,13 +224,28 @@ def load_space(path: str | Path) -> Sweep:
     resolved = resolve_paths(base_config, base_dir)
     search = space.search
     if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
-        search = search.model_copy(update={"storage_path": str((path.parent / search.storage_path).resolve())})
-    return Sweep(base=resolved.model_dump(mode="json"), base_config=resolved, params=space.params, search=search, source=str(path))
+        search = search.model_copy(
+            update={"storage_path": str((path.parent / search.storage_path).resolve())}
+        )
+    return Sweep(
+        base=resolved.model_dump(mode="json"),
+        base_config=resolved,
+        params=space.params,
+        search=search,
+        source=str(path),
+    )
 
 
 def _base_dict(space: SearchSpace, path: Path, problems: list[Problem]) -> dict[str, Any] | None:
     if (space.base is None) == (space.config is None):
-        problems.append(Problem("base / config", {"base": space.base, "config": "..." if space.config else None}, "give exactly one of `base` (a run-config file) and `config` (inline)", "keep one of the two keys"))
+        problems.append(
+            Problem(
+                "base / config",
+                {"base": space.base, "config": "..." if space.config else None},
+                "give exactly one of `base` (a run-config file) and `config` (inline)",
+                "keep one of the two keys",
+            )
+        )
         return None
     if space.config is not None:
         return with_params(space.config, space.overrides)
@@ -224,11 +281,29 @@ def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Proble
                 for p in err.problems:
                     where = f"params.{dotted}"
                     if p.rule == "unknown key":
-                        problems.append(Problem(where, dotted, "must be a dotted path of a run-config field", p.fix))
+                        problems.append(
+                            Problem(
+                                where, dotted, "must be a dotted path of a run-config field", p.fix
+                            )
+                        )
                     elif p.where == dotted:
-                        problems.append(Problem(where, value, f"each bound/choice must be a valid `{dotted}`: {p.rule}", "narrow the range to valid values"))
+                        problems.append(
+                            Problem(
+                                where,
+                                value,
+                                f"each bound/choice must be a valid `{dotted}`: {p.rule}",
+                                "narrow the range to valid values",
+                            )
+                        )
                     else:
-                        problems.append(Problem(where, dotted, f"must be a scalar run-config field ({p.where}: {p.rule})", "address a leaf field, e.g. phase1.alpha"))
+                        problems.append(
+                            Problem(
+                                where,
+                                dotted,
+                                f"must be a scalar run-config field ({p.where}: {p.rule})",
+                                "address a leaf field, e.g. phase1.alpha",
+                            )
+                        )
                 break
     return problems
 
@@ -241,21 +316,56 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
     if "metric" not in search.model_fields_set:
         search.metric = task.metric  # the task's own score (macro_f1, entity f1, squad f1, ...)
     if search.metric not in task.metrics:
-        problems.append(Problem("search.metric", search.metric, f"must be a metric of the {task.name} task: {sorted(task.metrics)}", "pick one of those"))
+        problems.append(
+            Problem(
+                "search.metric",
+                search.metric,
+                f"must be a metric of the {task.name} task: {sorted(task.metrics)}",
+                "pick one of those",
+            )
+        )
     try:
         sampler_class(search.sampler)
     except KeyError:
-        problems.append(Problem("search.sampler", search.sampler, f"must be one of {sorted(SAMPLERS)} or an optuna.samplers class name", "pick a listed sampler"))
+        problems.append(
+            Problem(
+                "search.sampler",
+                search.sampler,
+                f"must be one of {sorted(SAMPLERS)} or an optuna.samplers class name",
+                "pick a listed sampler",
+            )
+        )
     if search.sampler in ("grid", "GridSampler", "bruteforce", "BruteForceSampler"):
         for dotted, param in space.params.items():
             if param.type == "float" and param.step is None:
-                problems.append(Problem(f"params.{dotted}", param.model_dump(exclude_none=True), f"the {search.sampler} sampler needs a finite grid", "give float parameters a `step`, or use categorical choices"))
+                problems.append(
+                    Problem(
+                        f"params.{dotted}",
+                        param.model_dump(exclude_none=True),
+                        f"the {search.sampler} sampler needs a finite grid",
+                        "give float parameters a `step`, or use categorical choices",
+                    )
+                )
     if search.folds == 1 and base_config.data.validation_fraction == 0:
-        problems.append(Problem("search.folds", 1, "one fold is a holdout split of data.validation_fraction of the labelled file, and the base config sets it to 0", "set data.validation_fraction (e.g. overrides: {data.validation_fraction: 0.2}), or use folds >= 2"))
+        problems.append(
+            Problem(
+                "search.folds",
+                1,
+                "one fold is a holdout split of data.validation_fraction of the labelled file, and the base config sets it to 0",
+                "set data.validation_fraction (e.g. overrides: {data.validation_fraction: 0.2}), or use folds >= 2",
+            )
+        )
     for i, point in enumerate(search.initial_points):
         unknown = sorted(set(point) - set(space.params))
         if unknown:
-            problems.append(Problem(f"search.initial_points[{i}]", unknown, "every key must be a searched parameter", f"use keys from {sorted(space.params)}"))
+            problems.append(
+                Problem(
+                    f"search.initial_points[{i}]",
+                    unknown,
+                    "every key must be a searched parameter",
+                    f"use keys from {sorted(space.params)}",
+                )
+            )
     return problems
 
 
@@ -263,7 +373,10 @@ def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
     """The Optuna sampler class for a short name or class name (KeyError when unknown)."""
     cls_name = SAMPLERS.get(name.lower(), name)
     cls = getattr(optuna.samplers, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)) or cls is optuna.samplers.BaseSampler:
+    if (
+        not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler))
+        or cls is optuna.samplers.BaseSampler
+    ):
         raise KeyError(name)
     return cls
 
@@ -299,7 +412,11 @@ def to_optuna(params: dict[str, Param]) -> dict[str, optuna.distributions.BaseDi
         if param.type == "categorical":
             dists[dotted] = optuna.distributions.CategoricalDistribution(param.choices)
         elif param.type == "int":
-            dists[dotted] = optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+            dists[dotted] = optuna.distributions.IntDistribution(
+                int(param.low), int(param.high), log=param.log, step=int(param.step or 1)
+            )
         else:
-            dists[dotted] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+            dists[dotted] = optuna.distributions.FloatDistribution(
+                param.low, param.high, log=param.log, step=param.step
+            )
     return dists

@@ -20,8 +20,21 @@ from typing import Any
 from sft_tune.errors import InputError, fail
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FORWARDED_ENV = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TOKENIZERS_PARALLELISM")
-SECRET_ENV = ("RAY_AUTH_TOKEN", "WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
+FORWARDED_ENV = (
+    "WANDB_MODE",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "TOKENIZERS_PARALLELISM",
+)
+SECRET_ENV = (
+    "RAY_AUTH_TOKEN",
+    "WANDB_API_KEY",
+    "HF_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
 LOG_TAIL_LINES = 40
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -30,14 +43,24 @@ def read_token(token_file: Path | None = None) -> str:
     """The Ray token, from the first source that has one; `InputError` when none does."""
     if token_file is not None:
         if not Path(token_file).is_file():
-            raise fail("--token-file", str(token_file), "must be a readable file holding the cluster's Ray token", "pass the token file of the cluster (e.g. copied from the head's ~/.ray/auth_token)")
+            raise fail(
+                "--token-file",
+                str(token_file),
+                "must be a readable file holding the cluster's Ray token",
+                "pass the token file of the cluster (e.g. copied from the head's ~/.ray/auth_token)",
+            )
         return Path(token_file).read_text().strip()
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
     for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
         if path and Path(path).is_file():
             return Path(path).read_text().strip()
-    raise fail("Ray token", "(none found)", "the cluster uses token authentication (RAY_AUTH_MODE=token)", "set RAY_AUTH_TOKEN, or pass --token-file FILE")
+    raise fail(
+        "Ray token",
+        "(none found)",
+        "the cluster uses token authentication (RAY_AUTH_MODE=token)",
+        "set RAY_AUTH_TOKEN, or pass --token-file FILE",
+    )
 
 
 def client(address: str, token_file: Path | None = None):
@@ -51,11 +74,21 @@ def client(address: str, token_file: Path | None = None):
     except AuthenticationError:
         raise _refused(address) from None
     except ConnectionError as err:
-        raise fail("--address", address, f"must be a reachable Ray dashboard ({str(err).splitlines()[0][:200]})", "check the head's dashboard address (http://HEAD:8265) and that the cluster is up") from None
+        raise fail(
+            "--address",
+            address,
+            f"must be a reachable Ray dashboard ({str(err).splitlines()[0][:200]})",
+            "check the head's dashboard address (http://HEAD:8265) and that the cluster is up",
+        ) from None
 
 
 def _refused(address: str) -> InputError:
-    return fail("Ray token", "(hidden)", f"the cluster at {address} refused the token", "use the token of this cluster (RAY_AUTH_TOKEN or --token-file)")
+    return fail(
+        "Ray token",
+        "(hidden)",
+        f"the cluster at {address} refused the token",
+        "use the token of this cluster (RAY_AUTH_TOKEN or --token-file)",
+    )
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -67,7 +100,12 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
         if not sep or not key:
             raise fail("--env", pair, "must be KEY=VALUE", "write e.g. --env WANDB_MODE=online")
         if key in SECRET_ENV or "TOKEN" in key or "SECRET" in key or key.endswith("_KEY"):
-            raise fail("--env", f"{key}=(hidden)", "secrets are not sent with a job (they would be visible in its runtime environment)", f"set {key} on the cluster nodes instead (e.g. a Kubernetes Secret or the node environment)")
+            raise fail(
+                "--env",
+                f"{key}=(hidden)",
+                "secrets are not sent with a job (they would be visible in its runtime environment)",
+                f"set {key} on the cluster nodes instead (e.g. a Kubernetes Secret or the node environment)",
+            )
         env[key] = value
     return env
 
@@ -75,7 +113,12 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 def check_command(command: list[str]) -> None:
     """Validate the command locally first, so a bad space or config fails before anything is sent."""
     if not command or command[0] not in ("search", "train", "select", "report"):
-        raise fail("command", command[:1], "must be one of: search, train, select, report (after `--`)", "e.g. sft-tune submit --address http://HEAD:8265 -- search --space search_spaces/alpha.yaml")
+        raise fail(
+            "command",
+            command[:1],
+            "must be one of: search, train, select, report (after `--`)",
+            "e.g. sft-tune submit --address http://HEAD:8265 -- search --space search_spaces/alpha.yaml",
+        )
     options = dict(zip(command[1::1], command[2::1]))
     if command[0] == "search" and "--space" in options:
         from sft_tune.space import load_space
@@ -87,7 +130,15 @@ def check_command(command: list[str]) -> None:
         load_config(options["--config"])
 
 
-def submit(address: str, command: list[str], follow: bool = False, token_file: Path | None = None, pip: list[str] | None = None, env: list[str] | None = None, working_dir: Path = PROJECT_ROOT) -> int:
+def submit(
+    address: str,
+    command: list[str],
+    follow: bool = False,
+    token_file: Path | None = None,
+    pip: list[str] | None = None,
+    env: list[str] | None = None,
+    working_dir: Path = PROJECT_ROOT,
+) -> int:
     """Submit `sft-tune COMMAND` as a Ray Job; with `follow`, stream its logs and return its outcome."""
     check_command(command)
     job_env = parse_env(env or [])
@@ -97,7 +148,11 @@ def submit(address: str, command: list[str], follow: bool = False, token_file: P
         runtime_env["pip"] = list(pip)
     entrypoint = "python -m sft_tune " + shlex.join(command)
     try:
-        job_id = jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata={"tool": "sft-tune", "command": command[0]})
+        job_id = jobs.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            metadata={"tool": "sft-tune", "command": command[0]},
+        )
     except Exception as err:
         _reraise_refused(err, address)
         raise
@@ -135,13 +190,18 @@ def job_outcome(jobs, job_id: str, timeout_s: float = 60.0) -> int:
     return 1
 
 
-def jobs_command(action: str, job_id: str, address: str, token_file: Path | None = None, follow: bool = False) -> int:
+def jobs_command(
+    action: str, job_id: str, address: str, token_file: Path | None = None, follow: bool = False
+) -> int:
     """`sft-tune jobs status|logs|stop JOB_ID`."""
     jobs = client(address, token_file)
     try:
         if action == "status":
             info = jobs.get_job_info(job_id)
-            print(f"job {job_id}: {str(info.status).split('.')[-1]}" + (f" ({info.message})" if info.message else ""))
+            print(
+                f"job {job_id}: {str(info.status).split('.')[-1]}"
+                + (f" ({info.message})" if info.message else "")
+            )
             return 0
         if action == "logs":
             if follow:
@@ -153,11 +213,21 @@ def jobs_command(action: str, job_id: str, address: str, token_file: Path | None
         return 0
     except RuntimeError as err:
         _reraise_refused(err, address)
-        raise fail("JOB_ID", job_id, f"must be a job of this cluster ({str(err).splitlines()[0][:200]})", "list jobs with `ray job list` or check the id printed by `sft-tune submit`") from None
+        raise fail(
+            "JOB_ID",
+            job_id,
+            f"must be a job of this cluster ({str(err).splitlines()[0][:200]})",
+            "list jobs with `ray job list` or check the id printed by `sft-tune submit`",
+        ) from None
 
 
 def _reraise_refused(err: Exception, address: str) -> None:
     from ray.exceptions import AuthenticationError
 
-    if isinstance(err, AuthenticationError) or "401" in str(err) or "403" in str(err) or "Unauthorized" in str(err):
+    if (
+        isinstance(err, AuthenticationError)
+        or "401" in str(err)
+        or "403" in str(err)
+        or "Unauthorized" in str(err)
+    ):
         raise _refused(address) from None

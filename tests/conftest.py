@@ -19,7 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 POSITIVE = ["good", "great", "excellent", "happy", "love"]
 NEGATIVE = ["bad", "awful", "terrible", "sad", "hate"]
 NEUTRAL = ["okay", "fine", "average", "normal", "plain"]
-FILLER = "the a car road drive today city bus train ride was is it this my our very so and then".split()
+FILLER = (
+    "the a car road drive today city bus train ride was is it this my our very so and then".split()
+)
 LABELS = {"positive": POSITIVE, "negative": NEGATIVE, "neutral": NEUTRAL}
 
 
@@ -42,7 +44,11 @@ def toy_sentence(rng: random.Random, word: str) -> str:
 
 def toy_rows(n: int, seed: int, labels: tuple[str, ...] = ("negative", "positive")) -> list[dict]:
     rng = random.Random(seed)
-    return [{"text": toy_sentence(rng, rng.choice(LABELS[label])), "label": label} for label in labels for _ in range(n // len(labels))]
+    return [
+        {"text": toy_sentence(rng, rng.choice(LABELS[label])), "label": label}
+        for label in labels
+        for _ in range(n // len(labels))
+    ]
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -60,7 +66,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def _vocabulary() -> list[str]:
     words = sorted({w for ws in LABELS.values() for w in ws} | set(FILLER))
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + list("abcdefghijklmnopqrstuvwxyz")
+    return (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + list("abcdefghijklmnopqrstuvwxyz")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +77,17 @@ def tiny_bert(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(_vocabulary())}, do_lower_case=True)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    tokenizer = BertTokenizerFast(
+        vocab={word: i for i, word in enumerate(_vocabulary())}, do_lower_case=True
+    )
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -87,11 +104,27 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     rng = random.Random(0)
     corpus = [toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL)) for _ in range(300)]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        corpus, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
     bpe.save_model(str(folder))
-    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text().splitlines() if line and not line.startswith("#")]
-    tokenizer = GPT2TokenizerFast(vocab=json.loads((folder / "vocab.json").read_text()), merges=merges)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    merges = [
+        tuple(line.split())
+        for line in (folder / "merges.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    tokenizer = GPT2TokenizerFast(
+        vocab=json.loads((folder / "vocab.json").read_text()), merges=merges
+    )
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -114,7 +147,18 @@ def tiny_llama(tmp_path_factory, tiny_gpt2) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     tokenizer.chat_template = CHAT_TEMPLATE
     eos = tokenizer.eos_token_id
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -123,12 +167,17 @@ def tiny_llama(tmp_path_factory, tiny_gpt2) -> Path:
 
 def toy_generation_rows(n: int, seed: int) -> list[dict]:
     """The toy sentiment set framed as prompt -> label-word pairs."""
-    return [{"prompt": f"review: {row['text']}\nsentiment:", "response": row["label"]} for row in toy_rows(n, seed)]
+    return [
+        {"prompt": f"review: {row['text']}\nsentiment:", "response": row["label"]}
+        for row in toy_rows(n, seed)
+    ]
 
 
 def make_toy_files(folder: Path) -> dict[str, Path]:
     rng = random.Random(1)
-    unlabelled = [{"text": toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL))} for _ in range(120)]
+    unlabelled = [
+        {"text": toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL))} for _ in range(120)
+    ]
     return {
         "train": write_csv(folder / "train.csv", toy_rows(160, seed=2)),
         "test": write_csv(folder / "test.csv", toy_rows(40, seed=3)),
@@ -151,7 +200,9 @@ def write_space(folder: Path, model: Path, files: dict[str, Path], name: str, **
 
     raw = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
     raw["config"]["model"]["name_or_path"] = str(model)
-    raw["config"]["data"].update({"train": str(files["train"]), "unlabelled": [str(files["unlabelled"])]})
+    raw["config"]["data"].update(
+        {"train": str(files["train"]), "unlabelled": [str(files["unlabelled"])]}
+    )
     if "test" in files:
         raw["config"]["data"]["test"] = str(files["test"])
     raw["search"].update({"name": name, "storage_path": str(folder / "sweeps"), **search})
@@ -178,14 +229,20 @@ def finished_sweep(tmp_path_factory, tiny_bert):
     """One real 3-trial, 2-fold sweep on a local Ray (the first trial crashes once and is
     retried), W&B offline, followed by `select`. Shared by the search, tracking, select and
     report tests."""
-    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
+    from sft_tune.sweep.run import run_search
 
     folder = tmp_path_factory.mktemp("sweep")
     files = make_toy_files(folder)
     fault = folder / "fault-injected"
     saved = {k: os.environ.get(k) for k in ("SFT_TUNE_FAULT_FILE", "WANDB_MODE", "SFT_TUNE_CACHE")}
-    os.environ.update({"SFT_TUNE_FAULT_FILE": str(fault), "WANDB_MODE": "offline", "SFT_TUNE_CACHE": str(folder / "cache")})
+    os.environ.update(
+        {
+            "SFT_TUNE_FAULT_FILE": str(fault),
+            "WANDB_MODE": "offline",
+            "SFT_TUNE_CACHE": str(folder / "cache"),
+        }
+    )
     try:
         space = write_space(folder, tiny_bert, files, "basic", scheduler="none", max_failures=1)
         result = run_search(space)
@@ -203,8 +260,20 @@ def run_config_dict(model: Path, files: dict[str, Path], out: Path, **overrides)
     """A small, fast run config over the toy files (override sections with dicts)."""
     config = {
         "model": {"name_or_path": str(model), "task": "classification"},
-        "data": {"train": str(files["train"]), "test": str(files["test"]), "unlabelled": [str(files["unlabelled"])], "max_length": 32, "validation_fraction": 0.2},
-        "phase1": {"steps": 6, "learning_rate": 1e-3, "alpha": 1.0, "lm_batch_size": 8, "task_batch_size": 8},
+        "data": {
+            "train": str(files["train"]),
+            "test": str(files["test"]),
+            "unlabelled": [str(files["unlabelled"])],
+            "max_length": 32,
+            "validation_fraction": 0.2,
+        },
+        "phase1": {
+            "steps": 6,
+            "learning_rate": 1e-3,
+            "alpha": 1.0,
+            "lm_batch_size": 8,
+            "task_batch_size": 8,
+        },
         "phase2": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8},
         "optimizer": {"warmup_ratio": 0.0},
         "seed": 7,

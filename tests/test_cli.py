@@ -1,12 +1,14 @@
 import json
 
 import yaml
-
 from conftest import run_config_dict, write_csv
+
 from sft_tune.cli import main
 
 
-def test_bad_config_exits_2_without_traceback_and_starts_nothing(tmp_path, capsys, tiny_bert, toy_files):
+def test_bad_config_exits_2_without_traceback_and_starts_nothing(
+    tmp_path, capsys, tiny_bert, toy_files
+):
     raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"alpha": -2, "stepz": 3})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
     code = main(["train", "--config", str(tmp_path / "bad.yaml")])
@@ -26,28 +28,64 @@ def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys, tiny_bert, toy_fi
 
 
 def test_train_then_predict(tmp_path, capsys, tiny_bert, toy_files):
-    raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 2}, phase2={"epochs": 1})
+    raw = run_config_dict(
+        tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 2}, phase2={"epochs": 1}
+    )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
     summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test ")]
     assert summary and "accuracy" in summary[0] and "macro_f1" in summary[0]
     out = tmp_path / "pred.jsonl"
-    assert main(["predict", "--model", str(tmp_path / "out" / "model"), "--input", str(toy_files["test"]), "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "out" / "model"),
+                "--input",
+                str(toy_files["test"]),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 40
-    assert all(r["label"] in ("negative", "positive") and abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in records)
+    assert all(
+        r["label"] in ("negative", "positive") and abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        for r in records
+    )
 
 
 def test_predict_with_a_missing_model_folder(tmp_path, capsys, toy_files):
-    assert main(["predict", "--model", str(tmp_path / "none"), "--input", str(toy_files["test"])]) == 2
+    assert (
+        main(["predict", "--model", str(tmp_path / "none"), "--input", str(toy_files["test"])]) == 2
+    )
     assert "--model" in capsys.readouterr().err
 
 
-def test_predict_reports_a_bad_input_before_writing_anything(tmp_path, capsys, tiny_bert, toy_files):
-    raw = run_config_dict(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 0}, phase2={"epochs": 1})
+def test_predict_reports_a_bad_input_before_writing_anything(
+    tmp_path, capsys, tiny_bert, toy_files
+):
+    raw = run_config_dict(
+        tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 0}, phase2={"epochs": 1}
+    )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
     out = tmp_path / "pred.jsonl"
-    code = main(["predict", "--model", str(tmp_path / "out" / "model"), "--input", str(toy_files["test"]), "--text-column", "body", "--output", str(out)])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "out" / "model"),
+            "--input",
+            str(toy_files["test"]),
+            "--text-column",
+            "body",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 2 and "body" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("pred.jsonl*"))

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from sft_tune.runconfig import load_config, parse_config
 from sft_tune.errors import InputError
+from sft_tune.runconfig import load_config, parse_config
 
 
 def _base():
@@ -28,11 +28,21 @@ def test_every_problem_is_reported_at_once_with_key_value_rule_and_fix():
     raw["optimiser"] = {}
     problems = _problems(raw)
     where = {p.where for p in problems}
-    assert where == {"phase1.alpha", "phase1.learning_rate", "phase1.mask_probabilty", "phase2.epochs", "optimiser"}
+    assert where == {
+        "phase1.alpha",
+        "phase1.learning_rate",
+        "phase1.mask_probabilty",
+        "phase2.epochs",
+        "optimiser",
+    }
     typo = next(p for p in problems if p.where == "phase1.mask_probabilty")
     assert typo.rule == "unknown key" and "mask_probability" in typo.fix
     alpha = next(p for p in problems if p.where == "phase1.alpha")
-    assert alpha.value == -1 and "greater than or equal to 0" in alpha.rule and "task loss" in alpha.fix
+    assert (
+        alpha.value == -1
+        and "greater than or equal to 0" in alpha.rule
+        and "task loss" in alpha.fix
+    )
     assert "optimizer" in next(p for p in problems if p.where == "optimiser").fix
 
 
@@ -44,7 +54,13 @@ def test_missing_required_keys_and_unknown_task():
 
 
 def test_bad_values_are_rejected():
-    for section, key, value in [("phase1", "mask_probability", 1.5), ("data", "validation_fraction", 0.7), ("data", "max_length", 2), ("optimizer", "warmup_ratio", -0.1), (None, "device", "tpu")]:
+    for section, key, value in [
+        ("phase1", "mask_probability", 1.5),
+        ("data", "validation_fraction", 0.7),
+        ("data", "max_length", 2),
+        ("optimizer", "warmup_ratio", -0.1),
+        (None, "device", "tpu"),
+    ]:
         raw = _base()
         if section:
             raw.setdefault(section, {})[key] = value
@@ -61,7 +77,9 @@ def test_load_config_resolves_paths_against_the_file(tmp_path):
     assert config.data.train == tmp_path / "train.csv" and config.output_dir == tmp_path / "out"
 
 
-@pytest.mark.parametrize("text, rule", [(None, "must exist"), ("a: [1,", "valid YAML"), ("- a\n- b\n", "mapping")])
+@pytest.mark.parametrize(
+    "text, rule", [(None, "must exist"), ("a: [1,", "valid YAML"), ("- a\n- b\n", "mapping")]
+)
 def test_unreadable_config_files(tmp_path, text, rule):
     path = tmp_path / "cfg.yaml"
     if text is not None:
@@ -80,8 +98,16 @@ def test_task_sections_are_checked_by_their_task_with_the_schema_at_once():
     raw["data"]["qa"] = {"n_best": 0}
     raw["phase1"] = {"alpha": -1}
     where = {p.where: p for p in _problems(raw)}
-    assert set(where) == {"data.ner.tag_shceme", "data.ner.label_subwords", "data.qa.n_best", "phase1.alpha"}
-    assert where["data.ner.tag_shceme"].rule == "unknown key" and "tag_scheme" in where["data.ner.tag_shceme"].fix
+    assert set(where) == {
+        "data.ner.tag_shceme",
+        "data.ner.label_subwords",
+        "data.qa.n_best",
+        "phase1.alpha",
+    }
+    assert (
+        where["data.ner.tag_shceme"].rule == "unknown key"
+        and "tag_scheme" in where["data.ner.tag_shceme"].fix
+    )
     assert where["data.qa.n_best"].value == 0 and "candidates" in where["data.qa.n_best"].fix
 
 
@@ -89,12 +115,24 @@ def test_task_sections_come_back_complete():
     raw = _base()
     raw["data"]["ner"] = {"tag_scheme": "BIOES"}
     config = parse_config(raw)
-    assert config.data.ner == {"tokens_column": "tokens", "tags_column": "tags", "document_column": "document", "tag_scheme": "BIOES", "label_subwords": "first"}
-    assert config.data.qa["max_answer_length"] == 30 and config.data.generation["max_new_tokens"] == 32
-    assert parse_config(config.model_dump(mode="json")) == config  # a saved config reads back the same
+    assert config.data.ner == {
+        "tokens_column": "tokens",
+        "tags_column": "tags",
+        "document_column": "document",
+        "tag_scheme": "BIOES",
+        "label_subwords": "first",
+    }
+    assert (
+        config.data.qa["max_answer_length"] == 30 and config.data.generation["max_new_tokens"] == 32
+    )
+    assert (
+        parse_config(config.model_dump(mode="json")) == config
+    )  # a saved config reads back the same
 
 
-@pytest.mark.parametrize("task, problem", [("ner", True), ("qa", True), ("classification", False), ("generation", False)])
+@pytest.mark.parametrize(
+    "task, problem", [("ner", True), ("qa", True), ("classification", False), ("generation", False)]
+)
 def test_the_window_rule_is_the_windowed_tasks_own(task, problem):
     raw = _base()
     raw["model"]["task"] = task
@@ -110,4 +148,9 @@ def test_config_schema_imports_no_task():
     import sys
 
     code = "import sys, sft_tune.config; print(sorted(m for m in sys.modules if m.startswith('sft_tune.tasks')))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "[]"
+    )

@@ -40,13 +40,20 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
         assert spec["entrypoint"].startswith("sft-tune search --space ")
         assert (ROOT / spec["entrypoint"].split("--space ")[1].split()[0]).is_file()
         cluster = spec["rayClusterSpec"]
-        pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]] + [spec["submitterPodTemplate"]]
+        pods = (
+            [cluster["headGroupSpec"]["template"]]
+            + [g["template"] for g in cluster["workerGroupSpecs"]]
+            + [spec["submitterPodTemplate"]]
+        )
         for pod in pods:
             for container in pod["spec"]["containers"]:
                 env = {e["name"]: e for e in container["env"]}
                 assert env["RAY_AUTH_MODE"]["value"] == "token"
                 assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]  # never inline
-        assert any("nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in cluster["workerGroupSpecs"])
+        assert any(
+            "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+            for g in cluster["workerGroupSpecs"]
+        )
     else:
         pytest.fail(f"{path} is neither a cluster launcher config nor a RayJob")
     assert "WANDB_API_KEY=" not in text and "auth_token:" not in text

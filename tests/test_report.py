@@ -15,8 +15,24 @@ pytestmark = pytest.mark.ray
 
 def render(html_file, profile):
     """The DOM after the page's scripts ran, from headless Chromium."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=15000"]
-    done = subprocess.run([CHROMIUM, *flags, "--dump-dom", html_file.as_uri()], capture_output=True, text=True, timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+    ]
+    done = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", html_file.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -32,7 +48,10 @@ def test_report_is_self_contained_and_holds_every_plot(finished_sweep, tmp_path,
         assert f'data-plot="{plot}"' in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it",
+)
 def test_report_plots_draw_in_headless_chromium(finished_sweep, tmp_path):
     path, _ = build_report(finished_sweep["result"].sweep_dir, tmp_path / "report.html")
     dom = render(path, tmp_path / "profile")
@@ -40,7 +59,9 @@ def test_report_plots_draw_in_headless_chromium(finished_sweep, tmp_path):
     assert set(sections) == set(PLOTS)
     for plot, body in sections.items():
         assert "js-plotly-plot" in body and 'class="main-svg"' in body, f"{plot} did not draw"
-        assert re.search(r'class="(trace|scatterlayer|parcoords|boxlayer)', body), f"{plot} has no traces"
+        assert re.search(r'class="(trace|scatterlayer|parcoords|boxlayer)', body), (
+            f"{plot} has no traces"
+        )
     assert "L_task (phase 2)" in sections["losses"]
     if finished_sweep["selected"]["params"]["phase1.steps"] > 0:
         assert "L_lm (phase 1)" in sections["losses"]

@@ -9,9 +9,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from sft_tune.config import RunConfig
 from sft_tune.core.batches import batch_indices
 from sft_tune.core.prepare import read_data
+from sft_tune.select import select_best
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import Trial, best_trial, read_trials
-from sft_tune.select import select_best
 from sft_tune.tasks import get_task
 
 pytestmark = pytest.mark.ray
@@ -26,12 +26,18 @@ def test_best_json_holds_params_cv_test_sweep_and_versions(finished_sweep):
     assert best["trial_id"] == selected["trial_id"] == expected["trial_id"]
     assert best["cv_mean"] == max(t.cv_mean for t in trials) == expected["cv_mean"]
     assert best["params"] == expected["params"]
-    assert best["sweep_id"] == "basic" and {"torch", "transformers", "ray", "optuna"} <= set(best["versions"])
+    assert best["sweep_id"] == "basic" and {"torch", "transformers", "ray", "optuna"} <= set(
+        best["versions"]
+    )
     assert set(best["test"]) >= {"accuracy", "macro_f1"}
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".best_model")]  # no temp folder left
+    assert not [
+        p for p in folder.parent.iterdir() if p.name.startswith(".best_model")
+    ]  # no temp folder left
 
 
-def test_exported_best_model_loads_with_plain_transformers_and_reproduces_the_test_metric(finished_sweep):
+def test_exported_best_model_loads_with_plain_transformers_and_reproduces_the_test_metric(
+    finished_sweep,
+):
     folder = finished_sweep["result"].sweep_dir / "best_model"
     best = json.loads((folder / "best.json").read_text())
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -40,7 +46,14 @@ def test_exported_best_model_loads_with_plain_transformers_and_reproduces_the_te
     task = get_task("classification")
     raw = read_data(config, task)
     test = task.encode(raw.test, tokenizer, raw.label_names, config.data)
-    metrics = task.evaluate(model, test, batch_indices(len(test), 64, None), tokenizer.pad_token_id, tokenizer.padding_side, torch.device("cpu"))
+    metrics = task.evaluate(
+        model,
+        test,
+        batch_indices(len(test), 64, None),
+        tokenizer.pad_token_id,
+        tokenizer.padding_side,
+        torch.device("cpu"),
+    )
     assert metrics["accuracy"] == pytest.approx(best["test"]["accuracy"])
     assert metrics["macro_f1"] == pytest.approx(best["test"]["macro_f1"])
     # Retrained on ALL labelled data: the training file is the whole labelled set.
@@ -60,10 +73,46 @@ def test_select_rerun_gives_the_same_choice(finished_sweep):
 def test_ties_go_to_the_lower_std_then_the_lower_trial_id(finished_sweep):
     sweep = SweepFolder(finished_sweep["result"].sweep_dir).load_sweep()
     trials = [
-        Trial.from_row({"trial_id": "b", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 1.0}),
-        Trial.from_row({"trial_id": "a", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.05, "fold_scores": [], "param:phase1.alpha": 2.0}),
-        Trial.from_row({"trial_id": "c", "status": "STOPPED", "cv_mean": 0.9, "cv_std": 0.0, "fold_scores": [], "param:phase1.alpha": 3.0}),
-        Trial.from_row({"trial_id": "d", "status": "COMPLETE", "cv_mean": 0.8, "cv_std": 0.01, "fold_scores": [], "param:phase1.alpha": 4.0}),
+        Trial.from_row(
+            {
+                "trial_id": "b",
+                "status": "COMPLETE",
+                "cv_mean": 0.8,
+                "cv_std": 0.01,
+                "fold_scores": [],
+                "param:phase1.alpha": 1.0,
+            }
+        ),
+        Trial.from_row(
+            {
+                "trial_id": "a",
+                "status": "COMPLETE",
+                "cv_mean": 0.8,
+                "cv_std": 0.05,
+                "fold_scores": [],
+                "param:phase1.alpha": 2.0,
+            }
+        ),
+        Trial.from_row(
+            {
+                "trial_id": "c",
+                "status": "STOPPED",
+                "cv_mean": 0.9,
+                "cv_std": 0.0,
+                "fold_scores": [],
+                "param:phase1.alpha": 3.0,
+            }
+        ),
+        Trial.from_row(
+            {
+                "trial_id": "d",
+                "status": "COMPLETE",
+                "cv_mean": 0.8,
+                "cv_std": 0.01,
+                "fold_scores": [],
+                "param:phase1.alpha": 4.0,
+            }
+        ),
     ]
     assert best_trial(sweep, trials)["trial_id"] == "b"
 

@@ -11,7 +11,9 @@ from pathlib import Path
 from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32 * 1024
-HEADER = 7  # file header: b":W&B", magic (2 bytes), version (1 byte); record header: crc, length, type
+HEADER = (
+    7  # file header: b":W&B", magic (2 bytes), version (1 byte); record header: crc, length, type
+)
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
@@ -60,11 +62,27 @@ def read_run(path: Path) -> RunFile:
         elif kind == "config":
             run.config.update({i.key: json.loads(i.value_json) for i in record.config.update})
         elif kind == "history":
-            run.history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            run.history.append(
+                {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
         elif kind == "summary":
-            run.summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+            run.summary.update(
+                {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in record.summary.update
+                }
+            )
         elif kind == "artifact":
-            run.artifacts.append({"type": record.artifact.type, "name": record.artifact.name, "aliases": list(record.artifact.aliases)})
+            run.artifacts.append(
+                {
+                    "type": record.artifact.type,
+                    "name": record.artifact.name,
+                    "aliases": list(record.artifact.aliases),
+                }
+            )
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run

@@ -3,7 +3,7 @@ ranks, and the masking collator that turns LM token ids into a masked-LM or next
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -11,14 +11,18 @@ import torch
 from sft_tune.core.losses import mask_tokens
 
 
-def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest sequence in the batch (dynamic padding); returns (input_ids, attention_mask)."""
     width = max(len(seq) for seq in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
-        ids[row, span] = torch.as_tensor(np.asarray(seq, dtype=np.int64))  # copies: views stay read-only
+        ids[row, span] = torch.as_tensor(
+            np.asarray(seq, dtype=np.int64)
+        )  # copies: views stay read-only
         mask[row, span] = 1
     return ids, mask
 
@@ -38,10 +42,18 @@ def batch_indices(
     is sorted by length inside windows of 50 batches (like transformers' LengthGroupedSampler),
     so a batch holds examples of similar length and padding does not dominate its cost.
     """
-    order = torch.randperm(size, generator=generator).tolist() if generator is not None else list(range(size))
+    order = (
+        torch.randperm(size, generator=generator).tolist()
+        if generator is not None
+        else list(range(size))
+    )
     if lengths is not None and generator is not None:
         span = 50 * batch_size * world_size
-        order = [i for start in range(0, size, span) for i in sorted(order[start : start + span], key=lambda j: -lengths[j])]
+        order = [
+            i
+            for start in range(0, size, span)
+            for i in sorted(order[start : start + span], key=lambda j: -lengths[j])
+        ]
     per_rank = -(-size // world_size)
     order = (order * (world_size + 1))[: per_rank * world_size] if world_size > 1 else order
     mine = order[rank::world_size]
@@ -49,7 +61,12 @@ def batch_indices(
 
 
 def endless_batches(
-    size: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1, lengths: Sequence[int] | None = None
+    size: int,
+    batch_size: int,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+    lengths: Sequence[int] | None = None,
 ) -> Iterator[list[int]]:
     """Shuffled index batches forever (phase 1 draws a fixed number of steps, not epochs)."""
     while True:
@@ -74,5 +91,7 @@ class MaskingCollator:
         if self.objective != "masked":
             return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": None}
         special = torch.isin(input_ids, self.special_ids) | (attention_mask == 0)
-        masked, labels = mask_tokens(input_ids, special, self.mask_id, self.vocab_size, self.probability, self.generator)
+        masked, labels = mask_tokens(
+            input_ids, special, self.mask_id, self.vocab_size, self.probability, self.generator
+        )
         return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}

@@ -10,9 +10,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
@@ -32,18 +33,33 @@ def read_table(path: Path, what: str) -> datasets.Dataset:
     """Read a data file (or saved dataset folder) into a `datasets.Dataset`."""
     path = Path(path)
     if not path.exists():
-        raise fail(str(path), str(path), f"the {what} must exist", "check the path in the config (relative paths are relative to the config file)")
+        raise fail(
+            str(path),
+            str(path),
+            f"the {what} must exist",
+            "check the path in the config (relative paths are relative to the config file)",
+        )
     try:
         if path.is_dir():
             table = datasets.load_from_disk(str(path))
             if isinstance(table, datasets.DatasetDict):
                 if len(table) != 1:
-                    raise fail(str(path), sorted(table), f"the {what} folder must hold one split", "save a single `Dataset`, not a `DatasetDict` with several splits")
+                    raise fail(
+                        str(path),
+                        sorted(table),
+                        f"the {what} folder must hold one split",
+                        "save a single `Dataset`, not a `DatasetDict` with several splits",
+                    )
                 table = next(iter(table.values()))
         else:
             builder = READERS.get(path.suffix.lower())
             if builder is None:
-                raise fail(str(path), path.suffix, f"the {what} must be one of {sorted(READERS)} or a saved dataset folder", "convert the file or rename it with the right extension")
+                raise fail(
+                    str(path),
+                    path.suffix,
+                    f"the {what} must be one of {sorted(READERS)} or a saved dataset folder",
+                    "convert the file or rename it with the right extension",
+                )
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except InputError:
@@ -55,19 +71,31 @@ def read_table(path: Path, what: str) -> datasets.Dataset:
     except Exception as err:  # any parser failure is the file's fault, reported as such
         raise _unreadable(path, what, err) from None
     if len(table) == 0:
-        raise fail(str(path), "0 rows", f"the {what} must not be empty", "point to a file with data rows")
+        raise fail(
+            str(path), "0 rows", f"the {what} must not be empty", "point to a file with data rows"
+        )
     return table
 
 
 def _unreadable(path: Path, what: str, err: Exception) -> InputError:
     kind = path.suffix or "a saved dataset folder"
-    return fail(str(path), f"{type(err).__name__}: {err}", f"the {what} must be readable as {kind}", "check the file's format and encoding (UTF-8)")
+    return fail(
+        str(path),
+        f"{type(err).__name__}: {err}",
+        f"the {what} must be readable as {kind}",
+        "check the file's format and encoding (UTF-8)",
+    )
 
 
 def require_columns(table: datasets.Dataset, columns: Sequence[str], path: Path, what: str) -> None:
     """Raise one error listing every missing column."""
     problems = [
-        Problem(f"{path} column {column!r}", table.column_names, f"the {what} must have a column {column!r}", f"rename the column or set the config's column name to one of {table.column_names}")
+        Problem(
+            f"{path} column {column!r}",
+            table.column_names,
+            f"the {what} must have a column {column!r}",
+            f"rename the column or set the config's column name to one of {table.column_names}",
+        )
         for column in columns
         if column not in table.column_names
     ]
@@ -78,7 +106,11 @@ def require_columns(table: datasets.Dataset, columns: Sequence[str], path: Path,
 def text_column(table: datasets.Dataset, column: str, path: Path, what: str) -> list[str]:
     """The column's values, which must all be non-empty strings."""
     values = table[column]
-    bad = [(row, value) for row, value in enumerate(values) if not isinstance(value, str) or not value.strip()]
+    bad = [
+        (row, value)
+        for row, value in enumerate(values)
+        if not isinstance(value, str) or not value.strip()
+    ]
     if bad:
         row, value = bad[0]
         raise fail(
@@ -128,11 +160,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
         body = json.dumps(state, sort_keys=True)
     else:
         body = json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, tokenizer.padding_side])
+    extra = json.dumps(
+        [type(tokenizer).__name__, tokenizer.all_special_tokens, tokenizer.padding_side]
+    )
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def cached(kind: str, tokenizer, params: dict[str, Any], items: Sequence[Any], compute: Callable[[], Any], cache_dir: Path | None = None) -> Any:
+def cached(
+    kind: str,
+    tokenizer,
+    params: dict[str, Any],
+    items: Sequence[Any],
+    compute: Callable[[], Any],
+    cache_dir: Path | None = None,
+) -> Any:
     """`compute()`'s JSON result, reused when the same `kind`, tokenizer, params and items come again.
 
     Every tokenization of a labelled or unlabelled set goes through here, so a sweep tokenizes
@@ -145,7 +186,9 @@ def cached(kind: str, tokenizer, params: dict[str, Any], items: Sequence[Any], c
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
     for item in items:
-        digest.update(item.encode() if isinstance(item, str) else json.dumps(item, sort_keys=True).encode())
+        digest.update(
+            item.encode() if isinstance(item, str) else json.dumps(item, sort_keys=True).encode()
+        )
         digest.update(b"\0")
     entry = cache_root(cache_dir) / f"{digest.hexdigest()}.json"
     if entry.is_file():
@@ -159,11 +202,17 @@ def cached(kind: str, tokenizer, params: dict[str, Any], items: Sequence[Any], c
     return result
 
 
-def tokenize(texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path | None = None) -> Encoded:
+def tokenize(
+    texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path | None = None
+) -> Encoded:
     """Tokenize texts with truncation, reusing an earlier result for the same texts and tokenizer."""
     ids = cached(
-        "texts", tokenizer, {"max_length": max_length}, texts,
-        lambda: tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"], cache_dir,
+        "texts",
+        tokenizer,
+        {"max_length": max_length},
+        texts,
+        lambda: tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"],
+        cache_dir,
     )
     return Encoded(ids)
 
@@ -180,11 +229,13 @@ class TokenArray:
         self.flat, self.offsets = flat, offsets
 
     @classmethod
-    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> "TokenArray":
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> TokenArray:
         lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=len(sequences))
         offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((token for seq in sequences for token in seq), dtype=np.int32, count=int(offsets[-1]))
+        flat = np.fromiter(
+            (token for seq in sequences for token in seq), dtype=np.int32, count=int(offsets[-1])
+        )
         return cls(flat, offsets)
 
     def __len__(self) -> int:
@@ -213,4 +264,11 @@ class SequenceView:
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
     """A 64-bit content hash per text (to test "is this text held out?" without the texts)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts), dtype=np.uint64, count=len(texts))
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+            for t in texts
+        ),
+        dtype=np.uint64,
+        count=len(texts),
+    )

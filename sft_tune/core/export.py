@@ -12,8 +12,9 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RUN_FILE = "run.json"
 
@@ -24,7 +25,17 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("sft-tune", "torch", "transformers", "datasets", "ray", "optuna", "wandb", "scikit-learn", *extra):
+    for name in (
+        "sft-tune",
+        "torch",
+        "transformers",
+        "datasets",
+        "ray",
+        "optuna",
+        "wandb",
+        "scikit-learn",
+        *extra,
+    ):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -52,7 +63,14 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def export_model(task_model, tokenizer, target: Path, info: dict[str, Any], history: list[dict] | None = None, extra_files: dict[str, dict] | None = None) -> Path:
+def export_model(
+    task_model,
+    tokenizer,
+    target: Path,
+    info: dict[str, Any],
+    history: list[dict] | None = None,
+    extra_files: dict[str, dict] | None = None,
+) -> Path:
     """Save model (safetensors), tokenizer, `run.json` (config, metrics, versions), the step log, and
     `extra_files` (name -> JSON content), all in one atomic rename."""
 
@@ -76,7 +94,10 @@ def export_model(task_model, tokenizer, target: Path, info: dict[str, Any], hist
 def plain_model(model):
     """The model itself, or for one loaded from a quantized checkpoint (GGUF) the same weights in a
     plain model of its class: transformers refuses to save a GGUF-loaded model as such."""
-    if getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None:
+    if (
+        getattr(model, "hf_quantizer", None) is None
+        and getattr(model.config, "quantization_config", None) is None
+    ):
         return model
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):

@@ -12,8 +12,9 @@ import contextlib
 import functools
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,31 +86,53 @@ class FitResult:
         return self.evaluations[-1] if self.evaluations else None
 
 
-def make_optimizer(model: nn.Module, lr: float, opt: OptimizerConfig, steps: int, params: Sequence[nn.Parameter] | None = None):
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    opt: OptimizerConfig,
+    steps: int,
+    params: Sequence[nn.Parameter] | None = None,
+):
     """AdamW (no decay on biases and norms) with linear warm-up and linear decay over `steps`.
 
     The heads (every trainable parameter outside the shared backbone: task head, LM head) get
     `lr * opt.head_lr_scale`. `params` restricts the optimizer to those parameters.
     """
-    trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    trainable = [
+        p for p in (params if params is not None else model.parameters()) if p.requires_grad
+    ]
     backbone = {id(p) for p in getattr(unwrap(model), "backbone", model).parameters()}
     groups = []
     for is_head, scale in ((False, 1.0), (True, opt.head_lr_scale)):
         part = [p for p in trainable if (id(p) not in backbone) == is_head]
         groups += [
-            {"params": [p for p in part if p.ndim >= 2], "weight_decay": opt.weight_decay, "lr": lr * scale},
+            {
+                "params": [p for p in part if p.ndim >= 2],
+                "weight_decay": opt.weight_decay,
+                "lr": lr * scale,
+            },
             {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr": lr * scale},
         ]
     groups = [group for group in groups if group["params"]]
     try:  # the fused kernel is ~7x faster per update on CPU (bench/core.py) and on GPU
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=True)
+        optimizer = torch.optim.AdamW(
+            groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=True
+        )
     except (RuntimeError, TypeError):  # a device or dtype the fused kernel does not take
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
     warmup = math.ceil(opt.warmup_ratio * steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
 
 
-def train_step(model: nn.Module, optimizer, scheduler, micro_batches: Sequence[Any], compute: Callable[[Any], Any], max_grad_norm: float, rt: Runtime) -> dict[str, float]:
+def train_step(
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    micro_batches: Sequence[Any],
+    compute: Callable[[Any], Any],
+    max_grad_norm: float,
+    rt: Runtime,
+) -> dict[str, float]:
     """One optimizer step over `micro_batches` (gradient accumulation): `compute(micro)` returns
     the `LossParts` of one micro-batch; gradients are averaged, and under DDP all-reduced only on
     the last micro-batch. Returns the losses averaged over the micro-batches."""
@@ -117,7 +140,9 @@ def train_step(model: nn.Module, optimizer, scheduler, micro_batches: Sequence[A
     losses: dict[str, float] = {}
     for i, micro in enumerate(micro_batches):
         last = i == n - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        sync = (
+            contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        )
         with sync:
             with rt.autocast():
                 parts = compute(micro)
@@ -141,7 +166,9 @@ def unwrap(model: nn.Module) -> TwoPhaseModel:
     return getattr(model, "module", model)
 
 
-def run_head_warmup(model: nn.Module, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
+def run_head_warmup(
+    model: nn.Module, data: FitData, config: RunConfig, tokenizer, rt: Runtime
+) -> list[dict]:
     """Train only the LM head's own weights on the LM loss, the backbone frozen (run under no_grad),
     so that a freshly created head (MiniLM has none) does not send random gradients into the
     backbone when phase 1 starts. Weights the head shares with the backbone (tied embeddings)
@@ -153,9 +180,23 @@ def run_head_warmup(model: nn.Module, data: FitData, config: RunConfig, tokenize
     params = [p for p in inner.lm_head.parameters() if id(p) not in shared]
     if not params:
         return []
-    collator = MaskingCollator(tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 4 + rt.rank)
-    batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, torch.Generator().manual_seed(config.seed * 1000 + 5), rt.rank, rt.world_size)
-    optimizer, scheduler = make_optimizer(inner, p1.head_warmup_learning_rate, config.optimizer.model_copy(update={"head_lr_scale": 1.0}), p1.head_warmup_steps, params)
+    collator = MaskingCollator(
+        tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 4 + rt.rank
+    )
+    batches = endless_batches(
+        len(data.lm_ids),
+        p1.lm_batch_size,
+        torch.Generator().manual_seed(config.seed * 1000 + 5),
+        rt.rank,
+        rt.world_size,
+    )
+    optimizer, scheduler = make_optimizer(
+        inner,
+        p1.head_warmup_learning_rate,
+        config.optimizer.model_copy(update={"head_lr_scale": 1.0}),
+        p1.head_warmup_steps,
+        params,
+    )
     inner.train()
     history = []
     bar = _progress(p1.head_warmup_steps, "LM-head warm-up", rt)
@@ -173,25 +214,43 @@ def run_head_warmup(model: nn.Module, data: FitData, config: RunConfig, tokenize
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        history.append(_record(0, step, lr, {"loss": loss.item(), "lm_loss": loss.item(), "task_loss": float("nan")}, rt, bar))
+        history.append(
+            _record(
+                0,
+                step,
+                lr,
+                {"loss": loss.item(), "lm_loss": loss.item(), "task_loss": float("nan")},
+                rt,
+                bar,
+            )
+        )
     bar.close()
     return history
 
 
-def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime) -> list[dict]:
+def run_phase1(
+    model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime
+) -> list[dict]:
     """Minimize L_lm + alpha * L_task: each micro-batch is one LM batch plus one labelled batch."""
     p1 = config.phase1
     inner = unwrap(model)
-    collator = MaskingCollator(tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 1 + rt.rank)
+    collator = MaskingCollator(
+        tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 1 + rt.rank
+    )
     order = torch.Generator().manual_seed(config.seed * 1000 + 2)
     lm_batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size)
-    task_batches = endless_batches(len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size, task.lengths(data.train))
+    task_batches = endless_batches(
+        len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size, task.lengths(data.train)
+    )
     optimizer, scheduler = make_optimizer(model, p1.learning_rate, config.optimizer, p1.steps)
 
     def compute(micro: tuple[list[int], list[int]], alpha: float):
         lm_indices, task_indices = micro
         lm_batch = to_device(collator([data.lm_ids[i] for i in lm_indices]), rt.device)
-        task_batch = to_device(task.collate(data.train, task_indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
+        task_batch = to_device(
+            task.collate(data.train, task_indices, tokenizer.pad_token_id, tokenizer.padding_side),
+            rt.device,
+        )
         return model(lm_batch, task_batch, alpha)
 
     model.train()
@@ -201,23 +260,47 @@ def run_phase1(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
         alpha = alpha_at(step, p1.steps, p1.alpha, p1.alpha_schedule)
         micro = [(next(lm_batches), next(task_batches)) for _ in range(p1.accumulation_steps)]
         lr = scheduler.get_last_lr()[0]
-        losses = train_step(model, optimizer, scheduler, micro, functools.partial(compute, alpha=alpha), config.optimizer.max_grad_norm, rt)
+        losses = train_step(
+            model,
+            optimizer,
+            scheduler,
+            micro,
+            functools.partial(compute, alpha=alpha),
+            config.optimizer.max_grad_norm,
+            rt,
+        )
         history.append(_record(1, step, lr, {**losses, "alpha": alpha}, rt, bar))
     bar.close()
     return history
 
 
-def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, on_epoch: Callable[[int], bool]) -> list[dict]:
+def run_phase2(
+    model: nn.Module,
+    task,
+    data: FitData,
+    config: RunConfig,
+    tokenizer,
+    rt: Runtime,
+    on_epoch: Callable[[int], bool],
+) -> list[dict]:
     """Minimize L_task alone, from the phase-1 weights; `on_epoch(epoch)` evaluates after each
     epoch and returns True to stop early. The schedule stays the one planned for all epochs."""
     p2 = config.phase2
     order = torch.Generator().manual_seed(config.seed * 1000 + 3)
     lengths = task.lengths(data.train)
-    per_epoch = -(-len(batch_indices(len(data.train), p2.batch_size, None, rt.rank, rt.world_size)) // p2.accumulation_steps)
-    optimizer, scheduler = make_optimizer(model, p2.learning_rate, config.optimizer, per_epoch * p2.epochs)
+    per_epoch = -(
+        -len(batch_indices(len(data.train), p2.batch_size, None, rt.rank, rt.world_size))
+        // p2.accumulation_steps
+    )
+    optimizer, scheduler = make_optimizer(
+        model, p2.learning_rate, config.optimizer, per_epoch * p2.epochs
+    )
 
     def compute(indices: list[int]):
-        batch = to_device(task.collate(data.train, indices, tokenizer.pad_token_id, tokenizer.padding_side), rt.device)
+        batch = to_device(
+            task.collate(data.train, indices, tokenizer.pad_token_id, tokenizer.padding_side),
+            rt.device,
+        )
         return model(None, batch)
 
     model.train()
@@ -225,11 +308,21 @@ def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
     bar = _progress(per_epoch * p2.epochs, "phase 2", rt)
     step = 0
     for epoch in range(1, p2.epochs + 1):
-        batches = batch_indices(len(data.train), p2.batch_size, order, rt.rank, rt.world_size, lengths)
+        batches = batch_indices(
+            len(data.train), p2.batch_size, order, rt.rank, rt.world_size, lengths
+        )
         for start in range(0, len(batches), p2.accumulation_steps):
             step += 1
             lr = scheduler.get_last_lr()[0]
-            losses = train_step(model, optimizer, scheduler, batches[start : start + p2.accumulation_steps], compute, config.optimizer.max_grad_norm, rt)
+            losses = train_step(
+                model,
+                optimizer,
+                scheduler,
+                batches[start : start + p2.accumulation_steps],
+                compute,
+                config.optimizer.max_grad_norm,
+                rt,
+            )
             history.append(_record(2, step, lr, losses, rt, bar))
         if on_epoch(epoch):
             break
@@ -237,7 +330,9 @@ def run_phase2(model: nn.Module, task, data: FitData, config: RunConfig, tokeniz
     return history
 
 
-def evaluate(model: nn.Module, task, examples: Any, tokenizer, rt: Runtime, batch_size: int = 64) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, task, examples: Any, tokenizer, rt: Runtime, batch_size: int = 64
+) -> dict[str, float]:
     """Task metrics of the task model on `examples` (every rank scores the whole set), in eval mode
     and without gradients; the model's mode is restored afterwards (the tasks only score)."""
     batches = batch_indices(len(examples), batch_size, None)
@@ -246,12 +341,22 @@ def evaluate(model: nn.Module, task, examples: Any, tokenizer, rt: Runtime, batc
     scored.eval()
     try:
         with torch.no_grad(), rt.autocast():
-            return task.evaluate(scored, examples, batches, tokenizer.pad_token_id, tokenizer.padding_side, rt.device)
+            return task.evaluate(
+                scored, examples, batches, tokenizer.pad_token_id, tokenizer.padding_side, rt.device
+            )
     finally:
         scored.train(was_training)
 
 
-def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt: Runtime, metric: str | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    task,
+    data: FitData,
+    config: RunConfig,
+    tokenizer,
+    rt: Runtime,
+    metric: str | None = None,
+) -> FitResult:
     """Both phases on prepared data; evaluates and calls `rt.report` after phase 1 and each phase-2
     epoch. With `phase2.early_stopping_patience`, phase 2 stops once `metric` (default: the task's)
     has not improved on `data.eval` for that many epochs, and the best epoch's weights are kept."""
@@ -264,7 +369,11 @@ def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt:
         """Evaluate; True when phase 2 should stop early."""
         if data.eval is None:
             return False
-        metrics = {"phase": phase, "epoch": epoch, **evaluate(model, task, data.eval, tokenizer, rt)}
+        metrics = {
+            "phase": phase,
+            "epoch": epoch,
+            **evaluate(model, task, data.eval, tokenizer, rt),
+        }
         evaluations.append(metrics)
         if rt.rank == 0:
             log.info("eval after phase %d epoch %d: %s", phase, epoch, _fmt(metrics))
@@ -273,7 +382,11 @@ def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt:
             return False
         score = metrics[metric] if task.metric_mode(metric) == "max" else -metrics[metric]
         if score > best["score"]:
-            best.update(score=score, epoch=epoch, state={k: v.detach().clone() for k, v in unwrap(model).state_dict().items()})
+            best.update(
+                score=score,
+                epoch=epoch,
+                state={k: v.detach().clone() for k, v in unwrap(model).state_dict().items()},
+            )
         return epoch - best["epoch"] >= patience
 
     history = []
@@ -282,19 +395,33 @@ def fit(model: nn.Module, task, data: FitData, config: RunConfig, tokenizer, rt:
             history += run_head_warmup(model, data, config, tokenizer, rt)
         history += run_phase1(model, task, data, config, tokenizer, rt)
         checkpoint_eval(1, 0)
-    history += run_phase2(model, task, data, config, tokenizer, rt, lambda epoch: checkpoint_eval(2, epoch))
+    history += run_phase2(
+        model, task, data, config, tokenizer, rt, lambda epoch: checkpoint_eval(2, epoch)
+    )
     if best["state"] is not None:
         unwrap(model).load_state_dict(best["state"])
-        log.info("early stopping: kept the weights of phase-2 epoch %d (%s %.4f)", best["epoch"], metric, abs(best["score"]))
+        log.info(
+            "early stopping: kept the weights of phase-2 epoch %d (%s %.4f)",
+            best["epoch"],
+            metric,
+            abs(best["score"]),
+        )
     return FitResult(history, evaluations)
 
 
 def _progress(total: int, desc: str, rt: Runtime) -> tqdm:
     """A progress bar (steps, losses, ETA) on rank 0 only."""
-    return tqdm(total=total, desc=desc, disable=not rt.progress or rt.rank != 0 or total == 0, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=not rt.progress or rt.rank != 0 or total == 0,
+        dynamic_ncols=True,
+    )
 
 
-def _record(phase: int, step: int, lr: float, losses: dict[str, float], rt: Runtime, bar: tqdm) -> dict[str, Any]:
+def _record(
+    phase: int, step: int, lr: float, losses: dict[str, float], rt: Runtime, bar: tqdm
+) -> dict[str, Any]:
     """One step's log record; shown on the progress bar and passed to `rt.on_step`."""
     record = {"phase": phase, "step": step, "lr": lr, **losses}
     bar.update(1)
@@ -305,7 +432,9 @@ def _record(phase: int, step: int, lr: float, losses: dict[str, float], rt: Runt
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+    )
 
 
 def seed_everything(seed: int) -> None:

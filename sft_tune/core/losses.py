@@ -8,8 +8,8 @@ vocabulary projection dominates the cost of a phase-1 step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +26,8 @@ from transformers import (
 from transformers import logging as hf_logging
 
 from sft_tune.config import ModelConfig
-from sft_tune.errors import fail
 from sft_tune.core.losses import LossParts, causal_lm_loss, masked_lm_loss, phase_loss, task_trains
+from sft_tune.errors import fail
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,13 @@ class TwoPhaseModel(nn.Module):
     def backbone(self) -> nn.Module:
         return self.task_model.base_model
 
-    def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None, frozen_backbone: bool = False) -> torch.Tensor:
+    def lm_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        frozen_backbone: bool = False,
+    ) -> torch.Tensor:
         """Masked-LM loss (labels from `mask_tokens`) or next-token loss (labels None); with
         `frozen_backbone` only the head receives gradients (LM-head warm-up)."""
         with torch.no_grad() if frozen_backbone else contextlib.nullcontext():
@@ -56,7 +63,12 @@ class TwoPhaseModel(nn.Module):
             return masked_lm_loss(hidden, labels, self.lm_head)
         return causal_lm_loss(hidden, input_ids, attention_mask, self.lm_head)
 
-    def forward(self, lm_batch: dict[str, torch.Tensor] | None, task_batch: dict[str, torch.Tensor] | None, alpha: float = 1.0) -> LossParts:
+    def forward(
+        self,
+        lm_batch: dict[str, torch.Tensor] | None,
+        task_batch: dict[str, torch.Tensor] | None,
+        alpha: float = 1.0,
+    ) -> LossParts:
         """Phase 1: both batches; phase 2: `lm_batch` None (no LM loss is computed)."""
         lm = self.lm_loss(**lm_batch) if lm_batch is not None else None
         task = None
@@ -88,10 +100,20 @@ def load_tokenizer(model: ModelConfig, task=None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **kwargs)
     except (OSError, ValueError) as err:
-        raise fail("model.name_or_path", model.name_or_path, f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})", "point to a folder with config.json and tokenizer files") from None
+        raise fail(
+            "model.name_or_path",
+            model.name_or_path,
+            f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})",
+            "point to a folder with config.json and tokenizer files",
+        ) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise fail("model.name_or_path", model.name_or_path, "the tokenizer needs a pad or EOS token", "use a tokenizer that defines one")
+            raise fail(
+                "model.name_or_path",
+                model.name_or_path,
+                "the tokenizer needs a pad or EOS token",
+                "use a tokenizer that defines one",
+            )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
@@ -115,10 +137,14 @@ def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load reports below say what matters, once
     try:
-        task_model = task.auto_model.from_pretrained(model.name_or_path, **weights, **task.model_kwargs(label_names))
+        task_model = task.auto_model.from_pretrained(
+            model.name_or_path, **weights, **task.model_kwargs(label_names)
+        )
         own_head = task.auto_model is lm_class
         if not own_head:
-            lm_model, info = lm_class.from_pretrained(model.name_or_path, output_loading_info=True, **weights)
+            lm_model, info = lm_class.from_pretrained(
+                model.name_or_path, output_loading_info=True, **weights
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     if task_model.config.pad_token_id is None:
@@ -129,7 +155,11 @@ def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) 
         return TwoPhaseModel(task_model, lm_head_of(task_model), objective)
     fresh = [key for key in info["missing_keys"] if not key.startswith(lm_model.base_model_prefix)]
     if fresh:
-        log.info("LM head: %d tensors not in the checkpoint, newly initialised (%s ...)", len(fresh), fresh[0])
+        log.info(
+            "LM head: %d tensors not in the checkpoint, newly initialised (%s ...)",
+            len(fresh),
+            fresh[0],
+        )
     head = lm_head_of(lm_model)
     output = lm_model.get_output_embeddings()
     if output is not None and output.weight is lm_model.get_input_embeddings().weight:
@@ -141,7 +171,12 @@ def enable_checkpointing(task_model: nn.Module) -> None:
     """Activation (gradient) checkpointing on the backbone, non-reentrant (works with DDP and
     frozen inputs); the LM loss runs on the same backbone, so it is checkpointed too."""
     if not getattr(task_model, "supports_gradient_checkpointing", False):
-        raise fail("model.gradient_checkpointing", True, f"{type(task_model).__name__} does not support gradient checkpointing", "set model.gradient_checkpointing: false")
+        raise fail(
+            "model.gradient_checkpointing",
+            True,
+            f"{type(task_model).__name__} does not support gradient checkpointing",
+            "set model.gradient_checkpointing: false",
+        )
     kwargs = {"use_reentrant": False}
     if hasattr(task_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
         task_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -155,5 +190,10 @@ def lm_head_of(lm_model: nn.Module) -> nn.Module:
     heads = [module for name, module in lm_model.named_children() if name != prefix]
     if len(heads) != 1:
         names = [name for name, _ in lm_model.named_children()]
-        raise fail("model.name_or_path", type(lm_model).__name__, f"the LM model must be a backbone `{prefix}` plus one head module, but has children {names}", "use a BERT/RoBERTa-like encoder or a GPT/Llama-like decoder")
+        raise fail(
+            "model.name_or_path",
+            type(lm_model).__name__,
+            f"the LM model must be a backbone `{prefix}` plus one head module, but has children {names}",
+            "use a BERT/RoBERTa-like encoder or a GPT/Llama-like decoder",
+        )
     return heads[0]

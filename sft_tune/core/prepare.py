@@ -3,9 +3,10 @@ which texts feed a split's LM loss (never a held-out text, also not as a copy in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,12 @@ def read_data(config: RunConfig, task) -> RawData:
         task.check_labels(test, names, data.test)
     unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column)
     if config.phase1.steps > 0 and not unlabelled and not data.labelled_text_for_lm:
-        raise fail("phase1.steps", config.phase1.steps, "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`", "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0")
+        raise fail(
+            "phase1.steps",
+            config.phase1.steps,
+            "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`",
+            "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0",
+        )
     return RawData(train, test, unlabelled, names)
 
 
@@ -59,7 +65,9 @@ class PreparedData:
     """
 
     labelled: Any  # the task's encoded labelled set (all training examples)
-    labelled_hashes: np.ndarray  # per labelled example: hash of its text (what LM data must not hold)
+    labelled_hashes: (
+        np.ndarray
+    )  # per labelled example: hash of its text (what LM data must not hold)
     labelled_lm: TokenArray  # the labelled texts tokenized for the LM loss
     unlabelled: TokenArray
     unlabelled_hashes: np.ndarray
@@ -70,14 +78,24 @@ class PreparedData:
     groups: list[Any] | None = None
     test: Any | None = None  # the task's encoded test set, when asked for
 
-    def lm_ids(self, split: int, include_labelled: bool, also_held: Sequence[int] = ()) -> SequenceView:
+    def lm_ids(
+        self, split: int, include_labelled: bool, also_held: Sequence[int] = ()
+    ) -> SequenceView:
         """The LM data of one split: unlabelled texts plus (optionally) its training texts, never a
         text of its held-out part (nor of `also_held`), also not as a copy in the unlabelled pool.
         The rule is `lm_selection`; no token is copied."""
         train, held = self.splits[split]
         excluded = set(also_held)
-        keep, chosen = lm_selection(self.unlabelled_hashes, self.labelled_hashes, [i for i in train if i not in excluded], list(held) + list(also_held), include_labelled)
-        return SequenceView([(self.unlabelled, keep), (self.labelled_lm, np.asarray(chosen, dtype=np.int64))])
+        keep, chosen = lm_selection(
+            self.unlabelled_hashes,
+            self.labelled_hashes,
+            [i for i in train if i not in excluded],
+            list(held) + list(also_held),
+            include_labelled,
+        )
+        return SequenceView(
+            [(self.unlabelled, keep), (self.labelled_lm, np.asarray(chosen, dtype=np.int64))]
+        )
 
     def inner_split(self, split: int, fraction: float, seed: int, path: Path) -> Split:
         """The split's training part split again into (train, inner validation) example indices,
@@ -97,17 +115,29 @@ class PreparedData:
         train, held = self.splits[split]
         include = config.data.labelled_text_for_lm
         if evaluate_held_out:
-            return FitData(self.labelled.subset(train), self.lm_ids(split, include), self.labelled.subset(held) if held else None)
+            return FitData(
+                self.labelled.subset(train),
+                self.lm_ids(split, include),
+                self.labelled.subset(held) if held else None,
+            )
         if config.phase2.early_stopping_patience > 0:
-            train, inner = self.inner_split(split, config.data.validation_fraction, config.seed + split, config.data.train)
-            return FitData(self.labelled.subset(train), self.lm_ids(split, include, inner), self.labelled.subset(inner))
+            train, inner = self.inner_split(
+                split, config.data.validation_fraction, config.seed + split, config.data.train
+            )
+            return FitData(
+                self.labelled.subset(train),
+                self.lm_ids(split, include, inner),
+                self.labelled.subset(inner),
+            )
         return FitData(self.labelled.subset(train), self.lm_ids(split, include))
 
     def held_out(self, split: int) -> Any:
         return self.labelled.subset(self.splits[split][1])
 
 
-def prepare_data(config: RunConfig, folds: int = 1, seed: int | None = None, with_test: bool = False) -> PreparedData:
+def prepare_data(
+    config: RunConfig, folds: int = 1, seed: int | None = None, with_test: bool = False
+) -> PreparedData:
     """Read, check, split and tokenize a config's data once. `folds` 1 is one split of
     data.validation_fraction (a training run's validation split, or a sweep's holdout), k >= 2
     is k-fold CV; `seed` (default the config's) shuffles the split; `with_test` also encodes the
@@ -117,20 +147,42 @@ def prepare_data(config: RunConfig, folds: int = 1, seed: int | None = None, wit
     strata, groups = task.strata(raw.train), task.groups(raw.train)
     seed = config.seed if seed is None else seed
     if folds == 1:
-        splits = [split_validation(strata, groups, config.data.validation_fraction, seed, config.data.train)]
+        splits = [
+            split_validation(
+                strata, groups, config.data.validation_fraction, seed, config.data.train
+            )
+        ]
     else:
         splits = make_folds(strata, groups, folds, seed, config.data.train)
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
-    unlabelled_ids = tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids if raw.unlabelled else []
+    unlabelled_ids = (
+        tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
+        if raw.unlabelled
+        else []
+    )
     texts = task.texts(raw.train)
-    labelled_lm_ids = tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-    test = task.encode(raw.test, tokenizer, raw.label_names, config.data) if with_test and raw.test is not None else None
+    labelled_lm_ids = tokenize(
+        texts, tokenizer, config.data.max_length, config.data.cache_dir
+    ).input_ids
+    test = (
+        task.encode(raw.test, tokenizer, raw.label_names, config.data)
+        if with_test and raw.test is not None
+        else None
+    )
     return PreparedData(
-        labelled, text_hashes(texts), TokenArray.from_lists(labelled_lm_ids),
-        TokenArray.from_lists(unlabelled_ids), text_hashes(raw.unlabelled),
-        raw.label_names, splits, data_module.TOKENIZATION_PASSES - before, strata, groups, test,
+        labelled,
+        text_hashes(texts),
+        TokenArray.from_lists(labelled_lm_ids),
+        TokenArray.from_lists(unlabelled_ids),
+        text_hashes(raw.unlabelled),
+        raw.label_names,
+        splits,
+        data_module.TOKENIZATION_PASSES - before,
+        strata,
+        groups,
+        test,
     )
 
 

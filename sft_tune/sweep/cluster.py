@@ -57,7 +57,12 @@ def start_ray(sweep: Sweep, address: str | None) -> bool:
     else:
         # The dashboard stays on: it serves users, and Train's placement-group cleaner needs its
         # State API when a scheduler stops a multi-worker trial.
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
     try:
         check_resources(sweep)
     except Exception:
@@ -75,7 +80,10 @@ def _warn_node_local_storage(sweep: Sweep) -> None:
         log.warning(
             "search.storage_path %s is a local path on a %d-node cluster: unless it is a shared file system "
             "mounted on every node, trials on other nodes cannot write results and checkpoints there. "
-            "Use s3://bucket/path, gs://bucket/path or a shared mount.", sweep.search.storage_path, len(nodes))
+            "Use s3://bucket/path, gs://bucket/path or a shared mount.",
+            sweep.search.storage_path,
+            len(nodes),
+        )
 
 
 def check_resources(sweep: Sweep) -> None:
@@ -84,7 +92,12 @@ def check_resources(sweep: Sweep) -> None:
     need_cpu, need_gpu = trial_need(sweep)
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-        raise fail("search.resources", sweep.search.resources.model_dump(), f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU", "lower workers / cpus_per_worker / gpus_per_worker or add nodes")
+        raise fail(
+            "search.resources",
+            sweep.search.resources.model_dump(),
+            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU",
+            "lower workers / cpus_per_worker / gpus_per_worker or add nodes",
+        )
 
 
 def concurrency(sweep: Sweep, remote: bool) -> int:
@@ -103,7 +116,10 @@ def concurrency(sweep: Sweep, remote: bool) -> int:
         return wanted
     message = f"search.max_concurrent {wanted}: the cluster ({have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU) holds the workers of {max(fits, 1)} trial(s) at once"
     if remote:
-        log.warning("%s; the others wait for the autoscaler to add nodes (and fail after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S if none come)", message)
+        log.warning(
+            "%s; the others wait for the autoscaler to add nodes (and fail after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S if none come)",
+            message,
+        )
         return wanted
     log.warning("%s; running %d at a time", message, max(fits, 1))
     return max(fits, 1)

@@ -16,8 +16,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from ray import tune
 
@@ -100,7 +101,9 @@ class ProgressView(tune.Callback):
     running mean), ends (status); after each, where the sweep stands and an ETA (an upper bound:
     it assumes every remaining trial runs all its folds, which early stopping shortens)."""
 
-    def __init__(self, num_trials: int, folds: int, metric: str, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, num_trials: int, folds: int, metric: str, stream: TextIO | None = None
+    ) -> None:
         self.num_trials, self.folds, self.metric = num_trials, folds, metric
         self.__setstate__({"num_trials": num_trials, "folds": folds, "metric": metric})
         self.stream = stream
@@ -121,7 +124,9 @@ class ProgressView(tune.Callback):
 
     def say(self, line: str) -> None:
         if self.stream is not None:
-            print(f"[{_clock(time.monotonic() - self.started)}] {line}", file=self.stream, flush=True)
+            print(
+                f"[{_clock(time.monotonic() - self.started)}] {line}", file=self.stream, flush=True
+            )
 
     def _label(self, trial) -> str:
         key = trial.config.get(FINISH_KEY) or trial.trial_id
@@ -130,16 +135,22 @@ class ProgressView(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         if FINISH_KEY in trial.config:
-            self.say(f"{self._label(trial)} finishing: the scheduler stopped it, its partial mean is in the running")
+            self.say(
+                f"{self._label(trial)} finishing: the scheduler stopped it, its partial mean is in the running"
+            )
             return
         params = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
         self.say(f"{self._label(trial)} started: {params or 'base config'}")
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict, **info: Any
+    ) -> None:
         if not new_fold(result):
             return
         self.folds_done += 1
-        self.say(f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} {result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± {result['cv_std']:.4f}")
+        self.say(
+            f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} {result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± {result['cv_std']:.4f}"
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += FINISH_KEY in trial.config
@@ -147,13 +158,23 @@ class ProgressView(tune.Callback):
         mean = (trial.last_result or {}).get("cv_mean")
         status = "COMPLETE" if done >= self.folds else "STOPPED"
         self.status[self._label(trial)] = status
-        score = f": CV {self.metric} {mean:.4f} ± {trial.last_result['cv_std']:.4f}" if mean is not None else ""
-        ended = f"stopped by the scheduler after {done}/{self.folds} folds" if status == "STOPPED" else f"complete ({done} folds)"
+        score = (
+            f": CV {self.metric} {mean:.4f} ± {trial.last_result['cv_std']:.4f}"
+            if mean is not None
+            else ""
+        )
+        ended = (
+            f"stopped by the scheduler after {done}/{self.folds} folds"
+            if status == "STOPPED"
+            else f"complete ({done} folds)"
+        )
         self.say(f"{self._label(trial)} {ended}{score}")
         self._where(trials)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.say(f"{self._label(trial)} failed ({_error_line(trial)}); retrying from its last finished fold")
+        self.say(
+            f"{self._label(trial)} failed ({_error_line(trial)}); retrying from its last finished fold"
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += FINISH_KEY in trial.config
@@ -163,15 +184,25 @@ class ProgressView(tune.Callback):
 
     def _where(self, trials: list) -> None:
         ended = len(self.status)
-        counts = ", ".join(f"{sum(s == status for s in self.status.values())} {status.lower()}" for status in ("COMPLETE", "STOPPED", "ERROR") if status in self.status.values())
+        counts = ", ".join(
+            f"{sum(s == status for s in self.status.values())} {status.lower()}"
+            for status in ("COMPLETE", "STOPPED", "ERROR")
+            if status in self.status.values()
+        )
         elapsed = time.monotonic() - self.started
-        finishing = f"; {self.finished}/{self.finish_total} stopped trial(s) finished" if self.finish_total else ""
+        finishing = (
+            f"; {self.finished}/{self.finish_total} stopped trial(s) finished"
+            if self.finish_total
+            else ""
+        )
         left = max(self.num_trials - ended, 0) + self.finish_total - self.finished
         eta = ""
         if left and self.folds_done:
             per_fold = elapsed / self.folds_done
             eta = f", ETA at most {_clock(per_fold * left * self.folds)}"
-        self.say(f"sweep: {ended}/{self.num_trials} trials ended ({counts}){finishing}, {self.folds_done} folds trained in {_clock(elapsed)}{eta}")
+        self.say(
+            f"sweep: {ended}/{self.num_trials} trials ended ({counts}){finishing}, {self.folds_done} folds trained in {_clock(elapsed)}{eta}"
+        )
 
 
 def _error_line(trial) -> str:
@@ -181,7 +212,13 @@ def _error_line(trial) -> str:
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except OSError:
         return "see the trial's error.txt"
-    found = [line for line in lines if ":" in line and line.split(":", 1)[0].replace(".", "").isidentifier() and line.split(":", 1)[0].split(".")[-1][:1].isupper()]
+    found = [
+        line
+        for line in lines
+        if ":" in line
+        and line.split(":", 1)[0].replace(".", "").isidentifier()
+        and line.split(":", 1)[0].split(".")[-1][:1].isupper()
+    ]
     return found[-1] if found else (lines[-1] if lines else "unknown error")
 
 

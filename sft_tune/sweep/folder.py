@@ -18,11 +18,15 @@ from sft_tune.errors import fail
 
 LOCAL_FOR_URI_STORAGE = Path("runs/sweeps")  # where a sweep on s3:// or gs:// keeps its own files
 # Inside each fold checkpoint of a trial:
-FOLDS_FILE = "folds.json"  # the fold scores so far and the last fold's metrics (where a retry resumes)
+FOLDS_FILE = (
+    "folds.json"  # the fold scores so far and the last fold's metrics (where a retry resumes)
+)
 HISTORY_FILE = "history.jsonl"  # per-step losses of the fold, read by the driver's W&B callback
 # The Tune config key of a trial that finishes a stopped one: the stopped trial's id.
 FINISH_KEY = "finish_trial"
-FINISH_EXPERIMENT = "finish"  # the Tune experiment inside the sweep folder that finishes stopped trials
+FINISH_EXPERIMENT = (
+    "finish"  # the Tune experiment inside the sweep folder that finishes stopped trials
+)
 REPLAYED = "replayed"  # marks a result a restored trial reports again (its fold was already logged)
 
 
@@ -46,7 +50,7 @@ class SweepFolder:
         self.storage_path = storage_path if storage_path is not None else str(self.path.parent)
 
     @classmethod
-    def of(cls, search) -> "SweepFolder":
+    def of(cls, search) -> SweepFolder:
         """The folder of a sweep's settings (`SearchSettings`): storage_path/name."""
         storage = search.storage_path
         base = Path(storage) if "://" not in storage else LOCAL_FOR_URI_STORAGE
@@ -94,7 +98,12 @@ class SweepFolder:
     def save_snapshot(self, sweep) -> None:
         """Write the sweep as it starts (what `--resume`, `select` and `report` read back)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        snapshot = {"base": sweep.base, "params": {k: v.model_dump() for k, v in sweep.params.items()}, "search": sweep.search.model_dump(), "source": sweep.source}
+        snapshot = {
+            "base": sweep.base,
+            "params": {k: v.model_dump() for k, v in sweep.params.items()},
+            "search": sweep.search.model_dump(),
+            "source": sweep.source,
+        }
         self.file(self.SNAPSHOT).write_text(json.dumps(snapshot, indent=2))
 
     def load_sweep(self):
@@ -107,7 +116,12 @@ class SweepFolder:
         search = SearchSettings.model_validate(saved["search"])
         if "://" not in search.storage_path and SweepFolder.of(search).path != self.path:
             if self.name != search.name:
-                raise fail("--resume", str(self.path), f"a sweep folder must keep its search.name ({search.name!r}): the Optuna study and Ray Tune state inside are named after it", f"rename the folder back to {self.path.parent / search.name}")
+                raise fail(
+                    "--resume",
+                    str(self.path),
+                    f"a sweep folder must keep its search.name ({search.name!r}): the Optuna study and Ray Tune state inside are named after it",
+                    f"rename the folder back to {self.path.parent / search.name}",
+                )
             search = search.model_copy(update={"storage_path": str(self.path.parent)})
         return Sweep(
             base=saved["base"],
@@ -137,7 +151,12 @@ class SweepFolder:
     def require_results(self, what: str) -> None:
         """Raise the input error of a folder that is not a finished sweep."""
         if not self.holds_sweep() or not self.file(self.TRIALS_JSON).is_file():
-            raise fail("SWEEP_DIR", str(self.path), f"must be a sweep folder with {self.SNAPSHOT} and {self.TRIALS_JSON}", f"pass the folder printed by `sft-tune search` (storage_path/name) to {what}")
+            raise fail(
+                "SWEEP_DIR",
+                str(self.path),
+                f"must be a sweep folder with {self.SNAPSHOT} and {self.TRIALS_JSON}",
+                f"pass the folder printed by `sft-tune search` (storage_path/name) to {what}",
+            )
 
 
 def new_fold(result: dict[str, Any]) -> bool:
@@ -168,7 +187,13 @@ class EventLog:
     def write(self, event: str, **fields: Any) -> None:
         if self.path is None:
             return
-        record = {"trial_id": self.trial_id, "event": event, "time": time.time(), "pid": os.getpid(), **fields}
+        record = {
+            "trial_id": self.trial_id,
+            "event": event,
+            "time": time.time(),
+            "pid": os.getpid(),
+            **fields,
+        }
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 

@@ -20,18 +20,18 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-
-from sft_tune.core import data as data_module
 from sft_tune.config import RunConfig
+from sft_tune.core import data as data_module
+from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf16
 from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.core.prepare import PreparedData
 from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
 from sft_tune.tasks import get_task
-from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf16
 
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 
@@ -65,14 +65,19 @@ class ProcessCache:
             self._tokenizer = (key, load_tokenizer(config.model, task))
         return self._tokenizer[1]
 
-    def model(self, config: RunConfig, task, label_names: Sequence[str], tokenizer) -> tuple[Any, dict[str, Any]]:
+    def model(
+        self, config: RunConfig, task, label_names: Sequence[str], tokenizer
+    ) -> tuple[Any, dict[str, Any]]:
         """The model of this config and its pristine weights (load them into it to reset it)."""
         key = json.dumps([config.model.model_dump(mode="json"), list(label_names), config.seed])
         if self._model is None or self._model[0] != key:
             self._model = None  # let the previous model go before the next one loads
             seed_everything(config.seed)
             model = load_model(config.model, task, label_names, tokenizer)
-            pristine = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+            pristine = {
+                name: tensor.detach().to("cpu", copy=True)
+                for name, tensor in model.state_dict().items()
+            }
             self._model = (key, model, pristine)
             self.model_loads += 1
         return self._model[1], self._model[2]
@@ -81,7 +86,17 @@ class ProcessCache:
 CACHE = ProcessCache()
 
 
-def cross_validate(config: RunConfig, data: PreparedData, metric: str, rt: Runtime, start: int = 0, scores: list[float] | None = None, after_fold=None, fault_file: str | None = None, cache: ProcessCache = CACHE) -> list[float]:
+def cross_validate(
+    config: RunConfig,
+    data: PreparedData,
+    metric: str,
+    rt: Runtime,
+    start: int = 0,
+    scores: list[float] | None = None,
+    after_fold=None,
+    fault_file: str | None = None,
+    cache: ProcessCache = CACHE,
+) -> list[float]:
     """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
@@ -97,7 +112,12 @@ def cross_validate(config: RunConfig, data: PreparedData, metric: str, rt: Runti
         metrics = evaluate(wrapped, task, data.held_out(fold), tokenizer, rt)
         scores.append(metrics[metric])
         if after_fold is not None:
-            after_fold(fold, scores, {"fold_metrics": metrics, **_loss_summary(result.history)}, result.history)
+            after_fold(
+                fold,
+                scores,
+                {"fold_metrics": metrics, **_loss_summary(result.history)},
+                result.history,
+            )
     return scores
 
 
@@ -157,22 +177,53 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
         # the final result again, marked so that no callback counts that fold twice.
         place.report({**saved["metrics"], REPLAYED: True}, None)
         return
-    rt = Runtime(device=place.device, bf16=uses_bf16(config, place.device), rank=place.rank, world_size=place.world_size, progress=False, wrap=place.wrap)
+    rt = Runtime(
+        device=place.device,
+        bf16=uses_bf16(config, place.device),
+        rank=place.rank,
+        world_size=place.world_size,
+        progress=False,
+        wrap=place.wrap,
+    )
     events = EventLog(job.get("event_log"), job["trial_id"], enabled=place.rank == 0)
     events.write("start", fold=len(scores) + 1)
 
-    def after_fold(fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]) -> None:
-        metrics = {"sweep_trial_id": job["trial_id"], "fold": fold + 1, "fold_score": scores[-1], **fold_summary(scores), **_flat(summary),
-                   "worker_tokenization_passes": data_module.TOKENIZATION_PASSES, "process_model_loads": cache.model_loads, "pid": os.getpid()}
+    def after_fold(
+        fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]
+    ) -> None:
+        metrics = {
+            "sweep_trial_id": job["trial_id"],
+            "fold": fold + 1,
+            "fold_score": scores[-1],
+            **fold_summary(scores),
+            **_flat(summary),
+            "worker_tokenization_passes": data_module.TOKENIZATION_PASSES,
+            "process_model_loads": cache.model_loads,
+            "pid": os.getpid(),
+        }
         # The driver logs the fold in events.jsonl when this report reaches it (`tuner.FoldEvents`):
         # a trial the scheduler stops ends inside the report, so nothing after it would run.
         with tempfile.TemporaryDirectory() as folder:
             if place.rank == 0:
-                (Path(folder) / FOLDS_FILE).write_text(json.dumps({"scores": scores, "metrics": metrics}))
-                (Path(folder) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
+                (Path(folder) / FOLDS_FILE).write_text(
+                    json.dumps({"scores": scores, "metrics": metrics})
+                )
+                (Path(folder) / HISTORY_FILE).write_text(
+                    "".join(json.dumps(h) + "\n" for h in history)
+                )
             place.report(metrics, folder if place.rank == 0 else None)
 
-    cross_validate(config, data, job["metric"], rt, len(scores), scores, after_fold, job.get("fault_file"), cache)
+    cross_validate(
+        config,
+        data,
+        job["metric"],
+        rt,
+        len(scores),
+        scores,
+        after_fold,
+        job.get("fault_file"),
+        cache,
+    )
 
 
 def read_saved(checkpoint) -> dict[str, Any] | None:
@@ -204,7 +255,10 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
     def report(metrics: dict[str, Any], folder: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
-    run_folds(job, TrialPlace(report, lambda: read_saved(tune.get_checkpoint() or _resume_from(job)), device))
+    run_folds(
+        job,
+        TrialPlace(report, lambda: read_saved(tune.get_checkpoint() or _resume_from(job)), device),
+    )
 
 
 def ddp_worker(job: dict[str, Any]) -> None:
@@ -215,13 +269,27 @@ def ddp_worker(job: dict[str, Any]) -> None:
     context = ray.train.get_context()
 
     def report(metrics: dict[str, Any], folder: str | None) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None
+        )
 
     def wrap(model):
-        return ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+        return ray.train.torch.prepare_model(
+            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
 
     saved = lambda: read_saved(ray.train.get_checkpoint() or _resume_from(job))  # noqa: E731
-    run_folds(job, TrialPlace(report, saved, ray.train.torch.get_device(), context.get_world_rank(), context.get_world_size(), wrap))
+    run_folds(
+        job,
+        TrialPlace(
+            report,
+            saved,
+            ray.train.torch.get_device(),
+            context.get_world_rank(),
+            context.get_world_size(),
+            wrap,
+        ),
+    )
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, Any]:

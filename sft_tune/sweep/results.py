@@ -23,7 +23,9 @@ class Status(str, Enum):
     COMPLETE = "COMPLETE"  # every fold trained and scored
     STOPPED = "STOPPED"  # stopped early by the scheduler after some folds
     ERROR = "ERROR"  # failed (after its retries)
-    INTERRUPTED = "INTERRUPTED"  # the sweep stopped (Ctrl-C, a killed driver) while it ran: resume to go on
+    INTERRUPTED = (
+        "INTERRUPTED"  # the sweep stopped (Ctrl-C, a killed driver) while it ran: resume to go on
+    )
     NOT_RUN = "NOT RUN"  # never reported a fold (e.g. the sweep was interrupted first)
 
 
@@ -40,18 +42,26 @@ class Trial:
     fold_scores: list[float] = field(default_factory=list)
     attempts: int = 0
     error: str | None = None
-    checkpoint: str | None = None  # the last fold checkpoint: where finishing a stopped trial resumes
+    checkpoint: str | None = (
+        None  # the last fold checkpoint: where finishing a stopped trial resumes
+    )
     finished_after_stop: bool = False  # stopped by the scheduler, then finished before selection
     worker_tokenization_passes: int = 0
-    process_model_loads: int = 0  # model loads in the process that ran its last fold (1 in a reused actor)
+    process_model_loads: int = (
+        0  # model loads in the process that ran its last fold (1 in a reused actor)
+    )
 
     def row(self) -> dict[str, Any]:
         """The flat record of trials.json / trials.csv (parameters as `param:NAME`)."""
         row = {k: v for k, v in asdict(self).items() if k != "params"}
-        return {**row, "status": self.status.value, **{f"param:{k}": v for k, v in self.params.items()}}
+        return {
+            **row,
+            "status": self.status.value,
+            **{f"param:{k}": v for k, v in self.params.items()},
+        }
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Trial":
+    def from_row(cls, row: dict[str, Any]) -> Trial:
         known = {k: v for k, v in row.items() if k in cls.__dataclass_fields__ and k != "params"}
         params = {k.removeprefix("param:"): v for k, v in row.items() if k.startswith("param:")}
         return cls(**{**known, "status": Status(row["status"])}, params=params)
@@ -73,35 +83,47 @@ class SweepResult:
 def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
     """Trial records from a Tune ResultGrid (one entry per Tune trial), sorted by trial id."""
     events = folder.events()
-    ended = {e["trial_id"]: e["status"] for e in events if e["event"] == "end"}  # the last end of each trial
+    ended = {
+        e["trial_id"]: e["status"] for e in events if e["event"] == "end"
+    }  # the last end of each trial
     trials = []
     for result in results:
         metrics = result.metrics or {}
         # Tune fills in its own `trial_id`; a trial that finishes a stopped one reports that one's id.
-        trial_id = metrics.get("sweep_trial_id") or metrics.get("trial_id") or _trial_id_from_path(result.path)
+        trial_id = (
+            metrics.get("sweep_trial_id")
+            or metrics.get("trial_id")
+            or _trial_id_from_path(result.path)
+        )
         done = int(metrics.get("folds_done", 0))
         if result.error:
             status = Status.ERROR
         elif done >= sweep.search.folds:
             status = Status.COMPLETE
         elif done:  # stopped by the scheduler, or cut short by the end of the sweep's driver
-            status = Status.STOPPED if ended.get(trial_id) == Status.STOPPED.value else Status.INTERRUPTED
+            status = (
+                Status.STOPPED
+                if ended.get(trial_id) == Status.STOPPED.value
+                else Status.INTERRUPTED
+            )
         else:
             status = Status.NOT_RUN
-        trials.append(Trial(
-            trial_id=trial_id,
-            status=status,
-            params={k: v for k, v in (result.config or {}).items() if k in sweep.params},
-            folds_done=done,
-            cv_mean=metrics.get("cv_mean"),
-            cv_std=metrics.get("cv_std"),
-            fold_scores=json.loads(metrics.get("fold_scores", "[]")),
-            attempts=sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
-            error=str(result.error).splitlines()[0] if result.error else None,
-            checkpoint=fold_checkpoint(result.path, metrics),
-            worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
-            process_model_loads=metrics.get("process_model_loads", 0),
-        ))
+        trials.append(
+            Trial(
+                trial_id=trial_id,
+                status=status,
+                params={k: v for k, v in (result.config or {}).items() if k in sweep.params},
+                folds_done=done,
+                cv_mean=metrics.get("cv_mean"),
+                cv_std=metrics.get("cv_std"),
+                fold_scores=json.loads(metrics.get("fold_scores", "[]")),
+                attempts=sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
+                error=str(result.error).splitlines()[0] if result.error else None,
+                checkpoint=fold_checkpoint(result.path, metrics),
+                worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
+                process_model_loads=metrics.get("process_model_loads", 0),
+            )
+        )
     return sorted(trials, key=lambda t: t.trial_id)
 
 
@@ -138,7 +160,15 @@ def best_trial(sweep: Sweep, trials: list[Trial]) -> dict[str, Any] | None:
     best = top([t for t in trials if t.status is Status.COMPLETE], sweep.search.mode)
     if best is None:
         return None
-    return {"trial_id": best.trial_id, "cv_mean": best.cv_mean, "cv_std": best.cv_std, "fold_scores": best.fold_scores, "metric": sweep.search.metric, "params": best.params, "config": with_params(sweep.base, best.params)}
+    return {
+        "trial_id": best.trial_id,
+        "cv_mean": best.cv_mean,
+        "cv_std": best.cv_std,
+        "fold_scores": best.fold_scores,
+        "metric": sweep.search.metric,
+        "params": best.params,
+        "config": with_params(sweep.base, best.params),
+    }
 
 
 def arm_of(sweep: Sweep, trial: Trial) -> str:
@@ -175,54 +205,84 @@ def phase1_verdict(sweep: Sweep, trials: list[Trial]) -> dict[str, Any]:
     the statement also says what happened to each arm's trials."""
     mode, metric = sweep.search.mode, sweep.search.metric
     arms = {arm: [t for t in trials if arm_of(sweep, t) == arm] for arm in ("plain", "two-phase")}
-    best = {arm: top([t for t in group if t.status is Status.COMPLETE], mode) for arm, group in arms.items()}
+    best = {
+        arm: top([t for t in group if t.status is Status.COMPLETE], mode)
+        for arm, group in arms.items()
+    }
     two_phase, plain = best["two-phase"], best["plain"]
     verdict: dict[str, Any] = {
-        "best_two_phase": two_phase and {"trial_id": two_phase.trial_id, "cv_mean": two_phase.cv_mean},
+        "best_two_phase": two_phase
+        and {"trial_id": two_phase.trial_id, "cv_mean": two_phase.cv_mean},
         "best_plain": plain and {"trial_id": plain.trial_id, "cv_mean": plain.cv_mean},
         "best_uses_phase1": None,
         "margin": None,
         "arms": {arm: _arm_counts(group) for arm, group in arms.items()},
     }
-    happened = "; ".join(f"{arm}: {_describe(counts)}" for arm, counts in verdict["arms"].items() if counts["trials"])
+    happened = "; ".join(
+        f"{arm}: {_describe(counts)}" for arm, counts in verdict["arms"].items() if counts["trials"]
+    )
     if two_phase and plain:
         margin = (1 if mode == "max" else -1) * (two_phase.cv_mean - plain.cv_mean)
         verdict.update(best_uses_phase1=margin > 0, margin=margin)
         if margin > 0:
-            verdict["statement"] = f"the best configuration uses phase 1: CV {metric} {two_phase.cv_mean:.4f} vs {plain.cv_mean:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f} ({happened})"
+            verdict["statement"] = (
+                f"the best configuration uses phase 1: CV {metric} {two_phase.cv_mean:.4f} vs {plain.cv_mean:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f} ({happened})"
+            )
         else:
-            verdict["statement"] = f"phase 1 did not help on this data: the best plain fine-tune (phase1.steps 0) scored CV {metric} {plain.cv_mean:.4f}, the best two-phase configuration {two_phase.cv_mean:.4f} ({margin:+.4f}; {happened})"
+            verdict["statement"] = (
+                f"phase 1 did not help on this data: the best plain fine-tune (phase1.steps 0) scored CV {metric} {plain.cv_mean:.4f}, the best two-phase configuration {two_phase.cv_mean:.4f} ({margin:+.4f}; {happened})"
+            )
         return verdict
     verdict["best_uses_phase1"] = True if two_phase else False if plain else None
     space_arms = sweep.arms()
     if len(space_arms) == 1:
         (only,) = space_arms
         fixed = "above 0" if only == "two-phase" else "at 0"
-        verdict["statement"] = f"the search space keeps phase1.steps {fixed}, so every trial is {only} and this sweep makes no plain-vs-two-phase comparison ({happened or 'no trial ran'})"
+        verdict["statement"] = (
+            f"the search space keeps phase1.steps {fixed}, so every trial is {only} and this sweep makes no plain-vs-two-phase comparison ({happened or 'no trial ran'})"
+        )
     else:
         missing = [arm for arm in ("plain", "two-phase") if best[arm] is None]
-        verdict["statement"] = f"no {' and no '.join(missing)} trial finished all folds, so this sweep cannot compare the two ({happened or 'no trial ran'})"
+        verdict["statement"] = (
+            f"no {' and no '.join(missing)} trial finished all folds, so this sweep cannot compare the two ({happened or 'no trial ran'})"
+        )
     return verdict
 
 
 def _arm_counts(group: list[Trial]) -> dict[str, int]:
-    counts = {"trials": len(group), "finished_after_stop": sum(t.finished_after_stop for t in group)}
-    counts.update({status.value.lower().replace(" ", "_"): sum(t.status is status for t in group) for status in Status})
+    counts = {
+        "trials": len(group),
+        "finished_after_stop": sum(t.finished_after_stop for t in group),
+    }
+    counts.update(
+        {
+            status.value.lower().replace(" ", "_"): sum(t.status is status for t in group)
+            for status in Status
+        }
+    )
     return counts
 
 
 def _describe(counts: dict[str, int]) -> str:
     parts = [f"{counts['trials']} sampled"]
-    parts += [f"{counts[key]} {key.replace('_', ' ')}" for key in ("complete", "stopped", "error", "interrupted", "not_run") if counts[key]]
+    parts += [
+        f"{counts[key]} {key.replace('_', ' ')}"
+        for key in ("complete", "stopped", "error", "interrupted", "not_run")
+        if counts[key]
+    ]
     if counts["finished_after_stop"]:
-        parts.append(f"{counts['finished_after_stop']} of the complete ones finished after the scheduler stopped them")
+        parts.append(
+            f"{counts['finished_after_stop']} of the complete ones finished after the scheduler stopped them"
+        )
     return ", ".join(parts)
 
 
 # -- files and the table --------------------------------------------------------------------------
 
 
-def summarize(sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenization_passes: int) -> SweepResult:
+def summarize(
+    sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenization_passes: int
+) -> SweepResult:
     """Best configuration, verdict and sweep summary of the trials, written to the sweep folder."""
     best = best_trial(sweep, trials)
     states = optuna_states(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage))
@@ -231,7 +291,9 @@ def summarize(sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenizati
     verdict = phase1_verdict(sweep, trials)
     _write_trials(folder, trials)
     if best is not None:
-        folder.file(folder.BEST).write_text(json.dumps({k: v for k, v in best.items() if k != "config"}, indent=2))
+        folder.file(folder.BEST).write_text(
+            json.dumps({k: v for k, v in best.items() if k != "config"}, indent=2)
+        )
         folder.file(folder.BEST_CONFIG).write_text(yaml.safe_dump(best["config"], sort_keys=False))
     summary = {
         "sweep_dir": str(folder.path),
@@ -250,7 +312,17 @@ def summarize(sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenizati
 
 def _write_trials(folder: SweepFolder, trials: list[Trial]) -> None:
     rows = [t.row() for t in trials]
-    columns = ["trial_id", "status", "attempts", "folds_done", "cv_mean", "cv_std", "fold_scores", "finished_after_stop", "error"] + sorted({k for r in rows for k in r if k.startswith("param:")})
+    columns = [
+        "trial_id",
+        "status",
+        "attempts",
+        "folds_done",
+        "cv_mean",
+        "cv_std",
+        "fold_scores",
+        "finished_after_stop",
+        "error",
+    ] + sorted({k for r in rows for k in r if k.startswith("param:")})
     with open(folder.file(folder.TRIALS_CSV), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -266,7 +338,15 @@ def format_table(result: SweepResult) -> str:
     for t in result.trials:
         score = f"{t.cv_mean:.4f} ± {t.cv_std:.4f}" if t.cv_mean is not None else "-"
         status = t.status.value + (" (finished after stop)" if t.finished_after_stop else "")
-        rows.append([t.trial_id, *[_short(t.params.get(p, "-")) for p in params], score, str(t.folds_done), status])
+        rows.append(
+            [
+                t.trial_id,
+                *[_short(t.params.get(p, "-")) for p in params],
+                score,
+                str(t.folds_done),
+                status,
+            ]
+        )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

@@ -20,33 +20,64 @@ from sft_tune.space import Sweep, load_space
 from sft_tune.sweep.cluster import concurrency, start_ray
 from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import Status, SweepResult, Trial, collect, contenders, search_ended, summarize
+from sft_tune.sweep.results import (
+    Status,
+    SweepResult,
+    Trial,
+    collect,
+    contenders,
+    search_ended,
+    summarize,
+)
 from sft_tune.sweep.searcher import record_finished
 
 log = logging.getLogger(__name__)
 
 
-def prepare(space_path: Path | None = None, resume: Path | None = None) -> tuple[Sweep, SweepFolder]:
+def prepare(
+    space_path: Path | None = None, resume: Path | None = None
+) -> tuple[Sweep, SweepFolder]:
     """Load and check the sweep (a new space file, or the snapshot of a sweep to resume)."""
     if resume is None:
         sweep = load_space(space_path)
         folder = SweepFolder.of(sweep.search)
         if folder.holds_sweep():
-            raise fail("search.name", sweep.search.name, f"the sweep folder {folder.path} already holds a sweep", f"resume it with `sft-tune search --resume {folder.path}`, or pick another search.name")
+            raise fail(
+                "search.name",
+                sweep.search.name,
+                f"the sweep folder {folder.path} already holds a sweep",
+                f"resume it with `sft-tune search --resume {folder.path}`, or pick another search.name",
+            )
         return sweep, folder
     folder = SweepFolder(Path(resume))
     if not folder.holds_sweep():
-        raise fail("--resume", str(resume), f"must be a sweep folder holding {SweepFolder.SNAPSHOT}", "pass the folder printed by the interrupted `sft-tune search`")
+        raise fail(
+            "--resume",
+            str(resume),
+            f"must be a sweep folder holding {SweepFolder.SNAPSHOT}",
+            "pass the folder printed by the interrupted `sft-tune search`",
+        )
     sweep = folder.load_sweep()
     folder = SweepFolder.of(sweep.search)
     from ray import tune
 
     if not tune.Tuner.can_restore(folder.experiment):
-        raise fail("--resume", str(resume), "the sweep never got as far as saving Ray Tune state, so there is nothing to resume", f"delete {resume} and start the sweep again with --space")
+        raise fail(
+            "--resume",
+            str(resume),
+            "the sweep never got as far as saving Ray Tune state, so there is nothing to resume",
+            f"delete {resume} and start the sweep again with --space",
+        )
     return sweep, folder
 
 
-def run_search(space_path: Path | None = None, resume: Path | None = None, address: str | None = None, use_wandb: bool = True, verbose: bool = False) -> SweepResult:
+def run_search(
+    space_path: Path | None = None,
+    resume: Path | None = None,
+    address: str | None = None,
+    use_wandb: bool = True,
+    verbose: bool = False,
+) -> SweepResult:
     """Run (or resume) a sweep; every input is checked before Ray starts. While it runs, the
     terminal shows the progress view and Ray's output goes to SWEEP_DIR/sweep.log (also to the
     terminal with `verbose`)."""
@@ -62,43 +93,103 @@ def run_search(space_path: Path | None = None, resume: Path | None = None, addre
     with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
         started = start_ray(sweep, address)
         try:
-            if resume is None:  # written once Ray is up, so a failed start leaves no half-made sweep
+            if (
+                resume is None
+            ):  # written once Ray is up, so a failed start leaves no half-made sweep
                 folder.save_snapshot(sweep)
-            print(f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
-                  f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})", file=terminal, flush=True)
-            trials = _search(sweep, folder, ray.put(data), resume is not None, use_wandb, terminal, remote=bool(address or os.environ.get("RAY_ADDRESS")))
+            print(
+                f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
+                f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})",
+                file=terminal,
+                flush=True,
+            )
+            trials = _search(
+                sweep,
+                folder,
+                ray.put(data),
+                resume is not None,
+                use_wandb,
+                terminal,
+                remote=bool(address or os.environ.get("RAY_ADDRESS")),
+            )
             return summarize(sweep, folder, trials, data.tokenization_passes)
         finally:
             if started:
                 ray.shutdown()
 
 
-def _search(sweep: Sweep, folder: SweepFolder, data_ref, restoring: bool, use_wandb: bool, terminal, remote: bool) -> list[Trial]:
+def _search(
+    sweep: Sweep,
+    folder: SweepFolder,
+    data_ref,
+    restoring: bool,
+    use_wandb: bool,
+    terminal,
+    remote: bool,
+) -> list[Trial]:
     """The search experiment, then the one that finishes the stopped contenders: the trials."""
     from sft_tune.sweep.tracking import WandbTrialCallback
     from sft_tune.sweep.tuner import TrialEvents, make_finishing_tuner, make_tuner, shared_inputs
 
     settings = sweep.search
-    wandb = WandbTrialCallback(settings.wandb_project, settings.name, folder, list(sweep.params), settings.folds, enabled=use_wandb, log_every=sweep.base_config.log_every)
+    wandb = WandbTrialCallback(
+        settings.wandb_project,
+        settings.name,
+        folder,
+        list(sweep.params),
+        settings.folds,
+        enabled=use_wandb,
+        log_every=sweep.base_config.log_every,
+    )
     progress = ProgressView(settings.num_trials, settings.folds, settings.metric, terminal)
-    callbacks = [TrialEvents(folder, settings.folds), wandb, progress]  # the same in both experiments; Tune appends its own to the list it gets, so each gets a copy
+    callbacks = [
+        TrialEvents(folder, settings.folds),
+        wandb,
+        progress,
+    ]  # the same in both experiments; Tune appends its own to the list it gets, so each gets a copy
     at_once = concurrency(sweep, remote)
     try:
-        trials = collect(sweep, folder, make_tuner(sweep, folder, shared_inputs(sweep, folder, data_ref), list(callbacks), restoring, at_once).fit())
+        trials = collect(
+            sweep,
+            folder,
+            make_tuner(
+                sweep,
+                folder,
+                shared_inputs(sweep, folder, data_ref),
+                list(callbacks),
+                restoring,
+                at_once,
+            ).fit(),
+        )
         # Only after a search that ended: an interrupted one is resumed first (--resume).
         chosen = contenders(sweep, trials) if search_ended(sweep, trials) else []
         if chosen:
             progress.finish_total = len(chosen)
-            progress.say(f"finishing {len(chosen)} stopped trial(s) before choosing the best: " + ", ".join(f"{t.trial_id} (mean {t.cv_mean:.4f} after {t.folds_done} folds)" for t in chosen))
+            progress.say(
+                f"finishing {len(chosen)} stopped trial(s) before choosing the best: "
+                + ", ".join(
+                    f"{t.trial_id} (mean {t.cv_mean:.4f} after {t.folds_done} folds)"
+                    for t in chosen
+                )
+            )
             finish = {t.trial_id: {"params": t.params, "checkpoint": t.checkpoint} for t in chosen}
-            tuner = make_finishing_tuner(sweep, folder, shared_inputs(sweep, folder, data_ref, finish), list(callbacks), list(finish), at_once)
+            tuner = make_finishing_tuner(
+                sweep,
+                folder,
+                shared_inputs(sweep, folder, data_ref, finish),
+                list(callbacks),
+                list(finish),
+                at_once,
+            )
             trials = _merge(sweep, folder, trials, collect(sweep, folder, tuner.fit()))
     finally:
         wandb.close()
     return trials
 
 
-def _merge(sweep: Sweep, folder: SweepFolder, trials: list[Trial], finished: list[Trial]) -> list[Trial]:
+def _merge(
+    sweep: Sweep, folder: SweepFolder, trials: list[Trial], finished: list[Trial]
+) -> list[Trial]:
     """The search's trials with the finished ones' results in place of their partial ones."""
     by_id = {t.trial_id: t for t in finished}
     merged = []
@@ -106,7 +197,16 @@ def _merge(sweep: Sweep, folder: SweepFolder, trials: list[Trial], finished: lis
         done = by_id.get(trial.trial_id)
         if done is not None and done.status is Status.COMPLETE:
             merged.append(dataclasses.replace(done, params=trial.params, finished_after_stop=True))
-            record_finished(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage), trial.trial_id, done.fold_scores)
+            record_finished(
+                sweep.search.name,
+                folder.optuna_url(sweep.search.optuna_storage),
+                trial.trial_id,
+                done.fold_scores,
+            )
         else:  # not finished (its finishing run failed, or the sweep was interrupted): as it stopped
-            merged.append(trial if done is None else dataclasses.replace(trial, attempts=done.attempts, error=done.error))
+            merged.append(
+                trial
+                if done is None
+                else dataclasses.replace(trial, attempts=done.attempts, error=done.error)
+            )
     return merged

@@ -36,7 +36,11 @@ class ConditionalSpace:
         self.fixed_steps = sweep.steps_of({})
 
     def __call__(self, trial) -> None:
-        steps = _suggest(trial, "phase1.steps", self.distributions["phase1.steps"]) if "phase1.steps" in self.distributions else self.fixed_steps
+        steps = (
+            _suggest(trial, "phase1.steps", self.distributions["phase1.steps"])
+            if "phase1.steps" in self.distributions
+            else self.fixed_steps
+        )
         for name, distribution in self.distributions.items():
             if name != "phase1.steps" and not (steps == 0 and phase1_only(name)):
                 _suggest(trial, name, distribution)
@@ -46,8 +50,12 @@ def _suggest(trial, name: str, distribution: optuna.distributions.BaseDistributi
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
         return trial.suggest_categorical(name, distribution.choices)
     if isinstance(distribution, optuna.distributions.IntDistribution):
-        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
-    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    return trial.suggest_float(
+        name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+    )
 
 
 class FoldAwareOptunaSearch(OptunaSearch):
@@ -85,8 +93,18 @@ class FoldAwareOptunaSearch(OptunaSearch):
         """The study, reopened from the storage URL after unpickling or restore."""
         if self._ot_study is None:
             self._storage = optuna.storages.RDBStorage(self._storage_url)
-            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner())
-            self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, number) if isinstance(number, int) else number for tid, number in self._ot_trials.items()}
+            self._ot_study = optuna.load_study(
+                study_name=self._study_name,
+                storage=self._storage,
+                sampler=self._sampler,
+                pruner=optuna.pruners.NopPruner(),
+            )
+            self._ot_trials = {
+                tid: optuna.trial.Trial(self._ot_study, number)
+                if isinstance(number, int)
+                else number
+                for tid, number in self._ot_trials.items()
+            }
         return self._ot_study
 
     # -- Tune's calls ------------------------------------------------------------------------
@@ -104,7 +122,9 @@ class FoldAwareOptunaSearch(OptunaSearch):
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished in the study before the driver went away (a resumed sweep)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         self._study()
         if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             # The running CV mean after each fold, as Optuna intermediate values (what TPE ranks
@@ -118,7 +138,9 @@ class FoldAwareOptunaSearch(OptunaSearch):
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # told before the driver went away (a resumed sweep)
         if result and not error and result.get("folds_done", self._folds) < self._folds:
-            result = None  # stopped early: told without a value and without error, Optuna records PRUNED
+            result = (
+                None  # stopped early: told without a value and without error, Optuna records PRUNED
+            )
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -142,28 +164,57 @@ def initial_points(sweep: Sweep) -> list[dict[str, Any]]:
     0) and two-phase trials, one point for each arm no initial point covers (as far as the trial
     budget allows): the first trials are one of each, so the sweep can always compare them. A
     plain point drops phase-1-only values."""
-    points = [{k: v for k, v in point.items() if not (sweep.steps_of(point) == 0 and phase1_only(k))} for point in sweep.search.initial_points]
+    points = [
+        {k: v for k, v in point.items() if not (sweep.steps_of(point) == 0 and phase1_only(k))}
+        for point in sweep.search.initial_points
+    ]
     if sweep.arms() == {"plain", "two-phase"}:
         covered = {sweep.steps_of(point) > 0 for point in points}
-        missing = [sweep.arm_point(arm) for arm, two_phase in (("plain", False), ("two-phase", True)) if two_phase not in covered]
-        points += missing[: max(sweep.search.num_trials - len(points), 0)]  # within the trial budget
+        missing = [
+            sweep.arm_point(arm)
+            for arm, two_phase in (("plain", False), ("two-phase", True))
+            if two_phase not in covered
+        ]
+        points += missing[
+            : max(sweep.search.num_trials - len(points), 0)
+        ]  # within the trial budget
     return points
 
 
-def record_finished(study_name: str, storage_url: str, tune_trial_id: str, fold_scores: list[float]) -> None:
+def record_finished(
+    study_name: str, storage_url: str, tune_trial_id: str, fold_scores: list[float]
+) -> None:
     """A trial the scheduler stopped (PRUNED in the study) was finished before selection: add it
     to the study as COMPLETE with the same parameters and its full CV mean (an Optuna trial cannot
     change state once finished), marked with `finished_after_stop`."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    pruned = [t for t in study.trials if t.user_attrs.get("tune_trial_id") == tune_trial_id and not t.user_attrs.get("finished_after_stop")]
-    if not pruned or any(t.user_attrs.get("finished_after_stop") and t.user_attrs.get("tune_trial_id") == tune_trial_id for t in study.trials):
+    pruned = [
+        t
+        for t in study.trials
+        if t.user_attrs.get("tune_trial_id") == tune_trial_id
+        and not t.user_attrs.get("finished_after_stop")
+    ]
+    if not pruned or any(
+        t.user_attrs.get("finished_after_stop")
+        and t.user_attrs.get("tune_trial_id") == tune_trial_id
+        for t in study.trials
+    ):
         return
     source = pruned[0]
     means = {fold: sum(fold_scores[:fold]) / fold for fold in range(1, len(fold_scores) + 1)}
-    study.add_trial(optuna.trial.create_trial(
-        params=source.params, distributions=source.distributions, value=means[len(fold_scores)], intermediate_values=means,
-        user_attrs={"tune_trial_id": tune_trial_id, "finished_after_stop": True, "pruned_trial_number": source.number},
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=source.params,
+            distributions=source.distributions,
+            value=means[len(fold_scores)],
+            intermediate_values=means,
+            user_attrs={
+                "tune_trial_id": tune_trial_id,
+                "finished_after_stop": True,
+                "pruned_trial_number": source.number,
+            },
+        )
+    )
 
 
 def optuna_states(study_name: str, storage_url: str) -> dict[str, int]:

@@ -59,12 +59,31 @@ class Wandb:
 
     def init(self, **kwargs: Any):
         mode = os.environ.get("WANDB_MODE", "offline")
-        settings = self.call("settings", lambda: self.module.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off"))
-        return self.call("init", self.module.init, mode=mode, reinit="create_new", settings=settings, **kwargs) if self.active else None
+        settings = self.call(
+            "settings",
+            lambda: self.module.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off"),
+        )
+        return (
+            self.call(
+                "init",
+                self.module.init,
+                mode=mode,
+                reinit="create_new",
+                settings=settings,
+                **kwargs,
+            )
+            if self.active
+            else None
+        )
 
     def _warn(self, err: Exception, what: str = "import") -> None:
         if not self.failed:
-            log.warning("W&B unavailable (%s failed: %s: %s); the sweep goes on without it", what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            log.warning(
+                "W&B unavailable (%s failed: %s: %s); the sweep goes on without it",
+                what,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
         self.failed = True
 
 
@@ -77,7 +96,11 @@ def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
 
         with ray.train.Checkpoint(checkpoint_path).as_directory() as folder:
             path = Path(folder) / HISTORY_FILE
-            return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+            return (
+                [json.loads(line) for line in path.read_text().splitlines()]
+                if path.is_file()
+                else []
+            )
     except Exception as err:  # a missing checkpoint must not stop the sweep
         log.debug("no fold history at %s: %s", checkpoint_path, err)
         return []
@@ -93,7 +116,11 @@ def every_nth_step(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]
 def step_metrics(record: dict[str, Any]) -> dict[str, float]:
     """W&B keys of one step record: phase<k>/loss, lm_loss, task_loss, lr (NaN parts left out)."""
     prefix = f"phase{record['phase']}"
-    return {f"{prefix}/{key}": record[key] for key in ("loss", "lm_loss", "task_loss", "lr") if key in record and record[key] == record[key]}
+    return {
+        f"{prefix}/{key}": record[key]
+        for key in ("loss", "lm_loss", "task_loss", "lr")
+        if key in record and record[key] == record[key]
+    }
 
 
 class WandbTrialCallback(tune.Callback):
@@ -106,21 +133,42 @@ class WandbTrialCallback(tune.Callback):
     carries its id under FINISH_KEY), the remaining folds go to the same run, so each trial has one
     run however it ran."""
 
-    def __init__(self, project: str, group: str, folder: SweepFolder, params: list[str], folds: int, enabled: bool = True, log_every: int = 1) -> None:
+    def __init__(
+        self,
+        project: str,
+        group: str,
+        folder: SweepFolder,
+        params: list[str],
+        folds: int,
+        enabled: bool = True,
+        log_every: int = 1,
+    ) -> None:
         self.enabled = enabled
-        self.project, self.group, self.folder, self.params, self.folds, self.log_every = project, group, folder, params, folds, log_every
+        self.project, self.group, self.folder, self.params, self.folds, self.log_every = (
+            project,
+            group,
+            folder,
+            params,
+            folds,
+            log_every,
+        )
         self.__setstate__(self.__getstate__())
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the sweep's state: the settings, no open run."""
-        return {k: getattr(self, k) for k in ("enabled", "project", "group", "folder", "params", "folds", "log_every")}
+        return {
+            k: getattr(self, k)
+            for k in ("enabled", "project", "group", "folder", "params", "folds", "log_every")
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.wandb = Wandb(self.enabled)
         # Touched only on the W&B thread:
         self.runs: dict[str, Any] = {}  # sweep trial id -> open run of a running trial
-        self.stopped: dict[str, Any] = {}  # sweep trial id -> open run of a trial the scheduler stopped
+        self.stopped: dict[
+            str, Any
+        ] = {}  # sweep trial id -> open run of a trial the scheduler stopped
         self.steps: dict[str, int] = {}
         self._jobs: queue.Queue | None = None
 
@@ -135,12 +183,18 @@ class WandbTrialCallback(tune.Callback):
         config = {k: v for k, v in trial.config.items() if k in self.params}
         self._submit(self._start, self.trial_of(trial), config, FINISH_KEY in trial.config)
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict, **info: Any
+    ) -> None:
         if new_fold(result):
-            self._submit(self._fold, self.trial_of(trial), fold_checkpoint(trial.path, result), dict(result))
+            self._submit(
+                self._fold, self.trial_of(trial), fold_checkpoint(trial.path, result), dict(result)
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._submit(self._complete, self.trial_of(trial), (trial.last_result or {}).get("folds_done", 0))
+        self._submit(
+            self._complete, self.trial_of(trial), (trial.last_result or {}).get("folds_done", 0)
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._submit(self._finish, self.trial_of(trial), "FAILED", 1)
@@ -164,7 +218,9 @@ class WandbTrialCallback(tune.Callback):
             return
         if self._jobs is None:
             self._jobs = queue.Queue()
-            threading.Thread(target=self._work, args=(self._jobs,), name="sft-tune-wandb", daemon=True).start()
+            threading.Thread(
+                target=self._work, args=(self._jobs,), name="sft-tune-wandb", daemon=True
+            ).start()
         self._jobs.put((job, args))
 
     def _work(self, jobs: queue.Queue) -> None:
@@ -172,7 +228,9 @@ class WandbTrialCallback(tune.Callback):
             job, args = jobs.get()
             try:
                 job(*args)
-            except Exception as err:  # never let W&B stop the sweep (Wandb.call guards W&B's own calls)
+            except (
+                Exception
+            ) as err:  # never let W&B stop the sweep (Wandb.call guards W&B's own calls)
                 log.warning("W&B record skipped (%s: %s)", type(err).__name__, err)
             finally:
                 jobs.task_done()
@@ -189,8 +247,19 @@ class WandbTrialCallback(tune.Callback):
             self.wandb.call("summary", run.summary.update, {"finished_after_stop": True})
             return
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        run_id = f"{self.group}-{key}" + ("-finish" if finishing else "")  # a finishing trial whose run an earlier driver closed: a run of its own
-        run = self.wandb.init(project=self.project, group=self.group, name=key, id=run_id, job_type="trial", config=config, dir=str(self.folder.path), resume="allow")
+        run_id = f"{self.group}-{key}" + (
+            "-finish" if finishing else ""
+        )  # a finishing trial whose run an earlier driver closed: a run of its own
+        run = self.wandb.init(
+            project=self.project,
+            group=self.group,
+            name=key,
+            id=run_id,
+            job_type="trial",
+            config=config,
+            dir=str(self.folder.path),
+            resume="allow",
+        )
         if run is not None:
             self.runs[key] = run
             self.steps.setdefault(key, 0)
@@ -202,12 +271,27 @@ class WandbTrialCallback(tune.Callback):
         fold = result["fold"]
         for record in every_nth_step(read_history(checkpoint), self.log_every):
             self.steps[key] += 1
-            self.wandb.call("log", run.log, {**step_metrics(record), "fold": fold}, step=self.steps[key])
-        folds = {f"fold/{k.removeprefix('fold_metrics/')}": v for k, v in result.items() if k.startswith("fold_metrics/")}
-        summary = {"fold": fold, "fold/score": result["fold_score"], "cv_mean": result["cv_mean"], "cv_std": result["cv_std"], "folds_done": result["folds_done"], **folds}
+            self.wandb.call(
+                "log", run.log, {**step_metrics(record), "fold": fold}, step=self.steps[key]
+            )
+        folds = {
+            f"fold/{k.removeprefix('fold_metrics/')}": v
+            for k, v in result.items()
+            if k.startswith("fold_metrics/")
+        }
+        summary = {
+            "fold": fold,
+            "fold/score": result["fold_score"],
+            "cv_mean": result["cv_mean"],
+            "cv_std": result["cv_std"],
+            "folds_done": result["folds_done"],
+            **folds,
+        }
         self.steps[key] += 1
         self.wandb.call("log", run.log, summary, step=self.steps[key])
-        self.wandb.call("summary", run.summary.update, {"fold_scores": json.loads(result["fold_scores"])})
+        self.wandb.call(
+            "summary", run.summary.update, {"fold_scores": json.loads(result["fold_scores"])}
+        )
 
     def _complete(self, key: str, done: int) -> None:
         if done >= self.folds:
@@ -221,7 +305,9 @@ class WandbTrialCallback(tune.Callback):
     def _recover(self, key: str) -> None:
         run = self.runs.get(key)
         if run is not None:
-            self.wandb.call("summary", run.summary.update, {"retries": run.summary.get("retries", 0) + 1})
+            self.wandb.call(
+                "summary", run.summary.update, {"retries": run.summary.get("retries", 0) + 1}
+            )
 
     def _finish(self, key: str, status: str, exit_code: int) -> None:
         run = self.runs.pop(key, None)
@@ -240,18 +326,42 @@ class WandbTrialCallback(tune.Callback):
             del self.stopped[key]
 
 
-def log_best_model(project: str, group: str, folder: SweepFolder, model_dir: Path, best: dict[str, Any], enabled: bool = True) -> bool:
+def log_best_model(
+    project: str,
+    group: str,
+    folder: SweepFolder,
+    model_dir: Path,
+    best: dict[str, Any],
+    enabled: bool = True,
+) -> bool:
     """Log the exported best model as a W&B Artifact of type `model` with the alias `best`."""
     handle = Wandb(enabled)
-    run = handle.init(project=project, group=group, name=f"{group}-best", job_type="select", config={"params": best.get("params", {})}, dir=str(folder.path))
+    run = handle.init(
+        project=project,
+        group=group,
+        name=f"{group}-best",
+        job_type="select",
+        config={"params": best.get("params", {})},
+        dir=str(folder.path),
+    )
     if run is None:
         return False
 
     def log_artifact() -> None:
-        artifact = handle.module.Artifact(f"{group}-best-model", type="model", metadata={k: v for k, v in best.items() if k != "config"})
+        artifact = handle.module.Artifact(
+            f"{group}-best-model",
+            type="model",
+            metadata={k: v for k, v in best.items() if k != "config"},
+        )
         artifact.add_dir(str(model_dir))
         run.log_artifact(artifact, aliases=["best"])
-        run.summary.update({"test": best.get("test", {}), "cv_mean": best.get("cv_mean"), "cv_std": best.get("cv_std")})
+        run.summary.update(
+            {
+                "test": best.get("test", {}),
+                "cv_mean": best.get("cv_mean"),
+                "cv_std": best.get("cv_std"),
+            }
+        )
 
     handle.call("artifact", log_artifact)
     handle.call("finish", run.finish)

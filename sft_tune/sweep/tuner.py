@@ -57,11 +57,16 @@ def _run_ddp(job: dict[str, Any], resources: dict[str, Any], storage: str, tune_
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = resources["gpus_per_worker"] > 0
-    per_worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if use_gpu else {})}
+    per_worker = {
+        "CPU": resources["cpus_per_worker"],
+        **({"GPU": resources["gpus_per_worker"]} if use_gpu else {}),
+    }
     trainer = TorchTrainer(
         ddp_worker,
         train_loop_config=job,
-        scaling_config=ray.train.ScalingConfig(num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=f"train-{tune_id}",
@@ -69,7 +74,9 @@ def _run_ddp(job: dict[str, Any], resources: dict[str, Any], storage: str, tune_
             callbacks=[TuneReportCallback()],
             # Crashes are retried by Tune (max_failures) from the last fold checkpoint; a worker
             # group that cannot be placed fails after a few start timeouts instead of hanging.
-            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
+            failure_config=ray.train.FailureConfig(
+                max_failures=0, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
+            ),
         ),
     )
     trainer.fit()
@@ -84,11 +91,23 @@ class TrialEvents(tune.Callback):
         self.folder, self.folds = folder, folds
 
     def _log(self, trial, event: str, **fields: Any) -> None:
-        EventLog(str(self.folder.file(self.folder.EVENTS)), trial.config.get(FINISH_KEY) or trial.trial_id, enabled=True).write(event, **fields)
+        EventLog(
+            str(self.folder.file(self.folder.EVENTS)),
+            trial.config.get(FINISH_KEY) or trial.trial_id,
+            enabled=True,
+        ).write(event, **fields)
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict, **info: Any
+    ) -> None:
         if new_fold(result):
-            self._log(trial, "fold", fold=result["fold"], score=result["fold_score"], trial_pid=result.get("pid"))
+            self._log(
+                trial,
+                "fold",
+                fold=result["fold"],
+                score=result["fold_score"],
+                trial_pid=result.get("pid"),
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         done = (trial.last_result or {}).get("folds_done", 0)
@@ -98,7 +117,9 @@ class TrialEvents(tune.Callback):
         self._log(trial, "end", status="ERROR")
 
 
-def shared_inputs(sweep: Sweep, folder: SweepFolder, data_ref, finish: dict[str, dict] | None = None) -> dict[str, Any]:
+def shared_inputs(
+    sweep: Sweep, folder: SweepFolder, data_ref, finish: dict[str, dict] | None = None
+) -> dict[str, Any]:
     """What every trial of the sweep gets (through `tune.with_parameters`, in the object store)."""
     return {
         "base": sweep.base,
@@ -113,49 +134,91 @@ def shared_inputs(sweep: Sweep, folder: SweepFolder, data_ref, finish: dict[str,
 
 
 def _trainable(sweep: Sweep, shared: dict[str, Any]):
-    return tune.with_resources(tune.with_parameters(run_trial, shared=shared), trial_resources(sweep))
+    return tune.with_resources(
+        tune.with_parameters(run_trial, shared=shared), trial_resources(sweep)
+    )
 
 
-def make_tuner(sweep: Sweep, folder: SweepFolder, shared: dict[str, Any], callbacks: list, restoring: bool, max_concurrent: int):
+def make_tuner(
+    sweep: Sweep,
+    folder: SweepFolder,
+    shared: dict[str, Any],
+    callbacks: list,
+    restoring: bool,
+    max_concurrent: int,
+):
     """The search's Tuner for a new sweep, or the restored Tuner of an interrupted one."""
     from ray.tune.search import ConcurrencyLimiter
 
     settings = sweep.search
     trainable = _trainable(sweep, shared)
-    search_alg = ConcurrencyLimiter(make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring), max_concurrent=max_concurrent)
+    search_alg = ConcurrencyLimiter(
+        make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring),
+        max_concurrent=max_concurrent,
+    )
     scheduler = _scheduler(settings.scheduler, settings.folds)
     if restoring:
-        tuner = tune.Tuner.restore(folder.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            folder.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
         _replace_pickled_parts(tuner, search_alg, scheduler, callbacks)
         return tuner
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode=settings.mode, search_alg=search_alg, scheduler=scheduler, num_samples=settings.num_trials, reuse_actors=in_actor(sweep)),
+        tune_config=tune.TuneConfig(
+            metric=TUNE_METRIC,
+            mode=settings.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=settings.num_trials,
+            reuse_actors=in_actor(sweep),
+        ),
         run_config=_run_config(sweep, folder.name, folder.experiment.rsplit("/", 1)[0], callbacks),
     )
 
 
-def make_finishing_tuner(sweep: Sweep, folder: SweepFolder, shared: dict[str, Any], callbacks: list, trial_ids: list[str], max_concurrent: int):
+def make_finishing_tuner(
+    sweep: Sweep,
+    folder: SweepFolder,
+    shared: dict[str, Any],
+    callbacks: list,
+    trial_ids: list[str],
+    max_concurrent: int,
+):
     """A Tuner that runs the remaining folds of stopped trials (one Tune trial each, from the
     stopped trial's last fold checkpoint), kept in the sweep folder's `finish` experiment; an
     interrupted one is restored."""
     trainable = _trainable(sweep, shared)
     path = f"{folder.experiment}/{FINISH_EXPERIMENT}"
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
         internal = tuner._local_tuner  # see _replace_pickled_parts
         internal.get_run_config().callbacks = callbacks
         return tuner
     return tune.Tuner(
         trainable,
         param_space={FINISH_KEY: tune.grid_search(trial_ids)},
-        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode=sweep.search.mode, num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=in_actor(sweep)),
+        tune_config=tune.TuneConfig(
+            metric=TUNE_METRIC,
+            mode=sweep.search.mode,
+            num_samples=1,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=in_actor(sweep),
+        ),
         run_config=_run_config(sweep, FINISH_EXPERIMENT, folder.experiment, callbacks),
     )
 
 
 def _run_config(sweep: Sweep, name: str, storage_path: str, callbacks: list):
-    return tune.RunConfig(name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures), callbacks=callbacks, verbose=1)
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
+        callbacks=callbacks,
+        verbose=1,
+    )
 
 
 def _replace_pickled_parts(tuner, search_alg, scheduler, callbacks) -> None:
@@ -176,7 +239,11 @@ def _scheduler(name: str, folds: int):
     if name == "asha":
         # max_t one past the last fold: a trial that reaches its last fold ends by itself (a clean
         # teardown) instead of being stopped by the scheduler at the same moment.
-        return ASHAScheduler(time_attr="training_iteration", max_t=folds + 1, grace_period=1, reduction_factor=2)
+        return ASHAScheduler(
+            time_attr="training_iteration", max_t=folds + 1, grace_period=1, reduction_factor=2
+        )
     if name == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
+        return MedianStoppingRule(
+            time_attr="training_iteration", grace_period=1, min_samples_required=2
+        )
     return FIFOScheduler()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from sft_tune.tasks.base import Task
 from sft_tune.tasks.classification import ClassificationTask
+from sft_tune.tasks.generation import GenerationTask
 from sft_tune.tasks.ner import NerTask
 from sft_tune.tasks.qa import QaTask
-from sft_tune.tasks.generation import GenerationTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,

@@ -7,8 +7,9 @@ A task reads its labelled files, encodes them once, batches them, and scores a m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -60,16 +61,26 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def collate(self, examples: Any, indices: Sequence[int], pad_id: int, side: str) -> dict[str, torch.Tensor]:
+    def collate(
+        self, examples: Any, indices: Sequence[int], pad_id: int, side: str
+    ) -> dict[str, torch.Tensor]:
         """A padded batch with `labels`, ready for `auto_model(**batch)`."""
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, examples: Any, batches: list[list[int]], pad_id: int, side: str, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        examples: Any,
+        batches: list[list[int]],
+        pad_id: int,
+        side: str,
+        device: torch.device,
+    ) -> dict[str, float]:
         """Metrics of `model` on `examples` (including `self.metric`); `loop.evaluate` calls it in
         eval mode without gradients."""
 
     def metric_mode(self, metric: str) -> str:
-        """"max" when a higher `metric` is better, "min" for losses."""
+        """ "max" when a higher `metric` is better, "min" for losses."""
         return "min" if metric in ("loss", "perplexity") else "max"
 
     def lengths(self, examples: Any) -> list[int] | None:
@@ -85,7 +96,9 @@ class Task(ABC):
         return {}
 
     @abstractmethod
-    def predict(self, model: torch.nn.Module, tokenizer, input_path: Path, data: DataConfig, batch_size: int) -> Iterator[dict[str, Any]]:
+    def predict(
+        self, model: torch.nn.Module, tokenizer, input_path: Path, data: DataConfig, batch_size: int
+    ) -> Iterator[dict[str, Any]]:
         """One JSON-able record per input row of `input_path`, in order (`sft-tune predict`).
 
         `data` is the run's data config (from the model's run.json) with the command line's
@@ -96,5 +109,12 @@ def window_problems(data: DataConfig) -> list[Problem]:
     """The rule of tasks that split a long input into overlapping windows (NER sentences, QA
     contexts): consecutive windows share `data.stride` tokens, less than half a window."""
     if data.stride >= data.max_length // 2:
-        return [Problem("data.stride", data.stride, f"windows must overlap by less than half of data.max_length ({data.max_length})", f"set data.stride below {data.max_length // 2}")]
+        return [
+            Problem(
+                "data.stride",
+                data.stride,
+                f"windows must overlap by less than half of data.max_length ({data.max_length})",
+                f"set data.stride below {data.max_length // 2}",
+            )
+        ]
     return []

@@ -15,20 +15,20 @@ response's tokens exactly (up to EOS) — the score to search on when responses 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from transformers import AutoModelForCausalLM
 
-from pydantic import Field
-
 from sft_tune.config import DataConfig, TaskOptions
-from sft_tune.core.data import cached, read_table, require_columns, text_column
 from sft_tune.core.batches import pad
-from sft_tune.errors import fail
+from sft_tune.core.data import cached, read_table, require_columns, text_column
 from sft_tune.core.losses import IGNORE_INDEX
+from sft_tune.errors import fail
 from sft_tune.tasks.base import Task
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages before the response
@@ -56,9 +56,15 @@ class EncodedConversations:
     def __len__(self) -> int:
         return len(self.responses)
 
-    def subset(self, indices: Sequence[int]) -> "EncodedConversations":
+    def subset(self, indices: Sequence[int]) -> EncodedConversations:
         pick = lambda values: [values[i] for i in indices]  # noqa: E731
-        return EncodedConversations(pick(self.prompt_ids), pick(self.response_ids), pick(self.responses), self.max_new_tokens, self.eos_id)
+        return EncodedConversations(
+            pick(self.prompt_ids),
+            pick(self.response_ids),
+            pick(self.responses),
+            self.max_new_tokens,
+            self.eos_id,
+        )
 
 
 class GenerationOptions(TaskOptions):
@@ -67,7 +73,9 @@ class GenerationOptions(TaskOptions):
     section = "generation"
 
     prompt_column: str = Field("prompt", description="Column with the prompt text.")
-    response_column: str = Field("response", description="Column with the response text (trained on).")
+    response_column: str = Field(
+        "response", description="Column with the response text (trained on)."
+    )
     messages_column: str = Field(
         "messages",
         description="Column with chat messages [{role, content}, ...], used when the file has it: "
@@ -94,7 +102,9 @@ class GenerationTask(Task):
         table = read_table(path, what)
         settings = GenerationOptions.of(data)
         if settings.messages_column in table.column_names:
-            prompts, responses = _split_messages(table[settings.messages_column], path, settings.messages_column)
+            prompts, responses = _split_messages(
+                table[settings.messages_column], path, settings.messages_column
+            )
         else:
             require_columns(table, [settings.prompt_column, settings.response_column], path, what)
             prompts = text_column(table, settings.prompt_column, path, what)
@@ -103,59 +113,117 @@ class GenerationTask(Task):
 
     def label_names(self, train: Conversations, data: DataConfig) -> list[str]:
         if data.labels is not None:
-            raise fail("data.labels", data.labels, "the generation task has no label set (responses are free text)", "remove `data.labels`")
+            raise fail(
+                "data.labels",
+                data.labels,
+                "the generation task has no label set (responses are free text)",
+                "remove `data.labels`",
+            )
         return []
 
     def check_labels(self, labelled: Conversations, names: Sequence[str], path: Path) -> None:
         return None  # any response text is valid
 
-    def encode(self, labelled: Conversations, tokenizer, names: Sequence[str], data: DataConfig) -> EncodedConversations:
+    def encode(
+        self, labelled: Conversations, tokenizer, names: Sequence[str], data: DataConfig
+    ) -> EncodedConversations:
         settings = GenerationOptions.of(data)
-        rendered = [render_prompt(prompt, tokenizer, settings, labelled.path) for prompt in labelled.prompts]
+        rendered = [
+            render_prompt(prompt, tokenizer, settings, labelled.path) for prompt in labelled.prompts
+        ]
         templated = any(flag for _, flag in rendered)  # the template writes its own BOS
 
         def compute() -> list[list[list[int]]]:
-            prompts = tokenizer([text for text, _ in rendered], add_special_tokens=not templated)["input_ids"]
+            prompts = tokenizer([text for text, _ in rendered], add_special_tokens=not templated)[
+                "input_ids"
+            ]
             responses = tokenizer(labelled.responses, add_special_tokens=False)["input_ids"]
-            pairs = [fit_length(p, r + [tokenizer.eos_token_id], data.max_length) for p, r in zip(prompts, responses)]
+            pairs = [
+                fit_length(p, r + [tokenizer.eos_token_id], data.max_length)
+                for p, r in zip(prompts, responses)
+            ]
             return [[p for p, _ in pairs], [r for _, r in pairs]]
 
         items = [[text, response] for (text, _), response in zip(rendered, labelled.responses)]
-        prompt_ids, response_ids = cached("generation", tokenizer, {"max_length": data.max_length, "templated": templated}, items, compute, data.cache_dir)
-        return EncodedConversations(prompt_ids, response_ids, labelled.responses, settings.max_new_tokens, tokenizer.eos_token_id)
+        prompt_ids, response_ids = cached(
+            "generation",
+            tokenizer,
+            {"max_length": data.max_length, "templated": templated},
+            items,
+            compute,
+            data.cache_dir,
+        )
+        return EncodedConversations(
+            prompt_ids,
+            response_ids,
+            labelled.responses,
+            settings.max_new_tokens,
+            tokenizer.eos_token_id,
+        )
 
     def texts(self, labelled: Conversations) -> list[str]:
-        return [f"{prompt_text(prompt)}\n{response}" for prompt, response in zip(labelled.prompts, labelled.responses)]
+        return [
+            f"{prompt_text(prompt)}\n{response}"
+            for prompt, response in zip(labelled.prompts, labelled.responses)
+        ]
 
     def strata(self, labelled: Conversations) -> list[str]:
-        return [response.strip().casefold() for response in labelled.responses]  # label words stay balanced
+        return [
+            response.strip().casefold() for response in labelled.responses
+        ]  # label words stay balanced
 
     def groups(self, labelled: Conversations) -> list[str]:
-        return [prompt_text(prompt) for prompt in labelled.prompts]  # a repeated prompt stays on one side
+        return [
+            prompt_text(prompt) for prompt in labelled.prompts
+        ]  # a repeated prompt stays on one side
 
     def lengths(self, examples: EncodedConversations) -> list[int]:
         return [len(p) + len(r) for p, r in zip(examples.prompt_ids, examples.response_ids)]
 
-    def collate(self, examples: EncodedConversations, indices: Sequence[int], pad_id: int, side: str) -> dict[str, torch.Tensor]:
+    def collate(
+        self, examples: EncodedConversations, indices: Sequence[int], pad_id: int, side: str
+    ) -> dict[str, torch.Tensor]:
         sequences = [examples.prompt_ids[i] + examples.response_ids[i] for i in indices]
-        targets = [[IGNORE_INDEX] * len(examples.prompt_ids[i]) + examples.response_ids[i] for i in indices]
+        targets = [
+            [IGNORE_INDEX] * len(examples.prompt_ids[i]) + examples.response_ids[i] for i in indices
+        ]
         input_ids, attention_mask = pad(sequences, pad_id, side)
         labels, _ = pad(targets, IGNORE_INDEX, side)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def evaluate(self, model, examples: EncodedConversations, batches, pad_id: int, side: str, device) -> dict[str, float]:
+    def evaluate(
+        self, model, examples: EncodedConversations, batches, pad_id: int, side: str, device
+    ) -> dict[str, float]:
         total_loss, total_tokens, correct, matches = 0.0, 0, 0, 0
         for indices in batches:
-            batch = {k: v.to(device) for k, v in self.collate(examples, indices, pad_id, side).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            batch = {
+                k: v.to(device) for k, v in self.collate(examples, indices, pad_id, side).items()
+            }
+            logits = (
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                .logits[:, :-1]
+                .float()
+            )
             targets = batch["labels"][:, 1:]
             scored = targets != IGNORE_INDEX
-            total_loss += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+            total_loss += torch.nn.functional.cross_entropy(
+                logits[scored], targets[scored], reduction="sum"
+            ).item()
             correct += (logits.argmax(-1)[scored] == targets[scored]).sum().item()
             total_tokens += int(scored.sum())
             longest = max(len(examples.response_ids[i]) for i in indices)
             prompts = [examples.prompt_ids[i] for i in indices]
-            for i, ids in zip(indices, generate(model, prompts, pad_id, examples.eos_id, min(longest, examples.max_new_tokens), device)):
+            for i, ids in zip(
+                indices,
+                generate(
+                    model,
+                    prompts,
+                    pad_id,
+                    examples.eos_id,
+                    min(longest, examples.max_new_tokens),
+                    device,
+                ),
+            ):
                 matches += ids == without_eos(examples.response_ids[i], examples.eos_id)
         count = sum(len(indices) for indices in batches)
         loss = total_loss / max(total_tokens, 1)
@@ -166,7 +234,9 @@ class GenerationTask(Task):
             "exact_match": matches / max(count, 1),
         }
 
-    def predict(self, model, tokenizer, input_path: Path, data: DataConfig, batch_size: int) -> Iterator[dict[str, Any]]:
+    def predict(
+        self, model, tokenizer, input_path: Path, data: DataConfig, batch_size: int
+    ) -> Iterator[dict[str, Any]]:
         """`{"prompt", "response"}` per row: a greedy generation of at most max_new_tokens."""
         settings = GenerationOptions.of(data)
         table = read_table(input_path, "input file")
@@ -178,19 +248,39 @@ class GenerationTask(Task):
             require_columns(table, [settings.prompt_column], input_path, "input file")
             prompts = text_column(table, settings.prompt_column, input_path, "input file")
         rendered = [render_prompt(prompt, tokenizer, settings, input_path) for prompt in prompts]
-        ids = tokenizer([text for text, _ in rendered], add_special_tokens=not any(flag for _, flag in rendered))["input_ids"]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = tokenizer(
+            [text for text, _ in rendered], add_special_tokens=not any(flag for _, flag in rendered)
+        )["input_ids"]
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
 
         def records() -> Iterator[dict[str, Any]]:
             for start in range(0, len(prompts), batch_size):
-                texts = generate(model, ids[start : start + batch_size], pad_id, tokenizer.eos_token_id, settings.max_new_tokens, torch.device("cpu"), tokenizer)
+                texts = generate(
+                    model,
+                    ids[start : start + batch_size],
+                    pad_id,
+                    tokenizer.eos_token_id,
+                    settings.max_new_tokens,
+                    torch.device("cpu"),
+                    tokenizer,
+                )
                 for prompt, text in zip(prompts[start : start + batch_size], texts):
                     yield {"prompt": prompt, "response": text}
 
         return records()
 
 
-def generate(model, prompts: list[list[int]], pad_id: int, eos_id: int, max_new_tokens: int, device, tokenizer=None) -> list[str] | list[list[int]]:
+def generate(
+    model,
+    prompts: list[list[int]],
+    pad_id: int,
+    eos_id: int,
+    max_new_tokens: int,
+    device,
+    tokenizer=None,
+) -> list[str] | list[list[int]]:
     """Greedy continuations of left-padded prompts: decoded text with a tokenizer, else token ids
     (EOS and what follows dropped)."""
     input_ids, attention_mask = pad(prompts, pad_id, "left")
@@ -215,7 +305,9 @@ def without_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[:-1] if ids and ids[-1] == eos_id else ids
 
 
-def fit_length(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+def fit_length(
+    prompt: list[int], response: list[int], max_length: int
+) -> tuple[list[int], list[int]]:
     """Cut a (prompt, response) pair to `max_length` tokens: the prompt loses its start first (the
     end, next to the response, matters most), keeping at least a quarter of the budget; then the
     response loses its end."""
@@ -227,37 +319,79 @@ def fit_length(prompt: list[int], response: list[int], max_length: int) -> tuple
 
 
 def _use_template(tokenizer, settings: GenerationOptions) -> bool:
-    return settings.chat_template == "always" or (settings.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+    return settings.chat_template == "always" or (
+        settings.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    )
 
 
-def render_prompt(prompt: Prompt, tokenizer, settings: GenerationOptions, path: Path) -> tuple[str, bool]:
+def render_prompt(
+    prompt: Prompt, tokenizer, settings: GenerationOptions, path: Path
+) -> tuple[str, bool]:
     """The prompt as the model sees it (chat template with a generation prompt, or plain text)."""
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if isinstance(prompt, list) or _use_template(tokenizer, settings):
         if not getattr(tokenizer, "chat_template", None):
-            what = "chat `messages`" if isinstance(prompt, list) else "data.generation.chat_template: always"
-            raise fail(f"{path}", what, "rendering chat messages needs a tokenizer with a chat template", "use an instruct/chat checkpoint, or give plain `prompt`/`response` columns with chat_template: never")
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+            what = (
+                "chat `messages`"
+                if isinstance(prompt, list)
+                else "data.generation.chat_template: always"
+            )
+            raise fail(
+                f"{path}",
+                what,
+                "rendering chat messages needs a tokenizer with a chat template",
+                "use an instruct/chat checkpoint, or give plain `prompt`/`response` columns with chat_template: never",
+            )
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        ), True
     return prompt, False
 
 
 def prompt_text(prompt: Prompt) -> str:
     """Plain text of a prompt (the message contents, in order)."""
-    return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
+    return (
+        prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
+    )
 
 
 def _check_messages(messages: Any, path: Path, column: str, row: int) -> None:
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
-        raise fail(f"{path} column {column!r} row {row + 1}", messages, "must be a non-empty list of {role, content} messages", "write messages as [{\"role\": \"user\", \"content\": \"...\"}, ...]")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
+        raise fail(
+            f"{path} column {column!r} row {row + 1}",
+            messages,
+            "must be a non-empty list of {role, content} messages",
+            'write messages as [{"role": "user", "content": "..."}, ...]',
+        )
 
 
-def _split_messages(column: list[Any], path: Path, name: str) -> tuple[list[list[dict[str, str]]], list[str]]:
+def _split_messages(
+    column: list[Any], path: Path, name: str
+) -> tuple[list[list[dict[str, str]]], list[str]]:
     """(messages before the last assistant message, that message's content) per row."""
     prompts, responses = [], []
     for row, messages in enumerate(column):
         _check_messages(messages, path, name, row)
-        if messages[-1]["role"] != "assistant" or len(messages) < 2 or not messages[-1]["content"].strip():
-            raise fail(f"{path} column {name!r} row {row + 1}", [m["role"] for m in messages], "a training conversation must end with a non-empty assistant message after at least one other message", "end each conversation with the assistant reply to learn")
+        if (
+            messages[-1]["role"] != "assistant"
+            or len(messages) < 2
+            or not messages[-1]["content"].strip()
+        ):
+            raise fail(
+                f"{path} column {name!r} row {row + 1}",
+                [m["role"] for m in messages],
+                "a training conversation must end with a non-empty assistant message after at least one other message",
+                "end each conversation with the assistant reply to learn",
+            )
         prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
         responses.append(messages[-1]["content"])
     return prompts, responses

@@ -1,11 +1,11 @@
 import datasets
 import pytest
-
 from conftest import run_config_dict, toy_rows, write_csv, write_jsonl
-from sft_tune.runconfig import parse_config
-from sft_tune.errors import InputError
+
 from sft_tune.core.prepare import read_data
 from sft_tune.core.splits import split_validation
+from sft_tune.errors import InputError
+from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
 
 TASK = get_task("classification")
@@ -66,7 +66,9 @@ def test_header_only_csv_is_empty(tmp_path, toy_files):
 
 
 def test_labels_outside_the_label_set(tmp_path, toy_files):
-    path = write_csv(tmp_path / "test.csv", toy_rows(4, seed=1) + [{"text": "the car", "label": "angry"}])
+    path = write_csv(
+        tmp_path / "test.csv", toy_rows(4, seed=1) + [{"text": "the car", "label": "angry"}]
+    )
     err = _error("m", {**toy_files, "test": path}, tmp_path)
     assert err.problems[0].value == {"angry": 1} and "data.labels" in err.problems[0].fix
     err = _error("m", toy_files, tmp_path, data={"labels": ["negative", "neutral"]})
@@ -74,13 +76,17 @@ def test_labels_outside_the_label_set(tmp_path, toy_files):
 
 
 def test_non_text_values(tmp_path, toy_files):
-    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "fine", "label": "a"}, {"text": 3, "label": "b"}])
+    path = write_jsonl(
+        tmp_path / "t.jsonl", [{"text": "fine", "label": "a"}, {"text": 3, "label": "b"}]
+    )
     err = _error("m", {**toy_files, "train": path}, tmp_path)
     assert "row 2" in err.problems[0].where
 
 
 def test_empty_text_values(tmp_path, toy_files):
-    path = write_csv(tmp_path / "t.csv", [{"text": "fine", "label": "a"}, {"text": "", "label": "b"}])
+    path = write_csv(
+        tmp_path / "t.csv", [{"text": "fine", "label": "a"}, {"text": "", "label": "b"}]
+    )
     err = _error("m", {**toy_files, "train": path}, tmp_path)
     assert "row 2" in err.problems[0].where
 
@@ -88,8 +94,12 @@ def test_empty_text_values(tmp_path, toy_files):
 def test_class_with_too_few_examples_for_the_split(tmp_path):
     with pytest.raises(InputError) as caught:
         split_validation(["a"] * 10 + ["b"], None, 0.2, seed=0, path=tmp_path / "t.csv")
-    assert caught.value.problems[0].value == {"b": 1} and "at least 2" in caught.value.problems[0].rule
-    train, held = split_validation(["a"] * 10 + ["b"] * 10, None, 0.2, seed=0, path=tmp_path / "t.csv")
+    assert (
+        caught.value.problems[0].value == {"b": 1} and "at least 2" in caught.value.problems[0].rule
+    )
+    train, held = split_validation(
+        ["a"] * 10 + ["b"] * 10, None, 0.2, seed=0, path=tmp_path / "t.csv"
+    )
     assert len(held) == 4 and not set(train) & set(held)
 
 

@@ -2,14 +2,14 @@ import json
 
 import pytest
 import torch
+from conftest import run_config_dict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import run_config_dict
 from sft_tune.core import data as data_module
-from sft_tune.runconfig import parse_config
-from sft_tune.run import train
 from sft_tune.core.data import text_hashes
 from sft_tune.core.loop import FitData, Runtime, run_phase2
+from sft_tune.run import train
+from sft_tune.runconfig import parse_config
 
 
 def _config(model, files, out, **overrides):
@@ -24,7 +24,9 @@ def _mean(values):
 def test_both_phases_train_report_and_export(model_fixture, request, toy_files, tmp_path):
     model_dir = request.getfixturevalue(model_fixture)
     reports = []
-    config = _config(model_dir, toy_files, tmp_path / "out", phase1={"steps": 40}, phase2={"epochs": 12})
+    config = _config(
+        model_dir, toy_files, tmp_path / "out", phase1={"steps": 40}, phase2={"epochs": 12}
+    )
     metrics = train(config, report=lambda m, c: reports.append(m), progress=False)
 
     # Ray receives one report after phase 1 and one per phase-2 epoch, with the metric keys.
@@ -35,22 +37,37 @@ def test_both_phases_train_report_and_export(model_fixture, request, toy_files, 
     history = [json.loads(line) for line in (exported / "history.jsonl").read_text().splitlines()]
     phase1 = [h for h in history if h["phase"] == 1]
     phase2 = [h for h in history if h["phase"] == 2]
-    assert len(phase1) == 40 and all({"loss", "lm_loss", "task_loss", "lr"} <= set(h) for h in history)
-    assert all(torch.isfinite(torch.tensor([h["loss"], h["lm_loss"], h["task_loss"]])).all() for h in phase1)
+    assert len(phase1) == 40 and all(
+        {"loss", "lm_loss", "task_loss", "lr"} <= set(h) for h in history
+    )
+    assert all(
+        torch.isfinite(torch.tensor([h["loss"], h["lm_loss"], h["task_loss"]])).all()
+        for h in phase1
+    )
     assert _mean([h["lm_loss"] for h in phase1[-10:]]) < _mean([h["lm_loss"] for h in phase1[:10]])
-    assert _mean([h["task_loss"] for h in phase2[-10:]]) < _mean([h["task_loss"] for h in phase2[:10]])
+    assert _mean([h["task_loss"] for h in phase2[-10:]]) < _mean(
+        [h["task_loss"] for h in phase2[:10]]
+    )
     for h in phase1:
-        assert h["loss"] == pytest.approx(h["lm_loss"] + config.phase1.alpha * h["task_loss"], rel=1e-5)
+        assert h["loss"] == pytest.approx(
+            h["lm_loss"] + config.phase1.alpha * h["task_loss"], rel=1e-5
+        )
     assert metrics["test"]["accuracy"] >= 0.9  # the toy task is learnable
 
     run = json.loads((exported / "run.json").read_text())
     assert run["labels"] == ["negative", "positive"] and run["metrics"]["test"] == metrics["test"]
     assert run["config"]["phase1"]["alpha"] == 1.0 and "torch" in run["versions"]
-    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+    assert not [
+        p for p in exported.parent.iterdir() if p.name.startswith(".")
+    ]  # no temp folders left
 
 
-def test_exported_model_loads_with_plain_transformers_and_reproduces_logits(tiny_bert, toy_files, tmp_path):
-    config = _config(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 4}, phase2={"epochs": 1})
+def test_exported_model_loads_with_plain_transformers_and_reproduces_logits(
+    tiny_bert, toy_files, tmp_path
+):
+    config = _config(
+        tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 4}, phase2={"epochs": 1}
+    )
     train(config, progress=False)
     folder = tmp_path / "out" / "model"
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -58,32 +75,54 @@ def test_exported_model_loads_with_plain_transformers_and_reproduces_logits(tiny
     assert model.config.id2label == {0: "negative", 1: "positive"}
     batch = tokenizer(["the car was good", "awful road"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        first, second = model(**batch).logits, AutoModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits
+        first, second = (
+            model(**batch).logits,
+            AutoModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits,
+        )
     torch.testing.assert_close(first, second)
     # The logits of the trained in-memory model are what the folder holds: retrain with the same seed.
+    from sft_tune.core.loop import seed_everything
     from sft_tune.core.model import load_model, load_tokenizer
     from sft_tune.tasks import get_task
-    from sft_tune.core.loop import seed_everything
+
     seed_everything(0)
-    fresh = load_model(config.model, get_task("classification"), ["negative", "positive"], load_tokenizer(config.model)).task_model.eval()
+    fresh = load_model(
+        config.model,
+        get_task("classification"),
+        ["negative", "positive"],
+        load_tokenizer(config.model),
+    ).task_model.eval()
     with torch.no_grad():
-        assert not torch.allclose(fresh(**batch).logits, first)  # training changed the weights that were saved
+        assert not torch.allclose(
+            fresh(**batch).logits, first
+        )  # training changed the weights that were saved
 
 
 def test_same_seed_gives_the_same_result(tiny_bert, toy_files, tmp_path):
     results = []
     for run in ("a", "b"):
-        config = _config(tiny_bert, toy_files, tmp_path / run, phase1={"steps": 8}, phase2={"epochs": 2})
+        config = _config(
+            tiny_bert, toy_files, tmp_path / run, phase1={"steps": 8}, phase2={"epochs": 2}
+        )
         metrics = train(config, progress=False)
         history = (tmp_path / run / "model" / "history.jsonl").read_text()
-        weights = AutoModelForSequenceClassification.from_pretrained(tmp_path / run / "model").state_dict()
+        weights = AutoModelForSequenceClassification.from_pretrained(
+            tmp_path / run / "model"
+        ).state_dict()
         results.append((metrics["test"], history, weights))
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1]
     for key, value in results[0][2].items():
         assert torch.equal(value, results[1][2][key]), key
-    other = train(_config(tiny_bert, toy_files, tmp_path / "c", phase1={"steps": 8}, phase2={"epochs": 2}, seed=8), progress=False)
-    assert (tmp_path / "c" / "model" / "history.jsonl").read_text() != results[0][1] or other["test"] != results[0][0]
+    other = train(
+        _config(
+            tiny_bert, toy_files, tmp_path / "c", phase1={"steps": 8}, phase2={"epochs": 2}, seed=8
+        ),
+        progress=False,
+    )
+    assert (tmp_path / "c" / "model" / "history.jsonl").read_text() != results[0][1] or other[
+        "test"
+    ] != results[0][0]
 
 
 def test_phase_two_never_computes_an_lm_loss(tiny_bert, toy_files, tmp_path):
@@ -101,13 +140,23 @@ def test_phase_two_never_computes_an_lm_loss(tiny_bert, toy_files, tmp_path):
     original = model.lm_loss
     model.lm_loss = lambda *a, **k: calls.append("lm_loss") or original(*a, **k)
     encoded = task.encode(raw.train, tokenizer, raw.label_names, config.data)
-    history = run_phase2(model, task, FitData(encoded, lm_ids=[]), config, tokenizer, Runtime(progress=False), on_epoch=lambda e: None)
+    history = run_phase2(
+        model,
+        task,
+        FitData(encoded, lm_ids=[]),
+        config,
+        tokenizer,
+        Runtime(progress=False),
+        on_epoch=lambda e: None,
+    )
     assert history and calls == []
     assert all(h["lm_loss"] != h["lm_loss"] for h in history)  # NaN: not computed
 
 
 def test_second_run_reuses_the_tokenized_data(tiny_bert, toy_files, tmp_path):
-    config = _config(tiny_bert, toy_files, tmp_path / "a", phase1={"steps": 2}, phase2={"epochs": 1})
+    config = _config(
+        tiny_bert, toy_files, tmp_path / "a", phase1={"steps": 2}, phase2={"epochs": 1}
+    )
     before = data_module.TOKENIZATION_PASSES
     train(config, progress=False)
     first = data_module.TOKENIZATION_PASSES - before
@@ -120,7 +169,15 @@ def test_lm_data_never_contains_validation_texts(tiny_bert, toy_files, tmp_path)
     from sft_tune.core.prepare import lm_selection
 
     # The pool holds a copy of the held-out text v0: it is dropped; the training texts t1, t2 join.
-    keep, chosen = lm_selection(text_hashes(["u1", "v0"]), text_hashes(["v0", "t1", "t2"]), [1, 2], [0], include_labelled=True)
+    keep, chosen = lm_selection(
+        text_hashes(["u1", "v0"]),
+        text_hashes(["v0", "t1", "t2"]),
+        [1, 2],
+        [0],
+        include_labelled=True,
+    )
     assert keep.tolist() == [0] and chosen == [1, 2]
-    keep, chosen = lm_selection(text_hashes(["u1"]), text_hashes(["a", "b"]), [0], [1], include_labelled=False)
+    keep, chosen = lm_selection(
+        text_hashes(["u1"]), text_hashes(["a", "b"]), [0], [1], include_labelled=False
+    )
     assert keep.tolist() == [0] and chosen == []

