@@ -10,10 +10,9 @@ import difflib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sft_tune.errors import Problem, fail
+from sft_tune.errors import Problem
 
 
 class _Strict(BaseModel):
@@ -213,39 +212,19 @@ class RunConfig(_Strict):
     )
 
 
-def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a YAML mapping, turning missing files and syntax errors into `InputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise fail(
-            str(path),
-            str(path),
-            f"the {what} must exist",
-            "check the path (relative to the current folder)",
-        )
+def check_schema(
+    raw: dict[str, Any], base_dir: Path | None = None
+) -> tuple[RunConfig | None, list[Problem]]:
+    """The config mapping checked against the schema and the cross-field rules: (config, the
+    cross-field problems), or (None, the schema problems); relative paths are resolved against
+    `base_dir`. The task name, the task sections and the task's rules are checked by
+    `runconfig.parse_config`."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise fail(
-            str(path),
-            "(unparsable YAML)",
-            f"the {what} must be valid YAML ({err})",
-            "fix the YAML syntax",
-        ) from None
-    if not isinstance(raw, dict):
-        raise fail(
-            str(path), raw, f"the {what} must be a YAML mapping of keys", "write `key: value` lines"
-        )
-    return raw
-
-
-def validate_schema(raw: dict[str, Any]) -> tuple[RunConfig | None, list[Problem]]:
-    """The config mapping checked against the schema: (config, []) or (None, every problem).
-    The task name and the task sections are checked by `runconfig.parse_config`."""
-    try:
-        return RunConfig.model_validate(raw), []
+        config = RunConfig.model_validate(raw)
     except ValidationError as err:
         return None, problems_from_validation(err, RunConfig)
+    resolved = resolve_paths(config, base_dir) if base_dir is not None else config
+    return resolved, cross_checks(config)
 
 
 def cross_checks(config: RunConfig) -> list[Problem]:

@@ -11,17 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
-from sft_tune.config import (
-    RunConfig,
-    cross_checks,
-    problems_from_validation,
-    read_yaml,
-    resolve_paths,
-    validate_schema,
-)
-from sft_tune.errors import InputError, Problem
+from sft_tune.config import RunConfig, check_schema, problems_from_validation
+from sft_tune.errors import InputError, Problem, fail
 from sft_tune.tasks import TASKS
 
 
@@ -36,7 +30,7 @@ def parse_config(
 ) -> RunConfig:
     """Validate a config mapping; relative paths are resolved against `base_dir`. Each task
     section comes back complete (defaults filled in), as the task's options validated it."""
-    config, problems = validate_schema(raw)
+    config, problems = check_schema(raw, base_dir)
     task_name = _get(raw, "model", "task", default="classification")
     if task_name not in TASKS:
         problems.append(
@@ -51,12 +45,37 @@ def parse_config(
     problems += section_problems
     if config is not None:
         config = config.model_copy(update={"data": config.data.model_copy(update=sections)})
-        problems += cross_checks(config)
         if task_name in TASKS and not section_problems:
             problems += TASKS[task_name]().check(config)
     if problems:
         raise InputError(problems, title=f"{source}: invalid config")
-    return resolve_paths(config, base_dir) if base_dir is not None else config
+    return config
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping, turning missing files and syntax errors into `InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(
+            str(path),
+            str(path),
+            f"the {what} must exist",
+            "check the path (relative to the current folder)",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise fail(
+            str(path),
+            "(unparsable YAML)",
+            f"the {what} must be valid YAML ({err})",
+            "fix the YAML syntax",
+        ) from None
+    if not isinstance(raw, dict):
+        raise fail(
+            str(path), raw, f"the {what} must be a YAML mapping of keys", "write `key: value` lines"
+        )
+    return raw
 
 
 def task_sections(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[Problem]]:

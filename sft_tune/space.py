@@ -13,9 +13,9 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sft_tune.config import RunConfig, problems_from_validation, read_yaml, resolve_paths
+from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
 from sft_tune.errors import InputError, Problem
-from sft_tune.runconfig import parse_config
+from sft_tune.runconfig import parse_config, read_yaml
 
 
 class _Strict(BaseModel):
