@@ -26,7 +26,7 @@ def train(
     """Train both phases, evaluate on the test file, export to `model_dir` (default
     `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns the metrics."""
     task = get_task(config.model.task)
-    prepared = prepare_data(config, with_test=True)
+    prepared = prepare_data(config, task, with_test=True)
     data = prepared.fit_data(0, config, evaluate_held_out=True)
     log.info(
         "data: %d labelled for training, %d for validation, %d LM texts",
@@ -37,7 +37,9 @@ def train(
     tokenizer = load_tokenizer(config.model, task)
 
     seed_everything(config.seed)
-    model = load_model(config.model, task, prepared.label_names, tokenizer)
+    model = load_model(
+        config.model, task, prepared.label_names, tokenizer, lm_head=config.phase1.steps > 0
+    )
     rt = runtime_for(config, **({"report": report} if report else {}), progress=progress)
     model.to(rt.device)
     result = fit(model, task, data, config, tokenizer, rt)

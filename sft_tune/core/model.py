@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 class TwoPhaseModel(nn.Module):
     """Task model + LM head on its backbone; `forward` returns the phase loss parts.
 
-    One `forward` computes both losses so that DDP wraps a single module call per step.
+    One `forward` computes both losses so that DDP wraps a single module call per step. A run
+    without phase 1 has no LM head (`lm_head` None).
     """
 
-    def __init__(self, task_model: nn.Module, lm_head: nn.Module, objective: str) -> None:
+    def __init__(self, task_model: nn.Module, lm_head: nn.Module | None, objective: str) -> None:
         super().__init__()
         self.task_model = task_model
         self.lm_head = lm_head
@@ -124,27 +125,39 @@ def _gguf(model: ModelConfig) -> dict[str, Any]:
     return {"gguf_file": model.gguf_file} if model.gguf_file else {}
 
 
-def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) -> TwoPhaseModel:
+def load_model(
+    model: ModelConfig, task, label_names: Sequence[str], tokenizer, lm_head: bool = True
+) -> TwoPhaseModel:
     """Build the task model and attach the LM head of the matching LM class.
 
     A task whose model is itself a causal LM (generation) brings its own head: the LM loss uses it.
+    `lm_head` False (a run without phase 1) builds the task model alone. A GGUF checkpoint is
+    de-quantized once: with an LM head, the LM model is read from the file and the task model
+    built from its config takes the backbone's weights.
     """
     gguf = _gguf(model)
     weights = {**gguf, "dtype": torch.float32} if gguf else {}
     config = AutoConfig.from_pretrained(model.name_or_path, **gguf)
     objective = resolve_objective(model, config, tokenizer)
     lm_class = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+    own_head = task.auto_model is lm_class
+    separate_head = lm_head and not own_head
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load reports below say what matters, once
     try:
-        task_model = task.auto_model.from_pretrained(
-            model.name_or_path, **weights, **task.model_kwargs(label_names)
-        )
-        own_head = task.auto_model is lm_class
-        if not own_head:
+        if separate_head and gguf:  # read (and de-quantize) the file once, for the LM model
             lm_model, info = lm_class.from_pretrained(
                 model.name_or_path, output_loading_info=True, **weights
             )
+            task_model = _task_model_on(lm_model, task, label_names, model.name_or_path, gguf)
+        else:
+            task_model = task.auto_model.from_pretrained(
+                model.name_or_path, **weights, **task.model_kwargs(label_names)
+            )
+            if separate_head:
+                lm_model, info = lm_class.from_pretrained(
+                    model.name_or_path, output_loading_info=True, **weights
+                )
     finally:
         hf_logging.set_verbosity(verbosity)
     if task_model.config.pad_token_id is None:
@@ -153,6 +166,8 @@ def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) 
         enable_checkpointing(task_model)
     if own_head:
         return TwoPhaseModel(task_model, lm_head_of(task_model), objective)
+    if not lm_head:
+        return TwoPhaseModel(task_model, None, objective)
     fresh = [key for key in info["missing_keys"] if not key.startswith(lm_model.base_model_prefix)]
     if fresh:
         log.info(
@@ -165,6 +180,28 @@ def load_model(model: ModelConfig, task, label_names: Sequence[str], tokenizer) 
     if output is not None and output.weight is lm_model.get_input_embeddings().weight:
         output.weight = task_model.get_input_embeddings().weight  # tie to the shared backbone
     return TwoPhaseModel(task_model, head, objective)
+
+
+def _task_model_on(
+    lm_model: nn.Module, task, label_names: Sequence[str], path: str, gguf: dict[str, Any]
+) -> nn.Module:
+    """The task model with the (already de-quantized) backbone weights of `lm_model`: built from
+    the checkpoint's config (GGUF metadata only), its task head freshly initialised as
+    `from_pretrained` would."""
+    config = AutoConfig.from_pretrained(path, **gguf, **task.model_kwargs(label_names))
+    task_model = task.auto_model.from_config(config)
+    prefix = lm_model.base_model_prefix
+    backbone = {k: v for k, v in lm_model.state_dict().items() if k.startswith(prefix + ".")}
+    missing, _ = task_model.load_state_dict(backbone, strict=False)
+    unfilled = [key for key in missing if key.startswith(prefix + ".")]
+    if unfilled:
+        raise fail(
+            "model.gguf_file",
+            path,
+            f"the task model's backbone does not match the LM model's ({unfilled[0]} ...)",
+            "use a GGUF checkpoint of a Llama/GPT-like decoder",
+        )
+    return task_model
 
 
 def enable_checkpointing(task_model: nn.Module) -> None:

@@ -16,7 +16,6 @@ from sft_tune.core.data import SequenceView, TokenArray, read_unlabelled, text_h
 from sft_tune.core.model import load_tokenizer
 from sft_tune.core.splits import make_folds, split_validation
 from sft_tune.errors import fail
-from sft_tune.tasks import get_task
 
 
 @dataclass
@@ -29,8 +28,10 @@ class RawData:
     label_names: list[str]
 
 
-def read_data(config: RunConfig, task) -> RawData:
-    """Read and check every data file of the config (bad files raise `InputError`)."""
+def read_data(config: RunConfig, task, lm: bool | None = None) -> RawData:
+    """Read and check every data file of the config (bad files raise `InputError`); the
+    unlabelled files only when `lm` (default: the config runs phase 1)."""
+    lm = config.phase1.steps > 0 if lm is None else lm
     data = config.data
     train = task.read(data.train, data, "labelled training file")
     names = task.label_names(train, data)
@@ -39,8 +40,8 @@ def read_data(config: RunConfig, task) -> RawData:
     if data.test is not None:
         test = task.read(data.test, data, "labelled test file")
         task.check_labels(test, names, data.test)
-    unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column)
-    if config.phase1.steps > 0 and not unlabelled and not data.labelled_text_for_lm:
+    unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column) if lm else []
+    if lm and not unlabelled and not data.labelled_text_for_lm:
         raise fail(
             "phase1.steps",
             config.phase1.steps,
@@ -65,9 +66,8 @@ class PreparedData:
     """
 
     labelled: Any  # the task's encoded labelled set (all training examples)
-    labelled_hashes: (
-        np.ndarray
-    )  # per labelled example: hash of its text (what LM data must not hold)
+    # per labelled example: hash of its text (what LM data must not hold)
+    labelled_hashes: np.ndarray
     labelled_lm: TokenArray  # the labelled texts tokenized for the LM loss
     unlabelled: TokenArray
     unlabelled_hashes: np.ndarray
@@ -77,13 +77,16 @@ class PreparedData:
     strata: list[Any] | None = None  # per labelled example, for inner validation splits
     groups: list[Any] | None = None
     test: Any | None = None  # the task's encoded test set, when asked for
+    lm: bool = True  # whether the LM texts were read (False: no split has LM data)
 
     def lm_ids(
         self, split: int, include_labelled: bool, also_held: Sequence[int] = ()
     ) -> SequenceView:
         """The LM data of one split: unlabelled texts plus (optionally) its training texts, never a
         text of its held-out part (nor of `also_held`), also not as a copy in the unlabelled pool.
-        The rule is `lm_selection`; no token is copied."""
+        The rule is `lm_selection`; no token is copied. Empty when the LM texts were not read."""
+        if not self.lm:
+            return SequenceView([])
         train, held = self.splits[split]
         excluded = set(also_held)
         keep, chosen = lm_selection(
@@ -136,14 +139,20 @@ class PreparedData:
 
 
 def prepare_data(
-    config: RunConfig, folds: int = 1, seed: int | None = None, with_test: bool = False
+    config: RunConfig,
+    task,
+    folds: int = 1,
+    seed: int | None = None,
+    with_test: bool = False,
+    lm: bool | None = None,
 ) -> PreparedData:
     """Read, check, split and tokenize a config's data once. `folds` 1 is one split of
     data.validation_fraction (a training run's validation split, or a sweep's holdout), k >= 2
     is k-fold CV; `seed` (default the config's) shuffles the split; `with_test` also encodes the
-    test file."""
-    task = get_task(config.model.task)
-    raw = read_data(config, task)
+    test file; `lm` (default: the config runs phase 1) reads and tokenizes the LM texts, else
+    no split has LM data. `task` is the config's task (`tasks.get_task(config.model.task)`)."""
+    lm = config.phase1.steps > 0 if lm is None else lm
+    raw = read_data(config, task, lm)
     strata, groups = task.strata(raw.train), task.groups(raw.train)
     seed = config.seed if seed is None else seed
     if folds == 1:
@@ -163,9 +172,11 @@ def prepare_data(
         else []
     )
     texts = task.texts(raw.train)
-    labelled_lm_ids = tokenize(
-        texts, tokenizer, config.data.max_length, config.data.cache_dir
-    ).input_ids
+    labelled_lm_ids = (
+        tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
+        if lm
+        else []
+    )
     test = (
         task.encode(raw.test, tokenizer, raw.label_names, config.data)
         if with_test and raw.test is not None
@@ -183,6 +194,7 @@ def prepare_data(
         strata,
         groups,
         test,
+        lm,
     )
 
 

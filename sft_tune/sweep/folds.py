@@ -34,8 +34,6 @@ from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
 from sft_tune.tasks import get_task
 
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
-
-# Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 # the next trial to start creates the file and raises, so that tests can check retries.
 FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
 
@@ -66,14 +64,18 @@ class ProcessCache:
         return self._tokenizer[1]
 
     def model(
-        self, config: RunConfig, task, label_names: Sequence[str], tokenizer
+        self, config: RunConfig, task, label_names: Sequence[str], tokenizer, lm_head: bool
     ) -> tuple[Any, dict[str, Any]]:
-        """The model of this config and its pristine weights (load them into it to reset it)."""
-        key = json.dumps([config.model.model_dump(mode="json"), list(label_names), config.seed])
+        """The model of this config and its pristine weights (load them into it to reset it).
+        `lm_head`: whether the sweep can run phase 1 (its data has LM texts); then every trial of
+        the process shares one model with the LM head (phase 2 never touches it), else none has one."""
+        key = json.dumps(
+            [config.model.model_dump(mode="json"), list(label_names), config.seed, lm_head]
+        )
         if self._model is None or self._model[0] != key:
             self._model = None  # let the previous model go before the next one loads
             seed_everything(config.seed)
-            model = load_model(config.model, task, label_names, tokenizer)
+            model = load_model(config.model, task, label_names, tokenizer, lm_head=lm_head)
             pristine = {
                 name: tensor.detach().to("cpu", copy=True)
                 for name, tensor in model.state_dict().items()
@@ -101,7 +103,7 @@ def cross_validate(
     task = get_task(config.model.task)
     scores = list(scores or [])
     tokenizer = cache.tokenizer(config, task)
-    model, pristine = cache.model(config, task, data.label_names, tokenizer)
+    model, pristine = cache.model(config, task, data.label_names, tokenizer, lm_head=data.lm)
     model.to(rt.device)
     wrapped = rt.wrap(model)
     for fold in range(start, len(data.splits)):

@@ -84,18 +84,26 @@ def run_search(
     import ray
 
     from sft_tune.core.prepare import prepare_data
+    from sft_tune.tasks import get_task
 
     sweep, folder = prepare(space_path, resume)
     if resume is not None and (was := folder.moved_from()) is not None:
         log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
-    data = prepare_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
+    # LM texts are read and tokenized only when some trial can run phase 1.
+    lm = "two-phase" in sweep.arms()
+    data = prepare_data(
+        sweep.base_config,
+        get_task(sweep.base_config.model.task),
+        sweep.search.folds,
+        sweep.search.seed,
+        lm=lm,
+    )
     folder.path.mkdir(parents=True, exist_ok=True)
     with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
         started = start_ray(sweep, address)
         try:
-            if (
-                resume is None
-            ):  # written once Ray is up, so a failed start leaves no half-made sweep
+            # Written once Ray is up, so a failed start leaves no half-made sweep.
+            if resume is None:
                 folder.save_snapshot(sweep)
             print(
                 f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "

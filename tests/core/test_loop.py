@@ -181,3 +181,37 @@ def test_lm_data_never_contains_validation_texts(tiny_bert, toy_files, tmp_path)
         text_hashes(["u1"]), text_hashes(["a", "b"]), [0], [1], include_labelled=False
     )
     assert keep.tolist() == [0] and chosen == []
+
+
+def test_a_plain_run_builds_no_lm_head_and_reads_no_lm_text(
+    tiny_bert, toy_files, tmp_path, monkeypatch, caplog
+):
+    # phase1.steps 0: the unlabelled file is never opened and no LM head is built or reported.
+    import sft_tune.core.model as model_module
+    import sft_tune.core.prepare as prepare_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("a plain run read the unlabelled files")
+
+    monkeypatch.setattr(prepare_module, "read_unlabelled", never)
+    built = []
+    real_load = model_module.load_model
+    monkeypatch.setattr(
+        "sft_tune.run.load_model", lambda *a, **k: built.append(real_load(*a, **k)) or built[-1]
+    )
+    caplog.set_level("INFO")
+    metrics = train(
+        _config(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 0}, phase2={"epochs": 1}),
+        progress=False,
+    )
+    assert built[0].lm_head is None and "LM head" not in caplog.text
+    assert "0 LM texts" in caplog.text and metrics["test"]["macro_f1"] >= 0
+    assert not any(p.startswith("lm_head") for p, _ in built[0].named_parameters())
+    # With phase 1 the same config reads them (and fails here, on purpose).
+    with pytest.raises(AssertionError, match="read the unlabelled"):
+        train(
+            _config(
+                tiny_bert, toy_files, tmp_path / "out2", phase1={"steps": 1}, phase2={"epochs": 1}
+            ),
+            progress=False,
+        )

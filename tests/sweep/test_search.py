@@ -21,6 +21,7 @@ from sft_tune.errors import InputError
 from sft_tune.runconfig import load_config
 from sft_tune.sweep.folder import read_events
 from sft_tune.sweep.run import run_search
+from sft_tune.tasks import get_task
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -325,7 +326,7 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
     from sft_tune.space import load_space
 
     sweep = load_space(space)
-    data: PreparedData = prepare_data(sweep.base_config, 4, 0)
+    data: PreparedData = prepare_data(sweep.base_config, get_task("classification"), 4, 0)
     for fold, (train, held) in enumerate(data.splits):
         held_ids = {tuple(data.labelled.input_ids[i]) for i in held}
         lm = {tuple(ids) for ids in data.lm_ids(fold, include_labelled=True)}
@@ -344,7 +345,10 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(
     from sft_tune.space import load_space
 
     data = prepare_data(
-        load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config, 2, 0
+        load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config,
+        get_task("classification"),
+        2,
+        0,
     )
     ref = ray.put(data)
 

