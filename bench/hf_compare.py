@@ -43,7 +43,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import ROOT, WORDS, chatter_to, cpu_name, make_toy, say, table, toy_sentence  # noqa: E402  (bench/sweep.py)
+from harness import (  # noqa: E402  (bench/harness.py)
+    ROOT,
+    chatter_to,
+    command_line,
+    machine,
+    mean_std,
+    say,
+    show_tail,
+    table,
+)
+from sweep import WORDS, make_toy, toy_sentence  # noqa: E402  (bench/sweep.py: the toy data)
 
 
 def _pair(kind):
@@ -483,14 +493,6 @@ def run_hf(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path)
 # ----------------------------------------------------------------------------- report
 
 
-def spread(values: list[float]) -> str:
-    """mean ± standard deviation (min..max)."""
-    import statistics
-
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f} ({min(values):.4f}..{max(values):.4f})"
-
-
 def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
     rows = []
     for name, label, scored in (
@@ -521,7 +523,7 @@ def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
                 f"{r['best']['learning_rate']:.2e} x {r['best']['epochs']} ep",
                 f"{r['best_score']:.4f} ({scored})",
                 f"{r['test_macro_f1']:.4f}",
-                spread(r["test_macro_f1_seeds"]),
+                mean_std(r["test_macro_f1_seeds"], extent=True),
             ]
         )
     say(
@@ -558,7 +560,7 @@ def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
         same = configs["hf"] == configs["sft"]
         say(
             f"RATIO wall sft-tune / HF = {sides['sft']['seconds'] / sides['hf']['seconds']:.2f}; test macro-F1 sft-tune {sides['sft']['test_macro_f1']:.4f} vs HF {sides['hf']['test_macro_f1']:.4f} "
-            f"(seed 42); over {args.test_seeds} seeds sft-tune {spread(sides['sft']['test_macro_f1_seeds'])} vs HF {spread(sides['hf']['test_macro_f1_seeds'])}",
+            f"(seed 42); over {args.test_seeds} seeds sft-tune {mean_std(sides['sft']['test_macro_f1_seeds'], extent=True)} vs HF {mean_std(sides['hf']['test_macro_f1_seeds'], extent=True)}",
             (
                 f"   the HF search scores one eval split; sft-tune scores {args.folds}-fold CV ({args.folds} trainings per trial on {args.folds - 1}/{args.folds} of the data)"
                 if args.folds > 1
@@ -600,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         with chatter_to(log, True):
             s = setup(args, folder)
         say(
-            f"command: {' '.join([sys.executable, *sys.argv])}",
-            f"machine: {cpu_name()}, {os.cpu_count()} cores; torch threads {args.threads} on both sides",
+            f"command: {command_line()}",
+            f"machine: {machine()}; torch threads {args.threads} on both sides",
             f"model and data: {s['what']}; max_length {args.max_length}, batch {args.batch_size}",
             f"search: {args.trials} trials, learning rate {args.lr[0]:g}..{args.lr[1]:g} (log), epochs {args.epochs[0]}..{args.epochs[1]}, TPE seed {args.seed}",
         )
@@ -630,12 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
         return 0
     finally:
-        if not ok and log.is_file():
-            say(
-                "",
-                f"--- last lines of {log} ---",
-                *log.read_text(errors="replace").splitlines()[-40:],
-            )
+        if not ok:
+            show_tail(log, 40)
         shutil.rmtree(folder, ignore_errors=True)
 
 

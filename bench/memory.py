@@ -56,7 +56,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import chatter_to, cpu_name, make_toy, say, table  # noqa: E402  (bench/sweep.py)
+from harness import (  # noqa: E402  (bench/harness.py)
+    chatter_to,
+    command_line,
+    descendants,
+    machine,
+    proc_stats,
+    say,
+    show_tail,
+    table,
+)
+from sweep import make_toy  # noqa: E402  (bench/sweep.py: the tiny BERT and toy data)
 
 MB = 1024 * 1024
 
@@ -147,24 +157,6 @@ def process_memory(pid: int) -> dict[str, Any] | None:
     return out
 
 
-def tree(root: int) -> list[int]:
-    """root and all its descendants (from the ppid field of /proc/PID/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
 class StoreStats:
     """(bytes used, objects) of this driver's object store, from the raylet's store stats (Ray
     internals, as `ray memory --stats-only` reads them); None where unavailable."""
@@ -212,7 +204,11 @@ class Sampler:
     def _run(self) -> None:
         me, tick, store_stats = os.getpid(), 0, StoreStats()
         while True:
-            procs = {pid: m for pid in tree(me) if (m := process_memory(pid)) is not None}
+            procs = {
+                pid: m
+                for pid in descendants(me, proc_stats())
+                if (m := process_memory(pid)) is not None
+            }
             store = store_stats() if tick % 4 == 0 else None  # a gRPC call: every 4th sample
             tick += 1
             sample = {"time": time.time(), "procs": procs, "store": store}
@@ -360,10 +356,12 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
 
     from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
+    from sft_tune.tasks import get_task
 
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
-    data = prepare_data(parse_config(config), folds, 0)
+    run_config = parse_config(config)
+    data = prepare_data(run_config, get_task(run_config.model.task), folds, 0)
     pool_ids = getattr(data, "unlabelled_ids", None)
     if pool_ids is None:  # a TokenArray: flat ids + offsets
         pool_ids = [data.unlabelled[i].tolist() for i in range(len(data.unlabelled))]
@@ -462,11 +460,13 @@ def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int
     sweep's tokenized data, from the sweep's own `prepare_data` (warm cache: no tokenization)."""
     from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
+    from sft_tune.tasks import get_task
 
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
-    data = prepare_data(parse_config(config), folds, 0)
+    run_config = parse_config(config)
+    data = prepare_data(run_config, get_task(run_config.model.task), folds, 0)
     blob = pickle.dumps(data, protocol=5)
     del data
     gc.collect()
@@ -671,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_TMPDIR"] = str(folder)
     log = args.log.resolve() if args.log else folder / "chatter.log"
     say(
-        f"command: {' '.join([sys.executable, *sys.argv])}",
-        f"machine: {cpu_name()}, {os.cpu_count()} cores",
+        f"command: {command_line()}",
+        f"machine: {machine()}",
         f"sweeps {','.join(args.sweeps)}: {args.concurrent} trials each, {args.folds} folds, phase1.steps {args.steps}, "
         f"1 Train worker x {args.cpus_per_worker} CPU per trial; temp folder {folder}",
     )
@@ -729,12 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
         return 0
     finally:
-        if not ok and log.is_file():
-            say(
-                "",
-                f"--- last lines of {log} ---",
-                *log.read_text(errors="replace").splitlines()[-40:],
-            )
+        if not ok:
+            show_tail(log, 40)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -42,7 +42,9 @@ import yaml
 if TYPE_CHECKING:
     from sft_tune.config import RunConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, markdown_table, mean_std, save_report  # noqa: E402  (bench/harness.py)
+
 sys.path.insert(0, str(ROOT))
 
 PHASE2 = {
@@ -292,11 +294,7 @@ KEEP = (
 
 def write_report(args: argparse.Namespace, results: list[dict]) -> None:
     """The Markdown report, keeping the hand-written part of the old one, and its JSON next to it."""
-    old = args.report.read_text() if args.report.is_file() else ""
-    text = report(args, results)
-    if KEEP in old:
-        text += "\n" + old[old.index(KEEP) :]
-    args.report.write_text(text)
+    save_report(args.report, report(args, results), keep=KEEP)
     rows = [{**r, "sweep_dir": _rel(r["sweep_dir"])} for r in results]
     args.report.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
 
@@ -308,23 +306,36 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the pairs finished by `{command(args)}`.",
         f"Base config `{_rel(args.base)}`; every arm: {args.trials} trials x {args.folds} folds, {args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
         "",
-        "| arm | seeds | test macro-F1 (mean ± std) | test accuracy | Δ macro-F1 vs plain (per seed) | paired t p | Wilcoxon p | labelled / LM examples learned from | minutes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for arm in args.arms:
-        rows = [r for r in results if r["arm"] == arm]
-        if not rows:
+        pairs = [r for r in results if r["arm"] == arm]
+        if not pairs:
             continue
-        f1 = [100 * r["test"]["macro_f1"] for r in rows]
-        acc = [100 * r["test"]["accuracy"] for r in rows]
+        f1 = [100 * r["test"]["macro_f1"] for r in pairs]
+        acc = [100 * r["test"]["accuracy"] for r in pairs]
         stat = paired(results, arm, "macro_f1") if arm != "plain" else {}
         diffs = " ".join(f"{100 * d:+.1f}" for d in stat.get("diffs", [])) or "-"
-        lab = statistics.fmean(r["consumed"]["labelled"] for r in rows)
-        lm = statistics.fmean(r["consumed"]["unlabelled"] for r in rows)
-        lines.append(
-            f"| {arm} | {len(rows)} | {_ms(f1)} | {_ms(acc)} | {diffs} | {_p(stat.get('t_p'))} | {_p(stat.get('wilcoxon_p'))} | {lab:,.0f} / {lm:,.0f} | {statistics.fmean(r['minutes'] for r in rows):.1f} |"
+        lab = statistics.fmean(r["consumed"]["labelled"] for r in pairs)
+        lm = statistics.fmean(r["consumed"]["unlabelled"] for r in pairs)
+        rows.append(
+            [
+                arm,
+                len(pairs),
+                mean_std(f1, ".1f"),
+                mean_std(acc, ".1f"),
+                diffs,
+                _p(stat.get("t_p")),
+                _p(stat.get("wilcoxon_p")),
+                f"{lab:,.0f} / {lm:,.0f}",
+                f"{statistics.fmean(r['minutes'] for r in pairs):.1f}",
+            ]
         )
+    header = ["arm", "seeds", "test macro-F1 (mean ± std)", "test accuracy"]
+    header += ["Δ macro-F1 vs plain (per seed)", "paired t p", "Wilcoxon p"]
+    header += ["labelled / LM examples learned from", "minutes"]
     lines += [
+        *markdown_table(header, rows),
         "",
         "Examples learned from: every fold of every trial plus the retraining; an α = 0 phase 1 scores its labelled "
         "batches for the log without learning from them (not counted). Both p-values are two-sided, over the per-seed pairs: a paired t-test and a Wilcoxon signed-rank test "
@@ -354,14 +365,6 @@ def _complete(r: dict) -> int:
         trials = json.loads((ROOT / r["sweep_dir"] / "trials.json").read_text())
         r["trials_complete"] = sum(t["status"] == "COMPLETE" for t in trials)
     return r["trials_complete"]
-
-
-def _ms(values: list[float]) -> str:
-    return (
-        f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
-        if len(values) > 1
-        else f"{values[0]:.1f}"
-    )
 
 
 def _p(value: float | None) -> str:

