@@ -3,8 +3,9 @@
 The best trial is the COMPLETE one with the best CV mean; ties go to the lower standard deviation,
 then to the lower trial id (so a rerun picks the same trial). Both phases are retrained with the
 same hyperparameters on the whole labelled training file (no validation split), the test file is
-evaluated, and `SWEEP_DIR/best_model` is written atomically: a Hugging Face folder plus
-`best.json` (parameters, CV mean and std, test metrics, sweep id, library versions).
+evaluated, and `SWEEP_DIR/best_model` is written atomically, by the export of `sft-tune train`
+(`core.export.write_atomically`): a Hugging Face folder plus `best.json` (parameters, CV mean and
+std, test metrics, sweep id, library versions).
 """
 
 from __future__ import annotations
