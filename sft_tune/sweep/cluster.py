@@ -55,9 +55,19 @@ def start_ray(sweep: Sweep, address: str | None) -> bool:
         ray.init(address=address or os.environ["RAY_ADDRESS"])
         _warn_node_local_storage(sweep)
     else:
-        # The dashboard stays on: it serves users, and Train's placement-group cleaner needs its
-        # State API when a scheduler stops a multi-worker trial.
+        # A private local instance, also when a `ray start` cluster runs on this machine (Ray
+        # would attach to it and refuse num_cpus). The dashboard stays on: it serves users, and
+        # Train's placement-group cleaner needs its State API when a scheduler stops a
+        # multi-worker trial.
+        running = _running_cluster()
+        if running:
+            log.warning(
+                "a Ray cluster started with `ray start` runs on this machine (%s); this sweep "
+                "starts its own local Ray instance. To run on that cluster: --address auto",
+                running,
+            )
         ray.init(
+            address="local",
             num_cpus=os.cpu_count() or 1,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
@@ -69,6 +79,18 @@ def start_ray(sweep: Sweep, address: str | None) -> bool:
         ray.shutdown()
         raise
     return True
+
+
+def _running_cluster() -> str | None:
+    """The address of a cluster started on this machine with `ray start` (the one a plain
+    `ray.init()` would attach to), if any."""
+    try:
+        from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+        address = find_bootstrap_address(None)  # the last `ray start`, maybe stopped since
+        return address if address and address in set(find_gcs_addresses()) else None
+    except Exception:  # a private helper of Ray: only a better message depends on it
+        return None
 
 
 def _warn_node_local_storage(sweep: Sweep) -> None:
