@@ -7,11 +7,19 @@ and checked here, before Ray starts; `to_optuna` is the one translation to Optun
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
 from sft_tune.errors import InputError, Problem
@@ -79,9 +87,20 @@ class SearchSettings(_Strict):
 
     name: str = Field(
         "sweep",
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Sweep name: folder under storage_path and Optuna study name.",
+        description="Sweep name: folder under storage_path and Optuna study name; one path "
+        "component of letters, digits, `_`, `.` and `-` (not `.` or `..`).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _one_safe_component(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+            raise ValueError(
+                "must be one safe path component: letters, digits, `_`, `.` and `-`, not `.` or "
+                "`..` (the sweep folder is storage_path/NAME)"
+            )
+        return name
+
     metric: str = Field(
         "macro_f1",
         description="Task metric averaged over folds; default: the task's own (classification macro_f1, ner f1, qa f1).",

@@ -250,3 +250,15 @@ def test_the_searched_space_samples_phase1_only_parameters_only_when_phase1_runs
         )
         assert set(trial.params) == expected
     assert {t.params["phase1.steps"] for t in study.trials} == {0, 10}
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "../up", "", "na me"])
+def test_a_sweep_name_is_one_safe_path_component(tmp_path, name):
+    # `..` made the sweep folder the parent of storage_path.
+    problem = _problems(_space(tmp_path, search={"name": name}))["search.name"]
+    assert problem.value == name and "one safe path component" in problem.rule
+
+
+@pytest.mark.parametrize("name", ["sweep", "tweets-v2.1", "a_b", "..x", "x.."])
+def test_ordinary_sweep_names_are_accepted(tmp_path, name):
+    assert load_space(_space(tmp_path, search={"name": name})).search.name == name
