@@ -137,6 +137,7 @@ def terminal_summary(sweep, trials: list[Trial], best: dict[str, Any] | None) ->
             )
         )
     lines.append(f"phase 1: {phase1_verdict(sweep, trials)['statement']}")
+    lines += [f"trial {t.trial_id} ERROR: {t.error}" for t in trials if t.error]
     return "\n".join(lines)
 
 

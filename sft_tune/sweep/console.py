@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from sft_tune.sweep.folder import FINISH_KEY, new_fold
+from sft_tune.sweep.results import trial_error_text
 
 LOG_FILE = "sweep.log"
 
@@ -206,20 +207,8 @@ class ProgressView(tune.Callback):
 
 
 def _error_line(trial) -> str:
-    """The exception of a failed trial in one line (Ray's error files start with a banner)."""
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError:
-        return "see the trial's error.txt"
-    found = [
-        line
-        for line in lines
-        if ":" in line
-        and line.split(":", 1)[0].replace(".", "").isidentifier()
-        and line.split(":", 1)[0].split(".")[-1][:1].isupper()
-    ]
-    return found[-1] if found else (lines[-1] if lines else "unknown error")
+    """The exception of a failed trial in one line (`results.trial_error_text`)."""
+    return trial_error_text(trial) or "see the trial's error.txt"
 
 
 def _clock(seconds: float) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -36,6 +37,10 @@ from sft_tune.tasks import get_task
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
 # the next trial to start creates the file and raises, so that tests can check retries.
 FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
+# Testing hook, read on the driver: when set to a path that does not exist yet, the process of the
+# next trial to finish its last fold creates the file and kills itself (SIGKILL) right after that
+# fold's report, so that tests can check that such a trial stays complete.
+KILL_AFTER_LAST_FOLD_ENV = "SFT_TUNE_KILL_AFTER_LAST_FOLD"
 
 
 class ProcessCache:
@@ -226,6 +231,10 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
         job.get("fault_file"),
         cache,
     )
+    kill_file = job.get("kill_after_last_fold")
+    if kill_file and place.rank == 0 and not os.path.exists(kill_file):
+        Path(kill_file).write_text("killed after the last fold\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_saved(checkpoint) -> dict[str, Any] | None:

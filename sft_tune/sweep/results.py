@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -15,6 +16,57 @@ import yaml
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.folder import SweepFolder, fold_checkpoint
 from sft_tune.sweep.searcher import optuna_states
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (Ray colours its task names)
+
+
+def error_text(error: BaseException | str | None, traceback: Path | None = None) -> str | None:
+    """What a trial died of, readable: `Type: first line of the message` of the exception it
+    raised (Ray wraps it in a RayTaskError whose text starts with the colour-coded task name),
+    no colour codes, and where the full traceback is (`traceback`: the trial folder's error.txt)."""
+    if error is None:
+        return None
+    cause = getattr(error, "cause", None)
+    root = cause if isinstance(cause, BaseException) else error
+    lines = [line.strip() for line in ANSI.sub("", str(root)).splitlines() if line.strip()]
+    if isinstance(root, str) or (lines and lines[0].startswith("ray::")):
+        # A traceback as text (error.txt, or Ray's wrapper): its last `Type: message` line.
+        found = [line for line in lines if _names_an_exception(line)]
+        text = found[-1] if found else (lines[-1] if lines else "unknown error")
+    else:
+        name = type(root).__name__
+        text = f"{name}: {lines[0]}" if lines else name
+    return text + (f" (traceback: {traceback})" if traceback is not None else "")
+
+
+def trial_error_text(trial) -> str | None:
+    """`error_text` of a Tune trial that failed (its pickled exception, else its error.txt)."""
+    error = trial.get_pickled_error() or trial.get_error()
+    path = getattr(trial, "error_file", None)
+    written = bool(path) and Path(path).is_file()
+    if error is None and written:
+        error = Path(path).read_text()
+    # Tune writes it in the trial's local folder and syncs it to the trial's storage folder.
+    return error_text(error, Path(trial.path, Path(path).name) if written else None)
+
+
+def _traceback(trial_path: str | None) -> Path | None:
+    path = Path(trial_path, "error.txt") if trial_path else None
+    return path if path is not None and path.is_file() else None
+
+
+def _names_an_exception(line: str) -> bool:
+    """`ValueError: ...`, `ray.exceptions.ActorDiedError: ...`: a dotted name, capitalised last."""
+    name = line.split(":", 1)[0]
+    return (
+        ":" in line and name.replace(".", "").isidentifier() and name.split(".")[-1][:1].isupper()
+    )
+
+
+def all_folds_done(result: dict[str, Any] | None, folds: int) -> bool:
+    """Whether a trial's (last) result holds every fold: such a trial is COMPLETE whatever
+    happened to its process afterwards."""
+    return bool(result) and int(result.get("folds_done", 0)) >= folds
 
 
 class Status(str, Enum):
@@ -96,10 +148,10 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
             or _trial_id_from_path(result.path)
         )
         done = int(metrics.get("folds_done", 0))
-        if result.error:
-            status = Status.ERROR
-        elif done >= sweep.search.folds:
+        if done >= sweep.search.folds:  # also when its process died after the last fold
             status = Status.COMPLETE
+        elif result.error:
+            status = Status.ERROR
         elif done:  # stopped by the scheduler, or cut short by the end of the sweep's driver
             status = (
                 Status.STOPPED
@@ -118,7 +170,9 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 cv_std=metrics.get("cv_std"),
                 fold_scores=json.loads(metrics.get("fold_scores", "[]")),
                 attempts=sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
-                error=str(result.error).splitlines()[0] if result.error else None,
+                error=error_text(result.error, _traceback(result.path))
+                if status is Status.ERROR
+                else None,
                 checkpoint=fold_checkpoint(result.path, metrics),
                 worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
                 process_model_loads=metrics.get("process_model_loads", 0),
@@ -338,6 +392,7 @@ def format_table(result: SweepResult) -> str:
     for t in result.trials:
         score = f"{t.cv_mean:.4f} ± {t.cv_std:.4f}" if t.cv_mean is not None else "-"
         status = t.status.value + (" (finished after stop)" if t.finished_after_stop else "")
+        status += f": {t.error}" if t.error else ""
         rows.append(
             [
                 t.trial_id,

@@ -65,6 +65,7 @@ class FoldAwareOptunaSearch(OptunaSearch):
         self._storage_url = storage_url
         super().__init__(*args, storage=optuna.storages.RDBStorage(storage_url), **kwargs)
         self._folds = folds
+        self._last_results: dict[str, dict] = {}  # each live trial's latest result
 
     # -- persistence: the storage URL, never a live storage ----------------------------------
 
@@ -117,6 +118,8 @@ class FoldAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._study()
+        self._last_results = getattr(self, "_last_results", {})  # state saved by older versions
+        self._last_results[trial_id] = result
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -126,6 +129,10 @@ class FoldAwareOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         self._study()
+        last = getattr(self, "_last_results", {}).pop(trial_id, None)
+        if error and (result or last) and (result or last).get("folds_done", 0) >= self._folds:
+            # Its process died after the last fold: every fold is scored, the trial is complete.
+            result, error = result or last, False
         if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             # The running CV mean after each fold, as Optuna intermediate values (what TPE ranks
             # pruned trials by).

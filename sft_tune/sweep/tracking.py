@@ -22,6 +22,7 @@ from typing import Any
 from ray import tune
 
 from sft_tune.sweep.folder import FINISH_KEY, HISTORY_FILE, SweepFolder, fold_checkpoint, new_fold
+from sft_tune.sweep.results import all_folds_done, trial_error_text
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,11 @@ class WandbTrialCallback(tune.Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._submit(self._finish, self.trial_of(trial), "FAILED", 1)
+        if all_folds_done(trial.last_result, self.folds):  # died after its last fold: complete
+            self._submit(self._complete, self.trial_of(trial), self.folds)
+            return
+        error = trial_error_text(trial)
+        self._submit(self._finish, self.trial_of(trial), "FAILED", 1, error)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._submit(self._recover, self.trial_of(trial))
@@ -309,11 +314,13 @@ class WandbTrialCallback(tune.Callback):
                 "summary", run.summary.update, {"retries": run.summary.get("retries", 0) + 1}
             )
 
-    def _finish(self, key: str, status: str, exit_code: int) -> None:
+    def _finish(self, key: str, status: str, exit_code: int, error: str | None = None) -> None:
         run = self.runs.pop(key, None)
         if run is None:
             return
-        self.wandb.call("summary", run.summary.update, {"status": status})
+        self.wandb.call(
+            "summary", run.summary.update, {"status": status, **({"error": error} if error else {})}
+        )
         self.wandb.call("finish", run.finish, exit_code=exit_code)
 
     def _interrupt(self) -> None:

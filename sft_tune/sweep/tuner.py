@@ -20,7 +20,8 @@ from sft_tune.runconfig import parse_config
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
 from sft_tune.sweep.folder import FINISH_EXPERIMENT, FINISH_KEY, EventLog, SweepFolder, new_fold
-from sft_tune.sweep.folds import FAULT_FILE_ENV, ddp_worker, run_in_actor
+from sft_tune.sweep.folds import FAULT_FILE_ENV, KILL_AFTER_LAST_FOLD_ENV, ddp_worker, run_in_actor
+from sft_tune.sweep.results import all_folds_done
 from sft_tune.sweep.searcher import TUNE_METRIC, make_searcher
 
 
@@ -40,6 +41,7 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
         "metric": shared["metric"],
         "event_log": shared["event_log"],
         "fault_file": shared["fault_file"],
+        "kill_after_last_fold": shared.get("kill_after_last_fold"),
         "resume_from": resume_from,
     }
     resources = shared["resources"]
@@ -114,7 +116,9 @@ class TrialEvents(tune.Callback):
         self._log(trial, "end", status="COMPLETE" if done >= self.folds else "STOPPED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._log(trial, "end", status="ERROR")
+        # A trial whose process died after its last fold is complete.
+        complete = all_folds_done(trial.last_result, self.folds)
+        self._log(trial, "end", status="COMPLETE" if complete else "ERROR")
 
 
 def shared_inputs(
@@ -129,6 +133,7 @@ def shared_inputs(
         "train_storage": folder.train_storage,
         "event_log": str(folder.file(folder.EVENTS)),
         "fault_file": os.environ.get(FAULT_FILE_ENV),
+        "kill_after_last_fold": os.environ.get(KILL_AFTER_LAST_FOLD_ENV),
         "finish": finish or {},
     }
 
