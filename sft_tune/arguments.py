@@ -1,0 +1,186 @@
+"""The `sft-tune` command line's arguments: one parser for the CLI (`cli.py` runs each command)
+and for `submit`, which checks a forwarded command the way the job will parse it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sft-tune",
+        description="Two-phase supervised fine-tuning: phase 1 minimizes L_lm + alpha * L_task on "
+        "unlabelled and labelled data through one backbone, phase 2 minimizes L_task.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train both phases from a run config, test, export",
+        description="Train both phases from a run config (YAML; see README 'Config reference'), evaluate on the test file, and export a Hugging Face model folder to OUTPUT_DIR/model.",
+    )
+    train.add_argument("--config", type=Path, required=True, help="run config YAML file")
+    train.add_argument(
+        "--output-dir", type=Path, default=None, help="override the config's output_dir"
+    )
+    train.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (log lines only)"
+    )
+
+    predict = sub.add_parser(
+        "predict",
+        help="run an exported model over a file (JSONL out)",
+        description="Run an exported model over each row of INPUT (CSV, JSONL, Parquet or dataset folder); writes one JSON line per row: classification: the label and every label's probability; ner: the entities with type, character offsets and score; qa: the answer with its score and character offsets. Columns default to the ones the model was trained with (its run.json).",
+    )
+    predict.add_argument(
+        "--model", type=Path, required=True, help="exported model folder (OUTPUT_DIR/model)"
+    )
+    predict.add_argument("--input", type=Path, required=True, help="file of texts to label")
+    predict.add_argument(
+        "--text-column",
+        default=None,
+        help="column holding the text (classification, ner; default: as in training)",
+    )
+    predict.add_argument(
+        "--tokens-column",
+        default=None,
+        help="column holding lists of words (ner; default: as in training)",
+    )
+    predict.add_argument(
+        "--question-column",
+        default=None,
+        help="column holding the question (qa; default: as in training)",
+    )
+    predict.add_argument(
+        "--context-column",
+        default=None,
+        help="column holding the context (qa; default: as in training)",
+    )
+    predict.add_argument(
+        "--output", type=Path, default=None, help="JSONL file to write (default: stdout)"
+    )
+    predict.add_argument(
+        "--batch-size", type=int, default=32, help="texts per forward pass (default: 32)"
+    )
+    search = sub.add_parser(
+        "search",
+        help="search hyperparameters with Ray Tune + Optuna, scored by k-fold CV",
+        description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation (a 1-worker trial in its own reused Tune actor, a multi-worker one as a Ray Train DDP run). Stopped trials whose partial CV mean reaches the best complete one are finished before the best is chosen, retrained on all labelled data, tested and exported. The terminal shows one progress line per trial event; Ray's own output goes to STORAGE_PATH/NAME/sweep.log. Results go to STORAGE_PATH/NAME (see README 'sft-tune search').",
+    )
+    search.add_argument(
+        "--space", type=Path, default=None, help="search-space YAML (see search_spaces/)"
+    )
+    search.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="resume the interrupted sweep in DIR (no rerun of finished trials; DIR may have been moved, not renamed)",
+    )
+    search.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray with the dashboard on 127.0.0.1)",
+    )
+    search.add_argument(
+        "--no-wandb",
+        action="store_true",
+        help="no W&B runs (default: one offline W&B run per trial, unless WANDB_MODE says otherwise)",
+    )
+    search.add_argument(
+        "--no-select",
+        action="store_true",
+        help="skip retraining and exporting the best configuration at the end",
+    )
+    search.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also show Ray's, Tune's and Train's own output (status tables, INFO logs), which otherwise goes only to SWEEP_DIR/sweep.log",
+    )
+
+    select = sub.add_parser(
+        "select",
+        help="retrain the best trial of a sweep on all data, test, export",
+        description="Take the best COMPLETE trial of SWEEP_DIR by CV mean (ties: lower std, then lower trial id), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best.",
+    )
+    select.add_argument(
+        "sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)"
+    )
+    select.add_argument("--no-wandb", action="store_true", help="do not log the best model to W&B")
+    select.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    report = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a sweep",
+        description="Write SWEEP_DIR/report.html (optimization history, parallel coordinates, alpha against CV score, fold spread per trial, loss curves of the best configuration) and print a short summary.",
+    )
+    report.add_argument(
+        "sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)"
+    )
+    report.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="HTML file to write (default: SWEEP_DIR/report.html)",
+    )
+    submit = sub.add_parser(
+        "submit",
+        help="run a command (search, train, select, report) on a Ray cluster as a Ray Job",
+        description="Submit `sft-tune COMMAND ...` to a Ray cluster through the Job Submission API, with a copy of this project as the job's working directory: the files git tracks (minus .rayignore) plus the files the command reads inside the project, never secret-looking files (.env*, *token*, *credential*, *secret*, *.pem, *.key, .netrc, .ray-token/); the upload's count, size and largest files are printed first. The command is checked locally first, its paths read relative to the project folder as the job will. The Ray token comes from --token-file, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token and is never printed or sent anywhere but the Authorization header.",
+        epilog="example: sft-tune submit --address http://HEAD:8265 --follow -- search --space search_spaces/alpha.yaml",
+    )
+    submit.add_argument(
+        "--address", required=True, help="the head's dashboard address, e.g. http://HEAD:8265"
+    )
+    submit.add_argument(
+        "--follow",
+        action="store_true",
+        help="stream the job's logs and exit with its outcome (0 = SUCCEEDED)",
+    )
+    submit.add_argument(
+        "--token-file", type=Path, default=None, help="file holding the cluster's Ray token"
+    )
+    submit.add_argument(
+        "--pip",
+        action="append",
+        default=None,
+        metavar="REQ",
+        help="pip requirement to install for the job (repeatable)",
+    )
+    submit.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the job (repeatable; secrets are refused). WANDB_MODE (default offline) and HF_HUB_OFFLINE are forwarded when set",
+    )
+    submit.add_argument(
+        "command_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="the sft-tune command to run on the cluster",
+    )
+
+    jobs = sub.add_parser(
+        "jobs",
+        help="status, logs or stop of a submitted job",
+        description="Look after a job submitted with `sft-tune submit`.",
+    )
+    jobs.add_argument("action", choices=["status", "logs", "stop"], help="what to do")
+    jobs.add_argument("job_id", metavar="JOB_ID", help="the id printed by `sft-tune submit`")
+    jobs.add_argument(
+        "--address", required=True, help="the head's dashboard address, e.g. http://HEAD:8265"
+    )
+    jobs.add_argument(
+        "--token-file", type=Path, default=None, help="file holding the cluster's Ray token"
+    )
+    jobs.add_argument(
+        "--follow",
+        action="store_true",
+        help="with logs: stream until the job ends and exit with its outcome",
+    )
+    return parser
