@@ -1,23 +1,29 @@
 """`sft-tune submit` and `sft-tune jobs`: run a command of this tool on a Ray cluster as a Ray Job.
 
-The job carries the project's working directory (minus what `.gitignore` and `.rayignore` leave
-out), chosen environment variables and optional pip requirements. The Ray token comes from
-`--token-file`, `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`, travels only in
-the request's Authorization header, and is never printed, logged or put into the job's runtime
-environment or metadata. W&B keys are never forwarded either: configure them on the cluster.
+The job runs from an uploaded copy of the project folder (what goes into it: `sft_tune.upload`),
+so the command is checked locally as the job will run it: its files relative to the project
+folder, and inside it. The Ray token comes from `--token-file`, `$RAY_AUTH_TOKEN`,
+`$RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`, travels only in the request's Authorization header,
+and is never printed, logged or put into the job's runtime environment or metadata. Secret-like
+environment variables (W&B keys included) are never forwarded either: configure them on the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from sft_tune.arguments import build_parser
 from sft_tune.errors import InputError, fail
+from sft_tune.upload import build_package
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FORWARDED_ENV = (
@@ -28,13 +34,9 @@ FORWARDED_ENV = (
     "HF_ENDPOINT",
     "TOKENIZERS_PARALLELISM",
 )
-SECRET_ENV = (
-    "RAY_AUTH_TOKEN",
-    "WANDB_API_KEY",
-    "HF_TOKEN",
-    "AWS_SECRET_ACCESS_KEY",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
+# An --env name holding one of these parts (any case) is taken for a secret and refused.
+SECRET_ENV_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "NETRC", "AUTH")
+AGENT_WAIT_S = 60.0  # a fresh head refuses jobs ("No available agent") until its agent is up
 LOG_TAIL_LINES = 40
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -99,19 +101,21 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise fail("--env", pair, "must be KEY=VALUE", "write e.g. --env WANDB_MODE=online")
-        if key in SECRET_ENV or "TOKEN" in key or "SECRET" in key or key.endswith("_KEY"):
+        if key not in FORWARDED_ENV and any(part in key.upper() for part in SECRET_ENV_PARTS):
             raise fail(
                 "--env",
                 f"{key}=(hidden)",
-                "secrets are not sent with a job (they would be visible in its runtime environment)",
+                "secrets are not sent with a job (they would be visible in its runtime environment);"
+                f" names containing {', '.join(SECRET_ENV_PARTS)} (any case) count as secrets",
                 f"set {key} on the cluster nodes instead (e.g. a Kubernetes Secret or the node environment)",
             )
         env[key] = value
     return env
 
 
-def check_command(command: list[str]) -> None:
-    """Validate the command locally first, so a bad space or config fails before anything is sent."""
+def check_command(command: list[str], root: Path = PROJECT_ROOT) -> list[Path]:
+    """Validate the command locally as the job will run it (from the uploaded copy of `root`), so a
+    bad path, space or config fails before anything is sent; return the files the command reads."""
     if not command or command[0] not in ("search", "train", "select", "report"):
         raise fail(
             "command",
@@ -119,15 +123,85 @@ def check_command(command: list[str]) -> None:
             "must be one of: search, train, select, report (after `--`)",
             "e.g. sft-tune submit --address http://HEAD:8265 -- search --space search_spaces/alpha.yaml",
         )
-    options = dict(zip(command[1::1], command[2::1]))
-    if command[0] == "search" and "--space" in options:
+    root = Path(root).resolve()
+    args = _parse_command(command)
+    if command[0] == "search" and (args.space is None) == (args.resume is None):
+        raise fail(
+            "--space / --resume",
+            shlex.join(command),
+            "give exactly one of --space FILE (new sweep) and --resume DIR (continue one)",
+            "e.g. sft-tune submit ... -- search --space search_spaces/alpha.yaml",
+        )
+    if command[0] == "search" and args.space is not None:
+        from sft_tune.runconfig import read_yaml
         from sft_tune.space import load_space
 
-        load_space(options["--space"])
-    if command[0] == "train" and "--config" in options:
+        space = _job_path("--space", args.space, root)
+        sweep = load_space(space)
+        base = read_yaml(space, "search-space file").get("base")
+        return [space, *([space.parent / base] if base else []), *_reads(sweep.base_config)]
+    if command[0] == "train":
         from sft_tune.runconfig import load_config
 
-        load_config(options["--config"])
+        config = _job_path("--config", args.config, root)
+        return [config, *_reads(load_config(config))]
+    return []  # SWEEP_DIR and --resume DIR live on the cluster's storage: not checked here
+
+
+def _parse_command(command: list[str]):
+    """Parse the command with the CLI's own parser (both `--opt FILE` and `--opt=FILE` forms)."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            return build_parser().parse_args(command)
+    except SystemExit:
+        reason = (said.getvalue().strip().splitlines() or ["unparsable"])[-1]
+        raise fail(
+            "command",
+            shlex.join(command),
+            f"must be valid arguments of `sft-tune {command[0]}` ({reason})",
+            f"see `sft-tune {command[0]} --help`",
+        ) from None
+
+
+def _job_path(option: str, value: Path, root: Path) -> Path:
+    """The file the job will read for `option`: the job runs from an uploaded copy of `root`, so a
+    path must be relative to `root` (not to the current folder) and stay inside it."""
+    job = (root / value).resolve()  # (an absolute `value` stays itself)
+    inside = job.is_relative_to(root)
+    if value.is_absolute() or not inside:
+        raise fail(
+            option,
+            str(value),
+            f"must be a path relative to the project folder {root}, which the job runs from"
+            + (" (absolute local paths do not exist there)" if inside else ", and inside it"),
+            f"pass {option} {job.relative_to(root)}"
+            if inside
+            else f"move or copy the file into {root} and pass its path relative to it",
+        )
+    if job.is_file():
+        return job
+    here = value.resolve()  # what was probably meant: relative to the current folder
+    if here.is_file() and here.is_relative_to(root):
+        fix = f"pass {option} {here.relative_to(root)} (relative to the project folder, not to the current folder)"
+    elif here.is_file():
+        fix = f"move or copy {here} into {root} and pass its path relative to it"
+    else:
+        fix = f"check the path: it is read relative to {root}"
+    raise fail(
+        option,
+        str(value),
+        f"must name a file in the project folder {root}, which the job runs from ({job} does not exist)",
+        fix,
+    )
+
+
+def _reads(config) -> list[Path]:
+    """The local files and folders a run config reads (data, and the model when it is local)."""
+    data = config.data
+    paths = [data.train, *([data.test] if data.test else []), *data.unlabelled]
+    model = Path(config.model.name_or_path)
+    return [Path(p) for p in paths] + ([model] if model.is_absolute() and model.exists() else [])
 
 
 def submit(
@@ -140,25 +214,37 @@ def submit(
     working_dir: Path = PROJECT_ROOT,
 ) -> int:
     """Submit `sft-tune COMMAND` as a Ray Job; with `follow`, stream its logs and return its outcome."""
-    check_command(command)
+    reads = check_command(command, working_dir)
     job_env = parse_env(env or [])
+    package = build_package(working_dir, reads)
     jobs = client(address, token_file)
-    runtime_env: dict[str, Any] = {"working_dir": str(working_dir), "env_vars": job_env}
-    if pip:
-        runtime_env["pip"] = list(pip)
+    print(package.summary())
     entrypoint = "python -m sft_tune " + shlex.join(command)
-    try:
-        job_id = jobs.submit_job(
-            entrypoint=entrypoint,
-            runtime_env=runtime_env,
-            metadata={"tool": "sft-tune", "command": command[0]},
-        )
-    except Exception as err:
-        _reraise_refused(err, address)
-        raise
+    with tempfile.TemporaryDirectory(prefix="sft-tune-job-") as folder:
+        package.copy_to(Path(folder))
+        runtime_env: dict[str, Any] = {"working_dir": folder, "env_vars": job_env}
+        if pip:
+            runtime_env["pip"] = list(pip)
+        job_id = _submit_job(jobs, address, entrypoint, runtime_env, command[0])
     print(f"submitted job {job_id}: {entrypoint}")
     print(f"follow it: sft-tune jobs logs {job_id} --address {address} --follow")
     return follow_job(jobs, job_id) if follow else 0
+
+
+def _submit_job(jobs, address: str, entrypoint: str, runtime_env: dict, name: str) -> str:
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                metadata={"tool": "sft-tune", "command": name},
+            )
+        except Exception as err:
+            _reraise_refused(err, address)
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)  # the head is still starting its job agent
 
 
 def follow_job(jobs, job_id: str) -> int:

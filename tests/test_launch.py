@@ -1,13 +1,18 @@
 """Every launch file loads, passes Ray's own cluster-config schema where Ray ships one, and keeps
-token authentication on."""
+token authentication on; the cluster launcher's head commands start a token-auth head from a
+clean machine (run here against a real `ray start --head`, marked `ray`)."""
 
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from jobs import RAY, free_port, job_env, running_head, short_temp_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = sorted((ROOT / "launch").rglob("*.y*ml"))
@@ -57,3 +62,68 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
     else:
         pytest.fail(f"{path} is neither a cluster launcher config nor a RayJob")
     assert "WANDB_API_KEY=" not in text and "auth_token:" not in text
+
+
+def _sandboxed(command: str, port: int, dashboard: int, temp_dir: Path) -> str:
+    """A head start command of the launch config, adapted to this machine: a free port, the
+    dashboard on a free port, a private temp dir, no autoscaler (it would call AWS), and `--block`
+    so that the test owns the head's processes."""
+    assert "--port=6379" in command and "--autoscaling-config=" in command, command
+    command = command.replace("--port=6379", f"--port={port}")
+    command = re.sub(r"--autoscaling-config=\S+", "", command)
+    return f"{command} --dashboard-port={dashboard} --temp-dir={temp_dir} --num-cpus=1 --block"
+
+
+@pytest.mark.ray
+def test_aws_head_commands_start_a_token_auth_head_on_a_clean_machine(tmp_path):
+    """The head's start commands, run as written (but `ray stop`) under an empty HOME: they must
+    create the token, start a token-auth head, and hand the workers a token file that works."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    config = _load(ROOT / "launch" / "aws-gpu-cluster.yaml")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = job_env(HOME=str(home))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        env.pop(key, None)  # a clean machine: no token anywhere but what the commands make
+    port, dashboard = free_port(), free_port()
+    # `ray stop` ends every Ray process on the machine (other people's too): never run it here.
+    commands = [c for c in config["head_start_ray_commands"] if c.strip() != "ray stop"]
+    (start,) = [i for i, c in enumerate(commands) if "ray start" in c]
+    for command in commands[:start]:
+        done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.strip()) == 0  # the token is never printed into `ray up`'s log
+    token_file = home / ".ray" / "auth_token"
+    assert token_file.is_file() and oct(token_file.stat().st_mode & 0o777) == "0o600"
+    token = token_file.read_text().strip()
+    temp_dir = short_temp_dir()
+    sandboxed = _sandboxed(commands[start], port, dashboard, temp_dir)
+    try:
+        with running_head(sandboxed, env, tmp_path / "head.log"):
+            for command in commands[start + 1 :]:
+                done = subprocess.run(["bash", "-c", command], env=env, capture_output=True)
+                assert done.returncode == 0, done.stderr
+            address = f"http://127.0.0.1:{dashboard}"
+            headers = {"Authorization": f"Bearer {token}"}
+            assert JobSubmissionClient(address, headers=headers).list_jobs() == []
+            with pytest.raises(AuthenticationError):  # a client without the token is refused
+                JobSubmissionClient(address).list_jobs()
+            # A worker's view: a home holding only the synced ~/sft-tune, and the worker start
+            # command's RAY_AUTH_* settings.
+            worker_home = tmp_path / "worker-home"
+            shutil.copytree(home / "sft-tune", worker_home / "sft-tune")
+            (worker,) = [c for c in config["worker_start_ray_commands"] if "ray start" in c]
+            worker_env = dict(re.findall(r"(RAY_AUTH_\w+)=(\S+)", worker))
+            worker_env = {k: v.replace("~", str(worker_home), 1) for k, v in worker_env.items()}
+            assert Path(worker_env["RAY_AUTH_TOKEN_PATH"]).read_text().strip() == token
+            status = [RAY, "status", f"--address=127.0.0.1:{port}"]
+            worker_env = {**env, "HOME": str(worker_home), **worker_env}
+            done = subprocess.run(status, env=worker_env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            wrong = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * len(token)}
+            done = subprocess.run(status, env=wrong, capture_output=True, text=True)
+            assert done.returncode != 0 and "InvalidAuthToken" in done.stdout + done.stderr
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,69 +1,58 @@
-"""`sft-tune submit` against a real local Ray head with token authentication (marked `ray`)."""
+"""`sft-tune submit` against a real local Ray head with token authentication (marked `ray`), and
+its local checks (no Ray)."""
 
 import json
-import os
+import re
 import secrets
-import socket
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_toy_files, run_config_dict, write_space
+from conftest import ROOT, run_config_dict, write_space
+from jobs import RAY, SECRET_DECOYS, free_port, job_env, make_project, running_head, short_temp_dir
 
 from sft_tune.cli import main
+from sft_tune.errors import InputError
+from sft_tune.submit import check_command, parse_env, submit
+from sft_tune.upload import is_secret
 
-pytestmark = pytest.mark.ray
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+TINY_SPACE = "search_spaces/tiny.yaml"  # tracked, passes the local check (its data are not read)
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head started with `ray start`, token auth on, dashboard on loopback; stopped by `ray stop`."""
+    """A Ray head started with `ray start --block`, token auth on, dashboard on loopback, its own
+    temp dir; stopped through its process group (never `ray stop`)."""
     folder = tmp_path_factory.mktemp("head")
     token = secrets.token_hex(32)
     (folder / "token").write_text(token)
-    # Job drivers run `python` from the head's PATH: this interpreter's (the test venv's) first.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {
-        **os.environ,
-        "PATH": path,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "WANDB_MODE": "offline",
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("RAY_ADDRESS", None)
-    port, dashboard = _free_port(), _free_port()
+    temp_dir = short_temp_dir()
+    port, dashboard = free_port(), free_port()
     start = [
         RAY,
         "start",
         "--head",
+        "--block",
         f"--port={port}",
         "--num-cpus=2",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
+        f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
+    env = job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     try:
-        done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        yield {
-            "address": f"http://127.0.0.1:{dashboard}",
-            "token": token,
-            "token_file": folder / "token",
-            "folder": folder,
-        }
+        with running_head(start, env, folder / "head.log"):
+            yield {
+                "address": f"http://127.0.0.1:{dashboard}",
+                "token": token,
+                "token_file": folder / "token",
+                "temp_dir": temp_dir,
+            }
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=180)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -72,34 +61,64 @@ def token_env(ray_head, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
-def test_submitted_search_succeeds_and_leaves_results_and_best_model(
+def _unpacked(ray_head, job_id: str) -> Path:
+    """The job's working directory as the head unpacked it (from the package Ray received)."""
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(
+        ray_head["address"], headers={"Authorization": f"Bearer {ray_head['token']}"}
+    ).get_job_info(job_id)
+    package = info.runtime_env["working_dir"].rsplit("/", 1)[-1].removesuffix(".zip")
+    (folder,) = ray_head["temp_dir"].glob(
+        f"session_2*/runtime_resources/working_dir_files/{package}"
+    )
+    return folder
+
+
+@pytest.mark.ray
+def test_submitted_search_uploads_tracked_and_needed_files_never_secrets(
     ray_head, token_env, tiny_bert, tmp_path, capsys
 ):
-    files = make_toy_files(tmp_path)
-    space = write_space(tmp_path, tiny_bert, files, "submitted", num_trials=1, scheduler="none")
-    code = main(
-        [
-            "submit",
-            "--address",
-            ray_head["address"],
-            "--follow",
-            "--",
-            "search",
-            "--space",
-            str(space),
-        ]
+    project = tmp_path / "project"
+    data = make_project(project)  # data untracked (git-ignored), read through relative paths
+    write_space(project, tiny_bert, data, "submitted", num_trials=1, scheduler="none")
+    code = submit(
+        ray_head["address"],
+        ["search", "--space", "submitted.yaml"],
+        follow=True,
+        working_dir=project,
     )
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
     assert "submitted job" in out.out and "SUCCEEDED" in out.out
     assert ray_head["token"] not in out.out + out.err  # the token is never printed
-    folder = tmp_path / "sweeps" / "submitted"
+    expected = {
+        "notes.md",
+        "vocab/tokenizer.json",
+        "submitted.yaml",
+        *(p.as_posix() for p in data.values()),
+    }
+    size = sum((project / name).stat().st_size for name in expected)
+    assert f"uploading {len(expected)} files ({size / 1024:.1f} KiB)" in out.out
+    largest = max(expected, key=lambda name: (project / name).stat().st_size)
+    assert f"largest: {largest} (" in out.out and "scratch.txt" in out.out
+    assert "names that look like secrets: .env" in out.out  # tracked, and still left out
+    job_id = out.out.split("submitted job ")[1].split(":")[0]
+    unpacked = {
+        p.relative_to(folder).as_posix()
+        for folder in [_unpacked(ray_head, job_id)]
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+    assert expected <= unpacked  # the job read its data from there and succeeded
+    assert not set(SECRET_DECOYS) & unpacked and not any(is_secret(name) for name in unpacked)
+    assert "scratch.txt" not in unpacked  # untracked and not read by the command
+    folder = project / "sweeps" / "submitted"
     trials = json.loads((folder / "trials.json").read_text())
     assert [t["status"] for t in trials] == ["COMPLETE"]
     assert (folder / "best_model" / "config.json").is_file() and (
         folder / "best_model" / "best.json"
     ).is_file()
-    job_id = out.out.split("submitted job ")[1].split(":")[0]
     assert main(["jobs", "status", job_id, "--address", ray_head["address"]]) == 0
     assert "SUCCEEDED" in capsys.readouterr().out
     from ray.job_submission import JobSubmissionClient
@@ -116,37 +135,28 @@ def test_submitted_search_succeeds_and_leaves_results_and_best_model(
             assert ray_head["token"] not in path.read_text(errors="ignore"), path
 
 
+@pytest.mark.ray
 def test_a_failing_job_exits_non_zero_with_its_log_tail(
     ray_head, token_env, tiny_bert, tmp_path, capsys
 ):
-    files = make_toy_files(tmp_path)
-    raw = run_config_dict(tiny_bert, {**files, "train": tmp_path / "missing.csv"}, tmp_path / "out")
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    code = main(
-        [
-            "submit",
-            "--address",
-            ray_head["address"],
-            "--follow",
-            "--",
-            "train",
-            "--config",
-            str(tmp_path / "cfg.yaml"),
-        ]
+    project = tmp_path / "project"
+    data = make_project(project)
+    raw = run_config_dict(tiny_bert, {**data, "train": Path("missing.csv")}, tmp_path / "out")
+    (project / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    code = submit(
+        ray_head["address"], ["train", "--config=cfg.yaml"], follow=True, working_dir=project
     )
     err = capsys.readouterr().err
     assert code == 1
     assert "log lines of job" in err and "missing.csv" in err
 
 
-def test_wrong_or_missing_token_is_refused_clearly(
-    ray_head, tmp_path, monkeypatch, capsys, tiny_bert
-):
-    space = write_space(tmp_path, tiny_bert, make_toy_files(tmp_path), "refused")
+@pytest.mark.ray
+def test_wrong_or_missing_token_is_refused_clearly(ray_head, tmp_path, monkeypatch, capsys):
     (tmp_path / "wrong").write_text("not-the-token")
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(key, raising=False)
-    command = ["--", "search", "--space", str(space)]
+    command = ["--", "search", "--space", TINY_SPACE]
     assert (
         main(
             [
@@ -160,41 +170,137 @@ def test_wrong_or_missing_token_is_refused_clearly(
         )
         == 2
     )
-    assert "refused the token" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "refused the token" in out.err and "submitted job" not in out.out
     monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
     assert main(["submit", "--address", ray_head["address"], *command]) == 2
-    err = capsys.readouterr().err
-    assert "RAY_AUTH_TOKEN" in err and "--token-file" in err
-    assert not (tmp_path / "sweeps").exists()  # nothing ran
+    out = capsys.readouterr()
+    assert "RAY_AUTH_TOKEN" in out.err and "--token-file" in out.err
+    assert "submitted job" not in out.out  # nothing was sent
 
 
-def test_secrets_are_not_sent_with_a_job(ray_head, token_env, tmp_path, capsys, tiny_bert):
-    space = write_space(tmp_path, tiny_bert, make_toy_files(tmp_path), "secret")
-    assert (
-        main(
-            [
-                "submit",
-                "--address",
-                ray_head["address"],
-                "--env",
-                "WANDB_API_KEY=abc123",
-                "--",
-                "search",
-                "--space",
-                str(space),
-            ]
-        )
-        == 2
-    )
+@pytest.mark.ray
+def test_secrets_are_not_sent_with_a_job(ray_head, token_env, capsys):
+    command = ["--", "search", "--space", TINY_SPACE]
+    env = ["--env", "WANDB_API_KEY=abc123"]
+    assert main(["submit", "--address", ray_head["address"], *env, *command]) == 2
     err = capsys.readouterr().err
     assert "secrets are not sent" in err and "abc123" not in err
 
 
-def test_bad_space_is_caught_before_submitting(ray_head, token_env, tmp_path, capsys):
-    path = tmp_path / "bad.yaml"
-    path.write_text("params: {}\n")
-    assert (
-        main(["submit", "--address", ray_head["address"], "--", "search", "--space", str(path)])
-        == 2
+@pytest.mark.parametrize(
+    "name",
+    [
+        "WANDB_API_KEY",
+        "wandb_api_key",
+        "DB_PASSWORD",
+        "WANDB_PASSWORD",
+        "NETRC",
+        "MY_APIKEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "HF_TOKEN",
+        "RAY_AUTH_TOKEN",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "SMTP_PASSWD",
+        "basic_auth",
+    ],
+)
+def test_secret_environment_variables_are_refused(name):
+    with pytest.raises(InputError) as err:
+        parse_env([f"{name}=s3cr3t"])
+    message = str(err.value)
+    assert "--env" in message and f"{name}=(hidden)" in message and "s3cr3t" not in message
+    assert "secrets are not sent" in message and f"set {name} on the cluster nodes" in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "WANDB_MODE",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "HF_HUB_OFFLINE",
+        "HF_ENDPOINT",
+        "TOKENIZERS_PARALLELISM",
+        "OMP_NUM_THREADS",
+    ],
+)
+def test_plain_environment_variables_are_forwarded(name):
+    assert parse_env([f"{name}=1"])[name] == "1"
+
+
+def _paths_project(root: Path, tiny_bert: Path) -> None:
+    """A project with a valid config and space under configs/, a bad one of each, and a subfolder."""
+    data = make_project(root)
+    raw = run_config_dict(tiny_bert, {k: Path("..") / p for k, p in data.items()}, root / "out")
+    (root / "configs").mkdir()
+    (root / "configs" / "run.yaml").write_text(yaml.safe_dump(raw))
+    (root / "configs" / "bad.yaml").write_text("model: {}\n")
+    write_space(root / "configs", tiny_bert, {k: Path("..") / p for k, p in data.items()}, "space")
+    (root / "configs" / "badspace.yaml").write_text("params: {}\n")
+    (root / "sub").mkdir()
+
+
+@pytest.mark.parametrize(
+    "option, good, bad",
+    [("--config", "run.yaml", "bad.yaml"), ("--space", "space.yaml", "badspace.yaml")],
+)
+@pytest.mark.parametrize("form", ["separate", "joined"])
+def test_check_command_reads_paths_as_the_job_does_in_both_forms(
+    tmp_path, tiny_bert, monkeypatch, option, good, bad, form
+):
+    root = tmp_path / "project"
+    _paths_project(root, tiny_bert)
+    command = "train" if option == "--config" else "search"
+
+    def check(path: str) -> list[Path]:
+        argument = [option, path] if form == "separate" else [f"{option}={path}"]
+        return check_command([command, *argument], root)
+
+    monkeypatch.chdir(root / "sub")  # the job runs from the project root, not from here
+    reads = check(f"configs/{good}")
+    assert reads[0] == (root / "configs" / good).resolve()
+    assert (root / "data" / "train.csv").resolve() in reads  # its data, resolved for the upload
+    with pytest.raises(InputError, match="invalid"):  # checked, in both forms
+        check(f"configs/{bad}")
+    monkeypatch.chdir(root / "configs")
+    with pytest.raises(InputError) as err:  # fine from here, but not where the job runs
+        check(good)
+    assert f"got '{good}'" in str(err.value) and f"pass {option} configs/{good}" in str(err.value)
+    for outside in (str(tmp_path / "elsewhere.yaml"), "../../elsewhere.yaml"):
+        (tmp_path / "elsewhere.yaml").write_text((root / "configs" / good).read_text())
+        with pytest.raises(InputError) as err:
+            check(outside)
+        assert option in str(err.value) and "move or copy the file into" in str(err.value)
+    with pytest.raises(InputError) as err:  # an absolute path inside the project
+        check(str(root / "configs" / good))
+    assert f"pass {option} configs/{good}" in str(err.value)
+
+
+def test_submit_exits_2_on_a_path_the_job_would_not_find(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no token: the check must come first anyway
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(ROOT / "search_spaces")
+    address = f"http://127.0.0.1:{free_port()}"
+    for argument in (["--space", "tiny.yaml"], ["--space=tiny.yaml"]):
+        assert main(["submit", "--address", address, "--", "search", *argument]) == 2
+        err = capsys.readouterr().err
+        assert "--space: got 'tiny.yaml'" in err and f"pass --space {TINY_SPACE}" in err
+    assert main(["submit", "--address", address, "--", "train", "--config=no/such.yaml"]) == 2
+    assert re.search(
+        r"--config: got 'no/such\.yaml'; must name a file in the project folder",
+        capsys.readouterr().err,
     )
-    assert "invalid search space" in capsys.readouterr().err
+
+
+def test_bad_space_is_caught_before_submitting(tmp_path):
+    make_project(tmp_path / "project")
+    (tmp_path / "project" / "bad.yaml").write_text("params: {}\n")
+    with pytest.raises(InputError, match="invalid search space"):
+        submit(
+            "http://127.0.0.1:9",
+            ["search", "--space", "bad.yaml"],
+            working_dir=tmp_path / "project",
+        )
