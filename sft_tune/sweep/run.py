@@ -29,7 +29,7 @@ from sft_tune.sweep.results import (
     search_ended,
     summarize,
 )
-from sft_tune.sweep.searcher import record_finished
+from sft_tune.sweep.searcher import close_orphans, record_finished
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,10 @@ def _search(
     from sft_tune.sweep.tuner import TrialEvents, make_finishing_tuner, make_tuner, shared_inputs
 
     settings = sweep.search
+    if not folder.remote:
+        # Tune saves its experiment state at every step (default: at most every 10 s), so that
+        # what a killed driver leaves behind is at most one step older than what it did.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     wandb = WandbTrialCallback(
         settings.wandb_project,
         settings.name,
@@ -169,6 +173,8 @@ def _search(
                 at_once,
             ).fit(),
         )
+        if restoring:  # trials a killed driver left RUNNING in the study
+            close_orphans(settings.name, folder.optuna_url(settings.optuna_storage), trials)
         # Only after a search that ended: an interrupted one is resumed first (--resume).
         chosen = contenders(sweep, trials) if search_ended(sweep, trials) else []
         if chosen:

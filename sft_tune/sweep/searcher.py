@@ -14,16 +14,25 @@ storage URL and reopens it.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 import warnings
 from typing import Any
 
 import optuna
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from sft_tune.space import Sweep, make_sampler, phase1_only, to_optuna
 
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
+# Testing hooks: when set to N, the driver kills itself (SIGKILL) right after its N-th suggestion
+# (before Tune saves that trial in its experiment state), or right after the N-th trial end it
+# records in events.jsonl (before Tune saves that end). Read when used, never saved.
+KILL_DRIVER_ENV = "SFT_TUNE_KILL_DRIVER_AFTER_SUGGESTION"
+KILL_DRIVER_AFTER_END_ENV = "SFT_TUNE_KILL_DRIVER_AFTER_END"
+_counts = {KILL_DRIVER_ENV: 0, KILL_DRIVER_AFTER_END_ENV: 0}
 
 
 class ConditionalSpace:
@@ -114,6 +123,7 @@ class FoldAwareOptunaSearch(OptunaSearch):
         self._study()
         params = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        maybe_kill_driver(KILL_DRIVER_ENV)
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -149,6 +159,59 @@ class FoldAwareOptunaSearch(OptunaSearch):
                 None  # stopped early: told without a value and without error, Optuna records PRUNED
             )
         super().on_trial_complete(trial_id, result, error)
+
+
+class SweepLimiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter, restored without the trials that `tuner.settle_ended_trials`
+    marked ended: Tune does not run them again, so they would hold their slots forever."""
+
+    def __init__(self, searcher, max_concurrent: int, settled: list[str] = ()) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.settled = set(settled)
+
+    def set_state(self, state: dict) -> None:
+        settled = self.settled
+        super().set_state(state)
+        self.settled = settled
+        gone = self.live_trials & settled
+        self.live_trials -= gone
+        self.num_unfinished_live_trials = max(0, self.num_unfinished_live_trials - len(gone))
+
+
+def maybe_kill_driver(hook: str) -> None:
+    _counts[hook] += 1
+    if os.environ.get(hook) == str(_counts[hook]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def close_orphans(study_name: str, storage_url: str, trials: list) -> dict[int, str]:
+    """Optuna trials left RUNNING by a killed driver, closed to match what the sweep knows of
+    them: COMPLETE (with the CV mean) or PRUNED when their Tune trial ended so, FAIL when no Tune
+    trial holds them (the driver died right after suggesting them) or theirs failed. Trials of a
+    Tune trial that was interrupted stay RUNNING: a resume re-attaches them. `trials` are the
+    sweep's `results.Trial`s; returns {trial number: the state given}."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    by_id = {t.trial_id: t for t in trials}
+    closed: dict[int, str] = {}
+    for frozen in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+        trial = by_id.get(frozen.user_attrs.get("tune_trial_id"))
+        status = trial.status.value if trial is not None else None
+        if status == "INTERRUPTED":
+            continue
+        reason = "no Tune trial holds it (the driver was killed right after suggesting it)"
+        if status == "COMPLETE" and trial.cv_mean is not None:
+            study.tell(frozen.number, trial.cv_mean)
+            closed[frozen.number] = "COMPLETE"
+            continue
+        state = (
+            optuna.trial.TrialState.PRUNED if status == "STOPPED" else optuna.trial.TrialState.FAIL
+        )
+        if status is not None:
+            reason = f"its Tune trial ended {status} after the driver that ran it was killed"
+        optuna.trial.Trial(study, frozen._trial_id).set_user_attr("closed_by_resume", reason)
+        study.tell(frozen.number, state=state)
+        closed[frozen.number] = state.name
+    return closed
 
 
 def make_searcher(sweep: Sweep, storage_url: str, restoring: bool = False) -> FoldAwareOptunaSearch:

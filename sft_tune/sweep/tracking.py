@@ -247,6 +247,8 @@ class WandbTrialCallback(tune.Callback):
     def _start(self, key: str, config: dict[str, Any], finishing: bool) -> None:
         if key in self.runs or not self.wandb.active:
             return
+        if not finishing and key in self._completed():
+            return  # its run ended complete under an earlier driver: never a second one
         if key in self.stopped:
             self.runs[key] = run = self.stopped.pop(key)
             self.wandb.call("summary", run.summary.update, {"finished_after_stop": True})
@@ -267,7 +269,31 @@ class WandbTrialCallback(tune.Callback):
         )
         if run is not None:
             self.runs[key] = run
-            self.steps.setdefault(key, 0)
+            # A run resumed under a new driver goes on from the last step it logged.
+            self.steps.setdefault(key, self._saved_steps().get(key, 0))
+
+    def _completed(self) -> set[str]:
+        return {
+            e["trial_id"]
+            for e in self.folder.events()
+            if e["event"] == "end" and e["status"] == "COMPLETE"
+        }
+
+    def _steps_file(self) -> Path:
+        return self.folder.path / "wandb" / "steps.json"
+
+    def _saved_steps(self) -> dict[str, int]:
+        try:
+            return json.loads(self._steps_file().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_steps(self) -> None:
+        path = self._steps_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({**self._saved_steps(), **self.steps}))
+        os.replace(tmp, path)
 
     def _fold(self, key: str, checkpoint: str | None, result: dict[str, Any]) -> None:
         run = self.runs.get(key)
@@ -297,6 +323,7 @@ class WandbTrialCallback(tune.Callback):
         self.wandb.call(
             "summary", run.summary.update, {"fold_scores": json.loads(result["fold_scores"])}
         )
+        self._save_steps()
 
     def _complete(self, key: str, done: int) -> None:
         if done >= self.folds:

@@ -11,7 +11,9 @@ Tune result, so ASHA can stop a trial between folds.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -19,10 +21,23 @@ from ray import tune
 from sft_tune.runconfig import parse_config
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
-from sft_tune.sweep.folder import FINISH_EXPERIMENT, FINISH_KEY, EventLog, SweepFolder, new_fold
+from sft_tune.sweep.folder import (
+    FINISH_EXPERIMENT,
+    FINISH_KEY,
+    FOLDS_FILE,
+    EventLog,
+    SweepFolder,
+    new_fold,
+)
 from sft_tune.sweep.folds import FAULT_FILE_ENV, KILL_AFTER_LAST_FOLD_ENV, ddp_worker, run_in_actor
 from sft_tune.sweep.results import all_folds_done
-from sft_tune.sweep.searcher import TUNE_METRIC, make_searcher
+from sft_tune.sweep.searcher import (
+    KILL_DRIVER_AFTER_END_ENV,
+    TUNE_METRIC,
+    SweepLimiter,
+    make_searcher,
+    maybe_kill_driver,
+)
 
 
 def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
@@ -114,6 +129,7 @@ class TrialEvents(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         done = (trial.last_result or {}).get("folds_done", 0)
         self._log(trial, "end", status="COMPLETE" if done >= self.folds else "STOPPED")
+        maybe_kill_driver(KILL_DRIVER_AFTER_END_ENV)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # A trial whose process died after its last fold is complete.
@@ -153,13 +169,13 @@ def make_tuner(
     max_concurrent: int,
 ):
     """The search's Tuner for a new sweep, or the restored Tuner of an interrupted one."""
-    from ray.tune.search import ConcurrencyLimiter
-
     settings = sweep.search
     trainable = _trainable(sweep, shared)
-    search_alg = ConcurrencyLimiter(
+    settled = settle_ended_trials(folder, settings.folds) if restoring else []
+    search_alg = SweepLimiter(
         make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring),
         max_concurrent=max_concurrent,
+        settled=settled,
     )
     scheduler = _scheduler(settings.scheduler, settings.folds)
     if restoring:
@@ -182,6 +198,52 @@ def make_tuner(
     )
 
 
+def settle_ended_trials(
+    folder: SweepFolder, folds: int, experiment: str | None = None
+) -> list[str]:
+    """Trials that ended before the driver was killed, but after Tune last saved its experiment
+    state (which then holds them as running, or as failed when their process died after the last
+    fold): marked TERMINATED there, with the result of their last fold checkpoint, so that
+    `Tuner.restore` does not launch them again. Ended = every fold in its checkpoint, or an end
+    event (complete, or stopped by the scheduler) in events.jsonl. Returns their ids. A sweep
+    whose state is on URI storage is left as it is (Tune relaunches such a trial, which then
+    replays its saved result without training)."""
+    root = Path(experiment or folder.experiment)
+    states = sorted(root.glob("experiment_state-*.json")) if "://" not in str(root) else []
+    if not states:
+        return []
+    path = states[-1]  # the one Tune restores: the newest
+    state = json.loads(path.read_text())
+    ended = {e["trial_id"]: e["status"] for e in folder.events() if e["event"] == "end"}
+    settled = []
+    for entry in state["trial_data"]:
+        trial, metadata = json.loads(entry[0]), json.loads(entry[1])
+        if trial.get("status") == "TERMINATED":
+            continue
+        config = trial.get("config") if isinstance(trial.get("config"), dict) else {}
+        key = config.get(FINISH_KEY) or trial["trial_id"]
+        saved = _last_fold_state(root / trial.get("relative_logdir", ""))
+        complete = saved is not None and len(saved["scores"]) >= folds
+        if not complete and ended.get(key) not in ("COMPLETE", "STOPPED"):
+            continue
+        trial["status"] = "TERMINATED"
+        if saved is not None:
+            metadata["last_result"] = {**(metadata.get("last_result") or {}), **saved["metrics"]}
+        entry[0], entry[1] = json.dumps(trial, indent=2), json.dumps(metadata)
+        settled.append(key)
+    if settled:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+    return settled
+
+
+def _last_fold_state(trial_dir: Path) -> dict[str, Any] | None:
+    """The fold state in a trial folder's newest fold checkpoint (checkpoint_NNNNNN/folds.json)."""
+    found = sorted(trial_dir.glob(f"checkpoint_*/{FOLDS_FILE}")) if trial_dir.is_dir() else []
+    return json.loads(found[-1].read_text()) if found else None
+
+
 def make_finishing_tuner(
     sweep: Sweep,
     folder: SweepFolder,
@@ -196,6 +258,7 @@ def make_finishing_tuner(
     trainable = _trainable(sweep, shared)
     path = f"{folder.experiment}/{FINISH_EXPERIMENT}"
     if tune.Tuner.can_restore(path):
+        settle_ended_trials(folder, sweep.search.folds, path)
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )

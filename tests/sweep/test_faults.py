@@ -2,6 +2,10 @@
 exactly (see sft_tune.sweep.folds: SFT_TUNE_FAULT_FILE, SFT_TUNE_KILL_AFTER_LAST_FOLD)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -9,6 +13,7 @@ from conftest import write_space
 from wandb_records import read_runs
 
 from sft_tune.report import build_report
+from sft_tune.sweep.folder import read_events
 from sft_tune.sweep.run import run_search
 
 
@@ -72,3 +77,74 @@ def test_a_failed_trial_says_which_exception_and_where_its_traceback_is(
     assert f"trial {trial.trial_id} ERROR: RuntimeError: injected fault" in summary
     [run] = read_runs(result.sweep_dir / "wandb")
     assert run.summary["status"] == "FAILED" and run.summary["error"] == trial.error
+
+
+def _killed_driver(folder, space, hook, value):
+    """Run `sft-tune search` in a child that the fault hook kills (SIGKILL) at that point."""
+    env = {**os.environ, "RAY_ADDRESS": "", "WANDB_MODE": "offline", hook: value}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sft_tune", "search", "--space", str(space)],
+        cwd=folder,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert driver.wait(timeout=600) == -signal.SIGKILL
+    finally:
+        try:  # the driver's own Ray processes share its process group
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _check_resumed(folder, name, trials, ended_before):
+    """Resume the killed sweep; it must end with the study and summary.json in agreement, no
+    RUNNING Optuna trial, no ended trial launched again and one W&B run per trial."""
+    result = run_search(resume=folder)
+    assert result.complete and [t.status.value for t in result.trials] == ["COMPLETE"] * trials
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") == trials
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["optuna_states"] == {state: states.count(state) for state in set(states)}
+    events = read_events(folder / "events.jsonl")
+    for trial_id in ended_before:  # never launched again
+        assert sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events) == 1
+    ids = [run.run_id for run in read_runs(folder / "wandb")]
+    assert len(ids) == len(set(ids)) == trials  # one W&B run per trial, never a second one
+    return study
+
+
+@pytest.mark.ray
+def test_a_driver_killed_right_after_a_suggestion_leaves_no_optuna_trial_running(
+    fault_env, tiny_bert, toy_files
+):
+    # Killed right after suggesting the 2nd trial: that Optuna trial is RUNNING in the study but
+    # in no Tune state. The resumed sweep closes it (FAIL, saying why) and runs a 2nd trial.
+    space = write_space(fault_env, tiny_bert, toy_files, "orphan", num_trials=2, scheduler="none")
+    folder = fault_env / "sweeps" / "orphan"
+    _killed_driver(fault_env, space, "SFT_TUNE_KILL_DRIVER_AFTER_SUGGESTION", "2")
+    study = optuna.load_study(study_name="orphan", storage=f"sqlite:///{folder / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]  # the fault
+    ended = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "end"}
+    study = _check_resumed(folder, "orphan", 2, ended)
+    [orphan] = [t for t in study.trials if "closed_by_resume" in t.user_attrs]
+    assert orphan.number == 1 and orphan.state.name == "FAIL"
+    assert "killed right after suggesting it" in orphan.user_attrs["closed_by_resume"]
+
+
+@pytest.mark.ray
+def test_a_trial_that_ended_before_the_driver_was_killed_is_not_launched_again(
+    fault_env, tiny_bert, toy_files
+):
+    # Killed right after the 1st trial's end was recorded (events.jsonl, Optuna) and before Tune
+    # saved it: Tune's state holds it RUNNING. On resume it stays ended: no second start, no
+    # second W&B run with its id.
+    space = write_space(fault_env, tiny_bert, toy_files, "ended", num_trials=2, scheduler="none")
+    folder = fault_env / "sweeps" / "ended"
+    _killed_driver(fault_env, space, "SFT_TUNE_KILL_DRIVER_AFTER_END", "1")
+    ended = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "end"}
+    assert len(ended) == 1
+    _check_resumed(folder, "ended", 2, ended)
