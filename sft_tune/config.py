@@ -16,7 +16,8 @@ from sft_tune.errors import Problem
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/nan in any float field: `.inf` trained with loss=inf and exported a model.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):

@@ -52,8 +52,29 @@ def parse_config(
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice (first on line {seen[key].line + 1})",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a YAML mapping, turning missing files and syntax errors into `InputError`."""
+    """Read a YAML mapping, turning a missing file, text that is not UTF-8, syntax errors and
+    keys given twice into `InputError` (naming the line and showing its text)."""
     path = Path(path)
     if not path.is_file():
         raise fail(
@@ -62,14 +83,38 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
             f"the {what} must exist",
             "check the path (relative to the current folder)",
         )
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
         raise fail(
             str(path),
-            "(unparsable YAML)",
-            f"the {what} must be valid YAML ({err})",
-            "fix the YAML syntax",
+            f"byte 0x{data[err.start]:02x} at offset {err.start} (line {line})",
+            f"the {what} must be UTF-8 text",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        if mark is None:
+            raise fail(
+                str(path),
+                text[:80],
+                f"the {what} must be valid YAML ({problem})",
+                "fix the YAML syntax",
+            ) from None
+        lines = text.splitlines()
+        shown = lines[mark.line] if mark.line < len(lines) else ""
+        raise fail(
+            f"{path} line {mark.line + 1}, column {mark.column + 1}",
+            shown,
+            f"the {what} must be valid YAML: {problem}",
+            "fix that line (a key given twice: keep one)"
+            if "twice" in problem
+            else "fix the YAML syntax on that line",
         ) from None
     if not isinstance(raw, dict):
         raise fail(

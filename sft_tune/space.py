@@ -27,7 +27,7 @@ from sft_tune.runconfig import parse_config, read_yaml
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no inf/nan bounds
 
 
 class Param(_Strict):

@@ -154,3 +154,46 @@ def test_config_schema_imports_no_task():
         ).stdout.strip()
         == "[]"
     )
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    # `.inf` trained both phases with loss=inf and exported a model.
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        f"model: {{name_or_path: m}}\ndata: {{train: t.csv}}\nphase1: {{alpha: {value}}}\n"
+    )
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.where == "phase1.alpha" and "finite" in problem.rule
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        "model: {name_or_path: m}\ndata: {train: t.csv}\nphase1:\n  steps: 3\nphase1:\n  alpha: 2\n"
+    )
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.where == f"{path} line 5, column 1" and problem.value == "phase1:"
+    assert "'phase1' is given twice (first on line 3)" in problem.rule
+
+
+def test_a_yaml_syntax_error_shows_the_line(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model: {name_or_path: m}\ndata: [train\n")
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.where.startswith(f"{path} line ") and problem.value != "(unparsable YAML)"
+
+
+def test_a_config_that_is_not_utf8_names_the_byte(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes("model: {name_or_path: m}\n# café\n".encode("latin-1"))
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.value == "byte 0xe9 at offset 30 (line 2)" and "UTF-8" in problem.rule

@@ -262,3 +262,10 @@ def test_a_sweep_name_is_one_safe_path_component(tmp_path, name):
 @pytest.mark.parametrize("name", ["sweep", "tweets-v2.1", "a_b", "..x", "x.."])
 def test_ordinary_sweep_names_are_accepted(tmp_path, name):
     assert load_space(_space(tmp_path, search={"name": name})).search.name == name
+
+
+def test_a_non_finite_bound_is_refused(tmp_path):
+    problems = _problems(
+        _space(tmp_path, params={"phase1.alpha": {"type": "float", "low": 0, "high": float("inf")}})
+    )
+    assert any(where.startswith("params") and "finite" in p.rule for where, p in problems.items())
