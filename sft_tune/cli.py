@@ -37,6 +37,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.output is not None and not args.output.parent.is_dir():
+        raise InputError(
+            [
+                Problem(
+                    "--output",
+                    str(args.output),
+                    f"its folder {args.output.parent} must exist",
+                    f"create it (mkdir -p {args.output.parent}) or write elsewhere",
+                )
+            ]
+        )
     from sft_tune.predict import predict, write_jsonl
 
     columns = {

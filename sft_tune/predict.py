@@ -43,6 +43,14 @@ def predict(
         )
     if batch_size < 1:
         raise fail("--batch-size", batch_size, "must be at least 1", "pass a positive number")
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise fail(
+            "--input",
+            str(input_path),
+            "must be a CSV, JSONL or Parquet file (or a saved `datasets` folder)",
+            "check the path (relative to the current folder)",
+        )
     run_config = _run_config(model_dir)
     task = get_task(_task_name(model_dir, run_config))
     raw = dict(run_config.get("data") or {"train": "-"})

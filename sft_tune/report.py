@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 
+from sft_tune.errors import fail
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import Status, Trial, best_trial, phase1_verdict, read_trials
 from sft_tune.sweep.tracking import read_history
@@ -31,9 +32,7 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     sweep = folder.load_sweep()
     trials = read_trials(folder)
     best = best_trial(sweep, trials)
-    study = optuna.load_study(
-        study_name=sweep.search.name, storage=folder.optuna_url(sweep.search.optuna_storage)
-    )
+    study = _open_study(folder, sweep.search.name, sweep.search.optuna_storage)
     alpha = "phase1.alpha" if "phase1.alpha" in sweep.params else next(iter(sweep.params))
     history = loss_history(folder, trials, best)
     sampled = {
@@ -67,6 +66,29 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     tmp.write_text(_page(sweep.search.name, summary, figures))
     os.replace(tmp, output)
     return output, summary
+
+
+def _open_study(folder: SweepFolder, name: str, optuna_storage: str | None) -> optuna.Study:
+    """The sweep's Optuna study, read only: a missing study.db is an input error, not a new
+    empty database (Optuna's SQLite storage creates the file it is pointed at)."""
+    url = folder.optuna_url(optuna_storage)
+    db = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():
+        raise fail(
+            "SWEEP_DIR",
+            str(folder.path),
+            f"must hold the sweep's Optuna study ({db} does not exist)",
+            "pass a folder written by `sft-tune search` (or resume that sweep to finish it)",
+        )
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise fail(
+            "SWEEP_DIR",
+            str(folder.path),
+            f"its Optuna storage {db or url} must hold the study {name!r}",
+            "pass the sweep folder whose search.name is that study's name",
+        ) from None
 
 
 def loss_history(

@@ -76,10 +76,38 @@ def test_a_missing_column_is_reported_before_the_first_record(trained, tmp_path)
     assert problem.where == f"{path} column 'words'" and problem.value == ["body"]
 
 
-def test_a_missing_input_file_names_the_file(trained, tmp_path):
+def test_a_missing_input_file_names_the_argument_before_the_model_loads(
+    trained, tmp_path, monkeypatch
+):
+    import transformers
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded before --input was checked")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", never)
     with pytest.raises(InputError) as caught:
         predict(trained["model"], tmp_path / "absent.csv")
-    assert caught.value.problems[0].where == str(tmp_path / "absent.csv")
+    [problem] = caught.value.problems
+    assert problem.where == "--input" and problem.value == str(tmp_path / "absent.csv")
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_anything_loads(trained, tmp_path, capsys):
+    from sft_tune.cli import main
+
+    out = tmp_path / "no" / "such" / "preds.jsonl"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(trained["model"]),
+            "--input",
+            str(trained["test"]),
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 2 and not out.parent.exists()
+    assert "--output" in capsys.readouterr().err
 
 
 def test_a_missing_model_folder_names_the_model_argument(trained, tmp_path):

@@ -70,3 +70,20 @@ def test_report_plots_draw_in_headless_chromium(finished_sweep, tmp_path):
 def test_report_on_a_folder_that_is_not_a_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "SWEEP_DIR" in capsys.readouterr().err
+
+
+def test_report_on_a_sweep_folder_without_its_study_writes_nothing(
+    finished_sweep, tmp_path, capsys
+):
+    # A read-only command: the missing study.db is an input error, not a new empty database.
+    import shutil
+
+    from sft_tune.cli import main
+
+    copy = tmp_path / "basic"
+    shutil.copytree(finished_sweep["result"].sweep_dir, copy)
+    (copy / "study.db").unlink()
+    before = sorted(p.name for p in copy.iterdir())
+    assert main(["report", str(copy), "--output", str(tmp_path / "r.html")]) == 2
+    assert "study.db" in capsys.readouterr().err
+    assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "r.html").exists()
