@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sft_tune.errors import Problem
+from sft_tune.errors import MISSING, Problem
 
 
 class _Strict(BaseModel):
@@ -306,16 +306,63 @@ def problems_from_validation(
             problems.append(
                 Problem(
                     where,
-                    None,
+                    MISSING,
                     "this key is required",
                     f"add `{loc[-1]}:` ({_describe(schema, loc)})",
                 )
             )
         else:
             rule = message.removeprefix("Value error, ")
-            fix = f"set it to a value that satisfies the rule ({_describe(schema, loc)})"
+            fix = f"{_what_to_write(schema, loc, kind, item.get('ctx') or {})} ({_describe(schema, loc)})"
             problems.append(Problem(where, item.get("input"), rule, fix))
     return problems
+
+
+# What to write instead, by pydantic error type (bounds come from the field's own constraints).
+_WRITE = {
+    "int_parsing": "write a whole number, e.g. 3",
+    "int_type": "write a whole number, e.g. 3",
+    "int_from_float": "write a whole number, e.g. 3",
+    "float_parsing": "write a number, e.g. 0.1",
+    "float_type": "write a number, e.g. 0.1",
+    "finite_number": "write a finite number (not .inf or .nan)",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": "write text",
+    "list_type": "write a list, e.g. [a, b]",
+    "dict_type": "write a mapping of keys under it",
+    "model_type": "write a mapping of keys under it",
+    "model_attributes_type": "write a mapping of keys under it",
+    "string_pattern_mismatch": "write a value that matches that pattern",
+}
+
+
+def _what_to_write(schema: type[BaseModel], loc: list[str], kind: str, ctx: dict) -> str:
+    if kind == "literal_error":
+        return f"use one of: {ctx.get('expected', 'the listed values')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        low, high = _bounds(schema, loc)
+        if low and high:
+            return f"use a value {low[0]} {low[1]} and {high[0]} {high[1]}"
+        bound = low or high
+        return f"use a value {bound[0]} {bound[1]}" if bound else "use a value within the bounds"
+    return _WRITE.get(kind, "fix the value")
+
+
+def _bounds(schema: type[BaseModel], loc: list[str]) -> tuple[tuple | None, tuple | None]:
+    """The field's lower and upper bound in words, e.g. (("of at least", 0), ("at most", 1))."""
+    model = _sub_model(schema, loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model is not None and loc else None
+    low = high = None
+    for item in field.metadata if field is not None else []:
+        for attr, words, is_low in (("ge", "of at least", True), ("gt", "above", True), ("le", "at most", False), ("lt", "below", False)):  # fmt: skip
+            value = getattr(item, attr, None)
+            if value is not None:
+                if is_low:
+                    low = (words, value)
+                else:
+                    high = (words, value)
+    return low, high
 
 
 def _field_names(schema: type[BaseModel], loc: list[str]) -> list[str]:

@@ -9,6 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class _Missing:
+    """The value of a key that is not there at all (shown as "nothing", not as None)."""
+
+    def __repr__(self) -> str:
+        return "nothing"
+
+
+MISSING = _Missing()
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with the user's input."""
@@ -55,5 +65,5 @@ def fail(
 
 
 def _short(value: object, limit: int = 120) -> str:
-    text = repr(value)
+    text = "null" if value is None else repr(value)  # YAML's word for it
     return text if len(text) <= limit else text[: limit - 3] + "..."

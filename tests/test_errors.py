@@ -12,7 +12,7 @@ def test_problem_names_where_value_rule_and_fix():
     assert str(problem) == "phase1.alpha: got -2; must be at least 0. Fix: set it to 0 or more"
     # The value is shown as Python writes it, so strings are quoted and None is visible.
     assert "got 'abc';" in str(Problem("data.train", "abc", "must exist", "check the path"))
-    assert "got None;" in str(Problem("data.train", None, "is required", "set it"))
+    assert "got null;" in str(Problem("data.train", None, "is required", "set it"))
 
 
 def test_a_long_value_is_shortened():
