@@ -18,7 +18,7 @@ EXIT_INPUT = 2
 def _train(args: argparse.Namespace) -> int:
     from sft_tune.runconfig import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, check_inputs=True)
     if args.output_dir is not None:
         config = config.model_copy(update={"output_dir": args.output_dir.resolve()})
     from sft_tune.run import train  # heavy imports only after the config is known to be valid

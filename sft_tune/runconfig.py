@@ -19,18 +19,26 @@ from sft_tune.errors import InputError, Problem, fail
 from sft_tune.tasks import TASKS
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config file; raise `InputError` listing every problem."""
+def load_config(path: str | Path, check_inputs: bool = False) -> RunConfig:
+    """Read and validate a run config file; raise `InputError` listing every problem (with
+    `check_inputs`, also every data file, model folder and output path that is not there)."""
     raw = read_yaml(path, "config file")
-    return parse_config(raw, base_dir=Path(path).resolve().parent, source=str(path))
+    return parse_config(raw, Path(path).resolve().parent, str(path), check_inputs)
 
 
 def parse_config(
-    raw: dict[str, Any], base_dir: Path | None = None, source: str = "config"
+    raw: dict[str, Any],
+    base_dir: Path | None = None,
+    source: str = "config",
+    check_inputs: bool = False,
 ) -> RunConfig:
     """Validate a config mapping; relative paths are resolved against `base_dir`. Each task
-    section comes back complete (defaults filled in), as the task's options validated it."""
+    section comes back complete (defaults filled in), as the task's options validated it.
+    `check_inputs`: the files and folders it names are checked too, with the rest (a command
+    about to run on this machine; `submit` checks what the job will read on the cluster)."""
     config, problems = check_schema(raw, base_dir)
+    if check_inputs:
+        problems += input_problems(raw, base_dir or Path.cwd())
     task_name = _get(raw, "model", "task", default="classification")
     if task_name not in TASKS:
         problems.append(
@@ -140,6 +148,70 @@ def task_sections(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[
         except ValidationError as err:
             problems += problems_from_validation(err, task.options, prefix=f"data.{section}.")
     return sections, problems
+
+
+def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
+    """What the config's paths name but this machine lacks, all at once, from the mapping as
+    written (so a schema problem elsewhere does not hide them): the data files, a local model
+    folder (its config.json, its GGUF file) and an output_dir that is an existing file."""
+    problems: list[Problem] = []
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    named = [(f"data.{key}", data.get(key)) for key in ("train", "test")]
+    unlabelled = data.get("unlabelled") if isinstance(data.get("unlabelled"), list) else []
+    named += [(f"data.unlabelled[{i}]", value) for i, value in enumerate(unlabelled)]
+    for key, value in named:
+        if isinstance(value, str) and not (base_dir / value).exists():
+            problems.append(
+                Problem(
+                    f"{key} ({value})",
+                    value,
+                    f"the file must exist ({(base_dir / value).resolve()} does not)",
+                    "check the path: relative paths are relative to the config file's folder",
+                )
+            )
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    name, gguf = model.get("name_or_path"), model.get("gguf_file")
+    local = base_dir / name if isinstance(name, str) else None
+    if local is not None and (local.exists() or name.startswith((".", "/", "~"))):
+        if not local.is_dir():
+            problems.append(
+                Problem(
+                    "model.name_or_path",
+                    name,
+                    f"a local model must be a folder ({local.resolve()} is not one)",
+                    "point to the folder holding config.json and the tokenizer files",
+                )
+            )
+        elif isinstance(gguf, str) and not (local / gguf).is_file():
+            there = sorted(p.name for p in local.iterdir() if p.suffix == ".gguf")
+            problems.append(
+                Problem(
+                    "model.gguf_file",
+                    gguf,
+                    f"must be a file in {local.resolve()} (GGUF files there: {there or 'none'})",
+                    f"set model.gguf_file to one of {there}" if there else "check the file name",
+                )
+            )
+        elif not isinstance(gguf, str) and not (local / "config.json").is_file():
+            problems.append(
+                Problem(
+                    "model.name_or_path",
+                    name,
+                    f"a local model folder must hold config.json ({local.resolve()} has none)",
+                    "point to a folder saved by save_pretrained (config.json, weights, tokenizer)",
+                )
+            )
+    output = raw.get("output_dir")
+    if isinstance(output, str) and (base_dir / output).is_file():
+        problems.append(
+            Problem(
+                "output_dir",
+                output,
+                f"must be a folder, and {(base_dir / output).resolve()} is an existing file",
+                "pick another output_dir",
+            )
+        )
+    return problems
 
 
 def _get(raw: Any, *keys: str, default: Any) -> Any:

@@ -23,7 +23,7 @@ from pydantic import (
 
 from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
 from sft_tune.errors import InputError, Problem
-from sft_tune.runconfig import parse_config, read_yaml
+from sft_tune.runconfig import input_problems, parse_config, read_yaml
 
 
 class _Strict(BaseModel):
@@ -215,8 +215,9 @@ def phase1_only(dotted: str) -> bool:
     return (dotted.startswith("phase1.") and dotted != "phase1.steps") or dotted in PHASE1_ONLY
 
 
-def load_space(path: str | Path) -> Sweep:
-    """Read and check a search-space file; raise `InputError` listing every problem."""
+def load_space(path: str | Path, check_inputs: bool = False) -> Sweep:
+    """Read and check a search-space file; raise `InputError` listing every problem (with
+    `check_inputs`, also the base config's data files, model folder and output path)."""
     path = Path(path)
     raw = read_yaml(path, "search-space file")
     title = f"{path}: invalid search space"
@@ -227,6 +228,14 @@ def load_space(path: str | Path) -> Sweep:
     problems: list[Problem] = []
     base = _base_dict(space, path, problems)
     base_config = None
+    if base is not None and check_inputs:  # reported with the schema's problems, not after them
+        base_dir = (
+            (path.parent / space.base).resolve().parent if space.base else path.resolve().parent
+        )
+        problems += [
+            Problem(f"base config {p.where}", p.value, p.rule, p.fix)
+            for p in input_problems(base, base_dir)
+        ]
     if base is not None:
         try:
             base_config = parse_config(base, source=f"{path} base config")

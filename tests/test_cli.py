@@ -89,3 +89,61 @@ def test_predict_reports_a_bad_input_before_writing_anything(
     )
     assert code == 2 and "body" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("pred.jsonl*"))
+
+
+def test_train_reports_every_missing_input_with_the_schema_problems_at_once(tmp_path, capsys):
+    # A bad key, three missing data files, a model folder without config.json and an output_dir
+    # that is a file: one run, one message, exit 2, nothing written.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "taken").write_text("a file\n")
+    raw = {
+        "model": {"name_or_path": "./model"},
+        "data": {
+            "train": "data/train.csv",
+            "test": "data/test.csv",
+            "unlabelled": ["data/u.jsonl"],
+        },
+        "phase1": {"stepz": 3},
+        "output_dir": "taken",
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 2
+    err = capsys.readouterr().err
+    for where in (
+        "phase1.stepz",
+        "data.train (data/train.csv)",
+        "data.test (data/test.csv)",
+        "data.unlabelled[0] (data/u.jsonl)",
+        "model.name_or_path: got './model'",
+        "output_dir: got 'taken'",
+    ):
+        assert where in err, where
+    assert "6 problems" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_missing_gguf_file_names_the_key_and_the_files_there(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "other.Q4.gguf").write_bytes(b"GGUF")
+    (tmp_path / "train.csv").write_text("text,label\na,b\n")
+    raw = {
+        "model": {"name_or_path": "model", "gguf_file": "absent.gguf"},
+        "data": {"train": "train.csv"},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "model.gguf_file: got 'absent.gguf'" in err and "other.Q4.gguf" in err
+
+
+def test_search_reports_missing_data_before_ray_starts(tmp_path, capsys, tiny_bert, toy_files):
+    from conftest import write_space
+
+    space = write_space(
+        tmp_path, tiny_bert, {**toy_files, "train": tmp_path / "absent.csv"}, "nodata"
+    )
+    assert main(["search", "--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert "base config data.train" in err and "absent.csv" in err
+    assert not (tmp_path / "sweeps").exists()

@@ -39,7 +39,7 @@ def prepare(
 ) -> tuple[Sweep, SweepFolder]:
     """Load and check the sweep (a new space file, or the snapshot of a sweep to resume)."""
     if resume is None:
-        sweep = load_space(space_path)
+        sweep = load_space(space_path, check_inputs=True)
         folder = SweepFolder.of(sweep.search)
         if folder.holds_sweep():
             raise fail(
