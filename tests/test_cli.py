@@ -147,3 +147,25 @@ def test_search_reports_missing_data_before_ray_starts(tmp_path, capsys, tiny_be
     err = capsys.readouterr().err
     assert "base config data.train" in err and "absent.csv" in err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_trial_bigger_than_this_machine_is_refused_before_data_or_ray(
+    tmp_path, capsys, tiny_bert, toy_files, monkeypatch
+):
+    from conftest import write_space
+
+    import sft_tune.core.prepare as prepare_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was prepared before the resources were checked")
+
+    monkeypatch.setattr(prepare_module, "prepare_data", never)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    resources = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 64}
+    space = write_space(tmp_path, tiny_bert, toy_files, "huge", resources=resources)
+    assert main(["search", "--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert "search.resources" in err and "64 GPU" in err and "this machine has" in err
+    import ray
+
+    assert not ray.is_initialized() and not (tmp_path / "sweeps" / "huge").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import subprocess
 
 from sft_tune.errors import fail
 from sft_tune.space import Sweep
@@ -105,6 +106,33 @@ def _warn_node_local_storage(sweep: Sweep) -> None:
             "Use s3://bucket/path, gs://bucket/path or a shared mount.",
             sweep.search.storage_path,
             len(nodes),
+        )
+
+
+def local_gpus() -> int:
+    """GPUs a local Ray would see, without importing torch: CUDA_VISIBLE_DEVICES, else
+    `nvidia-smi -L` (0 without it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+def check_local_resources(sweep: Sweep) -> None:
+    """For a sweep on a local Ray (started here with this machine's cores and GPUs): one trial
+    must fit, checked before any data is tokenized or Ray starts."""
+    need_cpu, need_gpu = trial_need(sweep)
+    cpus, gpus = os.cpu_count() or 1, (local_gpus() if need_gpu else 0)
+    if need_cpu > cpus or need_gpu > gpus:
+        raise fail(
+            "search.resources",
+            sweep.search.resources.model_dump(),
+            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, this machine has {cpus} CPU and {gpus} GPU (a local Ray gets what the machine has)",
+            "lower workers / cpus_per_worker / gpus_per_worker, or run on a cluster with --address",
         )
 
 

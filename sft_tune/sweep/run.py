@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sft_tune.errors import fail
 from sft_tune.space import Sweep, load_space
-from sft_tune.sweep.cluster import concurrency, start_ray
+from sft_tune.sweep.cluster import check_local_resources, concurrency, start_ray
 from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import (
@@ -87,6 +87,8 @@ def run_search(
     from sft_tune.tasks import get_task
 
     sweep, folder = prepare(space_path, resume)
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        check_local_resources(sweep)  # before the data is tokenized and Ray starts
     if resume is not None and (was := folder.moved_from()) is not None:
         log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
     # LM texts are read and tokenized only when some trial can run phase 1.
