@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from sft_tune.errors import InputError, Problem, fail
+from sft_tune.errors import InputError, Problem, fail, first_problems
 
 datasets.disable_progress_bars()
 datasets.logging.set_verbosity_error()
@@ -60,6 +60,7 @@ def read_table(path: Path, what: str) -> datasets.Dataset:
                     f"the {what} must be one of {sorted(READERS)} or a saved dataset folder",
                     "convert the file or rename it with the right extension",
                 )
+            _check_text_file(path, what)
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except InputError:
@@ -75,6 +76,76 @@ def read_table(path: Path, what: str) -> datasets.Dataset:
             str(path), "0 rows", f"the {what} must not be empty", "point to a file with data rows"
         )
     return table
+
+
+def _check_text_file(path: Path, what: str) -> None:
+    """What `datasets` would only call "an error occurred while generating the dataset", said
+    per line: an empty file, bytes that are not UTF-8, a JSON line that does not parse, a CSV row
+    whose field count is not the header's (the first `errors.SHOWN` of them)."""
+    import csv
+    import io
+
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+        return
+    data = path.read_bytes()
+    if not data.strip():
+        raise fail(
+            str(path),
+            "0 bytes of data",
+            f"the {what} must not be empty",
+            "point to a file with data rows",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise fail(
+            f"{path} line {line}",
+            f"byte 0x{data[err.start]:02x} at offset {err.start}",
+            f"the {what} must be UTF-8 text",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
+        ) from None
+    problems: list[Problem] = []
+    if suffix in (".jsonl", ".json"):
+        if suffix == ".json":
+            try:
+                json.loads(text)
+                return  # one JSON document (an array or an object of columns)
+            except ValueError:
+                pass  # JSON lines, checked line by line below
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                problems.append(
+                    Problem(
+                        f"{path} line {number}",
+                        line[:80],
+                        f"each line must be one JSON object ({err})",
+                        "fix that line's JSON",
+                    )
+                )
+                continue
+            if not isinstance(row, dict):
+                problems.append(
+                    Problem(
+                        f"{path} line {number}",
+                        line[:80],
+                        "each line must be one JSON object of columns",
+                        'write {"column": value, ...} on each line',
+                    )
+                )
+    else:
+        rows = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
+        header = next(rows, [])
+        for number, row in enumerate(rows, 2):
+            if row and len(row) != len(header):
+                problems.append(Problem(f"{path} row {number}", row[:5], f"row {number} has {len(row)} fields, the header has {len(header)}", "quote fields that hold the delimiter, or fix the row"))  # fmt: skip
+    if problems:
+        raise first_problems(problems, f"{path}: unreadable {what}")
 
 
 def _unreadable(path: Path, what: str, err: Exception) -> InputError:

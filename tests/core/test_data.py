@@ -113,3 +113,41 @@ def test_unsupported_extension(tmp_path, toy_files):
     path.write_text("x")
     err = _error("m", {**toy_files, "train": path}, tmp_path)
     assert ".xlsx" in str(err.problems[0].value)
+
+
+@pytest.mark.parametrize(
+    "name, content, where, value, rule",
+    [
+        ("empty.csv", b"", "empty.csv", "0 bytes of data", "must not be empty"),
+        (
+            "latin.csv",
+            "text,label\ncafé,good\n".encode("latin-1"),
+            "latin.csv line 2",
+            "byte 0xe9 at offset 14",
+            "must be UTF-8",
+        ),  # fmt: skip
+        (
+            "bad.jsonl",
+            b'{"text": "a", "label": "b"}\n{"text": "c" "label": "d"}\n',
+            "bad.jsonl line 2",
+            '{"text": "c" "label": "d"}',
+            "Expecting ',' delimiter",
+        ),  # fmt: skip
+        (
+            "ragged.csv",
+            b"text,label\na,b\nc,d,e\n",
+            "ragged.csv row 3",
+            ["c", "d", "e"],
+            "row 3 has 3 fields, the header has 2",
+        ),  # fmt: skip
+    ],
+)
+def test_unreadable_files_say_which_line_and_what_is_there(
+    tmp_path, tiny_bert, toy_files, name, content, where, value, rule
+):
+    # `datasets` said only "An error occurred while generating the dataset" for each of these.
+    path = tmp_path / name
+    path.write_bytes(content)
+    error = _error(tiny_bert, {**toy_files, "train": path}, tmp_path / "out")
+    [problem] = error.problems
+    assert problem.where.endswith(where) and problem.value == value and rule in problem.rule
