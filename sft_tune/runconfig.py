@@ -8,6 +8,7 @@ the schema and the tasks import in one direction only (tasks -> config).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,8 @@ def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
                     f"set model.gguf_file to one of {there}" if there else "check the file name",
                 )
             )
+        elif not isinstance(gguf, str) and (local / "config.json").is_file():
+            problems += architecture_problems(local / "config.json", raw)
         elif not isinstance(gguf, str) and not (local / "config.json").is_file():
             problems.append(
                 Problem(
@@ -211,6 +214,35 @@ def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
                 "pick another output_dir",
             )
         )
+    return problems
+
+
+def architecture_problems(config_json: Path, raw: dict[str, Any]) -> list[Problem]:
+    """What the checkpoint's config.json already rules out, before any weight loads: a masked-LM
+    objective on a model without a masked-LM head class, a causal one on a model without a
+    causal-LM class, the generation task on an encoder."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    try:
+        checkpoint = json.loads(config_json.read_text())
+    except (OSError, ValueError) as err:
+        return [Problem(str(config_json), str(err), "the model's config.json must be JSON", "re-save the model with save_pretrained")]  # fmt: skip
+    kind = checkpoint.get("model_type")
+    if not isinstance(kind, str):
+        return []
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    objective, task = model.get("lm_objective", "auto"), model.get("task", "classification")
+    encoder = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not checkpoint.get("is_decoder")
+    problems = []
+    if objective == "masked" and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        problems.append(Problem("model.lm_objective", objective, f"a masked-LM loss needs an encoder with a masked-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to causal or auto"))  # fmt: skip
+    if objective == "causal" and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        problems.append(Problem("model.lm_objective", objective, f"a next-token loss needs a causal-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to masked or auto"))  # fmt: skip
+    if task == "generation" and encoder:
+        problems.append(Problem("model.task", task, f"prompt->response generation needs a decoder (GPT/Llama-like); {config_json} is the encoder {kind!r}", "use a decoder checkpoint, or another task"))  # fmt: skip
     return problems
 
 

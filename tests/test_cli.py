@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 from conftest import run_config_dict, write_csv
 
@@ -169,3 +170,22 @@ def test_a_trial_bigger_than_this_machine_is_refused_before_data_or_ray(
     import ray
 
     assert not ray.is_initialized() and not (tmp_path / "sweeps" / "huge").exists()
+
+
+@pytest.mark.parametrize(
+    "model, task, objective, where",
+    [
+        ("tiny_gpt2", "classification", "masked", "model.lm_objective"),
+        ("tiny_bert", "generation", "auto", "model.task"),
+    ],
+)
+def test_what_config_json_rules_out_is_refused_before_weights_load(
+    request, tmp_path, capsys, toy_files, model, task, objective, where
+):
+    raw = run_config_dict(request.getfixturevalue(model), toy_files, tmp_path / "out")
+    raw["model"].update(task=task, lm_objective=objective)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{where}: got '{task if where == 'model.task' else objective}'" in err
+    assert "config.json" in err and not (tmp_path / "out").exists()
