@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sft_tune.addresses import probe_address
 from sft_tune.arguments import build_parser
 from sft_tune.errors import InputError, fail
 from sft_tune.upload import build_package
@@ -70,6 +71,7 @@ def client(address: str, token_file: Path | None = None):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    probe_address("--address", address, http=True)
     token = read_token(token_file)
     try:
         return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})

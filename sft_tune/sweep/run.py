@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from sft_tune.addresses import probe_address
 from sft_tune.errors import fail
 from sft_tune.space import Sweep, load_space
 from sft_tune.sweep.cluster import check_local_resources, concurrency, start_ray
@@ -87,8 +88,12 @@ def run_search(
     from sft_tune.tasks import get_task
 
     sweep, folder = prepare(space_path, resume)
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        check_local_resources(sweep)  # before the data is tokenized and Ray starts
+    # Before the data is tokenized and Ray starts: the cluster answers, or one trial fits here.
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and target not in ("auto", "local"):
+        probe_address("--address" if address else "RAY_ADDRESS", target)
+    elif not target:
+        check_local_resources(sweep)
     if resume is not None and (was := folder.moved_from()) is not None:
         log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
     # LM texts are read and tokenized only when some trial can run phase 1.
