@@ -67,3 +67,8 @@ def fail(
 def _short(value: object, limit: int = 120) -> str:
     text = "null" if value is None else repr(value)  # YAML's word for it
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def undecodable(data: bytes, err: UnicodeDecodeError) -> tuple[int, str]:
+    """Where a file's bytes stop being UTF-8: (line number, "byte 0xe9 at offset 312")."""
+    return data[: err.start].count(b"\n") + 1, f"byte 0x{data[err.start]:02x} at offset {err.start}"

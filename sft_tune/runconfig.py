@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from sft_tune.config import RunConfig, check_schema, problems_from_validation
-from sft_tune.errors import InputError, Problem, fail
+from sft_tune.errors import InputError, Problem, fail, undecodable
 from sft_tune.tasks import TASKS
 
 
@@ -96,10 +96,10 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
+        line, found = undecodable(data, err)
         raise fail(
             str(path),
-            f"byte 0x{data[err.start]:02x} at offset {err.start} (line {line})",
+            f"{found} (line {line})",
             f"the {what} must be UTF-8 text",
             "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
         ) from None

@@ -71,15 +71,11 @@ def _vocabulary() -> list[str]:
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT with a word-level WordPiece vocabulary, saved like a hub checkpoint."""
+def save_tiny_bert(folder: Path, vocab: list[str]) -> Path:
+    """A 2-layer BERT (masked LM) with this WordPiece vocabulary, saved like a hub checkpoint."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizerFast(
-        vocab={word: i for i, word in enumerate(_vocabulary())}, do_lower_case=True
-    )
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -94,18 +90,17 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_gpt2(tmp_path_factory) -> Path:
-    """A 2-layer GPT-2 with a byte-level BPE trained on the toy words; no pad token (like GPT-2)."""
+def save_tiny_gpt2(
+    folder: Path, corpus: list[str], vocab_size: int, min_frequency: int, seed: int | None = 0
+) -> Path:
+    """A 2-layer GPT-2 with a byte-level BPE trained on `corpus`; no pad token (like GPT-2).
+    `seed` None leaves torch's random state as it is."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    rng = random.Random(0)
-    corpus = [toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL)) for _ in range(300)]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        corpus, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"]
+        corpus, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=["<|endoftext|>"]
     )
     bpe.save_model(str(folder))
     merges = [
@@ -125,10 +120,25 @@ def tiny_gpt2(tmp_path_factory) -> Path:
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(0)
+    if seed is not None:
+        torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT with a word-level WordPiece vocabulary, saved like a hub checkpoint."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), _vocabulary())
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 with a byte-level BPE trained on the toy words; no pad token (like GPT-2)."""
+    rng = random.Random(0)
+    corpus = [toy_sentence(rng, rng.choice(POSITIVE + NEGATIVE + NEUTRAL)) for _ in range(300)]
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), corpus, 300, 1)
 
 
 CHAT_TEMPLATE = (

@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from sft_tune.errors import InputError, Problem, fail, first_problems
+from sft_tune.errors import InputError, Problem, fail, first_problems, undecodable
 
 datasets.disable_progress_bars()
 datasets.logging.set_verbosity_error()
@@ -99,10 +99,10 @@ def _check_text_file(path: Path, what: str) -> None:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
+        line, found = undecodable(data, err)
         raise fail(
             f"{path} line {line}",
-            f"byte 0x{data[err.start]:02x} at offset {err.start}",
+            found,
             f"the {what} must be UTF-8 text",
             "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
         ) from None

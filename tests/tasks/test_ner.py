@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import save_tiny_bert, save_tiny_gpt2
 
 from sft_tune.config import DataConfig
 from sft_tune.errors import InputError
@@ -45,8 +46,6 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def wordpiece_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT whose WordPiece vocabulary has `##` pieces, so words really split."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
     folder = tmp_path_factory.mktemp("wordpiece-bert")
     letters = "abcdefghijklmnopqrstuvwxyz"
     words = sorted(
@@ -60,19 +59,7 @@ def wordpiece_bert(tmp_path_factory) -> Path:
         + [w for w in words if w not in pieces]
         + pieces
     )
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder, vocab)
 
 
 def _tokenizer(folder):
@@ -488,8 +475,6 @@ def test_hironsan_corpus_trains_with_a_byte_level_gpt2(tmp_path):
     spec = importlib.util.find_spec("hironsan")
     if spec is None:
         pytest.skip("hironsancorpus is not installed")
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
     from sft_tune.run import train
 
@@ -498,31 +483,7 @@ def test_hironsan_corpus_trains_with_a_byte_level_gpt2(tmp_path):
     texts = task.texts(task.read(corpus, DataConfig(train=corpus), "corpus"))
     folder = tmp_path / "gpt2-ja"
     folder.mkdir()
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        texts, vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"]
-    )
-    bpe.save_model(str(folder))
-    merges = [
-        tuple(line.split())
-        for line in (folder / "merges.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
-    tokenizer = GPT2TokenizerFast(
-        vocab=json.loads((folder / "vocab.json").read_text()), merges=merges
-    )
-    GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=64,
-            bos_token_id=tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_gpt2(folder, texts, 600, 2, seed=None)
 
     config = parse_config(
         _ner_config(
