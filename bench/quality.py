@@ -243,7 +243,7 @@ def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) 
 
 
 def _rows(path: Path) -> int:
-    from sft_tune.core.data import read_table
+    from sft_tune.core.files import read_table
 
     return len(read_table(Path(path), "data file"))
 

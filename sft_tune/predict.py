@@ -60,9 +60,10 @@ def predict(
             target = raw.setdefault(section, {}) if section else raw
             target[name] = value
     data = DataConfig.model_validate(raw)
+    rows = task.read_input(input_path, data)  # checked before the model loads
     tokenizer = AutoTokenizer.from_pretrained(model_dir, **task.tokenizer_kwargs())
     model = task.auto_model.from_pretrained(model_dir).eval()
-    return task.predict(model, tokenizer, Path(input_path), data, batch_size)
+    return task.predict(model, tokenizer, rows, data, batch_size)
 
 
 def _run_config(model_dir: Path) -> dict[str, Any]:

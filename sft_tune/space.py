@@ -337,10 +337,10 @@ def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Proble
 
 
 def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]:
-    from sft_tune.tasks import get_task
+    from sft_tune.tasks import task_files
 
     search, problems = space.search, []
-    task = get_task(base_config.model.task)
+    task = task_files(base_config.model.task)
     if "metric" not in search.model_fields_set:
         search.metric = task.metric  # the task's own score (macro_f1, entity f1, squad f1, ...)
     if search.metric not in task.metrics:

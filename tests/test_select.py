@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sft_tune.config import RunConfig
 from sft_tune.core.batches import batch_indices
-from sft_tune.core.prepare import read_data
+from sft_tune.core.files import read_data
 from sft_tune.select import select_best
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import Trial, best_trial, read_trials

@@ -12,44 +12,10 @@ import numpy as np
 
 from sft_tune.config import RunConfig
 from sft_tune.core import data as data_module
-from sft_tune.core.data import SequenceView, TokenArray, read_unlabelled, text_hashes, tokenize
+from sft_tune.core.data import SequenceView, TokenArray, text_hashes, tokenize
+from sft_tune.core.files import read_data
 from sft_tune.core.model import load_tokenizer
 from sft_tune.core.splits import make_folds, split_validation
-from sft_tune.errors import fail
-
-
-@dataclass
-class RawData:
-    """Everything read from the data files and checked, before any tokenizer or model loads."""
-
-    train: Any
-    test: Any | None
-    unlabelled: list[str]
-    label_names: list[str]
-
-
-def read_data(config: RunConfig, task, lm: bool | None = None) -> RawData:
-    """Read and check every data file of the config (bad files raise `InputError`); the
-    unlabelled files only when `lm` (default: the config runs phase 1)."""
-    lm = config.phase1.steps > 0 if lm is None else lm
-    data = config.data
-    train = task.read(data.train, data, "labelled training file")
-    names = task.label_names(train, data)
-    task.check_labels(train, names, data.train)
-    test = None
-    if data.test is not None:
-        test = task.read(data.test, data, "labelled test file")
-        task.check_labels(test, names, data.test)
-    unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column) if lm else []
-    if lm and not unlabelled and not data.labelled_text_for_lm:
-        raise fail(
-            "phase1.steps",
-            config.phase1.steps,
-            "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`",
-            "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0",
-        )
-    return RawData(train, test, unlabelled, names)
-
 
 Split = tuple[list[int], list[int]]  # (train indices, held-out indices) of the labelled set
 

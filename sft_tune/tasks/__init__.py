@@ -1,25 +1,47 @@
-"""Task registry: one file per task, each a `Task` (see `base.py`).
+"""Task registry: one file per task for its input (`<task>_files.py`: options, rules, reading; light
+imports) and one for the rest (`<task>.py`: encoding, batches, scores, predictions; torch and
+transformers).
 
-Adding a task (token classification, extractive QA, generation) is adding a file here and a line
-to `TASKS`.
+`TASKS` holds the input sides, so a config and its files are checked before torch loads;
+`get_task` imports the whole task. Adding a task is adding its two files and a line to each dict.
 """
 
 from __future__ import annotations
 
-from sft_tune.tasks.base import Task
-from sft_tune.tasks.classification import ClassificationTask
-from sft_tune.tasks.generation import GenerationTask
-from sft_tune.tasks.ner import NerTask
-from sft_tune.tasks.qa import QaTask
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-TASKS: dict[str, type[Task]] = {
-    "classification": ClassificationTask,
-    "ner": NerTask,
-    "qa": QaTask,
-    "generation": GenerationTask,
+from sft_tune.tasks.base import TaskFiles
+from sft_tune.tasks.classification_files import ClassificationFiles
+from sft_tune.tasks.generation_files import GenerationFiles
+from sft_tune.tasks.ner_files import NerFiles
+from sft_tune.tasks.qa_files import QaFiles
+
+if TYPE_CHECKING:
+    from sft_tune.tasks.base import Task
+
+TASKS: dict[str, type[TaskFiles]] = {
+    "classification": ClassificationFiles,
+    "ner": NerFiles,
+    "qa": QaFiles,
+    "generation": GenerationFiles,
+}
+
+# The whole task of each name: module and class, imported by `get_task` only.
+IMPLEMENTATIONS = {
+    "classification": ("sft_tune.tasks.classification", "ClassificationTask"),
+    "ner": ("sft_tune.tasks.ner", "NerTask"),
+    "qa": ("sft_tune.tasks.qa", "QaTask"),
+    "generation": ("sft_tune.tasks.generation", "GenerationTask"),
 }
 
 
-def get_task(name: str) -> Task:
-    """The task registered under `name` (config validation already checked the name)."""
+def task_files(name: str) -> TaskFiles:
+    """The input side of the task registered under `name` (config validation checked the name)."""
     return TASKS[name]()
+
+
+def get_task(name: str) -> Task:
+    """The whole task registered under `name` (imports torch and transformers)."""
+    module, cls = IMPLEMENTATIONS[name]
+    return getattr(import_module(module), cls)()

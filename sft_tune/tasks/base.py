@@ -1,7 +1,8 @@
-"""What a task provides to the two-phase loop.
+"""What a task provides: its input side (`TaskFiles`: its options, rules and files, read and
+checked with light imports) and its model side (`Task`: encoding, batches, scores, predictions).
 
-A task reads its labelled files, encodes them once, batches them, and scores a model. The loop
-(`sft_tune.core.loop`) knows nothing task-specific beyond this interface.
+The input side runs before any model loads (`sft-tune` checks every input first); the two-phase
+loop (`sft_tune.core.loop`) knows nothing task-specific beyond `Task`.
 """
 
 from __future__ import annotations
@@ -9,19 +10,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sft_tune.config import DataConfig, RunConfig, TaskOptions
 from sft_tune.errors import Problem
 
+if TYPE_CHECKING:
+    import torch
 
-class Task(ABC):
-    """Base of every task. `auto_model` is the transformers Auto class of the exported model."""
+
+class TaskFiles(ABC):
+    """A task's input: its section of `data`, its config rules, its labelled files and the input
+    of `predict`. Imports nothing heavy (no torch, transformers or datasets at import time)."""
 
     name: str
-    auto_model: Any
     metric: str  # the default score a search maximizes, e.g. "macro_f1"
     metrics: tuple[str, ...]  # every key `evaluate` returns
     options: type[TaskOptions] | None = None  # the task's section of `data` (e.g. data.ner), if any
@@ -42,6 +44,21 @@ class Task(ABC):
     @abstractmethod
     def check_labels(self, labelled: Any, names: Sequence[str], path: Path) -> None:
         """Raise `InputError` when a label is outside the label set."""
+
+    @abstractmethod
+    def read_input(self, path: Path, data: DataConfig) -> Any:
+        """Read and check the input file of `sft-tune predict` (before any model loads)."""
+
+    def metric_mode(self, metric: str) -> str:
+        """ "max" when a higher `metric` is better, "min" for losses."""
+        return "min" if metric in ("loss", "perplexity") else "max"
+
+
+class Task(TaskFiles):
+    """A whole task: its input side and its model side. `auto_model` is the transformers Auto
+    class of the exported model."""
+
+    auto_model: Any
 
     @abstractmethod
     def encode(self, labelled: Any, tokenizer, names: Sequence[str], data: DataConfig) -> Any:
@@ -79,10 +96,6 @@ class Task(ABC):
         """Metrics of `model` on `examples` (including `self.metric`); `loop.evaluate` calls it in
         eval mode without gradients."""
 
-    def metric_mode(self, metric: str) -> str:
-        """ "max" when a higher `metric` is better, "min" for losses."""
-        return "min" if metric in ("loss", "perplexity") else "max"
-
     def lengths(self, examples: Any) -> list[int] | None:
         """Token length of each training unit, for length-grouped batches; None = plain shuffling."""
         return None
@@ -97,9 +110,10 @@ class Task(ABC):
 
     @abstractmethod
     def predict(
-        self, model: torch.nn.Module, tokenizer, input_path: Path, data: DataConfig, batch_size: int
+        self, model: torch.nn.Module, tokenizer, rows: Any, data: DataConfig, batch_size: int
     ) -> Iterator[dict[str, Any]]:
-        """One JSON-able record per input row of `input_path`, in order (`sft-tune predict`).
+        """One JSON-able record per input row, in order (`sft-tune predict`); `rows` is what
+        `read_input` read.
 
         `data` is the run's data config (from the model's run.json) with the command line's
         column overrides applied."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,18 +12,9 @@ from transformers import AutoModelForSequenceClassification
 
 from sft_tune.config import DataConfig
 from sft_tune.core.batches import pad
-from sft_tune.core.data import read_table, require_columns, text_column, tokenize
-from sft_tune.errors import fail
+from sft_tune.core.data import tokenize
 from sft_tune.tasks.base import Task
-
-
-@dataclass
-class LabelledTexts:
-    """Texts and their labels as written in the file (labels kept as strings)."""
-
-    texts: list[str]
-    labels: list[str]
-    path: Path
+from sft_tune.tasks.classification_files import ClassificationFiles, LabelledTexts
 
 
 @dataclass
@@ -44,52 +33,8 @@ class EncodedLabelled:
         )
 
 
-class ClassificationTask(Task):
-    name = "classification"
+class ClassificationTask(ClassificationFiles, Task):
     auto_model = AutoModelForSequenceClassification
-    metric = "macro_f1"
-    metrics = ("accuracy", "macro_f1", "loss")
-
-    def read(self, path: Path, data: DataConfig, what: str) -> LabelledTexts:
-        table = read_table(path, what)
-        require_columns(table, [data.text_column, data.label_column], path, what)
-        texts = text_column(table, data.text_column, path, what)
-        raw = table[data.label_column]
-        missing = [
-            row for row, label in enumerate(raw) if label is None or str(label).strip() == ""
-        ]
-        if missing:
-            raise fail(
-                f"{path} column {data.label_column!r} row {missing[0] + 1}",
-                raw[missing[0]],
-                f"every example needs a label ({len(missing)} rows have none)",
-                "fill or remove the unlabelled rows (unlabelled text belongs in `data.unlabelled`)",
-            )
-        return LabelledTexts(texts, [str(label) for label in raw], Path(path))
-
-    def label_names(self, train: LabelledTexts, data: DataConfig) -> list[str]:
-        names = list(data.labels) if data.labels is not None else sorted(set(train.labels))
-        if len(names) < 2:
-            raise fail(
-                "data.labels"
-                if data.labels is not None
-                else f"{train.path} column {data.label_column!r}",
-                names,
-                "classification needs at least 2 labels",
-                "list every class in `data.labels`, or use a training file with 2 or more classes",
-            )
-        return names
-
-    def check_labels(self, labelled: LabelledTexts, names: Sequence[str], path: Path) -> None:
-        known = set(names)
-        unknown = Counter(label for label in labelled.labels if label not in known)
-        if unknown:
-            raise fail(
-                f"{path} labels",
-                dict(unknown),
-                f"labels must be in the label set {list(names)}",
-                "fix those labels, or add them to `data.labels`",
-            )
 
     def encode(
         self, labelled: LabelledTexts, tokenizer, names: Sequence[str], data: DataConfig
@@ -147,13 +92,9 @@ class ClassificationTask(Task):
         }
 
     def predict(
-        self, model, tokenizer, input_path: Path, data: DataConfig, batch_size: int
+        self, model, tokenizer, texts: list[str], data: DataConfig, batch_size: int
     ) -> Iterator[dict[str, Any]]:
-        """`{"text", "label", "probabilities"}` per row; the input is read and checked here, before
-        the first record is produced."""
-        table = read_table(input_path, "input file")
-        require_columns(table, [data.text_column], input_path, "input file")
-        texts = text_column(table, data.text_column, input_path, "input file")
+        """`{"text", "label", "probabilities"}` per text (`read_input`'s texts)."""
         names = model.config.id2label
 
         def records() -> Iterator[dict[str, Any]]:

@@ -1,30 +1,14 @@
 """Token classification (NER): one tag per word, scored by entity-level seqeval F1.
 
-Files. A table (.jsonl, .json, .parquet, .csv or a `save_to_disk` folder, read by `read_table`)
-holds one sentence a row: `data.ner.tokens_column` and `data.ner.tags_column` are lists (tags as
-text, or ids of a `ClassLabel` feature), `data.ner.document_column` (optional) names the document.
-Any other file (.conll, .txt, .iob, .bio, .tsv, no suffix, ...) is CoNLL text: one token a line,
-the token in the first column and the tag in the last, blank lines between sentences,
-`-DOCSTART-` lines between documents. A line with a tab is split at tabs only (so a token may be a
-space character, as U+3000 is in Japanese corpora), other lines at whitespace. `.tsv` is CoNLL here:
-a sentence table needs list columns, which TSV cannot hold.
-
-Schemes: IOB1, IOB2, BIOES (`data.ner.tag_scheme`); auto = BIOES when any tag is S- or E-, IOB1
-when an entity starts with I- (at sentence start, after O or after another type), else IOB2. The
-training file decides and test files are scored in its scheme: seqeval strict mode for IOB2 and
-BIOES, conlleval (default) mode for IOB1. An inferred label set is "O" plus every tag of the
-scheme for each entity type seen (B-/I- pairs, or B-/I-/E-/S-), so a test file is not refused
-for a tag the training file happens to lack.
+Reading (CoNLL, sentence tables, tag schemes, the label set) is `ner_files.py`'s part. Test files
+are scored in the training file's scheme: seqeval strict mode for IOB2 and BIOES, conlleval
+(default) mode for IOB1.
 
 Sub-words. Each distinct word is tokenized on its own (what `is_split_into_words` does, and it
 works with slow tokenizers too); a word that yields no token (BERT drops U+3000) stands as the
 unknown token, so that every word is seen. Tokenizers are loaded with `add_prefix_space=True`:
 byte-level BPE (GPT-2, RoBERTa, Qwen) needs it to read a word as it reads it mid-sentence
 ("Ġword"); in transformers 5 SentencePiece classes default to it and WordPiece ignores it.
-
-Prediction input: a table with `data.text_column` (raw text, split into words at whitespace and
-around punctuation, as CoNLL English is; text in a language written without spaces, or tokenized
-another way, should come as a tokens column) or with the tokens column (joined by spaces).
 
 Windows. The sub-tokens of a sentence are cut into windows of at most `data.max_length` tokens
 (special tokens included) overlapping by `data.stride`. A word seen in several windows takes the
@@ -37,53 +21,27 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import datasets
 import torch
-from pydantic import Field
 from seqeval.metrics import accuracy_score, classification_report
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, IOBES
 from transformers import AutoModelForTokenClassification
 
-from sft_tune.config import DataConfig, RunConfig, TaskOptions
+from sft_tune.config import DataConfig
 from sft_tune.core.batches import pad
-from sft_tune.core.data import cached, read_table, require_columns, text_column
+from sft_tune.core.data import cached
 from sft_tune.core.losses import IGNORE_INDEX
-from sft_tune.errors import Problem, fail, first_problems
-from sft_tune.tasks.base import Task, window_problems
+from sft_tune.errors import fail
+from sft_tune.tasks.base import Task
+from sft_tune.tasks.ner_files import NerFiles, NerOptions, Sentences
 
-TABLE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
-DOCSTART = "-DOCSTART-"
-PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES", "auto": "BIES"}
-TAG = re.compile(r"^([A-Z])-(\S+)$")
-WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # raw text to words at predict time (CoNLL-like)
 MIN_STRATUM = 20  # sentences a stratum needs; smaller ones join the largest (folds go up to 20)
-
-
-@dataclass
-class Sentences:
-    """The sentences of one labelled file: words and tags as written, and where each one starts."""
-
-    words: list[list[str]]
-    tags: list[list[str]]
-    documents: list[str] | None  # one per sentence where the file marks documents
-    starts: list[int]  # 1-based line (CoNLL) or row (table) of each sentence
-    unit: str  # "line" or "row"
-    path: Path
-    scheme: str
-
-    def where(self, sentence: int, word: int) -> str:
-        if self.unit == "line":
-            return f"{self.path} line {self.starts[sentence] + word}"
-        return f"{self.path} row {self.starts[sentence]} word {word + 1}"
 
 
 @dataclass
@@ -129,91 +87,8 @@ class Windows:
         )
 
 
-class NerOptions(TaskOptions):
-    """How token-classification (NER) files are read, labelled and scored."""
-
-    section = "ner"
-
-    tokens_column: str = Field(
-        "tokens", description="JSONL/Parquet column with the list of words of a sentence."
-    )
-    tags_column: str = Field(
-        "tags", description="JSONL/Parquet column with the list of tags (one per word)."
-    )
-    document_column: str = Field(
-        "document",
-        description="Optional column naming each sentence's document; folds keep documents whole.",
-    )
-    tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
-        "auto", description="Tagging scheme of the files (auto = detected from the training tags)."
-    )
-    label_subwords: Literal["first", "all"] = Field(
-        "first",
-        description="Which sub-word tokens of a word carry its tag in training: the first only "
-        "(the rest ignored) or all of them. Predictions always read the first sub-token.",
-    )
-
-
-class NerTask(Task):
-    name = "ner"
+class NerTask(NerFiles, Task):
     auto_model = AutoModelForTokenClassification
-    metric = "f1"
-    metrics = ("precision", "recall", "f1", "accuracy", "loss")
-    options = NerOptions
-    scheme: str | None = None  # the training file's scheme, set by `label_names`
-
-    def check(self, config: RunConfig) -> list[Problem]:
-        return window_problems(config.data)
-
-    def read(self, path: Path, data: DataConfig, what: str) -> Sentences:
-        path = Path(path)
-        if path.is_dir() or path.suffix.lower() in TABLE_SUFFIXES:
-            return read_sentence_table(path, NerOptions.of(data), what)
-        return read_conll(path, NerOptions.of(data).tag_scheme, what)
-
-    def label_names(self, train: Sentences, data: DataConfig) -> list[str]:
-        self.scheme = train.scheme
-        if data.labels is not None:
-            names = list(data.labels)
-            scheme = NerOptions.of(data).tag_scheme
-            bad = [name for name in names if tag_rule(name, scheme)]
-            if bad:
-                raise fail(
-                    "data.labels",
-                    bad,
-                    tag_rule(bad[0], scheme),
-                    "list tags such as O, B-PER, I-PER",
-                )
-        else:
-            types = {tag[2:] for seq in train.tags for tag in seq if tag != "O"}
-            names = ["O"] + sorted(
-                f"{prefix}-{kind}" for kind in types for prefix in PREFIXES[train.scheme]
-            )
-        if len(names) < 2:
-            raise fail(
-                "data.labels" if data.labels is not None else str(train.path),
-                names,
-                "NER needs at least one entity tag besides O",
-                "use a training file with entities, or list the tags in `data.labels`",
-            )
-        return names
-
-    def check_labels(self, labelled: Sentences, names: Sequence[str], path: Path) -> None:
-        known = set(names)
-        unknown = Counter(tag for seq in labelled.tags for tag in seq if tag not in known)
-        if unknown:
-            sentence, word = next(
-                (s, w)
-                for s, seq in enumerate(labelled.tags)
-                for w, tag in enumerate(seq)
-                if tag not in known
-            )
-            raise fail(
-                labelled.where(sentence, word),
-                dict(unknown),
-                f"tags must be in the label set {list(names)} (the first unknown tag is here)",
-                "fix those tags, or add them to `data.labels` (without it the training file decides the label set)",
-            )
 
     def encode(
         self, labelled: Sentences, tokenizer, names: Sequence[str], data: DataConfig
@@ -309,246 +184,15 @@ class NerTask(Task):
         return {"add_prefix_space": True}
 
     def predict(
-        self, model, tokenizer, input_path: Path, data: DataConfig, batch_size: int
+        self, model, tokenizer, rows, data: DataConfig, batch_size: int
     ) -> Iterator[dict[str, Any]]:
-        """`{"text", "entities": [{"type", "start", "end", "text", "score"}]}` per row; character
-        offsets into `text` (the text column, or the tokens joined by spaces). The input is read and
-        checked here, before the first record is produced."""
-        rows = read_prediction_input(Path(input_path), data)
+        """`{"text", "entities": [{"type", "start", "end", "text", "score"}]}` per row (`read_input`'s
+        rows); character offsets into `text` (the text column, or the tokens joined by spaces)."""
         prefix, suffix = special_tokens(tokenizer)
         content = content_length(data, len(prefix) + len(suffix))
         return _predictions(
             model, tokenizer, rows, (prefix, suffix, content, data.stride), batch_size
         )
-
-
-# ---- reading -------------------------------------------------------------------------------
-
-
-def tag_rule(tag: str, scheme: str) -> str | None:
-    """Why `tag` is not a tag of `scheme` (None when it is)."""
-    match = TAG.match(tag)
-    if tag == "O" or (match and match.group(1) in PREFIXES[scheme]):
-        return None
-    prefixes = "/".join(f"{p}-" for p in PREFIXES[scheme])
-    return f"a tag must be O or {prefixes}TYPE" + (
-        "" if scheme == "auto" else f" in the {scheme} scheme"
-    )
-
-
-def detect_scheme(tags: Sequence[Sequence[str]]) -> str:
-    """BIOES when S-/E- tags occur, IOB1 when an entity starts with I-, else IOB2."""
-    if any(tag[:2] in ("S-", "E-") for seq in tags for tag in seq):
-        return "BIOES"
-    for seq in tags:
-        previous = "O"
-        for tag in seq:
-            if tag.startswith("I-") and previous[2:] != tag[2:]:
-                return "IOB1"
-            previous = tag
-    return "IOB2"
-
-
-def _split_columns(line: str) -> list[str]:
-    if "\t" in line:
-        return [column.strip(" ") for column in line.rstrip("\t ").split("\t")]
-    return line.split()
-
-
-def read_conll(path: Path, scheme: str, what: str) -> Sentences:
-    """CoNLL text: token first, tag last; blank lines between sentences, -DOCSTART- between documents."""
-    if not path.is_file():
-        raise fail(
-            str(path),
-            str(path),
-            f"the {what} must exist",
-            "check the path in the config (relative paths are relative to the config file)",
-        )
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise fail(
-            f"{path} line {line}",
-            raw[err.start : err.start + 4],
-            f"the {what} must be UTF-8 text",
-            "re-save the file as UTF-8",
-        ) from None
-    words: list[list[str]] = []
-    tags: list[list[str]] = []
-    documents: list[str] = []
-    starts: list[int] = []
-    problems: list[Problem] = []
-    document, marked = 0, False
-    current: list[tuple[str, str]] = []
-
-    def close(line: int) -> None:
-        if current:
-            words.append([w for w, _ in current])
-            tags.append([t for _, t in current])
-            documents.append(f"document {document}")
-            starts.append(line - len(current))
-            current.clear()
-
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            close(number)
-            continue
-        columns = _split_columns(line)
-        if columns[0] == DOCSTART:
-            close(number)
-            document, marked = document + 1, True
-            continue
-        if len(columns) < 2 or not columns[0]:
-            problems.append(
-                Problem(
-                    f"{path} line {number}",
-                    line,
-                    "a token line needs the token in the first column and the tag in the last (2 or more columns, separated by tabs or spaces)",
-                    "add the tag column, or leave a blank line between sentences",
-                )
-            )
-            continue
-        rule = tag_rule(columns[-1], scheme)
-        if rule:
-            problems.append(
-                Problem(
-                    f"{path} line {number}",
-                    columns[-1],
-                    rule,
-                    f"fix the tag{'' if scheme == 'auto' else ', or set data.ner.tag_scheme to the scheme of the file'}",
-                )
-            )
-        current.append((columns[0], columns[-1]))
-    close(len(lines) + 1)
-    if problems:
-        raise first_problems(problems, f"{path}: invalid NER data")
-    if not words:
-        raise fail(
-            str(path),
-            "no token lines",
-            f"the {what} must hold at least one sentence",
-            "point to a CoNLL file with `token ... tag` lines",
-        )
-    detected = detect_scheme(tags) if scheme == "auto" else scheme
-    return Sentences(words, tags, documents if marked else None, starts, "line", path, detected)
-
-
-def _tag_names(table: datasets.Dataset, column: str) -> list[str] | None:
-    """The names of a list-of-ClassLabel column (tags stored as ids), else None."""
-    inner = getattr(table.features.get(column), "feature", None)
-    return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
-
-
-def read_sentence_table(path: Path, ner: NerOptions, what: str) -> Sentences:
-    """One sentence a row: a list of tokens and a list of tags (text, or ClassLabel ids)."""
-    table = read_table(path, what)
-    require_columns(table, [ner.tokens_column, ner.tags_column], path, what)
-    names = _tag_names(table, ner.tags_column)
-    words, tags, problems = [], [], []
-    for row, (tokens, row_tags) in enumerate(
-        zip(table[ner.tokens_column], table[ner.tags_column]), 1
-    ):
-        where = f"{path} row {row}"
-        if names is not None and isinstance(row_tags, list):
-            row_tags = [
-                names[t] if isinstance(t, int) and 0 <= t < len(names) else t for t in row_tags
-            ]
-        if (
-            not isinstance(tokens, list)
-            or not tokens
-            or not all(isinstance(t, str) and t for t in tokens)
-        ):
-            problems.append(
-                Problem(
-                    f"{where} column {ner.tokens_column!r}",
-                    tokens,
-                    "every row needs a non-empty list of non-empty words",
-                    "fix the row, or point data.ner.tokens_column at the tokens",
-                )
-            )
-        elif not isinstance(row_tags, list) or not all(isinstance(t, str) for t in row_tags):
-            problems.append(
-                Problem(
-                    f"{where} column {ner.tags_column!r}",
-                    row_tags,
-                    "every row needs a list of tags as text (or ClassLabel ids)",
-                    "fix the row, or point data.ner.tags_column at the tags",
-                )
-            )
-        elif len(tokens) != len(row_tags):
-            problems.append(
-                Problem(
-                    where,
-                    f"{len(tokens)} tokens, {len(row_tags)} tags",
-                    "every row needs exactly one tag per token",
-                    "fix the row's tokens or tags",
-                )
-            )
-        else:
-            for index, tag in enumerate(row_tags):
-                rule = tag_rule(tag, ner.tag_scheme)
-                if rule:
-                    problems.append(
-                        Problem(
-                            f"{where} word {index + 1}",
-                            tag,
-                            rule,
-                            "fix the tag, or set data.ner.tag_scheme to the scheme of the file",
-                        )
-                    )
-        words.append(tokens)
-        tags.append(row_tags)
-    if problems:
-        raise first_problems(problems, f"{path}: invalid NER data")
-    documents = None
-    if ner.document_column in table.column_names:
-        documents = [
-            f"row {row}" if value is None else str(value)
-            for row, value in enumerate(table[ner.document_column], 1)
-        ]
-    scheme = detect_scheme(tags) if ner.tag_scheme == "auto" else ner.tag_scheme
-    return Sentences(words, tags, documents, list(range(1, len(words) + 1)), "row", path, scheme)
-
-
-def read_prediction_input(
-    path: Path, data: DataConfig
-) -> list[tuple[str, list[str], list[tuple[int, int]]]]:
-    """(text, words, character span of each word) per row: raw text split into words, or a tokens
-    column joined by spaces."""
-    table = read_table(path, "input file")
-    tokens_column = NerOptions.of(data).tokens_column
-    if data.text_column in table.column_names:
-        rows = []
-        for text in text_column(table, data.text_column, path, "input file"):
-            matches = list(WORD.finditer(text))
-            rows.append((text, [m.group() for m in matches], [m.span() for m in matches]))
-        return rows
-    if tokens_column not in table.column_names:
-        raise fail(
-            str(path),
-            table.column_names,
-            f"the input file needs a text column {data.text_column!r} or a tokens column {tokens_column!r}",
-            "rename a column to one of those, or pass --text-column NAME (the tokens column is the training run's data.ner.tokens_column)",
-        )
-    rows = []
-    for row, tokens in enumerate(table[tokens_column], 1):
-        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-            raise fail(
-                f"{path} row {row} column {tokens_column!r}",
-                tokens,
-                "every row needs a list of non-empty words",
-                "fix the row",
-            )
-        spans, position = [], 0
-        for token in tokens:
-            spans.append((position, position + len(token)))
-            position += len(token) + 1
-        rows.append((" ".join(tokens), list(tokens), spans))
-    return rows
 
 
 # ---- encoding ------------------------------------------------------------------------------

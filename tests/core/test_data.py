@@ -2,7 +2,7 @@ import datasets
 import pytest
 from conftest import run_config_dict, toy_rows, write_csv, write_jsonl
 
-from sft_tune.core.prepare import read_data
+from sft_tune.core.files import read_data
 from sft_tune.core.splits import split_validation
 from sft_tune.errors import InputError
 from sft_tune.runconfig import parse_config

@@ -126,8 +126,8 @@ def test_same_seed_gives_the_same_result(tiny_bert, toy_files, tmp_path):
 
 
 def test_phase_two_never_computes_an_lm_loss(tiny_bert, toy_files, tmp_path):
+    from sft_tune.core.files import read_data
     from sft_tune.core.model import load_model, load_tokenizer
-    from sft_tune.core.prepare import read_data
     from sft_tune.tasks import get_task
 
     config = _config(tiny_bert, toy_files, tmp_path / "out", phase2={"epochs": 1})
@@ -187,13 +187,13 @@ def test_a_plain_run_builds_no_lm_head_and_reads_no_lm_text(
     tiny_bert, toy_files, tmp_path, monkeypatch, caplog
 ):
     # phase1.steps 0: the unlabelled file is never opened and no LM head is built or reported.
+    import sft_tune.core.files as files_module
     import sft_tune.core.model as model_module
-    import sft_tune.core.prepare as prepare_module
 
     def never(*args, **kwargs):
         raise AssertionError("a plain run read the unlabelled files")
 
-    monkeypatch.setattr(prepare_module, "read_unlabelled", never)
+    monkeypatch.setattr(files_module, "read_unlabelled", never)
     built = []
     real_load = model_module.load_model
     monkeypatch.setattr(

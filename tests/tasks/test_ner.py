@@ -16,7 +16,8 @@ from sft_tune.config import DataConfig
 from sft_tune.errors import InputError
 from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
-from sft_tune.tasks.ner import Windows, detect_scheme, entity_scores, stitch, window_spans
+from sft_tune.tasks.ner import Windows, entity_scores, stitch, window_spans
+from sft_tune.tasks.ner_files import detect_scheme
 
 DATA = Path(__file__).parents[1] / "data" / "ner"
 ROOT = Path(__file__).resolve().parents[2]

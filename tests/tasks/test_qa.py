@@ -548,10 +548,9 @@ def test_predict_checks_the_whole_input_before_returning(tiny_bert, tmp_path):
         + "\n"
     )
     with pytest.raises(InputError, match=r"bad.jsonl row 2 column 'question'"):
-        TASK.predict(model, tokenizer, bad, _data(), 8)  # raised by the call, not by iterating
-    records = TASK.predict(
-        model, tokenizer, DATA / "squad_v1.json", _data(qa={"no_answer": "false"}), 3
-    )
+        TASK.read_input(bad, _data())  # the input is read and checked before the model runs
+    data = _data(qa={"no_answer": "false"})
+    records = TASK.predict(model, tokenizer, TASK.read_input(DATA / "squad_v1.json", data), data, 3)
     assert not isinstance(records, list) and all(
         r["answer"] for r in records
     )  # no-answer off: always a span
