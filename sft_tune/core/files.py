@@ -1,31 +1,50 @@
 """Reading data files, and a config's labelled and unlabelled files read and checked.
 
-Files are read through the `datasets` library: CSV, JSONL/JSON, Parquet, or a folder written by
-`Dataset.save_to_disk`. Every problem with a file is an `InputError` naming the file and column.
-This module imports nothing heavy at import time, so a command can read and check its data
-before torch, transformers or Ray load.
+CSV/TSV and JSON files are read with Python's own parsers and Parquet with pyarrow, in one pass
+that names each bad line or row; only a folder written by `Dataset.save_to_disk` needs the
+`datasets` library (imported then). Every problem with a file is an `InputError` naming the file,
+the line, row or column. Nothing heavy is imported, so a command reads and checks its data before
+torch, transformers or Ray load.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sft_tune.config import RunConfig
 from sft_tune.errors import InputError, Problem, fail, first_problems, undecodable
 
-READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+READERS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
-def read_table(path: Path, what: str) -> datasets.Dataset:  # noqa: F821 (imported when called)
-    """Read a data file (or saved dataset folder) into a `datasets.Dataset`."""
-    import datasets
+@dataclass
+class Table:
+    """A data file's rows as columns (name -> values in row order); `features` are a saved
+    `datasets` folder's (ClassLabel names of tag ids), else None."""
 
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    columns: dict[str, list[Any]]
+    features: Any = None
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def __getitem__(self, column: str) -> list[Any]:
+        return self.columns[column]
+
+
+def read_table(path: Path, what: str) -> Table:
+    """Read a data file (CSV, TSV, JSON Lines, a JSON array of rows or object of columns,
+    Parquet) or a saved `datasets` folder, in one pass that names each unreadable line or row."""
     path = Path(path)
     if not path.exists():
         raise fail(
@@ -34,38 +53,20 @@ def read_table(path: Path, what: str) -> datasets.Dataset:  # noqa: F821 (import
             f"the {what} must exist",
             "check the path in the config (relative paths are relative to the config file)",
         )
-    try:
-        if path.is_dir():
-            table = datasets.load_from_disk(str(path))
-            if isinstance(table, datasets.DatasetDict):
-                if len(table) != 1:
-                    raise fail(
-                        str(path),
-                        sorted(table),
-                        f"the {what} folder must hold one split",
-                        "save a single `Dataset`, not a `DatasetDict` with several splits",
-                    )
-                table = next(iter(table.values()))
-        else:
-            builder = READERS.get(path.suffix.lower())
-            if builder is None:
-                raise fail(
-                    str(path),
-                    path.suffix,
-                    f"the {what} must be one of {sorted(READERS)} or a saved dataset folder",
-                    "convert the file or rename it with the right extension",
-                )
-            _check_text_file(path, what)
-            kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-            table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except InputError:
-        raise
-    except ValueError as err:
-        if "corresponds to no data" not in str(err):  # how `datasets` says a file holds no rows
-            raise _unreadable(path, what, err) from None
-        table = []
-    except Exception as err:  # any parser failure is the file's fault, reported as such
-        raise _unreadable(path, what, err) from None
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        table = _read_saved(path, what)
+    elif suffix == ".parquet":
+        table = _read_parquet(path, what)
+    elif suffix in READERS:
+        table = _read_text(path, suffix, what)
+    else:
+        raise fail(
+            str(path),
+            path.suffix,
+            f"the {what} must be one of {list(READERS)} or a saved dataset folder",
+            "convert the file or rename it with the right extension",
+        )
     if len(table) == 0:
         raise fail(
             str(path), "0 rows", f"the {what} must not be empty", "point to a file with data rows"
@@ -73,16 +74,39 @@ def read_table(path: Path, what: str) -> datasets.Dataset:  # noqa: F821 (import
     return table
 
 
-def _check_text_file(path: Path, what: str) -> None:
-    """What `datasets` would only call "an error occurred while generating the dataset", said
-    per line: an empty file, bytes that are not UTF-8, a JSON line that does not parse, a CSV row
-    whose field count is not the header's (the first `errors.SHOWN` of them)."""
-    import csv
-    import io
+def _read_saved(path: Path, what: str) -> Table:
+    """A folder written by `Dataset.save_to_disk` (the one reader that needs `datasets`)."""
+    import datasets
 
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
-        return
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        table = datasets.load_from_disk(str(path))
+    except Exception as err:  # any loader failure is the folder's fault, reported as such
+        raise _unreadable(path, what, err) from None
+    if isinstance(table, datasets.DatasetDict):
+        if len(table) != 1:
+            raise fail(
+                str(path),
+                sorted(table),
+                f"the {what} folder must hold one split",
+                "save a single `Dataset`, not a `DatasetDict` with several splits",
+            )
+        table = next(iter(table.values()))
+    return Table(table.to_dict(), table.features)
+
+
+def _read_parquet(path: Path, what: str) -> Table:
+    import pyarrow.parquet
+
+    try:
+        return Table(pyarrow.parquet.read_table(path).to_pydict())
+    except Exception as err:  # any parser failure is the file's fault, reported as such
+        raise _unreadable(path, what, err) from None
+
+
+def _read_text(path: Path, suffix: str, what: str) -> Table:
+    """CSV/TSV and JSON files, with every bad line or row named (the first `errors.SHOWN`)."""
     data = path.read_bytes()
     if not data.strip():
         raise fail(
@@ -92,7 +116,7 @@ def _check_text_file(path: Path, what: str) -> None:
             "point to a file with data rows",
         )
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line, found = undecodable(data, err)
         raise fail(
@@ -102,45 +126,89 @@ def _check_text_file(path: Path, what: str) -> None:
             "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
         ) from None
     problems: list[Problem] = []
-    if suffix in (".jsonl", ".json"):
-        if suffix == ".json":
-            try:
-                json.loads(text)
-                return  # one JSON document (an array or an object of columns)
-            except ValueError:
-                pass  # JSON lines, checked line by line below
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                problems.append(
-                    Problem(
-                        f"{path} line {number}",
-                        line[:80],
-                        f"each line must be one JSON object ({err})",
-                        "fix that line's JSON",
-                    )
-                )
-                continue
-            if not isinstance(row, dict):
-                problems.append(
-                    Problem(
-                        f"{path} line {number}",
-                        line[:80],
-                        "each line must be one JSON object of columns",
-                        'write {"column": value, ...} on each line',
-                    )
-                )
+    if suffix in (".csv", ".tsv"):
+        table = _csv_table(path, text, "\t" if suffix == ".tsv" else ",", problems)
     else:
-        rows = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        header = next(rows, [])
-        for number, row in enumerate(rows, 2):
-            if row and len(row) != len(header):
-                problems.append(Problem(f"{path} row {number}", row[:5], f"row {number} has {len(row)} fields, the header has {len(header)}", "quote fields that hold the delimiter, or fix the row"))  # fmt: skip
+        table = _json_table(path, text, suffix, problems)
     if problems:
         raise first_problems(problems, f"{path}: unreadable {what}")
+    return table
+
+
+def _csv_table(path: Path, text: str, delimiter: str, problems: list[Problem]) -> Table:
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as err:
+        problems.append(Problem(str(path), str(err), "the file must be valid CSV", "fix the quoting"))  # fmt: skip
+        return Table({})
+    header, body = rows[0], rows[1:]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        problems.append(Problem(f"{path} row 1", header[:10], f"every column name must appear once in the header ({twice} appear more than once)", "rename the repeated columns"))  # fmt: skip
+    kept = []
+    for number, row in enumerate(body, 2):
+        if not row:
+            continue  # a blank line
+        if len(row) != len(header):
+            problems.append(Problem(f"{path} row {number}", row[:5], f"row {number} has {len(row)} fields, the header has {len(header)}", "quote fields that hold the delimiter, or fix the row"))  # fmt: skip
+        kept.append(row)
+    return Table({name: [row[i] for row in kept] for i, name in enumerate(header)})
+
+
+def _json_table(path: Path, text: str, suffix: str, problems: list[Problem]) -> Table:
+    if suffix == ".json":
+        try:
+            document = json.loads(text)
+        except ValueError:
+            document = None  # JSON lines in a .json file, read line by line below
+        if isinstance(document, list) and all(isinstance(row, dict) for row in document):
+            return _rows_table(document)
+        if isinstance(document, dict) and all(isinstance(v, list) for v in document.values()):
+            if len({len(v) for v in document.values()}) <= 1:
+                return Table(document)
+        if document is not None:
+            problems.append(Problem(str(path), _kind(document), "a JSON file must be an array of row objects, an object of equal-length column lists, or one JSON object per line", "rewrite it in one of those layouts"))  # fmt: skip
+            return Table({})
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            problems.append(
+                Problem(
+                    f"{path} line {number}",
+                    line[:80],
+                    f"each line must be one JSON object ({err})",
+                    "fix that line's JSON",
+                )
+            )
+            continue
+        if not isinstance(row, dict):
+            problems.append(
+                Problem(
+                    f"{path} line {number}",
+                    line[:80],
+                    "each line must be one JSON object of columns",
+                    'write {"column": value, ...} on each line',
+                )
+            )
+            continue
+        rows.append(row)
+    return _rows_table(rows)
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> Table:
+    """Columns of row objects: every key of any row, None where a row lacks it."""
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return Table({name: [row.get(name) for row in rows] for name in names})
+
+
+def _kind(document: Any) -> str:
+    if isinstance(document, dict):
+        return f"an object with keys {sorted(document)[:10]}"
+    return f"a JSON {type(document).__name__}"
 
 
 def _unreadable(path: Path, what: str, err: Exception) -> InputError:
@@ -149,28 +217,34 @@ def _unreadable(path: Path, what: str, err: Exception) -> InputError:
         str(path),
         f"{type(err).__name__}: {err}",
         f"the {what} must be readable as {kind}",
-        "check the file's format and encoding (UTF-8)",
+        "check the file's format"
+        + (
+            " (a folder written by Dataset.save_to_disk)"
+            if kind == "a saved dataset folder"
+            else ""
+        ),
     )
 
 
-def require_columns(table, columns: Sequence[str], path: Path, what: str) -> None:
-    """Raise one error listing every missing column."""
+def require_columns(table: Table, columns: dict[str, str], path: Path, what: str) -> None:
+    """Raise one error listing every missing column; `columns` maps the setting that names a
+    column (e.g. "data.text_column") to the column's name."""
     problems = [
         Problem(
             f"{path} column {column!r}",
             table.column_names,
             f"the {what} must have a column {column!r}",
-            f"rename the column or set the config's column name to one of {table.column_names}",
+            f"rename a column to {column!r}, or set {setting} to one of {table.column_names}",
         )
-        for column in columns
+        for setting, column in columns.items()
         if column not in table.column_names
     ]
     if problems:
         raise InputError(problems, title=f"{path}: missing column")
 
 
-def text_column(table, column: str, path: Path, what: str) -> list[str]:
-    """The column's values, which must all be non-empty strings."""
+def text_column(table: Table, column: str, path: Path, what: str, setting: str) -> list[str]:
+    """The column's values, which must all be non-empty strings (`setting` names the column)."""
     values = table[column]
     bad = [
         (row, value)
@@ -183,7 +257,7 @@ def text_column(table, column: str, path: Path, what: str) -> list[str]:
             f"{path} column {column!r} row {row + 1}",
             value,
             f"every value of the {what} text column must be non-empty text ({len(bad)} of {len(values)} rows are not)",
-            "remove or fill those rows, or point `text_column` at the text column",
+            f"remove or fill those rows, or set {setting} to the text column",
         )
     return values
 
@@ -193,8 +267,9 @@ def read_unlabelled(paths: Sequence[Path], column: str) -> list[str]:
     texts: list[str] = []
     for path in paths:
         table = read_table(path, "unlabelled file")
-        require_columns(table, [column], path, "unlabelled file")
-        texts.extend(text_column(table, column, path, "unlabelled file"))
+        setting = "data.unlabelled_text_column"
+        require_columns(table, {setting: column}, path, "unlabelled file")
+        texts.extend(text_column(table, column, path, "unlabelled file", setting))
     return texts
 
 
@@ -208,24 +283,70 @@ class RawData:
     label_names: list[str]
 
 
-def read_data(config: RunConfig, task, lm: bool | None = None) -> RawData:
-    """Read and check every data file of the config (bad files raise `InputError`); the
-    unlabelled files only when `lm` (default: the config runs phase 1)."""
+def read_data(
+    config: RunConfig, task, lm: bool | None = None, names: dict[Path, str] | None = None
+) -> RawData:
+    """Read and check every data file of the config, reporting the problems of all of them at
+    once (`InputError`); the unlabelled files only when `lm` (default: the config runs phase 1).
+    `names` says how the user named each file (resolved path -> "data.train (train.csv)"), for
+    the messages; by default they show the resolved path."""
     lm = config.phase1.steps > 0 if lm is None else lm
-    data = config.data
-    train = task.read(data.train, data, "labelled training file")
-    names = task.label_names(train, data)
-    task.check_labels(train, names, data.train)
+    data, problems, titles = config.data, [], []
+
+    def attempt(path: Path, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except InputError as err:
+            name = (names or {}).get(path)
+            problems.extend(renamed(err.problems, path, name))
+            titles.append(err.title.replace(str(path), name) if name else err.title)
+            return None
+
+    train = attempt(data.train, lambda: task.read(data.train, data, "labelled training file"))
+    labels = None if train is None else attempt(data.train, lambda: task.label_names(train, data))
+    if labels is not None:
+        attempt(data.train, lambda: task.check_labels(train, labels, data.train))
     test = None
     if data.test is not None:
-        test = task.read(data.test, data, "labelled test file")
-        task.check_labels(test, names, data.test)
-    unlabelled = read_unlabelled(data.unlabelled, data.unlabelled_text_column) if lm else []
-    if lm and not unlabelled and not data.labelled_text_for_lm:
-        raise fail(
-            "phase1.steps",
-            config.phase1.steps,
-            "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`",
-            "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0",
+        test = attempt(data.test, lambda: task.read(data.test, data, "labelled test file"))
+        if test is not None and labels is not None:
+            attempt(data.test, lambda: task.check_labels(test, labels, data.test))
+    unlabelled: list[str] = []
+    for path in data.unlabelled if lm else []:
+        read = lambda path=path: read_unlabelled([path], data.unlabelled_text_column)  # noqa: E731
+        unlabelled += attempt(path, read) or []
+    if lm and not data.unlabelled and not data.labelled_text_for_lm:
+        problems.append(
+            Problem(
+                "phase1.steps",
+                config.phase1.steps,
+                "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`",
+                "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0",
+            )
         )
-    return RawData(train, test, unlabelled, names)
+    if problems:
+        title = titles[0] if len(titles) == 1 else f"invalid data ({len(titles)} files)"
+        raise InputError(problems, title=title if titles else "invalid config")
+    return RawData(train, test, unlabelled, labels)
+
+
+def renamed(problems: list[Problem], path: Path, name: str | None) -> list[Problem]:
+    """`problems` of one file with its resolved path replaced by how the user named it."""
+    if not name:
+        return list(problems)
+    return [replace(p, where=p.where.replace(str(path), name)) for p in problems]
+
+
+def data_names(raw: dict[str, Any], base_dir: Path) -> dict[Path, str]:
+    """How a config mapping names its data files: resolved path -> "data.train (train.csv)"."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    named = [(f"data.{key}", data.get(key)) for key in ("train", "test")]
+    unlabelled = data.get("unlabelled") if isinstance(data.get("unlabelled"), list) else []
+    named += [(f"data.unlabelled[{i}]", value) for i, value in enumerate(unlabelled)]
+    return {
+        (
+            Path(value) if Path(value).is_absolute() else (base_dir / value).resolve()
+        ): f"{key} ({value})"
+        for key, value in named
+        if isinstance(value, str)
+    }

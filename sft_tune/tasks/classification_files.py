@@ -29,8 +29,13 @@ class ClassificationFiles(TaskFiles):
 
     def read(self, path: Path, data: DataConfig, what: str) -> LabelledTexts:
         table = read_table(path, what)
-        require_columns(table, [data.text_column, data.label_column], path, what)
-        texts = text_column(table, data.text_column, path, what)
+        require_columns(
+            table,
+            {"data.text_column": data.text_column, "data.label_column": data.label_column},
+            path,
+            what,
+        )
+        texts = text_column(table, data.text_column, path, what, "data.text_column")
         raw = table[data.label_column]
         missing = [
             row for row, label in enumerate(raw) if label is None or str(label).strip() == ""
@@ -71,5 +76,5 @@ class ClassificationFiles(TaskFiles):
     def read_input(self, path: Path, data: DataConfig) -> list[str]:
         """The texts of `data.text_column`, every one non-empty."""
         table = read_table(path, "input file")
-        require_columns(table, [data.text_column], path, "input file")
-        return text_column(table, data.text_column, path, "input file")
+        require_columns(table, {"data.text_column": data.text_column}, path, "input file")
+        return text_column(table, data.text_column, path, "input file", "data.text_column")

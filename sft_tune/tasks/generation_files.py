@@ -64,9 +64,21 @@ class GenerationFiles(TaskFiles):
                 table[settings.messages_column], path, settings.messages_column
             )
         else:
-            require_columns(table, [settings.prompt_column, settings.response_column], path, what)
-            prompts = text_column(table, settings.prompt_column, path, what)
-            responses = text_column(table, settings.response_column, path, what)
+            require_columns(
+                table,
+                {
+                    "data.generation.prompt_column": settings.prompt_column,
+                    "data.generation.response_column": settings.response_column,
+                },
+                path,
+                what,
+            )
+            prompts = text_column(
+                table, settings.prompt_column, path, what, "data.generation.prompt_column"
+            )
+            responses = text_column(
+                table, settings.response_column, path, what, "data.generation.response_column"
+            )
         return Conversations(list(prompts), list(responses), Path(path))
 
     def label_names(self, train: Conversations, data: DataConfig) -> list[str]:
@@ -91,8 +103,12 @@ class GenerationFiles(TaskFiles):
             for row, messages in enumerate(prompts):
                 _check_messages(messages, path, settings.messages_column, row)
         else:
-            require_columns(table, [settings.prompt_column], path, "input file")
-            prompts = text_column(table, settings.prompt_column, path, "input file")
+            require_columns(
+                table, {"data.generation.prompt_column": settings.prompt_column}, path, "input file"
+            )
+            prompts = text_column(
+                table, settings.prompt_column, path, "input file", "data.generation.prompt_column"
+            )
         return Conversations(list(prompts), [], Path(path))
 
 

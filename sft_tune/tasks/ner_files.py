@@ -280,7 +280,12 @@ def _tag_names(table, column: str) -> list[str] | None:
 def read_sentence_table(path: Path, ner: NerOptions, what: str) -> Sentences:
     """One sentence a row: a list of tokens and a list of tags (text, or ClassLabel ids)."""
     table = read_table(path, what)
-    require_columns(table, [ner.tokens_column, ner.tags_column], path, what)
+    require_columns(
+        table,
+        {"data.ner.tokens_column": ner.tokens_column, "data.ner.tags_column": ner.tags_column},
+        path,
+        what,
+    )
     names = _tag_names(table, ner.tags_column)
     words, tags, problems = [], [], []
     for row, (tokens, row_tags) in enumerate(
@@ -357,7 +362,7 @@ def read_prediction_input(
     tokens_column = NerOptions.of(data).tokens_column
     if data.text_column in table.column_names:
         rows = []
-        for text in text_column(table, data.text_column, path, "input file"):
+        for text in text_column(table, data.text_column, path, "input file", "data.text_column"):
             matches = list(WORD.finditer(text))
             rows.append((text, [m.group() for m in matches], [m.span() for m in matches]))
         return rows
@@ -366,7 +371,7 @@ def read_prediction_input(
             str(path),
             table.column_names,
             f"the input file needs a text column {data.text_column!r} or a tokens column {tokens_column!r}",
-            "rename a column to one of those, or pass --text-column NAME (the tokens column is the training run's data.ner.tokens_column)",
+            "rename a column to one of those, or set data.text_column to the text column (or data.ner.tokens_column to the tokens column)",
         )
     rows = []
     for row, tokens in enumerate(table[tokens_column], 1):

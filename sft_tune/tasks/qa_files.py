@@ -280,12 +280,13 @@ def _add_squad_question(
 def _read_rows(path: Path, data: DataConfig, what: str, need_answers: bool) -> Questions:
     qa = QaOptions.of(data)
     table = read_table(path, what)
-    require_columns(
-        table,
-        [qa.question_column, qa.context_column] + ([qa.answers_column] if need_answers else []),
-        path,
-        what,
-    )
+    columns = {
+        "data.qa.question_column": qa.question_column,
+        "data.qa.context_column": qa.context_column,
+    }
+    if need_answers:
+        columns["data.qa.answers_column"] = qa.answers_column
+    require_columns(table, columns, path, what)
     size = len(table)
     ids = (
         [str(v) if v is not None else None for v in table["id"]]
