@@ -16,14 +16,12 @@ EXIT_INPUT = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sft_tune.runconfig import load_config
+    from sft_tune.runconfig import load_run
 
-    config = load_config(args.config, check_inputs=True)
-    if args.output_dir is not None:
-        config = config.model_copy(update={"output_dir": args.output_dir.resolve()})
-    from sft_tune.run import train  # heavy imports only after the config is known to be valid
+    config, data = load_run(args.config, args.output_dir)
+    from sft_tune.run import train  # heavy imports only once the whole input is known good
 
-    metrics = train(config, progress=not args.no_progress)
+    metrics = train(config, progress=not args.no_progress, raw=data)
     print(json.dumps(metrics, indent=2, default=str))
     test = metrics.get("test")
     if test:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sft_tune.config import RunConfig
 from sft_tune.core.export import export_model
+from sft_tune.core.files import RawData
 from sft_tune.core.loop import Report, evaluate, fit, runtime_for, seed_everything
 from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.core.prepare import prepare_data
@@ -22,11 +23,13 @@ def train(
     progress: bool = True,
     model_dir: Path | None = None,
     extra_files: dict[str, dict] | None = None,
+    raw: RawData | None = None,
 ) -> dict[str, Any]:
     """Train both phases, evaluate on the test file, export to `model_dir` (default
-    `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns the metrics."""
+    `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns
+    the metrics. `raw`: the data files already read and checked (`runconfig.load_run`)."""
     task = get_task(config.model.task)
-    prepared = prepare_data(config, task, with_test=True)
+    prepared = prepare_data(config, task, with_test=True, raw=raw)
     data = prepared.fit_data(0, config, evaluate_held_out=True)
     log.info(
         "data: %d labelled for training, %d for validation, %d LM texts",

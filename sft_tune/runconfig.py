@@ -8,16 +8,17 @@ the schema and the tasks import in one direction only (tasks -> config).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from sft_tune.checkpoint import architecture_problems, folder_problems
 from sft_tune.config import RunConfig, check_schema, problems_from_validation
+from sft_tune.core.files import READERS, RawData, data_names, read_data, read_table, renamed
 from sft_tune.errors import InputError, Problem, fail, undecodable
-from sft_tune.tasks import TASKS
+from sft_tune.tasks import TASKS, task_files
 
 
 def load_config(path: str | Path, check_inputs: bool = False) -> RunConfig:
@@ -25,6 +26,50 @@ def load_config(path: str | Path, check_inputs: bool = False) -> RunConfig:
     `check_inputs`, also every data file, model folder and output path that is not there)."""
     raw = read_yaml(path, "config file")
     return parse_config(raw, Path(path).resolve().parent, str(path), check_inputs)
+
+
+def load_run(path: str | Path, output_dir: Path | None = None) -> tuple[RunConfig, RawData]:
+    """A `train` run's whole input checked at once, before anything heavy is imported: the
+    config (schema, task, rules), every path it names, the model folder and its config.json, and
+    every data file read and checked (or, when the config itself is broken, each data file that
+    is there read as a table). Raises one `InputError` listing every problem."""
+    raw = read_yaml(path, "config file")
+    base_dir = Path(path).resolve().parent
+    names = data_names(raw, base_dir)
+    try:
+        config = parse_config(raw, base_dir, str(path), check_inputs=True)
+    except InputError as err:
+        problems = err.problems + table_problems(names)
+        if len(problems) == len(err.problems):
+            raise
+        raise InputError(problems, title=f"{path}: invalid input") from None
+    problems = []
+    if output_dir is not None:
+        if output_dir.is_file():
+            problems.append(Problem("--output-dir", str(output_dir), f"must be a folder, and {output_dir.resolve()} is an existing file", "pick another folder"))  # fmt: skip
+        config = config.model_copy(update={"output_dir": output_dir.resolve()})
+    try:
+        data = read_data(config, task_files(config.model.task), names=names)
+    except InputError as err:
+        if not problems:
+            raise
+        problems += err.problems
+    if problems:
+        raise InputError(problems, title=f"{path}: invalid input")
+    return config, data
+
+
+def table_problems(names: dict[Path, str]) -> list[Problem]:
+    """What is wrong with each data file that is there and is a table (CSV, JSON, Parquet, ...),
+    read without the config's settings: for a config too broken to read its files properly."""
+    problems = []
+    for path, name in names.items():
+        if path.is_file() and path.suffix.lower() in READERS:
+            try:
+                read_table(path, "data file")
+            except InputError as err:
+                problems += renamed(err.problems, path, name)
+    return problems
 
 
 def parse_config(
@@ -174,35 +219,14 @@ def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
     name, gguf = model.get("name_or_path"), model.get("gguf_file")
     local = base_dir / name if isinstance(name, str) else None
     if local is not None and (local.exists() or name.startswith((".", "/", "~"))):
-        if not local.is_dir():
-            problems.append(
-                Problem(
-                    "model.name_or_path",
-                    name,
-                    f"a local model must be a folder ({local.resolve()} is not one)",
-                    "point to the folder holding config.json and the tokenizer files",
-                )
-            )
-        elif isinstance(gguf, str) and not (local / gguf).is_file():
-            there = sorted(p.name for p in local.iterdir() if p.suffix == ".gguf")
-            problems.append(
-                Problem(
-                    "model.gguf_file",
-                    gguf,
-                    f"must be a file in {local.resolve()} (GGUF files there: {there or 'none'})",
-                    f"set model.gguf_file to one of {there}" if there else "check the file name",
-                )
-            )
-        elif not isinstance(gguf, str) and (local / "config.json").is_file():
-            problems += architecture_problems(local / "config.json", raw)
-        elif not isinstance(gguf, str) and not (local / "config.json").is_file():
-            problems.append(
-                Problem(
-                    "model.name_or_path",
-                    name,
-                    f"a local model folder must hold config.json ({local.resolve()} has none)",
-                    "point to a folder saved by save_pretrained (config.json, weights, tokenizer)",
-                )
+        gguf = gguf if isinstance(gguf, str) else None
+        found = folder_problems("model.name_or_path", name, local, gguf)
+        problems += found
+        if not found and gguf is None:
+            problems += architecture_problems(
+                local / "config.json",
+                model.get("lm_objective", "auto"),
+                model.get("task", "classification"),
             )
     output = raw.get("output_dir")
     if isinstance(output, str) and (base_dir / output).is_file():
@@ -214,35 +238,6 @@ def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
                 "pick another output_dir",
             )
         )
-    return problems
-
-
-def architecture_problems(config_json: Path, raw: dict[str, Any]) -> list[Problem]:
-    """What the checkpoint's config.json already rules out, before any weight loads: a masked-LM
-    objective on a model without a masked-LM head class, a causal one on a model without a
-    causal-LM class, the generation task on an encoder."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    try:
-        checkpoint = json.loads(config_json.read_text())
-    except (OSError, ValueError) as err:
-        return [Problem(str(config_json), str(err), "the model's config.json must be JSON", "re-save the model with save_pretrained")]  # fmt: skip
-    kind = checkpoint.get("model_type")
-    if not isinstance(kind, str):
-        return []
-    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    objective, task = model.get("lm_objective", "auto"), model.get("task", "classification")
-    encoder = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not checkpoint.get("is_decoder")
-    problems = []
-    if objective == "masked" and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        problems.append(Problem("model.lm_objective", objective, f"a masked-LM loss needs an encoder with a masked-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to causal or auto"))  # fmt: skip
-    if objective == "causal" and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        problems.append(Problem("model.lm_objective", objective, f"a next-token loss needs a causal-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to masked or auto"))  # fmt: skip
-    if task == "generation" and encoder:
-        problems.append(Problem("model.task", task, f"prompt->response generation needs a decoder (GPT/Llama-like); {config_json} is the encoder {kind!r}", "use a decoder checkpoint, or another task"))  # fmt: skip
     return problems
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from sft_tune.config import RunConfig
 from sft_tune.core import data as data_module
 from sft_tune.core.data import SequenceView, TokenArray, text_hashes, tokenize
-from sft_tune.core.files import read_data
+from sft_tune.core.files import RawData, read_data
 from sft_tune.core.model import load_tokenizer
 from sft_tune.core.splits import make_folds, split_validation
 
@@ -111,14 +111,16 @@ def prepare_data(
     seed: int | None = None,
     with_test: bool = False,
     lm: bool | None = None,
+    raw: RawData | None = None,
 ) -> PreparedData:
     """Read, check, split and tokenize a config's data once. `folds` 1 is one split of
     data.validation_fraction (a training run's validation split, or a sweep's holdout), k >= 2
     is k-fold CV; `seed` (default the config's) shuffles the split; `with_test` also encodes the
     test file; `lm` (default: the config runs phase 1) reads and tokenizes the LM texts, else
-    no split has LM data. `task` is the config's task (`tasks.get_task(config.model.task)`)."""
+    no split has LM data. `task` is the config's task (`tasks.get_task(config.model.task)`);
+    `raw` is the files already read by `files.read_data` with the same `lm`, else they are read."""
     lm = config.phase1.steps > 0 if lm is None else lm
-    raw = read_data(config, task, lm)
+    raw = read_data(config, task, lm) if raw is None else raw
     strata, groups = task.strata(raw.train), task.groups(raw.train)
     seed = config.seed if seed is None else seed
     if folds == 1:
