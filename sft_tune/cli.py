@@ -71,28 +71,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    if (args.space is None) == (args.resume is None):
-        raise InputError(
-            [
-                Problem(
-                    "--space / --resume",
-                    {"space": args.space, "resume": args.resume},
-                    "give exactly one of --space FILE (new sweep) and --resume DIR (continue one)",
-                    "e.g. sft-tune search --space search_spaces/alpha.yaml",
-                )
-            ]
-        )
-    from sft_tune.sweep.results import format_table
-    from sft_tune.sweep.run import prepare, run_search
+    from sft_tune.sweep.checks import check_search
 
-    _, folder = prepare(args.space, args.resume)
+    checked = check_search(args.space, args.resume, args.address)
+    from sft_tune.sweep.results import format_table  # heavy: only once the input is known good
+    from sft_tune.sweep.run import run_search
+
     try:
-        result = run_search(
-            args.space, args.resume, args.address, use_wandb=not args.no_wandb, verbose=args.verbose
-        )
+        result = run_search(use_wandb=not args.no_wandb, verbose=args.verbose, checked=checked)
     except KeyboardInterrupt:
         print(
-            f"\nsweep interrupted; resume it with: sft-tune search --resume {folder.path}",
+            f"\nsweep interrupted; resume it with: sft-tune search --resume {checked.folder.path}",
             file=sys.stderr,
         )
         return 130

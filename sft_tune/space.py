@@ -8,6 +8,7 @@ and checked here, before Ray starts; `to_optuna` is the one translation to Optun
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,10 @@ from pydantic import (
 )
 
 from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
+from sft_tune.core.files import RawData, data_names, read_data
 from sft_tune.errors import InputError, Problem
-from sft_tune.runconfig import input_problems, parse_config, read_yaml
+from sft_tune.runconfig import input_problems, parse_config, read_yaml, table_problems
+from sft_tune.tasks import task_files
 
 
 class _Strict(BaseModel):
@@ -218,70 +221,121 @@ def phase1_only(dotted: str) -> bool:
 def load_space(path: str | Path, check_inputs: bool = False) -> Sweep:
     """Read and check a search-space file; raise `InputError` listing every problem (with
     `check_inputs`, also the base config's data files, model folder and output path)."""
-    path = Path(path)
+    found = check_space(Path(path), check_inputs, read=False)
+    if found.problems:
+        raise InputError(found.problems, title=f"{path}: invalid search space")
+    return found.sweep
+
+
+@dataclass
+class SpaceCheck:
+    """A space file checked: the sweep and its data when all is well, the search settings when
+    they are valid on their own (so a command can check more with them), and every problem."""
+
+    sweep: Sweep | None
+    data: RawData | None
+    search: SearchSettings | None
+    problems: list[Problem]
+
+
+def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> SpaceCheck:
+    """Every problem of a space file at once: its schema, the base config (with `check_inputs`
+    the paths it names and its model folder), the params against the config, the settings, and
+    (with `read`) the base config's data files: the unlabelled ones when some trial can run
+    phase 1 (`Sweep.arms`). An unreadable YAML file raises `InputError` at once."""
     raw = read_yaml(path, "search-space file")
-    title = f"{path}: invalid search space"
+    problems: list[Problem] = []
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as err:
-        raise InputError(problems_from_validation(err, SearchSpace), title=title) from None
-    problems: list[Problem] = []
-    base = _base_dict(space, path, problems)
+        space = None
+        problems += problems_from_validation(err, SearchSpace)
+    base, base_dir = _base_dict(raw, space, path, problems)
     base_config = None
     if base is not None and check_inputs:  # reported with the schema's problems, not after them
-        base_dir = (
-            (path.parent / space.base).resolve().parent if space.base else path.resolve().parent
-        )
-        problems += [
-            Problem(f"base config {p.where}", p.value, p.rule, p.fix)
-            for p in input_problems(base, base_dir)
-        ]
+        problems += _in_base(input_problems(base, base_dir))
     if base is not None:
         try:
             base_config = parse_config(base, source=f"{path} base config")
         except InputError as err:
-            problems += [
-                Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in err.problems
-            ]
-    if base_config is not None:
+            problems += _in_base(err.problems)
+    if base_config is not None and space is not None:
         problems += _check_params(base, space.params)
         problems += _check_settings(space, base_config)
+    search = space.search if space is not None else _valid(SearchSettings, raw.get("search", {}))
+    names = data_names(base, base_dir) if base is not None else {}
     if problems:
-        raise InputError(problems, title=title)
-    base_dir = (path.parent / space.base).resolve().parent if space.base else path.resolve().parent
+        problems += _in_base(table_problems(names)) if read else []
+        return SpaceCheck(None, None, search, problems)
     resolved = resolve_paths(base_config, base_dir)
-    search = space.search
     if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
         search = search.model_copy(
             update={"storage_path": str((path.parent / search.storage_path).resolve())}
         )
-    return Sweep(
+    sweep = Sweep(
         base=resolved.model_dump(mode="json"),
         base_config=resolved,
         params=space.params,
         search=search,
         source=str(path),
     )
-
-
-def _base_dict(space: SearchSpace, path: Path, problems: list[Problem]) -> dict[str, Any] | None:
-    if (space.base is None) == (space.config is None):
-        problems.append(
-            Problem(
-                "base / config",
-                {"base": space.base, "config": "..." if space.config else None},
-                "give exactly one of `base` (a run-config file) and `config` (inline)",
-                "keep one of the two keys",
-            )
-        )
-        return None
-    if space.config is not None:
-        return with_params(space.config, space.overrides)
+    if not read:
+        return SpaceCheck(sweep, None, search, [])
     try:
-        return with_params(read_yaml(path.parent / space.base, "base run config"), space.overrides)
+        task = task_files(resolved.model.task)
+        data = read_data(resolved, task, lm="two-phase" in sweep.arms(), names=names)
     except InputError as err:
-        problems += [Problem("base", space.base, p.rule, p.fix) for p in err.problems]
+        return SpaceCheck(None, None, search, _in_base(err.problems))
+    return SpaceCheck(sweep, data, search, [])
+
+
+def _valid(schema: type[BaseModel], raw: Any) -> Any:
+    """`raw` validated by `schema`, or None (its problems are reported with the whole file's)."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError:
         return None
+
+
+def _in_base(problems: list[Problem]) -> list[Problem]:
+    return [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in problems]
+
+
+def _base_dict(
+    raw: dict[str, Any], space: SearchSpace | None, path: Path, problems: list[Problem]
+) -> tuple[dict[str, Any] | None, Path]:
+    """The base config mapping with the overrides applied, and the folder its paths are relative
+    to; read from the raw file when the space schema failed elsewhere, so that the base config's
+    problems are reported too."""
+    given_base, config = raw.get("base"), raw.get("config")
+    overrides = raw.get("overrides") if isinstance(raw.get("overrides"), dict) else {}
+    if space is not None:
+        given_base, config, overrides = space.base, space.config, space.overrides
+    base_dir = path.resolve().parent
+    if isinstance(given_base, str):
+        base_dir = (path.parent / given_base).resolve().parent
+    if (given_base is None) == (config is None):
+        if space is not None:
+            problems.append(
+                Problem(
+                    "base / config",
+                    {"base": given_base, "config": "..." if config else None},
+                    "give exactly one of `base` (a run-config file) and `config` (inline)",
+                    "keep one of the two keys",
+                )
+            )
+        return None, base_dir
+    if isinstance(config, dict):
+        return with_params(config, overrides), base_dir
+    if not isinstance(given_base, str):
+        return None, base_dir  # the schema reported it
+    try:
+        return with_params(
+            read_yaml(path.parent / given_base, "base run config"), overrides
+        ), base_dir
+    except InputError as err:
+        problems += [Problem("base", given_base, p.rule, p.fix) for p in err.problems]
+        return None, base_dir
 
 
 def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -337,8 +391,6 @@ def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Proble
 
 
 def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]:
-    from sft_tune.tasks import task_files
-
     search, problems = space.search, []
     task = task_files(base_config.model.task)
     if "metric" not in search.model_fields_set:

@@ -14,7 +14,7 @@ import os
 import subprocess
 
 from sft_tune.errors import fail
-from sft_tune.space import Sweep
+from sft_tune.space import Resources, Sweep
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,11 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
 
 def trial_need(sweep: Sweep) -> tuple[float, float]:
     """CPUs and GPUs one trial holds, with its Train workers."""
-    res = sweep.search.resources
+    return need_of(sweep.search.resources)
+
+
+def need_of(res: Resources) -> tuple[float, float]:
+    """CPUs and GPUs a trial with these resources holds."""
     return res.workers * res.cpus_per_worker, res.workers * res.gpus_per_worker
 
 
@@ -122,15 +126,15 @@ def local_gpus() -> int:
     return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
 
 
-def check_local_resources(sweep: Sweep) -> None:
+def check_local_resources(resources: Resources) -> None:
     """For a sweep on a local Ray (started here with this machine's cores and GPUs): one trial
     must fit, checked before any data is tokenized or Ray starts."""
-    need_cpu, need_gpu = trial_need(sweep)
+    need_cpu, need_gpu = need_of(resources)
     cpus, gpus = os.cpu_count() or 1, (local_gpus() if need_gpu else 0)
     if need_cpu > cpus or need_gpu > gpus:
         raise fail(
             "search.resources",
-            sweep.search.resources.model_dump(),
+            resources.model_dump(),
             f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, this machine has {cpus} CPU and {gpus} GPU (a local Ray gets what the machine has)",
             "lower workers / cpus_per_worker / gpus_per_worker, or run on a cluster with --address",
         )

@@ -15,10 +15,10 @@ import logging
 import os
 from pathlib import Path
 
-from sft_tune.addresses import probe_address
 from sft_tune.errors import fail
-from sft_tune.space import Sweep, load_space
-from sft_tune.sweep.cluster import check_local_resources, concurrency, start_ray
+from sft_tune.space import Sweep
+from sft_tune.sweep.checks import CheckedSweep, check_search
+from sft_tune.sweep.cluster import concurrency, start_ray
 from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import (
@@ -35,68 +35,35 @@ from sft_tune.sweep.searcher import close_orphans, record_finished
 log = logging.getLogger(__name__)
 
 
-def prepare(
-    space_path: Path | None = None, resume: Path | None = None
-) -> tuple[Sweep, SweepFolder]:
-    """Load and check the sweep (a new space file, or the snapshot of a sweep to resume)."""
-    if resume is None:
-        sweep = load_space(space_path, check_inputs=True)
-        folder = SweepFolder.of(sweep.search)
-        if folder.holds_sweep():
-            raise fail(
-                "search.name",
-                sweep.search.name,
-                f"the sweep folder {folder.path} already holds a sweep",
-                f"resume it with `sft-tune search --resume {folder.path}`, or pick another search.name",
-            )
-        return sweep, folder
-    folder = SweepFolder(Path(resume))
-    if not folder.holds_sweep():
-        raise fail(
-            "--resume",
-            str(resume),
-            f"must be a sweep folder holding {SweepFolder.SNAPSHOT}",
-            "pass the folder printed by the interrupted `sft-tune search`",
-        )
-    sweep = folder.load_sweep()
-    folder = SweepFolder.of(sweep.search)
-    from ray import tune
-
-    if not tune.Tuner.can_restore(folder.experiment):
-        raise fail(
-            "--resume",
-            str(resume),
-            "the sweep never got as far as saving Ray Tune state, so there is nothing to resume",
-            f"delete {resume} and start the sweep again with --space",
-        )
-    return sweep, folder
-
-
 def run_search(
     space_path: Path | None = None,
     resume: Path | None = None,
     address: str | None = None,
     use_wandb: bool = True,
     verbose: bool = False,
+    checked: CheckedSweep | None = None,
 ) -> SweepResult:
-    """Run (or resume) a sweep; every input is checked before Ray starts. While it runs, the
-    terminal shows the progress view and Ray's output goes to SWEEP_DIR/sweep.log (also to the
-    terminal with `verbose`)."""
+    """Run (or resume) a sweep; every input is checked before Ray starts (`checks.check_search`,
+    or `checked`, its result). While it runs, the terminal shows the progress view and Ray's
+    output goes to SWEEP_DIR/sweep.log (also to the terminal with `verbose`)."""
     import ray
+    from ray import tune
 
     from sft_tune.core.prepare import prepare_data
     from sft_tune.tasks import get_task
 
-    sweep, folder = prepare(space_path, resume)
-    # Before the data is tokenized and Ray starts: the cluster answers, or one trial fits here.
-    target = address or os.environ.get("RAY_ADDRESS")
-    if target and target not in ("auto", "local"):
-        probe_address("--address" if address else "RAY_ADDRESS", target)
-    elif not target:
-        check_local_resources(sweep)
-    if resume is not None and (was := folder.moved_from()) is not None:
+    checked = checked or check_search(space_path, resume, address)
+    sweep, folder, address = checked.sweep, checked.folder, checked.address
+    if checked.resume and not tune.Tuner.can_restore(folder.experiment):
+        raise fail(
+            "--resume",
+            str(folder.path),
+            "the sweep never got as far as saving Ray Tune state, so there is nothing to resume",
+            f"delete {folder.path} and start the sweep again with --space",
+        )
+    if checked.resume and (was := folder.moved_from()) is not None:
         log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
-    # LM texts are read and tokenized only when some trial can run phase 1.
+    # LM texts are read (by the checks) and tokenized only when some trial can run phase 1.
     lm = "two-phase" in sweep.arms()
     data = prepare_data(
         sweep.base_config,
@@ -104,13 +71,14 @@ def run_search(
         sweep.search.folds,
         sweep.search.seed,
         lm=lm,
+        raw=checked.data,
     )
     folder.path.mkdir(parents=True, exist_ok=True)
     with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
         started = start_ray(sweep, address)
         try:
             # Written once Ray is up, so a failed start leaves no half-made sweep.
-            if resume is None:
+            if not checked.resume:
                 folder.save_snapshot(sweep)
             print(
                 f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
@@ -122,7 +90,7 @@ def run_search(
                 sweep,
                 folder,
                 ray.put(data),
-                resume is not None,
+                checked.resume,
                 use_wandb,
                 terminal,
                 remote=bool(address or os.environ.get("RAY_ADDRESS")),

@@ -1,0 +1,88 @@
+"""A sweep's input checked whole before Ray, torch or transformers import: the space (or the
+snapshot of a sweep to resume), the base config's files and data, the sweep folder, and either
+the cluster address (probed) or whether one trial fits this machine. Every problem of every stage
+is reported at once; nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sft_tune.addresses import probe_address
+from sft_tune.core.files import RawData, read_data
+from sft_tune.errors import InputError, Problem, fail
+from sft_tune.space import Sweep, check_space
+from sft_tune.sweep.cluster import check_local_resources
+from sft_tune.sweep.folder import SweepFolder
+from sft_tune.tasks import task_files
+
+
+@dataclass
+class CheckedSweep:
+    """What `run_search` starts from: the sweep, its folder, its data read and checked."""
+
+    sweep: Sweep
+    folder: SweepFolder
+    data: RawData
+    resume: bool
+    address: str | None
+
+
+def check_search(
+    space_path: Path | None = None, resume: Path | None = None, address: str | None = None
+) -> CheckedSweep:
+    """Check a new sweep (`space_path`) or one to resume (`resume`) and where it will run."""
+    if (space_path is None) == (resume is None):
+        raise fail(
+            "--space / --resume",
+            {"space": space_path and str(space_path), "resume": resume and str(resume)},
+            "give exactly one of --space FILE (new sweep) and --resume DIR (continue one)",
+            "e.g. sft-tune search --space search_spaces/alpha.yaml",
+        )
+    if resume is not None:
+        sweep, folder, data, problems = _resumed(Path(resume))
+        search = sweep.search
+    else:
+        found = check_space(Path(space_path))
+        sweep, data, search, problems = found.sweep, found.data, found.search, found.problems
+        folder = SweepFolder.of(sweep.search) if sweep is not None else None
+        if folder is not None and folder.holds_sweep():
+            problems.append(
+                Problem(
+                    "search.name",
+                    sweep.search.name,
+                    f"the sweep folder {folder.path} already holds a sweep",
+                    f"resume it with `sft-tune search --resume {folder.path}`, or pick another search.name",
+                )
+            )
+    target = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if target and target not in ("auto", "local"):
+            probe_address("--address" if address else "RAY_ADDRESS", target)
+        elif not target and search is not None:
+            check_local_resources(search.resources)
+    except InputError as err:
+        problems += err.problems
+    if problems:
+        raise InputError(problems, title=f"{space_path or resume}: invalid input")
+    return CheckedSweep(sweep, folder, data, resume is not None, address)
+
+
+def _resumed(path: Path) -> tuple[Sweep | None, SweepFolder | None, RawData | None, list[Problem]]:
+    folder = SweepFolder(path)
+    if not folder.holds_sweep():
+        raise fail(
+            "--resume",
+            str(path),
+            f"must be a sweep folder holding {SweepFolder.SNAPSHOT}",
+            "pass the folder printed by the interrupted `sft-tune search`",
+        )
+    sweep = folder.load_sweep()
+    try:
+        config = sweep.base_config
+        data = read_data(config, task_files(config.model.task), lm="two-phase" in sweep.arms())
+    except InputError as err:
+        return sweep, SweepFolder.of(sweep.search), None, list(err.problems)
+    return sweep, SweepFolder.of(sweep.search), data, []
