@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from sft_tune.arguments import build_parser
-from sft_tune.errors import InputError, Problem
+from sft_tune.errors import InputError
 
 EXIT_INPUT = 2
 
@@ -35,18 +35,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    if args.output is not None and not args.output.parent.is_dir():
-        raise InputError(
-            [
-                Problem(
-                    "--output",
-                    str(args.output),
-                    f"its folder {args.output.parent} must exist",
-                    f"create it (mkdir -p {args.output.parent}) or write elsewhere",
-                )
-            ]
-        )
-    from sft_tune.predict import predict, write_jsonl
+    from sft_tune.predict import check_input, predictions, write_jsonl
 
     columns = {
         "text_column": args.text_column,
@@ -54,7 +43,8 @@ def _predict(args: argparse.Namespace) -> int:
         "qa.question_column": args.question_column,
         "qa.context_column": args.context_column,
     }
-    records = predict(args.model, args.input, columns, args.batch_size)
+    checked = check_input(args.model, args.input, columns, args.batch_size, args.output)
+    records = predictions(checked, args.batch_size)  # the model loads only now
     if args.output is None:
         write_jsonl(records, sys.stdout)
         return 0

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer
-
 from sft_tune.config import DataConfig
 from sft_tune.core.export import RUN_FILE
-from sft_tune.errors import fail
-from sft_tune.tasks import TASKS, get_task
+from sft_tune.errors import InputError, Problem, fail
+from sft_tune.tasks import TASKS, get_task, task_files
 
 # Which task an exported folder without run.json holds, from its architecture's name.
 ARCHITECTURE_TASKS = {
@@ -26,33 +25,50 @@ ARCHITECTURE_TASKS = {
 }
 
 
-def predict(
-    model_dir: Path, input_path: Path, columns: dict[str, str] | None = None, batch_size: int = 32
-) -> Iterator[dict[str, Any]]:
-    """Yield the task's prediction record for each row of `input_path`, in order.
+# The command-line flag of each data setting that `sft-tune predict` can override.
+FLAGS = {
+    "data.text_column": "--text-column",
+    "data.ner.tokens_column": "--tokens-column",
+    "data.qa.question_column": "--question-column",
+    "data.qa.context_column": "--context-column",
+}
+
+
+@dataclass
+class PredictInput:
+    """What `predict` runs on, read and checked before any model loads."""
+
+    model_dir: Path
+    task: str
+    data: DataConfig
+    rows: Any  # the task's `read_input`
+
+
+def check_input(
+    model_dir: Path,
+    input_path: Path,
+    columns: dict[str, str] | None = None,
+    batch_size: int = 32,
+    output: Path | None = None,
+) -> PredictInput:
+    """Every problem of a predict command at once, before the model loads: the model folder,
+    the batch size, the input file (read whole and checked by the task) and the output folder.
 
     `columns` overrides data settings of the run, e.g. {"text_column": "body",
-    "qa.question_column": "q"}. Bad input is reported before the first record is produced."""
-    model_dir = Path(model_dir)
+    "qa.question_column": "q"}."""
+    model_dir, input_path, problems = Path(model_dir), Path(input_path), []
     if not (model_dir / "config.json").is_file():
-        raise fail(
-            "--model",
-            str(model_dir),
-            "must be a model folder with config.json (as written by `sft-tune train`)",
-            "pass the `model` folder inside the run's output_dir",
-        )
+        problems.append(Problem("--model", str(model_dir), "must be a model folder with config.json (as written by `sft-tune train`)", "pass the `model` folder inside the run's output_dir"))  # fmt: skip
     if batch_size < 1:
-        raise fail("--batch-size", batch_size, "must be at least 1", "pass a positive number")
-    input_path = Path(input_path)
+        problems.append(Problem("--batch-size", batch_size, "must be at least 1", "pass a positive number, e.g. --batch-size 32"))  # fmt: skip
     if not input_path.exists():
-        raise fail(
-            "--input",
-            str(input_path),
-            "must be a CSV, JSONL or Parquet file (or a saved `datasets` folder)",
-            "check the path (relative to the current folder)",
-        )
+        problems.append(Problem("--input", str(input_path), "must be a CSV, TSV, JSONL, JSON or Parquet file (or a saved `datasets` folder)", "check the path (relative to the current folder)"))  # fmt: skip
+    if output is not None and not output.parent.is_dir():
+        problems.append(Problem("--output", str(output), f"its folder {output.parent} must exist", f"create it (mkdir -p {output.parent}) or write elsewhere"))  # fmt: skip
+    if problems:
+        raise InputError(problems, title="invalid arguments")
     run_config = _run_config(model_dir)
-    task = get_task(_task_name(model_dir, run_config))
+    task = _task_name(model_dir, run_config)
     raw = dict(run_config.get("data") or {"train": "-"})
     for key, value in (columns or {}).items():
         if value is not None:
@@ -60,10 +76,37 @@ def predict(
             target = raw.setdefault(section, {}) if section else raw
             target[name] = value
     data = DataConfig.model_validate(raw)
-    rows = task.read_input(input_path, data)  # checked before the model loads
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **task.tokenizer_kwargs())
-    model = task.auto_model.from_pretrained(model_dir).eval()
-    return task.predict(model, tokenizer, rows, data, batch_size)
+    try:
+        rows = task_files(task).read_input(input_path, data)
+    except InputError as err:
+        raise InputError([_in_flags(p) for p in err.problems], title=err.title) from None
+    return PredictInput(model_dir, task, data, rows)
+
+
+def predict(
+    model_dir: Path, input_path: Path, columns: dict[str, str] | None = None, batch_size: int = 32
+) -> Iterator[dict[str, Any]]:
+    """Yield the task's prediction record for each row of `input_path`, in order. Bad input is
+    reported before the model loads (`check_input`)."""
+    return predictions(check_input(model_dir, input_path, columns, batch_size), batch_size)
+
+
+def predictions(checked: PredictInput, batch_size: int = 32) -> Iterator[dict[str, Any]]:
+    """Load the model and run it over the checked input."""
+    from transformers import AutoTokenizer
+
+    task = get_task(checked.task)
+    tokenizer = AutoTokenizer.from_pretrained(checked.model_dir, **task.tokenizer_kwargs())
+    model = task.auto_model.from_pretrained(checked.model_dir).eval()
+    return task.predict(model, tokenizer, checked.rows, checked.data, batch_size)
+
+
+def _in_flags(problem: Problem) -> Problem:
+    """An input problem's fix in predict's terms: the flag where a run config's setting is named."""
+    fix = problem.fix
+    for setting, flag in FLAGS.items():
+        fix = fix.replace(f"set {setting} to", f"pass {flag} with")
+    return replace(problem, fix=fix)
 
 
 def _run_config(model_dir: Path) -> dict[str, Any]:
