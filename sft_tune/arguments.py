@@ -4,11 +4,21 @@ and for `submit`, which checks a forwarded command the way the job will parse it
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors also say where the arguments are described (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}. Fix: see `{self.prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sft-tune",
         description="Two-phase supervised fine-tuning: phase 1 minimizes L_lm + alpha * L_task on "
         "unlabelled and labelled data through one backbone, phase 2 minimizes L_task.",

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from sft_tune.arguments import build_parser
-from sft_tune.errors import InputError
+from sft_tune.errors import InputError, fail
+from sft_tune.sweep.folder import SweepFolder
 
 EXIT_INPUT = 2
 
@@ -109,10 +110,11 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from sft_tune.select import select_best
+    from sft_tune.select import check_selection, select_best
 
+    checked = check_selection(args.sweep_dir)  # before torch loads
     summary = select_best(
-        args.sweep_dir, use_wandb=not args.no_wandb, progress=not args.no_progress
+        args.sweep_dir, use_wandb=not args.no_wandb, progress=not args.no_progress, checked=checked
     )
     print(json.dumps(summary, indent=2, default=str))
     test = summary.get("test") or {}
@@ -125,6 +127,14 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    SweepFolder(args.sweep_dir).require_results("report")  # before plotly and optuna import
+    if args.output is not None and not args.output.parent.is_dir():
+        raise fail(
+            "--output",
+            str(args.output),
+            f"its folder {args.output.parent} must exist",
+            f"create it (mkdir -p {args.output.parent}) or write elsewhere",
+        )
     from sft_tune.report import build_report
 
     path, summary = build_report(args.sweep_dir, args.output)

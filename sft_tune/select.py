@@ -11,23 +11,38 @@ std, test metrics, sweep id, library versions).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft_tune.config import RunConfig
 from sft_tune.core.export import library_versions
+from sft_tune.core.files import RawData, read_data
 from sft_tune.errors import fail
 from sft_tune.runconfig import parse_config
+from sft_tune.space import Sweep
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import best_trial, read_trials
+from sft_tune.tasks import task_files
 
 log = logging.getLogger(__name__)
 
 
-def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Pick, retrain, test and export the best configuration of a finished sweep."""
-    from sft_tune.run import train
-    from sft_tune.sweep.tracking import log_best_model
+@dataclass
+class Selection:
+    """The best trial of a sweep and its retraining config, with the data files read and
+    checked: what `select_best` needs before torch loads."""
 
+    folder: SweepFolder
+    sweep: Sweep
+    best: dict[str, Any]
+    config: RunConfig
+    data: RawData
+
+
+def check_selection(sweep_dir: Path) -> Selection:
+    """A finished sweep folder's best COMPLETE trial and its config for retraining on all
+    labelled data (its data files read and checked again: they may have changed since)."""
     folder = SweepFolder(Path(sweep_dir))
     folder.require_results("select")
     sweep = folder.load_sweep()
@@ -53,6 +68,22 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
         "output_dir": str(folder.path),
     }
     config = parse_config(raw)
+    return Selection(folder, sweep, best, config, read_data(config, task_files(config.model.task)))
+
+
+def select_best(
+    sweep_dir: Path,
+    use_wandb: bool = True,
+    progress: bool = True,
+    checked: Selection | None = None,
+) -> dict[str, Any]:
+    """Pick, retrain, test and export the best configuration of a finished sweep (`checked`:
+    what `check_selection` found, else it is called)."""
+    from sft_tune.run import train
+    from sft_tune.sweep.tracking import log_best_model
+
+    checked = checked or check_selection(sweep_dir)
+    folder, sweep, best, config = checked.folder, checked.sweep, checked.best, checked.config
     summary = {
         "sweep_id": sweep.search.name,
         "sweep_dir": str(folder.path),
@@ -76,6 +107,7 @@ def select_best(sweep_dir: Path, use_wandb: bool = True, progress: bool = True) 
         progress=progress,
         model_dir=folder.file(folder.BEST_MODEL),
         extra_files={folder.BEST: summary},
+        raw=checked.data,
     )
     summary["test"] = metrics.get("test")
     summary["model_dir"] = metrics["model_dir"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from sft_tune.addresses import probe_address
 from sft_tune.arguments import build_parser
-from sft_tune.errors import InputError, fail
+from sft_tune.errors import InputError, Problem, fail
 from sft_tune.upload import build_package
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -67,12 +67,32 @@ def read_token(token_file: Path | None = None) -> str:
 
 
 def client(address: str, token_file: Path | None = None):
-    """A Job Submission client that authenticates with the token (and says so clearly when refused)."""
+    """A Job Submission client that authenticates with the token (and says so clearly when refused);
+    the address and the token are checked before Ray is imported."""
+    return connect(address, check_cluster(address, token_file))
+
+
+def check_cluster(address: str, token_file: Path | None = None) -> str:
+    """The token, once the address answers as a Ray dashboard; both problems at once."""
+    problems, token = [], None
+    try:
+        probe_address("--address", address, http=True)
+    except InputError as err:
+        problems += err.problems
+    try:
+        token = read_token(token_file)
+    except InputError as err:
+        problems += err.problems
+    if problems:
+        raise InputError(problems)
+    return token
+
+
+def connect(address: str, token: str):
+    """The Job Submission client of a checked address and token."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    probe_address("--address", address, http=True)
-    token = read_token(token_file)
     try:
         return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     except AuthenticationError:
@@ -99,19 +119,23 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     """`KEY=VALUE` pairs for the job; secrets are refused (they would land in job metadata)."""
     env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
     env.setdefault("WANDB_MODE", "offline")
+    problems = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise fail("--env", pair, "must be KEY=VALUE", "write e.g. --env WANDB_MODE=online")
-        if key not in FORWARDED_ENV and any(part in key.upper() for part in SECRET_ENV_PARTS):
-            raise fail(
+            problems.append(Problem("--env", pair, "must be KEY=VALUE", "write e.g. --env WANDB_MODE=online"))  # fmt: skip
+        elif key not in FORWARDED_ENV and any(part in key.upper() for part in SECRET_ENV_PARTS):
+            problems.append(Problem(
                 "--env",
                 f"{key}=(hidden)",
                 "secrets are not sent with a job (they would be visible in its runtime environment);"
                 f" names containing {', '.join(SECRET_ENV_PARTS)} (any case) count as secrets",
                 f"set {key} on the cluster nodes instead (e.g. a Kubernetes Secret or the node environment)",
-            )
-        env[key] = value
+            ))  # fmt: skip
+        else:
+            env[key] = value
+    if problems:
+        raise InputError(problems)
     return env
 
 
@@ -215,11 +239,24 @@ def submit(
     env: list[str] | None = None,
     working_dir: Path = PROJECT_ROOT,
 ) -> int:
-    """Submit `sft-tune COMMAND` as a Ray Job; with `follow`, stream its logs and return its outcome."""
-    reads = check_command(command, working_dir)
-    job_env = parse_env(env or [])
-    package = build_package(working_dir, reads)
-    jobs = client(address, token_file)
+    """Submit `sft-tune COMMAND` as a Ray Job; with `follow`, stream its logs and return its outcome.
+    The command, the environment, the address and the token are checked first, every problem at
+    once, before Ray is imported."""
+    found: dict[str, Any] = {}
+    problems = []
+    for name, check in (
+        ("reads", lambda: check_command(command, working_dir)),
+        ("env", lambda: parse_env(env or [])),
+        ("token", lambda: check_cluster(address, token_file)),
+    ):
+        try:
+            found[name] = check()
+        except InputError as err:
+            problems += err.problems
+    if problems:
+        raise InputError(problems)
+    package = build_package(working_dir, found["reads"])
+    jobs, job_env = connect(address, found["token"]), found["env"]
     print(package.summary())
     entrypoint = "python -m sft_tune " + shlex.join(command)
     with tempfile.TemporaryDirectory(prefix="sft-tune-job-") as folder:

@@ -15,7 +15,6 @@ import yaml
 
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.folder import SweepFolder, fold_checkpoint
-from sft_tune.sweep.searcher import optuna_states
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (Ray colours its task names)
 
@@ -338,6 +337,8 @@ def summarize(
     sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenization_passes: int
 ) -> SweepResult:
     """Best configuration, verdict and sweep summary of the trials, written to the sweep folder."""
+    from sft_tune.sweep.searcher import optuna_states  # imports Ray Tune: only when a sweep ends
+
     best = best_trial(sweep, trials)
     states = optuna_states(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage))
     passes = tokenization_passes + sum(t.worker_tokenization_passes for t in trials)
