@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from sft_tune.checkpoint import architecture_problems, folder_problems
 from sft_tune.config import RunConfig, check_schema, problems_from_validation
-from sft_tune.core.files import READERS, RawData, data_names, read_data, read_table, renamed
+from sft_tune.core.files import READERS, RawData, data_names, data_problems, read_table, renamed
 from sft_tune.errors import InputError, Problem, fail, undecodable
 from sft_tune.tasks import TASKS, task_files
 
@@ -48,12 +48,8 @@ def load_run(path: str | Path, output_dir: Path | None = None) -> tuple[RunConfi
         if output_dir.is_file():
             problems.append(Problem("--output-dir", str(output_dir), f"must be a folder, and {output_dir.resolve()} is an existing file", "pick another folder"))  # fmt: skip
         config = config.model_copy(update={"output_dir": output_dir.resolve()})
-    try:
-        data = read_data(config, task_files(config.model.task), names=names)
-    except InputError as err:
-        if not problems:
-            raise
-        problems += err.problems
+    data, found = data_problems(config, task_files(config.model.task), names=names)
+    problems += found
     if problems:
         raise InputError(problems, title=f"{path}: invalid input")
     return config, data

@@ -17,8 +17,8 @@ from typing import Any
 
 from sft_tune.config import RunConfig
 from sft_tune.core.export import library_versions
-from sft_tune.core.files import RawData, read_data
-from sft_tune.errors import fail
+from sft_tune.core.files import RawData, data_problems
+from sft_tune.errors import InputError, fail
 from sft_tune.runconfig import parse_config
 from sft_tune.space import Sweep
 from sft_tune.sweep.folder import SweepFolder
@@ -68,7 +68,10 @@ def check_selection(sweep_dir: Path) -> Selection:
         "output_dir": str(folder.path),
     }
     config = parse_config(raw)
-    return Selection(folder, sweep, best, config, read_data(config, task_files(config.model.task)))
+    data, problems = data_problems(config, task_files(config.model.task))
+    if problems:
+        raise InputError(problems, title=f"{folder.path}: the best configuration's data")
+    return Selection(folder, sweep, best, config, data)
 
 
 def select_best(

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
-from sft_tune.core.files import RawData, data_names, read_data
+from sft_tune.core.files import RawData, data_names, data_problems
 from sft_tune.errors import InputError, Problem
 from sft_tune.runconfig import input_problems, parse_config, read_yaml, table_problems
 from sft_tune.tasks import task_files
@@ -281,11 +281,10 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
     )
     if not read:
         return SpaceCheck(sweep, None, search, [])
-    try:
-        task = task_files(resolved.model.task)
-        data = read_data(resolved, task, lm="two-phase" in sweep.arms(), names=names)
-    except InputError as err:
-        return SpaceCheck(None, None, search, _in_base(err.problems))
+    task, lm = task_files(resolved.model.task), "two-phase" in sweep.arms()
+    data, found = data_problems(resolved, task, search.folds, lm, names)
+    if found:
+        return SpaceCheck(None, None, search, _in_base(found))
     return SpaceCheck(sweep, data, search, [])
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_tune.config import RunConfig
+from sft_tune.core.splits import split_problems
 from sft_tune.errors import InputError, Problem, fail, first_problems, undecodable
 
 READERS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -75,7 +76,9 @@ def read_table(path: Path, what: str) -> Table:
 
 
 def _read_saved(path: Path, what: str) -> Table:
-    """A folder written by `Dataset.save_to_disk` (the one reader that needs `datasets`)."""
+    """A folder written by `Dataset.save_to_disk` (the one reader that needs `datasets`, imported
+    once the folder is known to hold what `save_to_disk` writes)."""
+    _check_saved(path, what)
     import datasets
 
     datasets.disable_progress_bars()
@@ -94,6 +97,37 @@ def _read_saved(path: Path, what: str) -> Table:
             )
         table = next(iter(table.values()))
     return Table(table.to_dict(), table.features)
+
+
+def _check_saved(path: Path, what: str) -> None:
+    """The files `save_to_disk` writes: state.json naming the data files of a `Dataset` (in each
+    split's folder of a `DatasetDict`, listed by dataset_dict.json), and those files."""
+    try:
+        listing = path / "dataset_dict.json"
+        splits = json.loads(listing.read_text())["splits"] if listing.is_file() else [None]
+        missing = []
+        for split in splits:
+            folder = path / split if split else path
+            state = json.loads((folder / "state.json").read_text())
+            names = [entry["filename"] for entry in state["_data_files"]]
+            missing += [
+                str((folder / n).relative_to(path)) for n in names if not (folder / n).is_file()
+            ]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        there = sorted(p.name for p in path.iterdir())[:10]
+        raise fail(
+            str(path),
+            f"a folder holding {there}",
+            f"the {what} folder must be a dataset saved by Dataset.save_to_disk ({type(err).__name__}: {err})",
+            "save it again with Dataset.save_to_disk, or point to a data file",
+        ) from None
+    if missing:
+        raise fail(
+            str(path),
+            f"missing {missing}",
+            f"the {what} folder must hold every data file its state.json names",
+            "save the dataset again with Dataset.save_to_disk",
+        )
 
 
 def _read_parquet(path: Path, what: str) -> Table:
@@ -328,6 +362,26 @@ def read_data(
         title = titles[0] if len(titles) == 1 else f"invalid data ({len(titles)} files)"
         raise InputError(problems, title=title if titles else "invalid config")
     return RawData(train, test, unlabelled, labels)
+
+
+def data_problems(
+    config: RunConfig,
+    task,
+    folds: int = 1,
+    lm: bool | None = None,
+    names: dict[Path, str] | None = None,
+) -> tuple[RawData | None, list[Problem]]:
+    """Every data problem of a config at once: its files (`read_data`) and whether the split a
+    run makes is possible (`folds` >= 2 CV folds, or 1: a validation split of
+    data.validation_fraction). Returns the data (None when a file is bad) and the problems."""
+    try:
+        raw = read_data(config, task, lm, names)
+    except InputError as err:
+        return None, list(err.problems)
+    where = (names or {}).get(config.data.train, config.data.train)
+    strata, groups = task.strata(raw.train), task.groups(raw.train)
+    problems = split_problems(strata, groups, folds, config.data.validation_fraction, where)
+    return (None if problems else raw), problems
 
 
 def renamed(problems: list[Problem], path: Path, name: str | None) -> list[Problem]:

@@ -1,17 +1,19 @@
 """Validation splits and cross-validation folds (scikit-learn), stratified and, where examples
 come in groups (sentences of one document, questions on one context), group-aware: a group is
-never split between training and held-out data."""
+never split between training and held-out data.
+
+`split_problems` says whether the split asked for is possible at all, without scikit-learn (which
+is imported only to split), so that a command can check it with the rest of its input."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
-
-from sft_tune.errors import fail
+from sft_tune.errors import InputError, Problem, fail
 
 Split = tuple[list[int], list[int]]
 
@@ -41,18 +43,71 @@ def check_group_count(groups: Sequence[Any], needed: int, what: str, path: Path)
         )
 
 
+def split_problems(
+    strata: Sequence[Any],
+    groups: Sequence[Any] | None,
+    folds: int,
+    fraction: float,
+    path: Path | str,
+) -> list[Problem]:
+    """What makes the split asked for impossible: `folds` >= 2 folds, or (`folds` 1) a validation
+    split of `fraction`; none when it can be made."""
+    try:
+        if folds == 1:
+            _check_validation(strata, groups, fraction, path)
+        else:
+            _check_folds(strata, groups, folds, path)
+    except InputError as err:
+        return err.problems
+    return []
+
+
+def _check_folds(strata: Sequence[Any], groups: Sequence[Any] | None, k: int, path: Path) -> None:
+    if groups is None:
+        check_class_counts(strata, k, f"{k}-fold stratified cross-validation", path)
+    else:
+        check_group_count(groups, k, f"{k}-fold cross-validation", path)
+
+
+def _check_validation(
+    strata: Sequence[Any], groups: Sequence[Any] | None, fraction: float, path: Path
+) -> None:
+    if fraction == 0:
+        return
+    if groups is not None:
+        check_group_count(groups, _group_folds(fraction), f"a validation split of {fraction}", path)
+        return
+    check_class_counts(strata, 2, f"a stratified validation split of {fraction}", path)
+    classes, size = len(set(strata)), len(strata)
+    held = math.ceil(fraction * size)  # what scikit-learn's train_test_split holds out
+    if held < classes or size - held < classes:
+        raise fail(
+            "data.validation_fraction",
+            fraction,
+            f"the validation split ({held} of {size} examples) and the rest must each hold at least one example per class ({classes} classes)",
+            "raise data.validation_fraction or add examples"
+            if held < classes
+            else "lower data.validation_fraction or add examples",
+        )
+
+
+def _group_folds(fraction: float) -> int:
+    """The folds whose first is a group-aware validation split of about `fraction`."""
+    return max(2, round(1 / fraction))
+
+
 def make_folds(
     strata: Sequence[Any], groups: Sequence[Any] | None, k: int, seed: int, path: Path
 ) -> list[Split]:
     """k folds, shuffled with `seed`: stratified by class, or (with groups) group-aware and
     stratified where the groups allow it."""
-    what = f"{k}-fold cross-validation"
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    _check_folds(strata, groups, k, path)
     if groups is None:
-        check_class_counts(strata, k, f"{k}-fold stratified cross-validation", path)
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         pieces = splitter.split(strata, strata)
     else:
-        check_group_count(groups, k, what, path)
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         pieces = splitter.split(strata, _dense(strata), _dense(groups))
     return [(sorted(train.tolist()), sorted(held.tolist())) for train, held in pieces]
@@ -62,22 +117,14 @@ def split_validation(
     strata: Sequence[Any], groups: Sequence[Any] | None, fraction: float, seed: int, path: Path
 ) -> Split:
     """(train, validation) indices; all indices to train when fraction is 0."""
+    from sklearn.model_selection import train_test_split
+
     indices = list(range(len(strata)))
+    _check_validation(strata, groups, fraction, path)
     if fraction == 0:
         return indices, []
     if groups is not None:
-        k = max(2, round(1 / fraction))
-        check_group_count(groups, k, f"a validation split of {fraction}", path)
-        return make_folds(strata, groups, k, seed, path)[0]
-    check_class_counts(strata, 2, f"a stratified validation split of {fraction}", path)
-    classes = len(set(strata))
-    if round(fraction * len(strata)) < classes:
-        raise fail(
-            "data.validation_fraction",
-            fraction,
-            f"the validation split must hold at least one example per class ({classes} classes, {len(strata)} examples)",
-            "raise data.validation_fraction or add examples",
-        )
+        return make_folds(strata, groups, _group_folds(fraction), seed, path)[0]
     train, held = train_test_split(
         indices, test_size=fraction, stratify=list(strata), random_state=seed
     )

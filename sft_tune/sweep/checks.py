@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sft_tune.addresses import probe_address
-from sft_tune.core.files import RawData, read_data
+from sft_tune.core.files import RawData, data_problems
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.space import Sweep, check_space
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.tasks import task_files
+
+# What Ray Tune saves in an experiment folder that `Tuner.restore` can resume (what
+# `Tuner.can_restore` looks for); checked here for a local folder, by Ray for URI storage.
+TUNER_STATE = "tuner.pkl"
 
 
 @dataclass
@@ -80,9 +84,16 @@ def _resumed(path: Path) -> tuple[Sweep | None, SweepFolder | None, RawData | No
             "pass the folder printed by the interrupted `sft-tune search`",
         )
     sweep = folder.load_sweep()
-    try:
-        config = sweep.base_config
-        data = read_data(config, task_files(config.model.task), lm="two-phase" in sweep.arms())
-    except InputError as err:
-        return sweep, SweepFolder.of(sweep.search), None, list(err.problems)
-    return sweep, SweepFolder.of(sweep.search), data, []
+    folder, problems = SweepFolder.of(sweep.search), []
+    if not folder.remote and not (folder.path / TUNER_STATE).is_file():
+        problems.append(
+            Problem(
+                "--resume",
+                str(path),
+                "the sweep never got as far as saving Ray Tune state, so there is nothing to resume",
+                f"delete {path} and start the sweep again with --space",
+            )
+        )
+    config, lm = sweep.base_config, "two-phase" in sweep.arms()
+    data, found = data_problems(config, task_files(config.model.task), sweep.search.folds, lm)
+    return sweep, folder, data, problems + found

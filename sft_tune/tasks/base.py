@@ -49,6 +49,19 @@ class TaskFiles(ABC):
     def read_input(self, path: Path, data: DataConfig) -> Any:
         """Read and check the input file of `sft-tune predict` (before any model loads)."""
 
+    @abstractmethod
+    def texts(self, labelled: Any) -> list[str]:
+        """The labelled texts, e.g. to feed the LM loss."""
+
+    @abstractmethod
+    def strata(self, labelled: Any) -> list[Any]:
+        """One stratification key per example (folds and validation splits keep their shares)."""
+
+    def groups(self, labelled: Any) -> list[Any] | None:
+        """One group key per example where examples come in groups that must stay on one side of
+        a split (sentences of a document, questions on a context); None = independent examples."""
+        return None
+
     def metric_mode(self, metric: str) -> str:
         """ "max" when a higher `metric` is better, "min" for losses."""
         return "min" if metric in ("loss", "perplexity") else "max"
@@ -63,19 +76,6 @@ class Task(TaskFiles):
     @abstractmethod
     def encode(self, labelled: Any, tokenizer, names: Sequence[str], data: DataConfig) -> Any:
         """Tokenize (cached) and map labels to ids; returns an object with `subset(indices)`."""
-
-    @abstractmethod
-    def texts(self, labelled: Any) -> list[str]:
-        """The labelled texts, e.g. to feed the LM loss."""
-
-    @abstractmethod
-    def strata(self, labelled: Any) -> list[Any]:
-        """One stratification key per example (folds and validation splits keep their shares)."""
-
-    def groups(self, labelled: Any) -> list[Any] | None:
-        """One group key per example where examples come in groups that must stay on one side of
-        a split (sentences of a document, questions on a context); None = independent examples."""
-        return None
 
     @abstractmethod
     def collate(

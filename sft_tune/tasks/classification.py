@@ -43,12 +43,6 @@ class ClassificationTask(ClassificationFiles, Task):
         label_id = {name: i for i, name in enumerate(names)}
         return EncodedLabelled(ids, [label_id[label] for label in labelled.labels])
 
-    def texts(self, labelled: LabelledTexts) -> list[str]:
-        return labelled.texts
-
-    def strata(self, labelled: LabelledTexts) -> list[str]:
-        return labelled.labels
-
     def collate(
         self, examples: EncodedLabelled, indices: Sequence[int], pad_id: int, side: str
     ) -> dict[str, torch.Tensor]:

@@ -73,6 +73,12 @@ class ClassificationFiles(TaskFiles):
                 "fix those labels, or add them to `data.labels`",
             )
 
+    def texts(self, labelled: LabelledTexts) -> list[str]:
+        return labelled.texts
+
+    def strata(self, labelled: LabelledTexts) -> list[str]:
+        return labelled.labels
+
     def read_input(self, path: Path, data: DataConfig) -> list[str]:
         """The texts of `data.text_column`, every one non-empty."""
         table = read_table(path, "input file")

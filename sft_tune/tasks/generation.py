@@ -34,7 +34,6 @@ from sft_tune.tasks.generation_files import (
     GenerationFiles,
     GenerationOptions,
     Prompt,
-    prompt_text,
 )
 
 
@@ -101,22 +100,6 @@ class GenerationTask(GenerationFiles, Task):
             settings.max_new_tokens,
             tokenizer.eos_token_id,
         )
-
-    def texts(self, labelled: Conversations) -> list[str]:
-        return [
-            f"{prompt_text(prompt)}\n{response}"
-            for prompt, response in zip(labelled.prompts, labelled.responses)
-        ]
-
-    def strata(self, labelled: Conversations) -> list[str]:
-        return [
-            response.strip().casefold() for response in labelled.responses
-        ]  # label words stay balanced
-
-    def groups(self, labelled: Conversations) -> list[str]:
-        return [
-            prompt_text(prompt) for prompt in labelled.prompts
-        ]  # a repeated prompt stays on one side
 
     def lengths(self, examples: EncodedConversations) -> list[int]:
         return [len(p) + len(r) for p, r in zip(examples.prompt_ids, examples.response_ids)]

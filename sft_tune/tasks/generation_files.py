@@ -94,6 +94,22 @@ class GenerationFiles(TaskFiles):
     def check_labels(self, labelled: Conversations, names: Sequence[str], path: Path) -> None:
         return None  # any response text is valid
 
+    def texts(self, labelled: Conversations) -> list[str]:
+        return [
+            f"{prompt_text(prompt)}\n{response}"
+            for prompt, response in zip(labelled.prompts, labelled.responses)
+        ]
+
+    def strata(self, labelled: Conversations) -> list[str]:
+        return [
+            response.strip().casefold() for response in labelled.responses
+        ]  # label words stay balanced
+
+    def groups(self, labelled: Conversations) -> list[str]:
+        return [
+            prompt_text(prompt) for prompt in labelled.prompts
+        ]  # a repeated prompt stays on one side
+
     def read_input(self, path: Path, data: DataConfig) -> Conversations:
         """The prompts to answer (text, or chat messages), checked; no responses."""
         settings = GenerationOptions.of(data)

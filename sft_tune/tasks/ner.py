@@ -22,7 +22,6 @@ import bisect
 import json
 import math
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +39,6 @@ from sft_tune.core.losses import IGNORE_INDEX
 from sft_tune.errors import fail
 from sft_tune.tasks.base import Task
 from sft_tune.tasks.ner_files import NerFiles, NerOptions, Sentences
-
-MIN_STRATUM = 20  # sentences a stratum needs; smaller ones join the largest (folds go up to 20)
 
 
 @dataclass
@@ -129,25 +126,6 @@ class NerTask(NerFiles, Task):
             names=list(names),
             scheme=self.scheme or labelled.scheme,
         )
-
-    def texts(self, labelled: Sentences) -> list[str]:
-        return [" ".join(words) for words in labelled.words]
-
-    def strata(self, labelled: Sentences) -> list[str]:
-        """The rarest entity type of each sentence ("none" without one); a key held by fewer than
-        MIN_STRATUM sentences joins the largest, so folds and validation splits stay possible."""
-        types = [{kind for kind, _, _ in get_entities(seq)} for seq in labelled.tags]
-        counts = Counter(kind for kinds in types for kind in kinds)
-        keys = [
-            min(kinds, key=lambda kind: (counts[kind], kind)) if kinds else "none"
-            for kinds in types
-        ]
-        sizes = Counter(keys)
-        largest = max(sorted(sizes), key=sizes.__getitem__)
-        return [key if sizes[key] >= MIN_STRATUM else largest for key in keys]
-
-    def groups(self, labelled: Sentences) -> list[str] | None:
-        return labelled.documents
 
     def collate(
         self, examples: Windows, indices: Sequence[int], pad_id: int, side: str

@@ -36,6 +36,7 @@ from sft_tune.core.files import read_table, require_columns, text_column
 from sft_tune.errors import Problem, fail, first_problems
 from sft_tune.tasks.base import TaskFiles, window_problems
 
+MIN_STRATUM = 20  # sentences a stratum needs; smaller ones join the largest (folds go up to 20)
 TABLE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
 DOCSTART = "-DOCSTART-"
 PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES", "auto": "BIES"}
@@ -145,6 +146,26 @@ class NerFiles(TaskFiles):
                 f"tags must be in the label set {list(names)} (the first unknown tag is here)",
                 "fix those tags, or add them to `data.labels` (without it the training file decides the label set)",
             )
+
+    def texts(self, labelled: Sentences) -> list[str]:
+        return [" ".join(words) for words in labelled.words]
+
+    def strata(self, labelled: Sentences) -> list[str]:
+        """The rarest entity type of each sentence ("none" without one); a key held by fewer than
+        MIN_STRATUM sentences joins the largest, so folds and validation splits stay possible."""
+        # The entity types of a sentence: every tag but O belongs to an entity of its type.
+        types = [{tag[2:] for tag in seq if tag != "O"} for seq in labelled.tags]
+        counts = Counter(kind for kinds in types for kind in kinds)
+        keys = [
+            min(kinds, key=lambda kind: (counts[kind], kind)) if kinds else "none"
+            for kinds in types
+        ]
+        sizes = Counter(keys)
+        largest = max(sorted(sizes), key=sizes.__getitem__)
+        return [key if sizes[key] >= MIN_STRATUM else largest for key in keys]
+
+    def groups(self, labelled: Sentences) -> list[str] | None:
+        return labelled.documents
 
     def read_input(
         self, path: Path, data: DataConfig

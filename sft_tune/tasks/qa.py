@@ -124,19 +124,6 @@ class QaTask(QaFiles, Task):
         )
         return to_windows(windows, labelled, data, "no_answer" in names)
 
-    def texts(self, labelled: Questions) -> list[str]:
-        return labelled.contexts
-
-    def strata(self, labelled: Questions) -> list[str]:
-        return ["answerable" if answers else "unanswerable" for answers in labelled.answers]
-
-    def groups(self, labelled: Questions) -> list[Any]:
-        """The article (title) where known, else the context: no context straddles a split."""
-        return [
-            ("title", t) if t else ("context", c)
-            for t, c in zip(labelled.titles, labelled.contexts)
-        ]
-
     def collate(
         self, examples: QaWindows, indices: Sequence[int], pad_id: int, side: str
     ) -> dict[str, torch.Tensor]:

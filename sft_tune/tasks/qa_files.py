@@ -110,6 +110,19 @@ class QaFiles(TaskFiles):
                 path,
             )
 
+    def texts(self, labelled: Questions) -> list[str]:
+        return labelled.contexts
+
+    def strata(self, labelled: Questions) -> list[str]:
+        return ["answerable" if answers else "unanswerable" for answers in labelled.answers]
+
+    def groups(self, labelled: Questions) -> list[Any]:
+        """The article (title) where known, else the context: no context straddles a split."""
+        return [
+            ("title", t) if t else ("context", c)
+            for t, c in zip(labelled.titles, labelled.contexts)
+        ]
+
     def read_input(self, path: Path, data: DataConfig) -> Questions:
         """The questions on their contexts (answers not needed), checked."""
         return read_questions(Path(path), data, "input file", need_answers=False)

@@ -83,7 +83,9 @@ def test_each_unreadable_file_says_where_and_what(tmp_path, name, content, expec
 def test_a_broken_saved_dataset_folder_is_an_input_error(tmp_path):
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "state.json").write_text("{")
-    assert "saved dataset folder" in _problems(tmp_path / "saved")
+    assert "Dataset.save_to_disk" in _problems(tmp_path / "saved")
+    (tmp_path / "saved" / "state.json").write_text('{"_data_files": [{"filename": "d.arrow"}]}')
+    assert "missing ['d.arrow']" in _problems(tmp_path / "saved")
 
 
 def test_every_bad_file_of_a_config_is_reported_at_once_by_its_key(tmp_path, toy_files):

@@ -136,7 +136,13 @@ def test_a_validation_split_too_small_for_one_example_per_class():
         split_validation(strata, None, 0.1, seed=0, path=PATH)  # 0.6 examples for 3 classes
     [problem] = caught.value.problems
     assert problem.where == "data.validation_fraction" and problem.value == 0.1
-    assert "3 classes, 6 examples" in problem.rule
+    assert "3 classes" in problem.rule and "1 of 6 examples" in problem.rule
+
+
+def test_a_validation_split_holds_what_scikit_learn_holds_out():
+    # 20% of 6 is 1.2 examples: train_test_split holds out ceil(1.2) = 2, one per class.
+    train, held = split_validation(_strata(a=3, b=3), None, 0.2, seed=0, path=PATH)
+    assert len(held) == 2 and sorted(_strata(a=3, b=3)[i] for i in held) == ["a", "b"]
 
 
 def test_a_stratified_validation_split_needs_two_examples_of_each_class():
