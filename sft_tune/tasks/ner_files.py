@@ -16,8 +16,9 @@ every tag of the scheme for each entity type seen (B-/I- pairs, or B-/I-/E-/S-),
 not refused for a tag the training file happens to lack.
 
 Prediction input: a table with `data.text_column` (raw text, split into words at whitespace and
-around punctuation, as CoNLL English is; text in a language written without spaces, or tokenized
-another way, should come as a tokens column) or with the tokens column (joined by spaces).
+around punctuation, as CoNLL English is, and per character in scripts written without spaces:
+Chinese, Japanese, Thai, ...) or with the tokens column (joined by spaces, but not next to a
+character of those scripts). Entities are character offsets into that text.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import regex
 from pydantic import Field
 
 from sft_tune.config import DataConfig, RunConfig, TaskOptions
@@ -41,7 +43,16 @@ TABLE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
 DOCSTART = "-DOCSTART-"
 PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES", "auto": "BIES"}
 TAG = re.compile(r"^([A-Z])-(\S+)$")
-WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # raw text to words at predict time (CoNLL-like)
+# Scripts written without spaces between words: raw text in them is split per character
+# (grapheme), as character-tagged corpora (Chinese NER, ...) are; Korean writes spaces.
+UNSPACED = (
+    r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
+    r"\u3000-\u303f\u30fc\uff00-\uffef"  # CJK punctuation, the prolonged-sound mark, full-width forms
+)
+# Raw text to words at predict time: a character of an unspaced script, a run of other word
+# characters (with inner hyphens and apostrophes, as CoNLL English has them), or one symbol.
+UNSPACED_CHAR = regex.compile(rf"[{UNSPACED}]")
+WORD = regex.compile(rf"(?=[{UNSPACED}])\X|[^\W{UNSPACED}]+(?:[-'’][^\W{UNSPACED}]+)*|[^\w\s]")
 
 
 @dataclass
@@ -383,10 +394,8 @@ def read_prediction_input(
     tokens_column = NerOptions.of(data).tokens_column
     if data.text_column in table.column_names:
         rows = []
-        for text in text_column(table, data.text_column, path, "input file", "data.text_column"):
-            matches = list(WORD.finditer(text))
-            rows.append((text, [m.group() for m in matches], [m.span() for m in matches]))
-        return rows
+        texts = text_column(table, data.text_column, path, "input file", "data.text_column")
+        return [(text, *split_words(text)) for text in texts]
     if tokens_column not in table.column_names:
         raise fail(
             str(path),
@@ -403,9 +412,29 @@ def read_prediction_input(
                 "every row needs a list of non-empty words",
                 "fix the row",
             )
-        spans, position = [], 0
-        for token in tokens:
-            spans.append((position, position + len(token)))
-            position += len(token) + 1
-        rows.append((" ".join(tokens), list(tokens), spans))
+        text, spans = join_words(tokens)
+        rows.append((text, list(tokens), spans))
     return rows
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Raw text as words and their character spans: at spaces and around punctuation, and per
+    character in scripts written without spaces (CJK, Thai, ...)."""
+    matches = list(WORD.finditer(text))
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Words as one text and each word's span in it: joined by spaces, except next to a
+    character of a script written without spaces (so 李 岚 清 reads 李岚清)."""
+    text, spans = "", []
+    for word in words:
+        if text and not (_unspaced(text[-1]) or _unspaced(word[0])):
+            text += " "
+        spans.append((len(text), len(text) + len(word)))
+        text += word
+    return text, spans
+
+
+def _unspaced(char: str) -> bool:
+    return UNSPACED_CHAR.match(char) is not None

@@ -17,7 +17,7 @@ from sft_tune.errors import InputError
 from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
 from sft_tune.tasks.ner import Windows, entity_scores, stitch, window_spans
-from sft_tune.tasks.ner_files import detect_scheme
+from sft_tune.tasks.ner_files import detect_scheme, join_words, split_words
 
 DATA = Path(__file__).parents[1] / "data" / "ner"
 ROOT = Path(__file__).resolve().parents[2]
@@ -512,6 +512,50 @@ def test_hironsan_corpus_trains_with_a_byte_level_gpt2(tmp_path):
     )
     run = json.loads((tmp_path / "out" / "model" / "run.json").read_text())
     assert "B-PSN" in run["labels"] and "I-ART" in run["labels"]
+
+    # Raw Japanese text at predict time: one word per character, entities as offsets into it.
+    from sft_tune.predict import predict
+
+    text = "東京タワーは二〇〇五年に山田太郎が訪れた。"
+    (tmp_path / "raw.jsonl").write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    (record,) = predict(tmp_path / "out" / "model", tmp_path / "raw.jsonl")
+    assert record["text"] == text
+    for entity in record["entities"]:
+        assert entity["text"] == text[entity["start"] : entity["end"]] and " " not in entity["text"]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("李岚清在全国会议上讲话", list("李岚清在全国会议上讲话")),
+        ("東京タワーは2024年に", ["東", "京", "タ", "ワ", "ー", "は", "2024", "年", "に"]),
+        ("Apple在北京开店。", ["Apple", "在", "北", "京", "开", "店", "。"]),
+        ("สวัสดี ครับ", ["ส", "วั", "ส", "ดี", "ค", "รั", "บ"]),  # one grapheme each
+        (
+            "서울에서 New York-based O'Neil (IBM)",
+            ["서울에서", "New", "York-based", "O'Neil", "(", "IBM", ")"],
+        ),
+    ],
+)
+def test_raw_text_splits_into_words_per_script(text, words):
+    found, spans = split_words(text)
+    assert found == words and [text[a:b] for a, b in spans] == words
+
+
+def test_words_of_unspaced_scripts_join_without_spaces(tmp_path):
+    assert join_words(["李", "岚", "清", "在", "北", "京"]) == (
+        "李岚清在北京",
+        [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)],
+    )
+    assert join_words(["New", "York", "在", "北", "京", "."])[0] == "New York在北京."
+    rows = [{"tokens": ["李", "岚", "清", "在", "全", "国"]}, {"tokens": ["New", "York"]}]
+    path = tmp_path / "tokens.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    read = get_task("ner").read_input(path, DataConfig(train=path))
+    assert [(text, spans[-1]) for text, _, spans in read] == [
+        ("李岚清在全国", (5, 6)),
+        ("New York", (4, 8)),
+    ]
 
 
 def test_shipped_ner_space_loads():
