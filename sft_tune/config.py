@@ -89,6 +89,14 @@ class DataConfig(_Strict):
         description="Stratified share of the labelled training file held out for per-epoch evaluation "
         "(0 = none).",
     )
+    max_unknown_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Most unknown tokens the tokenizer may make of the labelled texts (and of a "
+        "sample of the unlabelled ones) before the run stops: a model that cannot read the "
+        "language of the data learns little from it.",
+    )
     cache_dir: Path | None = Field(
         None, description="Where tokenized data is cached by content (default: ~/.cache/sft-tune)."
     )

@@ -54,6 +54,7 @@ def train(
     info = {
         "config": config.model_dump(mode="json"),
         "labels": prepared.label_names,
+        "unknown_token_share": prepared.coverage,
         "metrics": metrics,
         "evaluations": result.evaluations,
     }

@@ -160,3 +160,34 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
         dtype=np.uint64,
         count=len(texts),
     )
+
+
+def unknown_tokens(ids: Sequence[Sequence[int]], tokenizer) -> tuple[int, int]:
+    """(unknown tokens, tokens) in token-id sequences, special tokens not counted; (0, n) for a
+    tokenizer without an unknown token (byte-level BPE reads every text)."""
+    unk = tokenizer.unk_token_id
+    special = set(tokenizer.all_special_ids) - {unk}
+    unknown = total = 0
+    for seq in ids:
+        for token in seq:
+            if token not in special:
+                total += 1
+                unknown += token == unk
+    return (unknown if unk is not None else 0), total
+
+
+def unreadable_characters(texts: Sequence[str], tokenizer, limit: int = 8) -> list[tuple[str, int]]:
+    """The characters of `texts` that the tokenizer reads as its unknown token, most frequent
+    first, with their counts (at most `limit`)."""
+    unk = tokenizer.unk_token_id
+    counts: dict[str, int] = {}
+    for text in texts:
+        for char in text:
+            if not char.isspace():
+                counts[char] = counts.get(char, 0) + 1
+    if unk is None or not counts:
+        return []
+    chars = list(counts)
+    pieces = tokenizer(chars, add_special_tokens=False)["input_ids"]
+    unread = [(c, counts[c]) for c, ids in zip(chars, pieces) if not ids or unk in ids]
+    return sorted(unread, key=lambda item: (-item[1], item[0]))[:limit]

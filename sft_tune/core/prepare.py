@@ -3,6 +3,8 @@ which texts feed a split's LM loss (never a held-out text, also not as a copy in
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,20 @@ import numpy as np
 
 from sft_tune.config import RunConfig
 from sft_tune.core import data as data_module
-from sft_tune.core.data import SequenceView, TokenArray, text_hashes, tokenize
+from sft_tune.core.data import (
+    SequenceView,
+    TokenArray,
+    text_hashes,
+    tokenize,
+    unknown_tokens,
+    unreadable_characters,
+)
 from sft_tune.core.files import RawData, read_data
 from sft_tune.core.model import load_tokenizer
 from sft_tune.core.splits import make_folds, split_validation
+from sft_tune.errors import InputError, Problem
+
+log = logging.getLogger(__name__)
 
 Split = tuple[list[int], list[int]]  # (train indices, held-out indices) of the labelled set
 
@@ -44,6 +56,7 @@ class PreparedData:
     groups: list[Any] | None = None
     test: Any | None = None  # the task's encoded test set, when asked for
     lm: bool = True  # whether the LM texts were read (False: no split has LM data)
+    coverage: dict[str, float] | None = None  # share of unknown tokens: labelled, unlabelled sample
 
     def lm_ids(
         self, split: int, include_labelled: bool, also_held: Sequence[int] = ()
@@ -133,18 +146,18 @@ def prepare_data(
         splits = make_folds(strata, groups, folds, seed, config.data.train)
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
+    texts = task.texts(raw.train)
+    labelled_text_ids = tokenize(
+        texts, tokenizer, config.data.max_length, config.data.cache_dir
+    ).input_ids
+    coverage = check_coverage(config, tokenizer, texts, labelled_text_ids, raw.unlabelled)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
     unlabelled_ids = (
         tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
         if raw.unlabelled
         else []
     )
-    texts = task.texts(raw.train)
-    labelled_lm_ids = (
-        tokenize(texts, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-        if lm
-        else []
-    )
+    labelled_lm_ids = labelled_text_ids if lm else []
     test = (
         task.encode(raw.test, tokenizer, raw.label_names, config.data)
         if with_test and raw.test is not None
@@ -163,7 +176,54 @@ def prepare_data(
         groups,
         test,
         lm,
+        coverage,
     )
+
+
+COVERAGE_SAMPLE = 2000  # unlabelled texts whose tokens are checked (the pool can be large)
+
+
+def check_coverage(
+    config: RunConfig,
+    tokenizer,
+    texts: Sequence[str],
+    text_ids: Sequence[Sequence[int]],
+    unlabelled: Sequence[str],
+) -> dict[str, float]:
+    """The share of unknown tokens the tokenizer makes of the labelled texts and of a sample of
+    the unlabelled ones, logged for every run; above `data.max_unknown_fraction` the model
+    cannot read the data's language and the run stops (`InputError`, before any model loads)."""
+    sample = random.Random(0).sample(list(unlabelled), min(len(unlabelled), COVERAGE_SAMPLE))
+    parts = {"labelled": (texts, text_ids)}
+    if sample:
+        parts["unlabelled"] = (sample, tokenizer(sample, truncation=True, max_length=config.data.max_length)["input_ids"])  # fmt: skip
+    shares, problems = {}, []
+    limit = config.data.max_unknown_fraction
+    for part, (part_texts, ids) in parts.items():
+        unknown, total = unknown_tokens(ids, tokenizer)
+        shares[part] = unknown / total if total else 0.0
+        log.info(
+            "tokenizer coverage: %.2f%% of the tokens of the %s texts%s are unknown (%d of %d)",
+            100 * shares[part],
+            part,
+            f" (a sample of {len(part_texts)})" if part == "unlabelled" else "",
+            unknown,
+            total,
+        )
+        if shares[part] > limit:
+            unread = unreadable_characters(part_texts, tokenizer)
+            shown = ", ".join(f"{char!r} ({count}x)" for char, count in unread)
+            problems.append(
+                Problem(
+                    "model.name_or_path",
+                    config.model.name_or_path,
+                    f"its tokenizer must read the data: {shares[part]:.1%} of the tokens of the {part} texts are unknown ({unknown} of {total}), above data.max_unknown_fraction {limit:g}; characters it cannot read: {shown or 'none alone (unknown only in context)'}",
+                    "use a model whose vocabulary covers the language of the data, or raise data.max_unknown_fraction to train anyway",
+                )
+            )
+    if problems:
+        raise InputError(problems, title="the model cannot read the data")
+    return shares
 
 
 def lm_selection(

@@ -80,9 +80,11 @@ def run_search(
             # Written once Ray is up, so a failed start leaves no half-made sweep.
             if not checked.resume:
                 folder.save_snapshot(sweep)
+            unknown = ", ".join(f"{v:.2%} of the {k} tokens" for k, v in data.coverage.items())
             print(
                 f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
-                f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})",
+                f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})\n"
+                f"tokenizer coverage: unknown tokens are {unknown}",
                 file=terminal,
                 flush=True,
             )

@@ -151,3 +151,50 @@ def test_unreadable_files_say_which_line_and_what_is_there(
     error = _error(tiny_bert, {**toy_files, "train": path}, tmp_path / "out")
     [problem] = error.problems
     assert problem.where.endswith(where) and problem.value == value and rule in problem.rule
+
+
+CHINESE = [
+    "李岚清在全国教育工作会议上讲话",
+    "北京大学的学生参观了上海博物馆",
+    "这家餐厅的服务很好，菜也好吃",
+    "昨天的天气很冷，我们没有出门",
+]
+
+
+def _chinese_config(model, tmp_path, **data):
+    rows = [{"text": text, "label": label} for text in CHINESE for label in ("good", "bad")]
+    files = {
+        "train": write_csv(tmp_path / "zh.csv", rows * 3),
+        "test": write_csv(tmp_path / "zh-test.csv", rows),
+        "unlabelled": write_jsonl(tmp_path / "u.jsonl", [{"text": t} for t in CHINESE]),
+    }
+    return parse_config(run_config_dict(model, files, tmp_path / "out", data=data))
+
+
+def test_a_model_that_cannot_read_the_language_stops_before_it_loads(tiny_bert, tmp_path):
+    # The tiny BERT's vocabulary is English words and a-z: every Chinese character is [UNK].
+    # prepare_data runs before any model loads (train, every sweep, select).
+    from sft_tune.core import prepare
+
+    config = _chinese_config(tiny_bert, tmp_path)
+    with pytest.raises(InputError) as caught:
+        prepare.prepare_data(config, TASK)
+    (problem, *more) = caught.value.problems
+    assert problem.where == "model.name_or_path" and problem.value == str(tiny_bert)
+    assert "100.0% of the tokens of the labelled texts are unknown" in problem.rule
+    assert "'的' (" in problem.rule and "data.max_unknown_fraction 0.05" in problem.rule
+    assert "raise data.max_unknown_fraction" in problem.fix
+    assert more and "unlabelled texts" in more[0].rule  # the unlabelled sample, too
+
+
+def test_the_unknown_share_is_measured_in_every_run(tiny_bert, tmp_path, toy_files, caplog):
+    from sft_tune.core.prepare import prepare_data
+
+    config = _chinese_config(tiny_bert, tmp_path, max_unknown_fraction=1.0)
+    with caplog.at_level("INFO"):
+        assert prepare_data(config, TASK).coverage == {"labelled": 1.0, "unlabelled": 1.0}
+    assert (
+        "tokenizer coverage: 100.00% of the tokens of the labelled texts are unknown" in caplog.text
+    )
+    english = parse_config(run_config_dict(tiny_bert, toy_files, tmp_path / "en"))
+    assert prepare_data(english, TASK).coverage == {"labelled": 0.0, "unlabelled": 0.0}
