@@ -12,13 +12,16 @@ from urllib.parse import urlsplit
 
 from sft_tune.errors import fail
 
-PROBE_TIMEOUT_ENV = "SFT_TUNE_PROBE_TIMEOUT_S"  # seconds an address probe waits (default 5)
+# Seconds an address probe waits for a connection and a reply: a dashboard answers in well under
+# a second, and a bad address is a bad-input message, which should come within 2 s.
+PROBE_TIMEOUT_ENV = "SFT_TUNE_PROBE_TIMEOUT_S"
+PROBE_TIMEOUT_S = "1.5"
 
 
 def probe_address(option: str, address: str, http: bool = False) -> None:
     """Fail fast, naming the address, when nothing answers there: a TCP connection within the
     probe timeout, and with `http` a reply to GET /api/version (what a Ray dashboard serves)."""
-    timeout = float(os.environ.get(PROBE_TIMEOUT_ENV, "5"))
+    timeout = float(os.environ.get(PROBE_TIMEOUT_ENV, PROBE_TIMEOUT_S))
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     default = 8265 if http else (10001 if parts.scheme == "ray" else 6379)
     host, port = parts.hostname, parts.port or default

@@ -15,6 +15,8 @@ import torch
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Real Ray heads in tests answer slowly on a busy 2-core machine; users keep the 1.5-s default.
+os.environ.setdefault("SFT_TUNE_PROBE_TIMEOUT_S", "10")
 
 POSITIVE = ["good", "great", "excellent", "happy", "love"]
 NEGATIVE = ["bad", "awful", "terrible", "sad", "hate"]
