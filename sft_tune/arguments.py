@@ -8,6 +8,21 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from sft_tune import __version__
+
+# Variables of this shell that `submit` forwards to the job when they are set (WANDB_MODE
+# defaults to offline); any other goes with --env.
+FORWARDED_ENV = (
+    "WANDB_MODE",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "TOKENIZERS_PARALLELISM",
+)
+# An --env name holding one of these parts (any case) is taken for a secret and refused.
+SECRET_ENV_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "NETRC", "AUTH")
+
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose errors also say where the arguments are described (exit 2)."""
@@ -24,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unlabelled and labelled data through one backbone, phase 2 minimizes L_task.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
@@ -42,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict",
         help="run an exported model over a file (JSONL out)",
-        description="Run an exported model over each row of INPUT (CSV, JSONL, Parquet or dataset folder); writes one JSON line per row: classification: the label and every label's probability; ner: the entities with type, character offsets and score; qa: the answer with its score and character offsets. Columns default to the ones the model was trained with (its run.json).",
+        description="Run an exported model over each row of INPUT (CSV, TSV, JSONL, JSON, Parquet or a saved dataset folder) and write one JSON line per row. The record of each task: "
+        'classification: {"text", "label", "probabilities": {label: p}}; '
+        'ner: {"text", "entities": [{"type", "start", "end", "text", "score"}]} (character offsets into text; raw text is split into words at spaces and punctuation, and per character in Chinese, Japanese, Thai and other scripts written without spaces); '
+        'qa: {"id" (when the input has one), "question", "answer" ("" = no answer), "score", "start", "end" (character offsets into the context), "n_best": the top 5 candidates}; '
+        'generation: {"prompt", "response"} (a greedy generation of at most data.generation.max_new_tokens tokens). '
+        "Columns default to the ones the model was trained with (its run.json). The model folder, the input (read whole and checked) and the output folder are checked before the model loads.",
     )
     predict.add_argument(
         "--model", type=Path, required=True, help="exported model folder (OUTPUT_DIR/model)"
@@ -166,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="environment variable for the job (repeatable; secrets are refused). WANDB_MODE (default offline) and HF_HUB_OFFLINE are forwarded when set",
+        help="environment variable for the job (repeatable; names holding "
+        + ", ".join(SECRET_ENV_PARTS)
+        + " in any case are refused as secrets). Forwarded from this shell when set: "
+        + ", ".join(FORWARDED_ENV)
+        + " (WANDB_MODE defaults to offline)",
     )
     submit.add_argument(
         "command_args",

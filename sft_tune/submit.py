@@ -22,21 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from sft_tune.addresses import probe_address
-from sft_tune.arguments import build_parser
+from sft_tune.arguments import FORWARDED_ENV, SECRET_ENV_PARTS, build_parser
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.upload import build_package
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FORWARDED_ENV = (
-    "WANDB_MODE",
-    "WANDB_PROJECT",
-    "WANDB_ENTITY",
-    "HF_HUB_OFFLINE",
-    "HF_ENDPOINT",
-    "TOKENIZERS_PARALLELISM",
-)
-# An --env name holding one of these parts (any case) is taken for a secret and refused.
-SECRET_ENV_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "NETRC", "AUTH")
 AGENT_WAIT_S = 60.0  # a fresh head refuses jobs ("No available agent") until its agent is up
 LOG_TAIL_LINES = 40
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

@@ -189,3 +189,26 @@ def test_what_config_json_rules_out_is_refused_before_weights_load(
     err = capsys.readouterr().err
     assert f"{where}: got '{task if where == 'model.task' else objective}'" in err
     assert "config.json" in err and not (tmp_path / "out").exists()
+
+
+def test_version_and_the_help_of_predict_and_submit(capsys):
+    from sft_tune import __version__
+    from sft_tune.arguments import FORWARDED_ENV
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"sft-tune {__version__}"
+    with pytest.raises(SystemExit):
+        main(["submit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in FORWARDED_ENV), text
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for task, record in (
+        ("classification", '"probabilities"'),
+        ("ner", '"entities"'),
+        ("qa", '"answer"'),
+        ("generation", '"response"'),
+    ):
+        assert f"{task}: {{" in text and record in text, task
