@@ -233,7 +233,7 @@ def submit(
     The command, the environment, the address and the token are checked first, every problem at
     once, before Ray is imported."""
     found: dict[str, Any] = {}
-    problems = []
+    errors: list[InputError] = []
     for name, check in (
         ("reads", lambda: check_command(command, working_dir)),
         ("env", lambda: parse_env(env or [])),
@@ -242,9 +242,11 @@ def submit(
         try:
             found[name] = check()
         except InputError as err:
-            problems += err.problems
-    if problems:
-        raise InputError(problems)
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise InputError([p for err in errors for p in err.problems])
     package = build_package(working_dir, found["reads"])
     jobs, job_env = connect(address, found["token"]), found["env"]
     print(package.summary())

@@ -69,7 +69,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def _vocabulary() -> list[str]:
     words = sorted({w for ws in LABELS.values() for w in ws} | set(FILLER))
     return (
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + list("abcdefghijklmnopqrstuvwxyz")
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + words
+        + list("abcdefghijklmnopqrstuvwxyz")
+        + list(".,?!'-")  # what the toy texts and the QA fixtures hold besides words
     )
 
 

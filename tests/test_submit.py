@@ -298,9 +298,11 @@ def test_submit_exits_2_on_a_path_the_job_would_not_find(monkeypatch, tmp_path, 
 def test_bad_space_is_caught_before_submitting(tmp_path):
     make_project(tmp_path / "project")
     (tmp_path / "project" / "bad.yaml").write_text("params: {}\n")
-    with pytest.raises(InputError, match="invalid search space"):
+    with pytest.raises(InputError) as caught:
         submit(
             "http://127.0.0.1:9",
             ["search", "--space", "bad.yaml"],
             working_dir=tmp_path / "project",
         )
+    # The space's problem and the address's, in one message (nothing was sent).
+    assert [p.where for p in caught.value.problems] == ["base / config", "--address"]
