@@ -1,0 +1,285 @@
+"""Quality study, round 2: does phase 1 pay off where the LM loss is meaningful from step one?
+
+Fixed configurations (no search), on the tweet demo (300 labelled tweets, 6,000 unlabelled, 1,500
+test), for two models: SmolLM2-135M-Instruct as a decoder classifier (last-token head; its LM head
+is trained, so L_lm means something from the first step) and MiniLM with a long phase 1 (its MLM
+head starts random: an LM-head warm-up first). Five arms per model, equal in what they are given:
+
+  plain      phase 2 only, E epochs
+  matched    phase 2 only, E epochs plus the labelled examples the alpha > 0 arms add in phase 1
+             (S steps x the task batch, a whole number of epochs by construction)
+  sft-a1     phase 1 (S steps, L_lm + 1 * L_task), then the plain arm's phase 2
+  sft-a025   phase 1 with alpha 0.25, then the same phase 2
+  tapt       phase 1 with alpha 0 (the LM loss alone trains), then the same phase 2
+
+E, both learning rates and S come from a pilot on seed 0 that never sees the test file
+(`--pilot`: the labelled tweets split 75/25, the best validation macro-F1 picks them; how, and the
+scores, are written to PILOT.json and the report). Each run is one `sft-tune train` in a fresh
+process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the seed
+sets the new head's weights, data order and masking). Finished runs are skipped on a rerun.
+
+    python examples/prepare_tweets.py
+    python bench/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
+    python bench/quality_fixed.py --seeds 0 1 2            # the study -> bench/QUALITY.md (2nd section)
+    python bench/quality_fixed.py --report-only            # rewrite the report from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, machine, markdown_table, mean_std  # noqa: E402  (bench/harness.py)
+
+EXAMPLES = ROOT / "examples"
+LABELLED = 300  # tweets in examples/data/tweets/train.csv
+MODELS: dict[str, dict[str, Any]] = {
+    "smollm2": {
+        "model": {
+            "name_or_path": str(EXAMPLES / "data" / "smollm2"),
+            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "task": "classification",
+        },
+        "max_length": 64,
+        "warmup": 0,  # SmolLM2 ships its LM head (tied to the embeddings)
+        "lm_batch": 8,
+        "task_batch": 5,  # x S steps: a whole number of epochs of the 300 tweets for `matched`
+        "batch": 16,
+        "pilot": {
+            "phase2_lr": [3e-5, 1e-4],
+            "epochs": 4,
+            "phase1_lr": [2e-5, 6e-5],
+            "steps": [60, 120],
+        },  # fmt: skip
+    },
+    "minilm": {
+        "model": {"name_or_path": str(EXAMPLES / "data" / "minilm"), "task": "classification"},
+        "max_length": 64,
+        "warmup": 100,  # MiniLM ships no MLM head: train a fresh one first, backbone frozen
+        "lm_batch": 16,
+        "task_batch": 3,
+        "batch": 16,
+        "pilot": {
+            "phase2_lr": [1e-4, 3e-4],
+            "epochs": 6,
+            "phase1_lr": [3e-5, 1e-4],
+            "steps": [300, 500],
+        },  # fmt: skip
+    },
+}
+ARMS = ("plain", "matched", "sft-a1", "sft-a025", "tapt")
+ALPHA = {"sft-a1": 1.0, "sft-a025": 0.25, "tapt": 0.0}
+SECTION = "<!-- quality study 2 (bench/quality_fixed.py) -->"
+SECTION_END = "<!-- end of quality study 2 -->"
+
+
+def config_of(
+    model: str, chosen: dict[str, Any], arm: str, seed: int, out: Path, pilot: bool
+) -> dict:
+    """The run config of one (model, arm, seed) with the pilot's choices (`chosen`)."""
+    spec = MODELS[model]
+    base = yaml.safe_load((EXAMPLES / "tweets.yaml").read_text())
+    data = {
+        **base["data"],
+        "train": str(EXAMPLES / base["data"]["train"]),
+        "test": None if pilot else str(EXAMPLES / base["data"]["test"]),
+        "unlabelled": [str(EXAMPLES / p) for p in base["data"]["unlabelled"]],
+        "max_length": spec["max_length"],
+        "validation_fraction": 0.25 if pilot else 0.0,  # the pilot never sees the test file
+    }
+    steps = chosen["steps"] if arm in ALPHA else 0
+    extra = chosen["steps"] * spec["task_batch"] // LABELLED if arm == "matched" else 0
+    return {
+        "model": spec["model"],
+        "data": {k: v for k, v in data.items() if v is not None},
+        "phase1": {
+            "steps": steps,
+            "learning_rate": chosen["phase1_lr"],
+            "alpha": ALPHA.get(arm, 1.0),
+            "lm_batch_size": spec["lm_batch"],
+            "task_batch_size": spec["task_batch"],
+            "head_warmup_steps": spec["warmup"] if steps else 0,
+        },
+        "phase2": {
+            "epochs": chosen["epochs"] + extra,
+            "learning_rate": chosen["phase2_lr"],
+            "batch_size": spec["batch"],
+        },
+        "seed": seed,
+        "output_dir": str(out / "runs" / f"{model}-{arm}-s{seed}"),
+        "log_every": 50,
+    }
+
+
+def examples_learned(config: dict) -> dict[str, int]:
+    """Labelled and unlabelled examples a run learns from (an alpha 0 phase 1 scores its labelled
+    batches for the log without a gradient: not counted)."""
+    p1, p2 = config["phase1"], config["phase2"]
+    task = p1["task_batch_size"] if p1["alpha"] > 0 else 0
+    warmup = p1["head_warmup_steps"] if p1["steps"] else 0
+    return {
+        "labelled": p1["steps"] * task + p2["epochs"] * LABELLED,
+        "unlabelled": (p1["steps"] + warmup) * p1["lm_batch_size"],
+    }
+
+
+def train(name: str, config: dict, out: Path) -> dict[str, Any]:
+    """One `sft-tune train` in a fresh process (skipped when its run.json exists): its run.json
+    and wall time."""
+    run_json = Path(config["output_dir"]) / "model" / "run.json"
+    timing = out / "minutes.json"
+    minutes = json.loads(timing.read_text()) if timing.is_file() else {}
+    if not run_json.is_file():
+        path = out / "configs" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log = out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"== {name}", flush=True)
+        start = time.time()
+        with open(log, "w") as handle:
+            command = [sys.executable, "-m", "sft_tune", "train", "--config", str(path), "--no-progress"]  # fmt: skip
+            done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed (exit {done.returncode}); see {log}")
+        minutes[name] = (time.time() - start) / 60
+        timing.write_text(json.dumps(minutes, indent=2))
+        print(f"   {minutes[name]:.1f} min", flush=True)
+    return {**json.loads(run_json.read_text()), "minutes": minutes.get(name)}
+
+
+def pilot(model: str, out: Path) -> dict[str, Any]:
+    """Seed 0, validation split 25%, no test file: the plain arm's phase-2 learning rate and
+    epochs (the best per-epoch validation macro-F1 of one run per rate), then the phase-1
+    learning rate and length (the best validation macro-F1 after phase 2 of sft-a1)."""
+    grid, seen = MODELS[model]["pilot"], []
+    for lr in grid["phase2_lr"]:
+        chosen = {"phase2_lr": lr, "epochs": grid["epochs"], "phase1_lr": 5e-5, "steps": 0}
+        run = train(f"pilot-{model}-plain-lr{lr:g}", config_of(model, chosen, "plain", 0, out, True), out)  # fmt: skip
+        for ev in run["evaluations"]:  # after each phase-2 epoch, on the 75 held-out tweets
+            seen.append({"arm": "plain", "phase2_lr": lr, "epochs": ev["epoch"], "macro_f1": ev["macro_f1"]})  # fmt: skip
+    best = max(seen, key=lambda s: (s["macro_f1"], -s["epochs"]))
+    choice = {"phase2_lr": best["phase2_lr"], "epochs": best["epochs"]}
+    for lr in grid["phase1_lr"]:
+        for steps in grid["steps"]:
+            chosen = {**choice, "phase1_lr": lr, "steps": steps}
+            run = train(f"pilot-{model}-sft-a1-lr{lr:g}-s{steps}", config_of(model, chosen, "sft-a1", 0, out, True), out)  # fmt: skip
+            final = run["evaluations"][-1]
+            seen.append({"arm": "sft-a1", "phase1_lr": lr, "steps": steps, "macro_f1": final["macro_f1"]})  # fmt: skip
+    two = max((s for s in seen if s["arm"] == "sft-a1"), key=lambda s: (s["macro_f1"], -s["steps"]))  # fmt: skip
+    return {**choice, "phase1_lr": two["phase1_lr"], "steps": two["steps"], "pilot_runs": seen}
+
+
+def paired(results: list[dict], model: str, arm: str, metric: str) -> dict[str, Any]:
+    """Per-seed differences of `arm` against plain, with a paired t-test and a Wilcoxon test."""
+    from scipy import stats
+
+    base = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, "plain")}  # fmt: skip
+    mine = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, arm)}  # fmt: skip
+    seeds = sorted(set(base) & set(mine))
+    diffs = [mine[s] - base[s] for s in seeds]
+    found: dict[str, Any] = {"diffs": diffs}
+    if len(seeds) >= 2 and any(d != 0 for d in diffs):
+        found["t_p"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)  # fmt: skip
+        found["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
+    return found
+
+
+def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> str:
+    """The study's section of bench/QUALITY.md."""
+    lines = [
+        SECTION,
+        "",
+        "## Round 2: fixed configurations, where the LM loss is meaningful from step one",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality_fixed.py --seeds {' '.join(map(str, seeds))}` on {machine()}; one run at a time.",
+        "Every run: `sft-tune train` on all 300 labelled tweets, tested once on 1,500. Arms per model: `plain` (E epochs), `matched` (plain with the labelled examples the α > 0 arms add), `sft-a1` / `sft-a025` (phase 1 of S steps with α = 1 / 0.25, then the same E epochs), `tapt` (α = 0).",
+        "",
+    ]
+    for model, choice in pilots.items():
+        lines.append(f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs (best per-epoch validation macro-F1 of plain runs at {MODELS[model]['pilot']['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} and S = {choice['steps']} steps (best validation macro-F1 of sft-a1 over learning rates {MODELS[model]['pilot']['phase1_lr']} x steps {MODELS[model]['pilot']['steps']}).")  # fmt: skip
+    lines.append("")
+    header = ["model", "arm", "seeds", "test macro-F1", "test accuracy", "Δ macro-F1 vs plain (per seed)", "paired t p", "Wilcoxon p", "labelled / unlabelled examples", "minutes per run"]  # fmt: skip
+    rows = []
+    for model in pilots:
+        for arm in ARMS:
+            runs = [r for r in results if (r["model"], r["arm"]) == (model, arm)]
+            if not runs:
+                continue
+            f1 = [100 * r["test"]["macro_f1"] for r in runs]
+            acc = [100 * r["test"]["accuracy"] for r in runs]
+            stat = paired(results, model, arm, "macro_f1") if arm != "plain" else {}
+            diffs = " ".join(f"{100 * d:+.1f}" for d in stat.get("diffs", [])) or "-"
+            used = runs[0]["examples"]
+            rows.append([model, arm, len(runs), mean_std(f1, ".1f"), mean_std(acc, ".1f"), diffs, _p(stat.get("t_p")), _p(stat.get("wilcoxon_p")), f"{used['labelled']:,} / {used['unlabelled']:,}", f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}"])  # fmt: skip
+    lines += markdown_table(header, rows)
+    lines += ["", f"Both p-values are two-sided over the per-seed pairs (with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** max(len(seeds), 1):.3f} at {len(seeds)} seeds).", "", SECTION_END]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put the study's section in bench/QUALITY.md: in place of the old one, else at the end
+    (below the first study's hand-written part, which bench/quality.py keeps)."""
+    old = path.read_text() if path.is_file() else ""
+    if SECTION in old and SECTION_END in old:
+        old = old[: old.index(SECTION)] + old[old.index(SECTION_END) + len(SECTION_END) + 1 :]
+    path.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--pilot", action="store_true", help="choose E, learning rates and S (seed 0)")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report; train nothing")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality-fixed")
+    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    pilots_file = ROOT / "bench" / "PILOT.json"
+    pilots = json.loads(pilots_file.read_text()) if pilots_file.is_file() else {}
+    if args.pilot:
+        for model in args.models:
+            pilots[model] = pilot(model, args.out)
+            pilots_file.write_text(json.dumps(pilots, indent=2) + "\n")
+            print(f"{model}: {json.dumps({k: v for k, v in pilots[model].items() if k != 'pilot_runs'})}")  # fmt: skip
+        return 0
+    missing = [m for m in args.models if m not in pilots]
+    if missing:
+        parser.error(f"no pilot for {missing} in {pilots_file}: run with --pilot first")
+    results = []
+    for seed in args.seeds:  # seed-major: every arm of a seed before the next (paired)
+        for model in args.models:
+            for arm in args.arms:
+                config = config_of(model, pilots[model], arm, seed, args.out, False)
+                name = f"{model}-{arm}-s{seed}"
+                run_json = Path(config["output_dir"]) / "model" / "run.json"
+                if args.report_only and not run_json.is_file():
+                    continue
+                run = train(name, config, args.out)
+                results.append({"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share")})  # fmt: skip
+                (args.out / "results.json").write_text(json.dumps(results, indent=2))
+                write_section(args.report, report(results, {m: pilots[m] for m in args.models}, args.seeds))  # fmt: skip
+    print(report(results, {m: pilots[m] for m in args.models}, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
