@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sft_tune.checkpoint import architecture_problems, folder_problems
 from sft_tune.config import RunConfig, check_schema, problems_from_validation
 from sft_tune.core.files import READERS, RawData, data_names, data_problems, read_table, renamed
-from sft_tune.errors import InputError, Problem, fail, undecodable
+from sft_tune.errors import InputError, Problem, fail, text_of
 from sft_tune.tasks import TASKS, task_files
 
 
@@ -126,24 +126,7 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     """Read a YAML mapping, turning a missing file, text that is not UTF-8, syntax errors and
     keys given twice into `InputError` (naming the line and showing its text)."""
     path = Path(path)
-    if not path.is_file():
-        raise fail(
-            str(path),
-            str(path),
-            f"the {what} must exist",
-            "check the path (relative to the current folder)",
-        )
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line, found = undecodable(data, err)
-        raise fail(
-            str(path),
-            f"{found} (line {line})",
-            f"the {what} must be UTF-8 text",
-            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
-        ) from None
+    text = text_of(path, what, "check the path (relative to the current folder)")
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:

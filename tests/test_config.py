@@ -196,4 +196,5 @@ def test_a_config_that_is_not_utf8_names_the_byte(tmp_path):
     with pytest.raises(InputError) as caught:
         load_config(path)
     [problem] = caught.value.problems
-    assert problem.value == "byte 0xe9 at offset 30 (line 2)" and "UTF-8" in problem.rule
+    assert problem.where == f"{path} line 2" and problem.value == "byte 0xe9 at offset 30"
+    assert "UTF-8" in problem.rule

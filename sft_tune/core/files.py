@@ -19,7 +19,7 @@ from typing import Any
 
 from sft_tune.config import RunConfig
 from sft_tune.core.splits import split_problems
-from sft_tune.errors import InputError, Problem, fail, first_problems, undecodable
+from sft_tune.errors import InputError, Problem, fail, first_problems, text_of
 
 READERS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
@@ -141,24 +141,14 @@ def _read_parquet(path: Path, what: str) -> Table:
 
 def _read_text(path: Path, suffix: str, what: str) -> Table:
     """CSV/TSV and JSON files, with every bad line or row named (the first `errors.SHOWN`)."""
-    data = path.read_bytes()
-    if not data.strip():
+    if not path.read_bytes().strip():
         raise fail(
             str(path),
             "0 bytes of data",
             f"the {what} must not be empty",
             "point to a file with data rows",
         )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line, found = undecodable(data, err)
-        raise fail(
-            f"{path} line {line}",
-            found,
-            f"the {what} must be UTF-8 text",
-            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
-        ) from None
+    text = text_of(path, what, "check the path")
     problems: list[Problem] = []
     if suffix in (".csv", ".tsv"):
         table = _csv_table(path, text, "\t" if suffix == ".tsv" else ",", problems)

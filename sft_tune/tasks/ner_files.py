@@ -35,7 +35,7 @@ from pydantic import Field
 
 from sft_tune.config import DataConfig, RunConfig, TaskOptions
 from sft_tune.core.files import read_table, require_columns, text_column
-from sft_tune.errors import Problem, fail, first_problems
+from sft_tune.errors import Problem, fail, first_problems, text_of
 from sft_tune.tasks.base import TaskFiles, window_problems
 
 MIN_STRATUM = 20  # sentences a stratum needs; smaller ones join the largest (folds go up to 20)
@@ -220,24 +220,7 @@ def _split_columns(line: str) -> list[str]:
 
 def read_conll(path: Path, scheme: str, what: str) -> Sentences:
     """CoNLL text: token first, tag last; blank lines between sentences, -DOCSTART- between documents."""
-    if not path.is_file():
-        raise fail(
-            str(path),
-            str(path),
-            f"the {what} must exist",
-            "check the path in the config (relative paths are relative to the config file)",
-        )
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise fail(
-            f"{path} line {line}",
-            raw[err.start : err.start + 4],
-            f"the {what} must be UTF-8 text",
-            "re-save the file as UTF-8",
-        ) from None
+    text = text_of(path, what, "check the path in the config (relative paths are relative to the config file)")  # fmt: skip
     words: list[list[str]] = []
     tags: list[list[str]] = []
     documents: list[str] = []
