@@ -84,9 +84,10 @@ SECTION_END = "<!-- end of quality study 2 -->"
 
 
 def config_of(
-    model: str, chosen: dict[str, Any], arm: str, seed: int, out: Path, pilot: bool
+    model: str, chosen: dict[str, Any], arm: str, seed: int, out: Path, pilot: bool, name: str
 ) -> dict:
-    """The run config of one (model, arm, seed) with the pilot's choices (`chosen`)."""
+    """The run config of one (model, arm, seed) with the pilot's choices (`chosen`), exported to
+    OUT/runs/NAME."""
     spec = MODELS[model]
     base = yaml.safe_load((EXAMPLES / "tweets.yaml").read_text())
     data = {
@@ -116,7 +117,7 @@ def config_of(
             "batch_size": spec["batch"],
         },
         "seed": seed,
-        "output_dir": str(out / "runs" / f"{model}-{arm}-s{seed}"),
+        "output_dir": str(out / "runs" / name),
         "log_every": 50,
     }
 
@@ -165,7 +166,8 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
     grid, seen = MODELS[model]["pilot"], []
     for lr in grid["phase2_lr"]:
         chosen = {"phase2_lr": lr, "epochs": grid["epochs"], "phase1_lr": 5e-5, "steps": 0}
-        run = train(f"pilot-{model}-plain-lr{lr:g}", config_of(model, chosen, "plain", 0, out, True), out)  # fmt: skip
+        name = f"pilot-{model}-plain-lr{lr:g}"
+        run = train(name, config_of(model, chosen, "plain", 0, out, True, name), out)
         for ev in run["evaluations"]:  # after each phase-2 epoch, on the 75 held-out tweets
             seen.append({"arm": "plain", "phase2_lr": lr, "epochs": ev["epoch"], "macro_f1": ev["macro_f1"]})  # fmt: skip
     best = max(seen, key=lambda s: (s["macro_f1"], -s["epochs"]))
@@ -173,7 +175,8 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
     for lr in grid["phase1_lr"]:
         for steps in grid["steps"]:
             chosen = {**choice, "phase1_lr": lr, "steps": steps}
-            run = train(f"pilot-{model}-sft-a1-lr{lr:g}-s{steps}", config_of(model, chosen, "sft-a1", 0, out, True), out)  # fmt: skip
+            name = f"pilot-{model}-sft-a1-lr{lr:g}-s{steps}"
+            run = train(name, config_of(model, chosen, "sft-a1", 0, out, True, name), out)
             final = run["evaluations"][-1]
             seen.append({"arm": "sft-a1", "phase1_lr": lr, "steps": steps, "macro_f1": final["macro_f1"]})  # fmt: skip
     two = max((s for s in seen if s["arm"] == "sft-a1"), key=lambda s: (s["macro_f1"], -s["steps"]))  # fmt: skip
@@ -268,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # seed-major: every arm of a seed before the next (paired)
         for model in args.models:
             for arm in args.arms:
-                config = config_of(model, pilots[model], arm, seed, args.out, False)
                 name = f"{model}-{arm}-s{seed}"
+                config = config_of(model, pilots[model], arm, seed, args.out, False, name)
                 run_json = Path(config["output_dir"]) / "model" / "run.json"
                 if args.report_only and not run_json.is_file():
                     continue
