@@ -20,7 +20,8 @@ PROBE_TIMEOUT_S = "1.5"
 
 def probe_address(option: str, address: str, http: bool = False) -> None:
     """Fail fast, naming the address, when nothing answers there: a TCP connection within the
-    probe timeout, and with `http` a reply to GET /api/version (what a Ray dashboard serves)."""
+    probe timeout, then with `http` a reply to GET /api/version (what a Ray dashboard serves),
+    else an HTTP/2 answer (what the gRPC servers of a Ray head, GCS or Ray Client, give)."""
     timeout = float(os.environ.get(PROBE_TIMEOUT_ENV, PROBE_TIMEOUT_S))
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     default = 8265 if http else (10001 if parts.scheme == "ray" else 6379)
@@ -28,11 +29,14 @@ def probe_address(option: str, address: str, http: bool = False) -> None:
     if not host:
         raise fail(option, address, "must be HOST:PORT or a URL", "e.g. http://HEAD:8265")
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        connection = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         raise fail(option, address, f"nothing accepted a connection to {host}:{port} within {timeout:g} s ({err})", f"check the address and that the cluster is up (wait longer: {PROBE_TIMEOUT_ENV})") from None  # fmt: skip
     if not http:
+        with connection:
+            _probe_grpc(connection, option, address, f"{host}:{port}", timeout)
         return
+    connection.close()
     url = f"{parts.scheme}://{parts.netloc}/api/version"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (the user's address)
@@ -44,3 +48,24 @@ def probe_address(option: str, address: str, http: bool = False) -> None:
     except (OSError, ValueError) as err:
         what = "did not answer" if isinstance(err, (TimeoutError, socket.timeout)) or "timed out" in str(err) else f"did not answer as a Ray dashboard ({err})"  # fmt: skip
         raise fail(option, address, f"accepted the connection but {what} to GET {url} within {timeout:g} s", "pass the head's dashboard address (http://HEAD:8265)") from None  # fmt: skip
+
+
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (a Ray head's GCS, the Ray
+# Client server) answers them with its own SETTINGS frame (RFC 9113, section 3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+SETTINGS = 0x4
+
+
+def _probe_grpc(connection: socket.socket, option: str, address: str, where: str, timeout: float) -> None:  # fmt: skip
+    """The peer must answer HTTP/2 within the timeout, as Ray's gRPC servers do: a server that
+    accepts and never answers, or one that speaks something else, is not a Ray head."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return  # a TLS cluster answers only after a handshake: Ray's own connect says the rest
+    try:
+        connection.sendall(H2_PREFACE)
+        frame = connection.recv(9)
+    except OSError as err:
+        what = "did not answer" if isinstance(err, (TimeoutError, socket.timeout)) else f"dropped the connection ({err})"  # fmt: skip
+        raise fail(option, address, f"{where} accepted the connection but {what} within {timeout:g} s, as a Ray head's GCS answers at once", f"pass the head's GCS address (HOST:6379, printed by `ray start --head`) or ray://HOST:10001 (wait longer: {PROBE_TIMEOUT_ENV})") from None  # fmt: skip
+    if len(frame) < 9 or frame[3] != SETTINGS:
+        raise fail(option, address, f"{where} answered, but not as a Ray head (its GCS and the Ray Client server speak gRPC; it sent {frame[:16]!r})", "pass the head's GCS address (HOST:6379, printed by `ray start --head`) or ray://HOST:10001, not the dashboard's") from None  # fmt: skip

@@ -81,3 +81,27 @@ def test_search_on_an_unreachable_cluster_fails_before_the_data_is_prepared(
     assert main(["search", "--space", str(space), "--address", f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert "--address" in err and f"127.0.0.1:{port}" in err and "nothing accepted" in err
+
+
+def _search(port, tmp_path, tiny_bert, toy_files, capsys):
+    from conftest import write_space
+
+    space = write_space(tmp_path, tiny_bert, toy_files, "away")
+    code = main(["search", "--space", str(space), "--address", f"127.0.0.1:{port}"])
+    return code, capsys.readouterr().err
+
+
+def test_search_on_a_server_that_never_answers_fails_within_the_timeout(
+    quick_probe, silent_server, tmp_path, tiny_bert, toy_files, capsys
+):
+    # A Ray head's GCS answers HTTP/2 at once; a port that accepts and stays silent is not one.
+    code, err = _search(silent_server, tmp_path, tiny_bert, toy_files, capsys)
+    assert code == 2 and f"127.0.0.1:{silent_server}" in err and "did not answer" in err
+    assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
+
+
+def test_search_on_a_server_that_is_not_a_ray_head(
+    quick_probe, plain_http_server, tmp_path, tiny_bert, toy_files, capsys
+):
+    code, err = _search(plain_http_server, tmp_path, tiny_bert, toy_files, capsys)
+    assert code == 2 and "not as a Ray head" in err and "GCS address" in err

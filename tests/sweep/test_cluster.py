@@ -54,6 +54,9 @@ def test_a_sweep_without_address_runs_on_its_own_ray_beside_a_ray_start_cluster(
             time.sleep(0.5)
         else:
             pytest.fail("the ray start head did not come up")
+        from sft_tune.addresses import probe_address
+
+        probe_address("--address", f"127.0.0.1:{port}")  # its GCS answers the HTTP/2 probe
         space = write_space(tmp_path, tiny_bert, toy_files, "beside", num_trials=1, folds=2)
         result = run_search(space, use_wandb=False)
         assert result.complete and [t.status for t in result.trials] == ["COMPLETE"]
