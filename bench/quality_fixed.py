@@ -13,8 +13,9 @@ head starts random: an LM-head warm-up first). Five arms per model, equal in wha
   tapt       phase 1 with alpha 0 (the LM loss alone trains), then the same phase 2
 
 E, both learning rates and S come from a pilot on seed 0 that never sees the test file
-(`--pilot`: the labelled tweets split 75/25, the best validation macro-F1 picks them; how, and the
-scores, are written to PILOT.json and the report). Each run is one `sft-tune train` in a fresh
+(`--pilot`: the labelled tweets split 75/25; the best validation macro-F1 picks the phase-2 rate
+and E from plain runs, then sft-a1's phase-1 rate at the shortest S, then S at that rate; the
+scores are written to bench/PILOT.json and the report). Each run is one `sft-tune train` in a fresh
 process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the seed
 sets the new head's weights, data order and masking). Finished runs are skipped on a rerun.
 
@@ -160,9 +161,10 @@ def train(name: str, config: dict, out: Path) -> dict[str, Any]:
 
 
 def pilot(model: str, out: Path) -> dict[str, Any]:
-    """Seed 0, validation split 25%, no test file: the plain arm's phase-2 learning rate and
-    epochs (the best per-epoch validation macro-F1 of one run per rate), then the phase-1
-    learning rate and length (the best validation macro-F1 after phase 2 of sft-a1)."""
+    """Seed 0, validation split 25%, no test file. First the plain arm's phase-2 learning rate
+    and epochs E: the best per-epoch validation macro-F1 of one run per rate. Then, with those,
+    sft-a1's phase-1 learning rate at the shortest phase 1, and at that rate the longer phase-1
+    lengths: the best validation macro-F1 after phase 2 picks the rate and the length S."""
     grid, seen = MODELS[model]["pilot"], []
     for lr in grid["phase2_lr"]:
         chosen = {"phase2_lr": lr, "epochs": grid["epochs"], "phase1_lr": 5e-5, "steps": 0}
@@ -172,14 +174,19 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
             seen.append({"arm": "plain", "phase2_lr": lr, "epochs": ev["epoch"], "macro_f1": ev["macro_f1"]})  # fmt: skip
     best = max(seen, key=lambda s: (s["macro_f1"], -s["epochs"]))
     choice = {"phase2_lr": best["phase2_lr"], "epochs": best["epochs"]}
-    for lr in grid["phase1_lr"]:
-        for steps in grid["steps"]:
-            chosen = {**choice, "phase1_lr": lr, "steps": steps}
-            name = f"pilot-{model}-sft-a1-lr{lr:g}-s{steps}"
-            run = train(name, config_of(model, chosen, "sft-a1", 0, out, True, name), out)
-            final = run["evaluations"][-1]
-            seen.append({"arm": "sft-a1", "phase1_lr": lr, "steps": steps, "macro_f1": final["macro_f1"]})  # fmt: skip
-    two = max((s for s in seen if s["arm"] == "sft-a1"), key=lambda s: (s["macro_f1"], -s["steps"]))  # fmt: skip
+
+    def two_phase(lr: float, steps: int) -> dict[str, Any]:
+        name = f"pilot-{model}-sft-a1-lr{lr:g}-s{steps}"
+        chosen = {**choice, "phase1_lr": lr, "steps": steps}
+        final = train(name, config_of(model, chosen, "sft-a1", 0, out, True, name), out)["evaluations"][-1]  # fmt: skip
+        found = {"arm": "sft-a1", "phase1_lr": lr, "steps": steps, "macro_f1": final["macro_f1"]}
+        seen.append(found)
+        return found
+
+    shortest = min(grid["steps"])
+    rate = max((two_phase(lr, shortest) for lr in grid["phase1_lr"]), key=lambda s: s["macro_f1"])
+    longer = [two_phase(rate["phase1_lr"], steps) for steps in sorted(grid["steps"])[1:]]
+    two = max([rate, *longer], key=lambda s: (s["macro_f1"], -s["steps"]))
     return {**choice, "phase1_lr": two["phase1_lr"], "steps": two["steps"], "pilot_runs": seen}
 
 
@@ -210,7 +217,9 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
         "",
     ]
     for model, choice in pilots.items():
-        lines.append(f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs (best per-epoch validation macro-F1 of plain runs at {MODELS[model]['pilot']['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} and S = {choice['steps']} steps (best validation macro-F1 of sft-a1 over learning rates {MODELS[model]['pilot']['phase1_lr']} x steps {MODELS[model]['pilot']['steps']}).")  # fmt: skip
+        grid = MODELS[model]["pilot"]
+        tried = ", ".join(f"{r['arm']} {r.get('phase2_lr', r.get('phase1_lr')):g}" + (f" E={r['epochs']}" if r["arm"] == "plain" else f" S={r['steps']}") + f": {r['macro_f1']:.3f}" for r in choice.get("pilot_runs", []))  # fmt: skip
+        lines.append(f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs (the best per-epoch validation macro-F1 of plain runs of {grid['epochs']} epochs at rates {grid['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} (sft-a1 at rates {grid['phase1_lr']} with the shortest S) and S = {choice['steps']} steps (of {grid['steps']} at that rate). Validation macro-F1: {tried}.")  # fmt: skip
     lines.append("")
     header = ["model", "arm", "seeds", "test macro-F1", "test accuracy", "Δ macro-F1 vs plain (per seed)", "paired t p", "Wilcoxon p", "labelled / unlabelled examples", "minutes per run"]  # fmt: skip
     rows = []
