@@ -190,11 +190,11 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
     return {**choice, "phase1_lr": two["phase1_lr"], "steps": two["steps"], "pilot_runs": seen}
 
 
-def paired(results: list[dict], model: str, arm: str, metric: str) -> dict[str, Any]:
-    """Per-seed differences of `arm` against plain, with a paired t-test and a Wilcoxon test."""
+def paired(results: list[dict], model: str, arm: str, metric: str, base_arm: str = "plain") -> dict[str, Any]:  # fmt: skip
+    """Per-seed differences of `arm` against `base_arm`, with a paired t-test and a Wilcoxon test."""
     from scipy import stats
 
-    base = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, "plain")}  # fmt: skip
+    base = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, base_arm)}  # fmt: skip
     mine = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, arm)}  # fmt: skip
     seeds = sorted(set(base) & set(mine))
     diffs = [mine[s] - base[s] for s in seeds]
@@ -221,7 +221,7 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
         tried = ", ".join(f"{r['arm']} {r.get('phase2_lr', r.get('phase1_lr')):g}" + (f" E={r['epochs']}" if r["arm"] == "plain" else f" S={r['steps']}") + f": {r['macro_f1']:.3f}" for r in choice.get("pilot_runs", []))  # fmt: skip
         lines.append(f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs (the best per-epoch validation macro-F1 of plain runs of {grid['epochs']} epochs at rates {grid['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} (sft-a1 at rates {grid['phase1_lr']} with the shortest S) and S = {choice['steps']} steps (of {grid['steps']} at that rate). Validation macro-F1: {tried}.")  # fmt: skip
     lines.append("")
-    header = ["model", "arm", "seeds", "test macro-F1", "test accuracy", "Δ macro-F1 vs plain (per seed)", "paired t p", "Wilcoxon p", "labelled / unlabelled examples", "minutes per run"]  # fmt: skip
+    header = ["model", "arm", "seeds", "test macro-F1", "test accuracy", "Δ macro-F1 vs plain, per seed (mean; paired t p, Wilcoxon p)", "Δ macro-F1 vs matched, per seed (mean; p, p)", "labelled / unlabelled examples", "minutes per run"]  # fmt: skip
     rows = []
     for model in pilots:
         for arm in ARMS:
@@ -230,10 +230,10 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
                 continue
             f1 = [100 * r["test"]["macro_f1"] for r in runs]
             acc = [100 * r["test"]["accuracy"] for r in runs]
-            stat = paired(results, model, arm, "macro_f1") if arm != "plain" else {}
-            diffs = " ".join(f"{100 * d:+.1f}" for d in stat.get("diffs", [])) or "-"
+            vs_plain = _diffs(paired(results, model, arm, "macro_f1")) if arm != "plain" else "-"
+            vs_matched = _diffs(paired(results, model, arm, "macro_f1", "matched")) if arm in ALPHA else "-"  # fmt: skip
             used = runs[0]["examples"]
-            rows.append([model, arm, len(runs), mean_std(f1, ".1f"), mean_std(acc, ".1f"), diffs, _p(stat.get("t_p")), _p(stat.get("wilcoxon_p")), f"{used['labelled']:,} / {used['unlabelled']:,}", f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}"])  # fmt: skip
+            rows.append([model, arm, len(runs), mean_std(f1, ".1f"), mean_std(acc, ".1f"), vs_plain, vs_matched, f"{used['labelled']:,} / {used['unlabelled']:,}", f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}"])  # fmt: skip
     lines += markdown_table(header, rows)
     lines += ["", f"Both p-values are two-sided over the per-seed pairs (with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** max(len(seeds), 1):.3f} at {len(seeds)} seeds).", "", SECTION_END]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -250,6 +250,16 @@ def write_section(path: Path, text: str) -> None:
 
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _diffs(stat: dict[str, Any]) -> str:
+    """'+2.7 +1.0 -0.5 (+1.1; 0.301, 0.500)': the per-seed differences in points, their mean and
+    both p-values (- where there are fewer than two pairs)."""
+    diffs = [100 * d for d in stat["diffs"]]
+    if not diffs:
+        return "-"
+    text = " ".join(f"{d:+.1f}" for d in diffs)
+    return f"{text} ({statistics.fmean(diffs):+.1f}; {_p(stat.get('t_p'))}, {_p(stat.get('wilcoxon_p'))})"
 
 
 def main(argv: list[str] | None = None) -> int:
