@@ -240,12 +240,15 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
 
 
 def write_section(path: Path, text: str) -> None:
-    """Put the study's section in bench/QUALITY.md: in place of the old one, else at the end
-    (below the first study's hand-written part, which bench/quality.py keeps)."""
+    """Put the study's section in bench/QUALITY.md: in place of the old one (what is written
+    around it, such as the hand-written reading below it, stays), else at the end (below the first
+    study's hand-written part, which bench/quality.py keeps)."""
     old = path.read_text() if path.is_file() else ""
     if SECTION in old and SECTION_END in old:
-        old = old[: old.index(SECTION)] + old[old.index(SECTION_END) + len(SECTION_END) + 1 :]
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
+        after = old[old.index(SECTION_END) + len(SECTION_END) + 1 :]
+        path.write_text(old[: old.index(SECTION)] + text + after)
+    else:
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def _p(value: float | None) -> str:
