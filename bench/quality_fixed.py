@@ -135,6 +135,18 @@ def examples_learned(config: dict) -> dict[str, int]:
     }
 
 
+def lm_losses(history: Path, steps: int = 10) -> dict[str, list[float]]:
+    """The LM loss at the start and the end of the LM-head warm-up (phase 0) and of phase 1: the
+    mean over the first and the last `steps` logged steps of each, from the run's history.jsonl."""
+    rows = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []  # fmt: skip
+    found = {}
+    for phase, key in ((0, "warmup"), (1, "phase1")):
+        lm = [r["lm_loss"] for r in rows if r.get("phase") == phase]
+        if lm:
+            found[key] = [statistics.fmean(lm[:steps]), statistics.fmean(lm[-steps:])]
+    return found
+
+
 def train(name: str, config: dict, out: Path) -> dict[str, Any]:
     """One `sft-tune train` in a fresh process (skipped when its run.json exists): its run.json
     and wall time."""
@@ -235,8 +247,29 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
             used = runs[0]["examples"]
             rows.append([model, arm, len(runs), mean_std(f1, ".1f"), mean_std(acc, ".1f"), vs_plain, vs_matched, f"{used['labelled']:,} / {used['unlabelled']:,}", f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}"])  # fmt: skip
     lines += markdown_table(header, rows)
+    lines += ["", *lm_lines(results, list(pilots))]
     lines += ["", f"Both p-values are two-sided over the per-seed pairs (with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** max(len(seeds), 1):.3f} at {len(seeds)} seeds).", "", SECTION_END]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def lm_lines(results: list[dict], models: list[str]) -> list[str]:
+    """One line per model: how far L_lm starts above where phase 1 leaves it (runs with phase 1)."""
+    lines = []
+    for model in models:
+        runs = [r for r in results if r["model"] == model and r.get("lm_loss", {}).get("phase1")]
+        if not runs:
+            continue
+        parts = []
+        for key, what in (
+            ("warmup", "the LM-head warm-up (backbone frozen)"),
+            ("phase1", "phase 1"),
+        ):
+            pairs = [r["lm_loss"][key] for r in runs if key in r["lm_loss"]]
+            if pairs:
+                start, end = (statistics.fmean(p[i] for p in pairs) for i in (0, 1))
+                parts.append(f"{what} {start:.2f} → {end:.2f}")
+        lines.append(f"L_lm of {model} (nats per token, the mean of the first and of the last 10 steps, over its {len(runs)} run{'' if len(runs) == 1 else 's'} with phase 1): {'; '.join(parts)}.")  # fmt: skip
+    return lines
 
 
 def write_section(path: Path, text: str) -> None:
@@ -299,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.report_only and not run_json.is_file():
                     continue
                 run = train(name, config, args.out)
-                results.append({"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share")})  # fmt: skip
+                results.append({"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl")})  # fmt: skip
                 (args.out / "results.json").write_text(json.dumps(results, indent=2))
                 write_section(args.report, report(results, {m: pilots[m] for m in args.models}, args.seeds))  # fmt: skip
     print(report(results, {m: pilots[m] for m in args.models}, args.seeds))
