@@ -283,6 +283,20 @@ def mean_std(values: Sequence[float], fmt: str = ".4f", extent: bool = False) ->
 # ----------------------------------------------------------------------------- output and reports
 
 
+def paired_test(mine: dict[Any, float], base: dict[Any, float]) -> dict[str, Any]:
+    """Per-seed differences `mine - base` over the seeds both have, with a two-sided paired t-test
+    and Wilcoxon test (when there are two pairs or more and some difference is not 0)."""
+    from scipy import stats
+
+    seeds = sorted(set(base) & set(mine))
+    diffs = [mine[s] - base[s] for s in seeds]
+    found: dict[str, Any] = {"seeds": seeds, "diffs": diffs}
+    if len(seeds) >= 2 and any(d != 0 for d in diffs):
+        found["t_p"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)  # fmt: skip
+        found["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
+    return found
+
+
 def say(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 

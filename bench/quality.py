@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sft_tune.config import RunConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, markdown_table, mean_std, save_report  # noqa: E402  (bench/harness.py)
+from harness import ROOT, markdown_table, mean_std, paired_test, save_report  # noqa: E402  (bench/harness.py)
 
 sys.path.insert(0, str(ROOT))
 
@@ -250,19 +250,9 @@ def _rows(path: Path) -> int:
 
 def paired(results: list[dict], arm: str, metric: str) -> dict:
     """Per-seed differences of `arm` against plain, with a paired t-test and Wilcoxon test."""
-    from scipy import stats
-
     base = {r["seed"]: r["test"][metric] for r in results if r["arm"] == "plain"}
     mine = {r["seed"]: r["test"][metric] for r in results if r["arm"] == arm}
-    seeds = sorted(set(base) & set(mine))
-    diffs = [mine[s] - base[s] for s in seeds]
-    out = {"seeds": seeds, "diffs": diffs}
-    if len(seeds) >= 2 and any(d != 0 for d in diffs):
-        out["t_p"] = float(
-            stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue
-        )
-        out["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
-    return out
+    return paired_test(mine, base)
 
 
 def command(args: argparse.Namespace) -> str:

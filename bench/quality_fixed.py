@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, machine, markdown_table, mean_std  # noqa: E402  (bench/harness.py)
+from harness import ROOT, machine, markdown_table, mean_std, paired_test  # noqa: E402  (bench/harness.py)
 
 EXAMPLES = ROOT / "examples"
 LABELLED = 300  # tweets in examples/data/tweets/train.csv
@@ -135,7 +135,10 @@ def examples_learned(config: dict) -> dict[str, int]:
     }
 
 
-def lm_losses(history: Path, steps: int = 10) -> dict[str, list[float]]:
+LM_STEPS = 10  # steps averaged at each end of a phase for the L_lm figures
+
+
+def lm_losses(history: Path, steps: int = LM_STEPS) -> dict[str, list[float]]:
     """The LM loss at the start and the end of the LM-head warm-up (phase 0) and of phase 1: the
     mean over the first and the last `steps` logged steps of each, from the run's history.jsonl."""
     rows = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []  # fmt: skip
@@ -204,17 +207,9 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
 
 def paired(results: list[dict], model: str, arm: str, metric: str, base_arm: str = "plain") -> dict[str, Any]:  # fmt: skip
     """Per-seed differences of `arm` against `base_arm`, with a paired t-test and a Wilcoxon test."""
-    from scipy import stats
-
     base = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, base_arm)}  # fmt: skip
     mine = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, arm)}  # fmt: skip
-    seeds = sorted(set(base) & set(mine))
-    diffs = [mine[s] - base[s] for s in seeds]
-    found: dict[str, Any] = {"diffs": diffs}
-    if len(seeds) >= 2 and any(d != 0 for d in diffs):
-        found["t_p"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)  # fmt: skip
-        found["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
-    return found
+    return paired_test(mine, base)
 
 
 def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> str:
@@ -268,7 +263,7 @@ def lm_lines(results: list[dict], models: list[str]) -> list[str]:
             if pairs:
                 start, end = (statistics.fmean(p[i] for p in pairs) for i in (0, 1))
                 parts.append(f"{what} {start:.2f} → {end:.2f}")
-        lines.append(f"L_lm of {model} (nats per token, the mean of the first and of the last 10 steps, over its {len(runs)} run{'' if len(runs) == 1 else 's'} with phase 1): {'; '.join(parts)}.")  # fmt: skip
+        lines.append(f"L_lm of {model} (nats per token, the mean of the first and of the last {LM_STEPS} steps, over its {len(runs)} run{'' if len(runs) == 1 else 's'} with phase 1): {'; '.join(parts)}.")  # fmt: skip
     return lines
 
 
@@ -290,7 +285,7 @@ def _p(value: float | None) -> str:
 
 def _diffs(stat: dict[str, Any]) -> str:
     """'+2.7 +1.0 -0.5 (+1.1; 0.301, 0.500)': the per-seed differences in points, their mean and
-    both p-values (- where there are fewer than two pairs)."""
+    both p-values (- for a p-value where there are fewer than two pairs)."""
     diffs = [100 * d for d in stat["diffs"]]
     if not diffs:
         return "-"
