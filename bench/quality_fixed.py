@@ -17,12 +17,14 @@ E, both learning rates and S come from a pilot on seed 0 that never sees the tes
 and E from plain runs, then sft-a1's phase-1 rate at the shortest S, then S at that rate; the
 scores are written to bench/PILOT.json and the report). Each run is one `sft-tune train` in a fresh
 process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the seed
-sets the new head's weights, data order and masking). Finished runs are skipped on a rerun.
+sets the new head's weights, data order and masking). Finished runs are skipped on a rerun: those
+with a run folder under --out, and those kept in bench/QUALITY_FIXED.json (one row per finished run,
+in the repository, so that --report-only works from a fresh clone; `--results NEW.json` starts over).
 
     python examples/prepare_tweets.py
     python bench/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
     python bench/quality_fixed.py --seeds 0 1 2            # the study -> bench/QUALITY.md (2nd section)
-    python bench/quality_fixed.py --report-only            # rewrite the report from finished runs
+    python bench/quality_fixed.py --report-only            # rewrite the report from finished runs (kept rows)
 """
 
 from __future__ import annotations
@@ -217,13 +219,15 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
     lines = [
         SECTION,
         "",
-        "## Round 2: fixed configurations, where the LM loss is meaningful from step one",
+        "### Round 2: the runs kept in `bench/QUALITY_FIXED.json`",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality_fixed.py --seeds {' '.join(map(str, seeds))}` on {machine()}; one run at a time.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality_fixed.py` (seeds {' '.join(map(str, seeds))}) from {len(results)} runs on {' and '.join(sorted({r.get('machine', '?') for r in results}))}; one run at a time.",
         "Every run: `sft-tune train` on all 300 labelled tweets, tested once on 1,500. Arms per model: `plain` (E epochs), `matched` (plain with the labelled examples the α > 0 arms add), `sft-a1` / `sft-a025` (phase 1 of S steps with α = 1 / 0.25, then the same E epochs), `tapt` (α = 0).",
         "",
     ]
     for model, choice in pilots.items():
+        if not any(r["model"] == model for r in results):
+            continue
         grid = MODELS[model]["pilot"]
         tried = ", ".join(f"{r['arm']} {r.get('phase2_lr', r.get('phase1_lr')):g}" + (f" E={r['epochs']}" if r["arm"] == "plain" else f" S={r['steps']}") + f": {r['macro_f1']:.3f}" for r in choice.get("pilot_runs", []))  # fmt: skip
         lines.append(f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs (the best per-epoch validation macro-F1 of plain runs of {grid['epochs']} epochs at rates {grid['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} (sft-a1 at rates {grid['phase1_lr']} with the shortest S) and S = {choice['steps']} steps (of {grid['steps']} at that rate). Validation macro-F1: {tried}.")  # fmt: skip
@@ -242,7 +246,8 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
             used = runs[0]["examples"]
             rows.append([model, arm, len(runs), mean_std(f1, ".1f"), mean_std(acc, ".1f"), vs_plain, vs_matched, f"{used['labelled']:,} / {used['unlabelled']:,}", f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}"])  # fmt: skip
     lines += markdown_table(header, rows)
-    lines += ["", *lm_lines(results, list(pilots))]
+    lm = lm_lines(results, list(pilots))
+    lines += ["", *lm] if lm else []
     lines += ["", f"Both p-values are two-sided over the per-seed pairs (with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** max(len(seeds), 1):.3f} at {len(seeds)} seeds).", "", SECTION_END]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -279,6 +284,10 @@ def write_section(path: Path, text: str) -> None:
         path.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
+def _key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return row["model"], row["arm"], row["seed"]
+
+
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -302,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report; train nothing")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality-fixed")
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "QUALITY_FIXED.json", help="every finished run's row, kept in the repository: --report-only works without the run folders")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [m for m in args.models if m not in pilots]
     if missing:
         parser.error(f"no pilot for {missing} in {pilots_file}: run with --pilot first")
+    kept = {_key(r): r for r in json.loads(args.results.read_text())} if args.results.is_file() else {}  # fmt: skip
     results = []
     for seed in args.seeds:  # seed-major: every arm of a seed before the next (paired)
         for model in args.models:
@@ -324,11 +335,18 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{model}-{arm}-s{seed}"
                 config = config_of(model, pilots[model], arm, seed, args.out, False, name)
                 run_json = Path(config["output_dir"]) / "model" / "run.json"
+                if not run_json.is_file() and (model, arm, seed) in kept:  # finished, folder gone
+                    results.append(kept[model, arm, seed])
+                    continue
                 if args.report_only and not run_json.is_file():
                     continue
                 run = train(name, config, args.out)
-                results.append({"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl")})  # fmt: skip
-                (args.out / "results.json").write_text(json.dumps(results, indent=2))
+                row = {"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl"), "machine": machine()}  # fmt: skip
+                results.append(row)
+                kept[model, arm, seed] = row
+                args.results.write_text(
+                    json.dumps(sorted(kept.values(), key=_key), indent=2) + "\n"
+                )
                 write_section(args.report, report(results, {m: pilots[m] for m in args.models}, args.seeds))  # fmt: skip
     print(report(results, {m: pilots[m] for m in args.models}, args.seeds))
     return 0
