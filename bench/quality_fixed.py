@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.report_only and not run_json.is_file():
                     continue
                 run = train(name, config, args.out)
-                row = {"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl"), "machine": machine()}  # fmt: skip
+                row = {"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl"), "machine": kept.get((model, arm, seed), {}).get("machine") or machine()}  # fmt: skip
                 results.append(row)
                 kept[model, arm, seed] = row
                 args.results.write_text(
