@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps(sorted(kept.values(), key=_key), indent=2) + "\n"
                 )
                 write_section(args.report, report(results, {m: pilots[m] for m in args.models}, args.seeds))  # fmt: skip
-    print(report(results, {m: pilots[m] for m in args.models}, args.seeds))
+    text = report(results, {m: pilots[m] for m in args.models}, args.seeds)
+    # all rows: the write after a run (or a run folder) mid-loop had only the rows before it
+    write_section(args.report, text)
+    print(text)
     return 0
 
 
