@@ -20,6 +20,7 @@ process on all 300 labelled tweets, tested once on the 1,500; arms are paired by
 sets the new head's weights, data order and masking). Finished runs are skipped on a rerun: those
 with a run folder under --out, and those kept in bench/QUALITY_FIXED.json (one row per finished run,
 in the repository, so that --report-only works from a fresh clone; `--results NEW.json` starts over).
+The report's section holds every kept run of the chosen --models and --seeds, whichever --arms ran.
 
     python examples/prepare_tweets.py
     python bench/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
@@ -328,28 +329,28 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no pilot for {missing} in {pilots_file}: run with --pilot first")
     kept = {_key(r): r for r in json.loads(args.results.read_text())} if args.results.is_file() else {}  # fmt: skip
-    results = []
+    chosen = {m: pilots[m] for m in args.models}
+
+    def section() -> str:  # every kept run of these models and seeds, whatever --arms ran now
+        rows = [r for r in sorted(kept.values(), key=_key) if r["model"] in chosen and r["seed"] in args.seeds]  # fmt: skip
+        return report(rows, chosen, args.seeds)
+
     for seed in args.seeds:  # seed-major: every arm of a seed before the next (paired)
         for model in args.models:
             for arm in args.arms:
                 name = f"{model}-{arm}-s{seed}"
                 config = config_of(model, pilots[model], arm, seed, args.out, False, name)
                 run_json = Path(config["output_dir"]) / "model" / "run.json"
-                if not run_json.is_file() and (model, arm, seed) in kept:  # finished, folder gone
-                    results.append(kept[model, arm, seed])
-                    continue
-                if args.report_only and not run_json.is_file():
-                    continue
+                if not run_json.is_file() and ((model, arm, seed) in kept or args.report_only):
+                    continue  # kept (finished, folder gone), or not run and not to be run now
                 run = train(name, config, args.out)
                 row = {"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl"), "machine": kept.get((model, arm, seed), {}).get("machine") or machine()}  # fmt: skip
-                results.append(row)
                 kept[model, arm, seed] = row
                 args.results.write_text(
                     json.dumps(sorted(kept.values(), key=_key), indent=2) + "\n"
                 )
-                write_section(args.report, report(results, {m: pilots[m] for m in args.models}, args.seeds))  # fmt: skip
-    text = report(results, {m: pilots[m] for m in args.models}, args.seeds)
-    # all rows: the write after a run (or a run folder) mid-loop had only the rows before it
+                write_section(args.report, section())
+    text = section()
     write_section(args.report, text)
     print(text)
     return 0
