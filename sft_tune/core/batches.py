@@ -67,8 +67,12 @@ def endless_batches(
     rank: int = 0,
     world_size: int = 1,
     lengths: Sequence[int] | None = None,
+    what: str = "the data",
 ) -> Iterator[list[int]]:
-    """Shuffled index batches forever (phase 1 draws a fixed number of steps, not epochs)."""
+    """Shuffled index batches forever (phase 1 draws a fixed number of steps, not epochs); an
+    empty set is an error naming `what` is empty (drawing from it would never yield a batch)."""
+    if size <= 0:
+        raise ValueError(f"{what} is empty: there is nothing to draw batches from")
     while True:
         yield from batch_indices(size, batch_size, generator, rank, world_size, lengths)
 

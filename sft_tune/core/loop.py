@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from sft_tune.config import OptimizerConfig, RunConfig
 from sft_tune.core.batches import MaskingCollator, batch_indices, endless_batches
 from sft_tune.core.losses import alpha_at
 from sft_tune.core.model import TwoPhaseModel
+from sft_tune.errors import fail
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,28 @@ def train_step(
     return losses
 
 
+def clear_gradients(model: nn.Module) -> None:
+    """No gradient on any parameter: every phase (and the LM-head warm-up) starts from none, so
+    its first step is computed from its own loss alone (a new optimizer would otherwise step with
+    what an earlier phase left behind, and clip and seed AdamW's moments with it)."""
+    model.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Inside, only `params` require gradients: backward computes none for the rest (a head tied
+    to the word embeddings would otherwise leave its gradient on them); restored on exit."""
+    keep = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -172,14 +195,28 @@ def run_head_warmup(
     """Train only the LM head's own weights on the LM loss, the backbone frozen (run under no_grad),
     so that a freshly created head (MiniLM has none) does not send random gradients into the
     backbone when phase 1 starts. Weights the head shares with the backbone (tied embeddings)
-    stay as they are. Under DDP the head gradients are averaged by hand (this bypasses the
-    DDP wrapper, which owns the backbone)."""
-    p1 = config.phase1
+    stay as they are and get no gradient (only the head's own weights require one here). Under
+    DDP the head gradients are averaged by hand (this bypasses the DDP wrapper, which owns the
+    backbone)."""
     inner = unwrap(model)
     shared = {id(p) for p in inner.task_model.parameters()}
     params = [p for p in inner.lm_head.parameters() if id(p) not in shared]
     if not params:
         return []
+    clear_gradients(model)
+    with training_only(inner, params):
+        return _head_warmup_steps(inner, params, data, config, tokenizer, rt)
+
+
+def _head_warmup_steps(
+    inner: TwoPhaseModel,
+    params: list[nn.Parameter],
+    data: FitData,
+    config: RunConfig,
+    tokenizer,
+    rt: Runtime,
+) -> list[dict]:
+    p1 = config.phase1
     collator = MaskingCollator(
         tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 4 + rt.rank
     )
@@ -189,6 +226,7 @@ def run_head_warmup(
         torch.Generator().manual_seed(config.seed * 1000 + 5),
         rt.rank,
         rt.world_size,
+        what="the LM data of the LM-head warm-up",
     )
     optimizer, scheduler = make_optimizer(
         inner,
@@ -234,13 +272,22 @@ def run_phase1(
     """Minimize L_lm + alpha * L_task: each micro-batch is one LM batch plus one labelled batch."""
     p1 = config.phase1
     inner = unwrap(model)
+    clear_gradients(model)
     collator = MaskingCollator(
         tokenizer, inner.objective, p1.mask_probability, seed=config.seed * 1000 + 1 + rt.rank
     )
     order = torch.Generator().manual_seed(config.seed * 1000 + 2)
-    lm_batches = endless_batches(len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size)
+    lm_batches = endless_batches(
+        len(data.lm_ids), p1.lm_batch_size, order, rt.rank, rt.world_size, what="phase 1's LM data"
+    )
     task_batches = endless_batches(
-        len(data.train), p1.task_batch_size, order, rt.rank, rt.world_size, task.lengths(data.train)
+        len(data.train),
+        p1.task_batch_size,
+        order,
+        rt.rank,
+        rt.world_size,
+        task.lengths(data.train),
+        what="phase 1's labelled training data",
     )
     optimizer, scheduler = make_optimizer(model, p1.learning_rate, config.optimizer, p1.steps)
 
@@ -286,6 +333,7 @@ def run_phase2(
     """Minimize L_task alone, from the phase-1 weights; `on_epoch(epoch)` evaluates after each
     epoch and returns True to stop early. The schedule stays the one planned for all epochs."""
     p2 = config.phase2
+    clear_gradients(model)
     order = torch.Generator().manual_seed(config.seed * 1000 + 3)
     lengths = task.lengths(data.train)
     per_epoch = -(
@@ -391,6 +439,7 @@ def fit(
 
     history = []
     if config.phase1.steps > 0:
+        require_lm_data(data, config)
         if config.phase1.head_warmup_steps > 0:
             history += run_head_warmup(model, data, config, tokenizer, rt)
         history += run_phase1(model, task, data, config, tokenizer, rt)
@@ -407,6 +456,22 @@ def fit(
             abs(best["score"]),
         )
     return FitResult(history, evaluations)
+
+
+def require_lm_data(data: FitData, config: RunConfig) -> None:
+    """Phase 1 needs LM text: a split whose LM data is empty (no unlabelled file and
+    `data.labelled_text_for_lm: false`, or every unlabelled text a copy of a held-out one) stops
+    with what is empty and the fix, before any step."""
+    if len(data.lm_ids) == 0:
+        source = f"{len(config.data.unlabelled)} unlabelled file(s)" + (
+            " plus the training texts" if config.data.labelled_text_for_lm else ""
+        )
+        raise fail(
+            "phase1.steps",
+            config.phase1.steps,
+            f"phase 1 needs LM text, and this run's LM data is empty ({source}, after leaving out the held-out texts)",
+            "add data.unlabelled files, set data.labelled_text_for_lm: true, or set phase1.steps: 0",
+        )
 
 
 def _progress(total: int, desc: str, rt: Runtime) -> tqdm:

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -6,10 +7,23 @@ from conftest import run_config_dict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sft_tune.core import data as data_module
+from sft_tune.core.batches import endless_batches
 from sft_tune.core.data import text_hashes
-from sft_tune.core.loop import FitData, Runtime, run_phase2
+from sft_tune.core.loop import (
+    FitData,
+    Runtime,
+    fit,
+    run_head_warmup,
+    run_phase1,
+    run_phase2,
+    seed_everything,
+)
+from sft_tune.core.model import load_model, load_tokenizer
+from sft_tune.core.prepare import prepare_data
+from sft_tune.errors import InputError
 from sft_tune.run import train
 from sft_tune.runconfig import parse_config
+from sft_tune.tasks import get_task
 
 
 def _config(model, files, out, **overrides):
@@ -215,3 +229,53 @@ def test_a_plain_run_builds_no_lm_head_and_reads_no_lm_text(
             ),
             progress=False,
         )
+
+
+def test_phase1_starts_with_no_gradient_left_by_the_lm_head_warmup(tiny_bert, toy_files, tmp_path):
+    """The MLM head's decoder is tied to the word embeddings: the warm-up trains the head's own
+    weights only and must leave no gradient anywhere, so phase 1's first update equals the one
+    computed from a copy of the warmed model with clean gradients."""
+    config = _config(
+        tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 1, "head_warmup_steps": 3}
+    )
+    task = get_task("classification")
+    prepared = prepare_data(config, task)
+    data = prepared.fit_data(0, config, evaluate_held_out=True)
+    tokenizer = load_tokenizer(config.model, task)
+    seed_everything(0)
+    model = load_model(config.model, task, prepared.label_names, tokenizer)
+    rt = Runtime(progress=False)
+    embeddings = model.task_model.get_input_embeddings().weight
+    assert (
+        model.lm_head.predictions.decoder.weight is embeddings
+    )  # the tie that leaked the gradient
+    warmed = {k: v.clone() for k, v in model.state_dict().items()}
+    run_head_warmup(model, data, config, tokenizer, rt)
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(embeddings, warmed["task_model.bert.embeddings.word_embeddings.weight"])
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again
+
+    clean = copy.deepcopy(model)
+    for p in clean.parameters():
+        p.grad = None
+    for each in (model, clean):
+        torch.manual_seed(1)
+        run_phase1(each, task, data, config, tokenizer, rt)
+    for (name, trained), reference in zip(model.named_parameters(), clean.parameters()):
+        torch.testing.assert_close(trained, reference, msg=name)
+
+
+@pytest.mark.timeout(120)  # today's failure mode was an endless loop
+def test_phase1_with_no_lm_text_stops_naming_what_is_empty(tiny_bert, toy_files, tmp_path):
+    config = _config(tiny_bert, toy_files, tmp_path / "out", phase1={"steps": 2})
+    task = get_task("classification")
+    prepared = prepare_data(config, task)
+    data = prepared.fit_data(0, config, evaluate_held_out=True)
+    empty = FitData(data.train, [], data.eval)
+    tokenizer = load_tokenizer(config.model, task)
+    model = load_model(config.model, task, prepared.label_names, tokenizer)
+    with pytest.raises(InputError) as caught:
+        fit(model, task, empty, config, tokenizer, Runtime(progress=False))
+    assert "LM data is empty" in str(caught.value) and "phase1.steps" in str(caught.value)
+    with pytest.raises(ValueError, match="phase 1's LM data is empty"):
+        next(endless_batches(0, 8, torch.Generator(), what="phase 1's LM data"))
