@@ -108,8 +108,11 @@ class SearchSettings(_Strict):
         "macro_f1",
         description="Task metric averaged over folds; default: the task's own (classification macro_f1, ner f1, qa f1).",
     )
-    mode: Literal["max", "min"] = Field(
-        "max", description="Whether a higher or lower metric is better."
+    mode: Literal["max", "min"] | None = Field(
+        None,
+        description="Whether a higher (max) or lower (min) metric is better; default: the "
+        "metric's own direction (min for loss and perplexity, max for the scores), and a mode "
+        "against it is refused.",
     )
     num_trials: int = Field(8, ge=1, description="Trials to run.")
     max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
@@ -180,6 +183,16 @@ class Sweep(BaseModel):
     params: dict[str, Param]
     search: SearchSettings
     source: str
+
+    @model_validator(mode="after")
+    def _mode_of_metric(self) -> Sweep:
+        """A sweep always knows its direction: the metric's own unless the space gave one."""
+        if self.search.mode is None:
+            task = task_files(self.base_config.model.task)
+            self.search = self.search.model_copy(
+                update={"mode": task.metric_mode(self.search.metric)}
+            )
+        return self
 
     def steps_of(self, params: dict[str, Any]) -> int:
         """phase1.steps of a trial with these searched parameters."""
@@ -403,6 +416,20 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
                 "pick one of those",
             )
         )
+    else:
+        direction = task.metric_mode(search.metric)
+        if search.mode is None:
+            search.mode = direction
+        elif search.mode != direction:
+            better = "lower" if direction == "min" else "higher"
+            problems.append(
+                Problem(
+                    "search.mode",
+                    search.mode,
+                    f"must agree with search.metric: a {better} {search.metric} is better, so the mode is {direction} (each fold's early stopping, the scheduler, Optuna and the ranking all follow it)",
+                    f"set search.mode: {direction}, or leave it out",
+                )
+            )
     try:
         sampler_class(search.sampler)
     except KeyError:

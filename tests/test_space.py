@@ -269,3 +269,16 @@ def test_a_non_finite_bound_is_refused(tmp_path):
         _space(tmp_path, params={"phase1.alpha": {"type": "float", "low": 0, "high": float("inf")}})
     )
     assert any(where.startswith("params") and "finite" in p.rule for where, p in problems.items())
+
+
+@pytest.mark.parametrize(
+    "metric, mode", [("loss", "min"), ("macro_f1", "max"), ("accuracy", "max")]
+)
+def test_mode_defaults_to_the_metric_s_own_direction(tmp_path, metric, mode):
+    assert load_space(_space(tmp_path, search={"metric": metric})).search.mode == mode
+
+
+def test_a_mode_against_the_metric_is_refused_with_the_fix(tmp_path):
+    problem = _problems(_space(tmp_path, search={"metric": "loss", "mode": "max"}))["search.mode"]
+    assert problem.value == "max" and "lower loss is better" in problem.rule
+    assert "search.mode: min" in problem.fix
