@@ -43,6 +43,7 @@ STATUS_TEXT = {
     Status.ERROR: "error",
     Status.INTERRUPTED: "interrupted",
     Status.NOT_RUN: "not run",
+    Status.DIVERGED: "diverged (NaN or infinite loss or score)",
 }
 
 

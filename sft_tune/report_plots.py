@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sft_tune.space import Param, Sweep, phase1_only
-from sft_tune.sweep.results import Trial
+from sft_tune.sweep.results import Status, Trial
 
 COMPLETE = {"symbol": "circle", "size": 10, "color": "#1f77b4"}
 PARTIAL = {"symbol": "circle-open", "size": 10, "color": "#e08a00", "line": {"width": 2}}
@@ -23,8 +23,13 @@ NOT_APPLICABLE = "n/a (plain)"
 
 
 def scored(trial: Trial) -> bool:
-    """Whether a trial has a CV mean (of all its folds, or a partial one)."""
-    return trial.cv_mean is not None and math.isfinite(trial.cv_mean)
+    """Whether a trial has a CV mean (of all its folds, or a partial one) that can be ranked: a
+    diverged trial's is shown with the failed ones."""
+    return (
+        trial.status is not Status.DIVERGED
+        and trial.cv_mean is not None
+        and math.isfinite(trial.cv_mean)
+    )
 
 
 def partial(trial: Trial, folds: int) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from sft_tune.sweep.folder import FINISH_KEY, new_fold
-from sft_tune.sweep.results import trial_error_text
+from sft_tune.sweep.results import end_status, trial_error_text
 
 LOG_FILE = "sweep.log"
 
@@ -157,18 +157,17 @@ class ProgressView(tune.Callback):
         self.finished += FINISH_KEY in trial.config
         done = (trial.last_result or {}).get("folds_done", 0)
         mean = (trial.last_result or {}).get("cv_mean")
-        status = "COMPLETE" if done >= self.folds else "STOPPED"
+        status = end_status(trial.last_result, self.folds).value
         self.status[self._label(trial)] = status
         score = (
             f": CV {self.metric} {mean:.4f} ± {trial.last_result['cv_std']:.4f}"
             if mean is not None
             else ""
         )
-        ended = (
-            f"stopped by the scheduler after {done}/{self.folds} folds"
-            if status == "STOPPED"
-            else f"complete ({done} folds)"
-        )
+        ended = {
+            "STOPPED": f"stopped by the scheduler after {done}/{self.folds} folds",
+            "DIVERGED": f"DIVERGED in fold {done}/{self.folds} (a loss or score was NaN or infinite): it ranks after every finite trial",
+        }.get(status, f"complete ({done} folds)")
         self.say(f"{self._label(trial)} {ended}{score}")
         self._where(trials)
 
@@ -187,7 +186,7 @@ class ProgressView(tune.Callback):
         ended = len(self.status)
         counts = ", ".join(
             f"{sum(s == status for s in self.status.values())} {status.lower()}"
-            for status in ("COMPLETE", "STOPPED", "ERROR")
+            for status in ("COMPLETE", "STOPPED", "DIVERGED", "ERROR")
             if status in self.status.values()
         )
         elapsed = time.monotonic() - self.started

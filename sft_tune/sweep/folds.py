@@ -17,6 +17,7 @@ model per fold from a pristine CPU copy of the pretrained weights.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import statistics
@@ -118,14 +119,25 @@ def cross_validate(
         result = fit(wrapped, task, data.fit_data(fold, config), config, tokenizer, rt, metric)
         metrics = evaluate(wrapped, task, data.held_out(fold), tokenizer, rt)
         scores.append(metrics[metric])
+        diverged = diverged_at(result.history, metrics[metric])
         if after_fold is not None:
-            after_fold(
-                fold,
-                scores,
-                {"fold_metrics": metrics, **_loss_summary(result.history)},
-                result.history,
-            )
+            summary = {"fold_metrics": metrics, **_loss_summary(result.history)}
+            after_fold(fold, scores, {**summary, **diverged}, result.history)
+        if diverged:
+            break  # the trial stops here: its weights are NaN or infinite, more folds tell nothing
     return scores
+
+
+def diverged_at(history: list[dict], score: float) -> dict[str, Any]:
+    """`{"diverged": True, "diverged_at": where}` when a training step's loss or the fold's score
+    is NaN or infinite (a diverged fold: its score, finite or not, says nothing), else {}."""
+    for record in history:
+        if not math.isfinite(record["loss"]):
+            where = f"phase {record['phase']} step {record['step']} (loss {record['loss']})"
+            return {"diverged": True, "diverged_at": where}
+    if not math.isfinite(score):
+        return {"diverged": True, "diverged_at": f"the held-out score ({score})"}
+    return {}
 
 
 def fold_summary(scores: list[float]) -> dict[str, Any]:
@@ -179,9 +191,10 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
     data = cache.data(job["data_ref"][0])
     saved = place.saved() or {"scores": [], "metrics": None}
     scores = saved["scores"]
-    if len(scores) >= len(data.splits):
-        # Every fold finished before (a restored trial whose last fold was checkpointed): hand Tune
-        # the final result again, marked so that no callback counts that fold twice.
+    if len(scores) >= len(data.splits) or (saved["metrics"] or {}).get("diverged"):
+        # Every fold finished before, or one diverged (a restored trial whose last fold was
+        # checkpointed): hand Tune the final result again, marked so that no callback counts
+        # that fold twice.
         place.report({**saved["metrics"], REPLAYED: True}, None)
         return
     rt = Runtime(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -68,6 +69,20 @@ def all_folds_done(result: dict[str, Any] | None, folds: int) -> bool:
     return bool(result) and int(result.get("folds_done", 0)) >= folds
 
 
+def end_status(result: dict[str, Any] | None, folds: int) -> Status:
+    """How a trial whose process ended by itself (or was stopped) ended, from its last result:
+    DIVERGED when a fold's loss or score was not finite (the trial stops there), COMPLETE with
+    every fold, else STOPPED (by the scheduler). One rule for the events, the progress view,
+    W&B and the trial records."""
+    if result and result.get("diverged"):
+        return Status.DIVERGED
+    return Status.COMPLETE if all_folds_done(result, folds) else Status.STOPPED
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 class Status(str, Enum):
     """How a trial ended."""
 
@@ -78,6 +93,9 @@ class Status(str, Enum):
         "INTERRUPTED"  # the sweep stopped (Ctrl-C, a killed driver) while it ran: resume to go on
     )
     NOT_RUN = "NOT RUN"  # never reported a fold (e.g. the sweep was interrupted first)
+    # a fold's loss or score was NaN or infinite: the trial stopped there, it ranks after every
+    # finite trial and is never chosen nor finished
+    DIVERGED = "DIVERGED"
 
 
 @dataclass
@@ -97,6 +115,7 @@ class Trial:
         None  # the last fold checkpoint: where finishing a stopped trial resumes
     )
     finished_after_stop: bool = False  # stopped by the scheduler, then finished before selection
+    diverged_at: str | None = None  # DIVERGED: the first NaN or infinite loss or score
     worker_tokenization_passes: int = 0
     process_model_loads: int = (
         0  # model loads in the process that ran its last fold (1 in a reused actor)
@@ -147,7 +166,9 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
             or _trial_id_from_path(result.path)
         )
         done = int(metrics.get("folds_done", 0))
-        if done >= sweep.search.folds:  # also when its process died after the last fold
+        if metrics.get("diverged"):
+            status = Status.DIVERGED
+        elif done >= sweep.search.folds:  # also when its process died after the last fold
             status = Status.COMPLETE
         elif result.error:
             status = Status.ERROR
@@ -173,6 +194,7 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 if status is Status.ERROR
                 else None,
                 checkpoint=fold_checkpoint(result.path, metrics),
+                diverged_at=metrics.get("diverged_at"),
                 worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
                 process_model_loads=metrics.get("process_model_loads", 0),
             )
@@ -199,18 +221,32 @@ def read_trials(folder: SweepFolder) -> list[Trial]:
 
 
 def rank_key(trial: Trial, mode: str) -> tuple:
-    """Better trials sort first: CV mean (by mode), then the lower std, then the lower trial id."""
+    """Better trials sort first: a finite CV mean before a diverged or non-finite one, then the
+    CV mean (by mode), then the lower std, then the lower trial id. (NaN compares false with
+    everything, so it never enters the comparison: `min` would keep the first NaN.)"""
     sign = -1 if mode == "max" else 1
-    return (sign * trial.cv_mean, trial.cv_std, trial.trial_id)
+    valid = trial.status is not Status.DIVERGED and finite(trial.cv_mean)
+    return (
+        not valid,
+        sign * trial.cv_mean if valid else math.inf,
+        trial.cv_std if finite(trial.cv_std) else math.inf,
+        trial.trial_id,
+    )
 
 
 def top(trials: list[Trial], mode: str) -> Trial | None:
     return min(trials, key=lambda t: rank_key(t, mode)) if trials else None
 
 
+def rankable(trial: Trial) -> bool:
+    """A trial that can be chosen: COMPLETE with a finite CV mean."""
+    return trial.status is Status.COMPLETE and finite(trial.cv_mean)
+
+
 def best_trial(sweep: Sweep, trials: list[Trial]) -> dict[str, Any] | None:
-    """The best COMPLETE trial (partial CV means never win), with its full config."""
-    best = top([t for t in trials if t.status is Status.COMPLETE], sweep.search.mode)
+    """The best COMPLETE trial with a finite CV mean (partial CV means never win, nor do
+    diverged trials), with its full config."""
+    best = top([t for t in trials if rankable(t)], sweep.search.mode)
     if best is None:
         return None
     return {
@@ -234,13 +270,15 @@ def contenders(sweep: Sweep, trials: list[Trial]) -> list[Trial]:
     trial, the best stopped one), and, when the space holds both arms, the best stopped trial of
     an arm that has no complete trial (so the phase-1 verdict compares the two)."""
     mode = sweep.search.mode
-    stopped = [t for t in trials if t.status is Status.STOPPED and t.checkpoint]
-    complete = [t for t in trials if t.status is Status.COMPLETE]
+    stopped = [
+        t for t in trials if t.status is Status.STOPPED and t.checkpoint and finite(t.cv_mean)
+    ]
+    complete = [t for t in trials if rankable(t)]
     best = top(complete, mode)
     if best is None:
         chosen = [top(stopped, mode)] if stopped else []
     else:
-        chosen = [t for t in stopped if rank_key(t, mode)[0] <= rank_key(best, mode)[0]]
+        chosen = [t for t in stopped if rank_key(t, mode)[:2] <= rank_key(best, mode)[:2]]
     if sweep.arms() == {"plain", "two-phase"}:
         for arm in ("plain", "two-phase"):
             if not any(arm_of(sweep, t) == arm for t in complete + chosen):
@@ -258,10 +296,7 @@ def phase1_verdict(sweep: Sweep, trials: list[Trial]) -> dict[str, Any]:
     the statement also says what happened to each arm's trials."""
     mode, metric = sweep.search.mode, sweep.search.metric
     arms = {arm: [t for t in trials if arm_of(sweep, t) == arm] for arm in ("plain", "two-phase")}
-    best = {
-        arm: top([t for t in group if t.status is Status.COMPLETE], mode)
-        for arm, group in arms.items()
-    }
+    best = {arm: top([t for t in group if rankable(t)], mode) for arm, group in arms.items()}
     two_phase, plain = best["two-phase"], best["plain"]
     verdict: dict[str, Any] = {
         "best_two_phase": two_phase
@@ -276,10 +311,17 @@ def phase1_verdict(sweep: Sweep, trials: list[Trial]) -> dict[str, Any]:
     )
     if two_phase and plain:
         margin = (1 if mode == "max" else -1) * (two_phase.cv_mean - plain.cv_mean)
-        verdict.update(best_uses_phase1=margin > 0, margin=margin)
-        if margin > 0:
+        # The ranking's rule (the one best.json follows), so that the two never disagree on a tie.
+        uses_phase1 = top([two_phase, plain], mode) is two_phase
+        verdict.update(best_uses_phase1=uses_phase1, margin=margin)
+        tie = (
+            f"; the CV means tie and the ranking's tie-break (the lower std, {two_phase.cv_std:.4f} vs {plain.cv_std:.4f}, then the lower trial id) chose the two-phase trial"
+            if margin == 0
+            else ""
+        )
+        if uses_phase1:
             verdict["statement"] = (
-                f"the best configuration uses phase 1: CV {metric} {two_phase.cv_mean:.4f} vs {plain.cv_mean:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f} ({happened})"
+                f"the best configuration uses phase 1: CV {metric} {two_phase.cv_mean:.4f} vs {plain.cv_mean:.4f} for the best plain fine-tune (phase1.steps 0), a margin of {margin:+.4f}{tie} ({happened})"
             )
         else:
             verdict["statement"] = (
@@ -320,7 +362,7 @@ def _describe(counts: dict[str, int]) -> str:
     parts = [f"{counts['trials']} sampled"]
     parts += [
         f"{counts[key]} {key.replace('_', ' ')}"
-        for key in ("complete", "stopped", "error", "interrupted", "not_run")
+        for key in ("complete", "stopped", "diverged", "error", "interrupted", "not_run")
         if counts[key]
     ]
     if counts["finished_after_stop"]:
@@ -377,6 +419,7 @@ def _write_trials(folder: SweepFolder, trials: list[Trial]) -> None:
         "fold_scores",
         "finished_after_stop",
         "error",
+        "diverged_at",
     ] + sorted({k for r in rows for k in r if k.startswith("param:")})
     with open(folder.file(folder.TRIALS_CSV), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
@@ -394,6 +437,7 @@ def format_table(result: SweepResult) -> str:
         score = f"{t.cv_mean:.4f} ± {t.cv_std:.4f}" if t.cv_mean is not None else "-"
         status = t.status.value + (" (finished after stop)" if t.finished_after_stop else "")
         status += f": {t.error}" if t.error else ""
+        status += f" at {t.diverged_at}" if t.diverged_at else ""
         rows.append(
             [
                 t.trial_id,

@@ -130,6 +130,8 @@ class FoldAwareOptunaSearch(OptunaSearch):
         self._study()
         self._last_results = getattr(self, "_last_results", {})  # state saved by older versions
         self._last_results[trial_id] = result
+        if result.get("diverged"):
+            return  # its running mean may be NaN: Optuna gets no intermediate value from it
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -140,6 +142,13 @@ class FoldAwareOptunaSearch(OptunaSearch):
     ) -> None:
         self._study()
         last = getattr(self, "_last_results", {}).pop(trial_id, None)
+        diverged = (result or last or {}).get("diverged")
+        if diverged and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # A NaN or infinite loss or score: FAIL in the study (TPE learns nothing from a value
+            # that is not one), marked as diverged.
+            self._ot_trials[trial_id].set_user_attr("diverged", (result or last)["diverged_at"])
+            super().on_trial_complete(trial_id, None, error=True)
+            return
         if error and (result or last) and (result or last).get("folds_done", 0) >= self._folds:
             # Its process died after the last fold: every fold is scored, the trial is complete.
             result, error = result or last, False

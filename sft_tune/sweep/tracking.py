@@ -22,7 +22,7 @@ from typing import Any
 from ray import tune
 
 from sft_tune.sweep.folder import FINISH_KEY, HISTORY_FILE, SweepFolder, fold_checkpoint, new_fold
-from sft_tune.sweep.results import all_folds_done, trial_error_text
+from sft_tune.sweep.results import Status, all_folds_done, end_status, trial_error_text
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,10 @@ class WandbTrialCallback(tune.Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        status = end_status(trial.last_result, self.folds)
+        if status is Status.DIVERGED:
+            self._submit(self._finish, self.trial_of(trial), status.value, 1)
+            return
         self._submit(
             self._complete, self.trial_of(trial), (trial.last_result or {}).get("folds_done", 0)
         )

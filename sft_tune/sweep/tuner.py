@@ -30,7 +30,7 @@ from sft_tune.sweep.folder import (
     new_fold,
 )
 from sft_tune.sweep.folds import FAULT_FILE_ENV, KILL_AFTER_LAST_FOLD_ENV, ddp_worker, run_in_actor
-from sft_tune.sweep.results import all_folds_done
+from sft_tune.sweep.results import all_folds_done, end_status
 from sft_tune.sweep.searcher import (
     KILL_DRIVER_AFTER_END_ENV,
     TUNE_METRIC,
@@ -127,8 +127,7 @@ class TrialEvents(tune.Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        done = (trial.last_result or {}).get("folds_done", 0)
-        self._log(trial, "end", status="COMPLETE" if done >= self.folds else "STOPPED")
+        self._log(trial, "end", status=end_status(trial.last_result, self.folds).value)
         maybe_kill_driver(KILL_DRIVER_AFTER_END_ENV)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:

@@ -248,3 +248,27 @@ def test_run_folds_reports_each_fold_with_a_checkpoint_and_resumes(setup):
     place, replayed = _place(saved=files["folds"])
     run_folds(_job(config), place, _cache_holding(data))
     assert replayed == [({**last, REPLAYED: True}, None)]
+
+
+def test_a_fold_that_diverges_is_flagged_ends_the_trial_and_is_not_trained_again(setup):
+    """NaN weights (a diverged run): the first fold's loss is NaN, its score is whatever a NaN
+    model predicts. The fold is reported as diverged, with where, and no further fold trains;
+    a restored trial replays that result instead of training on."""
+    config, data = setup
+    cache = _cache_holding(data)
+    task = get_task(config.model.task)
+    tokenizer = cache.tokenizer(config, task)
+    _, pristine = cache.model(config, task, data.label_names, tokenizer, lm_head=data.lm)
+    head = next(name for name in pristine if name.startswith("task_model.classifier.weight"))
+    pristine[head].fill_(float("nan"))
+    place, reports = _place()
+    run_folds(_job(config), place, cache)
+    assert [m["fold"] for m, _ in reports] == [1]
+    metrics, files = reports[0]
+    assert metrics["diverged"] is True and metrics["diverged_at"].startswith("phase 1 step 1")
+    assert files["folds"]["metrics"]["diverged"] is True
+
+    place, replayed = _place(saved=files["folds"])
+    run_folds(_job(config), place, cache)
+    # (compared as JSON: the fold's loss is NaN, which equals nothing)
+    assert json.dumps(replayed) == json.dumps([({**metrics, REPLAYED: True}, None)])

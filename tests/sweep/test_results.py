@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sft_tune.space import Param, SearchSettings, Sweep
-from sft_tune.sweep.results import Status, Trial, contenders, phase1_verdict
+from sft_tune.sweep.results import (
+    Status,
+    Trial,
+    best_trial,
+    contenders,
+    phase1_verdict,
+    rank_key,
+)
 
 
 def _sweep(mode="max", steps=None):
@@ -17,13 +24,13 @@ def _sweep(mode="max", steps=None):
     )
 
 
-def _trial(trial_id, steps, mean, status="COMPLETE", folds=3):
+def _trial(trial_id, steps, mean, status="COMPLETE", folds=3, std=0.01):
     return Trial(
         trial_id=trial_id,
         status=Status(status),
         params={"phase1.steps": steps},
         cv_mean=mean,
-        cv_std=0.01,
+        cv_std=std,
         folds_done=folds,
         checkpoint="ckpt",
     )
@@ -127,3 +134,47 @@ def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped_and_nothing_
         "INTERRUPTED",
     )
     assert not search_ended(sweep, list(trials.values()))
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_nan_cv_mean_never_wins_and_ranks_after_every_finite_trial(mode):
+    """`min` over keys holding NaN keeps the first NaN (every comparison with NaN is false)."""
+    sweep = _sweep(mode=mode)
+    nan = _trial("a", 0, float("nan"))
+    trials = [nan, _trial("b", 0, 0.5), _trial("c", 50, 0.6), _trial("d", 0, float("inf"))]
+    assert best_trial(sweep, trials)["trial_id"] == ("c" if mode == "max" else "b")
+    ranked = sorted(trials, key=lambda t: rank_key(t, mode))
+    assert [t.trial_id for t in ranked[2:]] == ["a", "d"]
+    # A NaN partial mean does not block the contenders rule either.
+    stopped = _trial("e", 50, 0.9 if mode == "max" else 0.1, status="STOPPED", folds=1)
+    assert contenders(sweep, [nan, stopped]) == [stopped]
+
+
+def test_a_diverged_trial_is_never_chosen_nor_finished_and_the_verdict_says_so():
+    sweep = _sweep()
+    # A NaN loss still gives a finite macro-F1 (a constant prediction): the trial is DIVERGED.
+    diverged = _trial("a", 50, 0.95, status="DIVERGED", folds=1)
+    plain, stopped = _trial("b", 0, 0.5), _trial("c", 50, 0.55, status="STOPPED", folds=1)
+    trials = [diverged, plain, stopped]
+    assert best_trial(sweep, trials)["trial_id"] == "b"
+    assert contenders(sweep, trials) == [stopped]
+    assert sorted(trials, key=lambda t: rank_key(t, "max"))[-1] is diverged
+    verdict = phase1_verdict(sweep, trials)
+    assert verdict["arms"]["two-phase"]["diverged"] == 1
+    assert "1 diverged" in verdict["statement"]
+
+
+@pytest.mark.parametrize("winner", ["two-phase", "plain"])
+def test_the_verdict_and_best_json_follow_one_rule_on_a_tie(winner):
+    """Equal CV means: the ranking's tie-break (the lower std) picks the best trial, and the
+    verdict says the same, never "did not help" beside a two-phase best.json."""
+    sweep = _sweep()
+    two_phase = _trial("a", 50, 0.6, std=0.01 if winner == "two-phase" else 0.05)
+    plain = _trial("b", 0, 0.6, std=0.05 if winner == "two-phase" else 0.01)
+    best = best_trial(sweep, [two_phase, plain])
+    verdict = phase1_verdict(sweep, [two_phase, plain])
+    assert verdict["margin"] == 0
+    assert verdict["best_uses_phase1"] is (best["params"]["phase1.steps"] > 0)
+    assert verdict["best_uses_phase1"] is (winner == "two-phase")
+    expected = "uses phase 1" if winner == "two-phase" else "did not help"
+    assert expected in verdict["statement"]
