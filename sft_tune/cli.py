@@ -24,15 +24,21 @@ def _train(args: argparse.Namespace) -> int:
 
     metrics = train(config, progress=not args.no_progress, raw=data)
     print(json.dumps(metrics, indent=2, default=str))
-    test = metrics.get("test")
-    if test:
-        scores = "  ".join(
-            f"{key} {value:.4f}"
-            for key, value in test.items()
-            if isinstance(value, float) and "/" not in key
-        )
-        print(f"test {scores}  (model: {metrics['model_dir']})")
+    print(f"{test_line(metrics.get('test'))}  (model: {metrics['model_dir']})")
     return 0
+
+
+def test_line(test: dict | None) -> str:
+    """The test metrics in one line (the per-type ones left to the JSON), or that there was no
+    test file to score."""
+    if not test:
+        return "no test file (data.test is not set), so no test metrics"
+    scores = "  ".join(
+        f"{key} {value:.4f}"
+        for key, value in test.items()
+        if isinstance(value, float) and "/" not in key
+    )
+    return f"test {scores}"
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -117,10 +123,8 @@ def _select(args: argparse.Namespace) -> int:
         args.sweep_dir, use_wandb=not args.no_wandb, progress=not args.no_progress, checked=checked
     )
     print(json.dumps(summary, indent=2, default=str))
-    test = summary.get("test") or {}
     print(
-        f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; test "
-        + "  ".join(f"{k} {v:.4f}" for k, v in test.items())
+        f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; {test_line(summary.get('test'))}"
         + f"\nmodel: {summary['model_dir']}"
     )
     return 0

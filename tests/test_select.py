@@ -122,3 +122,24 @@ def test_select_on_a_folder_that_is_not_a_sweep(tmp_path):
 
     with pytest.raises(InputError):
         select_best(tmp_path)
+
+
+def test_select_without_a_test_file_says_so(finished_sweep, tmp_path, capsys):
+    """The same sweep moved to another folder, its base config without a test file: select
+    retrains, exports, and says there was no test file (it printed `test ` and nothing)."""
+    import shutil
+
+    from sft_tune.cli import main
+
+    moved = tmp_path / "basic"
+    shutil.copytree(
+        finished_sweep["result"].sweep_dir, moved, ignore=shutil.ignore_patterns("best_model")
+    )
+    snapshot = json.loads((moved / "sweep.json").read_text())
+    snapshot["base"]["data"]["test"] = None
+    (moved / "sweep.json").write_text(json.dumps(snapshot))
+    assert main(["select", str(moved), "--no-wandb", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    line = next(line for line in printed if line.startswith("best trial "))
+    assert line.endswith("no test file (data.test is not set), so no test metrics")
+    assert json.loads((moved / "best_model" / "best.json").read_text())["test"] is None
