@@ -212,7 +212,10 @@ class RunConfig(_Strict):
         "auto", description="auto = CUDA when available."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast (GPU only); auto = bf16 on CUDA, fp32 on CPU."
+        "auto",
+        description="bf16 autocast compute on a GPU that supports it (refused on one that does "
+        "not); auto = bf16 on such a GPU, fp32 otherwise. Weights and optimizer state are fp32 "
+        "whatever dtype the checkpoint stores.",
     )
     log_every: int = Field(
         10,

@@ -57,8 +57,20 @@ class Runtime:
 
 
 def uses_bf16(config: RunConfig, device: torch.device) -> bool:
-    """bf16 autocast on CUDA unless `precision: fp32`; CPU always runs fp32."""
-    return device.type == "cuda" and config.precision != "fp32"
+    """bf16 autocast on a CUDA GPU that supports it, unless `precision: fp32` (`auto` runs fp32 on
+    one that does not; `bf16` there is refused); CPU always runs fp32. Weights stay fp32."""
+    if device.type != "cuda" or config.precision == "fp32":
+        return False
+    if torch.cuda.is_bf16_supported():
+        return True
+    if config.precision == "bf16":
+        raise fail(
+            "precision",
+            config.precision,
+            f"bf16 needs a GPU that supports it, and {torch.cuda.get_device_name(device)} does not",
+            "set precision: fp32 (or auto, which picks fp32 on this GPU)",
+        )
+    return False
 
 
 def runtime_for(config: RunConfig, **hooks: Any) -> Runtime:

@@ -136,7 +136,10 @@ def load_model(
     built from its config takes the backbone's weights.
     """
     gguf = _gguf(model)
-    weights = {**gguf, "dtype": torch.float32} if gguf else {}
+    # Trained weights are fp32 whatever the checkpoint stores (transformers 5 loads its stored
+    # dtype by default: a bf16 checkpoint would train bf16 weights and AdamW state); bf16 is
+    # autocast compute only (`precision`). A GGUF checkpoint is de-quantized to fp32.
+    weights = {**gguf, "dtype": torch.float32}
     config = AutoConfig.from_pretrained(model.name_or_path, **gguf)
     objective = resolve_objective(model, config, tokenizer)
     lm_class = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM

@@ -120,3 +120,51 @@ def test_alpha_zero_still_reports_the_task_loss(built):
     parts = model(lm, task, 0.0)
     assert parts.task is not None and parts.task.item() > 0
     assert parts.total.item() == pytest.approx(parts.lm.item())
+
+
+def test_a_bf16_checkpoint_trains_and_exports_fp32_weights(tiny_bert, toy_files, tmp_path):
+    """transformers 5 loads a checkpoint in its stored dtype: a bf16 one (most modern hub
+    checkpoints) must still train fp32 weights and AdamW state with `precision: fp32`, and export
+    fp32."""
+    import json
+
+    import yaml
+    from conftest import run_config_dict
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from sft_tune.run import train
+    from sft_tune.runconfig import parse_config
+
+    folder = tmp_path / "bf16"
+    AutoModelForMaskedLM.from_pretrained(tiny_bert, dtype=torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    stored = load_file(folder / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+
+    model, _ = _build(folder)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+    raw = run_config_dict(folder, toy_files, tmp_path / "out", phase1={"steps": 2})
+    raw["precision"] = "fp32"
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    train(parse_config(raw), progress=False)
+    exported = load_file(tmp_path / "out" / "model" / "model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.float32}
+    run = json.loads((tmp_path / "out" / "model" / "run.json").read_text())
+    assert run["config"]["precision"] == "fp32"
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_and_auto_falls_back_to_fp32(monkeypatch):
+    from sft_tune.config import RunConfig
+    from sft_tune.core.loop import uses_bf16
+    from sft_tune.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    config = RunConfig.model_validate({"model": {"name_or_path": "m"}, "data": {"train": "t"}})
+    cuda = torch.device("cuda")
+    assert uses_bf16(config, cuda) is False  # auto: fp32 on this GPU
+    with pytest.raises(InputError) as caught:
+        uses_bf16(config.model_copy(update={"precision": "bf16"}), cuda)
+    assert "Tesla T4 does not" in str(caught.value) and "precision: fp32" in str(caught.value)
+    assert uses_bf16(config.model_copy(update={"precision": "bf16"}), torch.device("cpu")) is False
