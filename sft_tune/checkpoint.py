@@ -78,6 +78,32 @@ def folder_problems(key: str, written: str, folder: Path, gguf: str | None) -> l
     ]
 
 
+def hub_problems(key: str, name: str, gguf: str | None, objective: str, task: str) -> list[Problem]:
+    """A hub id (not a local folder). Online, loading downloads it: nothing to judge before. With
+    Hugging Face offline (HF_HUB_OFFLINE), it must already be in the local cache, or loading fails
+    only after every other check passed: looked up there with huggingface_hub (no torch), and a
+    cached config.json is judged like a local folder's."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.is_offline_mode():
+        return []
+    wanted = gguf or "config.json"
+    try:
+        found = try_to_load_from_cache(name, wanted)
+    except ValueError:  # not a valid repo id (huggingface_hub's HFValidationError)
+        found = None
+    if isinstance(found, str):
+        return [] if gguf else architecture_problems(Path(found), objective, task)
+    return [
+        Problem(
+            key,
+            name,
+            f"with Hugging Face offline (HF_HUB_OFFLINE), a hub id must be in the local cache ({constants.HF_HUB_CACHE}), and its {wanted} is not there",
+            "download it once where the hub is reachable (`hf download ID`), point to a local model folder, or unset HF_HUB_OFFLINE",
+        )
+    ]
+
+
 def architecture_problems(config_json: Path, objective: str, task: str) -> list[Problem]:
     """What the checkpoint's config.json already rules out, before any weight loads: a masked-LM
     objective on a model without a masked-LM head, a causal one without a causal-LM head, a task

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sft_tune.checkpoint import architecture_problems, folder_problems
+from sft_tune.checkpoint import architecture_problems, folder_problems, hub_problems
 from sft_tune.config import RunConfig, check_schema, problems_from_validation
 from sft_tune.core.files import READERS, RawData, data_names, data_problems, read_table, renamed
 from sft_tune.errors import InputError, Problem, fail, text_of
@@ -197,16 +197,15 @@ def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     name, gguf = model.get("name_or_path"), model.get("gguf_file")
     local = base_dir / name if isinstance(name, str) else None
+    gguf = gguf if isinstance(gguf, str) else None
+    objective, task = model.get("lm_objective", "auto"), model.get("task", "classification")
     if local is not None and (local.exists() or name.startswith((".", "/", "~"))):
-        gguf = gguf if isinstance(gguf, str) else None
         found = folder_problems("model.name_or_path", name, local, gguf)
         problems += found
         if not found and gguf is None:
-            problems += architecture_problems(
-                local / "config.json",
-                model.get("lm_objective", "auto"),
-                model.get("task", "classification"),
-            )
+            problems += architecture_problems(local / "config.json", objective, task)
+    elif isinstance(name, str):
+        problems += hub_problems("model.name_or_path", name, gguf, objective, task)
     output = raw.get("output_dir")
     if isinstance(output, str) and (base_dir / output).is_file():
         problems.append(

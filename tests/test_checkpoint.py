@@ -90,3 +90,59 @@ def test_the_head_tables_are_read_without_importing_torch():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert head_tables()  # and in this process too
+
+
+def _cached(cache, repo, **config):
+    """A model in a Hugging Face hub cache, laid out as `hf download` leaves it."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text("abc123")
+    snapshot = root / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_offline_a_hub_id_must_be_in_the_local_cache(offline_cache):
+    from sft_tune.checkpoint import hub_problems
+
+    (problem,) = hub_problems("model.name_or_path", "org/missing", None, "auto", "classification")
+    assert problem.where == "model.name_or_path" and problem.value == "org/missing"
+    assert "HF_HUB_OFFLINE" in problem.rule and str(offline_cache) in problem.rule
+    assert "hf download" in problem.fix
+    _cached(offline_cache, "org/bert", model_type="bert")
+    assert hub_problems("model.name_or_path", "org/bert", None, "auto", "classification") == []
+    # Cached: its config.json is judged like a local folder's.
+    (wrong,) = hub_problems("model.name_or_path", "org/bert", None, "auto", "generation")
+    assert wrong.where == "model.task"
+
+
+def test_online_a_hub_id_is_left_to_loading(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from sft_tune.checkpoint import hub_problems
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_problems("model.name_or_path", "org/missing", None, "auto", "classification") == []
+
+
+def test_an_uncached_hub_id_offline_is_reported_with_the_other_input_problems(offline_cache):
+    from sft_tune.errors import InputError
+    from sft_tune.runconfig import parse_config
+
+    raw = {"model": {"name_or_path": "org/missing"}, "data": {"train": "missing.csv"}}
+    with pytest.raises(InputError) as caught:
+        parse_config(raw, offline_cache.parent, check_inputs=True)
+    assert {p.where for p in caught.value.problems} == {
+        "model.name_or_path",
+        "data.train (missing.csv)",
+    }
