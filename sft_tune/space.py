@@ -298,6 +298,9 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
     data, found = data_problems(resolved, task, search.folds, lm, names)
     if found:
         return SpaceCheck(None, None, search, _in_base(found))
+    found = task.metric_problems(search.metric, data.train)
+    if found:
+        return SpaceCheck(None, None, search, found)
     return SpaceCheck(sweep, data, search, [])
 
 

@@ -62,6 +62,11 @@ class TaskFiles(ABC):
         a split (sentences of a document, questions on a context); None = independent examples."""
         return None
 
+    def metric_problems(self, metric: str, train: Any) -> list[Problem]:
+        """Whether the training data lets `metric` be scored in every fold (a search checks it
+        before Ray starts); no rule by default."""
+        return []
+
     def metric_mode(self, metric: str) -> str:
         """ "max" when a higher `metric` is better, "min" for losses."""
         return "min" if metric in ("loss", "perplexity") else "max"

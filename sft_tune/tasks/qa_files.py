@@ -87,6 +87,20 @@ class QaFiles(TaskFiles):
     def read(self, path: Path, data: DataConfig, what: str) -> Questions:
         return read_questions(Path(path), data, what, need_answers=True)
 
+    def metric_problems(self, metric: str, train: Questions) -> list[Problem]:
+        """The has_answer_* and no_answer_* scores split the questions into answerable and
+        unanswerable ones: data without an unanswerable question (SQuAD v1) has neither split."""
+        if metric.startswith(("has_answer_", "no_answer_")) and all(train.answers):
+            return [
+                Problem(
+                    "search.metric",
+                    metric,
+                    f"{metric} is scored only on data with unanswerable questions (SQuAD v2), and every question of {train.path} has an answer",
+                    "use f1 or exact_match",
+                )
+            ]
+        return []
+
     def label_names(self, train: Questions, data: DataConfig) -> list[str]:
         """Not labels but answer kinds: ["answer", "no_answer"] when the model may answer "no answer"
         (`data.qa.no_answer`, auto = the training file has unanswerable questions), else ["answer"].

@@ -621,3 +621,31 @@ def test_shipped_qa_space_loads_and_its_example_data_are_valid():
     )
     assert len(set(TASK.groups(questions))) >= sweep.search.folds
     assert [p.is_file() for p in config.data.unlabelled] == [True]
+
+
+@pytest.mark.parametrize("metric", ["has_answer_f1", "no_answer_exact_match"])
+def test_a_search_scored_by_answerable_or_unanswerable_questions_needs_unanswerable_ones(
+    tiny_bert, tmp_path, metric
+):
+    """On SQuAD v1 data (every question answerable) has_answer_* / no_answer_* are never scored:
+    the space check refuses them (the fold loop raised KeyError)."""
+    from sft_tune.space import check_space
+
+    raw = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    raw["config"]["model"] = {"name_or_path": str(tiny_bert), "task": "qa"}
+    raw["config"]["data"] = {
+        "train": str(DATA / "squad_v1.json"),
+        "max_length": 32,
+        "stride": 8,
+        "validation_fraction": 0.0,
+    }
+    raw["params"] = {"phase2.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}
+    raw["search"].update(metric=metric, folds=2, storage_path=str(tmp_path / "sweeps"))
+    space = tmp_path / "qa.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    (problem,) = check_space(space).problems
+    assert problem.where == "search.metric" and problem.value == metric
+    assert "squad_v1.json" in problem.rule and "f1" in problem.fix
+    raw["config"]["data"]["train"] = str(DATA / "squad_v2.json")
+    space.write_text(yaml.safe_dump(raw))
+    assert check_space(space).problems == []
