@@ -411,12 +411,13 @@ def test_generation_search_scores_greedy_exact_match_and_select_exports_a_genera
 
 
 def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(
-    tiny_llama, generation_files, tmp_path
+    tiny_llama, generation_files, tmp_path, monkeypatch
 ):
     from sft_tune.core.loop import uses_bf16
 
     config = generation_config(tiny_llama, generation_files, tmp_path / "out")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a GPU with bf16
     assert uses_bf16(config, cuda) and not uses_bf16(config, cpu)
     assert not uses_bf16(config.model_copy(update={"precision": "fp32"}), cuda)
     # The autocast path itself, run on CPU here (on a GPU the same code runs with device cuda).
