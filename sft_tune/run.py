@@ -55,6 +55,7 @@ def train(
         "config": config.model_dump(mode="json"),
         "labels": prepared.label_names,
         "unknown_token_share": prepared.coverage,
+        "lm_data": prepared.lm_summary("validation"),
         "metrics": metrics,
         "evaluations": result.evaluations,
     }

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +151,22 @@ class SequenceView:
         return array[int(index[i - (self.ends[part - 1] if part else 0)])]
 
 
+def normalized(text: str) -> str:
+    """The form two texts are compared in when LM data must not hold a held-out text: Unicode
+    NFKC, case-folded, every whitespace removed. So a sentence written naturally ("New York.")
+    matches the same sentence as NER words joined by spaces ("New York ."), full-width letters
+    match ASCII ones, and "Good car" matches "good  car"."""
+    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
-    """A 64-bit content hash per text (to test "is this text held out?" without the texts)."""
+    """A 64-bit hash per text of its `normalized` form (to test "is this text held out?" without
+    the texts)."""
     return np.fromiter(
         (
-            int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+            int.from_bytes(
+                hashlib.blake2b(normalized(t).encode(), digest_size=8).digest(), "little"
+            )
             for t in texts
         ),
         dtype=np.uint64,

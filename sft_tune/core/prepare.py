@@ -1,5 +1,6 @@
 """Prepared data: a config's files read and checked, split, and tokenized once; and the rule for
-which texts feed a split's LM loss (never a held-out text, also not as a copy in the pool)."""
+which texts feed a split's LM loss (never a held-out or test text, also not as a copy in the pool,
+written another way)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,25 @@ log = logging.getLogger(__name__)
 Split = tuple[list[int], list[int]]  # (train indices, held-out indices) of the labelled set
 
 
+@dataclass(frozen=True)
+class HeldForms:
+    """Every text form of each labelled example that LM data must not hold while the example is
+    held out (`TaskFiles.held_out_texts`, e.g. a generation prompt alone and with its response),
+    as `data.text_hashes` of the normalized form, with the example each belongs to."""
+
+    owner: np.ndarray  # int64: the example of each form
+    hashes: np.ndarray  # uint64
+
+    @classmethod
+    def of_examples(cls, forms: Sequence[Sequence[str]]) -> HeldForms:
+        owner = np.fromiter((i for i, texts in enumerate(forms) for _ in texts), dtype=np.int64)
+        return cls(owner, text_hashes([text for texts in forms for text in texts]))
+
+    def of(self, indices: Sequence[int]) -> np.ndarray:
+        """The hashes of the forms of these examples."""
+        return self.hashes[np.isin(self.owner, np.asarray(list(indices), dtype=np.int64))]
+
+
 @dataclass
 class PreparedData:
     """A config's data read, checked, split and tokenized once: used by a training run (one split:
@@ -57,6 +77,10 @@ class PreparedData:
     test: Any | None = None  # the task's encoded test set, when asked for
     lm: bool = True  # whether the LM texts were read (False: no split has LM data)
     coverage: dict[str, float] | None = None  # share of unknown tokens: labelled, unlabelled sample
+    held_forms: HeldForms | None = None  # None: an example's only form is its LM text
+    # unlabelled texts read, those dropped as copies of test texts, and per split those dropped
+    # as copies of its held-out texts (None without LM texts)
+    lm_counts: dict[str, Any] | None = None
 
     def lm_ids(
         self, split: int, include_labelled: bool, also_held: Sequence[int] = ()
@@ -74,6 +98,7 @@ class PreparedData:
             [i for i in train if i not in excluded],
             list(held) + list(also_held),
             include_labelled,
+            self.held_forms,
         )
         return SequenceView(
             [(self.unlabelled, keep), (self.labelled_lm, np.asarray(chosen, dtype=np.int64))]
@@ -116,6 +141,25 @@ class PreparedData:
     def held_out(self, split: int) -> Any:
         return self.labelled.subset(self.splits[split][1])
 
+    def lm_summary(self, held_out: str) -> dict[str, Any] | None:
+        """What the LM data left out of the unlabelled pool, for run.json and a sweep's summary:
+        the texts that copy a test text (left out of every split), and per split those that copy
+        one of its held-out texts (`held_out`: "validation" for a training run's one split, else
+        "fold"); None without LM data."""
+        if self.lm_counts is None:
+            return None
+        per_split = self.lm_counts["dropped_per_split"]
+        kind = (
+            {"dropped_as_copies_of_validation_texts": per_split[0]}
+            if held_out == "validation"
+            else {"dropped_as_copies_of_held_out_texts_per_fold": per_split}
+        )
+        return {
+            "unlabelled_texts": self.lm_counts["unlabelled_texts"],
+            "dropped_as_copies_of_test_texts": self.lm_counts["dropped_as_copies_of_test_texts"],
+            **kind,
+        }
+
 
 def prepare_data(
     config: RunConfig,
@@ -147,14 +191,18 @@ def prepare_data(
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
     texts = task.texts(raw.train)
+    labelled_hashes = text_hashes(texts)
+    forms = HeldForms.of_examples(task.held_out_texts(raw.train))
+    test_forms = task.held_out_texts(raw.test) if raw.test is not None else []
+    unlabelled, unlabelled_hashes = without_copies(raw.unlabelled, test_forms)
     labelled_text_ids = tokenize(
         texts, tokenizer, config.data.max_length, config.data.cache_dir
     ).input_ids
     coverage = check_coverage(config, tokenizer, texts, labelled_text_ids, raw.unlabelled)
     labelled = task.encode(raw.train, tokenizer, raw.label_names, config.data)
     unlabelled_ids = (
-        tokenize(raw.unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
-        if raw.unlabelled
+        tokenize(unlabelled, tokenizer, config.data.max_length, config.data.cache_dir).input_ids
+        if unlabelled
         else []
     )
     labelled_lm_ids = labelled_text_ids if lm else []
@@ -163,12 +211,22 @@ def prepare_data(
         if with_test and raw.test is not None
         else None
     )
+    counts = None
+    if lm:
+        counts = {
+            "unlabelled_texts": len(raw.unlabelled),
+            "dropped_as_copies_of_test_texts": len(raw.unlabelled) - len(unlabelled),
+            "dropped_per_split": [
+                int(np.isin(unlabelled_hashes, held_hashes(labelled_hashes, forms, held)).sum())
+                for _, held in splits
+            ],
+        }
     return PreparedData(
         labelled,
-        text_hashes(texts),
+        labelled_hashes,
         TokenArray.from_lists(labelled_lm_ids),
         TokenArray.from_lists(unlabelled_ids),
-        text_hashes(raw.unlabelled),
+        unlabelled_hashes,
         raw.label_names,
         splits,
         data_module.TOKENIZATION_PASSES - before,
@@ -177,7 +235,30 @@ def prepare_data(
         test,
         lm,
         coverage,
+        forms,
+        counts,
     )
+
+
+def without_copies(
+    pool: Sequence[str], forms: Sequence[Sequence[str]]
+) -> tuple[list[str], np.ndarray]:
+    """The pool's texts that are no copy (in `data.normalized` form) of any of `forms` (the test
+    file's texts: no split's LM data may hold them), and their hashes."""
+    hashes = text_hashes(pool)
+    if not forms:
+        return list(pool), hashes
+    keep = ~np.isin(hashes, text_hashes([text for texts in forms for text in texts]))
+    return [text for text, kept in zip(pool, keep) if kept], hashes[keep]
+
+
+def held_hashes(
+    labelled_hashes: np.ndarray, forms: HeldForms | None, indices: Sequence[int]
+) -> np.ndarray:
+    """The hashes LM data must not hold while these examples are held out: their LM texts and
+    every other form of them."""
+    own = labelled_hashes[list(indices)]
+    return own if forms is None else np.concatenate([own, forms.of(indices)])
 
 
 COVERAGE_SAMPLE = 2000  # unlabelled texts whose tokens are checked (the pool can be large)
@@ -232,12 +313,14 @@ def lm_selection(
     train_indices: Sequence[int],
     heldout_indices: Sequence[int],
     include_labelled: bool,
+    forms: HeldForms | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Which texts feed the LM loss of one split, by text hash (`data.text_hashes`): the unlabelled
-    texts that are not a held-out text (the pool may hold copies of labelled texts), and, when
+    """Which texts feed the LM loss of one split, by the hash of the normalized text
+    (`data.text_hashes`): the unlabelled texts that are not a held-out text nor another form of
+    one (`forms`; the pool may hold copies of labelled texts, written another way), and, when
     `include_labelled`, one copy of each training text that is not held out (several examples
     may share a text: QA questions on one context). Returns (unlabelled indices, labelled indices)."""
-    held = labelled_hashes[list(heldout_indices)]
+    held = held_hashes(labelled_hashes, forms, heldout_indices)
     keep = np.flatnonzero(~np.isin(unlabelled_hashes, held))
     chosen: list[int] = []
     if include_labelled:

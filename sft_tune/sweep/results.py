@@ -376,7 +376,11 @@ def _describe(counts: dict[str, int]) -> str:
 
 
 def summarize(
-    sweep: Sweep, folder: SweepFolder, trials: list[Trial], tokenization_passes: int
+    sweep: Sweep,
+    folder: SweepFolder,
+    trials: list[Trial],
+    tokenization_passes: int,
+    lm_data: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Best configuration, verdict and sweep summary of the trials, written to the sweep folder."""
     from sft_tune.sweep.searcher import optuna_states  # imports Ray Tune: only when a sweep ends
@@ -397,6 +401,7 @@ def summarize(
         "complete": complete,
         "trials": len(trials),
         "tokenization_passes": passes,
+        "lm_data": lm_data,
         "optuna_states": states,
         "statuses": {s.value: sum(t.status is s for t in trials) for s in Status},
         "finished_after_stop": [t.trial_id for t in trials if t.finished_after_stop],

@@ -84,7 +84,7 @@ def run_search(
             print(
                 f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
                 f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})\n"
-                f"tokenizer coverage: unknown tokens are {unknown}",
+                f"tokenizer coverage: unknown tokens are {unknown}" + _lm_line(data),
                 file=terminal,
                 flush=True,
             )
@@ -97,7 +97,9 @@ def run_search(
                 terminal,
                 remote=bool(address or os.environ.get("RAY_ADDRESS")),
             )
-            return summarize(sweep, folder, trials, data.tokenization_passes)
+            return summarize(
+                sweep, folder, trials, data.tokenization_passes, data.lm_summary("fold")
+            )
         finally:
             if started:
                 ray.shutdown()
@@ -201,3 +203,16 @@ def _merge(
                 else dataclasses.replace(trial, attempts=done.attempts, error=done.error)
             )
     return merged
+
+
+def _lm_line(data) -> str:
+    """The sweep header's line on what the LM data leaves out of the unlabelled pool."""
+    counts = data.lm_summary("fold")
+    if counts is None:
+        return ""
+    per_fold = "/".join(str(n) for n in counts["dropped_as_copies_of_held_out_texts_per_fold"])
+    return (
+        f"\nLM data: {counts['unlabelled_texts']} unlabelled texts; left out as copies (compared "
+        f"case-, width- and space-blind) of test texts: {counts['dropped_as_copies_of_test_texts']}, "
+        f"of each fold's held-out texts: {per_fold}"
+    )

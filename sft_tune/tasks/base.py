@@ -53,6 +53,12 @@ class TaskFiles(ABC):
     def texts(self, labelled: Any) -> list[str]:
         """The labelled texts, e.g. to feed the LM loss."""
 
+    def held_out_texts(self, labelled: Any) -> list[list[str]]:
+        """Per example, every text of it that LM data must not hold when the example is held out
+        (a fold's validation part, the test file): compared in `data.normalized` form. By
+        default its LM text alone."""
+        return [[text] for text in self.texts(labelled)]
+
     @abstractmethod
     def strata(self, labelled: Any) -> list[Any]:
         """One stratification key per example (folds and validation splits keep their shares)."""

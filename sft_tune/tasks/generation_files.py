@@ -100,6 +100,14 @@ class GenerationFiles(TaskFiles):
             for prompt, response in zip(labelled.prompts, labelled.responses)
         ]
 
+    def held_out_texts(self, labelled: Conversations) -> list[list[str]]:
+        """The prompt alone too: an unlabelled pool of the same domain holds prompts (e.g. the
+        tweets whose label word is the response), not prompt-response pairs."""
+        return [
+            [prompt_text(prompt), text]
+            for prompt, text in zip(labelled.prompts, self.texts(labelled))
+        ]
+
     def strata(self, labelled: Conversations) -> list[str]:
         return [
             response.strip().casefold() for response in labelled.responses

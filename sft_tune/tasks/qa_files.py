@@ -127,6 +127,10 @@ class QaFiles(TaskFiles):
     def texts(self, labelled: Questions) -> list[str]:
         return labelled.contexts
 
+    def held_out_texts(self, labelled: Questions) -> list[list[str]]:
+        """The context and the question: both are the held-out input."""
+        return [[c, q] for c, q in zip(labelled.contexts, labelled.questions)]
+
     def strata(self, labelled: Questions) -> list[str]:
         return ["answerable" if answers else "unanswerable" for answers in labelled.answers]
 

@@ -197,6 +197,64 @@ def test_lm_data_never_contains_validation_texts(tiny_bert, toy_files, tmp_path)
     assert keep.tolist() == [0] and chosen == []
 
 
+def test_lm_data_holds_no_held_out_text_written_another_way():
+    """NER joins words with spaces, users write sentences naturally, a pool may hold full-width
+    or upper-case copies: compared in normalized form (NFKC, case-folded, no whitespace)."""
+    from sft_tune.core.prepare import HeldForms, lm_selection
+
+    pool = ["New York.", "ＮＥＷ  ＹＯＲＫ .", "new yorker", "Paris", "a review: good car"]
+    labelled = ["New York .", "Paris is big", "a review: good car\npositive"]
+    keep, chosen = lm_selection(text_hashes(pool), text_hashes(labelled), [1], [0], True)
+    assert [pool[i] for i in keep] == ["new yorker", "Paris", "a review: good car"]
+    assert chosen == [1]
+    # A generation example's prompt alone is one of its forms: held out, the pool loses it too.
+    forms = HeldForms.of_examples(
+        [[t] for t in labelled[:2]] + [["a review: good car", labelled[2]]]
+    )
+    keep, _ = lm_selection(text_hashes(pool), text_hashes(labelled), [0, 1], [2], False, forms)
+    assert [pool[i] for i in keep] == pool[:4]
+
+
+def test_test_texts_never_reach_the_lm_data_and_run_json_counts_what_was_left_out(
+    tiny_bert, toy_files, tmp_path
+):
+    """The pool holds a copy of a test text (written another way), of a validation text and of
+    a training text: the test copy is left out of every split, the validation copy out of the
+    run's split; the training copy stays. run.json says how many were left out."""
+    import csv
+
+    from conftest import write_jsonl
+
+    test_text = next(csv.DictReader(open(toy_files["test"])))["text"]
+    config = _config(tiny_bert, toy_files, tmp_path / "out", phase2={"epochs": 1})
+    task = get_task("classification")
+    split = prepare_data(config, task)
+    train_part, held = split.splits[0]
+    rows = list(csv.DictReader(open(toy_files["train"])))
+    validation_text, training_text = rows[held[0]]["text"], rows[train_part[0]]["text"]
+    pool = [json.loads(line)["text"] for line in toy_files["unlabelled"].read_text().splitlines()]
+    pool += [test_text.upper() + "  ", validation_text.replace(" ", "  "), training_text]
+    write_jsonl(toy_files["unlabelled"], [{"text": t} for t in pool])
+
+    prepared = prepare_data(config, task, folds=3)
+    assert prepared.lm_counts["unlabelled_texts"] == len(pool)
+    assert prepared.lm_counts["dropped_as_copies_of_test_texts"] >= 1
+    test_ids = prepared_ids(config, task, test_text)
+    for fold in range(3):
+        lm = prepared.lm_ids(fold, include_labelled=False)
+        assert not any(list(lm[i]) == test_ids for i in range(len(lm)))
+
+    train(config, progress=False)
+    run = json.loads((tmp_path / "out" / "model" / "run.json").read_text())
+    assert run["lm_data"]["unlabelled_texts"] == len(pool)
+    assert run["lm_data"]["dropped_as_copies_of_test_texts"] >= 1
+    assert run["lm_data"]["dropped_as_copies_of_validation_texts"] >= 1
+
+
+def prepared_ids(config, task, text):
+    return load_tokenizer(config.model, task)(text, truncation=True, max_length=32)["input_ids"]
+
+
 def test_a_plain_run_builds_no_lm_head_and_reads_no_lm_text(
     tiny_bert, toy_files, tmp_path, monkeypatch, caplog
 ):
