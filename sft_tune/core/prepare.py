@@ -178,8 +178,24 @@ def prepare_data(
     `raw` is the files already read by `files.read_data` with the same `lm`, else they are read."""
     lm = config.phase1.steps > 0 if lm is None else lm
     raw = read_data(config, task, lm) if raw is None else raw
+    splits = split_data(config, task, raw, folds, config.seed if seed is None else seed)
+    return encode_data(config, task, raw, splits, lm, with_test)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The labelled set's splits (k folds, or one holdout) and what inner splits need: one
+    stratum (and group) per example. They depend on the files alone, never on the encoding."""
+
+    splits: list[Split]
+    strata: list[Any]
+    groups: list[Any] | None
+
+
+def split_data(config: RunConfig, task, raw: RawData, folds: int, seed: int) -> Splits:
+    """`folds` 1 is one split of data.validation_fraction, k >= 2 is k-fold CV, shuffled by
+    `seed`; stratified, and group-aware where the task has groups."""
     strata, groups = task.strata(raw.train), task.groups(raw.train)
-    seed = config.seed if seed is None else seed
     if folds == 1:
         splits = [
             split_validation(
@@ -188,6 +204,14 @@ def prepare_data(
         ]
     else:
         splits = make_folds(strata, groups, folds, seed, config.data.train)
+    return Splits(splits, strata, groups)
+
+
+def encode_data(
+    config: RunConfig, task, raw: RawData, splits: Splits, lm: bool, with_test: bool = False
+) -> PreparedData:
+    """The files' data tokenized and encoded as `config` says (its model's tokenizer, its
+    data.max_length, ...), over the given splits; see `prepare_data`."""
     before = data_module.TOKENIZATION_PASSES
     tokenizer = load_tokenizer(config.model, task)
     texts = task.texts(raw.train)
@@ -218,7 +242,7 @@ def prepare_data(
             "dropped_as_copies_of_test_texts": len(raw.unlabelled) - len(unlabelled),
             "dropped_per_split": [
                 int(np.isin(unlabelled_hashes, held_hashes(labelled_hashes, forms, held)).sum())
-                for _, held in splits
+                for _, held in splits.splits
             ],
         }
     return PreparedData(
@@ -228,10 +252,10 @@ def prepare_data(
         TokenArray.from_lists(unlabelled_ids),
         unlabelled_hashes,
         raw.label_names,
-        splits,
+        splits.splits,
         data_module.TOKENIZATION_PASSES - before,
-        strata,
-        groups,
+        splits.strata,
+        splits.groups,
         test,
         lm,
         coverage,
