@@ -50,6 +50,8 @@ class TaskOptions(_Strict):
     fields; `runconfig.parse_config` validates the section with it after the schema here."""
 
     section: ClassVar[str]
+    # The fields that only change how the data is encoded or decoded (searchable per trial).
+    encoding_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def of(cls, data: DataConfig) -> TaskOptions:

@@ -208,6 +208,40 @@ class Sweep(BaseModel):
         low, high = min(values), max(values)
         return {arm for arm, present in (("plain", low <= 0), ("two-phase", high > 0)) if present}
 
+    def reencoding_params(self) -> list[str]:
+        """The searched fields whose values change the encoded data (another checkpoint, length
+        or encoding option): the sweep encodes once per distinct value."""
+        task = self.base_config.model.task
+        return [
+            dotted
+            for dotted in self.params
+            if searched_by(dotted, task)[0] in (ENCODING, CHECKPOINT)
+        ]
+
+    def reencodes(self) -> bool:
+        return bool(self.reencoding_params())
+
+    def checkpoint_configs(self) -> list[RunConfig]:
+        """The base config with each searched checkpoint (every combination of the choices of
+        model.name_or_path and model.gguf_file), the other fields as in the base config."""
+        from itertools import product
+
+        from sft_tune.runconfig import parse_config
+
+        searched = {
+            dotted: self.params[dotted].candidates()
+            for dotted in ("model.name_or_path", "model.gguf_file")
+            if dotted in self.params
+        }
+        return (
+            [
+                parse_config(with_params(self.base, dict(zip(searched, values))))
+                for values in product(*searched.values())
+            ]
+            if searched
+            else []
+        )
+
     def arm_point(self, arm: str) -> dict[str, Any]:
         """A value of phase1.steps that puts a trial in `arm` (the middle positive one for
         two-phase), as an initial point; the other parameters are left to the sampler."""
@@ -224,6 +258,68 @@ class Sweep(BaseModel):
 
 # Parameters that only act in phase 1: sampled only for trials that run it (phase1.steps > 0).
 PHASE1_ONLY = ("data.labelled_text_for_lm", "model.lm_objective")
+
+# How a trial honours a searched run-config field (by dotted path, or a section ending in "."),
+# and so what each distinct value costs. Every field of the run config is in one of the tables
+# below (tests/test_space.py checks it): a field a trial would silently ignore is refused.
+LOOP = "loop"  # read by each trial's training loop: nothing extra
+ENCODING = "encoding"  # the data is encoded again for each distinct value (once per sweep)
+MODEL = "model"  # the model is loaded again for each distinct value in each trial process
+CHECKPOINT = "checkpoint"  # another checkpoint: its tokenizer, an encoding and a model load
+SEARCHED_BY = {
+    "phase1.": LOOP,
+    "phase2.": LOOP,
+    "optimizer.": LOOP,
+    "seed": LOOP,
+    "precision": LOOP,
+    "data.labelled_text_for_lm": LOOP,
+    "data.validation_fraction": LOOP,
+    "data.max_length": ENCODING,
+    "data.stride": ENCODING,
+    "model.lm_objective": MODEL,
+    "model.gradient_checkpointing": MODEL,
+    "model.name_or_path": CHECKPOINT,
+    "model.gguf_file": CHECKPOINT,
+}
+_OTHER_DATA = "the data is what cross-validation scores: trials on other data, or another reading of the same files, cannot be compared"
+_NO_SCORE = "it changes nothing a fold scores"
+NOT_SEARCHABLE = {
+    "model.task": "the task decides how the files are read, the head and the metric: one sweep searches one task",
+    "data.train": _OTHER_DATA,
+    "data.test": "the test file is scored once, by select, after the search",
+    "data.unlabelled": _OTHER_DATA,
+    "data.text_column": _OTHER_DATA,
+    "data.label_column": _OTHER_DATA,
+    "data.unlabelled_text_column": _OTHER_DATA,
+    "data.labels": _OTHER_DATA,
+    "data.max_unknown_fraction": f"{_NO_SCORE}: it only decides whether a run may start",
+    "data.cache_dir": f"{_NO_SCORE}: it is where encodings are cached",
+    "output_dir": f"{_NO_SCORE}: a sweep writes to its own folder",
+    "log_every": f"{_NO_SCORE}: it is how often losses are logged",
+    "device": "where trials run is search.resources (gpus_per_worker)",
+}
+COSTS = {
+    LOOP: "nothing extra: each trial's training loop reads it",
+    ENCODING: "the labelled and LM data are encoded again, once per distinct value in the sweep (cached by content)",
+    MODEL: "a model load per distinct value in each trial process",
+    CHECKPOINT: "per distinct checkpoint: its tokenizer, an encoding (once per sweep) and a model load in each trial process",
+}
+
+
+def searched_by(dotted: str, task: str) -> tuple[str | None, str | None]:
+    """How a trial honours a searched field: (kind, None), or (None, why it cannot be searched)."""
+    section = task_files(task).options
+    if section is not None and dotted.startswith(f"data.{section.section}."):
+        field = dotted.split(".", 2)[2]
+        if field in section.encoding_fields:
+            return ENCODING, None
+        return None, f"data.{section.section}.{field} decides how the files are read: {_OTHER_DATA}"
+    if dotted.startswith(("data.ner.", "data.qa.", "data.generation.")):
+        return None, f"{_NO_SCORE}: it is an option of another task than {task}"
+    for key, kind in SEARCHED_BY.items():
+        if dotted == key or (key.endswith(".") and dotted.startswith(key)):
+            return kind, None
+    return None, NOT_SEARCHABLE.get(dotted, "sft-tune does not know how a trial would honour it")
 
 
 def phase1_only(dotted: str) -> bool:
@@ -273,8 +369,11 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
         except InputError as err:
             problems += _in_base(err.problems)
     if base_config is not None and space is not None:
+        problems += _searchable_problems(space.params, base_config, space.search)
         problems += _check_params(base, space.params)
         problems += _check_settings(space, base_config)
+        if check_inputs:
+            problems += _checkpoint_problems(base, base_dir, space.params)
     search = space.search if space is not None else _valid(SearchSettings, raw.get("search", {}))
     names = data_names(base, base_dir) if base is not None else {}
     if problems:
@@ -285,10 +384,11 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
         search = search.model_copy(
             update={"storage_path": str((path.parent / search.storage_path).resolve())}
         )
+    params, search = _resolved_checkpoints(space.params, search, base_dir)
     sweep = Sweep(
         base=resolved.model_dump(mode="json"),
         base_config=resolved,
-        params=space.params,
+        params=params,
         search=search,
         source=str(path),
     )
@@ -367,6 +467,90 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _searchable_problems(
+    params: dict[str, Param], base_config: RunConfig, search: SearchSettings
+) -> list[Problem]:
+    """Every searched field must be one a trial honours (`searched_by`), and no searched value
+    may leave a two-phase trial without LM text (phase 1 would have nothing to read)."""
+    problems = []
+    for dotted, param in params.items():
+        kind, refused = searched_by(dotted, base_config.model.task)
+        if refused is None and dotted == "data.validation_fraction" and search.folds == 1:
+            refused = "with search.folds 1 it is the holdout split every trial is scored on"
+        if refused is not None:
+            problems.append(
+                Problem(
+                    f"params.{dotted}",
+                    param.model_dump(exclude_none=True, exclude_defaults=True),
+                    f"{dotted} cannot be searched: {refused}",
+                    "set one value for the whole sweep in the base config or `overrides` (see README, Searchable fields)",
+                )
+            )
+    lm_text = params.get("data.labelled_text_for_lm")
+    two_phase = max(
+        params["phase1.steps"].candidates()
+        if "phase1.steps" in params
+        else [base_config.phase1.steps]
+    )
+    if (
+        lm_text is not None
+        and False in lm_text.candidates()
+        and two_phase > 0
+        and not base_config.data.unlabelled
+    ):
+        problems.append(
+            Problem(
+                "params.data.labelled_text_for_lm",
+                lm_text.candidates(),
+                "with no data.unlabelled file, a two-phase trial that samples false has no LM text for phase 1",
+                "add data.unlabelled files, or drop false from the choices",
+            )
+        )
+    return problems
+
+
+def _checkpoint_problems(
+    base: dict[str, Any], base_dir: Path, params: dict[str, Param]
+) -> list[Problem]:
+    """Each searched checkpoint judged like the base config's (its folder, or an offline hub id's
+    cache, and what its config.json rules out), named by the param and the choice."""
+    problems = []
+    for dotted in ("model.name_or_path", "model.gguf_file"):
+        for value in params[dotted].candidates() if dotted in params else []:
+            found = input_problems(with_params(base, {dotted: value}), base_dir)
+            problems += [
+                Problem(f"params.{dotted} choice {value!r}: {p.where}", p.value, p.rule, p.fix)
+                for p in found
+                if p.where.startswith("model.")
+            ]
+    return problems
+
+
+def _resolved_checkpoints(
+    params: dict[str, Param], search: SearchSettings, base_dir: Path
+) -> tuple[dict[str, Param], SearchSettings]:
+    """Searched local checkpoints (choices and initial points) as absolute folders, relative to
+    the base config's folder (as `config.resolve_paths` does for the base config's own model),
+    so that every trial and `select` find them wherever they run from."""
+    searched = params.get("model.name_or_path")
+    if searched is None or searched.type != "categorical":
+        return params, search
+
+    def resolved(value: Any) -> Any:
+        local = base_dir / value if isinstance(value, str) else None
+        return str(local.resolve()) if local is not None and local.exists() else value
+
+    choices = [resolved(c) for c in searched.choices]
+    points = [
+        {k: resolved(v) if k == "model.name_or_path" else v for k, v in point.items()}
+        for point in search.initial_points
+    ]
+    return (
+        {**params, "model.name_or_path": searched.model_copy(update={"choices": choices})},
+        search.model_copy(update={"initial_points": points}),
+    )
+
+
 def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Problem]:
     """Every path must name a config field, and every bound or choice must be valid there."""
     problems = []
@@ -392,13 +576,22 @@ def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Proble
                                 "narrow the range to valid values",
                             )
                         )
-                    else:
+                    elif p.where.startswith(f"{dotted}."):
                         problems.append(
                             Problem(
                                 where,
                                 dotted,
                                 f"must be a scalar run-config field ({p.where}: {p.rule})",
                                 "address a leaf field, e.g. phase1.alpha",
+                            )
+                        )
+                    else:  # a rule that ties the value to another field
+                        problems.append(
+                            Problem(
+                                where,
+                                value,
+                                f"each bound/choice must fit the rest of the config: with {dotted} = {value!r}, {p.where}: {p.rule}",
+                                f"narrow the range, or set {p.where} (in overrides) so that every value fits",
                             )
                         )
                 break

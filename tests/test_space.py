@@ -241,7 +241,8 @@ def test_the_searched_space_samples_phase1_only_parameters_only_when_phase1_runs
         "data.labelled_text_for_lm": {"type": "categorical", "choices": [True, False]},
         "phase2.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
     }
-    space = ConditionalSpace(load_space(_space(tmp_path, params)))
+    config = {"model": {"name_or_path": "m"}, "data": {"train": "t.csv", "unlabelled": ["u.csv"]}}
+    space = ConditionalSpace(load_space(_space(tmp_path, params, config=config)))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda trial: space(trial) or 0.0, n_trials=20)
     for trial in study.trials:
@@ -282,3 +283,141 @@ def test_a_mode_against_the_metric_is_refused_with_the_fix(tmp_path):
     problem = _problems(_space(tmp_path, search={"metric": "loss", "mode": "max"}))["search.mode"]
     assert problem.value == "max" and "lower loss is better" in problem.rule
     assert "search.mode: min" in problem.fix
+
+
+def _leaf_fields(model, prefix=""):
+    """Every scalar field of a pydantic model, by dotted path (nested models followed)."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from _leaf_fields(kind, f"{prefix}{name}.")
+        elif name not in ("ner", "qa", "generation"):
+            yield f"{prefix}{name}"
+
+
+def test_every_run_config_field_is_either_honoured_per_trial_or_refused_with_a_reason():
+    """A field nobody classified would be silently ignored by a trial (or silently honoured):
+    each one is in the table of what a trial honours, or refused with its own reason."""
+    from sft_tune.config import RunConfig
+    from sft_tune.space import NOT_SEARCHABLE, searched_by
+    from sft_tune.tasks import TASKS
+
+    for task, files in TASKS.items():
+        fields = list(_leaf_fields(RunConfig))
+        if files.options is not None:
+            fields += [f"data.{files.options.section}.{f}" for f in files.options.model_fields]
+        for dotted in fields:
+            kind, refused = searched_by(dotted, task)
+            assert (kind is None) != (refused is None), dotted
+            assert refused is None or "does not know" not in refused, dotted
+    assert set(NOT_SEARCHABLE) <= set(_leaf_fields(RunConfig))
+
+
+@pytest.mark.parametrize(
+    "dotted, choices, reason",
+    [
+        ("data.train", ["a.csv", "b.csv"], "cannot be compared"),
+        ("model.task", ["classification", "ner"], "one sweep searches one task"),
+        ("output_dir", ["a", "b"], "changes nothing a fold scores"),
+        ("data.text_column", ["text", "body"], "another reading of the same files"),
+        ("data.ner.tags_column", ["tags", "labels"], "decides how the files are read"),
+    ],
+)
+def test_a_field_no_trial_would_honour_is_refused_with_the_reason(
+    tmp_path, dotted, choices, reason
+):
+    config = {"model": {"name_or_path": "m", "task": "ner"}, "data": {"train": "t.conll"}}
+    params = {dotted: {"type": "categorical", "choices": choices}}
+    problem = _problems(_space(tmp_path, params, config=config))[f"params.{dotted}"]
+    assert f"{dotted} cannot be searched" in problem.rule and reason in problem.rule
+    assert "overrides" in problem.fix
+
+
+def test_what_a_trial_honours_is_accepted_and_the_sweep_knows_which_fields_reencode(tmp_path):
+    config = {
+        "model": {"name_or_path": "m", "task": "ner"},
+        "data": {"train": "t.conll", "unlabelled": ["u.txt"]},
+    }
+    params = {"data.max_length": {"type": "categorical", "choices": [16, 64]}}
+    # The windows' overlap (data.stride 32) must stay below half of each searched length.
+    problem = _problems(_space(tmp_path, params, config=config))["params.data.max_length"]
+    assert problem.value == 16 and "with data.max_length = 16, data.stride" in problem.rule
+    config["data"]["stride"] = 4
+    params = {
+        "data.max_length": {"type": "categorical", "choices": [16, 64]},
+        "data.ner.label_subwords": {"type": "categorical", "choices": ["first", "all"]},
+        "phase1.alpha": {"type": "float", "low": 0, "high": 2},
+        "model.lm_objective": {"type": "categorical", "choices": ["auto", "masked"]},
+    }
+    sweep = load_space(_space(tmp_path, params, config=config))
+    assert sweep.reencoding_params() == ["data.max_length", "data.ner.label_subwords"]
+    assert sweep.reencodes() and sweep.checkpoint_configs() == []
+
+
+def test_the_validation_fraction_of_a_one_fold_search_is_refused(tmp_path):
+    params = {"data.validation_fraction": {"type": "float", "low": 0.1, "high": 0.3}}
+    problem = _problems(_space(tmp_path, params, search={"folds": 1}))[
+        "params.data.validation_fraction"
+    ]
+    assert "holdout split every trial is scored on" in problem.rule
+    assert load_space(_space(tmp_path, params, search={"folds": 3}))  # the inner split: honoured
+
+
+def test_a_two_phase_trial_without_lm_text_is_refused_up_front(tmp_path):
+    """No unlabelled file, and data.labelled_text_for_lm searched with false: that two-phase
+    trial would have no LM text at all (it looped forever in endless_batches)."""
+    params = {
+        "data.labelled_text_for_lm": {"type": "categorical", "choices": [True, False]},
+        "phase1.steps": {"type": "categorical", "choices": [0, 10]},
+    }
+    problem = _problems(_space(tmp_path, params))["params.data.labelled_text_for_lm"]
+    assert "no LM text for phase 1" in problem.rule and "data.unlabelled" in problem.fix
+    params["phase1.steps"] = {"type": "categorical", "choices": [0]}
+    assert load_space(_space(tmp_path, params))  # no trial runs phase 1
+
+
+def test_searched_checkpoints_are_judged_like_the_base_config_s_and_resolved(tmp_path, tiny_bert):
+    import shutil
+
+    shutil.copytree(tiny_bert, tmp_path / "local-bert")
+    config = {"model": {"name_or_path": str(tiny_bert)}, "data": {"train": "train.csv"}}
+    (tmp_path / "train.csv").write_text("text,label\na,b\n")
+    params = {
+        "model.name_or_path": {
+            "type": "categorical",
+            "choices": [str(tiny_bert), "local-bert", "./no-such-model"],
+        }
+    }
+    path = _space(tmp_path, params, config=config)
+    with pytest.raises(InputError) as caught:
+        load_space(path, check_inputs=True)
+    (problem,) = caught.value.problems
+    assert problem.where.startswith("params.model.name_or_path choice './no-such-model'")
+    params["model.name_or_path"]["choices"].pop()
+    sweep = load_space(_space(tmp_path, params, config=config), check_inputs=True)
+    assert sweep.params["model.name_or_path"].choices == [
+        str(tiny_bert),
+        str((tmp_path / "local-bert").resolve()),
+    ]
+    assert [c.model.name_or_path for c in sweep.checkpoint_configs()] == sweep.params[
+        "model.name_or_path"
+    ].choices
+
+
+def test_readme_lists_every_searchable_and_refused_field():
+    """README's Searchable fields table says what each field costs; it must name every field of
+    the tables `space.searched_by` reads, and every task's encoding options."""
+    from sft_tune.space import NOT_SEARCHABLE, SEARCHED_BY
+    from sft_tune.tasks import TASKS
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Searchable fields") : readme.index("How it runs:")]
+    for key in SEARCHED_BY:
+        assert f"`{key}*`" in section or f"`{key}`" in section, key
+    for key in NOT_SEARCHABLE:
+        assert f"`{key}`" in section or (key.endswith("_column") and "`data.*_column`" in section)
+    for files in TASKS.values():
+        for field in files.options.encoding_fields if files.options else ():
+            assert f"`data.{files.options.section}.{field}`" in section

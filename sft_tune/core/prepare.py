@@ -4,7 +4,10 @@ written another way)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import pickle
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +84,8 @@ class PreparedData:
     # unlabelled texts read, those dropped as copies of test texts, and per split those dropped
     # as copies of its held-out texts (None without LM texts)
     lm_counts: dict[str, Any] | None = None
+    key: str = ""  # `encoding_key` of the config it was encoded for
+    digest: str = ""  # a hash of the encoded labelled set: the same digest, the same encoding
 
     def lm_ids(
         self, split: int, include_labelled: bool, also_held: Sequence[int] = ()
@@ -182,6 +187,23 @@ def prepare_data(
     return encode_data(config, task, raw, splits, lm, with_test)
 
 
+def encoding_key(config: RunConfig, task) -> str:
+    """Everything besides the files that `encode_data` reads of a config: the checkpoint (its
+    tokenizer), the lengths and the task's encoding options. Configs with one key share one
+    encoding (a sweep encodes each distinct key once)."""
+    options = task.options
+    return json.dumps(
+        {
+            "model": [config.model.name_or_path, config.model.gguf_file],
+            "task": task.name,
+            "max_length": config.data.max_length,
+            "stride": config.data.stride,
+            "options": getattr(config.data, options.section) if options is not None else None,
+        },
+        sort_keys=True,
+    )
+
+
 @dataclass(frozen=True)
 class Splits:
     """The labelled set's splits (k folds, or one holdout) and what inner splits need: one
@@ -261,6 +283,8 @@ def encode_data(
         coverage,
         forms,
         counts,
+        encoding_key(config, task),
+        hashlib.blake2b(pickle.dumps(labelled), digest_size=8).hexdigest(),
     )
 
 

@@ -32,6 +32,7 @@ from sft_tune.core import data as data_module
 from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf16
 from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.core.prepare import PreparedData
+from sft_tune.sweep.encodings import SharedData
 from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
 from sft_tune.tasks import get_task
 
@@ -56,10 +57,15 @@ class ProcessCache:
         self._model: tuple[str, Any, dict[str, Any]] | None = None
         self.model_loads = 0  # from_pretrained calls in this process (tests, bench)
 
-    def data(self, ref) -> PreparedData:
+    def data(self, shared: SharedData, config: RunConfig, task) -> PreparedData:
+        """The encoded data of this config (`SharedData`: the driver's encodings, or the one the
+        sweep's encoding store makes for it), mapped from the object store once per process
+        until a trial needs another encoding."""
         import ray
 
+        ref = shared.ref(config, task)
         if self._data is None or self._data[0] != ref.hex():
+            self._data = None  # let the previous encoding go before the next one maps
             self._data = (ref.hex(), ray.get(ref))
         return self._data[1]
 
@@ -185,10 +191,11 @@ class TrialPlace:
 def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACHE) -> None:
     """All folds of one trial (from the first one not in its checkpoint), one report per fold.
 
-    `job` is what the trainable hands every place: the run config, the shared data's ref, the
-    metric, the trial id, the event log's path and the fault hook."""
+    `job` is what the trainable hands every place: the run config, where its encoded data is
+    (`SharedData`), the metric, the trial id, the event log's path and the fault hook."""
     config = RunConfig.model_validate(job["run_config"])
-    data = cache.data(job["data_ref"][0])
+    passes = data_module.TOKENIZATION_PASSES
+    data = cache.data(job["data"], config, get_task(config.model.task))
     saved = place.saved() or {"scores": [], "metrics": None}
     scores = saved["scores"]
     if len(scores) >= len(data.splits) or (saved["metrics"] or {}).get("diverged"):
@@ -217,7 +224,9 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
             "fold_score": scores[-1],
             **fold_summary(scores),
             **_flat(summary),
-            "worker_tokenization_passes": data_module.TOKENIZATION_PASSES,
+            # this trial's own (a reused actor's count goes on from trial to trial)
+            "worker_tokenization_passes": data_module.TOKENIZATION_PASSES - passes,
+            "encoding": data.digest,
             "process_model_loads": cache.model_loads,
             "pid": os.getpid(),
         }

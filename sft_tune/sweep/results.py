@@ -117,6 +117,7 @@ class Trial:
     finished_after_stop: bool = False  # stopped by the scheduler, then finished before selection
     diverged_at: str | None = None  # DIVERGED: the first NaN or infinite loss or score
     worker_tokenization_passes: int = 0
+    encoding: str | None = None  # digest of the encoded labelled data its folds trained on
     process_model_loads: int = (
         0  # model loads in the process that ran its last fold (1 in a reused actor)
     )
@@ -196,6 +197,7 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 checkpoint=fold_checkpoint(result.path, metrics),
                 diverged_at=metrics.get("diverged_at"),
                 worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
+                encoding=metrics.get("encoding"),
                 process_model_loads=metrics.get("process_model_loads", 0),
             )
         )
@@ -381,6 +383,7 @@ def summarize(
     trials: list[Trial],
     tokenization_passes: int,
     lm_data: dict[str, Any] | None = None,
+    encodings: int = 1,
 ) -> SweepResult:
     """Best configuration, verdict and sweep summary of the trials, written to the sweep folder."""
     from sft_tune.sweep.searcher import optuna_states  # imports Ray Tune: only when a sweep ends
@@ -401,6 +404,7 @@ def summarize(
         "complete": complete,
         "trials": len(trials),
         "tokenization_passes": passes,
+        "encodings": encodings,
         "lm_data": lm_data,
         "optuna_states": states,
         "statuses": {s.value: sum(t.status is s for t in trials) for s in Status},
@@ -425,6 +429,7 @@ def _write_trials(folder: SweepFolder, trials: list[Trial]) -> None:
         "finished_after_stop",
         "error",
         "diverged_at",
+        "encoding",
     ] + sorted({k for r in rows for k in r if k.startswith("param:")})
     with open(folder.file(folder.TRIALS_CSV), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -15,11 +15,15 @@ import logging
 import os
 from pathlib import Path
 
-from sft_tune.errors import fail
+from sft_tune.core import data as data_module
+from sft_tune.core.files import RawData
+from sft_tune.core.prepare import PreparedData, Splits, encoding_key
+from sft_tune.errors import InputError, Problem, fail
 from sft_tune.space import Sweep
 from sft_tune.sweep.checks import CheckedSweep, check_search
 from sft_tune.sweep.cluster import concurrency, start_ray
 from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
+from sft_tune.sweep.encodings import SharedData, start_store
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import (
     Status,
@@ -31,6 +35,7 @@ from sft_tune.sweep.results import (
     summarize,
 )
 from sft_tune.sweep.searcher import close_orphans, record_finished
+from sft_tune.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +54,6 @@ def run_search(
     import ray
     from ray import tune
 
-    from sft_tune.core.prepare import prepare_data
-    from sft_tune.tasks import get_task
-
     checked = checked or check_search(space_path, resume, address)
     sweep, folder, address = checked.sweep, checked.folder, checked.address
     if checked.resume and not tune.Tuner.can_restore(folder.experiment):
@@ -63,16 +65,10 @@ def run_search(
         )
     if checked.resume and (was := folder.moved_from()) is not None:
         log.info("sweep folder moved from %s; resuming it at %s", was, folder.path)
-    # LM texts are read (by the checks) and tokenized only when some trial can run phase 1.
-    lm = "two-phase" in sweep.arms()
-    data = prepare_data(
-        sweep.base_config,
-        get_task(sweep.base_config.model.task),
-        sweep.search.folds,
-        sweep.search.seed,
-        lm=lm,
-        raw=checked.data,
-    )
+    before = data_module.TOKENIZATION_PASSES
+    encoded = encode_checkpoints(sweep, checked.data)
+    data = encoded[0]
+    driver_passes = data_module.TOKENIZATION_PASSES - before
     folder.path.mkdir(parents=True, exist_ok=True)
     with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
         started = start_ray(sweep, address)
@@ -84,31 +80,79 @@ def run_search(
             print(
                 f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
                 f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})\n"
-                f"tokenizer coverage: unknown tokens are {unknown}" + _lm_line(data),
+                f"tokenizer coverage: unknown tokens are {unknown}"
+                + _lm_line(data)
+                + _encoding_line(sweep, encoded),
                 file=terminal,
                 flush=True,
             )
+            shared = share_encodings(sweep, checked.data, encoded)
             trials = _search(
                 sweep,
                 folder,
-                ray.put(data),
+                shared,
                 checked.resume,
                 use_wandb,
                 terminal,
                 remote=bool(address or os.environ.get("RAY_ADDRESS")),
             )
+            made = ray.get(shared.store.stats.remote()) if shared.store is not None else None
+            encodings = len(encoded) + (len(made["encodings"]) if made else 0)
+            passes = driver_passes + (made["tokenization_passes"] if made else 0)
             return summarize(
-                sweep, folder, trials, data.tokenization_passes, data.lm_summary("fold")
+                sweep, folder, trials, passes, data.lm_summary("fold"), encodings=encodings
             )
         finally:
             if started:
                 ray.shutdown()
 
 
+def encode_checkpoints(sweep: Sweep, raw: RawData) -> list[PreparedData]:
+    """Before Ray starts: the base config's data split and encoded, then (over the same splits)
+    that of every checkpoint the space searches, so a checkpoint whose tokenizer cannot read the
+    data is refused before any trial. LM texts are tokenized only when some trial can run phase
+    1. The base config's encoding comes first."""
+    from sft_tune.core.prepare import encode_data, prepare_data
+
+    config = sweep.base_config
+    task = get_task(config.model.task)
+    lm = "two-phase" in sweep.arms()
+    base = prepare_data(config, task, sweep.search.folds, sweep.search.seed, lm=lm, raw=raw)
+    encoded = {base.key: base}
+    splits = Splits(base.splits, base.strata, base.groups)
+    problems = []
+    for other in sweep.checkpoint_configs():
+        if encoding_key(other, task) in encoded:
+            continue
+        try:
+            prepared = encode_data(other, task, raw, splits, lm)
+        except InputError as err:
+            problems += [Problem(f"params.{p.where}", p.value, p.rule, p.fix) for p in err.problems]
+            continue
+        encoded[prepared.key] = prepared
+    if problems:
+        raise InputError(
+            problems, title=f"{sweep.source}: a searched checkpoint cannot read the data"
+        )
+    return list(encoded.values())
+
+
+def share_encodings(sweep: Sweep, raw: RawData, encoded: list[PreparedData]) -> SharedData:
+    """The encodings in the object store, and the store that makes the others when the space
+    searches a field that changes the encoding."""
+    import ray
+
+    refs = {prepared.key: [ray.put(prepared)] for prepared in encoded}
+    store = None
+    if sweep.reencodes():
+        store = start_store(raw, refs[encoded[0].key][0], refs)
+    return SharedData(refs, store)
+
+
 def _search(
     sweep: Sweep,
     folder: SweepFolder,
-    data_ref,
+    data: SharedData,
     restoring: bool,
     use_wandb: bool,
     terminal,
@@ -146,7 +190,7 @@ def _search(
             make_tuner(
                 sweep,
                 folder,
-                shared_inputs(sweep, folder, data_ref),
+                shared_inputs(sweep, folder, data),
                 list(callbacks),
                 restoring,
                 at_once,
@@ -169,7 +213,7 @@ def _search(
             tuner = make_finishing_tuner(
                 sweep,
                 folder,
-                shared_inputs(sweep, folder, data_ref, finish),
+                shared_inputs(sweep, folder, data, finish),
                 list(callbacks),
                 list(finish),
                 at_once,
@@ -215,4 +259,16 @@ def _lm_line(data) -> str:
         f"\nLM data: {counts['unlabelled_texts']} unlabelled texts; left out as copies (compared "
         f"case-, width- and space-blind) of test texts: {counts['dropped_as_copies_of_test_texts']}, "
         f"of each fold's held-out texts: {per_fold}"
+    )
+
+
+def _encoding_line(sweep: Sweep, encoded: list[PreparedData]) -> str:
+    """The sweep header's line on the encodings: those made before the search, and the searched
+    fields that make more (once per distinct value, by the sweep's encoding store)."""
+    fields = sweep.reencoding_params()
+    if not fields:
+        return ""
+    return (
+        f"\nencodings: {len(encoded)} made before the search; the searched {', '.join(fields)} "
+        "encode the data again once per distinct value"
     )

@@ -21,6 +21,7 @@ from ray import tune
 from sft_tune.runconfig import parse_config
 from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
+from sft_tune.sweep.encodings import SharedData
 from sft_tune.sweep.folder import (
     FINISH_EXPERIMENT,
     FINISH_KEY,
@@ -52,7 +53,7 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
     job = {
         "trial_id": trial_id,
         "run_config": parse_config(with_params(shared["base"], params)).model_dump(mode="json"),
-        "data_ref": shared["data_ref"],
+        "data": shared["data"],
         "metric": shared["metric"],
         "event_log": shared["event_log"],
         "fault_file": shared["fault_file"],
@@ -137,14 +138,14 @@ class TrialEvents(tune.Callback):
 
 
 def shared_inputs(
-    sweep: Sweep, folder: SweepFolder, data_ref, finish: dict[str, dict] | None = None
+    sweep: Sweep, folder: SweepFolder, data: SharedData, finish: dict[str, dict] | None = None
 ) -> dict[str, Any]:
     """What every trial of the sweep gets (through `tune.with_parameters`, in the object store)."""
     return {
         "base": sweep.base,
         "resources": sweep.search.resources.model_dump(),
         "metric": sweep.search.metric,
-        "data_ref": [data_ref],
+        "data": data,
         "train_storage": folder.train_storage,
         "event_log": str(folder.file(folder.EVENTS)),
         "fault_file": os.environ.get(FAULT_FILE_ENV),
@@ -204,9 +205,9 @@ def settle_ended_trials(
     state (which then holds them as running, or as failed when their process died after the last
     fold): marked TERMINATED there, with the result of their last fold checkpoint, so that
     `Tuner.restore` does not launch them again. Ended = every fold in its checkpoint, or an end
-    event (complete, or stopped by the scheduler) in events.jsonl. Returns their ids. A sweep
-    whose state is on URI storage is left as it is (Tune relaunches such a trial, which then
-    replays its saved result without training)."""
+    event (complete, stopped by the scheduler, or diverged) in events.jsonl. Returns their ids.
+    A sweep whose state is on URI storage is left as it is (Tune relaunches such a trial, which
+    then replays its saved result without training)."""
     root = Path(experiment or folder.experiment)
     states = sorted(root.glob("experiment_state-*.json")) if "://" not in str(root) else []
     if not states:
@@ -223,7 +224,7 @@ def settle_ended_trials(
         key = config.get(FINISH_KEY) or trial["trial_id"]
         saved = _last_fold_state(root / trial.get("relative_logdir", ""))
         complete = saved is not None and len(saved["scores"]) >= folds
-        if not complete and ended.get(key) not in ("COMPLETE", "STOPPED"):
+        if not complete and ended.get(key) not in ("COMPLETE", "STOPPED", "DIVERGED"):
             continue
         trial["status"] = "TERMINATED"
         if saved is not None:

@@ -30,6 +30,9 @@ class GenerationOptions(TaskOptions):
     """How prompt->response files are read and rendered (task: generation)."""
 
     section = "generation"
+    # What a search may vary per trial (the data is encoded again for each value); the other
+    # fields decide how the files are read, which a sweep keeps fixed.
+    encoding_fields = ("chat_template", "max_new_tokens")
 
     prompt_column: str = Field("prompt", description="Column with the prompt text.")
     response_column: str = Field(

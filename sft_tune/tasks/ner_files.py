@@ -77,6 +77,9 @@ class NerOptions(TaskOptions):
     """How token-classification (NER) files are read, labelled and scored."""
 
     section = "ner"
+    # What a search may vary per trial (the data is encoded again for each value); the other
+    # fields decide how the files are read, which a sweep keeps fixed.
+    encoding_fields = ("label_subwords",)
 
     tokens_column: str = Field(
         "tokens", description="JSONL/Parquet column with the list of words of a sentence."

@@ -43,6 +43,9 @@ class QaOptions(TaskOptions):
     """How extractive-QA files are read and answers decoded."""
 
     section = "qa"
+    # What a search may vary per trial (the data is encoded again for each value); the other
+    # fields decide how the files are read, which a sweep keeps fixed.
+    encoding_fields = ("max_answer_length", "n_best")
 
     question_column: str = Field("question", description="JSONL/Parquet column with the question.")
     context_column: str = Field(

@@ -407,3 +407,177 @@ def test_folds_are_stratified(tmp_path):
     folds = make_folds(strata, None, 5, seed=0, path=tmp_path / "t.csv")
     for _, held in folds:
         assert [strata[i] for i in held].count("b") == 2
+
+
+def _space_searching(tmp_path, tiny_bert, files, name, params, points, **search):
+    """search_spaces/tiny.yaml with these searched params and initial points."""
+    space = write_space(
+        tmp_path,
+        tiny_bert,
+        files,
+        name,
+        num_trials=len(points),
+        folds=2,
+        scheduler="none",
+        initial_points=points,
+        **search,
+    )
+    raw = yaml.safe_load(space.read_text())
+    raw["params"] = params
+    space.write_text(yaml.safe_dump(raw))
+    return space
+
+
+def test_a_searched_max_length_is_honoured_per_trial_and_encoded_once_per_value(
+    tmp_path, tiny_bert, toy_files
+):
+    """data.max_length over [8, 32]: each trial trains on the encoding of its own value (the
+    sweep encoded once from the base config, so every trial trained on 32), and the sweep encodes
+    each value once however many trials sample it: labelled + LM texts, 2 passes a value."""
+    from sft_tune.core.files import read_data
+    from sft_tune.core.prepare import encode_data, split_data
+    from sft_tune.space import load_space
+
+    params = {
+        "data.max_length": {"type": "categorical", "choices": [8, 32]},
+        "phase2.learning_rate": {"type": "categorical", "choices": [0.003, 0.01]},
+    }
+    points = [
+        {"data.max_length": 8, "phase2.learning_rate": 0.01},
+        {"data.max_length": 32, "phase2.learning_rate": 0.01},
+        {"data.max_length": 8, "phase2.learning_rate": 0.003},
+    ]
+    space = _space_searching(tmp_path, tiny_bert, toy_files, "lengths", params, points)
+    result = run_search(space, use_wandb=False)
+    assert [t.status for t in result.trials] == ["COMPLETE"] * 3
+    by_length = {}
+    for trial in result.trials:
+        by_length.setdefault(trial.params["data.max_length"], set()).add(trial.encoding)
+    assert len(by_length[8]) == 1 and by_length[8] != by_length[32]
+    sweep = load_space(space)
+    task = get_task("classification")
+    raw = read_data(sweep.base_config, task, lm=True)
+    splits = split_data(sweep.base_config, task, raw, 2, sweep.search.seed)
+    for length, digests in by_length.items():
+        config = sweep.base_config.model_copy(
+            update={"data": sweep.base_config.data.model_copy(update={"max_length": length})}
+        )
+        assert digests == {encode_data(config, task, raw, splits, lm=True).digest}
+    summary = json.loads((result.sweep_dir / "summary.json").read_text())
+    assert summary["encodings"] == 2 and summary["tokenization_passes"] == 4
+    assert all(t.worker_tokenization_passes == 0 for t in result.trials)
+
+
+def test_the_encoding_store_encodes_each_key_once_and_maps_it_everywhere(
+    ray_session, tmp_path, tiny_bert, toy_files
+):
+    import ray
+
+    from sft_tune.core.files import read_data
+    from sft_tune.space import load_space
+    from sft_tune.sweep.encodings import SharedData, start_store
+
+    sweep = load_space(write_space(tmp_path, tiny_bert, toy_files, "store"))
+    task = get_task("classification")
+    raw = read_data(sweep.base_config, task, lm=True)
+    base = prepare_data(sweep.base_config, task, 2, 0, lm=True, raw=raw)
+    refs = {base.key: [ray.put(base)]}
+    shared = SharedData(refs, start_store(raw, refs[base.key][0], refs))
+    short = sweep.base_config.model_copy(
+        update={"data": sweep.base_config.data.model_copy(update={"max_length": 8})}
+    )
+    assert shared.ref(sweep.base_config, task) == refs[base.key][0]
+    first, again = shared.ref(short, task), shared.ref(short, task)
+    assert first == again and first != refs[base.key][0]
+    data = ray.get(first)
+    assert data.splits == base.splits and data.key != base.key
+    assert max(len(data.unlabelled[i]) for i in range(len(data.unlabelled))) <= 8
+    assert max(len(ids) for ids in data.labelled.input_ids) <= 8
+    assert not data.unlabelled.flat.flags.writeable  # mapped from the object store
+    stats = ray.get(shared.store.stats.remote())
+    assert len(stats["encodings"]) == 1 and stats["tokenization_passes"] == 2
+
+
+def test_a_sweep_searches_two_checkpoints_with_different_vocabularies(
+    tmp_path, tiny_bert, toy_files
+):
+    """Each trial loads its own checkpoint and trains on token ids of its own tokenizer (the
+    sweep fed every trial the base tokenizer's ids). Both checkpoints are encoded before Ray
+    starts (a tokenizer that cannot read the data is refused there)."""
+    from conftest import _vocabulary, save_tiny_bert
+
+    from sft_tune.core.files import read_data
+    from sft_tune.core.prepare import encode_data, split_data
+    from sft_tune.space import load_space
+
+    vocab = _vocabulary()  # specials, the toy words, a-z, punctuation
+    letters = set("abcdefghijklmnopqrstuvwxyz")
+    # Other ids for the same words, and a smaller vocabulary (no single letters).
+    other = save_tiny_bert(
+        tmp_path / "other-bert",
+        vocab[:5] + sorted((w for w in vocab[5:] if w not in letters), reverse=True),
+    )
+    params = {
+        "model.name_or_path": {"type": "categorical", "choices": [str(tiny_bert), "other-bert"]}
+    }
+    points = [{"model.name_or_path": str(tiny_bert)}, {"model.name_or_path": "other-bert"}]
+    space = _space_searching(tmp_path, tiny_bert, toy_files, "models", params, points)
+    raw = yaml.safe_load(space.read_text())
+    raw["base"] = None
+    space.write_text(yaml.safe_dump(raw))  # "other-bert" is relative to the space's folder
+    result = run_search(space, use_wandb=False)
+    assert [t.status for t in result.trials] == ["COMPLETE", "COMPLETE"]
+    sweep = load_space(space)
+    assert sweep.params["model.name_or_path"].choices == [str(tiny_bert), str(other)]
+    task = get_task("classification")
+    data = read_data(sweep.base_config, task, lm=True)
+    splits = split_data(sweep.base_config, task, data, 2, sweep.search.seed)
+    for trial in result.trials:
+        path = trial.params["model.name_or_path"]
+        config = sweep.base_config.model_copy(
+            update={"model": sweep.base_config.model.model_copy(update={"name_or_path": path})}
+        )
+        assert trial.encoding == encode_data(config, task, data, splits, lm=True).digest
+    assert result.trials[0].encoding != result.trials[1].encoding
+    summary = json.loads((result.sweep_dir / "summary.json").read_text())
+    assert summary["encodings"] == 2
+
+
+def test_a_diverging_trial_ends_diverged_is_failed_in_the_study_and_never_chosen(
+    tmp_path, tiny_bert, toy_files
+):
+    """A learning rate of 1 without clipping makes the loss NaN within a few steps: that trial
+    ends DIVERGED after its first fold (not trained on), FAIL in the study, and the best is the
+    finite trial."""
+    params = {
+        "phase2.learning_rate": {"type": "categorical", "choices": [0.01, 1.0]},
+        "optimizer.beta2": {"type": "categorical", "choices": [0.0, 0.999]},
+    }
+    points = [
+        {"phase2.learning_rate": 1.0, "optimizer.beta2": 0.0},
+        {"phase2.learning_rate": 0.01, "optimizer.beta2": 0.999},
+    ]
+    space = _space_searching(tmp_path, tiny_bert, toy_files, "diverge", params, points)
+    raw = yaml.safe_load(space.read_text())
+    raw["config"]["phase1"]["steps"] = 0
+    raw["config"]["phase2"]["epochs"] = 3
+    raw["config"]["optimizer"].update(max_grad_norm=0.0, eps=1e-30)
+    space.write_text(yaml.safe_dump(raw))
+    result = run_search(space)
+    by_lr = {t.params["phase2.learning_rate"]: t for t in result.trials}
+    diverged, finite = by_lr[1.0], by_lr[0.01]
+    assert diverged.status == "DIVERGED" and diverged.folds_done == 1
+    assert diverged.diverged_at.startswith("phase 2 step")
+    assert finite.status == "COMPLETE"
+    best = json.loads((result.sweep_dir / "best.json").read_text())
+    assert best["trial_id"] == finite.trial_id
+    study = optuna.load_study(
+        study_name="diverge", storage=f"sqlite:///{result.sweep_dir / 'study.db'}"
+    )
+    states = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert states[diverged.trial_id].state.name == "FAIL"
+    assert states[diverged.trial_id].user_attrs["diverged"] == diverged.diverged_at
+    rows = {r["trial_id"]: r for r in json.loads((result.sweep_dir / "trials.json").read_text())}
+    assert rows[diverged.trial_id]["status"] == "DIVERGED"
+    runs = {run.summary.get("status") for run in read_runs(result.sweep_dir / "wandb")}
+    assert "DIVERGED" in runs

@@ -579,6 +579,25 @@ def test_shipped_ner_space_loads():
 
 
 @pytest.mark.ray
+def _sweep_config(model, tmp_path, epochs):
+    """A toy CoNLL training file (8 documents) and an unlabelled pool, and a run config over them
+    for a sweep (the folds validate: no validation split)."""
+    train_file = toy_conll(tmp_path / "train.conll", 8, seed=5)
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text(
+        "".join(json.dumps({"text": f"the city bus was late {word} ."}) + "\n" for word in FILLER)
+    )
+    config = _ner_config(
+        model,
+        train_file,
+        tmp_path / "unused",
+        data={"unlabelled": [str(unlabelled)], "validation_fraction": 0.0},
+        phase1={"steps": 2},
+        phase2={"epochs": epochs},
+    )
+    return train_file, config
+
+
 def test_search_keeps_documents_whole_and_select_exports(
     wordpiece_bert, tmp_path, ray_session, monkeypatch
 ):
@@ -588,19 +607,7 @@ def test_search_keeps_documents_whole_and_select_exports(
     from sft_tune.select import select_best
     from sft_tune.sweep.run import run_search
 
-    train_file = toy_conll(tmp_path / "train.conll", 8, seed=5)
-    unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text(
-        "".join(json.dumps({"text": f"the city bus was late {word} ."}) + "\n" for word in FILLER)
-    )
-    config = _ner_config(
-        wordpiece_bert,
-        train_file,
-        tmp_path / "unused",
-        data={"unlabelled": [str(unlabelled)], "validation_fraction": 0.0},
-        phase1={"steps": 2},
-        phase2={"epochs": 4},
-    )
+    train_file, config = _sweep_config(wordpiece_bert, tmp_path, epochs=4)
     space = {
         "config": config,
         "params": {
@@ -640,3 +647,58 @@ def test_search_keeps_documents_whole_and_select_exports(
     selected = select_best(result.sweep_dir, use_wandb=False, progress=False)
     model = AutoModelForTokenClassification.from_pretrained(selected["model_dir"])
     assert model.config.num_labels == 7 and selected["metric"] == "f1"
+
+
+def test_the_shipped_ner_space_really_searches_label_subwords(
+    wordpiece_bert, tmp_path, ray_session
+):
+    """search_spaces/ner.yaml searches data.ner.label_subwords: two trials that differ only in
+    it train on different encodings (the sweep encoded the labelled data once from the base
+    config, so every trial trained on `first` whatever it sampled), each the one `encode_data`
+    makes for its value, and the store made the second one once."""
+    from sft_tune.core.files import read_data
+    from sft_tune.core.prepare import encode_data, split_data
+    from sft_tune.runconfig import parse_config
+    from sft_tune.space import load_space
+    from sft_tune.sweep.run import run_search
+
+    shipped = yaml.safe_load((ROOT / "search_spaces" / "ner.yaml").read_text())
+    assert "data.ner.label_subwords" in shipped["params"]
+    _, config = _sweep_config(wordpiece_bert, tmp_path, epochs=1)
+    point = {"phase1.alpha": 1.0, "phase1.learning_rate": 3e-4, "phase2.learning_rate": 1e-3}
+    point.update({"phase1.steps": 10, "phase2.epochs": 4})
+    space = {
+        "config": config,
+        "params": shipped["params"],
+        "search": {
+            **shipped["search"],
+            "name": "ner-subwords",
+            "num_trials": 2,
+            "folds": 2,
+            "scheduler": "none",
+            "storage_path": str(tmp_path / "sweeps"),
+            "initial_points": [
+                {**point, "data.ner.label_subwords": "first"},
+                {**point, "data.ner.label_subwords": "all"},
+            ],
+        },
+    }
+    path = tmp_path / "ner-space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = run_search(path, use_wandb=False)
+    by_value = {t.params["data.ner.label_subwords"]: t for t in result.trials}
+    assert set(by_value) == {"first", "all"}
+    assert all(t.status == "COMPLETE" for t in result.trials)
+    assert by_value["first"].encoding != by_value["all"].encoding
+
+    sweep = load_space(path)
+    raw = read_data(sweep.base_config, get_task("ner"), lm=True)
+    splits = split_data(sweep.base_config, get_task("ner"), raw, 2, sweep.search.seed)
+    for value, trial in by_value.items():
+        trial_config = parse_config(
+            {**config, "data": {**config["data"], "ner": {"label_subwords": value}}}
+        )
+        expected = encode_data(trial_config, get_task("ner"), raw, splits, lm=True)
+        assert trial.encoding == expected.digest
+    summary = json.loads((result.sweep_dir / "summary.json").read_text())
+    assert summary["encodings"] == 2
