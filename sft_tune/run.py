@@ -29,6 +29,8 @@ def train(
     `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns
     the metrics. `raw`: the data files already read and checked (`runconfig.load_run`)."""
     task = get_task(config.model.task)
+    # The device and precision first: bf16 on a GPU without it is refused before any work.
+    rt = runtime_for(config, **({"report": report} if report else {}), progress=progress)
     prepared = prepare_data(config, task, with_test=True, raw=raw)
     data = prepared.fit_data(0, config, evaluate_held_out=True)
     log.info(
@@ -43,7 +45,6 @@ def train(
     model = load_model(
         config.model, task, prepared.label_names, tokenizer, lm_head=config.phase1.steps > 0
     )
-    rt = runtime_for(config, **({"report": report} if report else {}), progress=progress)
     model.to(rt.device)
     result = fit(model, task, data, config, tokenizer, rt)
 
