@@ -164,14 +164,27 @@ def new_fold(result: dict[str, Any]) -> bool:
     return "fold" in result and not result.get(REPLAYED)
 
 
-def fold_checkpoint(trial_path: str | None, metrics: dict[str, Any]) -> str | None:
+def fold_checkpoint(
+    trial_path: str | None, metrics: dict[str, Any], storage_path: str = ""
+) -> str | None:
     """Where a trial's last fold checkpoint is: the Train checkpoint of a multi-worker trial (the
     `checkpoint_path` metric that Train's TuneReportCallback passes on), or the Tune checkpoint an
-    in-actor trial reported (`checkpoint_dir_name`, inside the trial's folder)."""
+    in-actor trial reported (`checkpoint_dir_name`, inside the trial's folder). On URI storage
+    (`storage_path` s3://...) Tune and Train give these paths without their scheme
+    ("bucket/prefix/..."), which no filesystem opens: the scheme is put back."""
     if metrics.get("checkpoint_path"):
-        return metrics["checkpoint_path"]
+        return with_scheme(metrics["checkpoint_path"], storage_path)
     name = metrics.get("checkpoint_dir_name")
-    return f"{trial_path}/{name}" if name and trial_path else None
+    return with_scheme(f"{trial_path}/{name}", storage_path) if name and trial_path else None
+
+
+def with_scheme(path: str, storage_path: str) -> str:
+    """`path` as a URI of the storage's filesystem when the storage is a URI and the path came
+    back without its scheme (Ray 2.60's `trial.path`, `Result.path`, Train's checkpoint path)."""
+    if "://" not in storage_path or "://" in path:
+        return path
+    scheme = storage_path.split("://", 1)[0]
+    return f"{scheme}://{path.lstrip('/')}"
 
 
 class EventLog:

@@ -194,7 +194,7 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 error=error_text(result.error, _traceback(result.path))
                 if status is Status.ERROR
                 else None,
-                checkpoint=fold_checkpoint(result.path, metrics),
+                checkpoint=fold_checkpoint(result.path, metrics, folder.storage_path),
                 diverged_at=metrics.get("diverged_at"),
                 worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
                 encoding=metrics.get("encoding"),

@@ -189,7 +189,10 @@ class WandbTrialCallback(tune.Callback):
     ) -> None:
         if new_fold(result):
             self._submit(
-                self._fold, self.trial_of(trial), fold_checkpoint(trial.path, result), dict(result)
+                self._fold,
+                self.trial_of(trial),
+                fold_checkpoint(trial.path, result, self.folder.storage_path),
+                dict(result),
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
