@@ -24,11 +24,11 @@ def _train(args: argparse.Namespace) -> int:
 
     metrics = train(config, progress=not args.no_progress, raw=data)
     print(json.dumps(metrics, indent=2, default=str))
-    print(f"{test_line(metrics.get('test'))}  (model: {metrics['model_dir']})")
+    print(f"{scores_on_test(metrics.get('test'))}  (model: {metrics['model_dir']})")
     return 0
 
 
-def test_line(test: dict | None) -> str:
+def scores_on_test(test: dict | None) -> str:
     """The test metrics in one line (the per-type ones left to the JSON), or that there was no
     test file to score."""
     if not test:
@@ -124,7 +124,7 @@ def _select(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2, default=str))
     print(
-        f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; {test_line(summary.get('test'))}"
+        f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; {scores_on_test(summary.get('test'))}"
         + f"\nmodel: {summary['model_dir']}"
     )
     return 0

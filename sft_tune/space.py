@@ -26,7 +26,7 @@ from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
 from sft_tune.core.files import RawData, data_names, data_problems
 from sft_tune.errors import InputError, Problem
 from sft_tune.runconfig import input_problems, parse_config, read_yaml, table_problems
-from sft_tune.tasks import task_files
+from sft_tune.tasks import TASKS, task_files
 
 
 class _Strict(BaseModel):
@@ -298,12 +298,6 @@ NOT_SEARCHABLE = {
     "log_every": f"{_NO_SCORE}: it is how often losses are logged",
     "device": "where trials run is search.resources (gpus_per_worker)",
 }
-COSTS = {
-    LOOP: "nothing extra: each trial's training loop reads it",
-    ENCODING: "the labelled and LM data are encoded again, once per distinct value in the sweep (cached by content)",
-    MODEL: "a model load per distinct value in each trial process",
-    CHECKPOINT: "per distinct checkpoint: its tokenizer, an encoding (once per sweep) and a model load in each trial process",
-}
 
 
 def searched_by(dotted: str, task: str) -> tuple[str | None, str | None]:
@@ -314,7 +308,10 @@ def searched_by(dotted: str, task: str) -> tuple[str | None, str | None]:
         if field in section.encoding_fields:
             return ENCODING, None
         return None, f"data.{section.section}.{field} decides how the files are read: {_OTHER_DATA}"
-    if dotted.startswith(("data.ner.", "data.qa.", "data.generation.")):
+    other_sections = tuple(
+        f"data.{files.options.section}." for files in TASKS.values() if files.options is not None
+    )
+    if dotted.startswith(other_sections):
         return None, f"{_NO_SCORE}: it is an option of another task than {task}"
     for key, kind in SEARCHED_BY.items():
         if dotted == key or (key.endswith(".") and dotted.startswith(key)):
@@ -613,10 +610,9 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
             )
         )
     else:
+        # A missing mode is the metric's own direction (`Sweep` fills it in).
         direction = task.metric_mode(search.metric)
-        if search.mode is None:
-            search.mode = direction
-        elif search.mode != direction:
+        if search.mode is not None and search.mode != direction:
             better = "lower" if direction == "min" else "higher"
             problems.append(
                 Problem(

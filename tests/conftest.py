@@ -226,6 +226,30 @@ def write_space(folder: Path, model: Path, files: dict[str, Path], name: str, **
     return path
 
 
+def arms_space(folder: Path, model: Path, files: dict[str, Path], name: str) -> Path:
+    """A space with both arms, 3 folds and ASHA: a good plain fine-tune first, then a weak
+    two-phase trial that ASHA stops after its first fold and the sweep then finishes (the only
+    trial of its arm)."""
+    plain = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
+    weak = {
+        "phase1.alpha": 1.0,
+        "phase1.learning_rate": 1e-3,
+        "phase2.learning_rate": 1e-3,
+        "phase1.steps": 2,
+        "phase2.epochs": 1,
+    }
+    return write_space(
+        folder,
+        model,
+        files,
+        name,
+        num_trials=2,
+        folds=3,
+        scheduler="asha",
+        initial_points=[plain, weak],
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray for the sweeps of a test module (starting Ray costs seconds each time)."""

@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import toy_rows, write_csv, write_space
+from conftest import arms_space, toy_rows, write_csv, write_space
 from wandb_records import read_runs
 
 from sft_tune.core.prepare import PreparedData, prepare_data
@@ -132,24 +132,7 @@ def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_t
     """ASHA stops the weak two-phase trial after its first fold. It is the best (only) trial of
     its arm, so the sweep finishes it from its fold checkpoint before choosing: the verdict then
     compares a complete trial of each arm. The plain trial samples no phase-1-only parameter."""
-    plain = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
-    weak = {
-        "phase1.alpha": 1.0,
-        "phase1.learning_rate": 1e-3,
-        "phase2.learning_rate": 1e-3,
-        "phase1.steps": 2,
-        "phase2.epochs": 1,
-    }
-    space = write_space(
-        tmp_path,
-        tiny_bert,
-        toy_files,
-        "arms",
-        num_trials=2,
-        folds=3,
-        scheduler="asha",
-        initial_points=[plain, weak],
-    )
+    space = arms_space(tmp_path, tiny_bert, toy_files, "arms")
     result = run_search(space)
     by_steps = {t.params["phase1.steps"]: t for t in result.trials}
     first, finished = by_steps[0], by_steps[2]
@@ -428,14 +411,25 @@ def _space_searching(tmp_path, tiny_bert, files, name, params, points, **search)
     return space
 
 
+def _digest(sweep, section: str, **changes) -> str:
+    """The digest of the encoding `encode_data` makes of the sweep's data (its 2 folds, LM texts)
+    for the base config with `changes` in `section` (what a trial with those values trains on)."""
+    from sft_tune.core.files import read_data
+    from sft_tune.core.prepare import encode_data, split_data
+
+    base, task = sweep.base_config, get_task("classification")
+    config = base.model_copy(update={section: getattr(base, section).model_copy(update=changes)})
+    raw = read_data(base, task, lm=True)
+    splits = split_data(base, task, raw, 2, sweep.search.seed)
+    return encode_data(config, task, raw, splits, lm=True).digest
+
+
 def test_a_searched_max_length_is_honoured_per_trial_and_encoded_once_per_value(
     tmp_path, tiny_bert, toy_files
 ):
     """data.max_length over [8, 32]: each trial trains on the encoding of its own value (the
     sweep encoded once from the base config, so every trial trained on 32), and the sweep encodes
     each value once however many trials sample it: labelled + LM texts, 2 passes a value."""
-    from sft_tune.core.files import read_data
-    from sft_tune.core.prepare import encode_data, split_data
     from sft_tune.space import load_space
 
     params = {
@@ -455,14 +449,8 @@ def test_a_searched_max_length_is_honoured_per_trial_and_encoded_once_per_value(
         by_length.setdefault(trial.params["data.max_length"], set()).add(trial.encoding)
     assert len(by_length[8]) == 1 and by_length[8] != by_length[32]
     sweep = load_space(space)
-    task = get_task("classification")
-    raw = read_data(sweep.base_config, task, lm=True)
-    splits = split_data(sweep.base_config, task, raw, 2, sweep.search.seed)
     for length, digests in by_length.items():
-        config = sweep.base_config.model_copy(
-            update={"data": sweep.base_config.data.model_copy(update={"max_length": length})}
-        )
-        assert digests == {encode_data(config, task, raw, splits, lm=True).digest}
+        assert digests == {_digest(sweep, "data", max_length=length)}
     summary = json.loads((result.sweep_dir / "summary.json").read_text())
     assert summary["encodings"] == 2 and summary["tokenization_passes"] == 4
     assert all(t.worker_tokenization_passes == 0 for t in result.trials)
@@ -506,8 +494,6 @@ def test_a_sweep_searches_two_checkpoints_with_different_vocabularies(
     starts (a tokenizer that cannot read the data is refused there)."""
     from conftest import _vocabulary, save_tiny_bert
 
-    from sft_tune.core.files import read_data
-    from sft_tune.core.prepare import encode_data, split_data
     from sft_tune.space import load_space
 
     vocab = _vocabulary()  # specials, the toy words, a-z, punctuation
@@ -529,15 +515,9 @@ def test_a_sweep_searches_two_checkpoints_with_different_vocabularies(
     assert [t.status for t in result.trials] == ["COMPLETE", "COMPLETE"]
     sweep = load_space(space)
     assert sweep.params["model.name_or_path"].choices == [str(tiny_bert), str(other)]
-    task = get_task("classification")
-    data = read_data(sweep.base_config, task, lm=True)
-    splits = split_data(sweep.base_config, task, data, 2, sweep.search.seed)
     for trial in result.trials:
         path = trial.params["model.name_or_path"]
-        config = sweep.base_config.model_copy(
-            update={"model": sweep.base_config.model.model_copy(update={"name_or_path": path})}
-        )
-        assert trial.encoding == encode_data(config, task, data, splits, lm=True).digest
+        assert trial.encoding == _digest(sweep, "model", name_or_path=path)
     assert result.trials[0].encoding != result.trials[1].encoding
     summary = json.loads((result.sweep_dir / "summary.json").read_text())
     assert summary["encodings"] == 2

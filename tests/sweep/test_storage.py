@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import write_space
+from conftest import arms_space
 from pyarrow.fs import FileSelector
 from wandb_records import read_runs
 
@@ -97,24 +97,7 @@ def test_a_sweep_on_s3_finishes_a_stopped_trial_from_its_checkpoint_and_logs_its
     from its fold checkpoint on S3 (it failed: "URI has empty scheme"); its W&B run holds the
     per-step loss rows read from those checkpoints, and the report draws the loss curves."""
     monkeypatch.chdir(tmp_path)  # the sweep's own files go to ./runs/sweeps/NAME
-    plain = {"phase2.learning_rate": 1e-2, "phase1.steps": 0, "phase2.epochs": 2}
-    weak = {
-        "phase1.alpha": 1.0,
-        "phase1.learning_rate": 1e-3,
-        "phase2.learning_rate": 1e-3,
-        "phase1.steps": 2,
-        "phase2.epochs": 1,
-    }
-    space = write_space(
-        tmp_path,
-        tiny_bert,
-        toy_files,
-        "arms-s3",
-        num_trials=2,
-        folds=3,
-        scheduler="asha",
-        initial_points=[plain, weak],
-    )
+    space = arms_space(tmp_path, tiny_bert, toy_files, "arms-s3")
     raw = space.read_text().replace(str(tmp_path / "sweeps"), f"s3://{BUCKET}/sweeps")
     space.write_text(raw)
     result = run_search(space)
