@@ -18,6 +18,19 @@ PROBE_TIMEOUT_ENV = "SFT_TUNE_PROBE_TIMEOUT_S"
 PROBE_TIMEOUT_S = "1.5"
 
 
+def refuse_ray_client(option: str, address: str) -> None:
+    """A sweep's driver must run where its files and callbacks are: Ray Client (ray://) would run
+    the Tuner as a remote actor on the head, where the progress view, W&B, the sweep's files and
+    --resume would not work as they should."""
+    if address.startswith("ray://"):
+        raise fail(
+            option,
+            address,
+            "a sweep does not run through Ray Client (ray://): its Tuner would run as a remote actor on the head, away from the sweep's files, progress view and W&B runs",
+            "submit the search as a Ray Job (sft-tune submit --address http://HEAD:8265 -- search --space FILE), or run it on a cluster node with --address HEAD:6379 (or auto)",
+        )
+
+
 def probe_address(option: str, address: str, http: bool = False) -> None:
     """Fail fast, naming the address, when nothing answers there: a TCP connection within the
     probe timeout, then with `http` a reply to GET /api/version (what a Ray dashboard serves),
@@ -66,6 +79,6 @@ def _probe_grpc(connection: socket.socket, option: str, address: str, where: str
         frame = connection.recv(9)
     except OSError as err:
         what = "did not answer" if isinstance(err, (TimeoutError, socket.timeout)) else f"dropped the connection ({err})"  # fmt: skip
-        raise fail(option, address, f"{where} accepted the connection but {what} within {timeout:g} s, as a Ray head's GCS answers at once", f"pass the head's GCS address (HOST:6379, printed by `ray start --head`) or ray://HOST:10001 (wait longer: {PROBE_TIMEOUT_ENV})") from None  # fmt: skip
+        raise fail(option, address, f"{where} accepted the connection but {what} within {timeout:g} s, as a Ray head's GCS answers at once", f"pass the head's GCS address (HOST:6379, printed by `ray start --head`) (wait longer: {PROBE_TIMEOUT_ENV})") from None  # fmt: skip
     if len(frame) < 9 or frame[3] != SETTINGS:
-        raise fail(option, address, f"{where} answered, but not as a Ray head (its GCS and the Ray Client server speak gRPC; it sent {frame[:16]!r})", "pass the head's GCS address (HOST:6379, printed by `ray start --head`) or ray://HOST:10001, not the dashboard's") from None  # fmt: skip
+        raise fail(option, address, f"{where} answered, but not as a Ray head (its GCS speaks gRPC; it sent {frame[:16]!r})", "pass the head's GCS address (HOST:6379, printed by `ray start --head`), not the dashboard's") from None  # fmt: skip

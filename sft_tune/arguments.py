@@ -32,6 +32,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}. Fix: see `{self.prog} --help`\n")
 
 
+SWEEP_DIR_HELP = (
+    "the sweep folder (storage_path/name), or with URI storage the sweep's home "
+    "(s3://bucket/sweeps/NAME): its files are brought down to ./runs/sweeps/NAME, and what the "
+    "command writes goes back up"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="sft-tune",
@@ -105,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--resume",
-        type=Path,
+        type=str,
         default=None,
         metavar="DIR",
-        help="resume the interrupted sweep in DIR (no rerun of finished trials; DIR may have been moved, not renamed)",
+        help="resume the interrupted sweep in DIR (no rerun of finished trials; DIR may have been moved, not renamed), or in its home on URI storage (STORAGE_URI/NAME, e.g. s3://bucket/sweeps/NAME) from any machine",
+    )
+    search.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="with --resume: read the sweep's data files from this folder instead of where the sweep started (each at its path relative to the deepest folder that held them all)",
     )
     search.add_argument(
         "--address",
@@ -136,10 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     select = sub.add_parser(
         "select",
         help="retrain the best trial of a sweep on all data, test, export",
-        description="Take the best COMPLETE trial of SWEEP_DIR by CV mean (ties: lower std, then lower trial id), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best.",
+        description="Take the best COMPLETE trial of SWEEP_DIR by CV mean (ties: lower std, then lower trial id), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best. With a sweep on URI storage, best_model is then uploaded whole to the sweep's home (its MANIFEST.json last) with the W&B run.",
     )
+    select.add_argument("sweep_dir", type=str, metavar="SWEEP_DIR", help=SWEEP_DIR_HELP)
     select.add_argument(
-        "sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="read the sweep's data files from this folder instead of where the sweep ran (each at its path relative to the deepest folder that held them all), e.g. on another machine than the cluster's",
     )
     select.add_argument("--no-wandb", action="store_true", help="do not log the best model to W&B")
     select.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -147,11 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="write a self-contained HTML report of a sweep",
-        description="Write SWEEP_DIR/report.html (optimization history, parallel coordinates, alpha against CV score, fold spread per trial, loss curves of the best configuration) and print a short summary.",
+        description="Write SWEEP_DIR/report.html (optimization history, parallel coordinates, alpha against CV score, fold spread per trial, loss curves of the best configuration) and print a short summary. With a sweep on URI storage, the report is also uploaded to the sweep's home.",
     )
-    report.add_argument(
-        "sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep folder (storage_path/name)"
-    )
+    report.add_argument("sweep_dir", type=str, metavar="SWEEP_DIR", help=SWEEP_DIR_HELP)
     report.add_argument(
         "--output",
         type=Path,

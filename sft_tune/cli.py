@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from sft_tune.arguments import build_parser
 from sft_tune.errors import InputError, fail
@@ -70,7 +69,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from sft_tune.sweep.checks import check_search
 
-    checked = check_search(args.space, args.resume, args.address)
+    checked = check_search(args.space, args.resume, args.address, args.data_dir)
     from sft_tune.sweep.results import format_table  # heavy: only once the input is known good
     from sft_tune.sweep.run import run_search
 
@@ -78,13 +77,15 @@ def _search(args: argparse.Namespace) -> int:
         result = run_search(use_wandb=not args.no_wandb, verbose=args.verbose, checked=checked)
     except KeyboardInterrupt:
         print(
-            f"\nsweep interrupted; resume it with: sft-tune search --resume {checked.folder.path}",
+            f"\nsweep interrupted; resume it with: sft-tune search --resume {checked.folder.location}",
             file=sys.stderr,
         )
         return 130
     print(format_table(result))
+    where = checked.folder.location
     print(
-        f"\nsweep folder: {result.sweep_dir}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db, sweep.log)"
+        f"\nsweep folder: {where}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db, sweep.log)"
+        + (f"; cached in {result.sweep_dir}" if checked.folder.remote else "")
     )
     print(
         f"tokenization passes in this sweep: {result.tokenization_passes}; Optuna trial states: {result.optuna_states}"
@@ -97,7 +98,7 @@ def _search(args: argparse.Namespace) -> int:
     print(f"phase 1: {result.verdict['statement']}")
     if not result.complete:
         print(
-            f"sweep incomplete; resume it with: sft-tune search --resume {result.sweep_dir}",
+            f"sweep incomplete; resume it with: sft-tune search --resume {where}",
             file=sys.stderr,
         )
         return 0
@@ -106,19 +107,19 @@ def _search(args: argparse.Namespace) -> int:
             "\nretraining the best configuration on all labelled data (sft-tune select) ...",
             flush=True,
         )
-        args.sweep_dir, args.no_progress = result.sweep_dir, False
+        args.sweep_dir, args.no_progress, args.data_dir = checked.folder, False, None
         _select(args)
     from sft_tune.report import build_report
 
-    path, _ = build_report(result.sweep_dir)
-    print(f"report: {path}")
+    path, _ = build_report(checked.folder)
+    print(f"report: {path}" + (f" (and {where}/{path.name})" if checked.folder.remote else ""))
     return 0
 
 
 def _select(args: argparse.Namespace) -> int:
     from sft_tune.select import check_selection, select_best
 
-    checked = check_selection(args.sweep_dir)  # before torch loads
+    checked = check_selection(args.sweep_dir, args.data_dir)  # before torch loads
     summary = select_best(
         args.sweep_dir, use_wandb=not args.no_wandb, progress=not args.no_progress, checked=checked
     )
@@ -126,12 +127,14 @@ def _select(args: argparse.Namespace) -> int:
     print(
         f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; {scores_on_test(summary.get('test'))}"
         + f"\nmodel: {summary['model_dir']}"
+        + (f" (uploaded to {summary['model_uri']})" if summary.get("model_uri") else "")
     )
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    SweepFolder(args.sweep_dir).require_results("report")  # before plotly and optuna import
+    folder = SweepFolder.open(args.sweep_dir, "SWEEP_DIR", model_files=SweepFolder.REPORT_READS)
+    folder.require_results("report")  # before plotly and optuna import
     if args.output is not None and not args.output.parent.is_dir():
         raise fail(
             "--output",
@@ -141,10 +144,16 @@ def _report(args: argparse.Namespace) -> int:
         )
     from sft_tune.report import build_report
 
-    path, summary = build_report(args.sweep_dir, args.output)
+    path, summary = build_report(folder, args.output)
     print(summary)
     print(
-        f"report: {path}\nOptuna dashboard: optuna-dashboard sqlite:///{Path(args.sweep_dir).resolve() / 'study.db'}"
+        f"report: {path}"
+        + (
+            f" (and {folder.experiment}/{path.name})"
+            if folder.remote and args.output is None
+            else ""
+        )
+        + f"\nOptuna dashboard: optuna-dashboard sqlite:///{folder.file(folder.STUDY)}"
     )
     return 0
 

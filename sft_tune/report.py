@@ -47,9 +47,17 @@ STATUS_TEXT = {
 }
 
 
-def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str]:
-    """Write the HTML report; returns its path and the terminal summary."""
-    folder = SweepFolder(Path(sweep_dir))
+def build_report(
+    sweep_dir: str | Path | SweepFolder, output: Path | None = None
+) -> tuple[Path, str]:
+    """Write the HTML report (of a sweep folder, or of a sweep's home on URI storage, where the
+    report is uploaded too unless `output` puts it elsewhere); returns its path and the terminal
+    summary."""
+    folder = (
+        sweep_dir
+        if isinstance(sweep_dir, SweepFolder)
+        else SweepFolder.open(sweep_dir, "SWEEP_DIR", model_files=SweepFolder.REPORT_READS)
+    )
     folder.require_results("report")
     sweep = folder.load_sweep()
     trials = read_trials(folder)
@@ -78,6 +86,8 @@ def build_report(sweep_dir: Path, output: Path | None = None) -> tuple[Path, str
     table = trials_table(sweep, trials, numbers, best_id)
     tmp.write_text(_page(folder, sweep, facts, table, figures))
     os.replace(tmp, output)
+    if output == folder.file(folder.REPORT):
+        folder.sync([folder.REPORT], strict=True)
     return output, terminal_summary(sweep, trials, facts)
 
 

@@ -5,7 +5,8 @@ then to the lower trial id (so a rerun picks the same trial). Both phases are re
 same hyperparameters on the whole labelled training file (no validation split), the test file is
 evaluated, and `SWEEP_DIR/best_model` is written atomically, by the export of `sft-tune train`
 (`core.export.write_atomically`): a Hugging Face folder plus `best.json` (parameters, CV mean and
-std, test metrics, sweep id, library versions).
+std, test metrics, sweep id, library versions). A sweep on URI storage is selected from its home
+(on any machine that reaches it) and its best model is uploaded there whole, its manifest last.
 """
 
 from __future__ import annotations
@@ -40,12 +41,24 @@ class Selection:
     data: RawData
 
 
-def check_selection(sweep_dir: Path) -> Selection:
-    """A finished sweep folder's best COMPLETE trial and its config for retraining on all
-    labelled data (its data files read and checked again: they may have changed since)."""
-    folder = SweepFolder(Path(sweep_dir))
+def check_selection(sweep_dir: str | Path | SweepFolder, data_dir: Path | None = None) -> Selection:
+    """A finished sweep's best COMPLETE trial and its config for retraining on all labelled data
+    (its data files read and checked again: they may have changed since; `data_dir`: where they
+    are now, see `folder.repoint_data`). `sweep_dir`: its folder, or its home on URI storage."""
+    folder = (
+        sweep_dir
+        if isinstance(sweep_dir, SweepFolder)
+        else SweepFolder.open(sweep_dir, "SWEEP_DIR")
+    )
     folder.require_results("select")
-    sweep = folder.load_sweep()
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise fail(
+            "--data-dir",
+            str(data_dir),
+            "must be an existing folder (the one holding the sweep's data files now)",
+            "pass the folder that holds the data files, or drop --data-dir to read them where the sweep ran",
+        )
+    sweep = folder.load_sweep(data_dir)
     best = best_trial(sweep, read_trials(folder))
     if best is None:
         raise fail(
@@ -75,7 +88,7 @@ def check_selection(sweep_dir: Path) -> Selection:
 
 
 def select_best(
-    sweep_dir: Path,
+    sweep_dir: str | Path | SweepFolder,
     use_wandb: bool = True,
     progress: bool = True,
     checked: Selection | None = None,
@@ -122,4 +135,8 @@ def select_best(
         summary,
         enabled=use_wandb,
     )
+    if folder.remote:  # the model whole (its manifest last), then the W&B run that logged it
+        folder.push_model()
+        folder.sync([folder.WANDB], strict=True)
+        summary["model_uri"] = f"{folder.experiment}/{folder.BEST_MODEL}"
     return summary

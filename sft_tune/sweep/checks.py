@@ -10,12 +10,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_tune.addresses import probe_address
+from sft_tune.addresses import probe_address, refuse_ray_client
 from sft_tune.core.files import RawData, data_problems
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.space import Sweep, check_space
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
+from sft_tune.sweep.storage import storage_problem
 from sft_tune.tasks import task_files
 
 # What Ray Tune saves in an experiment folder that `Tuner.restore` can resume (what
@@ -35,9 +36,14 @@ class CheckedSweep:
 
 
 def check_search(
-    space_path: Path | None = None, resume: Path | None = None, address: str | None = None
+    space_path: Path | None = None,
+    resume: str | Path | None = None,
+    address: str | None = None,
+    data_dir: Path | None = None,
 ) -> CheckedSweep:
-    """Check a new sweep (`space_path`) or one to resume (`resume`) and where it will run."""
+    """Check a new sweep (`space_path`) or one to resume (`resume`: its folder, or its home on
+    URI storage, brought down first; `data_dir`: where its data files are now) and where it
+    will run."""
     if (space_path is None) == (resume is None):
         raise fail(
             "--space / --resume",
@@ -46,24 +52,27 @@ def check_search(
             "e.g. sft-tune search --space search_spaces/alpha.yaml",
         )
     if resume is not None:
-        sweep, folder, data, problems = _resumed(Path(resume))
+        sweep, folder, data, problems = _resumed(resume, data_dir)
         search = sweep.search
     else:
         found = check_space(Path(space_path))
         sweep, data, search, problems = found.sweep, found.data, found.search, found.problems
         folder = SweepFolder.of(sweep.search) if sweep is not None else None
-        if folder is not None and folder.holds_sweep():
-            problems.append(
-                Problem(
-                    "search.name",
-                    sweep.search.name,
-                    f"the sweep folder {folder.path} already holds a sweep",
-                    f"resume it with `sft-tune search --resume {folder.path}`, or pick another search.name",
-                )
+        if folder is not None:
+            problems += _taken(folder)
+    if data_dir is not None and (resume is None or not Path(data_dir).is_dir()):
+        problems.append(
+            Problem(
+                "--data-dir",
+                str(data_dir),
+                "re-points the data files of a sweep to resume: needs --resume and an existing folder",
+                "drop --data-dir with --space (the space's config names its data), or pass the folder that holds the data now",
             )
+        )
     target = address or os.environ.get("RAY_ADDRESS")
     try:
         if target and target not in ("auto", "local"):
+            refuse_ray_client("--address" if address else "RAY_ADDRESS", target)
             probe_address("--address" if address else "RAY_ADDRESS", target)
         elif not target and search is not None:
             check_local_resources(search.resources)
@@ -74,8 +83,31 @@ def check_search(
     return CheckedSweep(sweep, folder, data, resume is not None, address)
 
 
-def _resumed(path: Path) -> tuple[Sweep | None, SweepFolder | None, RawData | None, list[Problem]]:
-    folder = SweepFolder(path)
+def _taken(folder: SweepFolder) -> list[Problem]:
+    """The problem of a new sweep whose folder (or home on URI storage, or that home's local
+    cache) already holds a sweep, or whose URI storage cannot be read."""
+    where = folder.location
+    try:
+        taken = folder.home.exists(SweepFolder.SNAPSHOT) if folder.remote else False
+    except OSError as err:
+        return storage_problem("search.storage_path", folder.storage_path, err).problems
+    if taken or folder.holds_sweep():
+        where = where if taken else str(folder.path)
+        return [
+            Problem(
+                "search.name",
+                folder.name,
+                f"the sweep folder {where} already holds a sweep",
+                f"resume it with `sft-tune search --resume {where}`, or pick another search.name",
+            )
+        ]
+    return []
+
+
+def _resumed(
+    path: str | Path, data_dir: Path | None
+) -> tuple[Sweep | None, SweepFolder | None, RawData | None, list[Problem]]:
+    folder = SweepFolder.open(path, "--resume")
     if not folder.holds_sweep():
         raise fail(
             "--resume",
@@ -83,8 +115,10 @@ def _resumed(path: Path) -> tuple[Sweep | None, SweepFolder | None, RawData | No
             f"must be a sweep folder holding {SweepFolder.SNAPSHOT}",
             "pass the folder printed by the interrupted `sft-tune search`",
         )
-    sweep = folder.load_sweep()
-    folder, problems = SweepFolder.of(sweep.search), []
+    sweep = folder.load_sweep(data_dir)
+    if not folder.remote:  # where a moved local folder is now (a URI sweep's cache stays put)
+        folder = SweepFolder.of(sweep.search)
+    problems = []
     if not folder.remote and not (folder.path / TUNER_STATE).is_file():
         problems.append(
             Problem(

@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 from sft_tune.errors import fail
 from sft_tune.space import Resources, Sweep
@@ -140,40 +142,75 @@ def check_local_resources(resources: Resources) -> None:
         )
 
 
+def capacity() -> tuple[dict[str, float], bool | None]:
+    """What the cluster can hold, and whether it grows: an autoscaling cluster (KubeRay, the
+    cluster launcher) publishes its node groups' maximum counts, which Ray reads as the most it
+    can scale to (True); a cluster launcher head that published none can grow by an unknown
+    amount (None); any other cluster holds what its nodes have now (False)."""
+    import ray
+
+    have = ray.cluster_resources()
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private part of Ray: without it, the cluster is taken as it is now
+        most = None
+    if most:
+        return {k: max(float(most.get(k, 0)), have.get(k, 0)) for k in {*most, *have}}, True
+    launcher = Path("~/ray_bootstrap_config.yaml").expanduser().exists()
+    return have, None if launcher else False
+
+
 def check_resources(sweep: Sweep) -> None:
-    import ray
-
+    """One trial must fit what the cluster has, or can scale to."""
     need_cpu, need_gpu = trial_need(sweep)
-    have = ray.cluster_resources()
-    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-        raise fail(
-            "search.resources",
-            sweep.search.resources.model_dump(),
-            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU",
-            "lower workers / cpus_per_worker / gpus_per_worker or add nodes",
-        )
-
-
-def concurrency(sweep: Sweep, remote: bool) -> int:
-    """Trials to run at once: search.max_concurrent, capped on a fixed-size Ray to the trials whose
-    workers fit (the rest would only wait for CPUs, and a Train worker group that waits too long
-    times out and errors). A remote cluster may autoscale: there it is only a warning."""
-    import ray
-
-    need_cpu, need_gpu = trial_need(sweep)
-    have = ray.cluster_resources()
-    fits = math.floor(have.get("CPU", 0) / need_cpu + 1e-9)
-    if need_gpu:
-        fits = min(fits, math.floor(have.get("GPU", 0) / need_gpu + 1e-9))
-    wanted = sweep.search.max_concurrent
-    if wanted <= max(fits, 1):
-        return wanted
-    message = f"search.max_concurrent {wanted}: the cluster ({have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU) holds the workers of {max(fits, 1)} trial(s) at once"
-    if remote:
+    most, grows = capacity()
+    if need_cpu <= most.get("CPU", 0) and need_gpu <= most.get("GPU", 0):
+        return
+    size = f"{most.get('CPU', 0):g} CPU and {most.get('GPU', 0):g} GPU"
+    if grows is None:
         log.warning(
-            "%s; the others wait for the autoscaler to add nodes (and fail after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S if none come)",
-            message,
+            "one trial needs %g CPU and %g GPU, the cluster has %s now; trials wait for the "
+            "autoscaler to add nodes",
+            need_cpu,
+            need_gpu,
+            size,
         )
-        return wanted
-    log.warning("%s; running %d at a time", message, max(fits, 1))
-    return max(fits, 1)
+        return
+    raise fail(
+        "search.resources",
+        sweep.search.resources.model_dump(),
+        f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster "
+        + (f"can scale to at most {size}" if grows else f"has {size}"),
+        "lower workers / cpus_per_worker / gpus_per_worker, or add nodes"
+        + (" (or raise the autoscaler's max workers)" if grows else ""),
+    )
+
+
+def concurrency(sweep: Sweep) -> tuple[int, str | None]:
+    """Trials to run at once, and what to tell the user about it: search.max_concurrent, capped
+    to the trials whose workers the cluster holds (or, autoscaling, can scale to): the rest
+    would only wait for CPUs, and a Train worker group that waits too long times out and errors.
+    A cluster that grows by an unknown amount keeps max_concurrent, with a warning."""
+    need_cpu, need_gpu = trial_need(sweep)
+    most, grows = capacity()
+    fits = math.floor(most.get("CPU", 0) / need_cpu + 1e-9) if need_cpu else sys.maxsize
+    if need_gpu:
+        fits = min(fits, math.floor(most.get("GPU", 0) / need_gpu + 1e-9))
+    fits = max(fits, 1)
+    wanted = sweep.search.max_concurrent
+    if wanted <= fits:
+        return wanted, None
+    size = f"{most.get('CPU', 0):g} CPU, {most.get('GPU', 0):g} GPU"
+    if grows is None:
+        return wanted, (
+            f"search.max_concurrent {wanted}: the cluster ({size} now) holds {fits} trial(s) at "
+            "once; the others wait for the autoscaler to add nodes (and fail after "
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S if none come)"
+        )
+    held = "can scale to" if grows else "has"
+    return fits, (
+        f"search.max_concurrent {wanted} capped to {fits}: each trial holds {need_cpu:g} CPU "
+        f"and {need_gpu:g} GPU, and the cluster {held} {size}"
+    )

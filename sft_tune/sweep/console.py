@@ -25,8 +25,6 @@ from ray import tune
 from sft_tune.sweep.folder import FINISH_KEY, new_fold
 from sft_tune.sweep.results import end_status, trial_error_text
 
-LOG_FILE = "sweep.log"
-
 
 @contextlib.contextmanager
 def sweep_console(log_path: Path, verbose: bool = False) -> Iterator[TextIO]:

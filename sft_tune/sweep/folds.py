@@ -33,7 +33,7 @@ from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf1
 from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.core.prepare import PreparedData
 from sft_tune.sweep.encodings import SharedData
-from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, EventLog
+from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED
 from sft_tune.tasks import get_task
 
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
@@ -178,7 +178,8 @@ class TrialPlace:
     """Where a trial's folds run, as the functions the fold loop needs: `report(metrics, folder)`
     hands one fold's metrics (and, from rank 0, the folder to checkpoint) to Tune or Train,
     `saved()` is the fold state of the checkpoint to go on from (None for a fresh start), and
-    `wrap` prepares the model for the place (DDP in a Train worker group)."""
+    `wrap` prepares the model for the place (DDP in a Train worker group); `nodes` are the Ray
+    node ids its ranks run on (each rank's, in rank order)."""
 
     report: Callable[[dict[str, Any], str | None], None]
     saved: Callable[[], dict[str, Any] | None]
@@ -186,13 +187,15 @@ class TrialPlace:
     rank: int = 0
     world_size: int = 1
     wrap: Callable[[Any], Any] = lambda model: model
+    nodes: list[str] | None = None
 
 
 def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACHE) -> None:
     """All folds of one trial (from the first one not in its checkpoint), one report per fold.
 
     `job` is what the trainable hands every place: the run config, where its encoded data is
-    (`SharedData`), the metric, the trial id, the event log's path and the fault hook."""
+    (`SharedData`), the metric, the trial id and the testing hooks. It writes nothing but its
+    reports: what the driver records comes to it through them (the trial may run on another node)."""
     config = RunConfig.model_validate(job["run_config"])
     passes = data_module.TOKENIZATION_PASSES
     data = cache.data(job["data"], config, get_task(config.model.task))
@@ -212,8 +215,6 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
         progress=False,
         wrap=place.wrap,
     )
-    events = EventLog(job.get("event_log"), job["trial_id"], enabled=place.rank == 0)
-    events.write("start", fold=len(scores) + 1)
 
     def after_fold(
         fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]
@@ -229,6 +230,7 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
             "encoding": data.digest,
             "process_model_loads": cache.model_loads,
             "pid": os.getpid(),
+            "nodes": json.dumps(place.nodes),  # a string, like fold_scores: Tune logs scalars
         }
         # The driver logs the fold in events.jsonl when this report reaches it (`tuner.FoldEvents`):
         # a trial the scheduler stops ends inside the report, so nothing after it would run.
@@ -288,18 +290,25 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
     def report(metrics: dict[str, Any], folder: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
-    run_folds(
-        job,
-        TrialPlace(report, lambda: read_saved(tune.get_checkpoint() or _resume_from(job)), device),
+    place = TrialPlace(
+        report,
+        lambda: read_saved(tune.get_checkpoint() or _resume_from(job)),
+        device,
+        nodes=[ray.get_runtime_context().get_node_id()],
     )
+    run_folds(job, place)
 
 
 def ddp_worker(job: dict[str, Any]) -> None:
     """One rank of a multi-worker trial's TorchTrainer: the same folds, DDP across the ranks."""
+    import ray
     import ray.train
     import ray.train.torch
+    import torch.distributed
 
     context = ray.train.get_context()
+    nodes = [None] * context.get_world_size()
+    torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     def report(metrics: dict[str, Any], folder: str | None) -> None:
         ray.train.report(
@@ -321,6 +330,7 @@ def ddp_worker(job: dict[str, Any]) -> None:
             context.get_world_rank(),
             context.get_world_size(),
             wrap,
+            nodes,
         ),
     )
 

@@ -22,7 +22,7 @@ from sft_tune.errors import InputError, Problem, fail
 from sft_tune.space import Sweep
 from sft_tune.sweep.checks import CheckedSweep, check_search
 from sft_tune.sweep.cluster import concurrency, start_ray
-from sft_tune.sweep.console import LOG_FILE, ProgressView, sweep_console
+from sft_tune.sweep.console import ProgressView, sweep_console
 from sft_tune.sweep.encodings import SharedData, start_store
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import (
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def run_search(
     space_path: Path | None = None,
-    resume: Path | None = None,
+    resume: str | Path | None = None,
     address: str | None = None,
     use_wandb: bool = True,
     verbose: bool = False,
@@ -70,16 +70,19 @@ def run_search(
     data = encoded[0]
     driver_passes = data_module.TOKENIZATION_PASSES - before
     folder.path.mkdir(parents=True, exist_ok=True)
-    with sweep_console(folder.file(LOG_FILE), verbose) as terminal:
+    with sweep_console(folder.file(folder.LOG), verbose) as terminal:
         started = start_ray(sweep, address)
         try:
             # Written once Ray is up, so a failed start leaves no half-made sweep.
             if not checked.resume:
                 folder.save_snapshot(sweep)
+                folder.sync([folder.SNAPSHOT], strict=True)
             unknown = ", ".join(f"{v:.2%} of the {k} tokens" for k, v in data.coverage.items())
             print(
                 f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
-                f"folder {folder.path} (Ray's output: {folder.file(LOG_FILE)})\n"
+                f"folder {folder.location}"
+                + (f" (cached in {folder.path})" if folder.remote else "")
+                + f" (Ray's output: {folder.file(folder.LOG)})\n"
                 f"tokenizer coverage: unknown tokens are {unknown}"
                 + _lm_line(data)
                 + _encoding_line(sweep, encoded),
@@ -94,15 +97,17 @@ def run_search(
                 checked.resume,
                 use_wandb,
                 terminal,
-                remote=bool(address or os.environ.get("RAY_ADDRESS")),
             )
             made = ray.get(shared.store.stats.remote()) if shared.store is not None else None
             encodings = len(encoded) + (len(made["encodings"]) if made else 0)
             passes = driver_passes + (made["tokenization_passes"] if made else 0)
-            return summarize(
+            result = summarize(
                 sweep, folder, trials, passes, data.lm_summary("fold"), encodings=encodings
             )
+            folder.sync(strict=True)
+            return result
         finally:
+            folder.sync()  # what an interrupted sweep wrote (a finished one: nothing new)
             if started:
                 ray.shutdown()
 
@@ -156,17 +161,16 @@ def _search(
     restoring: bool,
     use_wandb: bool,
     terminal,
-    remote: bool,
 ) -> list[Trial]:
     """The search experiment, then the one that finishes the stopped contenders: the trials."""
     from sft_tune.sweep.tracking import WandbTrialCallback
     from sft_tune.sweep.tuner import TrialEvents, make_finishing_tuner, make_tuner, shared_inputs
 
     settings = sweep.search
-    if not folder.remote:
-        # Tune saves its experiment state at every step (default: at most every 10 s), so that
-        # what a killed driver leaves behind is at most one step older than what it did.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune saves its experiment state at every step (default: at most every 10 s), so that what a
+    # killed driver leaves behind is at most one step older than what it did. On URI storage the
+    # upload of a save is skipped while the previous one still runs.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     wandb = WandbTrialCallback(
         settings.wandb_project,
         settings.name,
@@ -177,12 +181,15 @@ def _search(
         log_every=sweep.base_config.log_every,
     )
     progress = ProgressView(settings.num_trials, settings.folds, settings.metric, terminal)
+    events = TrialEvents(folder, settings.folds)
     callbacks = [
-        TrialEvents(folder, settings.folds),
+        events,
         wandb,
         progress,
     ]  # the same in both experiments; Tune appends its own to the list it gets, so each gets a copy
-    at_once = concurrency(sweep, remote)
+    at_once, capped = concurrency(sweep)
+    if capped:
+        progress.say(capped)
     try:
         trials = collect(
             sweep,
@@ -210,6 +217,7 @@ def _search(
                 )
             )
             finish = {t.trial_id: {"params": t.params, "checkpoint": t.checkpoint} for t in chosen}
+            events.started = {t.trial_id: t.folds_done for t in chosen}
             tuner = make_finishing_tuner(
                 sweep,
                 folder,

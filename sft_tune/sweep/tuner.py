@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -39,6 +38,9 @@ from sft_tune.sweep.searcher import (
     make_searcher,
     maybe_kill_driver,
 )
+from sft_tune.sweep.storage import join, listing, read_text, write_text
+
+ACTOR_ANSWER_S = 30  # how long the driver waits for a started trial actor to give its PID
 
 
 def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
@@ -55,7 +57,6 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
         "run_config": parse_config(with_params(shared["base"], params)).model_dump(mode="json"),
         "data": shared["data"],
         "metric": shared["metric"],
-        "event_log": shared["event_log"],
         "fault_file": shared["fault_file"],
         "kill_after_last_fold": shared.get("kill_after_last_fold"),
         "resume_from": resume_from,
@@ -101,12 +102,18 @@ def _run_ddp(job: dict[str, Any], resources: dict[str, Any], storage: str, tune_
 
 
 class TrialEvents(tune.Callback):
-    """Tune callback: each fold result, as the driver receives it (so after its checkpoint is
-    persisted), and each trial's end with its status, appended to events.jsonl (the trials
-    themselves log their starts). A trial cut short by the end of the driver has no end."""
+    """Tune callback: the driver's record of every trial in events.jsonl. Each start of a trial
+    process (a new, reused, retried or restored actor; not a restored trial that only hands back
+    its saved final result), each fold result as the driver receives it (so after its checkpoint
+    is persisted), and each trial's end with its status. A trial cut short by the end of the
+    driver has no end. Only the driver writes the sweep's files: a trial on another node reaches
+    them through its Tune results. `started`: the folds already done by the stopped trials that
+    the finishing experiment goes on with (by trial id)."""
 
-    def __init__(self, folder: SweepFolder, folds: int) -> None:
-        self.folder, self.folds = folder, folds
+    def __init__(
+        self, folder: SweepFolder, folds: int, started: dict[str, int] | None = None
+    ) -> None:
+        self.folder, self.folds, self.started = folder, folds, started or {}
 
     def _log(self, trial, event: str, **fields: Any) -> None:
         EventLog(
@@ -114,6 +121,15 @@ class TrialEvents(tune.Callback):
             trial.config.get(FINISH_KEY) or trial.trial_id,
             enabled=True,
         ).write(event, **fields)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        last = trial.last_result or {}
+        if all_folds_done(last, self.folds) or last.get("diverged"):
+            return  # a restored trial that only replays its final result: it trains nothing
+        key = trial.config.get(FINISH_KEY) or trial.trial_id
+        done = int(last.get("folds_done", 0)) or self.started.get(key, 0)
+        ip, pid = actor_ip_pid(trial)
+        self._log(trial, "start", fold=done + 1, trial_pid=pid, trial_ip=ip)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial, result: dict, **info: Any
@@ -125,16 +141,38 @@ class TrialEvents(tune.Callback):
                 fold=result["fold"],
                 score=result["fold_score"],
                 trial_pid=result.get("pid"),
+                nodes=json.loads(result.get("nodes") or "null"),
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._log(trial, "end", status=end_status(trial.last_result, self.folds).value)
+        self._sync()
         maybe_kill_driver(KILL_DRIVER_AFTER_END_ENV)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # A trial whose process died after its last fold is complete.
         complete = all_folds_done(trial.last_result, self.folds)
         self._log(trial, "end", status="COMPLETE" if complete else "ERROR")
+        self._sync()
+
+    def _sync(self) -> None:
+        """With URI storage: the events, the study (Tune told the searcher of the trial's end
+        before its callbacks), the log and the W&B runs go up to the sweep's home."""
+        folder = self.folder
+        folder.sync([folder.EVENTS, folder.STUDY, folder.LOG, folder.WANDB])
+
+
+def actor_ip_pid(trial) -> tuple[str | None, int | None]:
+    """The IP address and PID of a started trial's actor (Tune's `Trainable.get_current_ip_pid`;
+    the actor is idle until Tune hands it the trial's first step), (None, None) if it does not
+    answer."""
+    import ray
+
+    actor = trial.temporary_state.ray_actor
+    try:
+        return tuple(ray.get(actor.get_current_ip_pid.remote(), timeout=ACTOR_ANSWER_S))
+    except Exception:  # a dead or unreachable actor: Tune reports its failure itself
+        return None, None
 
 
 def shared_inputs(
@@ -147,7 +185,6 @@ def shared_inputs(
         "metric": sweep.search.metric,
         "data": data,
         "train_storage": folder.train_storage,
-        "event_log": str(folder.file(folder.EVENTS)),
         "fault_file": os.environ.get(FAULT_FILE_ENV),
         "kill_after_last_fold": os.environ.get(KILL_AFTER_LAST_FOLD_ENV),
         "finish": finish or {},
@@ -205,15 +242,19 @@ def settle_ended_trials(
     state (which then holds them as running, or as failed when their process died after the last
     fold): marked TERMINATED there, with the result of their last fold checkpoint, so that
     `Tuner.restore` does not launch them again. Ended = every fold in its checkpoint, or an end
-    event (complete, stopped by the scheduler, or diverged) in events.jsonl. Returns their ids.
-    A sweep whose state is on URI storage is left as it is (Tune relaunches such a trial, which
-    then replays its saved result without training)."""
-    root = Path(experiment or folder.experiment)
-    states = sorted(root.glob("experiment_state-*.json")) if "://" not in str(root) else []
+    event (complete, stopped by the scheduler, or diverged) in events.jsonl. The state is read
+    and rewritten where Tune keeps it (the sweep folder, or its home on URI storage). Returns
+    their ids."""
+    root = experiment or folder.experiment
+    states = sorted(
+        info.base_name
+        for info in listing(root)
+        if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")
+    )
     if not states:
         return []
-    path = states[-1]  # the one Tune restores: the newest
-    state = json.loads(path.read_text())
+    path = join(root, states[-1])  # the one Tune restores: the newest
+    state = json.loads(read_text(path))
     ended = {e["trial_id"]: e["status"] for e in folder.events() if e["event"] == "end"}
     settled = []
     for entry in state["trial_data"]:
@@ -222,7 +263,7 @@ def settle_ended_trials(
             continue
         config = trial.get("config") if isinstance(trial.get("config"), dict) else {}
         key = config.get(FINISH_KEY) or trial["trial_id"]
-        saved = _last_fold_state(root / trial.get("relative_logdir", ""))
+        saved = _last_fold_state(join(root, trial.get("relative_logdir", "")))
         complete = saved is not None and len(saved["scores"]) >= folds
         if not complete and ended.get(key) not in ("COMPLETE", "STOPPED", "DIVERGED"):
             continue
@@ -232,16 +273,17 @@ def settle_ended_trials(
         entry[0], entry[1] = json.dumps(trial, indent=2), json.dumps(metadata)
         settled.append(key)
     if settled:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(state))
     return settled
 
 
-def _last_fold_state(trial_dir: Path) -> dict[str, Any] | None:
+def _last_fold_state(trial_dir: str) -> dict[str, Any] | None:
     """The fold state in a trial folder's newest fold checkpoint (checkpoint_NNNNNN/folds.json)."""
-    found = sorted(trial_dir.glob(f"checkpoint_*/{FOLDS_FILE}")) if trial_dir.is_dir() else []
-    return json.loads(found[-1].read_text()) if found else None
+    checkpoints = sorted(
+        info.base_name for info in listing(trial_dir) if info.base_name.startswith("checkpoint_")
+    )
+    text = read_text(join(trial_dir, checkpoints[-1], FOLDS_FILE)) if checkpoints else None
+    return json.loads(text) if text else None
 
 
 def make_finishing_tuner(

@@ -115,8 +115,8 @@ def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_on
     starts = [e for e in read_events(result.sweep_dir / "events.jsonl") if e["event"] == "start"]
     assert (
         len(starts) == 2
-        and len({e["pid"] for e in starts}) == 1
-        and starts[0]["pid"] != os.getpid()
+        and len({e["trial_pid"] for e in starts}) == 1
+        and starts[0]["trial_pid"] not in (None, os.getpid())
     )  # one actor served both
     assert [t.process_model_loads for t in result.trials] == [
         1,
@@ -355,34 +355,60 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(
     )
 
 
-def test_concurrency_is_capped_to_the_trials_whose_workers_fit(
-    ray_session, tmp_path, tiny_bert, toy_files, caplog
+def test_concurrency_is_capped_to_what_the_cluster_holds_or_can_scale_to(
+    ray_session, tmp_path, tiny_bert, toy_files
 ):
     """On a fixed-size Ray, run only as many trials at once as their workers' CPUs fit (more would
-    only wait, and a Train worker group that waits too long times out and errors)."""
-    from sft_tune.space import load_space
-    from sft_tune.sweep.cluster import concurrency
+    only wait, and a Train worker group that waits too long times out and errors). An autoscaling
+    cluster publishes its node groups' maximum counts (as KubeRay and the cluster launcher do, in
+    the GCS's autoscaler state): there the cap is what it can scale to, and a trial too big for
+    the nodes it has now but not for the maximum is accepted."""
+    import ray
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
-    def sweep_with(max_concurrent, cpus_per_worker):
+    from sft_tune.errors import InputError
+    from sft_tune.space import load_space
+    from sft_tune.sweep.cluster import check_resources, concurrency
+
+    def sweep_with(max_concurrent, cpus_per_worker, gpus=0):
         path = write_space(
             tmp_path,
             tiny_bert,
             toy_files,
-            f"cap-{max_concurrent}-{cpus_per_worker}",
+            f"cap-{max_concurrent}-{cpus_per_worker}-{gpus}",
             max_concurrent=max_concurrent,
-            resources={"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0},
+            resources={"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus},
         )
         return load_space(path)
 
     # the module's Ray declares 4 CPUs; a 1-worker trial holds exactly its worker's CPUs
-    assert concurrency(sweep_with(3, 1), remote=False) == 3
-    assert concurrency(sweep_with(5, 1), remote=False) == 4
-    assert "running 4 at a time" in caplog.text
-    assert concurrency(sweep_with(3, 2), remote=False) == 2
-    assert (
-        concurrency(sweep_with(3, 2), remote=True) == 3
-    )  # a remote cluster may autoscale: warn only
-    assert "autoscaler" in caplog.text
+    assert concurrency(sweep_with(3, 1)) == (3, None)
+    count, message = concurrency(sweep_with(5, 1))
+    assert count == 4 and "max_concurrent 5 capped to 4" in message and "has 4 CPU" in message
+    assert concurrency(sweep_with(3, 2))[0] == 2
+    with pytest.raises(InputError, match="the cluster has 4 CPU and 0 GPU"):
+        check_resources(sweep_with(1, 1, gpus=1))
+
+    # An autoscaling cluster: a GPU group of up to 3 nodes with 1 GPU and 8 CPUs each.
+    config = autoscaler_pb2.ClusterConfig(
+        node_group_configs=[
+            autoscaler_pb2.NodeGroupConfig(
+                name="gpu", resources={"CPU": 8, "GPU": 1}, min_count=0, max_count=3
+            )
+        ]
+    )
+    key = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode()
+    namespace = ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode()
+    _internal_kv_put(key, config.SerializeToString(), namespace=namespace)
+    try:
+        check_resources(sweep_with(1, 1, gpus=1))  # no GPU now, up to 3 later: accepted
+        count, message = concurrency(sweep_with(5, 1, gpus=1))
+        assert count == 3 and "can scale to 24 CPU, 3 GPU" in message
+        with pytest.raises(InputError, match="can scale to at most 24 CPU and 3 GPU"):
+            check_resources(sweep_with(1, 1, gpus=4))
+    finally:
+        _internal_kv_del(key, namespace=namespace)
 
 
 def test_folds_are_stratified(tmp_path):

@@ -1,81 +1,40 @@
 """Sweeps whose storage is an S3 URI, on a real S3 API: moto's server on 127.0.0.1 with dummy
-keys (marked `ray`). Ray 2.60 gives trial and checkpoint paths back without their `s3://`:
-finishing a stopped trial, the W&B per-step rows and the report's loss curves all read fold
-checkpoints on the storage."""
+keys (marked `ray`). The storage is the sweep's home: Ray's state and fold checkpoints and the
+sweep's own files live under URI/NAME, so `select`, `report` and `search --resume` work from the
+URI alone after the machine that ran the sweep and its disk are gone. (Ray 2.60 gives trial and
+checkpoint paths back without their `s3://`: finishing a stopped trial, the W&B per-step rows and
+the report's loss curves all read fold checkpoints on the storage.)"""
 
 import json
 import os
-import socket
+import shutil
+import signal
 import subprocess
 import sys
-import time
 
+import optuna
 import pytest
-from conftest import arms_space
+from conftest import arms_space, make_toy_files, write_space
 from pyarrow.fs import FileSelector
+from s3_server import moto_s3, objects
 from wandb_records import read_runs
 
+from sft_tune.cli import main
 from sft_tune.report import build_report, loss_history
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import best_trial
 from sft_tune.sweep.run import run_search
+from sft_tune.sweep.storage import read_text
 
 pytestmark = pytest.mark.ray
 
 BUCKET = "sft-tune-sweeps"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 (stopped by its PID), the AWS settings every process reads
-    (pyarrow reads AWS_ENDPOINT_URL), and one bucket."""
-    import pyarrow.fs
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto's server did not start: {log.read_text()}") from None
-                time.sleep(0.2)
-        filesystem = pyarrow.fs.S3FileSystem(
-            endpoint_override=endpoint, scheme="http", allow_bucket_creation=True
-        )
-        filesystem.create_dir(BUCKET)
+    with moto_s3(tmp_path_factory.mktemp("moto") / "server.log", BUCKET) as filesystem:
         yield filesystem
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for key, value in saved.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +49,7 @@ def ray_with_s3(s3):
     ray.shutdown()
 
 
-def test_a_sweep_on_s3_finishes_a_stopped_trial_from_its_checkpoint_and_logs_its_steps(
+def test_a_sweep_on_s3_lives_there_and_is_selected_and_reported_from_its_uri_alone(
     ray_with_s3, tmp_path, tiny_bert, toy_files, monkeypatch
 ):
     """The arms sweep on S3 storage: ASHA stops the weak two-phase trial, which is then finished
@@ -125,3 +84,89 @@ def test_a_sweep_on_s3_finishes_a_stopped_trial_from_its_checkpoint_and_logs_its
     assert json.loads((result.sweep_dir / "summary.json").read_text())["finished_after_stop"] == [
         finished.trial_id
     ]
+
+    # Everything the sweep keeps is in its home on S3, the local folder was only its cache.
+    home = objects(ray_with_s3, f"{BUCKET}/sweeps/arms-s3")
+    for name in SweepFolder.OWN_FILES:
+        assert name in home or any(path.startswith(f"{name}/") for path in home), name
+    assert any(path.startswith("wandb/") and path.endswith(".wandb") for path in home)
+
+    # The machine and its disk are gone: from a fresh folder, select and report from the URI.
+    uri = f"s3://{BUCKET}/sweeps/arms-s3"
+    shutil.rmtree(tmp_path / "runs")
+    fresh = tmp_path / "laptop"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    assert main(["select", uri, "--no-progress"]) == 0
+    manifest = json.loads(read_text(f"{uri}/best_model/MANIFEST.json"))["files"]
+    home = objects(ray_with_s3, f"{BUCKET}/sweeps/arms-s3")
+    assert {"config.json", "best.json", "history.jsonl"} <= set(manifest)
+    for name, facts in manifest.items():  # every file the manifest lists is there, whole
+        assert home[f"best_model/{name}"] == facts["bytes"]
+    uploaded = json.loads(read_text(f"{uri}/best_model/best.json"))
+    assert uploaded["trial_id"] == best["trial_id"] and uploaded["test"]["macro_f1"] >= 0
+    shutil.rmtree(fresh / "runs")
+    assert main(["report", uri]) == 0
+    page = read_text(f"{uri}/report.html")
+    # the report read the uploaded model's best.json: its test metrics, not "select has not run"
+    assert page and best["trial_id"] in page and "has not run on this sweep" not in page
+
+
+def test_a_sweep_whose_driver_and_disk_are_lost_resumes_from_its_uri_elsewhere(
+    ray_with_s3, tmp_path, tiny_bert, monkeypatch
+):
+    """The driver is SIGKILLed right after the first trial ended, and its machine's disk (the
+    sweep's cache) and the data files' folder are gone: `search --resume URI --data-dir` in a
+    fresh folder on another machine finishes the sweep from what is on S3. The trial that ended
+    is not launched again, no fold runs twice, the study agrees, one W&B run per trial."""
+    head = tmp_path / "head"
+    head.mkdir()
+    files = make_toy_files((tmp_path / "data").mkdir() or tmp_path / "data")
+    space = write_space(head, tiny_bert, files, "lost", num_trials=2, scheduler="none")
+    raw = space.read_text().replace(str(head / "sweeps"), f"s3://{BUCKET}/sweeps")
+    space.write_text(raw)
+    env = {**os.environ, "RAY_ADDRESS": "", "SFT_TUNE_KILL_DRIVER_AFTER_END": "1"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sft_tune", "search", "--space", str(space), "--no-select"],
+        cwd=head,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert driver.wait(timeout=600) == -signal.SIGKILL
+    finally:
+        try:  # the driver's own Ray processes share its process group
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    uri = f"s3://{BUCKET}/sweeps/lost"
+    ended = [e["trial_id"] for e in _events(uri) if e["event"] == "end"]
+    assert len(ended) == 1  # synced to S3 at the trial's end, before the kill
+    shutil.rmtree(head)
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "data", moved)
+
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    monkeypatch.chdir(laptop)
+    assert main(["search", "--resume", uri, "--no-select"]) == 2  # the data is not where it was
+    assert main(["search", "--resume", uri, "--data-dir", str(moved), "--no-select"]) == 0
+    events = _events(uri)
+    assert sum(e["event"] == "start" and e["trial_id"] == ended[0] for e in events) == 1
+    folds = [(e["trial_id"], e["fold"]) for e in events if e["event"] == "fold"]
+    assert len(folds) == len(set(folds)) == 4
+    cache = laptop / "runs" / "sweeps" / "lost"
+    summary = json.loads(read_text(f"{uri}/summary.json"))
+    assert summary["complete"] and summary["statuses"]["COMPLETE"] == 2
+    study = optuna.load_study(study_name="lost", storage=f"sqlite:///{cache / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert summary["optuna_states"] == {"COMPLETE": 2}
+    ids = [run.run_id for run in read_runs(cache / "wandb")]
+    assert len(ids) == len(set(ids)) == 2
+
+
+def _events(uri: str) -> list[dict]:
+    text = read_text(f"{uri}/events.jsonl") or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
