@@ -154,9 +154,10 @@ class SweepResult:
 def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
     """Trial records from a Tune ResultGrid (one entry per Tune trial), sorted by trial id."""
     events = folder.events()
-    ended = {
-        e["trial_id"]: e["status"] for e in events if e["event"] == "end"
-    }  # the last end of each trial
+    # Trials the scheduler stopped (a later end event may be that of their finishing run).
+    stopped = {
+        e["trial_id"] for e in events if e["event"] == "end" and e["status"] == Status.STOPPED
+    }
     trials = []
     for result in results:
         metrics = result.metrics or {}
@@ -174,11 +175,7 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
         elif result.error:
             status = Status.ERROR
         elif done:  # stopped by the scheduler, or cut short by the end of the sweep's driver
-            status = (
-                Status.STOPPED
-                if ended.get(trial_id) == Status.STOPPED.value
-                else Status.INTERRUPTED
-            )
+            status = Status.STOPPED if trial_id in stopped else Status.INTERRUPTED
         else:
             status = Status.NOT_RUN
         trials.append(
