@@ -101,18 +101,31 @@ class ProgressView(tune.Callback):
     it assumes every remaining trial runs all its folds, which early stopping shortens)."""
 
     def __init__(
-        self, num_trials: int, folds: int, metric: str, stream: TextIO | None = None
+        self,
+        num_trials: int,
+        folds: int,
+        metric: str,
+        stream: TextIO | None = None,
+        storage_path: str = "",
     ) -> None:
         self.num_trials, self.folds, self.metric = num_trials, folds, metric
-        self.__setstate__({"num_trials": num_trials, "folds": folds, "metric": metric})
+        self.storage_path = (
+            storage_path  # the sweep's: error.txt paths on URI storage get their scheme
+        )
+        self.__setstate__(self.__getstate__())
         self.stream = stream
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the sweep's state: the settings, not the terminal."""
-        return {"num_trials": self.num_trials, "folds": self.folds, "metric": self.metric}
+        return {
+            "num_trials": self.num_trials,
+            "folds": self.folds,
+            "metric": self.metric,
+            "storage_path": self.storage_path,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"storage_path": "", **state})
         self.stream = None
         self.numbers: dict[str, int] = {}  # sweep trial id -> 1-based number in start order
         self.status: dict[str, str] = {}
@@ -171,13 +184,13 @@ class ProgressView(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.say(
-            f"{self._label(trial)} failed ({_error_line(trial)}); retrying from its last finished fold"
+            f"{self._label(trial)} failed ({_error_line(trial, self.storage_path)}); retrying from its last finished fold"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += FINISH_KEY in trial.config
         self.status[self._label(trial)] = "ERROR"
-        self.say(f"{self._label(trial)} ERROR: {_error_line(trial)}")
+        self.say(f"{self._label(trial)} ERROR: {_error_line(trial, self.storage_path)}")
         self._where(trials)
 
     def _where(self, trials: list) -> None:
@@ -203,9 +216,9 @@ class ProgressView(tune.Callback):
         )
 
 
-def _error_line(trial) -> str:
+def _error_line(trial, storage_path: str = "") -> str:
     """The exception of a failed trial in one line (`results.trial_error_text`)."""
-    return trial_error_text(trial) or "see the trial's error.txt"
+    return trial_error_text(trial, storage_path) or "see the trial's error.txt"
 
 
 def _clock(seconds: float) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_tune.errors import fail
-from sft_tune.sweep.storage import Home, is_uri, storage_problem
+from sft_tune.sweep.storage import Home, is_uri, join, listing, read_text, storage_problem
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +152,16 @@ class SweepFolder:
 
     def sync(self, names: tuple[str, ...] | list[str] | None = None, strict: bool = False) -> None:
         """With URI storage: copy the sweep's own files (or `names`) that changed up to its home.
-        A failed copy is a warning (the next sync retries) unless `strict`."""
+        In the background (the caller never waits; a failed copy is a warning, retried at the
+        next), or with `strict` at once, after what is queued, raising a failure."""
         if not self.remote:
             return
-        try:
-            self.home.push(list(names or self.OWN_FILES))
-        except OSError as err:
-            if strict:
-                raise
-            log.warning(
-                "could not copy the sweep's files to %s (%s); retried at the next sync",
-                self.experiment,
-                err,
-            )
+        names = list(names or self.OWN_FILES)
+        if not strict:
+            self.home.push_soon(names)
+            return
+        self.home.flush()
+        self.home.push(names)
 
     def push_model(self) -> None:
         """With URI storage: upload the best model folder whole (its manifest last)."""
@@ -287,6 +284,21 @@ def repoint_data(base: dict[str, Any], data_dir: Path) -> dict[str, Any]:
         data["test"] = new[data["test"]]
     data["unlabelled"] = [new[p] for p in data.get("unlabelled", [])]
     return {**base, "data": data}
+
+
+def last_fold_state(trial_dir: str | None) -> dict[str, Any] | None:
+    """The fold state in a trial folder's newest fold checkpoint (checkpoint_NNNNNN/folds.json),
+    local or on URI storage; None without one."""
+    if not trial_dir:
+        return None
+    checkpoints = sorted(
+        info.base_name for info in listing(trial_dir) if info.base_name.startswith("checkpoint_")
+    )
+    for name in reversed(checkpoints):
+        text = read_text(join(trial_dir, name, FOLDS_FILE))
+        if text:
+            return json.loads(text)
+    return None
 
 
 def new_fold(result: dict[str, Any]) -> bool:

@@ -33,7 +33,7 @@ from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf1
 from sft_tune.core.model import load_model, load_tokenizer
 from sft_tune.core.prepare import PreparedData
 from sft_tune.sweep.encodings import SharedData
-from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED
+from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, last_fold_state
 from sft_tune.tasks import get_task
 
 # Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
@@ -290,9 +290,18 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
     def report(metrics: dict[str, Any], folder: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
+    def saved() -> dict[str, Any] | None:
+        # Tune's saved state may name an older checkpoint than the trial's newest (a driver
+        # killed between two saves of its state): go on from the newest fold state there is.
+        states = [
+            read_saved(tune.get_checkpoint() or _resume_from(job)),
+            last_fold_state(job.get("trial_folder")),
+        ]
+        return max((s for s in states if s), key=lambda s: len(s["scores"]), default=None)
+
     place = TrialPlace(
         report,
-        lambda: read_saved(tune.get_checkpoint() or _resume_from(job)),
+        saved,
         device,
         nodes=[ray.get_runtime_context().get_node_id()],
     )

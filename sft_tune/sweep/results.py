@@ -15,12 +15,14 @@ from typing import Any
 import yaml
 
 from sft_tune.space import Sweep, with_params
-from sft_tune.sweep.folder import SweepFolder, fold_checkpoint
+from sft_tune.sweep.folder import SweepFolder, fold_checkpoint, with_scheme
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (Ray colours its task names)
 
 
-def error_text(error: BaseException | str | None, traceback: Path | None = None) -> str | None:
+def error_text(
+    error: BaseException | str | None, traceback: str | Path | None = None
+) -> str | None:
     """What a trial died of, readable: `Type: first line of the message` of the exception it
     raised (Ray wraps it in a RayTaskError whose text starts with the colour-coded task name),
     no colour codes, and where the full traceback is (`traceback`: the trial folder's error.txt)."""
@@ -39,20 +41,28 @@ def error_text(error: BaseException | str | None, traceback: Path | None = None)
     return text + (f" (traceback: {traceback})" if traceback is not None else "")
 
 
-def trial_error_text(trial) -> str | None:
-    """`error_text` of a Tune trial that failed (its pickled exception, else its error.txt)."""
+def trial_error_text(trial, storage_path: str = "") -> str | None:
+    """`error_text` of a Tune trial that failed (its pickled exception, else its error.txt).
+    `storage_path`: the sweep's (a URI puts the scheme back on the trial's path)."""
     error = trial.get_pickled_error() or trial.get_error()
     path = getattr(trial, "error_file", None)
     written = bool(path) and Path(path).is_file()
     if error is None and written:
         error = Path(path).read_text()
     # Tune writes it in the trial's local folder and syncs it to the trial's storage folder.
-    return error_text(error, Path(trial.path, Path(path).name) if written else None)
+    where = with_scheme(f"{trial.path}/{Path(path).name}", storage_path) if written else None
+    return error_text(error, where)
 
 
-def _traceback(trial_path: str | None) -> Path | None:
-    path = Path(trial_path, "error.txt") if trial_path else None
-    return path if path is not None and path.is_file() else None
+def _traceback(trial_path: str | None, storage_path: str = "") -> str | None:
+    """The error.txt Tune writes in a failed trial's folder (on URI storage: its URI, whose
+    existence is not checked here)."""
+    if not trial_path:
+        return None
+    if "://" in storage_path:
+        return with_scheme(f"{trial_path}/error.txt", storage_path)
+    path = Path(trial_path, "error.txt")
+    return str(path) if path.is_file() else None
 
 
 def _names_an_exception(line: str) -> bool:
@@ -188,7 +198,7 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 cv_std=metrics.get("cv_std"),
                 fold_scores=json.loads(metrics.get("fold_scores", "[]")),
                 attempts=sum(e["event"] == "start" and e["trial_id"] == trial_id for e in events),
-                error=error_text(result.error, _traceback(result.path))
+                error=error_text(result.error, _traceback(result.path, folder.storage_path))
                 if status is Status.ERROR
                 else None,
                 checkpoint=fold_checkpoint(result.path, metrics, folder.storage_path),

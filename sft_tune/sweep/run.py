@@ -10,9 +10,11 @@ partial ones before the best configuration is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from sft_tune.core import data as data_module
@@ -38,6 +40,8 @@ from sft_tune.sweep.searcher import close_orphans, record_finished
 from sft_tune.tasks import get_task
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # seconds between saves of Tune's state
 
 
 def run_search(
@@ -107,7 +111,10 @@ def run_search(
             folder.sync(strict=True)
             return result
         finally:
-            folder.sync()  # what an interrupted sweep wrote (a finished one: nothing new)
+            try:  # what an interrupted sweep wrote (after a finished one: nothing new)
+                folder.sync(strict=True)
+            except OSError as err:
+                log.warning("could not copy the sweep's files to %s: %s", folder.location, err)
             if started:
                 ray.shutdown()
 
@@ -164,13 +171,9 @@ def _search(
 ) -> list[Trial]:
     """The search experiment, then the one that finishes the stopped contenders: the trials."""
     from sft_tune.sweep.tracking import WandbTrialCallback
-    from sft_tune.sweep.tuner import TrialEvents, make_finishing_tuner, make_tuner, shared_inputs
+    from sft_tune.sweep.tuner import TrialEvents
 
     settings = sweep.search
-    # Tune saves its experiment state at every step (default: at most every 10 s), so that what a
-    # killed driver leaves behind is at most one step older than what it did. On URI storage the
-    # upload of a save is skipped while the previous one still runs.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     wandb = WandbTrialCallback(
         settings.wandb_project,
         settings.name,
@@ -180,7 +183,9 @@ def _search(
         enabled=use_wandb,
         log_every=sweep.base_config.log_every,
     )
-    progress = ProgressView(settings.num_trials, settings.folds, settings.metric, terminal)
+    progress = ProgressView(
+        settings.num_trials, settings.folds, settings.metric, terminal, folder.storage_path
+    )
     events = TrialEvents(folder, settings.folds)
     callbacks = [
         events,
@@ -191,44 +196,82 @@ def _search(
     if capped:
         progress.say(capped)
     try:
-        trials = collect(
-            sweep,
-            folder,
-            make_tuner(
-                sweep,
-                folder,
-                shared_inputs(sweep, folder, data),
-                list(callbacks),
-                restoring,
-                at_once,
-            ).fit(),
-        )
-        if restoring:  # trials a killed driver left RUNNING in the study
-            close_orphans(settings.name, folder.optuna_url(settings.optuna_storage), trials)
-        # Only after a search that ended: an interrupted one is resumed first (--resume).
-        chosen = contenders(sweep, trials) if search_ended(sweep, trials) else []
-        if chosen:
-            progress.finish_total = len(chosen)
-            progress.say(
-                f"finishing {len(chosen)} stopped trial(s) before choosing the best: "
-                + ", ".join(
-                    f"{t.trial_id} (mean {t.cv_mean:.4f} after {t.folds_done} folds)"
-                    for t in chosen
-                )
+        with _state_saved_every_step(not folder.remote):
+            trials = _run_tuners(
+                sweep, folder, data, restoring, callbacks, events, progress, at_once
             )
-            finish = {t.trial_id: {"params": t.params, "checkpoint": t.checkpoint} for t in chosen}
-            events.started = {t.trial_id: t.folds_done for t in chosen}
-            tuner = make_finishing_tuner(
-                sweep,
-                folder,
-                shared_inputs(sweep, folder, data, finish),
-                list(callbacks),
-                list(finish),
-                at_once,
-            )
-            trials = _merge(sweep, folder, trials, collect(sweep, folder, tuner.fit()))
     finally:
         wandb.close()
+    return trials
+
+
+@contextlib.contextmanager
+def _state_saved_every_step(wanted: bool) -> Iterator[None]:
+    """While the Tuners run: Tune saves its experiment state at every step (default: at most
+    every 10 s), so that what a killed driver leaves behind is at most one step older than what
+    it did. Not on URI storage, where each save is an upload (bench/multinode.py: that nearly
+    doubled a tiny sweep's time): Tune's default period stays there, and a restored trial goes on
+    from its newest fold checkpoint on the storage, whatever the state names
+    (`folds.run_in_actor`). A value the user set is kept."""
+    if not wanted or CHECKPOINT_PERIOD_ENV in os.environ:
+        yield
+        return
+    os.environ[CHECKPOINT_PERIOD_ENV] = "0"  # read when a Tuner's controller starts
+    try:
+        yield
+    finally:
+        os.environ.pop(CHECKPOINT_PERIOD_ENV, None)
+
+
+def _run_tuners(
+    sweep: Sweep,
+    folder: SweepFolder,
+    data: SharedData,
+    restoring: bool,
+    callbacks: list,
+    events,
+    progress: ProgressView,
+    at_once: int,
+) -> list[Trial]:
+    """The search's Tuner, then the one that finishes the stopped contenders."""
+    from sft_tune.sweep.tuner import make_finishing_tuner, make_tuner, shared_inputs
+
+    settings = sweep.search
+    trials = collect(
+        sweep,
+        folder,
+        make_tuner(
+            sweep,
+            folder,
+            shared_inputs(sweep, folder, data),
+            list(callbacks),
+            restoring,
+            at_once,
+        ).fit(),
+    )
+    if restoring:  # trials a killed driver left RUNNING in the study
+        close_orphans(settings.name, folder.optuna_url(settings.optuna_storage), trials)
+    # Only after a search that ended: an interrupted one is resumed first (--resume).
+    chosen = contenders(sweep, trials) if search_ended(sweep, trials) else []
+    if chosen:
+        progress.finish_total = len(chosen)
+        progress.say(
+            f"finishing {len(chosen)} stopped trial(s) before choosing the best: "
+            + ", ".join(
+                f"{t.trial_id} (mean {t.cv_mean:.4f} after {t.folds_done} folds)" for t in chosen
+            )
+        )
+        finish = {t.trial_id: {"params": t.params, "checkpoint": t.checkpoint} for t in chosen}
+        events.started = {t.trial_id: t.folds_done for t in chosen}
+        tuner = make_finishing_tuner(
+            sweep,
+            folder,
+            shared_inputs(sweep, folder, data, finish),
+            list(callbacks),
+            list(finish),
+            at_once,
+        )
+        trials = _merge(sweep, folder, trials, collect(sweep, folder, tuner.fit()))
     return trials
 
 

@@ -32,7 +32,10 @@ TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done s
 # records in events.jsonl (before Tune saves that end). Read when used, never saved.
 KILL_DRIVER_ENV = "SFT_TUNE_KILL_DRIVER_AFTER_SUGGESTION"
 KILL_DRIVER_AFTER_END_ENV = "SFT_TUNE_KILL_DRIVER_AFTER_END"
-_counts = {KILL_DRIVER_ENV: 0, KILL_DRIVER_AFTER_END_ENV: 0}
+KILL_DRIVER_AFTER_FOLD_ENV = (
+    "SFT_TUNE_KILL_DRIVER_AFTER_FOLD"  # after the driver logs the N-th fold
+)
+_counts = {KILL_DRIVER_ENV: 0, KILL_DRIVER_AFTER_END_ENV: 0, KILL_DRIVER_AFTER_FOLD_ENV: 0}
 
 
 class ConditionalSpace:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from sft_tune.errors import fail
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "MANIFEST.json"  # in an uploaded model folder: its files, written last
+MANIFEST = "MANIFEST.json"
+SMALL_FILE = 64 << 20  # bytes read at once  # in an uploaded model folder: its files, written last
 
 
 def is_uri(path: str | os.PathLike | None) -> bool:
@@ -84,6 +86,12 @@ class Home:
         self.uri, self.cache = uri.rstrip("/"), Path(cache)
         self._fs = None
         self._pushed: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) pushed
+        self._dirs: set[str] = set()  # folders made on the storage
+        self._lock = threading.RLock()  # one push at a time: the background one or a strict one
+        self._wake = threading.Condition()
+        self._pending: set[str] = set()  # names `push_soon` was given, not pushed yet
+        self._busy = False
+        self._worker: threading.Thread | None = None
         self.bytes_pushed = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -114,23 +122,69 @@ class Home:
         """Copy the named files and folders of the cache up (what changed since the last push);
         returns the bytes written."""
         written = 0
-        for name in names:
-            for local in self._local_files(name):
-                relative = local.relative_to(self.cache).as_posix()
-                stat = local.stat()
-                if self._pushed.get(relative) == (stat.st_size, stat.st_mtime_ns):
-                    continue
-                written += self._upload(local, relative)
-                self._pushed[relative] = (stat.st_size, stat.st_mtime_ns)
-        self.bytes_pushed += written
+        with self._lock:
+            for name in names:
+                for local in self._local_files(name):
+                    relative = local.relative_to(self.cache).as_posix()
+                    stat = local.stat()
+                    if self._pushed.get(relative) == (stat.st_size, stat.st_mtime_ns):
+                        continue
+                    written += self._upload(local, relative)
+                    self._pushed[relative] = (stat.st_size, stat.st_mtime_ns)
+            self.bytes_pushed += written
         return written
+
+    def push_soon(self, names: list[str]) -> None:
+        """`push` on a background thread, so that the caller (Tune's event loop) never waits
+        for the storage; names given while a push runs are pushed together after it. A failed
+        push is a warning; `flush` waits for what is queued."""
+        with self._wake:
+            self._pending.update(names)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._drain, name="sweep-home", daemon=True)
+                self._worker.start()
+            self._wake.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every `push_soon` so far has been pushed (or has failed)."""
+        with self._wake:
+            while self._pending or self._busy:
+                self._wake.wait()
+
+    def _drain(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending:
+                    self._wake.wait()
+                names, self._busy = sorted(self._pending), True
+                self._pending.clear()
+            try:
+                self.push(names)
+            except OSError as err:
+                log.warning(
+                    "could not copy %s to %s (%s); retried at the next copy", names, self.uri, err
+                )
+                for name in names:  # nothing of theirs counts as pushed: the next copy retries
+                    with self._lock:
+                        self._pushed = {
+                            k: v for k, v in self._pushed.items() if not k.startswith(name)
+                        }
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
 
     def _upload(self, local: Path, relative: str) -> int:
         remote = self._remote(relative)
-        self.fs.create_dir(remote.rsplit("/", 1)[0], recursive=True)
+        parent = remote.rsplit("/", 1)[0]
+        if parent not in self._dirs:
+            self.fs.create_dir(parent, recursive=True)
+            self._dirs.add(parent)
         size = 0
         with open(local, "rb") as source, self.fs.open_output_stream(remote) as target:
-            while chunk := source.read(1 << 22):
+            # A small file is read whole at once, so one the driver appends to (events.jsonl)
+            # goes up in whole lines; a large one (model weights) in chunks.
+            while chunk := source.read(SMALL_FILE if size == 0 else 1 << 22):
                 target.write(chunk)
                 size += len(chunk)
         return size

@@ -208,7 +208,7 @@ class WandbTrialCallback(tune.Callback):
         if all_folds_done(trial.last_result, self.folds):  # died after its last fold: complete
             self._submit(self._complete, self.trial_of(trial), self.folds)
             return
-        error = trial_error_text(trial)
+        error = trial_error_text(trial, self.folder.storage_path)
         self._submit(self._finish, self.trial_of(trial), "FAILED", 1, error)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:

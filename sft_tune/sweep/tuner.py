@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -24,15 +25,16 @@ from sft_tune.sweep.encodings import SharedData
 from sft_tune.sweep.folder import (
     FINISH_EXPERIMENT,
     FINISH_KEY,
-    FOLDS_FILE,
     EventLog,
     SweepFolder,
+    last_fold_state,
     new_fold,
 )
 from sft_tune.sweep.folds import FAULT_FILE_ENV, KILL_AFTER_LAST_FOLD_ENV, ddp_worker, run_in_actor
 from sft_tune.sweep.results import all_folds_done, end_status
 from sft_tune.sweep.searcher import (
     KILL_DRIVER_AFTER_END_ENV,
+    KILL_DRIVER_AFTER_FOLD_ENV,
     TUNE_METRIC,
     SweepLimiter,
     make_searcher,
@@ -60,6 +62,8 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
         "fault_file": shared["fault_file"],
         "kill_after_last_fold": shared.get("kill_after_last_fold"),
         "resume_from": resume_from,
+        # where Tune keeps this trial's fold checkpoints on the storage
+        "trial_folder": join(shared["experiment"], Path(tune.get_context().get_trial_dir()).name),
     }
     resources = shared["resources"]
     if resources["workers"] == 1:
@@ -121,6 +125,9 @@ class TrialEvents(tune.Callback):
             trial.config.get(FINISH_KEY) or trial.trial_id,
             enabled=True,
         ).write(event, **fields)
+        # With URI storage the record goes up at once (one small file): the events on the
+        # storage always match the fold checkpoints there, whatever happens to this machine.
+        self.folder.sync([self.folder.EVENTS])
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         last = trial.last_result or {}
@@ -143,11 +150,12 @@ class TrialEvents(tune.Callback):
                 trial_pid=result.get("pid"),
                 nodes=json.loads(result.get("nodes") or "null"),
             )
+            self._kill_hook(KILL_DRIVER_AFTER_FOLD_ENV)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._log(trial, "end", status=end_status(trial.last_result, self.folds).value)
         self._sync()
-        maybe_kill_driver(KILL_DRIVER_AFTER_END_ENV)
+        self._kill_hook(KILL_DRIVER_AFTER_END_ENV)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # A trial whose process died after its last fold is complete.
@@ -155,11 +163,17 @@ class TrialEvents(tune.Callback):
         self._log(trial, "end", status="COMPLETE" if complete else "ERROR")
         self._sync()
 
+    def _kill_hook(self, hook: str) -> None:
+        """Testing hooks: the driver dies here, once what it queued for the storage is there."""
+        if os.environ.get(hook) and self.folder.remote:
+            self.folder.home.flush()
+        maybe_kill_driver(hook)
+
     def _sync(self) -> None:
-        """With URI storage: the events, the study (Tune told the searcher of the trial's end
-        before its callbacks), the log and the W&B runs go up to the sweep's home."""
+        """With URI storage: the study (Tune told the searcher of the trial's end before its
+        callbacks), the log and the W&B runs go up to the sweep's home."""
         folder = self.folder
-        folder.sync([folder.EVENTS, folder.STUDY, folder.LOG, folder.WANDB])
+        folder.sync([folder.STUDY, folder.LOG, folder.WANDB])
 
 
 def actor_ip_pid(trial) -> tuple[str | None, int | None]:
@@ -185,6 +199,7 @@ def shared_inputs(
         "metric": sweep.search.metric,
         "data": data,
         "train_storage": folder.train_storage,
+        "experiment": f"{folder.experiment}/{FINISH_EXPERIMENT}" if finish else folder.experiment,
         "fault_file": os.environ.get(FAULT_FILE_ENV),
         "kill_after_last_fold": os.environ.get(KILL_AFTER_LAST_FOLD_ENV),
         "finish": finish or {},
@@ -263,7 +278,7 @@ def settle_ended_trials(
             continue
         config = trial.get("config") if isinstance(trial.get("config"), dict) else {}
         key = config.get(FINISH_KEY) or trial["trial_id"]
-        saved = _last_fold_state(join(root, trial.get("relative_logdir", "")))
+        saved = last_fold_state(join(root, trial.get("relative_logdir", "")))
         complete = saved is not None and len(saved["scores"]) >= folds
         if not complete and ended.get(key) not in ("COMPLETE", "STOPPED", "DIVERGED"):
             continue
@@ -275,15 +290,6 @@ def settle_ended_trials(
     if settled:
         write_text(path, json.dumps(state))
     return settled
-
-
-def _last_fold_state(trial_dir: str) -> dict[str, Any] | None:
-    """The fold state in a trial folder's newest fold checkpoint (checkpoint_NNNNNN/folds.json)."""
-    checkpoints = sorted(
-        info.base_name for info in listing(trial_dir) if info.base_name.startswith("checkpoint_")
-    )
-    text = read_text(join(trial_dir, checkpoints[-1], FOLDS_FILE)) if checkpoints else None
-    return json.loads(text) if text else None
 
 
 def make_finishing_tuner(

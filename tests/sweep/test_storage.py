@@ -115,17 +115,19 @@ def test_a_sweep_on_s3_lives_there_and_is_selected_and_reported_from_its_uri_alo
 def test_a_sweep_whose_driver_and_disk_are_lost_resumes_from_its_uri_elsewhere(
     ray_with_s3, tmp_path, tiny_bert, monkeypatch
 ):
-    """The driver is SIGKILLed right after the first trial ended, and its machine's disk (the
-    sweep's cache) and the data files' folder are gone: `search --resume URI --data-dir` in a
-    fresh folder on another machine finishes the sweep from what is on S3. The trial that ended
-    is not launched again, no fold runs twice, the study agrees, one W&B run per trial."""
+    """The driver is SIGKILLed right after the second trial's first fold (the first trial has
+    ended; Tune saves its state on URI storage only every few seconds, so that state may not
+    know the fold), and its machine's disk (the sweep's cache) and the data files' folder are
+    gone: `search --resume URI --data-dir` in a fresh folder on another machine finishes the
+    sweep from what is on S3. The trial that ended is not launched again, no fold runs twice
+    (a restored trial goes on from its newest fold checkpoint on S3), the study agrees."""
     head = tmp_path / "head"
     head.mkdir()
     files = make_toy_files((tmp_path / "data").mkdir() or tmp_path / "data")
     space = write_space(head, tiny_bert, files, "lost", num_trials=2, scheduler="none")
     raw = space.read_text().replace(str(head / "sweeps"), f"s3://{BUCKET}/sweeps")
     space.write_text(raw)
-    env = {**os.environ, "RAY_ADDRESS": "", "SFT_TUNE_KILL_DRIVER_AFTER_END": "1"}
+    env = {**os.environ, "RAY_ADDRESS": "", "SFT_TUNE_KILL_DRIVER_AFTER_FOLD": "3"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "sft_tune", "search", "--space", str(space), "--no-select"],
         cwd=head,
@@ -144,6 +146,7 @@ def test_a_sweep_whose_driver_and_disk_are_lost_resumes_from_its_uri_elsewhere(
     uri = f"s3://{BUCKET}/sweeps/lost"
     ended = [e["trial_id"] for e in _events(uri) if e["event"] == "end"]
     assert len(ended) == 1  # synced to S3 at the trial's end, before the kill
+    killed_in = {e["trial_id"] for e in _events(uri) if e["event"] == "start"} - set(ended)
     shutil.rmtree(head)
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "data", moved)
@@ -156,15 +159,21 @@ def test_a_sweep_whose_driver_and_disk_are_lost_resumes_from_its_uri_elsewhere(
     events = _events(uri)
     assert sum(e["event"] == "start" and e["trial_id"] == ended[0] for e in events) == 1
     folds = [(e["trial_id"], e["fold"]) for e in events if e["event"] == "fold"]
-    assert len(folds) == len(set(folds)) == 4
+    assert len(folds) == len(set(folds))  # no fold of any trial ran twice
     cache = laptop / "runs" / "sweeps" / "lost"
     summary = json.loads(read_text(f"{uri}/summary.json"))
     assert summary["complete"] and summary["statuses"]["COMPLETE"] == 2
+    trials = json.loads(read_text(f"{uri}/trials.json"))
+    for row in trials:  # the interrupted trial, when Tune's state knew it, went on at fold 2
+        assert sorted(f for t, f in folds if t == row["trial_id"]) == [1, 2]
     study = optuna.load_study(study_name="lost", storage=f"sqlite:///{cache / 'study.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert summary["optuna_states"] == {"COMPLETE": 2}
+    states = [t.state.name for t in study.trials]
+    # The interrupted trial goes on when Tune's saved state knew it; else it is sampled again
+    # (closed FAIL if the study on S3 already held it).
+    assert states.count("COMPLETE") == 2 and "RUNNING" not in states
+    assert killed_in and len(folds) >= 4
     ids = [run.run_id for run in read_runs(cache / "wandb")]
-    assert len(ids) == len(set(ids)) == 2
+    assert len(ids) == len(set(ids))
 
 
 def _events(uri: str) -> list[dict]:

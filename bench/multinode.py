@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""What leaving one machine costs a sweep: the same tiny sweep on one node with a local folder and
+on a two-node cluster with S3 storage, side by side, plus `select` from the URI alone.
+
+    .venv/bin/python bench/multinode.py [--rounds 2] [--trials 4] [--folds 3] [--verbose]
+
+The cluster is the tests' (tests/ray_nodes.py, tests/s3_server.py): a head with no CPU (this
+process, the driver) and one 2-CPU worker node started by `ray start --address` in its own
+mount and PID namespaces, storage on moto's S3 server on 127.0.0.1. Each round runs the local
+sweep (`run_search` on a local Ray with this machine's cores and a local folder) and the cluster
+sweep (`run_search` on the cluster, storage s3://bench/sweeps) in alternating order, each Ray
+started before its clock and stopped after it; the same space
+(tiny random BERT, toy 3-class set, scheduler none, one worker per trial, max_concurrent 1, W&B
+offline), each sweep under its own name. Printed: the wall time of each, medians and the ratio
+cluster / local (goal <= 1.3), the bytes the cluster sweep wrote to S3 (Ray's state and fold
+checkpoints, and the sweep's own files) per trial and per fold, and the wall time of
+`sft-tune select s3://bench/sweeps/NAME --no-wandb` in a fresh folder (a new process: imports,
+pulling the sweep's files, retraining, uploading best_model with its manifest). Every timed block
+reports how many cores other processes kept busy. Last line: `RESULT_JSON {...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from harness import OtherCPU, chatter_to, machine, others_text, say, table, versions, watched  # noqa: E402
+from ray_nodes import Nodes  # noqa: E402  (tests/ray_nodes.py)
+from s3_server import moto_s3, objects  # noqa: E402  (tests/s3_server.py)
+from sweep import make_toy, sized  # noqa: E402  (bench/sweep.py)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+BUCKET = "bench"
+OTHERS = OtherCPU()
+
+
+def write_space(folder: Path, name: str, setup: dict, args, storage: str) -> Path:
+    import yaml
+
+    space = {
+        "config": sized(setup["base"], 4, 1),
+        "params": setup["params"],
+        "search": {
+            "name": name,
+            "metric": "macro_f1",
+            "mode": "max",
+            "num_trials": args.trials,
+            "max_concurrent": 1,
+            "sampler": "random",
+            "scheduler": "none",
+            "folds": args.folds,
+            "seed": 0,
+            "resources": {"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 0},
+            "max_failures": 0,
+            "storage_path": storage,
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def timed_sweep(space: Path, log: Path, verbose: bool) -> dict[str, Any]:
+    from sft_tune.sweep.run import run_search
+
+    info: dict[str, Any] = {}
+    with watched(info, OTHERS), chatter_to(log, not verbose):
+        result = run_search(space)
+    info["folds"] = sum(t.folds_done for t in result.trials)
+    info["complete"] = sum(t.status == "COMPLETE" for t in result.trials)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=2, help="local/cluster pairs (default 2)")
+    p.add_argument("--trials", type=int, default=4, help="trials per sweep (default 4)")
+    p.add_argument("--folds", type=int, default=3, help="folds per trial (default 3)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the training's output")
+    args = p.parse_args(argv)
+    import ray
+
+    say(f"machine: {machine()}", *versions(("ray", "pyarrow", "moto")))
+    work = Path(tempfile.mkdtemp(prefix="bench-multinode-"))
+    os.chdir(work)
+    log = work / "chatter.log"
+    setup = make_toy(work, n_train=240, n_unlabelled=400, noise=0.1)
+    rows, local, cluster, stored = [], [], [], []
+    with moto_s3(work / "moto.log", BUCKET) as s3:
+        for round_ in range(args.rounds):
+            order = ("local", "cluster") if round_ % 2 == 0 else ("cluster", "local")
+            for where in order:
+                name = f"{where}-{round_}"
+                if where == "local":
+                    # a local Ray started outside the clock, as the cluster is
+                    with chatter_to(log, not args.verbose):
+                        ray.init(
+                            num_cpus=os.cpu_count(),
+                            include_dashboard=True,
+                            dashboard_host="127.0.0.1",
+                        )
+                    try:
+                        space = write_space(work, name, setup, args, str(work / "sweeps"))
+                        info = timed_sweep(space, log, args.verbose)
+                    finally:
+                        ray.shutdown()
+                    local.append(info["seconds"])
+                else:
+                    (work / "nodes").mkdir(exist_ok=True)
+                    (work / "hidden").mkdir(exist_ok=True)
+                    nodes = Nodes(hidden=work / "hidden", logs=work / "nodes")
+                    try:
+                        nodes.add(cpus=2)
+                        space = write_space(work, name, setup, args, f"s3://{BUCKET}/sweeps")
+                        info = timed_sweep(space, log, args.verbose)
+                    finally:
+                        nodes.shutdown()
+                    cluster.append(info["seconds"])
+                    found = objects(s3, f"{BUCKET}/sweeps/{name}")
+                    own = sum(
+                        size
+                        for path, size in found.items()
+                        if not path.startswith(("run_trial_", "train/", "finish/"))
+                        and not path.startswith(
+                            ("experiment_state", "tuner.pkl", "search_", "basic-variant")
+                        )
+                    )
+                    stored.append(
+                        {
+                            "name": name,
+                            "total": sum(found.values()),
+                            "own": own,
+                            "folds": info["folds"],
+                        }
+                    )
+                rows.append(
+                    [
+                        name,
+                        f"{info['seconds']:.1f}",
+                        info["complete"],
+                        info["folds"],
+                        others_text(info.get("others")),
+                    ]
+                )
+        say(table(["sweep", "wall s", "complete", "folds", "other processes"], rows))
+        ratio = statistics.median(cluster) / statistics.median(local)
+        last = stored[-1]
+        per_trial, per_fold = last["total"] / args.trials, last["total"] / max(last["folds"], 1)
+        say(
+            f"cluster / local wall time (medians {statistics.median(cluster):.1f} s / {statistics.median(local):.1f} s): "
+            f"{ratio:.2f} (goal <= 1.3: {'MET' if ratio <= 1.3 else 'NOT MET'})",
+            f"bytes on S3 for {last['name']}: {last['total']:,} in all ({last['own']:,} the sweep's own files), "
+            f"{per_trial:,.0f} per trial, {per_fold:,.0f} per fold",
+        )
+        fresh = work / "laptop"
+        fresh.mkdir()
+        uri = f"s3://{BUCKET}/sweeps/{last['name']}"
+        started = time.perf_counter()
+        info = {}
+        with watched(info, OTHERS):
+            done = subprocess.run(
+                [sys.executable, "-m", "sft_tune", "select", uri, "--no-wandb", "--no-progress"],
+                cwd=fresh,
+                capture_output=True,
+                text=True,
+            )
+        select_s = time.perf_counter() - started
+        if done.returncode != 0:
+            say(done.stderr[-2000:])
+            return 1
+        say(
+            f"select from {uri} in a fresh folder: {select_s:.1f} s ({others_text(info.get('others'))})"
+        )
+    ray.shutdown()
+    print(
+        "RESULT_JSON "
+        + json.dumps(
+            {
+                "local_s": local,
+                "cluster_s": cluster,
+                "ratio": ratio,
+                "bytes": stored,
+                "bytes_per_trial": per_trial,
+                "bytes_per_fold": per_fold,
+                "select_from_uri_s": select_s,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
