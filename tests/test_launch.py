@@ -35,6 +35,11 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
     text = path.read_text()
     if "provider" in config:  # Ray cluster launcher
         jsonschema.validate(config, json.loads(RAY_SCHEMA.read_text()))
+        # Every node type reaches S3 through an instance profile (the launcher gives workers none).
+        for node in config["available_node_types"].values():
+            assert node["node_config"]["IamInstanceProfile"]
+        assert not any("pip install -e" in c for c in config["setup_commands"])
+        assert f'"sft-tune=={VERSION}"' in " ".join(config["setup_commands"])
         starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
         ray_starts = [c for c in starts if "ray start" in c]
         assert ray_starts and all("RAY_AUTH_MODE=token" in c for c in ray_starts)
@@ -59,9 +64,46 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
             "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
             for g in cluster["workerGroupSpecs"]
         )
+        # Workers scale (KubeRay's autoscaler), reach S3 (a Secret or the service account's
+        # role), and have a memory-backed /dev/shm; the image is the Dockerfile's.
+        assert cluster["enableInTreeAutoscaling"] is True
+        for group in cluster["workerGroupSpecs"]:
+            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        for pod in pods[:-1]:
+            volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+            (container,) = pod["spec"]["containers"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+            env = {e["name"]: e for e in container["env"]}
+            s3 = env.get("AWS_SECRET_ACCESS_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
+            assert s3 or pod["spec"].get("serviceAccountName")
+            assert container["image"] == DOCKER_IMAGE
+        assert spec["submitterPodTemplate"]["spec"]["containers"][0]["image"] == DOCKER_IMAGE
     else:
         pytest.fail(f"{path} is neither a cluster launcher config nor a RayJob")
     assert "WANDB_API_KEY=" not in text and "auth_token:" not in text
+
+
+VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
+DOCKERFILE = ROOT / "launch" / "Dockerfile"
+DOCKER_IMAGE = f"ghcr.io/example/sft-tune:{VERSION}"
+
+
+def test_the_dockerfile_builds_the_rayjobs_image_with_this_sft_tune_and_no_secrets():
+    """The image the RayJob names is the one the Dockerfile's comment builds: Ray's image at the
+    RayJob's Ray version, sft-tune at this version, the project under /app (the RayJob's working
+    directory), and a Dockerfile-specific ignore file keeps secrets and local results out."""
+    text = DOCKERFILE.read_text()
+    rayjob = _load(ROOT / "launch" / "kuberay-rayjob.yaml")
+    ray_version = rayjob["spec"]["rayClusterSpec"]["rayVersion"]
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(ray_version)}-py3\d+-gpu$", text, re.M)
+    assert re.search(rf"^ARG SFT_TUNE_VERSION={re.escape(VERSION)}$", text, re.M)
+    assert 'pip install --no-cache-dir "sft-tune==${SFT_TUNE_VERSION}"' in text
+    assert re.search(r"^WORKDIR /app$", text, re.M) and re.search(r"^COPY .* /app$", text, re.M)
+    assert f"-t {DOCKER_IMAGE} ." in text
+    ignored = (ROOT / "launch" / "Dockerfile.dockerignore").read_text().split()
+    for pattern in (".env", ".ray-token/", "**/*.pem", "**/*token*", "!**/tokenizer*", "runs/"):
+        assert pattern in ignored
 
 
 def _sandboxed(command: str, port: int, dashboard: int, temp_dir: Path) -> str:
