@@ -158,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="read the sweep's data files from this folder instead of where the sweep ran (each at its path relative to the deepest folder that held them all), e.g. on another machine than the cluster's",
     )
+    select.add_argument(
+        "--on-ray",
+        action="store_true",
+        help="retrain as a Ray task holding one trial worker's CPUs and GPUs (on a GPU node of the cluster), which uploads the model to the sweep's URI storage; the model is then brought down here",
+    )
+    select.add_argument(
+        "--address",
+        default=None,
+        help="with --on-ray: the Ray cluster (default: $RAY_ADDRESS, a running local cluster, else a new local Ray)",
+    )
     select.add_argument("--no-wandb", action="store_true", help="do not log the best model to W&B")
     select.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -176,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser(
         "submit",
         help="run a command (search, train, select, report) on a Ray cluster as a Ray Job",
-        description="Submit `sft-tune COMMAND ...` to a Ray cluster through the Job Submission API, with a copy of this project as the job's working directory: the files git tracks (minus .rayignore) plus the files the command reads inside the project, never secret-looking files (.env*, *token*, *credential*, *secret*, *.pem, *.key, .netrc, .ray-token/); the upload's count, size and largest files are printed first. The command is checked locally first, its paths read relative to the project folder as the job will. The Ray token comes from --token-file, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token and is never printed or sent anywhere but the Authorization header.",
+        description="Submit `sft-tune COMMAND ...` to a Ray cluster through the Job Submission API, with a copy of your project folder (the current folder, or --working-dir) as the job's working directory and the local sft-tune package shipped with it (or, with --cluster-sft-tune, the cluster image's, checked to be the same version): the files git tracks (minus .rayignore) plus the files the command reads inside the project, never secret-looking files (.env*, *token*, *credential*, *secret*, *.pem, *.key, .netrc, .ray-token/); the upload's count, size and largest files are printed first. The command is checked locally first, its paths read relative to the project folder as the job will. The Ray token comes from --token-file, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token and is never printed or sent anywhere but the Authorization header.",
         epilog="example: sft-tune submit --address http://HEAD:8265 --follow -- search --space search_spaces/alpha.yaml",
     )
     submit.add_argument(
@@ -189,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--token-file", type=Path, default=None, help="file holding the cluster's Ray token"
+    )
+    submit.add_argument(
+        "--working-dir",
+        type=Path,
+        default=None,
+        help="the project folder the job runs from (default: the current folder); the command's paths are relative to it",
+    )
+    submit.add_argument(
+        "--cluster-sft-tune",
+        action="store_true",
+        help="use the sft-tune installed in the cluster image instead of shipping the local one with the job (the job checks that the versions match)",
     )
     submit.add_argument(
         "--pip",

@@ -10,6 +10,7 @@ import sys
 
 from sft_tune.arguments import build_parser
 from sft_tune.errors import InputError, fail
+from sft_tune.jobenv import check_job
 from sft_tune.sweep.folder import SweepFolder
 
 EXIT_INPUT = 2
@@ -108,6 +109,12 @@ def _search(args: argparse.Namespace) -> int:
             flush=True,
         )
         args.sweep_dir, args.no_progress, args.data_dir = checked.folder, False, None
+        # On a cluster, a GPU sweep on URI storage retrains on a GPU node, not on the head.
+        args.on_ray = bool(
+            checked.folder.remote
+            and checked.sweep.search.resources.gpus_per_worker
+            and (args.address or os.environ.get("RAY_ADDRESS"))
+        )
         _select(args)
     from sft_tune.report import build_report
 
@@ -119,9 +126,15 @@ def _search(args: argparse.Namespace) -> int:
 def _select(args: argparse.Namespace) -> int:
     from sft_tune.select import check_selection, select_best
 
-    checked = check_selection(args.sweep_dir, args.data_dir)  # before torch loads
+    on_ray = getattr(args, "on_ray", False)
+    checked = check_selection(args.sweep_dir, args.data_dir, on_ray)  # before torch loads
     summary = select_best(
-        args.sweep_dir, use_wandb=not args.no_wandb, progress=not args.no_progress, checked=checked
+        args.sweep_dir,
+        use_wandb=not args.no_wandb,
+        progress=not args.no_progress,
+        checked=checked,
+        on_ray=on_ray,
+        address=getattr(args, "address", None),
     )
     print(json.dumps(summary, indent=2, default=str))
     print(
@@ -169,6 +182,8 @@ def _submit(args: argparse.Namespace) -> int:
         token_file=args.token_file,
         pip=args.pip,
         env=args.env,
+        working_dir=args.working_dir,
+        cluster_sft_tune=args.cluster_sft_tune,
     )
 
 
@@ -199,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        running = check_job()  # inside a submitted job: the submitted sft-tune, its dependencies
+        if running:
+            print(running, file=sys.stderr, flush=True)
         return HANDLERS[args.command](args)
     except InputError as err:
         print(f"sft-tune {args.command}: {err.render()}", file=sys.stderr)

@@ -41,16 +41,26 @@ class Selection:
     data: RawData
 
 
-def check_selection(sweep_dir: str | Path | SweepFolder, data_dir: Path | None = None) -> Selection:
+def check_selection(
+    sweep_dir: str | Path | SweepFolder, data_dir: Path | None = None, on_ray: bool = False
+) -> Selection:
     """A finished sweep's best COMPLETE trial and its config for retraining on all labelled data
     (its data files read and checked again: they may have changed since; `data_dir`: where they
-    are now, see `folder.repoint_data`). `sweep_dir`: its folder, or its home on URI storage."""
+    are now, see `folder.repoint_data`). `sweep_dir`: its folder, or its home on URI storage;
+    `on_ray`: the retrain will run as a Ray task (which needs URI storage)."""
     folder = (
         sweep_dir
         if isinstance(sweep_dir, SweepFolder)
         else SweepFolder.open(sweep_dir, "SWEEP_DIR")
     )
     folder.require_results("select")
+    if on_ray and not folder.remote:
+        raise fail(
+            "--on-ray",
+            str(folder.path),
+            "a retrain on Ray runs on another node, which hands the model back through the sweep's URI storage; this sweep's storage is a local folder",
+            "drop --on-ray (retrain here), or run sweeps that should retrain on the cluster with search.storage_path s3://...",
+        )
     if data_dir is not None and not Path(data_dir).is_dir():
         raise fail(
             "--data-dir",
@@ -92,9 +102,14 @@ def select_best(
     use_wandb: bool = True,
     progress: bool = True,
     checked: Selection | None = None,
+    on_ray: bool = False,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Pick, retrain, test and export the best configuration of a finished sweep (`checked`:
-    what `check_selection` found, else it is called)."""
+    what `check_selection` found, else it is called). `on_ray`: the retraining runs as a Ray task
+    holding one trial worker's CPUs and GPUs (so on a GPU node of the cluster at `address`, or
+    of the one this process is attached to), which uploads the model to the sweep's URI storage;
+    the model is then brought down here."""
     from sft_tune.run import train
     from sft_tune.sweep.tracking import log_best_model
 
@@ -118,13 +133,17 @@ def select_best(
         best["cv_mean"],
         best["cv_std"],
     )
-    metrics = train(
-        config,
-        progress=progress,
-        model_dir=folder.file(folder.BEST_MODEL),
-        extra_files={folder.BEST: summary},
-        raw=checked.data,
-    )
+    if on_ray:
+        metrics = _retrain_on_ray(checked, summary, address)
+        summary["retrained_on"] = metrics["retrained_on"]
+    else:
+        metrics = train(
+            config,
+            progress=progress,
+            model_dir=folder.file(folder.BEST_MODEL),
+            extra_files={folder.BEST: summary},
+            raw=checked.data,
+        )
     summary["test"] = metrics.get("test")
     summary["model_dir"] = metrics["model_dir"]
     summary["wandb_artifact"] = log_best_model(
@@ -136,7 +155,63 @@ def select_best(
         enabled=use_wandb,
     )
     if folder.remote:  # the model whole (its manifest last), then the W&B run that logged it
-        folder.push_model()
+        if not on_ray:  # (a Ray task uploaded it already)
+            folder.push_model()
         folder.sync([folder.WANDB], strict=True)
         summary["model_uri"] = f"{folder.experiment}/{folder.BEST_MODEL}"
     return summary
+
+
+def task_resources(resources) -> dict[str, float]:
+    """One trial worker's CPUs and GPUs (a DDP trial's retrain runs in one process, on one GPU)."""
+    gpus = (
+        resources.gpus_per_worker if resources.workers == 1 else min(resources.gpus_per_worker, 1)
+    )
+    return {"num_cpus": resources.cpus_per_worker, "num_gpus": gpus}
+
+
+def _retrain_on_ray(checked: Selection, summary: dict[str, Any], address: str | None):
+    """The retraining as a Ray task: it exports and uploads the model to the sweep's home, then
+    the model folder is brought down into this sweep folder."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, log_to_driver=True)
+    try:
+        resources = task_resources(checked.sweep.search.resources)
+        task = ray.remote(**resources)(_retrain_task)
+        folder = checked.folder
+        metrics = ray.get(
+            task.remote(checked.config.model_dump(mode="json"), summary, checked.data, folder)
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    folder.home.pull_model(folder.BEST_MODEL)
+    return {**metrics, "model_dir": str(folder.file(folder.BEST_MODEL))}
+
+
+def _retrain_task(config: dict[str, Any], summary: dict[str, Any], raw, folder: SweepFolder):
+    """In a Ray task: retrain, export into a temporary folder, upload it whole to the sweep's
+    home (its manifest last); returns the metrics and where it ran."""
+    import os
+    import tempfile
+
+    import ray
+
+    from sft_tune.run import train
+    from sft_tune.sweep.storage import Home
+
+    with tempfile.TemporaryDirectory(prefix="sft-tune-select-") as here:
+        run = RunConfig.model_validate({**config, "output_dir": here})
+        metrics = train(
+            run,
+            progress=False,
+            model_dir=Path(here) / folder.BEST_MODEL,
+            extra_files={folder.BEST: summary},
+            raw=raw,
+        )
+        Home(folder.experiment, Path(here)).push_model(folder.BEST_MODEL)
+    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    return {**metrics, "retrained_on": where}

@@ -81,8 +81,21 @@ class Resources(_Strict):
     workers: int = Field(1, ge=1, description="DDP workers per trial.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
     gpus_per_worker: float = Field(
-        0.0, ge=0, description="GPUs per worker (> 0 trains on GPU with NCCL)."
+        0.0,
+        ge=0,
+        description="GPUs per worker (> 0 trains on GPU with NCCL). A fraction packs several "
+        "1-worker trials on one GPU (0.25: four); DDP ranks (workers > 1) need whole GPUs.",
     )
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp(self) -> Resources:
+        if self.workers > 1 and self.gpus_per_worker % 1:
+            raise ValueError(
+                f"gpus_per_worker {self.gpus_per_worker:g} with workers {self.workers}: DDP ranks "
+                "need whole GPUs (two ranks on one GPU are refused by NCCL); fractions are for "
+                "1-worker trials, which may share a GPU"
+            )
+        return self
 
 
 class SearchSettings(_Strict):

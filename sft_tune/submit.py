@@ -1,10 +1,13 @@
 """`sft-tune submit` and `sft-tune jobs`: run a command of this tool on a Ray cluster as a Ray Job.
 
-The job runs from an uploaded copy of the project folder (what goes into it: `sft_tune.upload`),
-so the command is checked locally as the job will run it: its files relative to the project
-folder, and inside it. The Ray token comes from `--token-file`, `$RAY_AUTH_TOKEN`,
-`$RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`, travels only in the request's Authorization header,
-and is never printed, logged or put into the job's runtime environment or metadata. Secret-like
+The job runs from an uploaded copy of the user's project folder (the current folder, or
+`--working-dir`; what goes into it: `sft_tune.upload`), so the command is checked locally as the
+job will run it: its files relative to the project folder, and inside it. The local sft-tune
+package goes with the job (Ray's `py_modules`) unless the cluster image has it
+(`--cluster-sft-tune`); the job checks that it runs the submitted version (`sft_tune.jobenv`).
+The Ray token comes from `--token-file`, `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or
+`~/.ray/auth_token`, travels only in the request's Authorization header, and is never printed,
+logged or put into the job's runtime environment or metadata. Secret-like
 environment variables (W&B keys included) are never forwarded either: configure them on the cluster.
 """
 
@@ -26,7 +29,7 @@ from sft_tune.arguments import FORWARDED_ENV, SECRET_ENV_PARTS, build_parser
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.upload import build_package
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent  # the sft_tune package a job gets shipped
 AGENT_WAIT_S = 60.0  # a fresh head refuses jobs ("No available agent") until its agent is up
 LOG_TAIL_LINES = 40
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -129,7 +132,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def check_command(command: list[str], root: Path = PROJECT_ROOT) -> list[Path]:
+def check_command(command: list[str], root: Path | None = None) -> list[Path]:
     """Validate the command locally as the job will run it (from the uploaded copy of `root`), so a
     bad path, space or config fails before anything is sent; return the files the command reads."""
     if not command or command[0] not in ("search", "train", "select", "report"):
@@ -139,7 +142,7 @@ def check_command(command: list[str], root: Path = PROJECT_ROOT) -> list[Path]:
             "must be one of: search, train, select, report (after `--`)",
             "e.g. sft-tune submit --address http://HEAD:8265 -- search --space search_spaces/alpha.yaml",
         )
-    root = Path(root).resolve()
+    root = Path(root or Path.cwd()).resolve()
     args = _parse_command(command)
     if command[0] == "search" and (args.space is None) == (args.resume is None):
         raise fail(
@@ -227,11 +230,25 @@ def submit(
     token_file: Path | None = None,
     pip: list[str] | None = None,
     env: list[str] | None = None,
-    working_dir: Path = PROJECT_ROOT,
+    working_dir: Path | None = None,
+    cluster_sft_tune: bool = False,
 ) -> int:
-    """Submit `sft-tune COMMAND` as a Ray Job; with `follow`, stream its logs and return its outcome.
-    The command, the environment, the address and the token are checked first, every problem at
-    once, before Ray is imported."""
+    """Submit `sft-tune COMMAND` as a Ray Job run from a copy of `working_dir` (default: the
+    current folder), with the local sft-tune package (`cluster_sft_tune`: the image's, checked to
+    be the same version); with `follow`, stream its logs and return its outcome. The command, the
+    environment, the address and the token are checked first, every problem at once, before Ray
+    is imported."""
+    import sft_tune
+    from sft_tune.jobenv import JOB_SOURCE_ENV, JOB_VERSION_ENV
+
+    working_dir = Path(working_dir or Path.cwd()).resolve()
+    if not working_dir.is_dir():
+        raise fail(
+            "--working-dir",
+            str(working_dir),
+            "must be an existing folder (the project the job runs from)",
+            "pass your project folder, or run `sft-tune submit` from it",
+        )
     found: dict[str, Any] = {}
     errors: list[InputError] = []
     for name, check in (
@@ -250,10 +267,26 @@ def submit(
     package = build_package(working_dir, found["reads"])
     jobs, job_env = connect(address, found["token"]), found["env"]
     print(package.summary())
+    version = sft_tune.__version__
+    print(
+        f"sft-tune {version}: "
+        + (
+            "the cluster image's (checked in the job)"
+            if cluster_sft_tune
+            else f"shipped with the job from {PACKAGE_DIR}"
+        )
+    )
+    job_env = {
+        **job_env,
+        JOB_VERSION_ENV: version,
+        JOB_SOURCE_ENV: "cluster" if cluster_sft_tune else "shipped",
+    }
     entrypoint = "python -m sft_tune " + shlex.join(command)
     with tempfile.TemporaryDirectory(prefix="sft-tune-job-") as folder:
         package.copy_to(Path(folder))
         runtime_env: dict[str, Any] = {"working_dir": folder, "env_vars": job_env}
+        if not cluster_sft_tune:
+            runtime_env["py_modules"] = [str(PACKAGE_DIR)]
         if pip:
             runtime_env["pip"] = list(pip)
         job_id = _submit_job(jobs, address, entrypoint, runtime_env, command[0])

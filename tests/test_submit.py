@@ -2,9 +2,12 @@
 its local checks (no Ray)."""
 
 import json
+import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,13 +285,17 @@ def test_submit_exits_2_on_a_path_the_job_would_not_find(monkeypatch, tmp_path, 
     monkeypatch.setenv("HOME", str(tmp_path))  # no token: the check must come first anyway
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.chdir(ROOT / "search_spaces")
+    monkeypatch.chdir(ROOT / "search_spaces")  # the project is ROOT, named with --working-dir
     address = f"http://127.0.0.1:{free_port()}"
+    project = ["--working-dir", str(ROOT)]
     for argument in (["--space", "tiny.yaml"], ["--space=tiny.yaml"]):
-        assert main(["submit", "--address", address, "--", "search", *argument]) == 2
+        assert main(["submit", "--address", address, *project, "--", "search", *argument]) == 2
         err = capsys.readouterr().err
         assert "--space: got 'tiny.yaml'" in err and f"pass --space {TINY_SPACE}" in err
-    assert main(["submit", "--address", address, "--", "train", "--config=no/such.yaml"]) == 2
+    assert (
+        main(["submit", "--address", address, *project, "--", "train", "--config=no/such.yaml"])
+        == 2
+    )
     assert re.search(
         r"--config: got 'no/such\.yaml'; must name a file in the project folder",
         capsys.readouterr().err,
@@ -306,3 +313,107 @@ def test_bad_space_is_caught_before_submitting(tmp_path):
         )
     # The space's problem and the address's, in one message (nothing was sent).
     assert [p.where for p in caught.value.problems] == ["base / config", "--address"]
+
+
+WHEEL_VERSION = "0.1.0+wheeltest"  # a version the head's own (editable) sft-tune does not have
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """A venv where sft-tune is installed from a wheel (built from a copy of this source with its
+    own version), not editable: a user's `pip install sft-tune`. Its other packages come from the
+    test venv's site-packages (a path entry, so the test venv's editable sft-tune is not seen)."""
+    import sysconfig
+    import venv
+
+    folder = tmp_path_factory.mktemp("wheel")
+    source = folder / "source"
+    shutil.copytree(
+        ROOT / "sft_tune", source / "sft_tune", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "README.md", source / "README.md")
+    pyproject = (
+        (ROOT / "pyproject.toml")
+        .read_text()
+        .replace('version = "0.1.0"', f'version = "{WHEEL_VERSION}"', 1)
+    )
+    (source / "pyproject.toml").write_text(pyproject)
+    init = source / "sft_tune" / "__init__.py"
+    init.write_text(init.read_text().replace('"0.1.0"', f'"{WHEEL_VERSION}"'))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*build, "-w", str(folder / "dist"), str(source)], check=True, capture_output=True
+    )
+    (wheel,) = (folder / "dist").glob("sft_tune-*.whl")
+    env_dir = folder / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    return python
+
+
+@pytest.mark.ray
+def test_a_wheel_installed_sft_tune_submits_the_users_project_with_itself(
+    ray_head, token_env, wheel_venv, tiny_bert, tmp_path
+):
+    """From a user's project folder (not a clone of sft-tune), the wheel-installed sft-tune submits
+    `train`: the job runs that project's config and data with the shipped sft-tune, not the
+    head's own. With --cluster-sft-tune the job uses the head's, whose version differs: it stops
+    before training, saying so."""
+    where = subprocess.run(
+        [str(wheel_venv), "-c", "import sft_tune; print(sft_tune.__version__, sft_tune.__file__)"],
+        cwd=tmp_path,  # (from the source folder, `python -c` would import its sft_tune)
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert where.startswith(WHEEL_VERSION) and str(wheel_venv.parents[1]) in where
+    project = tmp_path / "my-project"
+    data = make_project(project)
+    raw = run_config_dict(tiny_bert, data, Path("out"))
+    (project / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RAY_AUTH_TOKEN": ray_head["token"]}
+    submit_train = [
+        str(wheel_venv),
+        "-m",
+        "sft_tune",
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--follow",
+    ]
+    done = subprocess.run(
+        [*submit_train, "--", "train", "--config", "cfg.yaml"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (
+        f"sft-tune {WHEEL_VERSION}, shipped with the job (the cluster image has sft-tune 0.1.0)"
+        in done.stdout
+    )
+    assert "/out/model)" in done.stdout  # the project's own config trained and exported its model
+
+    refused = subprocess.run(
+        [*submit_train, "--cluster-sft-tune", "--", "train", "--config", "cfg.yaml"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 1
+    said = refused.stdout + refused.stderr
+    assert f"submitted with sft-tune {WHEEL_VERSION}, and the cluster runs sft-tune 0.1.0" in said
+    assert "/out/model)" not in said  # nothing trained

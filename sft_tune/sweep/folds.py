@@ -134,6 +134,32 @@ def cross_validate(
     return scores
 
 
+def cuda_peak(device) -> dict[str, float]:
+    """`{"cuda_peak_mb": ...}`: the most CUDA memory this process held since the last call (its
+    peak is reset, so each fold reports its own); {} on the CPU."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"cuda_peak_mb": round(peak, 1)}
+
+
+def release_cuda(device) -> None:
+    """After a trial's folds in a process that serves the next trial (a reused actor): the
+    optimizer states and activations of the last fold are garbage, give their CUDA memory back
+    (the cached model and its pristine CPU copy stay)."""
+    import gc
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def diverged_at(history: list[dict], score: float) -> dict[str, Any]:
     """`{"diverged": True, "diverged_at": where}` when a training step's loss or the fold's score
     is NaN or infinite (a diverged fold: its score, finite or not, says nothing), else {}."""
@@ -216,6 +242,15 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
         wrap=place.wrap,
     )
 
+    most = {"mb": (saved["metrics"] or {}).get("cuda_peak_max_mb", 0.0)}
+
+    def peaks(fold_peak: dict[str, float]) -> dict[str, float]:
+        """This fold's CUDA peak and the largest of the trial's folds so far (retries included)."""
+        if not fold_peak:
+            return {}
+        most["mb"] = max(most["mb"], fold_peak["cuda_peak_mb"])
+        return {**fold_peak, "cuda_peak_max_mb": most["mb"]}
+
     def after_fold(
         fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]
     ) -> None:
@@ -231,6 +266,7 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
             "process_model_loads": cache.model_loads,
             "pid": os.getpid(),
             "nodes": json.dumps(place.nodes),  # a string, like fold_scores: Tune logs scalars
+            **peaks(cuda_peak(place.device)),
         }
         # The driver logs the fold in events.jsonl when this report reaches it (`tuner.FoldEvents`):
         # a trial the scheduler stops ends inside the report, so nothing after it would run.
@@ -244,17 +280,20 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
                 )
             place.report(metrics, folder if place.rank == 0 else None)
 
-    cross_validate(
-        config,
-        data,
-        job["metric"],
-        rt,
-        len(scores),
-        scores,
-        after_fold,
-        job.get("fault_file"),
-        cache,
-    )
+    try:
+        cross_validate(
+            config,
+            data,
+            job["metric"],
+            rt,
+            len(scores),
+            scores,
+            after_fold,
+            job.get("fault_file"),
+            cache,
+        )
+    finally:
+        release_cuda(place.device)
     kill_file = job.get("kill_after_last_fold")
     if kill_file and place.rank == 0 and not os.path.exists(kill_file):
         Path(kill_file).write_text("killed after the last fold\n")
@@ -284,8 +323,7 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(cpus)))
-    wants_cpu = job["run_config"].get("device") == "cpu"
-    device = torch.device("cuda") if ray.get_gpu_ids() and not wants_cpu else torch.device("cpu")
+    device = trial_device(ray.get_gpu_ids(), job["run_config"].get("device"))
 
     def report(metrics: dict[str, Any], folder: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
@@ -306,6 +344,23 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
         nodes=[ray.get_runtime_context().get_node_id()],
     )
     run_folds(job, place)
+
+
+def trial_device(assigned: list, wanted: str | None):
+    """The device of a 1-worker trial: the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES to
+    it; a fractional share is a share of that GPU), checked against torch, else the CPU. A GPU
+    that torch cannot use is an error that says why, never a silent fall-back to the CPU."""
+    import torch
+
+    if not assigned or wanted == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"Ray assigned this trial GPU {', '.join(str(g) for g in assigned)}, but torch "
+            f"{torch.__version__} sees no CUDA device (a CPU build of torch, or no driver): "
+            "install a CUDA build of torch on the GPU nodes, or set gpus_per_worker to 0"
+        )
+    return torch.device("cuda")
 
 
 def ddp_worker(job: dict[str, Any]) -> None:

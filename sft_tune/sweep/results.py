@@ -131,6 +131,7 @@ class Trial:
     process_model_loads: int = (
         0  # model loads in the process that ran its last fold (1 in a reused actor)
     )
+    cuda_peak_mb: float | None = None  # the most CUDA memory one of its folds held (GPU trials)
 
     def row(self) -> dict[str, Any]:
         """The flat record of trials.json / trials.csv (parameters as `param:NAME`)."""
@@ -206,9 +207,15 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 worker_tokenization_passes=metrics.get("worker_tokenization_passes", 0),
                 encoding=metrics.get("encoding"),
                 process_model_loads=metrics.get("process_model_loads", 0),
+                cuda_peak_mb=_peak(metrics),
             )
         )
     return sorted(trials, key=lambda t: t.trial_id)
+
+
+def _peak(metrics: dict[str, Any]) -> float | None:
+    """The largest per-fold CUDA peak a trial reported (its folds' running maximum)."""
+    return metrics.get("cuda_peak_max_mb", metrics.get("cuda_peak_mb"))
 
 
 def search_ended(sweep: Sweep, trials: list[Trial]) -> bool:
@@ -437,6 +444,7 @@ def _write_trials(folder: SweepFolder, trials: list[Trial]) -> None:
         "error",
         "diverged_at",
         "encoding",
+        "cuda_peak_mb",
     ] + sorted({k for r in rows for k in r if k.startswith("param:")})
     with open(folder.file(folder.TRIALS_CSV), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

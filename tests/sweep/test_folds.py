@@ -279,3 +279,23 @@ def test_a_fold_that_diverges_is_flagged_ends_the_trial_and_is_not_trained_again
     run_folds(_job(config), place, cache)
     # (compared as JSON: the fold's loss is NaN, which equals nothing)
     assert json.dumps(replayed) == json.dumps([({**metrics, REPLAYED: True}, None)])
+
+
+def test_a_gpu_that_torch_cannot_use_is_an_error_that_says_why():
+    """A 1-worker trial that Ray gave a GPU, with a torch that sees no CUDA device (this CPU build):
+    the trial fails saying so, instead of training on the CPU while holding the GPU."""
+    import torch
+
+    from sft_tune.sweep.folds import cuda_peak, release_cuda, trial_device
+
+    assert trial_device([], None) == torch.device("cpu")
+    assert trial_device(["0"], "cpu") == torch.device("cpu")  # the config asks for the CPU
+    if torch.cuda.is_available():
+        assert trial_device(["0"], None) == torch.device("cuda")
+        return
+    with pytest.raises(RuntimeError, match="sees no CUDA device") as err:
+        trial_device(["0"], None)
+    assert "GPU 0" in str(err.value) and "gpus_per_worker to 0" in str(err.value)
+    cpu = torch.device("cpu")
+    assert cuda_peak(cpu) == {}  # no CUDA figures on the CPU, and nothing to release
+    release_cuda(cpu)

@@ -21,6 +21,7 @@ from wandb_records import read_runs
 
 from sft_tune.cli import main
 from sft_tune.report import build_report, loss_history
+from sft_tune.select import select_best
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.results import best_trial
 from sft_tune.sweep.run import run_search
@@ -105,6 +106,12 @@ def test_a_sweep_on_s3_lives_there_and_is_selected_and_reported_from_its_uri_alo
         assert home[f"best_model/{name}"] == facts["bytes"]
     uploaded = json.loads(read_text(f"{uri}/best_model/best.json"))
     assert uploaded["trial_id"] == best["trial_id"] and uploaded["test"]["macro_f1"] >= 0
+    shutil.rmtree(fresh / "runs")
+    # As a Ray task (on a cluster: a GPU node): it uploads the model, which comes down here.
+    retrained = select_best(uri, use_wandb=False, progress=False, on_ray=True)
+    assert retrained["retrained_on"]["pid"] != os.getpid()
+    assert (fresh / "runs/sweeps/arms-s3/best_model/config.json").is_file()
+    assert json.loads(read_text(f"{uri}/best_model/MANIFEST.json"))["files"]
     shutil.rmtree(fresh / "runs")
     assert main(["report", uri]) == 0
     page = read_text(f"{uri}/report.html")

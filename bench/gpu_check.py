@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""The GPU paths of sft-tune, checked in one prepared run (for a GPU machine lent for minutes).
+
+    .venv/bin/python bench/gpu_check.py            # on a machine with a CUDA GPU (~10 min)
+    .venv/bin/python bench/gpu_check.py --dry      # CPU dry run of the same script (CI, ~1-2 min)
+
+Four parts, one local Ray started once (outside the clocks):
+1. bf16 steps: the same `sft-tune train` run (real MiniLM-L6 and the tweet files of
+   `examples/prepare_tweets.py` on a GPU; the tiny toy model with --dry) in fp32 and in bf16
+   autocast, wall time of each and the ratio (--dry: fp32 only, bf16 needs CUDA).
+2. Packing: a sweep of 4 trials at gpus_per_worker 0.25 with max_concurrent 4 (--dry: 4 trials of
+   0.5 CPU): how many trials ran at once (from events.jsonl) and the wall time.
+3. Memory over reused-actor trials: a 10-trial sweep (--dry: 3) in one reused actor: each trial's
+   `cuda_peak_mb` (the most CUDA memory one of its folds held) and its model loads; the peak must
+   not grow from trial to trial (--dry: no CUDA figures, model loads only).
+4. The tweet search: 32 trials x 5 folds of examples/tweets.yaml's model on one GPU per trial
+   (--dry: 2 x 2 on the toy set), wall time.
+Prints a table and `RESULT_JSON {...}` last. Nothing is written outside a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from harness import OtherCPU, chatter_to, machine, others_text, say, table, versions, watched  # noqa: E402
+from sweep import make_real, make_toy, sized  # noqa: E402  (bench/sweep.py)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+OTHERS = OtherCPU()
+
+
+def write_space(folder: Path, name: str, setup: dict, resources: dict, **search: Any) -> Path:
+    import yaml
+
+    space = {
+        "config": setup["base"],
+        "params": setup["params"],
+        "search": {
+            "name": name,
+            "metric": "macro_f1",
+            "sampler": "random",
+            "scheduler": "none",
+            "seed": 0,
+            "resources": resources,
+            "max_failures": 0,
+            "storage_path": str(folder / "sweeps"),
+            **search,
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def sweep(space: Path, log: Path, verbose: bool) -> dict[str, Any]:
+    from sft_tune.sweep.folder import read_events
+    from sft_tune.sweep.run import run_search
+
+    info: dict[str, Any] = {}
+    with watched(info, OTHERS), chatter_to(log, not verbose):
+        result = run_search(space, use_wandb=False)
+    info["trials"] = result.trials
+    info["events"] = read_events(result.sweep_dir / "events.jsonl")
+    return info
+
+
+def most_at_once(events: list[dict]) -> int:
+    """The most trials running at the same moment, from their start and end events."""
+    moments = sorted(
+        (e["time"], 1 if e["event"] == "start" else -1)
+        for e in events
+        if e["event"] in ("start", "end")
+    )
+    running = most = 0
+    for _, step in moments:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def train_seconds(base: dict, precision: str, folder: Path, log: Path, verbose: bool) -> float:
+    from sft_tune.run import train
+    from sft_tune.runconfig import parse_config
+
+    config = parse_config({**base, "precision": precision, "output_dir": str(folder / precision)})
+    start = time.perf_counter()
+    with chatter_to(log, not verbose):
+        train(config, progress=False)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry", action="store_true", help="CPU dry run: tiny model, small sweeps")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the training's output")
+    args = p.parse_args(argv)
+    import ray
+    import torch
+
+    gpu = torch.cuda.is_available() and not args.dry
+    if not gpu and not args.dry:
+        say("no CUDA device: run with --dry for the CPU dry run")
+        return 2
+    say(f"machine: {machine()}", *versions(("ray",)))
+    if gpu:
+        say(f"GPU: {torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s)")
+    work = Path(tempfile.mkdtemp(prefix="bench-gpu-check-"))
+    log = work / "chatter.log"
+    if gpu:
+        setup = make_real()
+        setup["base"]["device"] = "auto"
+        base = sized(setup["base"], 50, 1)
+    else:
+        setup = make_toy(work, n_train=120, n_unlabelled=120, noise=0.1)
+        base = sized(setup["base"], 2, 1)
+    setup = {**setup, "base": base}
+    rows, result = [], {"dry": not gpu}
+
+    # 1. bf16 steps
+    fp32 = train_seconds(base, "fp32", work, log, args.verbose)
+    bf16 = train_seconds(base, "bf16", work, log, args.verbose) if gpu else None
+    result["train_fp32_s"], result["train_bf16_s"] = fp32, bf16
+    rows.append(
+        [
+            "1. train fp32 / bf16",
+            f"{fp32:.1f} s / "
+            + (f"{bf16:.1f} s ({fp32 / bf16:.2f}x)" if bf16 else "bf16 needs CUDA (dry)"),
+            "-",
+        ]
+    )
+
+    with chatter_to(log, not args.verbose):
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+    try:
+        # 2. four trials packed on one GPU
+        packed = {"workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0.25 if gpu else 0}
+        info = sweep(
+            write_space(work, "packed", setup, packed, num_trials=4, folds=2, max_concurrent=4),
+            log,
+            args.verbose,
+        )
+        result["packed_at_once"], result["packed_s"] = most_at_once(info["events"]), info["seconds"]
+        rows.append(
+            [
+                "2. 4 trials at 0.25 GPU",
+                f"{result['packed_at_once']} at once, {info['seconds']:.1f} s",
+                others_text(info["others"]),
+            ]
+        )
+
+        # 3. memory over reused-actor trials
+        one = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1 if gpu else 0}
+        count = 10 if gpu else 3
+        info = sweep(
+            write_space(work, "reused", setup, one, num_trials=count, folds=2), log, args.verbose
+        )
+        peaks = [t.cuda_peak_mb for t in info["trials"]]
+        loads = [t.process_model_loads for t in info["trials"]]
+        result["reused_cuda_peak_mb"], result["reused_model_loads"] = peaks, loads
+        grows = (
+            gpu and peaks[-1] is not None and peaks[0] is not None and peaks[-1] > 1.1 * peaks[0]
+        )
+        rows.append(
+            [
+                f"3. {count} reused-actor trials",
+                f"CUDA peak MB {peaks}; model loads {loads}" + ("  GROWS" if grows else ""),
+                others_text(info["others"]),
+            ]
+        )
+
+        # 4. the tweet search (the toy one in the dry run)
+        trials, folds = (32, 5) if gpu else (2, 2)
+        info = sweep(
+            write_space(work, "search", setup, one, num_trials=trials, folds=folds),
+            log,
+            args.verbose,
+        )
+        complete = sum(t.status == "COMPLETE" for t in info["trials"])
+        result["search_s"], result["search_complete"] = info["seconds"], complete
+        rows.append(
+            [
+                f"4. {trials} trials x {folds} folds",
+                f"{info['seconds']:.1f} s, {complete} complete",
+                others_text(info["others"]),
+            ]
+        )
+    finally:
+        ray.shutdown()
+    say(table(["part", "figures", "other processes"], rows))
+    print("RESULT_JSON " + json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
