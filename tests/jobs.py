@@ -115,3 +115,23 @@ def stop(proc: subprocess.Popen) -> None:
                 with suppress(psutil.NoSuchProcess):
                     child.kill()
     proc.wait(timeout=30)
+
+
+def killed_driver(folder: Path, space: Path, hook: str, value: str) -> None:
+    """Run `sft-tune search --space SPACE` in a child that a fault hook kills (SIGKILL) at that
+    point (see sft_tune.sweep.searcher's SFT_TUNE_KILL_DRIVER_* hooks), then end its process
+    group (its own Ray processes) by PID."""
+    env = {**os.environ, "RAY_ADDRESS": "", "WANDB_MODE": "offline", hook: value}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sft_tune", "search", "--space", str(space), "--no-select"],
+        cwd=folder,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert driver.wait(timeout=600) == -signal.SIGKILL
+    finally:
+        with suppress(ProcessLookupError):  # the driver's own Ray processes share its group
+            os.killpg(driver.pid, signal.SIGKILL)

@@ -44,7 +44,12 @@ def error_text(
 def trial_error_text(trial, storage_path: str = "") -> str | None:
     """`error_text` of a Tune trial that failed (its pickled exception, else its error.txt).
     `storage_path`: the sweep's (a URI puts the scheme back on the trial's path)."""
-    error = trial.get_pickled_error() or trial.get_error()
+    error = None
+    for read in (trial.get_pickled_error, trial.get_error):
+        try:
+            error = error or read()
+        except Exception:  # still being written by Tune ("Ran out of input"), or unreadable
+            continue
     path = getattr(trial, "error_file", None)
     written = bool(path) and Path(path).is_file()
     if error is None and written:

@@ -2,14 +2,11 @@
 exactly (see sft_tune.sweep.folds: SFT_TUNE_FAULT_FILE, SFT_TUNE_KILL_AFTER_LAST_FOLD)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import optuna
 import pytest
 from conftest import write_space
+from jobs import killed_driver
 from wandb_records import read_runs
 
 from sft_tune.report import build_report
@@ -79,26 +76,6 @@ def test_a_failed_trial_says_which_exception_and_where_its_traceback_is(
     assert run.summary["status"] == "FAILED" and run.summary["error"] == trial.error
 
 
-def _killed_driver(folder, space, hook, value):
-    """Run `sft-tune search` in a child that the fault hook kills (SIGKILL) at that point."""
-    env = {**os.environ, "RAY_ADDRESS": "", "WANDB_MODE": "offline", hook: value}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sft_tune", "search", "--space", str(space)],
-        cwd=folder,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert driver.wait(timeout=600) == -signal.SIGKILL
-    finally:
-        try:  # the driver's own Ray processes share its process group
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def _check_resumed(folder, name, trials, ended_before):
     """Resume the killed sweep; it must end with the study and summary.json in agreement, no
     RUNNING Optuna trial, no ended trial launched again and one W&B run per trial."""
@@ -125,7 +102,7 @@ def test_a_driver_killed_right_after_a_suggestion_leaves_no_optuna_trial_running
     # in no Tune state. The resumed sweep closes it (FAIL, saying why) and runs a 2nd trial.
     space = write_space(fault_env, tiny_bert, toy_files, "orphan", num_trials=2, scheduler="none")
     folder = fault_env / "sweeps" / "orphan"
-    _killed_driver(fault_env, space, "SFT_TUNE_KILL_DRIVER_AFTER_SUGGESTION", "2")
+    killed_driver(fault_env, space, "SFT_TUNE_KILL_DRIVER_AFTER_SUGGESTION", "2")
     study = optuna.load_study(study_name="orphan", storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]  # the fault
     ended = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "end"}
@@ -144,7 +121,7 @@ def test_a_trial_that_ended_before_the_driver_was_killed_is_not_launched_again(
     # second W&B run with its id.
     space = write_space(fault_env, tiny_bert, toy_files, "ended", num_trials=2, scheduler="none")
     folder = fault_env / "sweeps" / "ended"
-    _killed_driver(fault_env, space, "SFT_TUNE_KILL_DRIVER_AFTER_END", "1")
+    killed_driver(fault_env, space, "SFT_TUNE_KILL_DRIVER_AFTER_END", "1")
     ended = {e["trial_id"] for e in read_events(folder / "events.jsonl") if e["event"] == "end"}
     assert len(ended) == 1
     _check_resumed(folder, "ended", 2, ended)

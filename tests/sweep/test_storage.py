@@ -8,13 +8,11 @@ the report's loss curves all read fold checkpoints on the storage.)"""
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import optuna
 import pytest
 from conftest import arms_space, make_toy_files, write_space
+from jobs import killed_driver
 from pyarrow.fs import FileSelector
 from s3_server import moto_s3, objects
 from wandb_records import read_runs
@@ -134,22 +132,7 @@ def test_a_sweep_whose_driver_and_disk_are_lost_resumes_from_its_uri_elsewhere(
     space = write_space(head, tiny_bert, files, "lost", num_trials=2, scheduler="none")
     raw = space.read_text().replace(str(head / "sweeps"), f"s3://{BUCKET}/sweeps")
     space.write_text(raw)
-    env = {**os.environ, "RAY_ADDRESS": "", "SFT_TUNE_KILL_DRIVER_AFTER_FOLD": "3"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sft_tune", "search", "--space", str(space), "--no-select"],
-        cwd=head,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert driver.wait(timeout=600) == -signal.SIGKILL
-    finally:
-        try:  # the driver's own Ray processes share its process group
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    killed_driver(head, space, "SFT_TUNE_KILL_DRIVER_AFTER_FOLD", "3")
     uri = f"s3://{BUCKET}/sweeps/lost"
     ended = [e["trial_id"] for e in _events(uri) if e["event"] == "end"]
     assert len(ended) == 1  # synced to S3 at the trial's end, before the kill
