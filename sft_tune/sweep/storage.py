@@ -24,8 +24,8 @@ from sft_tune.errors import fail
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "MANIFEST.json"
-SMALL_FILE = 64 << 20  # bytes read at once  # in an uploaded model folder: its files, written last
+MANIFEST = "MANIFEST.json"  # in an uploaded model folder: its files, written last
+SMALL_FILE = 64 << 20  # a file up to this size is read whole at once
 
 
 def is_uri(path: str | os.PathLike | None) -> bool:
@@ -92,7 +92,6 @@ class Home:
         self._pending: set[str] = set()  # names `push_soon` was given, not pushed yet
         self._busy = False
         self._worker: threading.Thread | None = None
-        self.bytes_pushed = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"uri": self.uri, "cache": str(self.cache)}
@@ -131,7 +130,6 @@ class Home:
                         continue
                     written += self._upload(local, relative)
                     self._pushed[relative] = (stat.st_size, stat.st_mtime_ns)
-            self.bytes_pushed += written
         return written
 
     def push_soon(self, names: list[str]) -> None:
@@ -251,7 +249,6 @@ class Home:
         with self.fs.open_output_stream(manifest) as stream:
             stream.write(text.encode())
         written = sum(f["bytes"] for f in files.values()) + len(text)
-        self.bytes_pushed += written
         return written
 
     def pull_model(self, name: str, only: list[str] | None = None) -> list[str]:
