@@ -1,7 +1,9 @@
-"""Every launch file loads, passes Ray's own cluster-config schema where Ray ships one, and keeps
-token authentication on; the cluster launcher's head commands start a token-auth head from a
+"""Every launch file loads, passes its schema (Ray's cluster-config schema for the cluster launcher,
+KubeRay's RayJob CRD for the RayJob, with unknown fields refused as `kubectl apply
+--validate=strict` does), and keeps token authentication on; the cluster launcher's head commands start a token-auth head from a
 clean machine (run here against a real `ray start --head`, marked `ray`)."""
 
+import gzip
 import json
 import re
 import shutil
@@ -17,6 +19,31 @@ from jobs import RAY, free_port, job_env, running_head, short_temp_dir
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = sorted((ROOT / "launch").rglob("*.y*ml"))
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+# KubeRay's RayJob CRD (v1), vendored: tests/schemas/refresh_kuberay.py says from where and how.
+RAYJOB_SCHEMA = ROOT / "tests" / "schemas" / "kuberay-rayjob-v1.schema.json.gz"
+
+
+def _strict(schema):
+    """The CRD's schema with unknown fields refused: the API server prunes fields that a
+    structural schema does not name (or refuses them with strict field validation), where JSON
+    Schema would let them pass. Objects that keep unknown fields say so."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {k: _strict(v) for k, v in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def _validate_rayjob(config):
+    schema = _strict(json.loads(gzip.decompress(RAYJOB_SCHEMA.read_bytes())))
+    jsonschema.validate(config, schema)
 
 
 def _load(path):
@@ -46,6 +73,7 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
         assert all("--dashboard-host=0.0.0.0" not in c for c in starts)
     elif config.get("kind") == "RayJob":
         assert config["apiVersion"] == "ray.io/v1"
+        _validate_rayjob(config)
         spec = config["spec"]
         assert spec["entrypoint"].startswith("sft-tune search --space ")
         assert (ROOT / spec["entrypoint"].split("--space ")[1].split()[0]).is_file()
@@ -82,6 +110,27 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
     else:
         pytest.fail(f"{path} is neither a cluster launcher config nor a RayJob")
     assert "WANDB_API_KEY=" not in text and "auth_token:" not in text
+
+
+@pytest.mark.parametrize(
+    "where, field",
+    [
+        (("spec", "rayClusterSpec"), "enableInTreeAutoscalling"),  # a typo, pruned silently
+        (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "maxReplica"),
+        (("spec", "submitterPodTemplate", "spec", "containers", 0), "workDir"),
+    ],
+)
+def test_the_rayjob_schema_check_refuses_fields_kuberay_does_not_know(where, field):
+    """The schema check is strict: a misspelt field (which Kubernetes would drop without a word)
+    fails it, while the launch file as written passes."""
+    config = _load(ROOT / "launch" / "kuberay-rayjob.yaml")
+    _validate_rayjob(config)
+    node = config
+    for key in where:
+        node = node[key]
+    node[field] = True
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(field)):
+        _validate_rayjob(config)
 
 
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
