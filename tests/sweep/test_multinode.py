@@ -3,7 +3,8 @@
 see the driver's sweep folder (their own mount namespace, see `ray_nodes`); moto's S3 server on
 127.0.0.1 as the storage. What must hold: nothing a trial does depends on the driver's disk, a
 node lost mid-fold costs only that fold, a DDP trial spans nodes, and once the cluster and the
-driver's disk are gone the sweep is selected, reported and resumed from its URI alone."""
+driver's disk are gone the sweep is selected, reported and resumed from its URI alone; select's
+retrain runs as a Ray task on a worker node."""
 
 import json
 import shutil
@@ -11,6 +12,7 @@ import threading
 import time
 
 import pytest
+import ray
 import yaml
 from conftest import arms_space, write_space
 from ray_nodes import Nodes
@@ -18,6 +20,7 @@ from s3_server import moto_s3, objects
 from wandb_records import read_runs
 
 from sft_tune.cli import main
+from sft_tune.select import select_best
 from sft_tune.sweep.run import run_search
 from sft_tune.sweep.storage import read_text
 
@@ -127,6 +130,14 @@ def test_a_sweep_on_two_nodes_survives_a_lost_node_and_lives_on_after_the_cluste
     runs = {run.run_id: run for run in read_runs(result.sweep_dir / "wandb")}
     finished = by_steps[2].trial_id
     assert any("phase2/loss" in row for row in runs[f"nodes-{finished}"].history)
+
+    # select's retrain as a Ray task lands on a worker node (the head has no CPU; on a real
+    # cluster: a GPU node), which uploads the model to S3; it comes down into the driver's cache.
+    head = ray.get_runtime_context().get_node_id()
+    retrained = select_best(uri, use_wandb=False, progress=False, on_ray=True)
+    assert retrained["retrained_on"]["node"] != head
+    assert (driver / "runs/sweeps/nodes/best_model/config.json").is_file()
+    assert json.loads(read_text(f"{uri}/best_model/best.json"))["trial_id"] == retrained["trial_id"]
 
     # The cluster and the driver's disk are gone; a fresh folder on another machine.
     nodes.shutdown()
