@@ -71,7 +71,10 @@ def _search(args: argparse.Namespace) -> int:
     from sft_tune.sweep.checks import check_search
 
     checked = check_search(args.space, args.resume, args.address, args.data_dir)
-    from sft_tune.sweep.results import format_table  # heavy: only once the input is known good
+    from sft_tune.sweep.results import (  # heavy: only once the input is known good
+        choice_text,
+        format_table,
+    )
     from sft_tune.sweep.run import run_search
 
     try:
@@ -96,6 +99,7 @@ def _search(args: argparse.Namespace) -> int:
         print(
             f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}"
         )
+        print(f"choice: {choice_text(best['choice'], best['metric'])}")
     print(f"phase 1: {result.verdict['statement']}")
     if not result.complete:
         print(

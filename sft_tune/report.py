@@ -24,6 +24,7 @@ from sft_tune.report_plots import (
     parallel_plot,
     params_plot,
     partial,
+    phase1_plot,
     scored,
 )
 from sft_tune.space import Sweep, phase1_only
@@ -32,11 +33,12 @@ from sft_tune.sweep.results import (
     Status,
     Trial,
     best_trial,
+    choice_text,
     phase1_verdict,
     read_trials,
 )
 
-PLOTS = ("history", "params", "parallel", "folds", "losses")
+PLOTS = ("history", "params", "parallel", "folds", "phase1", "losses")
 STATUS_TEXT = {
     Status.COMPLETE: "complete",
     Status.STOPPED: "stopped early",
@@ -67,13 +69,15 @@ def build_report(
     best = best_trial(sweep, trials)
     best_id = best and best["trial_id"]
     selected = selected_model(folder)
-    facts = key_facts(sweep, trials, numbers, best, selected)
+    verdict = phase1_verdict(sweep, trials)
+    facts = key_facts(sweep, trials, numbers, best, selected, verdict)
     history, source = loss_history(folder, trials, best, selected)
     figures = {
         "history": history_plot(sweep, trials, numbers, best_id),
         "params": params_plot(sweep, trials, numbers, best_id),
         "parallel": parallel_plot(sweep, trials),
         "folds": folds_plot(sweep, trials, numbers),
+        "phase1": phase1_plot(verdict, sweep.search.metric, sweep.search.rope),
         "losses": loss_plot(
             history,
             phase1_alphas(history, best["config"] if best else {}),
@@ -175,10 +179,11 @@ def key_facts(
     numbers: dict[str, int],
     best: dict[str, Any] | None,
     selected: dict[str, Any] | None,
+    verdict: dict[str, Any],
 ) -> list[tuple[str, str]]:
     """(label, text) of what a reader needs first, shared by the page and the terminal."""
-    metric, folds = sweep.search.metric, sweep.search.folds
-    facts = [("phase 1", phase1_verdict(sweep, trials)["statement"])]
+    metric, folds = sweep.search.metric, sweep.search.cv_folds
+    facts = [("phase 1", verdict["statement"])]
     if best is None:
         facts.append(("best trial", f"none: no trial finished all {folds} folds"))
     else:
@@ -190,6 +195,7 @@ def key_facts(
                 + ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items()),
             )
         )
+        facts.append(("choice", choice_text(best["choice"], metric)))
     facts.append(("test metrics", _test_text(sweep, best, selected)))
     counts = [f"{n} {STATUS_TEXT[s]}" for s in Status if (n := sum(t.status is s for t in trials))]
     facts.append(
@@ -248,7 +254,7 @@ def trials_table(
 ) -> str:
     """HTML table of every trial, best first: complete ones by rank, then partial means, then
     those without a score; a failed trial's error follows on a row of its own."""
-    folds, sign = sweep.search.folds, -1 if sweep.search.mode == "max" else 1
+    folds, sign = sweep.search.cv_folds, -1 if sweep.search.mode == "max" else 1
     ranked = sorted(
         trials,
         key=lambda t: (
@@ -330,7 +336,9 @@ def _page(
         )
         parts.append(f'<section class="plot" data-plot="{key}">{body}</section>')
     meta = (
-        f"{search.num_trials} trials planned, {search.folds}-fold CV of {search.metric}, sampler "
+        f"{search.num_trials} trials planned, {search.folds}-fold CV"
+        + (f" repeated {search.repeats} times" if search.repeats > 1 else "")
+        + f" of {search.metric}, ROPE {search.rope:g}, choice rule {search.select}, sampler "
         f"{search.sampler}, scheduler {search.scheduler}; sweep folder {folder.path}"
     )
     facts_html = "".join(

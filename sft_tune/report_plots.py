@@ -87,7 +87,7 @@ def history_plot(
 ) -> go.Figure:
     """CV mean ± std of each trial in start order, the best complete mean so far, and a cross
     on the axis for each trial without a score."""
-    folds, metric = sweep.search.folds, sweep.search.metric
+    folds, metric = sweep.search.cv_folds, sweep.search.metric
     shown = sorted((t for t in trials if scored(t)), key=lambda t: numbers[t.trial_id])
     figure = go.Figure(
         _score_traces([(t, numbers[t.trial_id]) for t in shown], numbers, folds, best_id)
@@ -160,7 +160,7 @@ def params_plot(
 ) -> go.Figure:
     """Each searched parameter against the CV mean, one panel per parameter; a phase-1-only
     parameter is drawn for the two-phase trials only."""
-    folds, metric = sweep.search.folds, sweep.search.metric
+    folds, metric = sweep.search.cv_folds, sweep.search.metric
     names = list(sweep.params)
     cols = min(len(names), 3)
     rows = -(-len(names) // cols)
@@ -203,7 +203,7 @@ def parallel_plot(sweep: Sweep, trials: list[Trial]) -> go.Figure:
     """Parallel coordinates of every scored trial: one axis per parameter, then the folds done (a
     partial mean ends below k) and the CV mean; a plain trial sits at `n/a (plain)` on the
     axis of a phase-1-only parameter."""
-    folds, metric = sweep.search.folds, sweep.search.metric
+    folds, metric = sweep.search.cv_folds, sweep.search.metric
     shown = [t for t in trials if scored(t)]
     dimensions = [_dimension(name, param, sweep, shown) for name, param in sweep.params.items()]
     dimensions.append(
@@ -273,7 +273,7 @@ def _dimension(name: str, param: Param, sweep: Sweep, shown: list[Trial]) -> dic
 def folds_plot(sweep: Sweep, trials: list[Trial], numbers: dict[str, int]) -> go.Figure:
     """Each fold's score per trial (coloured by fold) and the trial's mean (a bar; orange when
     partial): the spread behind each CV mean."""
-    folds, metric = sweep.search.folds, sweep.search.metric
+    folds, metric = sweep.search.cv_folds, sweep.search.metric
     shown = sorted((t for t in trials if t.fold_scores), key=lambda t: numbers[t.trial_id])
     figure = go.Figure()
     for fold in range(folds):
@@ -351,4 +351,67 @@ def loss_plot(
     figure.update_xaxes(title="step")
     figure.update_yaxes(title="loss", col=1)
     figure.update_layout(title=f"Loss curves of the best configuration ({source}{skipped})")
+    return figure
+
+
+def phase1_plot(verdict: dict[str, Any], metric: str, rope: float) -> go.Figure:
+    """The phase-1 verdict's evidence: the paired fold differences (best two-phase − best plain
+    trial, positive = phase 1 better), their mean with its 95% interval, and the ROPE band."""
+    figure = go.Figure()
+    gap = verdict.get("difference")
+    if not gap or not gap["differences"]:
+        figure.add_trace(go.Scatter(x=[], y=[], mode="markers", name="paired fold differences"))
+        figure.update_layout(
+            title=f"Phase 1: no plain-vs-two-phase comparison ({verdict['statement'][:80]}…)"
+        )
+        return figure
+    differences = gap["differences"]
+    folds = list(range(1, len(differences) + 1))
+    figure.add_hrect(
+        y0=-rope,
+        y1=rope,
+        fillcolor="#888888",
+        opacity=0.18,
+        line_width=0,
+        annotation_text=f"ROPE ±{rope:g}",
+        annotation_position="top left",
+    )
+    figure.add_hline(y=0, line={"color": "#444444", "width": 1})
+    if gap["low"] is not None:
+        figure.add_hrect(
+            y0=gap["low"],
+            y1=gap["high"],
+            fillcolor="#1f77b4",
+            opacity=0.15,
+            line_width=0,
+            annotation_text="95% interval",
+            annotation_position="bottom right",
+        )
+    figure.add_hline(
+        y=gap["mean"],
+        line={"color": "#1f77b4", "dash": "dash"},
+        annotation_text=f"mean {gap['mean']:+.4f}",
+        annotation_position="top right",
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=folds,
+            y=differences,
+            mode="markers",
+            marker=COMPLETE,
+            name="paired fold differences",
+            hovertemplate="fold %{x}: %{y:+.4f}<extra></extra>",
+        )
+    )
+    two_phase, plain = verdict["best_two_phase"]["trial_id"], verdict["best_plain"]["trial_id"]
+    values = [*differences, -rope, rope, gap["mean"]] + [
+        v for v in (gap["low"], gap["high"]) if v is not None
+    ]
+    figure.update_layout(
+        title=f"Phase 1 {verdict['outcome']}: {metric} of two-phase trial {two_phase} − plain "
+        f"trial {plain}, fold by fold",
+        xaxis={"title": "fold", "dtick": 1, "range": [0.5, len(folds) + 0.5]},
+        yaxis={"title": f"Δ {metric} (positive: phase 1 better)", "range": fitted(values)},
+        showlegend=False,
+    )
     return figure

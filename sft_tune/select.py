@@ -23,7 +23,7 @@ from sft_tune.errors import InputError, fail
 from sft_tune.runconfig import parse_config
 from sft_tune.space import Sweep
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import best_trial, read_trials
+from sft_tune.sweep.results import best_trial, choice_text, phase1_verdict, read_trials
 from sft_tune.tasks import task_files
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,17 @@ def select_best(
         "cv_mean": best["cv_mean"],
         "cv_std": best["cv_std"],
         "fold_scores": best["fold_scores"],
+        "choice": best["choice"],
+        "phase1": phase1_verdict(sweep, read_trials(folder)),
         "versions": library_versions(),
     }
     log.info(
-        "best trial %s: %s %.4f ± %.4f; retraining on all labelled data",
+        "best trial %s: %s %.4f ± %.4f; %s; retraining on all labelled data",
         best["trial_id"],
         best["metric"],
         best["cv_mean"],
         best["cv_std"],
+        choice_text(best["choice"], best["metric"]),
     )
     if on_ray:
         metrics = _retrain_on_ray(checked, summary, address)

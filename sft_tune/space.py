@@ -133,14 +133,35 @@ class SearchSettings(_Strict):
         "tpe",
         description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers class name.",
     )
-    scheduler: Literal["asha", "median", "none"] = Field(
-        "asha", description="Early stopping between folds."
+    scheduler: Literal["asha", "racing", "median", "none"] = Field(
+        "asha",
+        description="Early stopping between folds: asha, racing (a trial behind the incumbent "
+        "beyond doubt on the folds both completed is stopped), median, or none.",
     )
     folds: int = Field(
         3,
         ge=1,
         le=20,
         description="k of stratified k-fold cross-validation; 1 = one holdout split of the base config's data.validation_fraction.",
+    )
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Repeated k-fold: every trial runs repeats x folds folds, each repeat split "
+        "with its own seed (for fewer than ~1,000 labelled examples, or a verdict of can't tell).",
+    )
+    rope: float = Field(
+        0.01,
+        ge=0,
+        description="Region of practical equivalence: the smallest difference of the metric (in "
+        "its units) that matters, for the phase-1 verdict and the choice of the best trial.",
+    )
+    select: Literal["best", "simplest"] = Field(
+        "best",
+        description="Which trial is chosen: best (the highest CV mean) or simplest (the "
+        "cheapest of the trials the best cannot be told apart from: fewest phase-1 steps, then "
+        "fewest seconds per fold).",
     )
     seed: int = Field(0, ge=0, description="Seed of the sampler and the fold split.")
     resources: Resources = Field(default_factory=Resources)
@@ -158,6 +179,11 @@ class SearchSettings(_Strict):
     initial_points: list[dict[str, Any]] = Field(
         default_factory=list, description="Configurations to try first (param -> value)."
     )
+
+    @property
+    def cv_folds(self) -> int:
+        """The folds every trial runs: folds x repeats."""
+        return self.folds * self.repeats
 
 
 class SearchSpace(_Strict):

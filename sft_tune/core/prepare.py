@@ -174,16 +174,19 @@ def prepare_data(
     with_test: bool = False,
     lm: bool | None = None,
     raw: RawData | None = None,
+    repeats: int = 1,
 ) -> PreparedData:
     """Read, check, split and tokenize a config's data once. `folds` 1 is one split of
     data.validation_fraction (a training run's validation split, or a sweep's holdout), k >= 2
-    is k-fold CV; `seed` (default the config's) shuffles the split; `with_test` also encodes the
+    is k-fold CV (`repeats` times, see `split_data`); `seed` (default the config's) shuffles the
+    split; `with_test` also encodes the
     test file; `lm` (default: the config runs phase 1) reads and tokenizes the LM texts, else
     no split has LM data. `task` is the config's task (`tasks.get_task(config.model.task)`);
     `raw` is the files already read by `files.read_data` with the same `lm`, else they are read."""
     lm = config.phase1.steps > 0 if lm is None else lm
     raw = read_data(config, task, lm) if raw is None else raw
-    splits = split_data(config, task, raw, folds, config.seed if seed is None else seed)
+    seed = config.seed if seed is None else seed
+    splits = split_data(config, task, raw, folds, seed, repeats)
     return encode_data(config, task, raw, splits, lm, with_test)
 
 
@@ -214,18 +217,22 @@ class Splits:
     groups: list[Any] | None
 
 
-def split_data(config: RunConfig, task, raw: RawData, folds: int, seed: int) -> Splits:
+def split_data(
+    config: RunConfig, task, raw: RawData, folds: int, seed: int, repeats: int = 1
+) -> Splits:
     """`folds` 1 is one split of data.validation_fraction, k >= 2 is k-fold CV, shuffled by
-    `seed`; stratified, and group-aware where the task has groups."""
+    `seed`; stratified, and group-aware where the task has groups. `repeats` R > 1 is repeated
+    k-fold: R x k splits, repeat r shuffled by `seed + r` (so repeat 0 is the unrepeated split)."""
     strata, groups = task.strata(raw.train), task.groups(raw.train)
-    if folds == 1:
-        splits = [
-            split_validation(
-                strata, groups, config.data.validation_fraction, seed, config.data.train
+    splits = []
+    for repeat in range(repeats):
+        if folds == 1:
+            fraction = config.data.validation_fraction
+            splits.append(
+                split_validation(strata, groups, fraction, seed + repeat, config.data.train)
             )
-        ]
-    else:
-        splits = make_folds(strata, groups, folds, seed, config.data.train)
+        else:
+            splits += make_folds(strata, groups, folds, seed + repeat, config.data.train)
     return Splits(splits, strata, groups)
 
 

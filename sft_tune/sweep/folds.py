@@ -22,6 +22,7 @@ import os
 import signal
 import statistics
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,7 @@ def cross_validate(
     wrapped = rt.wrap(model)
     for fold in range(start, len(data.splits)):
         _maybe_inject_fault(fault_file)
+        began = time.perf_counter()
         seed_everything(config.seed + fold)
         model.load_state_dict(pristine)
         result = fit(wrapped, task, data.fit_data(fold, config), config, tokenizer, rt, metric)
@@ -127,7 +129,11 @@ def cross_validate(
         scores.append(metrics[metric])
         diverged = diverged_at(result.history, metrics[metric])
         if after_fold is not None:
-            summary = {"fold_metrics": metrics, **_loss_summary(result.history)}
+            summary = {
+                "fold_metrics": metrics,
+                **_loss_summary(result.history),
+                "fold_seconds": time.perf_counter() - began,
+            }
             after_fold(fold, scores, {**summary, **diverged}, result.history)
         if diverged:
             break  # the trial stops here: its weights are NaN or infinite, more folds tell nothing
@@ -243,6 +249,8 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
     )
 
     most = {"mb": (saved["metrics"] or {}).get("cuda_peak_max_mb", 0.0)}
+    # Training and scoring seconds of the trial's folds so far (its cost; retries included).
+    spent = {"s": (saved["metrics"] or {}).get("fold_seconds_total", 0.0)}
 
     def peaks(fold_peak: dict[str, float]) -> dict[str, float]:
         """This fold's CUDA peak and the largest of the trial's folds so far (retries included)."""
@@ -254,8 +262,10 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
     def after_fold(
         fold: int, scores: list[float], summary: dict[str, Any], history: list[dict]
     ) -> None:
+        spent["s"] += summary["fold_seconds"]
         metrics = {
             "sweep_trial_id": job["trial_id"],
+            "fold_seconds_total": spent["s"],
             "fold": fold + 1,
             "fold_score": scores[-1],
             **fold_summary(scores),

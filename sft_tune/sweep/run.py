@@ -83,7 +83,7 @@ def run_search(
                 folder.sync([folder.SNAPSHOT], strict=True)
             unknown = ", ".join(f"{v:.2%} of the {k} tokens" for k, v in data.coverage.items())
             print(
-                f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {sweep.search.folds} folds of {sweep.search.metric}; "
+                f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {_folds_text(sweep.search)} of {sweep.search.metric}; "
                 f"folder {folder.location}"
                 + (f" (cached in {folder.path})" if folder.remote else "")
                 + f" (Ray's output: {folder.file(folder.LOG)})\n"
@@ -129,7 +129,10 @@ def encode_checkpoints(sweep: Sweep, raw: RawData) -> list[PreparedData]:
     config = sweep.base_config
     task = get_task(config.model.task)
     lm = "two-phase" in sweep.arms()
-    base = prepare_data(config, task, sweep.search.folds, sweep.search.seed, lm=lm, raw=raw)
+    search = sweep.search
+    base = prepare_data(
+        config, task, search.folds, search.seed, lm=lm, raw=raw, repeats=search.repeats
+    )
     encoded = {base.key: base}
     splits = Splits(base.splits, base.strata, base.groups)
     problems = []
@@ -179,14 +182,14 @@ def _search(
         settings.name,
         folder,
         list(sweep.params),
-        settings.folds,
+        settings.cv_folds,
         enabled=use_wandb,
         log_every=sweep.base_config.log_every,
     )
     progress = ProgressView(
-        settings.num_trials, settings.folds, settings.metric, terminal, folder.storage_path
+        settings.num_trials, settings.cv_folds, settings.metric, terminal, folder.storage_path
     )
-    events = TrialEvents(folder, settings.folds)
+    events = TrialEvents(folder, settings.cv_folds)
     callbacks = [
         events,
         wandb,
@@ -298,6 +301,13 @@ def _merge(
                 else dataclasses.replace(trial, attempts=done.attempts, error=done.error)
             )
     return merged
+
+
+def _folds_text(search) -> str:
+    """`3 folds`, or with repeats `2 x 3 folds` (repeated k-fold)."""
+    if search.repeats == 1:
+        return f"{search.folds} folds"
+    return f"{search.repeats} repeats x {search.folds} folds"
 
 
 def _lm_line(data) -> str:

@@ -237,7 +237,7 @@ def make_searcher(sweep: Sweep, storage_url: str, restoring: bool = False) -> Fo
         study_name=sweep.search.name,
         storage_url=storage_url,
         points_to_evaluate=None if restoring else (initial_points(sweep) or None),
-        folds=sweep.search.folds,
+        folds=sweep.search.cv_folds,
     )
 
 

@@ -396,11 +396,24 @@ def log_best_model(
         )
         artifact.add_dir(str(model_dir))
         run.log_artifact(artifact, aliases=["best"])
+        verdict = best.get("phase1") or {}
         run.summary.update(
             {
                 "test": best.get("test", {}),
                 "cv_mean": best.get("cv_mean"),
                 "cv_std": best.get("cv_std"),
+                # the phase-1 verdict's numbers and the choice's rule, beside the model
+                "phase1": {
+                    "outcome": verdict.get("outcome"),
+                    "statement": verdict.get("statement"),
+                    **{
+                        k: v
+                        for k, v in (verdict.get("difference") or {}).items()
+                        if k != "differences"
+                    },
+                    "fold_differences": (verdict.get("difference") or {}).get("differences"),
+                },
+                "choice": best.get("choice"),
             }
         )
 

@@ -223,13 +223,13 @@ def make_tuner(
     """The search's Tuner for a new sweep, or the restored Tuner of an interrupted one."""
     settings = sweep.search
     trainable = _trainable(sweep, shared)
-    settled = settle_ended_trials(folder, settings.folds) if restoring else []
+    settled = settle_ended_trials(folder, settings.cv_folds) if restoring else []
     search_alg = SweepLimiter(
         make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring),
         max_concurrent=max_concurrent,
         settled=settled,
     )
-    scheduler = _scheduler(settings.scheduler, settings.folds)
+    scheduler = make_scheduler(sweep, folder if restoring else None)
     if restoring:
         tuner = tune.Tuner.restore(
             folder.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -306,7 +306,7 @@ def make_finishing_tuner(
     trainable = _trainable(sweep, shared)
     path = f"{folder.experiment}/{FINISH_EXPERIMENT}"
     if tune.Tuner.can_restore(path):
-        settle_ended_trials(folder, sweep.search.folds, path)
+        settle_ended_trials(folder, sweep.search.cv_folds, path)
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -349,17 +349,41 @@ def _replace_pickled_parts(tuner, search_alg, scheduler, callbacks) -> None:
     internal.get_run_config().callbacks = callbacks
 
 
-def _scheduler(name: str, folds: int):
+def make_scheduler(sweep: Sweep, resumed: SweepFolder | None = None):
+    """The scheduler `search.scheduler` names; a resumed sweep's racing scheduler knows the
+    trials that ran every fold before (from `resumed`'s events)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
-    if name == "asha":
+    settings = sweep.search
+    folds = settings.cv_folds
+    if settings.scheduler == "asha":
         # max_t one past the last fold: a trial that reaches its last fold ends by itself (a clean
         # teardown) instead of being stopped by the scheduler at the same moment.
         return ASHAScheduler(
             time_attr="training_iteration", max_t=folds + 1, grace_period=1, reduction_factor=2
         )
-    if name == "median":
+    if settings.scheduler == "median":
         return MedianStoppingRule(
             time_attr="training_iteration", grace_period=1, min_samples_required=2
         )
+    if settings.scheduler == "racing":
+        from sft_tune.sweep.paired import held_out_ratio
+        from sft_tune.sweep.racing import RacingScheduler
+
+        ratio = held_out_ratio(settings.folds, sweep.base_config.data.validation_fraction)
+        known = complete_fold_scores(resumed.events(), folds) if resumed else None
+        return RacingScheduler(folds, settings.mode, settings.rope, ratio, known=known)
     return FIFOScheduler()
+
+
+def complete_fold_scores(events: list[dict[str, Any]], folds: int) -> dict[str, list[float]]:
+    """The fold scores of every trial whose events hold all its folds, by trial id."""
+    by_trial: dict[str, dict[int, float]] = {}
+    for event in events:
+        if event["event"] == "fold":
+            by_trial.setdefault(event["trial_id"], {})[int(event["fold"])] = event["score"]
+    return {
+        trial_id: [scores[f] for f in sorted(scores)]
+        for trial_id, scores in by_trial.items()
+        if len(scores) >= folds
+    }

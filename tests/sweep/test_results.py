@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from sft_tune.space import Param, SearchSettings, Sweep
@@ -9,6 +11,7 @@ from sft_tune.sweep.results import (
     Status,
     Trial,
     best_trial,
+    choice_text,
     contenders,
     phase1_verdict,
     rank_key,
@@ -19,20 +22,25 @@ def _sweep(mode="max", steps=None):
     params = {"phase1.steps": Param(type="int", low=0, high=100, step=50)} if steps is None else {}
     return Sweep.model_construct(
         base={"phase1": {"steps": 100 if steps is None else steps}},
+        base_config=SimpleNamespace(data=SimpleNamespace(validation_fraction=0.2)),
         params=params,
         search=SearchSettings(mode=mode),
     )
 
 
-def _trial(trial_id, steps, mean, status="COMPLETE", folds=3, std=0.01):
+def _trial(trial_id, steps, mean, status="COMPLETE", folds=3, std=0.01, scores=None, seconds=None):
+    """A trial record; its fold scores spread ±std around the mean unless given."""
+    scores = scores or [mean + std * (j - (folds - 1) / 2) for j in range(folds)]
     return Trial(
         trial_id=trial_id,
         status=Status(status),
         params={"phase1.steps": steps},
-        cv_mean=mean,
+        cv_mean=sum(scores) / len(scores) if mean is None else mean,
         cv_std=std,
+        fold_scores=scores,
         folds_done=folds,
         checkpoint="ckpt",
+        seconds_per_fold=seconds,
     )
 
 
@@ -40,14 +48,75 @@ def test_sweep_verdict_says_whether_phase1_won_and_by_how_much():
     won = phase1_verdict(
         _sweep(), [_trial("a", 0, 0.60), _trial("b", 50, 0.65), _trial("c", 0, 0.62)]
     )
-    assert won["best_uses_phase1"] is True and won["margin"] == pytest.approx(0.03)
+    assert won["best_uses_phase1"] is True and won["difference"]["mean"] == pytest.approx(0.03)
     assert won["best_plain"]["trial_id"] == "c" and "uses phase 1" in won["statement"]
     assert (
         won["arms"]["plain"]["complete"] == 2 and "plain: 2 sampled, 2 complete" in won["statement"]
     )
     lost = phase1_verdict(_sweep(), [_trial("a", 0, 0.70), _trial("b", 50, 0.65)])
-    assert lost["best_uses_phase1"] is False and lost["margin"] == pytest.approx(-0.05)
-    assert "did not help" in lost["statement"]
+    assert lost["best_uses_phase1"] is False
+    assert lost["difference"]["mean"] == pytest.approx(-0.05)
+    assert lost["outcome"] == "hurt" and "is a plain fine-tune" in lost["statement"]
+
+
+@pytest.mark.parametrize(
+    "plain, two_phase, outcome, words",
+    [
+        # +0.05 on every fold, from different fold levels: no spread, above the ROPE
+        ([0.60, 0.70, 0.65], [0.65, 0.75, 0.70], "helped", "phase 1 helped: +0.0500"),
+        ([0.60, 0.70, 0.65], [0.55, 0.66, 0.59], "hurt", "phase 1 hurt: -0.0500"),
+        # within ±0.004 of the plain trial on every fold: the interval lies inside ±0.01
+        (
+            [0.60, 0.70, 0.65, 0.62, 0.68],
+            [0.601, 0.699, 0.651, 0.621, 0.679],
+            "no difference",
+            "no difference that matters: +0.0002",
+        ),
+        # the demo's own numbers (issue 33): -0.014, -0.001, +0.017
+        ([0.62, 0.58, 0.63], [0.606, 0.579, 0.647], "can't tell", "can't tell yet: the interval"),
+    ],
+)
+def test_the_verdicts_four_outcomes_give_the_interval_never_a_bare_margin(
+    plain, two_phase, outcome, words
+):
+    verdict = phase1_verdict(
+        _sweep(),
+        [
+            _trial("p", 0, None, folds=len(plain), scores=plain),
+            _trial("t", 50, None, folds=len(two_phase), scores=two_phase),
+        ],
+    )
+    assert verdict["outcome"] == outcome
+    statement = verdict["statement"]
+    assert statement.startswith(words), statement
+    assert "95% interval on" in statement and "margin" not in statement
+    gap = verdict["difference"]
+    assert gap["folds"] == len(plain) and gap["low"] <= gap["mean"] <= gap["high"]
+    if outcome == "can't tell":
+        assert "search.repeats" in statement or "would not decide" in statement
+
+
+def test_select_simplest_picks_the_cheaper_of_two_equivalent_trials():
+    # The plain trial is 0.002 behind the two-phase one on every fold: inside the ROPE.
+    two_phase = _trial("a", 50, None, scores=[0.702, 0.652, 0.602], seconds=9.0)
+    plain = _trial("b", 0, None, scores=[0.70, 0.65, 0.60], seconds=3.0)
+    far = _trial("c", 0, None, scores=[0.50, 0.45, 0.40], seconds=1.0)
+    sweep = _sweep()
+    assert best_trial(sweep, [two_phase, plain, far])["trial_id"] == "a"  # select: best
+    choice = best_trial(sweep, [two_phase, plain, far])["choice"]
+    assert choice["rule"] == "best" and [c["trial_id"] for c in choice["indistinguishable"]] == [
+        "b"
+    ]
+    assert choice["runner_up"]["trial_id"] == "b"
+    sweep.search.select = "simplest"
+    best = best_trial(sweep, [two_phase, plain, far])
+    assert best["trial_id"] == "b"  # fewer phase-1 steps, within the ROPE of the best
+    assert best["choice"]["top"] == "a" and best["choice"]["runner_up"]["trial_id"] == "a"
+    assert best["choice"]["cost"] == {"phase1_steps": 0, "seconds_per_fold": 3.0}
+    assert "chosen by `select: simplest`" in choice_text(best["choice"], "macro_f1")
+    # The far cheaper trial is behind beyond doubt: never chosen.
+    verdict = phase1_verdict(sweep, [two_phase, plain, far])
+    assert verdict["best_uses_phase1"] is False and verdict["outcome"] == "no difference"
 
 
 def test_sweep_verdict_states_what_happened_and_never_contradicts_the_space():
@@ -55,14 +124,14 @@ def test_sweep_verdict_states_what_happened_and_never_contradicts_the_space():
     only = phase1_verdict(
         _sweep(), [_trial("b", 50, 0.65), _trial("a", 0, 0.9, status="STOPPED", folds=1)]
     )
-    assert only["margin"] is None and "no plain trial finished all folds" in only["statement"]
+    assert only["difference"] is None and "no plain trial finished all folds" in only["statement"]
     assert (
         "plain: 1 sampled, 1 stopped" in only["statement"]
         and "phase1.steps reach 0" not in only["statement"]
     )
     # A space that fixes phase1.steps above 0 has one arm: the statement says the space decides it.
     fixed = phase1_verdict(_sweep(steps=100), [_trial("b", 100, 0.65)])
-    assert fixed["margin"] is None and "keeps phase1.steps above 0" in fixed["statement"]
+    assert fixed["difference"] is None and "keeps phase1.steps above 0" in fixed["statement"]
 
 
 def test_contenders_are_stopped_trials_that_reach_the_best_complete_mean_and_each_arms_best():
@@ -173,8 +242,8 @@ def test_the_verdict_and_best_json_follow_one_rule_on_a_tie(winner):
     plain = _trial("b", 0, 0.6, std=0.05 if winner == "two-phase" else 0.01)
     best = best_trial(sweep, [two_phase, plain])
     verdict = phase1_verdict(sweep, [two_phase, plain])
-    assert verdict["margin"] == 0
+    assert verdict["difference"]["mean"] == pytest.approx(0)
     assert verdict["best_uses_phase1"] is (best["params"]["phase1.steps"] > 0)
     assert verdict["best_uses_phase1"] is (winner == "two-phase")
-    expected = "uses phase 1" if winner == "two-phase" else "did not help"
+    expected = "uses phase 1" if winner == "two-phase" else "is a plain fine-tune"
     assert expected in verdict["statement"]

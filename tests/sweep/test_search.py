@@ -151,7 +151,7 @@ def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_t
         and verdict["best_two_phase"]["trial_id"] == finished.trial_id
     )
     assert (
-        verdict["margin"] == pytest.approx(finished.cv_mean - first.cv_mean)
+        verdict["difference"]["mean"] == pytest.approx(finished.cv_mean - first.cv_mean)
         and "finished after the scheduler stopped" in verdict["statement"]
     )
     # It went on from its checkpoint: each of its folds trained once, in two starts.
@@ -297,7 +297,12 @@ def test_a_trial_trains_with_two_ddp_workers_through_ray_train_and_is_retried(
     assert trial.checkpoint and "/train/train-" in trial.checkpoint
 
 
-def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_bert, toy_files):
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_fold_lm_data_never_contains_that_folds_validation_texts(
+    tmp_path, tiny_bert, toy_files, repeats
+):
+    """Also with repeated k-fold: R x k distinct folds, each repeat a partition of the labelled
+    set, and the LM-data rule kept per fold."""
     rows = toy_rows(40, seed=9)
     files = {**toy_files, "train": write_csv(tmp_path / "train.csv", rows)}
     # The unlabelled pool also holds copies of labelled texts: they must be dropped for their fold.
@@ -309,13 +314,42 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(tmp_path, tiny_
     from sft_tune.space import load_space
 
     sweep = load_space(space)
-    data: PreparedData = prepare_data(sweep.base_config, get_task("classification"), 4, 0)
+    data: PreparedData = prepare_data(
+        sweep.base_config, get_task("classification"), 4, 0, repeats=repeats
+    )
+    assert len(data.splits) == 4 * repeats
+    assert len({tuple(held) for _, held in data.splits}) == 4 * repeats  # all distinct
     for fold, (train, held) in enumerate(data.splits):
         held_ids = {tuple(data.labelled.input_ids[i]) for i in held}
         lm = {tuple(ids) for ids in data.lm_ids(fold, include_labelled=True)}
         assert not lm & held_ids
         assert {tuple(data.labelled.input_ids[i]) for i in train} <= lm
-    assert sorted(i for _, held in data.splits for i in held) == list(range(40))
+    for repeat in range(repeats):
+        folds = data.splits[4 * repeat : 4 * (repeat + 1)]
+        assert sorted(i for _, held in folds for i in held) == list(range(40))
+    # repeat 0 is the unrepeated split
+    assert (
+        data.splits[:4] == prepare_data(sweep.base_config, get_task("classification"), 4, 0).splits
+    )
+
+
+def test_a_repeated_kfold_trial_runs_every_fold_of_every_repeat(tmp_path, tiny_bert, toy_files):
+    space = write_space(
+        tmp_path,
+        tiny_bert,
+        toy_files,
+        "repeats",
+        num_trials=1,
+        folds=2,
+        repeats=2,
+        scheduler="none",
+    )
+    result = run_search(space)
+    (trial,) = result.trials
+    assert trial.status == "COMPLETE" and trial.folds_done == 4 and len(trial.fold_scores) == 4
+    assert trial.seconds_per_fold > 0
+    events = read_events(result.sweep_dir / "events.jsonl")
+    assert [e["fold"] for e in events if e["event"] == "fold"] == [1, 2, 3, 4]
 
 
 def test_shared_sweep_data_is_mapped_not_copied_by_workers(

@@ -1,0 +1,105 @@
+"""The racing scheduler (`search.scheduler: racing`): after each fold, a trial that is behind the
+incumbent beyond doubt is stopped. Racing as in F-race / irace and SMAC's intensification: every
+trial runs the same folds in the same order, so a new trial is compared with the incumbent (the
+best trial that has run every fold) on the folds both completed, paired.
+
+"Behind beyond doubt" is either of:
+- `paired`: the corrected 95% interval of incumbent − trial (`paired.compare`) lies above 0;
+  it needs 2 paired folds;
+- `forgiving` (Bergman, Purucker & Hutter, AutoML 2024): the trial's running mean is below the
+  incumbent's worst fold; it can decide after one fold.
+A trial is never stopped before its first fold, at its last fold (it ends by itself), nor when
+there is no incumbent yet; the incumbent has run all its folds and is never stopped. A stopped
+trial ends like one ASHA stopped: PRUNED in the study, finished before selection if its partial
+mean could still win (`results.contenders`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from sft_tune.sweep.paired import compare
+
+RULES = ("paired", "forgiving")
+
+
+class RacingScheduler(FIFOScheduler):
+    """Stops trials behind the incumbent beyond doubt (see the module). `folds`: every fold a
+    trial runs (folds x repeats); `ratio`: n_test/n_train of a fold; `rules`: which tests may stop
+    a trial (any one suffices); `known`: fold scores of trials that ran every fold before this
+    scheduler was made (a resumed sweep), by trial id."""
+
+    def __init__(
+        self,
+        folds: int,
+        mode: str,
+        rope: float,
+        ratio: float,
+        rules: tuple[str, ...] = RULES,
+        known: dict[str, list[float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.folds, self.mode, self.rope, self.ratio, self.rules = folds, mode, rope, ratio, rules
+        self.complete: dict[str, list[float]] = dict(known or {})
+        self.stopped: dict[str, str] = {}  # trial id -> why (tests, the log)
+
+    def incumbent(self) -> tuple[str, list[float]] | None:
+        """The complete trial with the best mean (ties: the lower trial id)."""
+        sign = -1 if self.mode == "max" else 1
+        ranked = sorted(
+            (sign * sum(scores) / len(scores), trial_id, scores)
+            for trial_id, scores in self.complete.items()
+        )
+        return (ranked[0][1], ranked[0][2]) if ranked else None
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        scores = _scores(result)
+        trial_id = result.get("sweep_trial_id") or trial.trial_id
+        if not scores or result.get("diverged"):
+            return TrialScheduler.CONTINUE
+        if len(scores) >= self.folds:
+            self.complete[trial_id] = scores
+            return TrialScheduler.CONTINUE
+        why = self.behind(trial_id, scores)
+        if why:
+            self.stopped[trial_id] = why
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def behind(self, trial_id: str, scores: list[float]) -> str | None:
+        """Why the trial with these fold scores is behind the incumbent beyond doubt, or None."""
+        found = self.incumbent()
+        if found is None or found[0] == trial_id:
+            return None
+        incumbent_id, best = found
+        if "forgiving" in self.rules:
+            mean, worst = (
+                sum(scores) / len(scores),
+                (min(best) if self.mode == "max" else max(best)),
+            )
+            if (mean < worst) if self.mode == "max" else (mean > worst):
+                return (
+                    f"running mean {mean:.4f} after {len(scores)} folds is worse than the "
+                    f"incumbent {incumbent_id}'s worst fold {worst:.4f}"
+                )
+        if "paired" in self.rules:
+            gap = compare(best, scores, self.mode, self.rope, self.ratio)
+            if gap.folds >= 2 and gap.low is not None and gap.low > 0:
+                return (
+                    f"behind the incumbent {incumbent_id} by {gap.mean:+.4f} "
+                    f"[{gap.low:.4f}, {gap.high:.4f}] on {gap.folds} paired folds"
+                )
+        return None
+
+    def debug_string(self) -> str:
+        found = self.incumbent()
+        return f"Racing against {found[0] if found else 'no incumbent yet'} ({len(self.stopped)} stopped)."
+
+
+def _scores(result: dict[str, Any]) -> list[float]:
+    raw = result.get("fold_scores")
+    scores = json.loads(raw) if isinstance(raw, str) else list(raw or [])
+    return [float(s) for s in scores if s is not None and math.isfinite(float(s))]
