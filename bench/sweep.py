@@ -159,6 +159,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="part 2: sampler of both sweeps (default random: the same configurations whatever ASHA stops)",
     )
     p.add_argument(
+        "--schedulers",
+        default="asha",
+        help="part 2: the schedulers compared with none, comma-separated (default asha; e.g. asha,racing)",
+    )
+    p.add_argument(
+        "--part2-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="part 2: sampler and fold seeds, one comparison each (default: --seed)",
+    )
+    p.add_argument(
         "--asha-trial-seconds",
         type=float,
         default=10.0,
@@ -185,6 +197,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="k of the cross-validation, both parts (default 3; part 2 needs >= 3)",
     )
     p.add_argument("--parts", default="1,2", help="which parts to run: 1, 2 or 1,2 (default)")
+    p.add_argument(
+        "--every-step-too",
+        action="store_true",
+        help="part 1: also run the sweep with Tune saving its state at every step "
+        "(TUNE_GLOBAL_CHECKPOINT_S=0, sft-tune's rule before it saved only when a trial started, "
+        "reported or ended) and print that ratio beside it",
+    )
     p.add_argument("--sampler", default="tpe", help="Optuna sampler of the sweeps (default tpe)")
     p.add_argument("--seed", type=int, default=0, help="sampler and fold seed (default 0)")
     p.add_argument(
@@ -731,6 +750,29 @@ def overhead(
             lines.append(
                 f"GAP between trials (after the first): mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s: {goal(max(split['gaps']), 1.0, '.2f', ' s')}"
             )
+    every_step = None
+    if args.every_step_too:
+        say("   the same sweep with Tune saving its state at every step ...")
+        every = write_space(
+            folder,
+            f"overhead-{trial_seconds:g}s-every-step",
+            base,
+            setup["params"],
+            args,
+            "none",
+            n_trials,
+        )
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+        try:
+            every_step = run_sweep(every, folder / f"cache-every-{trial_seconds:g}s", log, args)
+        finally:
+            del os.environ["TUNE_GLOBAL_CHECKPOINT_S"]
+        lines.append(
+            f"RATIO state saved at every step: sweep / back-to-back = "
+            f"{every_step['seconds'] / plain['seconds']:.3f} ({every_step['seconds']:.1f} s; "
+            f"saved when a trial starts, reports or ends: {sweep['seconds']:.1f} s, every-step / "
+            f"when-changed {every_step['seconds'] / sweep['seconds']:.3f}); {busy(every_step)}"
+        )
     say("", *lines)
     FIGURES["part1"].append(
         {
@@ -747,6 +789,7 @@ def overhead(
             "others_sweep": sweep["others"],
             "others_plain": plain["others"],
             "incomplete_trials": len(bad),
+            "every_step_seconds": every_step["seconds"] if every_step else None,
         }
     )
     gaps = (
@@ -762,22 +805,33 @@ def overhead(
 
 
 def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
-    from sft_tune.sweep.results import format_table
-
+    """Part 2 for each scheduler of --schedulers against none, at each of --part2-seeds."""
     steps, epochs, predicted = plan(
         cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size
     )
     base = sized(setup["base"], steps, epochs)
-    say(
-        "",
-        f"== part 2: ASHA savings: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {args.seed}, "
-        f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==",
-    )
+    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip() and s != "none"]
+    FIGURES["part2"] = []
+    summary = []
+    for seed in args.part2_seeds or [args.seed]:
+        args.seed = seed
+        say(
+            "",
+            f"== part 2: early stopping ({', '.join(schedulers)}) vs none: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {seed}, "
+            f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==",
+        )
+        summary += part2_seed(args, setup, base, folder, log, schedulers, seed)
+    return summary
+
+
+def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
+    from sft_tune.sweep.results import format_table
+
     runs = {}
-    for scheduler in ("asha", "none"):
+    for scheduler in [*schedulers, "none"]:
         space = write_space(
             folder,
-            f"sched-{scheduler}",
+            f"sched-{scheduler}-{seed}",
             base,
             setup["params"],
             args,
@@ -786,73 +840,102 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
             args.asha_sampler,
         )
         say(f"   running the {scheduler} sweep ...")
-        runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}", log, args)
+        runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}-{seed}", log, args)
         say(
             f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; {busy(runs[scheduler])}",
             format_table(runs[scheduler]["result"]),
         )
+    # The complete CV of every configuration, from the sweep that stopped none (same sampler and
+    # seed: the same configurations in the same order).
+    full = {json.dumps(t.params, sort_keys=True): t.cv_mean for t in runs["none"]["result"].trials}
     stats = {}
     for scheduler, run in runs.items():
         result = run["result"]
         trials = result.trials
-        best = result.best["cv_mean"] if result.best else float("nan")
+        chosen = result.best and full.get(json.dumps(result.best["params"], sort_keys=True))
         stats[scheduler] = {
             "folds": sum(t.folds_done for t in trials),
             "seconds": run["seconds"],
-            "best": best,
+            "best": result.best["cv_mean"] if result.best else float("nan"),
+            "chosen_full_cv": chosen if chosen is not None else float("nan"),
             "statuses": {
                 s: sum(t.status == s for t in trials)
                 for s in ("COMPLETE", "STOPPED", "ERROR", "NOT RUN")
                 if any(t.status == s for t in trials)
             },
             "finished_after_stop": sum(t.finished_after_stop for t in trials),
+            "same_configs": trial_params(in_start_order(run))
+            == trial_params(in_start_order(runs["none"])),
+            "others": run["others"],
         }
-    a, n = stats["asha"], stats["none"]
-    same = trial_params(in_start_order(runs["asha"])) == trial_params(in_start_order(runs["none"]))
+    n = stats["none"]
     rows = [
         [
             s,
-            f"{v['folds']}",
-            f"{v['seconds']:.1f}",
-            f"{v['best']:.4f}",
-            " ".join(f"{k} {c}" for k, c in v["statuses"].items()),
+            f"{v['folds']} ({v['folds'] / n['folds']:.0%})",
+            f"{v['seconds']:.1f} ({v['seconds'] / n['seconds']:.0%})",
+            f"{v['chosen_full_cv']:.4f}",
+            f"{(n['chosen_full_cv'] - v['chosen_full_cv']) * 100:+.2f}",
+            " ".join(f"{k} {c}" for k, c in v["statuses"].items())
+            + f", {v['finished_after_stop']} finished after stop",
         ]
         for s, v in stats.items()
     ]
-    say("", table(["scheduler", "folds trained", "wall s", "best cv macro-F1", "trials"], rows))
-    fold_ratio = a["folds"] / n["folds"]
-    wall_ratio = a["seconds"] / n["seconds"]
-    diff = (n["best"] - a["best"]) * 100
     say(
         "",
-        f"RATIO asha / none, compute (folds trained, with the {a['finished_after_stop']} stopped trial(s) finished before selection) = {fold_ratio:.1%}: {goal(fold_ratio * 100, 60, '.1f', ' %')}",
-        f"RATIO asha / none, wall time = {wall_ratio:.1%}",
-        f"BEST CV (complete CV of the chosen configuration): asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} macro-F1 points; none - asha = {diff:+.2f} points: {goal(diff, 0.5, '.2f', ' points')}",
-        f"   both sweeps sampled the same {args.asha_trials} configurations in the same order: {'yes' if same else 'NO (the sampler saw different results)'}",
+        table(
+            [
+                "scheduler",
+                "folds trained (/ none)",
+                "wall s (/ none)",
+                "chosen config's full CV",
+                "none - it (points)",
+                "trials",
+            ],
+            rows,
+        ),
     )
-    FIGURES["part2"] = {
-        "trials": args.asha_trials,
-        "folds": args.folds,
-        "asha_folds": a["folds"],
-        "none_folds": n["folds"],
-        "fold_ratio": fold_ratio,
-        "asha_seconds": a["seconds"],
-        "none_seconds": n["seconds"],
-        "wall_ratio": wall_ratio,
-        "best_asha": a["best"],
-        "best_none": n["best"],
-        "best_diff_points": diff,
-        "same_configs": same,
-        "statuses": {k: v["statuses"] for k, v in stats.items()},
-        "finished_after_stop": a["finished_after_stop"],
-        "fold_goal": 0.6,
-        "others_asha": runs["asha"]["others"],
-        "others_none": runs["none"]["others"],
-    }
+    lines = []
+    for scheduler in schedulers:
+        s = stats[scheduler]
+        fold_ratio, wall_ratio = s["folds"] / n["folds"], s["seconds"] / n["seconds"]
+        diff = (n["chosen_full_cv"] - s["chosen_full_cv"]) * 100
+        lines += [
+            f"RATIO {scheduler} / none (seed {seed}), compute (folds trained, with the {s['finished_after_stop']} stopped trial(s) finished before selection) = {fold_ratio:.1%}; wall time = {wall_ratio:.1%}",
+            f"CHOSEN {scheduler} (seed {seed}): its configuration's full CV {s['chosen_full_cv'] * 100:.2f} vs none's choice {n['chosen_full_cv'] * 100:.2f} macro-F1 points; none - {scheduler} = {diff:+.2f} points: {goal(diff, 1.0, '.2f', ' points')} (the ROPE, 0.01)",
+            f"   same configurations as none, in the same order: {'yes' if s['same_configs'] else 'NO (the sampler saw different results)'}",
+        ]
+        FIGURES["part2"].append(
+            {
+                "seed": seed,
+                "scheduler": scheduler,
+                "trials": args.asha_trials,
+                "folds": args.folds,
+                "folds_trained": s["folds"],
+                "none_folds": n["folds"],
+                "fold_ratio": fold_ratio,
+                "seconds": s["seconds"],
+                "none_seconds": n["seconds"],
+                "wall_ratio": wall_ratio,
+                "chosen_full_cv": s["chosen_full_cv"],
+                "none_chosen_full_cv": n["chosen_full_cv"],
+                "diff_points": diff,
+                "same_configs": s["same_configs"],
+                "statuses": s["statuses"],
+                "finished_after_stop": s["finished_after_stop"],
+                "others": s["others"],
+                "others_none": n["others"],
+            }
+        )
+    say("", *lines)
     return [
-        f"part 2: asha/none compute {a['folds']}/{n['folds']} folds = {fold_ratio:.1%}, wall {a['seconds']:.0f}/{n['seconds']:.0f} s = {wall_ratio:.1%}; "
-        f"best CV asha {a['best'] * 100:.2f} vs none {n['best'] * 100:.2f} ({diff:+.2f} points); "
-        f"other processes busy {runs['asha']['others']:.2f} / {runs['none']['others']:.2f} cores (asha / none)"
+        f"part 2 seed {seed}: "
+        + "; ".join(
+            f"{s}/none folds {stats[s]['folds']}/{n['folds']} = {stats[s]['folds'] / n['folds']:.1%}, "
+            f"wall {stats[s]['seconds'] / n['seconds']:.1%}, chosen full CV {(n['chosen_full_cv'] - stats[s]['chosen_full_cv']) * 100:+.2f} points behind none's"
+            for s in schedulers
+        )
+        + f"; other processes busy {max(v['others'] for v in stats.values()):.2f} cores at most"
     ]
 
 

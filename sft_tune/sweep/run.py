@@ -10,11 +10,8 @@ partial ones before the best configuration is chosen.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from sft_tune.core import data as data_module
@@ -37,11 +34,10 @@ from sft_tune.sweep.results import (
     summarize,
 )
 from sft_tune.sweep.searcher import close_orphans, record_finished
+from sft_tune.sweep.tunestate import saved_when_changed
 from sft_tune.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # seconds between saves of Tune's state
 
 
 def run_search(
@@ -199,31 +195,13 @@ def _search(
     if capped:
         progress.say(capped)
     try:
-        with _state_saved_every_step(not folder.remote):
+        with saved_when_changed(not folder.remote):
             trials = _run_tuners(
                 sweep, folder, data, restoring, callbacks, events, progress, at_once
             )
     finally:
         wandb.close()
     return trials
-
-
-@contextlib.contextmanager
-def _state_saved_every_step(wanted: bool) -> Iterator[None]:
-    """While the Tuners run: Tune saves its experiment state at every step (default: at most
-    every 10 s), so that what a killed driver leaves behind is at most one step older than what
-    it did. Not on URI storage, where each save is an upload (bench/multinode.py: that nearly
-    doubled a tiny sweep's time): Tune's default period stays there, and a restored trial goes on
-    from its newest fold checkpoint on the storage, whatever the state names
-    (`folds.run_in_actor`). A value the user set is kept."""
-    if not wanted or CHECKPOINT_PERIOD_ENV in os.environ:
-        yield
-        return
-    os.environ[CHECKPOINT_PERIOD_ENV] = "0"  # read when a Tuner's controller starts
-    try:
-        yield
-    finally:
-        os.environ.pop(CHECKPOINT_PERIOD_ENV, None)
 
 
 def _run_tuners(

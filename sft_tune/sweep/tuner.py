@@ -41,6 +41,7 @@ from sft_tune.sweep.searcher import (
     maybe_kill_driver,
 )
 from sft_tune.sweep.storage import join, listing, read_text, write_text
+from sft_tune.sweep.tunestate import mark_changed
 
 ACTOR_ANSWER_S = 30  # how long the driver waits for a started trial actor to give its PID
 
@@ -120,6 +121,7 @@ class TrialEvents(tune.Callback):
         self.folder, self.folds, self.started = folder, folds, started or {}
 
     def _log(self, trial, event: str, **fields: Any) -> None:
+        mark_changed()  # Tune's state saves at the end of this step (`tunestate`)
         EventLog(
             str(self.folder.file(self.folder.EVENTS)),
             trial.config.get(FINISH_KEY) or trial.trial_id,
