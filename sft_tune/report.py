@@ -69,7 +69,7 @@ def build_report(
     best = best_trial(sweep, trials)
     best_id = best and best["trial_id"]
     selected = selected_model(folder)
-    verdict = phase1_verdict(sweep, trials)
+    verdict = phase1_verdict(sweep, trials, best and best["choice"])
     facts = key_facts(sweep, trials, numbers, best, selected, verdict)
     history, source = loss_history(folder, trials, best, selected)
     figures = {

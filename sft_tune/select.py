@@ -125,7 +125,7 @@ def select_best(
         "cv_std": best["cv_std"],
         "fold_scores": best["fold_scores"],
         "choice": best["choice"],
-        "phase1": phase1_verdict(sweep, read_trials(folder)),
+        "phase1": phase1_verdict(sweep, read_trials(folder), best["choice"]),
         "versions": library_versions(),
     }
     log.info(

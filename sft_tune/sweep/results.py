@@ -423,17 +423,20 @@ def contenders(sweep: Sweep, trials: list[Trial]) -> list[Trial]:
 # -- the phase-1 verdict --------------------------------------------------------------------------
 
 
-def phase1_verdict(sweep: Sweep, trials: list[Trial]) -> dict[str, Any]:
+def phase1_verdict(
+    sweep: Sweep, trials: list[Trial], choice: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Did phase 1 pay off here? The best two-phase trial against the best plain fine-tune
     (phase1.steps = 0), both COMPLETE, paired on their folds (`paired.compare`): `helped`,
     `hurt`, `no difference` (the interval inside ±ROPE) or `can't tell` (with about how many more
     folds would decide). Never a bare margin: the statement gives the interval and P. It also says
-    whether the chosen configuration uses phase 1 and what happened to each arm's trials."""
+    whether the chosen configuration uses phase 1 and what happened to each arm's trials.
+    `choice`: what `choose` made of these trials, when the caller has it already."""
     mode = sweep.search.mode
     arms = {arm: [t for t in trials if arm_of(sweep, t) == arm] for arm in ("plain", "two-phase")}
     best = {arm: top([t for t in group if rankable(t)], mode) for arm, group in arms.items()}
     two_phase, plain = best["two-phase"], best["plain"]
-    choice = choose(sweep, trials)
+    choice = choice or choose(sweep, trials)
     chosen = choice and next(t for t in trials if t.trial_id == choice["chosen"])
     verdict: dict[str, Any] = {
         "best_two_phase": two_phase
@@ -560,7 +563,7 @@ def summarize(
     states = optuna_states(sweep.search.name, folder.optuna_url(sweep.search.optuna_storage))
     passes = tokenization_passes + sum(t.worker_tokenization_passes for t in trials)
     complete = search_ended(sweep, trials)
-    verdict = phase1_verdict(sweep, trials)
+    verdict = phase1_verdict(sweep, trials, best and best["choice"])
     _write_trials(folder, trials)
     if best is not None:
         folder.file(folder.BEST).write_text(
