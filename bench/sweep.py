@@ -250,6 +250,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log", type=Path, default=None, help="keep the Ray / training output in this file"
     )
     p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary folder (sweep folders with their events.jsonl) and print its path",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="show the Ray / training output instead of logging it to a file",
@@ -1028,7 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.log:
             say(f"Ray / training output kept in {log}")
         OTHERS.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep:
+            say(f"temp folder kept: {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
