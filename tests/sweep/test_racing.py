@@ -61,6 +61,26 @@ def test_the_paired_rule_needs_two_folds_and_a_gap_beyond_doubt():
     assert race.on_trial_result(None, _Trial("w"), _result([0.65, 0.84])) == GO
 
 
+def test_the_cannot_win_rule_stops_a_trial_that_can_at_best_tie_within_the_rope():
+    incumbent = [0.70, 0.80, 0.75, 0.72, 0.78]
+    race = _race(rules=("cannot_win",), known={"inc": incumbent})
+    assert race.on_trial_result(None, _Trial("t"), _result([0.70])) == GO  # one fold: no spread
+    # the same scores on two folds: never ahead by more than the ROPE (0.01)
+    assert race.on_trial_result(None, _Trial("t"), _result([0.70, 0.80])) == STOP
+    assert "P(beats the incumbent inc by more than the ROPE 0.01) = 0.00" in race.stopped["t"]
+    # ahead on both folds: it may well win
+    assert race.on_trial_result(None, _Trial("u"), _result([0.75, 0.84])) == GO
+    # behind on one fold, ahead on the other: the posterior leaves it a chance
+    assert race.on_trial_result(None, _Trial("v"), _result([0.60, 0.90])) == GO
+    # the paired rule alone does not stop a tie: the interval [0, 0] is not above 0
+    assert (
+        _race(rules=("paired",), known={"inc": incumbent}).on_trial_result(
+            None, _Trial("t"), _result([0.70, 0.80])
+        )
+        == GO
+    )
+
+
 def test_the_incumbent_is_never_stopped_and_a_better_trial_takes_its_place():
     race = _race(known={"inc": [0.60, 0.62, 0.61, 0.60, 0.62]})
     for n in range(1, 5):
