@@ -7,10 +7,11 @@ loads. Relative paths in the file are resolved against the file's own folder.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sft_tune.errors import MISSING, Problem
 
@@ -18,6 +19,49 @@ from sft_tune.errors import MISSING, Problem
 class _Strict(BaseModel):
     # No inf/nan in any float field: `.inf` trained with loss=inf and exported a model.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class AdapterConfig(_Strict):
+    """LoRA adapters through both phases (PEFT's `LoraConfig`, same meaning for each knob): the
+    backbone's weights stay frozen, the adapters and the task head train; phase 1's LM loss runs
+    on the adapted backbone. `type: none` trains every weight (the default)."""
+
+    type: Literal["none", "lora"] = Field(
+        "none", description="none = full fine-tune; lora = LoRA adapters (PEFT)."
+    )
+    r: int = Field(8, gt=0, le=4096, description="LoRA rank (PEFT `r`).")
+    alpha: float = Field(
+        16.0, gt=0, description="LoRA scaling numerator (PEFT `lora_alpha`; scale = alpha / r)."
+    )
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="Dropout on the adapter input (PEFT `lora_dropout`)."
+    )
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto",
+        description="Module names (suffixes) to adapt (PEFT `target_modules`); auto = PEFT's "
+        "default for the architecture (attention projections), else every linear layer of the "
+        "backbone; all-linear = every linear layer of the backbone.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Which biases train (PEFT `bias`)."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, value):
+        if isinstance(value, list) and (not value or any(not name.strip() for name in value)):
+            raise ValueError("must be a non-empty list of module names, or auto / all-linear")
+        return value
+
+
+class ExportConfig(_Strict):
+    """How the final model is written."""
+
+    adapter_only: bool = Field(
+        False,
+        description="With model.adapter lora: write a PEFT adapter folder (adapters + task head, "
+        "loadable with peft's AutoPeftModelFor...) instead of the merged plain model.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -42,6 +86,11 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass (less memory, ~30% more compute).",
+    )
+    adapter: AdapterConfig = Field(
+        default_factory=AdapterConfig,
+        description="Train adapters instead of every weight: `{type: none}` (full fine-tune) or "
+        "`{type: lora, r, alpha, dropout, target_modules, bias}` (PEFT's LoRA); every field is searchable.",
     )
 
 
@@ -206,6 +255,7 @@ class RunConfig(_Strict):
     phase1: Phase1Config = Field(default_factory=Phase1Config)
     phase2: Phase2Config = Field(default_factory=Phase2Config)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     seed: int = Field(42, ge=0, description="Seed for weights, data order and masking.")
     output_dir: Path = Field(
         Path("runs/latest"), description="Where the exported model and metrics go."
@@ -246,8 +296,6 @@ def cross_checks(config: RunConfig) -> list[Problem]:
     rules are its `Task.check`."""
     problems = []
     if config.model.gguf_file:
-        import importlib.util
-
         missing = [
             name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None
         ]
@@ -260,6 +308,24 @@ def cross_checks(config: RunConfig) -> list[Problem]:
                     "pip install 'sft-tune[gguf]' (gguf and accelerate)",
                 )
             )
+    if config.export.adapter_only and config.model.adapter.type == "none":
+        problems.append(
+            Problem(
+                "export.adapter_only",
+                True,
+                "an adapter-only export needs adapters, and model.adapter.type is none",
+                "set model.adapter.type: lora, or export.adapter_only: false",
+            )
+        )
+    if config.model.adapter.type == "lora" and importlib.util.find_spec("peft") is None:
+        problems.append(
+            Problem(
+                "model.adapter.type",
+                "lora",
+                "LoRA adapters need the peft package",
+                "pip install peft (a dependency of sft-tune: reinstall it)",
+            )
+        )
     if config.phase2.early_stopping_patience > 0 and config.data.validation_fraction == 0:
         problems.append(
             Problem(

@@ -10,7 +10,7 @@ from sft_tune.config import RunConfig
 from sft_tune.core.export import export_model
 from sft_tune.core.files import RawData
 from sft_tune.core.loop import Report, evaluate, fit, runtime_for, seed_everything
-from sft_tune.core.model import load_model, load_tokenizer
+from sft_tune.core.model import check_adapter, exported_model, load_model, load_tokenizer
 from sft_tune.core.prepare import prepare_data
 from sft_tune.tasks import get_task
 
@@ -31,6 +31,7 @@ def train(
     task = get_task(config.model.task)
     # The device and precision first: bf16 on a GPU without it is refused before any work.
     rt = runtime_for(config, **({"report": report} if report else {}), progress=progress)
+    check_adapter(config.model, task)  # LoRA target modules, before the data and the weights
     prepared = prepare_data(config, task, with_test=True, raw=raw)
     data = prepared.fit_data(0, config, evaluate_held_out=True)
     log.info(
@@ -43,7 +44,12 @@ def train(
 
     seed_everything(config.seed)
     model = load_model(
-        config.model, task, prepared.label_names, tokenizer, lm_head=config.phase1.steps > 0
+        config.model,
+        task,
+        prepared.label_names,
+        tokenizer,
+        lm_head=config.phase1.steps > 0,
+        seed=config.seed,
     )
     model.to(rt.device)
     result = fit(model, task, data, config, tokenizer, rt)
@@ -59,11 +65,22 @@ def train(
         "lm_data": prepared.lm_summary("validation"),
         "metrics": metrics,
         "evaluations": result.evaluations,
+        "parameters": {
+            **model.parameter_counts(),
+            "adapter": config.model.adapter.model_dump(mode="json"),
+        },
     }
     extra = {
         name: {**content, "test": metrics.get("test")}
         for name, content in (extra_files or {}).items()
     }
-    export_model(model.task_model, tokenizer, target, info, result.history, extra)
+    export_model(
+        exported_model(model, config.export.adapter_only, config.model.name_or_path),
+        tokenizer,
+        target,
+        info,
+        result.history,
+        extra,
+    )
     metrics["model_dir"] = str(target)
     return metrics

@@ -305,6 +305,7 @@ LOOP = "loop"  # read by each trial's training loop: nothing extra
 ENCODING = "encoding"  # the data is encoded again for each distinct value (once per sweep)
 MODEL = "model"  # the model is loaded again for each distinct value in each trial process
 CHECKPOINT = "checkpoint"  # another checkpoint: its tokenizer, an encoding and a model load
+ADAPTER = "adapter"  # other adapters on the loaded base model: no model load
 SEARCHED_BY = {
     "phase1.": LOOP,
     "phase2.": LOOP,
@@ -317,6 +318,7 @@ SEARCHED_BY = {
     "data.stride": ENCODING,
     "model.lm_objective": MODEL,
     "model.gradient_checkpointing": MODEL,
+    "model.adapter.": ADAPTER,
     "model.name_or_path": CHECKPOINT,
     "model.gguf_file": CHECKPOINT,
 }
@@ -336,6 +338,7 @@ NOT_SEARCHABLE = {
     "output_dir": f"{_NO_SCORE}: a sweep writes to its own folder",
     "log_every": f"{_NO_SCORE}: it is how often losses are logged",
     "device": "where trials run is search.resources (gpus_per_worker)",
+    "export.adapter_only": f"{_NO_SCORE}: it is how select writes the final model",
 }
 
 

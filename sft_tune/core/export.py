@@ -48,6 +48,7 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
         "optuna",
         "wandb",
         "scikit-learn",
+        "peft",
         *extra,
     ):
         try:
@@ -295,10 +296,12 @@ def export_model(
     history: list[dict] | None = None,
     extra_files: dict[str, dict] | None = None,
 ) -> Path:
-    """Save model (safetensors), tokenizer, `run.json` (config, metrics, versions), the step log, and
-    `extra_files` (name -> JSON content) to `target`, swapped in at once (`write_atomically`)."""
+    """Save model (safetensors; a PEFT model: its adapter folder), tokenizer, `run.json` (config,
+    metrics, versions), the step log, and `extra_files` (name -> JSON content) to `target`,
+    swapped in at once (`write_atomically`)."""
 
-    model = plain_model(task_model)
+    # A PEFT model (adapter-only export) saves its adapters and head: nothing to de-quantize.
+    model = task_model if hasattr(task_model, "peft_config") else plain_model(task_model)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)

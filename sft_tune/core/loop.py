@@ -212,7 +212,7 @@ def run_head_warmup(
     backbone)."""
     inner = unwrap(model)
     shared = {id(p) for p in inner.task_model.parameters()}
-    params = [p for p in inner.lm_head.parameters() if id(p) not in shared]
+    params = [p for p in inner.lm_head.parameters() if id(p) not in shared and p.requires_grad]
     if not params:
         return []
     clear_gradients(model)

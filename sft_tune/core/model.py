@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from transformers import (
 )
 from transformers import logging as hf_logging
 
-from sft_tune.config import ModelConfig
+from sft_tune.config import AdapterConfig, ModelConfig
 from sft_tune.core.losses import LossParts, causal_lm_loss, masked_lm_loss, phase_loss, task_trains
 from sft_tune.errors import fail
 
@@ -45,9 +46,24 @@ class TwoPhaseModel(nn.Module):
         self.lm_head = lm_head
         self.objective = objective
 
+    # The PEFT model around `task_model` when it carries LoRA adapters (`add_adapters`), else None.
+    # Kept outside the module tree: it wraps the same modules, which `task_model` already holds.
+    peft_model = None
+    # Backbone modules the checkpoint had no weights for (set by `load_base_model`).
+    fresh_backbone: list[str] = []
+
     @property
     def backbone(self) -> nn.Module:
         return self.task_model.base_model
+
+    def parameter_counts(self) -> dict[str, int]:
+        """{"trainable": ..., "total": ...}: each parameter once (tied weights are one); a full
+        fine-tune trains them all, LoRA the adapters and the heads."""
+        unique = {id(p): p for p in self.parameters()}.values()
+        return {
+            "trainable": sum(p.numel() for p in unique if p.requires_grad),
+            "total": sum(p.numel() for p in unique),
+        }
 
     def lm_loss(
         self,
@@ -126,6 +142,22 @@ def _gguf(model: ModelConfig) -> dict[str, Any]:
 
 
 def load_model(
+    model: ModelConfig,
+    task,
+    label_names: Sequence[str],
+    tokenizer,
+    lm_head: bool = True,
+    seed: int = 0,
+) -> TwoPhaseModel:
+    """The two-phase model (`load_base_model`) with the adapters of `model.adapter`, if any
+    (initialised from `seed`)."""
+    loaded = load_base_model(model, task, label_names, tokenizer, lm_head)
+    if model.adapter.type == "lora":
+        add_adapters(loaded, model.adapter, task, seed)
+    return loaded
+
+
+def load_base_model(
     model: ModelConfig, task, label_names: Sequence[str], tokenizer, lm_head: bool = True
 ) -> TwoPhaseModel:
     """Build the task model and attach the LM head of the matching LM class.
@@ -136,6 +168,7 @@ def load_model(
     built from its config takes the backbone's weights.
     """
     gguf = _gguf(model)
+    fresh_backbone: list[str] = []
     # Trained weights are fp32 whatever the checkpoint stores (transformers 5 loads its stored
     # dtype by default: a bf16 checkpoint would train bf16 weights and AdamW state); bf16 is
     # autocast compute only (`precision`). A GGUF checkpoint is de-quantized to fp32.
@@ -154,9 +187,13 @@ def load_model(
             )
             task_model = _task_model_on(lm_model, task, label_names, model.name_or_path, gguf)
         else:
-            task_model = task.auto_model.from_pretrained(
-                model.name_or_path, **weights, **task.model_kwargs(label_names)
+            task_model, task_info = task.auto_model.from_pretrained(
+                model.name_or_path,
+                output_loading_info=True,
+                **weights,
+                **task.model_kwargs(label_names),
             )
+            fresh_backbone = _fresh_backbone(task_model, task_info["missing_keys"])
             if separate_head:
                 lm_model, info = lm_class.from_pretrained(
                     model.name_or_path, output_loading_info=True, **weights
@@ -168,9 +205,17 @@ def load_model(
     if model.gradient_checkpointing:
         enable_checkpointing(task_model)
     if own_head:
-        return TwoPhaseModel(task_model, lm_head_of(task_model), objective)
-    if not lm_head:
-        return TwoPhaseModel(task_model, None, objective)
+        built = TwoPhaseModel(task_model, lm_head_of(task_model), objective)
+    elif not lm_head:
+        built = TwoPhaseModel(task_model, None, objective)
+    else:
+        built = TwoPhaseModel(task_model, _attached_head(task_model, lm_model, info), objective)
+    built.fresh_backbone = fresh_backbone
+    return built
+
+
+def _attached_head(task_model: nn.Module, lm_model: nn.Module, info: dict[str, Any]) -> nn.Module:
+    """The LM model's head, on the task model's backbone (re-tied to its embeddings)."""
     fresh = [key for key in info["missing_keys"] if not key.startswith(lm_model.base_model_prefix)]
     if fresh:
         log.info(
@@ -182,7 +227,15 @@ def load_model(
     output = lm_model.get_output_embeddings()
     if output is not None and output.weight is lm_model.get_input_embeddings().weight:
         output.weight = task_model.get_input_embeddings().weight  # tie to the shared backbone
-    return TwoPhaseModel(task_model, head, objective)
+    return head
+
+
+def _fresh_backbone(task_model: nn.Module, missing: Sequence[str]) -> list[str]:
+    """The backbone modules whose weights the checkpoint lacks (BERT's pooler in a checkpoint
+    saved without it): newly initialised like the head, so with adapters they train and are
+    saved with it."""
+    prefix = task_model.base_model_prefix + "."
+    return sorted({key.rsplit(".", 1)[0] for key in missing if key.startswith(prefix)})
 
 
 def _task_model_on(
@@ -237,3 +290,152 @@ def lm_head_of(lm_model: nn.Module) -> nn.Module:
             "use a BERT/RoBERTa-like encoder or a GPT/Llama-like decoder",
         )
     return heads[0]
+
+
+# PEFT's task type for each task model class (what `AutoPeftModelFor...` loads the export with).
+PEFT_TASK_TYPES = {
+    "AutoModelForSequenceClassification": "SEQ_CLS",
+    "AutoModelForTokenClassification": "TOKEN_CLS",
+    "AutoModelForQuestionAnswering": "QUESTION_ANS",
+    "AutoModelForCausalLM": "CAUSAL_LM",
+}
+
+
+def add_adapters(
+    model: TwoPhaseModel, adapter: AdapterConfig, task, seed: int = 0
+) -> TwoPhaseModel:
+    """LoRA adapters (PEFT) on the task model's backbone, in place: the backbone's own weights are
+    frozen, the adapters train, and the task head trains fully (PEFT `modules_to_save`); a task
+    whose head is the checkpoint's LM head (generation) keeps it frozen. The LM head of phase 1
+    runs on the adapted backbone: a decoder's (pretrained) head is frozen, an encoder's fresh
+    masked-LM transform trains (its decoder is tied to the frozen word embeddings). The adapters'
+    random initialisation comes from `seed` (the same adapters for the same seed, whatever ran
+    before: a sweep's folds and select's retrain start from the same ones)."""
+    from peft import LoraConfig, get_peft_model
+
+    task_model = model.task_model
+    prefix = task_model.base_model_prefix
+    own_head = task.auto_model is AutoModelForCausalLM  # generation: the head is the LM head
+    heads = (
+        []
+        if own_head
+        else [
+            name
+            for name, child in task_model.named_children()
+            if name != prefix and any(True for _ in child.parameters())
+        ]
+    )
+    heads += model.fresh_backbone  # newly initialised: they train (and are saved) like the head
+    config = LoraConfig(
+        task_type=PEFT_TASK_TYPES.get(task.auto_model.__name__),
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=target_modules(task_model, adapter),
+        bias=adapter.bias,
+        # GPT-2's Conv1D stores its weight transposed: PEFT's flag for that layout.
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in task_model.modules()),
+        modules_to_save=heads or None,
+        exclude_modules=model.fresh_backbone or None,
+    )
+    torch.manual_seed(seed)
+    try:
+        peft_model = get_peft_model(task_model, config)
+    except ValueError as err:
+        raise fail(
+            "model.adapter.target_modules",
+            adapter.target_modules,
+            f"PEFT cannot put LoRA adapters there ({str(err).splitlines()[0][:300]})",
+            f"name linear layers of the backbone, e.g. {_linear_names(task_model)[:8]}, or use auto / all-linear",
+        ) from None
+    object.__setattr__(model, "peft_model", peft_model)  # not a submodule: see TwoPhaseModel
+    if model.lm_head is not None and model.objective == "causal":
+        model.lm_head.requires_grad_(False)  # the checkpoint's LM head: phase 1 trains the adapters
+    return model
+
+
+def target_modules(task_model: nn.Module, adapter: AdapterConfig) -> list[str] | str:
+    """PEFT `target_modules` for the backbone: the names given (each must name a module of the
+    backbone), PEFT's default for the architecture (`auto`, else every linear layer), or every
+    linear layer of the backbone (`all-linear`). Never the task head, which trains fully."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    prefix = task_model.base_model_prefix
+    backbone = getattr(task_model, prefix)
+    names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules() if name}
+    if isinstance(adapter.target_modules, list):
+        unknown = [name for name in adapter.target_modules if name not in names]
+        if unknown:
+            raise fail(
+                "model.adapter.target_modules",
+                adapter.target_modules,
+                f"{unknown} name no module of this {task_model.config.model_type!r} backbone, whose linear layers are {_linear_names(task_model)}",
+                "pick module names from that list, or use auto / all-linear",
+            )
+        wanted = adapter.target_modules
+    else:
+        wanted = None
+        if adapter.target_modules == "auto":
+            wanted = DEFAULTS.get(task_model.config.model_type)
+        if not wanted:
+            wanted = _linear_names(task_model)
+    # Anchored to the backbone: a head with the same leaf name (e.g. `dense`) stays out.
+    alternatives = "|".join(re.escape(name) for name in wanted)
+    return rf"^{re.escape(prefix)}\.(?:.*\.)?({alternatives})$"
+
+
+def _linear_names(task_model: nn.Module) -> list[str]:
+    """The distinct leaf names of the backbone's linear layers (GPT-2's Conv1D included)."""
+    backbone = getattr(task_model, task_model.base_model_prefix)
+    names = []
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
+def remove_adapters(model: TwoPhaseModel) -> TwoPhaseModel:
+    """The model without its adapters (the base layers and the original heads back in place)."""
+    if model.peft_model is not None:
+        model.task_model = model.peft_model.unload()
+        object.__setattr__(model, "peft_model", None)
+        model.requires_grad_(True)  # PEFT froze the backbone (and a decoder's LM head)
+    return model
+
+
+def exported_model(model: TwoPhaseModel, adapter_only: bool, base: str) -> nn.Module:
+    """What `export_model` saves: the task model; with adapters, the task model with the adapters
+    merged into its weights (a plain transformers model: done in place, the model is not trained
+    further), or with `adapter_only` the PEFT model (adapters + task head) whose config names
+    `base` (the checkpoint as configured) as its base model."""
+    if model.peft_model is None:
+        return model.task_model
+    if adapter_only:
+        model.peft_model.peft_config["default"].base_model_name_or_path = base
+        return model.peft_model
+    merged = model.peft_model.merge_and_unload()
+    object.__setattr__(model, "peft_model", None)
+    model.task_model = merged
+    return merged
+
+
+def check_adapter(model: ModelConfig, task) -> None:
+    """Before any weight loads: the names of `model.adapter.target_modules` against the
+    architecture of the checkpoint's config, built on the meta device (no memory, no weights);
+    raises the same problem `target_modules` raises at load. Nothing to check without a list."""
+    adapter = model.adapter
+    if adapter.type == "none" or not isinstance(adapter.target_modules, list):
+        return
+    config = AutoConfig.from_pretrained(
+        model.name_or_path, **_gguf(model), **task.model_kwargs(["a", "b"])
+    )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with torch.device("meta"):
+            skeleton = task.auto_model.from_config(config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    target_modules(skeleton, adapter)

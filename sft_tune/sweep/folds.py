@@ -31,7 +31,7 @@ from typing import Any
 from sft_tune.config import RunConfig
 from sft_tune.core import data as data_module
 from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf16
-from sft_tune.core.model import load_model, load_tokenizer
+from sft_tune.core.model import add_adapters, load_base_model, load_tokenizer, remove_adapters
 from sft_tune.core.prepare import PreparedData
 from sft_tune.sweep.encodings import SharedData
 from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, last_fold_state
@@ -56,6 +56,7 @@ class ProcessCache:
         self._data: tuple[str, PreparedData] | None = None
         self._tokenizer: tuple[str, Any] | None = None
         self._model: tuple[str, Any, dict[str, Any]] | None = None
+        self._adapters: tuple[str, dict[str, Any]] | None = None
         self.model_loads = 0  # from_pretrained calls in this process (tests, bench)
 
     def data(self, shared: SharedData, config: RunConfig, task) -> PreparedData:
@@ -71,7 +72,7 @@ class ProcessCache:
         return self._data[1]
 
     def tokenizer(self, config: RunConfig, task):
-        key = json.dumps([config.model.model_dump(mode="json"), task.name])
+        key = json.dumps([config.model.model_dump(mode="json", exclude={"adapter"}), task.name])
         if self._tokenizer is None or self._tokenizer[0] != key:
             self._tokenizer = (key, load_tokenizer(config.model, task))
         return self._tokenizer[1]
@@ -79,23 +80,63 @@ class ProcessCache:
     def model(
         self, config: RunConfig, task, label_names: Sequence[str], tokenizer, lm_head: bool
     ) -> tuple[Any, dict[str, Any]]:
-        """The model of this config and its pristine weights (load them into it to reset it).
+        """The model of this config and its pristine weights (`reset` loads them into it).
         `lm_head`: whether the sweep can run phase 1 (its data has LM texts); then every trial of
-        the process shares one model with the LM head (phase 2 never touches it), else none has one."""
+        the process shares one model with the LM head (phase 2 never touches it), else none has one.
+
+        The pretrained model is loaded once per process and model config (adapters aside), with
+        a pristine CPU copy of all its weights. With LoRA adapters, only the adapters and the
+        heads train: the pristine copy of a trial is theirs alone (seeded: every fold starts
+        from the same adapters), and a trial with other adapters (another `r`, ...) swaps them on
+        the same base weights, restored from the base copy, without loading the model again."""
         key = json.dumps(
-            [config.model.model_dump(mode="json"), list(label_names), config.seed, lm_head]
+            [
+                config.model.model_dump(mode="json", exclude={"adapter"}),
+                list(label_names),
+                config.seed,
+                lm_head,
+            ]
         )
         if self._model is None or self._model[0] != key:
-            self._model = None  # let the previous model go before the next one loads
+            self._model = self._adapters = None  # let the previous model go before the next loads
             seed_everything(config.seed)
-            model = load_model(config.model, task, label_names, tokenizer, lm_head=lm_head)
-            pristine = {
+            model = load_base_model(config.model, task, label_names, tokenizer, lm_head=lm_head)
+            base = {
                 name: tensor.detach().to("cpu", copy=True)
                 for name, tensor in model.state_dict().items()
             }
-            self._model = (key, model, pristine)
+            self._model = (key, model, base)
+            self._adapters = (_NO_ADAPTERS, base)
             self.model_loads += 1
-        return self._model[1], self._model[2]
+        _, model, base = self._model
+        adapter = config.model.adapter
+        adapter_key = (
+            _NO_ADAPTERS
+            if adapter.type == "none"
+            else json.dumps([adapter.model_dump(mode="json"), config.seed])
+        )
+        if self._adapters[0] != adapter_key:
+            remove_adapters(model)
+            model.load_state_dict(base)  # the base weights as loaded (a full fine-tune moves them)
+            pristine = base
+            if adapter.type != "none":
+                add_adapters(model, adapter, task, seed=config.seed)
+                pristine = {
+                    name: p.detach().to("cpu", copy=True)
+                    for name, p in model.named_parameters()
+                    if p.requires_grad
+                }
+            self._adapters = (adapter_key, pristine)
+        return model, self._adapters[1]
+
+
+def reset(model, pristine: dict[str, Any]) -> None:
+    """The model's weights back to `pristine` (all of them; with adapters, the trainable ones:
+    the frozen base weights never change)."""
+    model.load_state_dict(pristine, strict=model.peft_model is None)
+
+
+_NO_ADAPTERS = "none"
 
 
 CACHE = ProcessCache()
@@ -123,7 +164,7 @@ def cross_validate(
         _maybe_inject_fault(fault_file)
         began = time.perf_counter()
         seed_everything(config.seed + fold)
-        model.load_state_dict(pristine)
+        reset(model, pristine)
         result = fit(wrapped, task, data.fit_data(fold, config), config, tokenizer, rt, metric)
         metrics = evaluate(wrapped, task, data.held_out(fold), tokenizer, rt)
         scores.append(metrics[metric])
@@ -133,11 +174,20 @@ def cross_validate(
                 "fold_metrics": metrics,
                 **_loss_summary(result.history),
                 "fold_seconds": time.perf_counter() - began,
+                "trainable_parameters": model.parameter_counts()["trainable"],
+                "process_rss_mb": _rss_mb(),
             }
             after_fold(fold, scores, {**summary, **diverged}, result.history)
         if diverged:
             break  # the trial stops here: its weights are NaN or infinite, more folds tell nothing
     return scores
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now, in MiB (flat over a reused actor's trials)."""
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
 def cuda_peak(device) -> dict[str, float]:

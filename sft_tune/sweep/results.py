@@ -139,6 +139,8 @@ class Trial:
     )
     cuda_peak_mb: float | None = None  # the most CUDA memory one of its folds held (GPU trials)
     seconds_per_fold: float | None = None  # training and scoring wall seconds per fold (its cost)
+    trainable_parameters: int | None = None  # what its folds trained (adapters + heads with LoRA)
+    process_rss_mb: float | None = None  # its process's resident memory after its last fold
 
     def row(self) -> dict[str, Any]:
         """The flat record of trials.json / trials.csv (parameters as `param:NAME`)."""
@@ -215,6 +217,8 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
                 encoding=metrics.get("encoding"),
                 process_model_loads=metrics.get("process_model_loads", 0),
                 cuda_peak_mb=_peak(metrics),
+                trainable_parameters=metrics.get("trainable_parameters"),
+                process_rss_mb=metrics.get("process_rss_mb"),
                 seconds_per_fold=metrics["fold_seconds_total"] / done
                 if done and metrics.get("fold_seconds_total")
                 else None,

@@ -120,12 +120,18 @@ def encode_checkpoints(sweep: Sweep, raw: RawData) -> list[PreparedData]:
     that of every checkpoint the space searches, so a checkpoint whose tokenizer cannot read the
     data is refused before any trial. LM texts are tokenized only when some trial can run phase
     1. The base config's encoding comes first."""
+    from sft_tune.core.model import check_adapter
     from sft_tune.core.prepare import encode_data, prepare_data
 
     config = sweep.base_config
     task = get_task(config.model.task)
     lm = "two-phase" in sweep.arms()
     search = sweep.search
+    try:  # LoRA target modules against the checkpoint's architecture (no weights load)
+        for checkpoint in [config, *sweep.checkpoint_configs()]:
+            check_adapter(checkpoint.model, task)
+    except InputError as err:
+        raise InputError(err.problems, title=f"{sweep.source}: invalid adapters") from None
     base = prepare_data(
         config, task, search.folds, search.seed, lm=lm, raw=raw, repeats=search.repeats
     )

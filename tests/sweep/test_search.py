@@ -126,6 +126,53 @@ def test_one_worker_trials_run_in_one_reused_trial_actor_that_loads_the_model_on
     assert not (result.sweep_dir / "train").exists()  # no Ray Train run: the folds ran in the actor
 
 
+def _lora_space(tmp_path, model, files, name, **search):
+    """The tiny space with LoRA adapters in the base config, searching only model.adapter.r."""
+    space = write_space(tmp_path, model, files, name, scheduler="none", **search)
+    raw = yaml.safe_load(space.read_text())
+    raw["config"]["model"]["adapter"] = {"type": "lora", "r": 4, "dropout": 0.0}
+    raw["config"]["phase1"]["steps"] = 2
+    raw["config"]["phase2"]["epochs"] = 1
+    raw["params"] = {"model.adapter.r": {"type": "categorical", "choices": [2, 8]}}
+    space.write_text(yaml.safe_dump(raw))
+    return space
+
+
+def test_a_sweep_over_the_lora_rank_swaps_adapters_in_one_actor_without_reloading(
+    tmp_path, tiny_bert, toy_files
+):
+    space = _lora_space(
+        tmp_path, tiny_bert, toy_files, "lora-r", num_trials=2, folds=2, sampler="grid"
+    )
+    result = run_search(space, use_wandb=False)
+    trials = sorted(result.trials, key=lambda t: t.params["model.adapter.r"])
+    assert [t.status for t in trials] == ["COMPLETE"] * 2
+    assert [t.params["model.adapter.r"] for t in trials] == [2, 8]
+    starts = [e for e in read_events(result.sweep_dir / "events.jsonl") if e["event"] == "start"]
+    assert len({e["trial_pid"] for e in starts}) == 1  # one reused actor
+    assert [t.process_model_loads for t in trials] == [1, 1]  # the base model loaded once
+    # Rank 8 trains more adapter weights than rank 2; both far fewer than the model has.
+    assert 0 < trials[0].trainable_parameters < trials[1].trainable_parameters
+    assert all(t.process_rss_mb for t in trials)
+
+
+def test_a_lora_trial_trains_with_two_ddp_workers(tmp_path, tiny_bert, toy_files):
+    """DDP over adapters: only the trainable parameters (adapters, heads) are reduced."""
+    space = _lora_space(
+        tmp_path,
+        tiny_bert,
+        toy_files,
+        "lora-ddp",
+        num_trials=1,
+        folds=2,
+        resources={"workers": 2, "cpus_per_worker": 0.5},
+    )
+    result = run_search(space, use_wandb=False)
+    [trial] = result.trials
+    assert trial.status == "COMPLETE" and len(trial.fold_scores) == 2
+    assert len(list((result.sweep_dir / "train").glob("train-*/checkpoint_*"))) >= 2
+
+
 def test_a_space_with_both_arms_finishes_a_stopped_arm_so_the_verdict_compares_them(
     tmp_path, tiny_bert, toy_files
 ):

