@@ -286,7 +286,7 @@ def test_a_gpu_that_torch_cannot_use_is_an_error_that_says_why():
     the trial fails saying so, instead of training on the CPU while holding the GPU."""
     import torch
 
-    from sft_tune.sweep.folds import cuda_peak, release_cuda, trial_device
+    from sft_tune.sweep.folds import cuda_peak, release_memory, trial_device
 
     assert trial_device([], None) == torch.device("cpu")
     assert trial_device(["0"], "cpu") == torch.device("cpu")  # the config asks for the CPU
@@ -298,4 +298,4 @@ def test_a_gpu_that_torch_cannot_use_is_an_error_that_says_why():
     assert "GPU 0" in str(err.value) and "gpus_per_worker to 0" in str(err.value)
     cpu = torch.device("cpu")
     assert cuda_peak(cpu) == {}  # no CUDA figures on the CPU, and nothing to release
-    release_cuda(cpu)
+    release_memory(cpu)  # gc and glibc malloc_trim: no error on the CPU
