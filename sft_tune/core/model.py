@@ -178,9 +178,7 @@ def load_base_model(
     lm_class = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     own_head = task.auto_model is lm_class
     separate_head = lm_head and not own_head
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load reports below say what matters, once
-    try:
+    with _quiet_transformers():  # the load reports below say what matters, once
         if separate_head and gguf:  # read (and de-quantize) the file once, for the LM model
             lm_model, info = lm_class.from_pretrained(
                 model.name_or_path, output_loading_info=True, **weights
@@ -198,8 +196,6 @@ def load_base_model(
                 lm_model, info = lm_class.from_pretrained(
                     model.name_or_path, output_loading_info=True, **weights
                 )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if task_model.config.pad_token_id is None:
         task_model.config.pad_token_id = tokenizer.pad_token_id
     if model.gradient_checkpointing:
@@ -431,11 +427,17 @@ def check_adapter(model: ModelConfig, task) -> None:
     config = AutoConfig.from_pretrained(
         model.name_or_path, **_gguf(model), **task.model_kwargs(["a", "b"])
     )
+    with _quiet_transformers(), torch.device("meta"):
+        skeleton = task.auto_model.from_config(config)
+    target_modules(skeleton, adapter)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' own logging at error level inside (its load reports), restored after."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        with torch.device("meta"):
-            skeleton = task.auto_model.from_config(config)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
-    target_modules(skeleton, adapter)
