@@ -149,7 +149,9 @@ class DataConfig(_Strict):
         "language of the data learns little from it.",
     )
     cache_dir: Path | None = Field(
-        None, description="Where tokenized data is cached by content (default: ~/.cache/sft-tune)."
+        None,
+        description="Where tokenized data is cached by content (default: $SFT_TUNE_CACHE/tokenized, "
+        "else ~/.cache/sft-tune/tokenized).",
     )
     stride: int = Field(
         32,
@@ -159,15 +161,15 @@ class DataConfig(_Strict):
     )
     ner: dict[str, Any] = Field(
         default_factory=dict,
-        description="Token classification options (task: ner; `sft_tune.tasks.ner.NerOptions`).",
+        description="Token classification options (task: ner; `NerOptions` in sft_tune/tasks/ner_files.py; each key in docs/config.md).",
     )
     qa: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extractive QA options (task: qa; `sft_tune.tasks.qa.QaOptions`).",
+        description="Extractive QA options (task: qa; `QaOptions` in sft_tune/tasks/qa_files.py; each key in docs/config.md).",
     )
     generation: dict[str, Any] = Field(
         default_factory=dict,
-        description="Prompt->response SFT options (task: generation; `sft_tune.tasks.generation.GenerationOptions`).",
+        description="Prompt->response SFT options (task: generation; `GenerationOptions` in sft_tune/tasks/generation_files.py; each key in docs/config.md).",
     )
 
 
