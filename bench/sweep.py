@@ -646,7 +646,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
 def overhead(
     args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_trials: int, target: float
 ) -> list[str]:
-    from sft_tune.sweep.results import format_table
+    from sft_tune.sweep.records import format_table
 
     steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share, args.size)
     base = sized(setup["base"], steps, epochs)
@@ -830,7 +830,7 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
 
 
 def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
-    from sft_tune.sweep.results import format_table
+    from sft_tune.sweep.records import format_table
 
     runs = {}
     for scheduler in [*schedulers, "none"]:

@@ -71,10 +71,8 @@ def _search(args: argparse.Namespace) -> int:
     from sft_tune.sweep.checks import check_search
 
     checked = check_search(args.space, args.resume, args.address, args.data_dir)
-    from sft_tune.sweep.results import (  # heavy: only once the input is known good
-        choice_text,
-        format_table,
-    )
+    from sft_tune.sweep.ranking import choice_text  # heavy: only once the input is known good
+    from sft_tune.sweep.records import format_table
     from sft_tune.sweep.run import run_search
 
     try:

@@ -29,14 +29,8 @@ from sft_tune.report_plots import (
 )
 from sft_tune.space import Sweep, phase1_only
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import (
-    Status,
-    Trial,
-    best_trial,
-    choice_text,
-    phase1_verdict,
-    read_trials,
-)
+from sft_tune.sweep.ranking import best_trial, choice_text, phase1_verdict
+from sft_tune.sweep.records import Status, Trial, read_trials
 
 PLOTS = ("history", "params", "parallel", "folds", "phase1", "losses")
 STATUS_TEXT = {

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sft_tune.space import Param, Sweep, phase1_only
-from sft_tune.sweep.results import Status, Trial
+from sft_tune.sweep.records import Status, Trial
 
 COMPLETE = {"symbol": "circle", "size": 10, "color": "#1f77b4"}
 PARTIAL = {"symbol": "circle-open", "size": 10, "color": "#e08a00", "line": {"width": 2}}

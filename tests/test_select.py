@@ -11,7 +11,8 @@ from sft_tune.core.batches import batch_indices
 from sft_tune.core.files import read_data
 from sft_tune.select import select_best
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import Trial, best_trial, read_trials
+from sft_tune.sweep.ranking import best_trial
+from sft_tune.sweep.records import Trial, read_trials
 from sft_tune.tasks import get_task
 
 pytestmark = pytest.mark.ray

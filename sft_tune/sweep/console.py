@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from sft_tune.sweep.folder import FINISH_KEY, new_fold
-from sft_tune.sweep.results import end_status, trial_error_text
+from sft_tune.sweep.records import end_status, trial_error_text
 
 
 @contextlib.contextmanager

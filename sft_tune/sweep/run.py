@@ -24,15 +24,9 @@ from sft_tune.sweep.cluster import concurrency, start_ray
 from sft_tune.sweep.console import ProgressView, sweep_console
 from sft_tune.sweep.encodings import SharedData, start_store
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import (
-    Status,
-    SweepResult,
-    Trial,
-    collect,
-    contenders,
-    search_ended,
-    summarize,
-)
+from sft_tune.sweep.ranking import contenders
+from sft_tune.sweep.records import Status, SweepResult, Trial, collect, search_ended
+from sft_tune.sweep.results import summarize
 from sft_tune.sweep.searcher import close_orphans, record_finished
 from sft_tune.sweep.tunestate import saved_when_changed
 from sft_tune.tasks import get_task

@@ -22,7 +22,7 @@ from typing import Any
 from ray import tune
 
 from sft_tune.sweep.folder import FINISH_KEY, HISTORY_FILE, SweepFolder, fold_checkpoint, new_fold
-from sft_tune.sweep.results import Status, all_folds_done, end_status, trial_error_text
+from sft_tune.sweep.records import Status, all_folds_done, end_status, trial_error_text
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from sft_tune.sweep.folder import (
     new_fold,
 )
 from sft_tune.sweep.folds import FAULT_FILE_ENV, KILL_AFTER_LAST_FOLD_ENV, ddp_worker, run_in_actor
-from sft_tune.sweep.results import all_folds_done, end_status
+from sft_tune.sweep.records import all_folds_done, end_status
 from sft_tune.sweep.searcher import (
     KILL_DRIVER_AFTER_END_ENV,
     KILL_DRIVER_AFTER_FOLD_ENV,

@@ -67,7 +67,7 @@ def test_a_failed_trial_says_which_exception_and_where_its_traceback_is(
     [row] = json.loads((result.sweep_dir / "trials.json").read_text())
     assert row["error"] == trial.error
     assert trial.error in (result.sweep_dir / "trials.csv").read_text()
-    from sft_tune.sweep.results import format_table
+    from sft_tune.sweep.records import format_table
 
     assert "ERROR: RuntimeError: injected fault" in format_table(result)
     _, summary = build_report(result.sweep_dir)

@@ -7,15 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from sft_tune.space import Param, SearchSettings, Sweep
-from sft_tune.sweep.results import (
-    Status,
-    Trial,
-    best_trial,
-    choice_text,
-    contenders,
-    phase1_verdict,
-    rank_key,
-)
+from sft_tune.sweep.ranking import best_trial, choice_text, contenders, phase1_verdict, rank_key
+from sft_tune.sweep.records import Status, Trial
 
 
 def _sweep(mode="max", steps=None):
@@ -166,7 +159,7 @@ def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped_and_nothing_
     from types import SimpleNamespace
 
     from sft_tune.sweep.folder import EventLog, SweepFolder
-    from sft_tune.sweep.results import collect, search_ended
+    from sft_tune.sweep.records import collect, search_ended
 
     folder = SweepFolder(tmp_path / "sweep")
     folder.path.mkdir()

@@ -21,7 +21,7 @@ from sft_tune.cli import main
 from sft_tune.report import build_report, loss_history
 from sft_tune.select import select_best
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.results import best_trial
+from sft_tune.sweep.ranking import best_trial
 from sft_tune.sweep.run import run_search
 from sft_tune.sweep.storage import read_text
 
