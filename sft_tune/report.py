@@ -29,7 +29,7 @@ from sft_tune.report_plots import (
 )
 from sft_tune.space import Sweep, phase1_only
 from sft_tune.sweep.folder import SweepFolder
-from sft_tune.sweep.ranking import best_trial, choice_text, phase1_verdict
+from sft_tune.sweep.ranking import best_trial, choice_text, phase1_verdict, table_key
 from sft_tune.sweep.records import Status, Trial, read_trials
 
 PLOTS = ("history", "params", "parallel", "folds", "phase1", "losses")
@@ -248,15 +248,8 @@ def trials_table(
 ) -> str:
     """HTML table of every trial, best first: complete ones by rank, then partial means, then
     those without a score; a failed trial's error follows on a row of its own."""
-    folds, sign = sweep.search.cv_folds, -1 if sweep.search.mode == "max" else 1
-    ranked = sorted(
-        trials,
-        key=lambda t: (
-            (int(partial(t, folds)), sign * t.cv_mean, t.cv_std or 0, numbers[t.trial_id])
-            if scored(t)
-            else (2, 0, 0, numbers[t.trial_id])
-        ),
-    )
+    folds, mode = sweep.search.cv_folds, sweep.search.mode
+    ranked = sorted(trials, key=lambda t: table_key(t, folds, mode))
     head = ["#", "trial", "status", "folds", f"CV {sweep.search.metric} mean ± std", *sweep.params]
     rows = []
     for t in ranked:

@@ -28,6 +28,13 @@ def rank_key(trial: Trial, mode: str) -> tuple:
     )
 
 
+def table_key(trial: Trial, folds: int, mode: str) -> tuple:
+    """The order a table of trials shows them in: the complete ones by the ranking rule, then the
+    partial CV means by the same rule, then the trials without a finite score."""
+    key = rank_key(trial, mode)
+    return (key[0], trial.folds_done < folds, key)
+
+
 def top(trials: list[Trial], mode: str) -> Trial | None:
     return min(trials, key=lambda t: rank_key(t, mode)) if trials else None
 

@@ -240,3 +240,24 @@ def test_the_verdict_and_best_json_follow_one_rule_on_a_tie(winner):
     assert verdict["best_uses_phase1"] is (winner == "two-phase")
     expected = "uses phase 1" if winner == "two-phase" else "is a plain fine-tune"
     assert expected in verdict["statement"]
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_report_table_orders_trials_by_the_one_ranking_rule(mode):
+    from sft_tune.sweep.ranking import table_key
+
+    better, worse = (0.8, 0.6) if mode == "max" else (0.6, 0.8)
+    trials = [
+        _trial("a-diverged", 0, 0.9, status="DIVERGED", folds=1),
+        _trial(
+            "b-partial-best", 0, better + 0.1 if mode == "max" else better - 0.1, "STOPPED", folds=1
+        ),
+        _trial("c-worse", 0, worse),
+        _trial("d-failed", 0, None, status="ERROR", folds=0, scores=[0.0]),
+        _trial("e-better", 0, better),
+        _trial("f-partial-worse", 0, worse, "STOPPED", folds=1),
+    ]
+    trials[3].cv_mean = None
+    ordered = [t.trial_id for t in sorted(trials, key=lambda t: table_key(t, 3, mode))]
+    assert ordered[:4] == ["e-better", "c-worse", "b-partial-best", "f-partial-worse"]
+    assert set(ordered[4:]) == {"a-diverged", "d-failed"}
