@@ -323,8 +323,8 @@ def sft_retrain(sweep_dir: Path, params: dict[str, Any], seed: int, folder: Path
     """What `select_best` does (retrain the best configuration on all labelled data, test), with another seed."""
     from sft_tune.run import train
     from sft_tune.runconfig import parse_config
-    from sft_tune.space import with_params
     from sft_tune.sweep.folder import SweepFolder
+    from sft_tune.sweep.space import with_params
 
     raw = with_params(SweepFolder(sweep_dir).load_sweep().base, params)
     raw = {

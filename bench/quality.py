@@ -188,9 +188,9 @@ def consumed(config: RunConfig, n_train: int, n_lm: int) -> dict[str, int]:
 
 def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
     from sft_tune.select import select_best
-    from sft_tune.space import load_space
     from sft_tune.sweep.folder import SweepFolder
     from sft_tune.sweep.run import run_search
+    from sft_tune.sweep.space import load_space
 
     space = write_space(args, arm, seed)
     folder = SweepFolder.of(load_space(space).search).path
@@ -222,8 +222,8 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
 def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
     """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
     from sft_tune.runconfig import parse_config
-    from sft_tune.space import with_params
     from sft_tune.sweep.folder import SweepFolder
+    from sft_tune.sweep.space import with_params
 
     trials = json.loads((Path(sweep_dir) / "trials.json").read_text())
     sweep = SweepFolder(Path(sweep_dir)).load_sweep()

@@ -425,7 +425,7 @@ def make_real() -> dict[str, Any]:
 
 
 def sized(base: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
-    from sft_tune.space import with_params
+    from sft_tune.sweep.space import with_params
 
     return with_params(base, {"phase1.steps": steps, "phase2.epochs": epochs})
 
@@ -588,8 +588,8 @@ def back_to_back(
     from sft_tune.core.loop import Runtime
     from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
-    from sft_tune.space import load_space, with_params
     from sft_tune.sweep.folds import ProcessCache, cross_validate
+    from sft_tune.sweep.space import load_space, with_params
     from sft_tune.tasks import get_task
 
     sweep = load_space(space)

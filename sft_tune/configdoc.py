@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from sft_tune.config import RunConfig
-from sft_tune.space import Param, SearchSpace
+from sft_tune.sweep.space import Param, SearchSpace
 from sft_tune.tasks import TASKS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"

@@ -27,10 +27,10 @@ from sft_tune.report_plots import (
     phase1_plot,
     scored,
 )
-from sft_tune.space import Sweep, phase1_only
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.ranking import best_trial, choice_text, phase1_verdict, table_key
 from sft_tune.sweep.records import Status, Trial, read_trials
+from sft_tune.sweep.space import Sweep, phase1_only
 
 PLOTS = ("history", "params", "parallel", "folds", "phase1", "losses")
 STATUS_TEXT = {

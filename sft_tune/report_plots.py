@@ -11,8 +11,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sft_tune.space import Param, Sweep, phase1_only
 from sft_tune.sweep.records import Status, Trial
+from sft_tune.sweep.space import Param, Sweep, phase1_only
 
 COMPLETE = {"symbol": "circle", "size": 10, "color": "#1f77b4"}
 PARTIAL = {"symbol": "circle-open", "size": 10, "color": "#e08a00", "line": {"width": 2}}

@@ -21,10 +21,10 @@ from sft_tune.core.export import library_versions
 from sft_tune.core.files import RawData, data_problems
 from sft_tune.errors import InputError, fail
 from sft_tune.runconfig import parse_config
-from sft_tune.space import Sweep
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.ranking import best_trial, choice_text, phase1_verdict
 from sft_tune.sweep.records import read_trials
+from sft_tune.sweep.space import Sweep
 from sft_tune.tasks import task_files
 
 log = logging.getLogger(__name__)

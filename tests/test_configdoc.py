@@ -2,7 +2,7 @@
 
 from sft_tune import configdoc
 from sft_tune.config import RunConfig
-from sft_tune.space import SearchSettings
+from sft_tune.sweep.space import SearchSettings
 
 
 def test_config_reference_is_current():

@@ -6,7 +6,7 @@ import yaml
 
 from sft_tune.cli import main
 from sft_tune.errors import InputError
-from sft_tune.space import load_space, make_sampler, to_optuna, with_params
+from sft_tune.sweep.space import load_space, make_sampler, to_optuna, with_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(
@@ -301,7 +301,7 @@ def test_every_run_config_field_is_either_honoured_per_trial_or_refused_with_a_r
     """A field nobody classified would be silently ignored by a trial (or silently honoured):
     each one is in the table of what a trial honours, or refused with its own reason."""
     from sft_tune.config import RunConfig
-    from sft_tune.space import NOT_SEARCHABLE, searched_by
+    from sft_tune.sweep.space import NOT_SEARCHABLE, searched_by
     from sft_tune.tasks import TASKS
 
     for task, files in TASKS.items():
@@ -409,7 +409,7 @@ def test_searched_checkpoints_are_judged_like_the_base_config_s_and_resolved(tmp
 def test_readme_lists_every_searchable_and_refused_field():
     """README's Searchable fields table says what each field costs; it must name every field of
     the tables `space.searched_by` reads, and every task's encoding options."""
-    from sft_tune.space import NOT_SEARCHABLE, SEARCHED_BY
+    from sft_tune.sweep.space import NOT_SEARCHABLE, SEARCHED_BY
     from sft_tune.tasks import TASKS
 
     readme = (ROOT / "README.md").read_text()

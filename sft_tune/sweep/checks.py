@@ -13,9 +13,9 @@ from pathlib import Path
 from sft_tune.addresses import probe_address, refuse_ray_client
 from sft_tune.core.files import RawData, data_problems
 from sft_tune.errors import InputError, Problem, fail
-from sft_tune.space import Sweep, check_space
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
+from sft_tune.sweep.space import Sweep, check_space
 from sft_tune.sweep.storage import storage_problem
 from sft_tune.tasks import task_files
 

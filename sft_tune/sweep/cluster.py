@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from sft_tune.errors import fail
-from sft_tune.space import Resources, Sweep
+from sft_tune.sweep.space import Resources, Sweep
 
 log = logging.getLogger(__name__)
 

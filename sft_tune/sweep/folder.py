@@ -215,7 +215,7 @@ class SweepFolder:
         a local folder was moved since it started (it must keep its name), and its data files to
         `data_dir` when given (`repoint_data`)."""
         from sft_tune.runconfig import parse_config
-        from sft_tune.space import Param, SearchSettings, Sweep
+        from sft_tune.sweep.space import Param, SearchSettings, Sweep
 
         saved = json.loads(self.file(self.SNAPSHOT).read_text())
         if data_dir is not None:

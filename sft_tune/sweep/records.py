@@ -13,8 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sft_tune.space import Sweep
 from sft_tune.sweep.folder import SweepFolder, fold_checkpoint, with_scheme
+from sft_tune.sweep.space import Sweep
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (Ray colours its task names)
 

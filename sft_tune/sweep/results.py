@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
-from sft_tune.space import Sweep
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.ranking import best_trial, phase1_verdict
 from sft_tune.sweep.records import Status, SweepResult, Trial, search_ended, write_trials
+from sft_tune.sweep.space import Sweep
 
 
 def summarize(

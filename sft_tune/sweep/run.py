@@ -18,7 +18,6 @@ from sft_tune.core import data as data_module
 from sft_tune.core.files import RawData
 from sft_tune.core.prepare import PreparedData, Splits, encoding_key
 from sft_tune.errors import InputError, Problem, fail
-from sft_tune.space import Sweep
 from sft_tune.sweep.checks import CheckedSweep, check_search
 from sft_tune.sweep.cluster import concurrency, start_ray
 from sft_tune.sweep.console import ProgressView, sweep_console
@@ -28,6 +27,7 @@ from sft_tune.sweep.ranking import contenders
 from sft_tune.sweep.records import Status, SweepResult, Trial, collect, search_ended
 from sft_tune.sweep.results import summarize
 from sft_tune.sweep.searcher import close_orphans, record_finished
+from sft_tune.sweep.space import Sweep
 from sft_tune.sweep.tunestate import saved_when_changed
 from sft_tune.tasks import get_task
 

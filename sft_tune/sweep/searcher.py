@@ -24,7 +24,7 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from sft_tune.space import Sweep, make_sampler, phase1_only, to_optuna
+from sft_tune.sweep.space import Sweep, make_sampler, phase1_only, to_optuna
 
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
 # Testing hooks: when set to N, the driver kills itself (SIGKILL) right after its N-th suggestion

@@ -19,7 +19,6 @@ from typing import Any
 from ray import tune
 
 from sft_tune.runconfig import parse_config
-from sft_tune.space import Sweep, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
 from sft_tune.sweep.encodings import SharedData
 from sft_tune.sweep.folder import (
@@ -40,6 +39,7 @@ from sft_tune.sweep.searcher import (
     make_searcher,
     maybe_kill_driver,
 )
+from sft_tune.sweep.space import Sweep, with_params
 from sft_tune.sweep.storage import join, listing, read_text, write_text
 from sft_tune.sweep.tunestate import mark_changed
 

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sft_tune.space import Param, SearchSettings, Sweep
 from sft_tune.sweep.ranking import best_trial, choice_text, contenders, phase1_verdict, rank_key
 from sft_tune.sweep.records import Status, Trial
+from sft_tune.sweep.space import Param, SearchSettings, Sweep
 
 
 def _sweep(mode="max", steps=None):
