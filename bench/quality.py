@@ -188,9 +188,9 @@ def consumed(config: RunConfig, n_train: int, n_lm: int) -> dict[str, int]:
 
 def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
     from sft_tune.select import select_best
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.folder import SweepFolder
     from sft_tune.sweep.run import run_search
-    from sft_tune.sweep.space import load_space
 
     space = write_space(args, arm, seed)
     folder = SweepFolder.of(load_space(space).search).path

@@ -588,8 +588,9 @@ def back_to_back(
     from sft_tune.core.loop import Runtime
     from sft_tune.core.prepare import prepare_data
     from sft_tune.runconfig import parse_config
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.folds import ProcessCache, cross_validate
-    from sft_tune.sweep.space import load_space, with_params
+    from sft_tune.sweep.space import with_params
     from sft_tune.tasks import get_task
 
     sweep = load_space(space)

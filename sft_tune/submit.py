@@ -153,7 +153,7 @@ def check_command(command: list[str], root: Path | None = None) -> list[Path]:
         )
     if command[0] == "search" and args.space is not None:
         from sft_tune.runconfig import read_yaml
-        from sft_tune.sweep.space import load_space
+        from sft_tune.sweep.checks import load_space
 
         space = _job_path("--space", args.space, root)
         sweep = load_space(space)

@@ -24,7 +24,8 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from sft_tune.sweep.space import Sweep, make_sampler, phase1_only, to_optuna
+from sft_tune.sweep.space import Sweep, phase1_only
+from sft_tune.sweep.strategy import make_sampler, suggest, to_optuna
 
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
 # Testing hooks: when set to N, the driver kills itself (SIGKILL) right after its N-th suggestion
@@ -49,25 +50,13 @@ class ConditionalSpace:
 
     def __call__(self, trial) -> None:
         steps = (
-            _suggest(trial, "phase1.steps", self.distributions["phase1.steps"])
+            suggest(trial, "phase1.steps", self.distributions["phase1.steps"])
             if "phase1.steps" in self.distributions
             else self.fixed_steps
         )
         for name, distribution in self.distributions.items():
             if name != "phase1.steps" and not (steps == 0 and phase1_only(name)):
-                _suggest(trial, name, distribution)
-
-
-def _suggest(trial, name: str, distribution: optuna.distributions.BaseDistribution) -> Any:
-    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
-        return trial.suggest_categorical(name, distribution.choices)
-    if isinstance(distribution, optuna.distributions.IntDistribution):
-        return trial.suggest_int(
-            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
-        )
-    return trial.suggest_float(
-        name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
-    )
+                suggest(trial, name, distribution)
 
 
 class FoldAwareOptunaSearch(OptunaSearch):

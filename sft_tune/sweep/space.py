@@ -1,31 +1,27 @@
 """The search-space file: a base run config, the parameters to search, and the search settings.
 
 Parameters are addressed by dotted run-config paths (`phase1.alpha`) in Optuna's short form
-(`type: float|int|categorical`, `low`, `high`, `log`, `step`, `choices`). Everything is parsed
-and checked here, before Ray starts; `to_optuna` is the one translation to Optuna distributions.
+(`type: float|int|categorical`, `low`, `high`, `log`, `step`, `choices`). Here: the file's schema,
+the checked `Sweep`, and what a trial honours of each searched field. `checks.py` reads and checks
+a file whole (`check_space`, `load_space`), before Ray starts; `strategy.py` translates the
+parameters to Optuna and holds the sampler and scheduler registries.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import optuna
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
-from sft_tune.core.files import RawData, data_names, data_problems
-from sft_tune.errors import InputError, Problem
-from sft_tune.runconfig import input_problems, parse_config, read_yaml, table_problems
+from sft_tune.config import RunConfig
+from sft_tune.runconfig import parse_config
 from sft_tune.tasks import TASKS, task_files
 
 
@@ -201,18 +197,6 @@ class SearchSpace(_Strict):
     search: SearchSettings = Field(default_factory=SearchSettings)
 
 
-SAMPLERS = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "cmaes": "CmaEsSampler",
-    "qmc": "QMCSampler",
-    "gp": "GPSampler",
-    "nsga2": "NSGAIISampler",
-    "bruteforce": "BruteForceSampler",
-}
-
-
 class Sweep(BaseModel):
     """A checked search: base config as a dict and as a typed config, params and settings."""
 
@@ -265,8 +249,6 @@ class Sweep(BaseModel):
         """The base config with each searched checkpoint (every combination of the choices of
         model.name_or_path and model.gguf_file), the other fields as in the base config."""
         from itertools import product
-
-        from sft_tune.runconfig import parse_config
 
         searched = {
             dotted: self.params[dotted].candidates()
@@ -367,132 +349,6 @@ def phase1_only(dotted: str) -> bool:
     return (dotted.startswith("phase1.") and dotted != "phase1.steps") or dotted in PHASE1_ONLY
 
 
-def load_space(path: str | Path, check_inputs: bool = False) -> Sweep:
-    """Read and check a search-space file; raise `InputError` listing every problem (with
-    `check_inputs`, also the base config's data files, model folder and output path)."""
-    found = check_space(Path(path), check_inputs, read=False)
-    if found.problems:
-        raise InputError(found.problems, title=f"{path}: invalid search space")
-    return found.sweep
-
-
-@dataclass
-class SpaceCheck:
-    """A space file checked: the sweep and its data when all is well, the search settings when
-    they are valid on their own (so a command can check more with them), and every problem."""
-
-    sweep: Sweep | None
-    data: RawData | None
-    search: SearchSettings | None
-    problems: list[Problem]
-
-
-def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> SpaceCheck:
-    """Every problem of a space file at once: its schema, the base config (with `check_inputs`
-    the paths it names and its model folder), the params against the config, the settings, and
-    (with `read`) the base config's data files: the unlabelled ones when some trial can run
-    phase 1 (`Sweep.arms`). An unreadable YAML file raises `InputError` at once."""
-    raw = read_yaml(path, "search-space file")
-    problems: list[Problem] = []
-    try:
-        space = SearchSpace.model_validate(raw)
-    except ValidationError as err:
-        space = None
-        problems += problems_from_validation(err, SearchSpace)
-    base, base_dir = _base_dict(raw, space, path, problems)
-    base_config = None
-    if base is not None and check_inputs:  # reported with the schema's problems, not after them
-        problems += _in_base(input_problems(base, base_dir))
-    if base is not None:
-        try:
-            base_config = parse_config(base, source=f"{path} base config")
-        except InputError as err:
-            problems += _in_base(err.problems)
-    if base_config is not None and space is not None:
-        problems += _searchable_problems(space.params, base_config, space.search)
-        problems += _check_params(base, space.params)
-        problems += _check_settings(space, base_config)
-        if check_inputs:
-            problems += _checkpoint_problems(base, base_dir, space.params)
-    search = space.search if space is not None else _valid(SearchSettings, raw.get("search", {}))
-    names = data_names(base, base_dir) if base is not None else {}
-    if problems:
-        problems += _in_base(table_problems(names)) if read else []
-        return SpaceCheck(None, None, search, problems)
-    resolved = resolve_paths(base_config, base_dir)
-    if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
-        search = search.model_copy(
-            update={"storage_path": str((path.parent / search.storage_path).resolve())}
-        )
-    params, search = _resolved_checkpoints(space.params, search, base_dir)
-    sweep = Sweep(
-        base=resolved.model_dump(mode="json"),
-        base_config=resolved,
-        params=params,
-        search=search,
-        source=str(path),
-    )
-    if not read:
-        return SpaceCheck(sweep, None, search, [])
-    task, lm = task_files(resolved.model.task), "two-phase" in sweep.arms()
-    data, found = data_problems(resolved, task, search.folds, lm, names)
-    if found:
-        return SpaceCheck(None, None, search, _in_base(found))
-    found = task.metric_problems(search.metric, data.train)
-    if found:
-        return SpaceCheck(None, None, search, found)
-    return SpaceCheck(sweep, data, search, [])
-
-
-def _valid(schema: type[BaseModel], raw: Any) -> Any:
-    """`raw` validated by `schema`, or None (its problems are reported with the whole file's)."""
-    try:
-        return schema.model_validate(raw)
-    except ValidationError:
-        return None
-
-
-def _in_base(problems: list[Problem]) -> list[Problem]:
-    return [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in problems]
-
-
-def _base_dict(
-    raw: dict[str, Any], space: SearchSpace | None, path: Path, problems: list[Problem]
-) -> tuple[dict[str, Any] | None, Path]:
-    """The base config mapping with the overrides applied, and the folder its paths are relative
-    to; read from the raw file when the space schema failed elsewhere, so that the base config's
-    problems are reported too."""
-    given_base, config = raw.get("base"), raw.get("config")
-    overrides = raw.get("overrides") if isinstance(raw.get("overrides"), dict) else {}
-    if space is not None:
-        given_base, config, overrides = space.base, space.config, space.overrides
-    base_dir = path.resolve().parent
-    if isinstance(given_base, str):
-        base_dir = (path.parent / given_base).resolve().parent
-    if (given_base is None) == (config is None):
-        if space is not None:
-            problems.append(
-                Problem(
-                    "base / config",
-                    {"base": given_base, "config": "..." if config else None},
-                    "give exactly one of `base` (a run-config file) and `config` (inline)",
-                    "keep one of the two keys",
-                )
-            )
-        return None, base_dir
-    if isinstance(config, dict):
-        return with_params(config, overrides), base_dir
-    if not isinstance(given_base, str):
-        return None, base_dir  # the schema reported it
-    try:
-        return with_params(
-            read_yaml(path.parent / given_base, "base run config"), overrides
-        ), base_dir
-    except InputError as err:
-        problems += [Problem("base", given_base, p.rule, p.fix) for p in err.problems]
-        return None, base_dir
-
-
 def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of the base config dict with each dotted path set to its value."""
     import copy
@@ -505,259 +361,3 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return config
-
-
-def _searchable_problems(
-    params: dict[str, Param], base_config: RunConfig, search: SearchSettings
-) -> list[Problem]:
-    """Every searched field must be one a trial honours (`searched_by`), and no searched value
-    may leave a two-phase trial without LM text (phase 1 would have nothing to read)."""
-    problems = []
-    for dotted, param in params.items():
-        kind, refused = searched_by(dotted, base_config.model.task)
-        if refused is None and dotted == "data.validation_fraction" and search.folds == 1:
-            refused = "with search.folds 1 it is the holdout split every trial is scored on"
-        if refused is not None:
-            problems.append(
-                Problem(
-                    f"params.{dotted}",
-                    param.model_dump(exclude_none=True, exclude_defaults=True),
-                    f"{dotted} cannot be searched: {refused}",
-                    "set one value for the whole sweep in the base config or `overrides` (see README, Searchable fields)",
-                )
-            )
-    lm_text = params.get("data.labelled_text_for_lm")
-    two_phase = max(
-        params["phase1.steps"].candidates()
-        if "phase1.steps" in params
-        else [base_config.phase1.steps]
-    )
-    if (
-        lm_text is not None
-        and False in lm_text.candidates()
-        and two_phase > 0
-        and not base_config.data.unlabelled
-    ):
-        problems.append(
-            Problem(
-                "params.data.labelled_text_for_lm",
-                lm_text.candidates(),
-                "with no data.unlabelled file, a two-phase trial that samples false has no LM text for phase 1",
-                "add data.unlabelled files, or drop false from the choices",
-            )
-        )
-    return problems
-
-
-def _checkpoint_problems(
-    base: dict[str, Any], base_dir: Path, params: dict[str, Param]
-) -> list[Problem]:
-    """Each searched checkpoint judged like the base config's (its folder, or an offline hub id's
-    cache, and what its config.json rules out), named by the param and the choice."""
-    problems = []
-    for dotted in ("model.name_or_path", "model.gguf_file"):
-        for value in params[dotted].candidates() if dotted in params else []:
-            found = input_problems(with_params(base, {dotted: value}), base_dir)
-            problems += [
-                Problem(f"params.{dotted} choice {value!r}: {p.where}", p.value, p.rule, p.fix)
-                for p in found
-                if p.where.startswith("model.")
-            ]
-    return problems
-
-
-def _resolved_checkpoints(
-    params: dict[str, Param], search: SearchSettings, base_dir: Path
-) -> tuple[dict[str, Param], SearchSettings]:
-    """Searched local checkpoints (choices and initial points) as absolute folders, relative to
-    the base config's folder (as `config.resolve_paths` does for the base config's own model),
-    so that every trial and `select` find them wherever they run from."""
-    searched = params.get("model.name_or_path")
-    if searched is None or searched.type != "categorical":
-        return params, search
-
-    def resolved(value: Any) -> Any:
-        local = base_dir / value if isinstance(value, str) else None
-        return str(local.resolve()) if local is not None and local.exists() else value
-
-    choices = [resolved(c) for c in searched.choices]
-    points = [
-        {k: resolved(v) if k == "model.name_or_path" else v for k, v in point.items()}
-        for point in search.initial_points
-    ]
-    return (
-        {**params, "model.name_or_path": searched.model_copy(update={"choices": choices})},
-        search.model_copy(update={"initial_points": points}),
-    )
-
-
-def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Problem]:
-    """Every path must name a config field, and every bound or choice must be valid there."""
-    problems = []
-    for dotted, param in params.items():
-        for value in param.candidates():
-            try:
-                parse_config(with_params(base, {dotted: value}))
-            except InputError as err:
-                for p in err.problems:
-                    where = f"params.{dotted}"
-                    if p.rule == "unknown key":
-                        problems.append(
-                            Problem(
-                                where, dotted, "must be a dotted path of a run-config field", p.fix
-                            )
-                        )
-                    elif p.where == dotted:
-                        problems.append(
-                            Problem(
-                                where,
-                                value,
-                                f"each bound/choice must be a valid `{dotted}`: {p.rule}",
-                                "narrow the range to valid values",
-                            )
-                        )
-                    elif p.where.startswith(f"{dotted}."):
-                        problems.append(
-                            Problem(
-                                where,
-                                dotted,
-                                f"must be a scalar run-config field ({p.where}: {p.rule})",
-                                "address a leaf field, e.g. phase1.alpha",
-                            )
-                        )
-                    else:  # a rule that ties the value to another field
-                        problems.append(
-                            Problem(
-                                where,
-                                value,
-                                f"each bound/choice must fit the rest of the config: with {dotted} = {value!r}, {p.where}: {p.rule}",
-                                f"narrow the range, or set {p.where} (in overrides) so that every value fits",
-                            )
-                        )
-                break
-    return problems
-
-
-def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]:
-    search, problems = space.search, []
-    task = task_files(base_config.model.task)
-    if "metric" not in search.model_fields_set:
-        search.metric = task.metric  # the task's own score (macro_f1, entity f1, squad f1, ...)
-    if search.metric not in task.metrics:
-        problems.append(
-            Problem(
-                "search.metric",
-                search.metric,
-                f"must be a metric of the {task.name} task: {sorted(task.metrics)}",
-                "pick one of those",
-            )
-        )
-    else:
-        # A missing mode is the metric's own direction (`Sweep` fills it in).
-        direction = task.metric_mode(search.metric)
-        if search.mode is not None and search.mode != direction:
-            better = "lower" if direction == "min" else "higher"
-            problems.append(
-                Problem(
-                    "search.mode",
-                    search.mode,
-                    f"must agree with search.metric: a {better} {search.metric} is better, so the mode is {direction} (each fold's early stopping, the scheduler, Optuna and the ranking all follow it)",
-                    f"set search.mode: {direction}, or leave it out",
-                )
-            )
-    try:
-        sampler_class(search.sampler)
-    except KeyError:
-        problems.append(
-            Problem(
-                "search.sampler",
-                search.sampler,
-                f"must be one of {sorted(SAMPLERS)} or an optuna.samplers class name",
-                "pick a listed sampler",
-            )
-        )
-    if search.sampler in ("grid", "GridSampler", "bruteforce", "BruteForceSampler"):
-        for dotted, param in space.params.items():
-            if param.type == "float" and param.step is None:
-                problems.append(
-                    Problem(
-                        f"params.{dotted}",
-                        param.model_dump(exclude_none=True),
-                        f"the {search.sampler} sampler needs a finite grid",
-                        "give float parameters a `step`, or use categorical choices",
-                    )
-                )
-    if search.folds == 1 and base_config.data.validation_fraction == 0:
-        problems.append(
-            Problem(
-                "search.folds",
-                1,
-                "one fold is a holdout split of data.validation_fraction of the labelled file, and the base config sets it to 0",
-                "set data.validation_fraction (e.g. overrides: {data.validation_fraction: 0.2}), or use folds >= 2",
-            )
-        )
-    for i, point in enumerate(search.initial_points):
-        unknown = sorted(set(point) - set(space.params))
-        if unknown:
-            problems.append(
-                Problem(
-                    f"search.initial_points[{i}]",
-                    unknown,
-                    "every key must be a searched parameter",
-                    f"use keys from {sorted(space.params)}",
-                )
-            )
-    return problems
-
-
-def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
-    """The Optuna sampler class for a short name or class name (KeyError when unknown)."""
-    cls_name = SAMPLERS.get(name.lower(), name)
-    cls = getattr(optuna.samplers, cls_name, None)
-    if (
-        not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler))
-        or cls is optuna.samplers.BaseSampler
-    ):
-        raise KeyError(name)
-    return cls
-
-
-def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    """Instantiate the sampler, seeded (GridSampler gets the grid of the params)."""
-    cls = sampler_class(sweep.search.sampler)
-    if cls is optuna.samplers.GridSampler:
-        return cls(_grid(sweep.params), seed=sweep.search.seed)
-    try:
-        return cls(seed=sweep.search.seed)
-    except TypeError:
-        return cls()
-
-
-def _grid(params: dict[str, Param]) -> dict[str, list[Any]]:
-    grid = {}
-    for dotted, param in params.items():
-        if param.type == "categorical":
-            grid[dotted] = list(param.choices)
-            continue
-        step = param.step or 1
-        count = int(round((param.high - param.low) / step)) + 1
-        cast = int if param.type == "int" else float
-        grid[dotted] = [cast(param.low + i * step) for i in range(count)]
-    return grid
-
-
-def to_optuna(params: dict[str, Param]) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The one translation of the short form into Optuna distributions."""
-    dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    for dotted, param in params.items():
-        if param.type == "categorical":
-            dists[dotted] = optuna.distributions.CategoricalDistribution(param.choices)
-        elif param.type == "int":
-            dists[dotted] = optuna.distributions.IntDistribution(
-                int(param.low), int(param.high), log=param.log, step=int(param.step or 1)
-            )
-        else:
-            dists[dotted] = optuna.distributions.FloatDistribution(
-                param.low, param.high, log=param.log, step=param.step
-            )
-    return dists

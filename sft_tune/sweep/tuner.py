@@ -41,6 +41,7 @@ from sft_tune.sweep.searcher import (
 )
 from sft_tune.sweep.space import Sweep, with_params
 from sft_tune.sweep.storage import join, listing, read_text, write_text
+from sft_tune.sweep.strategy import make_scheduler
 from sft_tune.sweep.tunestate import mark_changed
 
 ACTOR_ANSWER_S = 30  # how long the driver waits for a started trial actor to give its PID
@@ -349,43 +350,3 @@ def _replace_pickled_parts(tuner, search_alg, scheduler, callbacks) -> None:
     internal._tune_config.search_alg = search_alg
     internal._tune_config.scheduler = scheduler
     internal.get_run_config().callbacks = callbacks
-
-
-def make_scheduler(sweep: Sweep, resumed: SweepFolder | None = None):
-    """The scheduler `search.scheduler` names; a resumed sweep's racing scheduler knows the
-    trials that ran every fold before (from `resumed`'s events)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
-    settings = sweep.search
-    folds = settings.cv_folds
-    if settings.scheduler == "asha":
-        # max_t one past the last fold: a trial that reaches its last fold ends by itself (a clean
-        # teardown) instead of being stopped by the scheduler at the same moment.
-        return ASHAScheduler(
-            time_attr="training_iteration", max_t=folds + 1, grace_period=1, reduction_factor=2
-        )
-    if settings.scheduler == "median":
-        return MedianStoppingRule(
-            time_attr="training_iteration", grace_period=1, min_samples_required=2
-        )
-    if settings.scheduler == "racing":
-        from sft_tune.sweep.paired import held_out_ratio
-        from sft_tune.sweep.racing import RacingScheduler
-
-        ratio = held_out_ratio(settings.folds, sweep.base_config.data.validation_fraction)
-        known = complete_fold_scores(resumed.events(), folds) if resumed else None
-        return RacingScheduler(folds, settings.mode, settings.rope, ratio, known=known)
-    return FIFOScheduler()
-
-
-def complete_fold_scores(events: list[dict[str, Any]], folds: int) -> dict[str, list[float]]:
-    """The fold scores of every trial whose events hold all its folds, by trial id."""
-    by_trial: dict[str, dict[int, float]] = {}
-    for event in events:
-        if event["event"] == "fold":
-            by_trial.setdefault(event["trial_id"], {})[int(event["fold"])] = event["score"]
-    return {
-        trial_id: [scores[f] for f in sorted(scores)]
-        for trial_id, scores in by_trial.items()
-        if len(scores) >= folds
-    }

@@ -303,8 +303,8 @@ def test_select_exports_best_model_through_the_same_atomic_export(
     from conftest import write_space
 
     from sft_tune.select import select_best
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.folder import SweepFolder
-    from sft_tune.sweep.space import load_space
 
     sweep = load_space(write_space(tmp_path, tiny_bert, toy_files, "light"))
     folder = SweepFolder.of(sweep.search)

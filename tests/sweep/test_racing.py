@@ -10,7 +10,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from sft_tune.sweep.folder import read_events
 from sft_tune.sweep.racing import RacingScheduler
-from sft_tune.sweep.tuner import complete_fold_scores
+from sft_tune.sweep.strategy import complete_fold_scores
 
 STOP, GO = TrialScheduler.STOP, TrialScheduler.CONTINUE
 

@@ -358,7 +358,7 @@ def test_fold_lm_data_never_contains_that_folds_validation_texts(
     space = write_space(
         tmp_path, tiny_bert, {**files, "unlabelled": tmp_path / "pool.jsonl"}, "leak", folds=4
     )
-    from sft_tune.sweep.space import load_space
+    from sft_tune.sweep.checks import load_space
 
     sweep = load_space(space)
     data: PreparedData = prepare_data(
@@ -406,7 +406,7 @@ def test_shared_sweep_data_is_mapped_not_copied_by_workers(
     so N concurrent trials hold one copy of it, not N."""
     import ray
 
-    from sft_tune.sweep.space import load_space
+    from sft_tune.sweep.checks import load_space
 
     data = prepare_data(
         load_space(write_space(tmp_path, tiny_bert, toy_files, "share")).base_config,
@@ -449,8 +449,8 @@ def test_concurrency_is_capped_to_what_the_cluster_holds_or_can_scale_to(
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     from sft_tune.errors import InputError
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.cluster import check_resources, concurrency
-    from sft_tune.sweep.space import load_space
 
     def sweep_with(max_concurrent, cpus_per_worker, gpus=0):
         path = write_space(
@@ -537,7 +537,7 @@ def test_a_searched_max_length_is_honoured_per_trial_and_encoded_once_per_value(
     """data.max_length over [8, 32]: each trial trains on the encoding of its own value (the
     sweep encoded once from the base config, so every trial trained on 32), and the sweep encodes
     each value once however many trials sample it: labelled + LM texts, 2 passes a value."""
-    from sft_tune.sweep.space import load_space
+    from sft_tune.sweep.checks import load_space
 
     params = {
         "data.max_length": {"type": "categorical", "choices": [8, 32]},
@@ -569,8 +569,8 @@ def test_the_encoding_store_encodes_each_key_once_and_maps_it_everywhere(
     import ray
 
     from sft_tune.core.files import read_data
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.encodings import SharedData, start_store
-    from sft_tune.sweep.space import load_space
 
     sweep = load_space(write_space(tmp_path, tiny_bert, toy_files, "store"))
     task = get_task("classification")
@@ -601,7 +601,7 @@ def test_a_sweep_searches_two_checkpoints_with_different_vocabularies(
     starts (a tokenizer that cannot read the data is refused there)."""
     from conftest import _vocabulary, save_tiny_bert
 
-    from sft_tune.sweep.space import load_space
+    from sft_tune.sweep.checks import load_space
 
     vocab = _vocabulary()  # specials, the toy words, a-z, punctuation
     letters = set("abcdefghijklmnopqrstuvwxyz")

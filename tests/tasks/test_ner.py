@@ -559,7 +559,7 @@ def test_words_of_unspaced_scripts_join_without_spaces(tmp_path):
 
 
 def test_shipped_ner_space_loads():
-    from sft_tune.sweep.space import load_space
+    from sft_tune.sweep.checks import load_space
 
     sweep = load_space(ROOT / "search_spaces" / "ner.yaml")
     assert sweep.base_config.model.task == "ner" and sweep.search.metric == "f1"
@@ -659,8 +659,8 @@ def test_the_shipped_ner_space_really_searches_label_subwords(
     from sft_tune.core.files import read_data
     from sft_tune.core.prepare import encode_data, split_data
     from sft_tune.runconfig import parse_config
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.run import run_search
-    from sft_tune.sweep.space import load_space
 
     shipped = yaml.safe_load((ROOT / "search_spaces" / "ner.yaml").read_text())
     assert "data.ner.label_subwords" in shipped["params"]

@@ -560,8 +560,8 @@ def test_predict_checks_the_whole_input_before_returning(tiny_bert, tmp_path):
 def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session):
     from sft_tune.core.prepare import prepare_data
     from sft_tune.select import select_best
+    from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.run import run_search
-    from sft_tune.sweep.space import load_space
 
     raw = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
     raw["config"]["model"] = {"name_or_path": str(tiny_bert), "task": "qa"}
@@ -605,7 +605,7 @@ def test_search_and_select_keep_articles_whole(tiny_bert, tmp_path, ray_session)
 
 
 def test_shipped_qa_space_loads_and_its_example_data_are_valid():
-    from sft_tune.sweep.space import load_space
+    from sft_tune.sweep.checks import load_space
 
     sweep = load_space(ROOT / "search_spaces" / "qa.yaml")
     config = sweep.base_config
@@ -629,7 +629,7 @@ def test_a_search_scored_by_answerable_or_unanswerable_questions_needs_unanswera
 ):
     """On SQuAD v1 data (every question answerable) has_answer_* / no_answer_* are never scored:
     the space check refuses them (the fold loop raised KeyError)."""
-    from sft_tune.sweep.space import check_space
+    from sft_tune.sweep.checks import check_space
 
     raw = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
     raw["config"]["model"] = {"name_or_path": str(tiny_bert), "task": "qa"}
