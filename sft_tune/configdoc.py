@@ -1,6 +1,6 @@
 """docs/config.md, written from the schemas' field descriptions, so the reference cannot drift from
 the code: `python -m sft_tune.configdoc` writes it, `python -m sft_tune.configdoc --check` exits 1
-when the file on disk differs (tests/test_configdoc.py runs the check).
+when the file on disk differs (tests/test_docs.py runs the check).
 
 Three schemas: the run config (`config.RunConfig`), each task's own section of `data`
 (`TaskFiles.options`, from the task registry) and the search-space file (`space.SearchSpace`).
@@ -29,7 +29,7 @@ HEADER = """\
 # Config reference
 
 Generated from the schemas' field descriptions by `python -m sft_tune.configdoc` (do not edit by
-hand; `tests/test_configdoc.py` fails when this file is stale). Unknown keys are errors, every
+hand; `tests/test_docs.py` fails when this file is stale). Unknown keys are errors, every
 problem is reported at once, and relative paths are relative to the file's own folder.
 """
 

@@ -409,12 +409,12 @@ def test_searched_checkpoints_are_judged_like_the_base_config_s_and_resolved(tmp
 
 
 def test_readme_lists_every_searchable_and_refused_field():
-    """README's Searchable fields table says what each field costs; it must name every field of
-    the tables `space.searched_by` reads, and every task's encoding options."""
+    """docs/search.md's Searchable fields table says what each field costs; it must name every
+    field of the tables `space.searched_by` reads, and every task's encoding options."""
     from sft_tune.sweep.space import NOT_SEARCHABLE, SEARCHED_BY
     from sft_tune.tasks import TASKS
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "search.md").read_text()
     section = readme[readme.index("### Searchable fields") : readme.index("How it runs:")]
     for key in SEARCHED_BY:
         assert f"`{key}*`" in section or f"`{key}`" in section, key
