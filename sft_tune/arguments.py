@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train both phases from a run config, test, export",
-        description="Train both phases from a run config (YAML; see README 'Config reference'), evaluate on the test file, and export a Hugging Face model folder to OUTPUT_DIR/model.",
+        description="Train both phases from a run config (YAML; every key in docs/config.md), evaluate on the test file, and export a Hugging Face model folder to OUTPUT_DIR/model.",
     )
     train.add_argument("--config", type=Path, required=True, help="run config YAML file")
     train.add_argument(
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search",
         help="search hyperparameters with Ray Tune + Optuna, scored by k-fold CV",
-        description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation (a 1-worker trial in its own reused Tune actor, a multi-worker one as a Ray Train DDP run). Stopped trials whose partial CV mean reaches the best complete one are finished before the best is chosen, retrained on all labelled data, tested and exported. The terminal shows one progress line per trial event; Ray's own output goes to STORAGE_PATH/NAME/sweep.log. Results go to STORAGE_PATH/NAME (see README 'sft-tune search').",
+        description="Search the two-phase hyperparameters (alpha, learning rates, phase lengths, any config field) with Ray Tune and Optuna; each trial is scored by stratified k-fold cross-validation (a 1-worker trial in its own reused Tune actor, a multi-worker one as a Ray Train DDP run). Stopped trials whose partial CV mean reaches the best complete one are finished before the best is chosen, retrained on all labelled data, tested and exported. The terminal shows one progress line per trial event; Ray's own output goes to STORAGE_PATH/NAME/sweep.log. Results go to STORAGE_PATH/NAME (see docs/search.md).",
     )
     search.add_argument(
         "--space", type=Path, default=None, help="search-space YAML (see search_spaces/)"

@@ -27,7 +27,9 @@ class AdapterConfig(_Strict):
     on the adapted backbone. `type: none` trains every weight (the default)."""
 
     type: Literal["none", "lora"] = Field(
-        "none", description="none = full fine-tune; lora = LoRA adapters (PEFT)."
+        "none",
+        description="none = full fine-tune; lora = LoRA adapters (PEFT) through both phases "
+        "(docs/tasks.md, Adapters).",
     )
     r: int = Field(8, gt=0, le=4096, description="LoRA rank (PEFT `r`).")
     alpha: float = Field(
@@ -40,7 +42,8 @@ class AdapterConfig(_Strict):
         "auto",
         description="Module names (suffixes) to adapt (PEFT `target_modules`); auto = PEFT's "
         "default for the architecture (attention projections), else every linear layer of the "
-        "backbone; all-linear = every linear layer of the backbone.",
+        "backbone; all-linear = every linear layer of the backbone; or a list, e.g. [q_proj, v_proj]. "
+        "Never the task head, which trains fully.",
     )
     bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="Which biases train (PEFT `bias`)."
@@ -70,17 +73,20 @@ class ModelConfig(_Strict):
     name_or_path: str = Field(description="Hugging Face hub id or local model folder.")
     task: str = Field(
         "classification",
-        description="Task head to train; one of the names in `sft_tune.tasks.TASKS`.",
+        description="Task head to train: classification (sentiment, topic), ner (token "
+        "classification), qa (extractive QA), generation (prompt -> response, decoders); "
+        "docs/tasks.md.",
     )
     lm_objective: Literal["auto", "masked", "causal"] = Field(
         "auto",
         description="Language-model loss of phase 1: masked-LM (encoders), next-token (decoders), "
-        "or auto (from the architecture).",
+        "or auto (masked for an encoder with a mask token, else next-token).",
     )
     gguf_file: str | None = Field(
         None,
         description="Load the weights (and tokenizer) from this GGUF file inside `name_or_path` "
-        "(e.g. SmolLM2-135M-Instruct.Q4_1.gguf); needs the `gguf` package. Weights are dequantized "
+        "(e.g. SmolLM2-135M-Instruct.Q4_1.gguf); needs pip install 'sft-tune[gguf]' (gguf and "
+        "accelerate). Weights are dequantized "
         "to fp32 for training; the exported model is a plain safetensors folder.",
     )
     gradient_checkpointing: bool = Field(
@@ -112,7 +118,8 @@ class DataConfig(_Strict):
     """Labelled and unlabelled data files, and how to read them."""
 
     train: Path = Field(
-        description="Labelled training file (CSV, JSONL, Parquet or a saved `datasets` folder)."
+        description="Labelled training file: CSV, TSV, JSONL/JSON, Parquet, or a `datasets` folder "
+        "saved with save_to_disk."
     )
     test: Path | None = Field(None, description="Labelled test file, evaluated once after phase 2.")
     unlabelled: list[Path] = Field(
@@ -131,7 +138,9 @@ class DataConfig(_Strict):
         128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated)."
     )
     labelled_text_for_lm: bool = Field(
-        True, description="Whether the labelled training texts also feed the phase-1 LM loss."
+        True,
+        description="Whether the labelled training texts also feed the phase-1 LM loss (never "
+        "held-out texts: a fold's or the validation split's).",
     )
     validation_fraction: float = Field(
         0.1,
@@ -144,9 +153,11 @@ class DataConfig(_Strict):
         0.05,
         ge=0.0,
         le=1.0,
-        description="Most unknown tokens the tokenizer may make of the labelled texts (and of a "
-        "sample of the unlabelled ones) before the run stops: a model that cannot read the "
-        "language of the data learns little from it.",
+        description="Most unknown tokens ([UNK]) the tokenizer may make of the labelled texts and "
+        "of a sample of 2,000 unlabelled texts; above it the run stops before any model loads, "
+        "naming the share and the characters the model cannot read (a model for another "
+        "language, e.g. MiniLM on Chinese: ~60%). Every run logs both shares (run.json, "
+        "unknown_token_share).",
     )
     cache_dir: Path | None = Field(
         None,
@@ -157,7 +168,7 @@ class DataConfig(_Strict):
         32,
         ge=0,
         description="Tokens shared by consecutive windows when a long input (NER sentence, QA "
-        "context) is split to fit max_length.",
+        "context) is split to fit max_length; below max_length / 2.",
     )
     ner: dict[str, Any] = Field(
         default_factory=dict,
@@ -232,7 +243,10 @@ class OptimizerConfig(_Strict):
         0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay (not on biases/norms)."
     )
     warmup_ratio: float = Field(
-        0.06, ge=0.0, le=1.0, description="Share of each phase's steps spent warming up."
+        0.06,
+        ge=0.0,
+        le=1.0,
+        description="Share of each phase's steps spent in linear warm-up, then linear decay to 0.",
     )
     max_grad_norm: float = Field(
         1.0, ge=0.0, description="Gradient clipping norm (0 = no clipping)."
@@ -258,9 +272,13 @@ class RunConfig(_Strict):
     phase2: Phase2Config = Field(default_factory=Phase2Config)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
-    seed: int = Field(42, ge=0, description="Seed for weights, data order and masking.")
+    seed: int = Field(
+        42, ge=0, description="Seed for the weights of new heads, data order and masking."
+    )
     output_dir: Path = Field(
-        Path("runs/latest"), description="Where the exported model and metrics go."
+        Path("runs/latest"),
+        description="Where the run's files go: the exported model in OUTPUT_DIR/model, run.json, "
+        "history.jsonl.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = CUDA when available."
@@ -268,8 +286,8 @@ class RunConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="bf16 autocast compute on a GPU that supports it (refused on one that does "
-        "not); auto = bf16 on such a GPU, fp32 otherwise. Weights and optimizer state are fp32 "
-        "whatever dtype the checkpoint stores.",
+        "not); auto = bf16 on such a GPU, fp32 otherwise. Weights and AdamW state are fp32 "
+        "whatever dtype the checkpoint stores (a bf16 checkpoint is loaded as fp32).",
     )
     log_every: int = Field(
         10,
@@ -454,8 +472,8 @@ def _field_names(schema: type[BaseModel], loc: list[str]) -> list[str]:
 def _describe(schema: type[BaseModel], loc: list[str]) -> str:
     model = _sub_model(schema, loc[:-1])
     if model is None or not loc or loc[-1] not in model.model_fields:
-        return "see the config reference in README.md"
-    return model.model_fields[loc[-1]].description or "see the config reference in README.md"
+        return "see docs/config.md"
+    return model.model_fields[loc[-1]].description or "see docs/config.md"
 
 
 def _sub_model(schema: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:

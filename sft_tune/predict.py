@@ -58,7 +58,7 @@ def check_input(
     "qa.question_column": "q"}."""
     model_dir, input_path, problems = Path(model_dir), Path(input_path), []
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
-        problems.append(Problem("--model", str(model_dir), "is an adapter-only export (export.adapter_only: LoRA adapters and head, no merged weights); predict reads a merged model folder", "load it with peft's AutoPeftModelFor... (see README, Adapters), or train with export.adapter_only: false"))  # fmt: skip
+        problems.append(Problem("--model", str(model_dir), "is an adapter-only export (export.adapter_only: LoRA adapters and head, no merged weights); predict reads a merged model folder", "load it with peft's AutoPeftModelFor... (see docs/tasks.md, Adapters), or train with export.adapter_only: false"))  # fmt: skip
     elif not (model_dir / "config.json").is_file():
         problems.append(Problem("--model", str(model_dir), "must be a model folder with config.json (as written by `sft-tune train`)", "pass the `model` folder inside the run's output_dir"))  # fmt: skip
     if batch_size < 1:

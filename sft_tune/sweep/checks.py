@@ -291,7 +291,7 @@ def _searchable_problems(
                     f"params.{dotted}",
                     param.model_dump(exclude_none=True, exclude_defaults=True),
                     f"{dotted} cannot be searched: {refused}",
-                    "set one value for the whole sweep in the base config or `overrides` (see README, Searchable fields)",
+                    "set one value for the whole sweep in the base config or `overrides` (see docs/search.md, Searchable fields)",
                 )
             )
     lm_text = params.get("data.labelled_text_for_lm")

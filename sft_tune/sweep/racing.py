@@ -13,7 +13,7 @@ best trial that has run every fold) on the folds both completed, paired.
   paired folds (racing with a region of practical equivalence, as in Bayesian racing: a trial
   that can at best tie the incumbent within what matters is not worth its remaining folds).
   Chosen over stricter one-sided paired levels by replaying the fold scores of three 24-trial
-  sweeps (README, Noise): it is what stops the many near-identical weak trials of a sweep's
+  sweeps (docs/search.md, Noise): it is what stops the many near-identical weak trials of a sweep's
   random start, which never trail a weak incumbent beyond doubt.
 A trial is never stopped before its first fold, at its last fold (it ends by itself), nor when
 there is no incumbent yet; the incumbent has run all its folds and is never stopped. A stopped
