@@ -119,7 +119,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def killed_driver(folder: Path, space: Path, hook: str, value: str) -> None:
     """Run `sft-tune search --space SPACE` in a child that a fault hook kills (SIGKILL) at that
-    point (see sft_tune.sweep.searcher's SFT_TUNE_KILL_DRIVER_* hooks), then end its process
+    point (see sft_tune.sweep.faults: the SFT_TUNE_KILL_DRIVER_* hooks), then end its process
     group (its own Ray processes) by PID."""
     env = {**os.environ, "RAY_ADDRESS": "", "WANDB_MODE": "offline", hook: value}
     driver = subprocess.Popen(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import statistics
 import tempfile
 import time
@@ -33,17 +32,11 @@ from sft_tune.core import data as data_module
 from sft_tune.core.loop import Runtime, evaluate, fit, seed_everything, uses_bf16
 from sft_tune.core.model import add_adapters, load_base_model, load_tokenizer, remove_adapters
 from sft_tune.core.prepare import PreparedData
+from sft_tune.sweep.contract import TrialJob
 from sft_tune.sweep.encodings import SharedData
+from sft_tune.sweep.faults import TrialFaults
 from sft_tune.sweep.folder import FOLDS_FILE, HISTORY_FILE, REPLAYED, last_fold_state
 from sft_tune.tasks import get_task
-
-# Testing hook, read on the driver: when set to a path that does not exist yet, the first fold of
-# the next trial to start creates the file and raises, so that tests can check retries.
-FAULT_FILE_ENV = "SFT_TUNE_FAULT_FILE"
-# Testing hook, read on the driver: when set to a path that does not exist yet, the process of the
-# next trial to finish its last fold creates the file and kills itself (SIGKILL) right after that
-# fold's report, so that tests can check that such a trial stays complete.
-KILL_AFTER_LAST_FOLD_ENV = "SFT_TUNE_KILL_AFTER_LAST_FOLD"
 
 
 class ProcessCache:
@@ -150,7 +143,7 @@ def cross_validate(
     start: int = 0,
     scores: list[float] | None = None,
     after_fold=None,
-    fault_file: str | None = None,
+    faults: TrialFaults = TrialFaults(),
     cache: ProcessCache = CACHE,
 ) -> list[float]:
     """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
@@ -161,7 +154,7 @@ def cross_validate(
     model.to(rt.device)
     wrapped = rt.wrap(model)
     for fold in range(start, len(data.splits)):
-        _maybe_inject_fault(fault_file)
+        faults.before_fold()
         began = time.perf_counter()
         seed_everything(config.seed + fold)
         reset(model, pristine)
@@ -265,12 +258,6 @@ def _loss_summary(history: list[dict]) -> dict[str, float]:
     return summary
 
 
-def _maybe_inject_fault(path: str | None) -> None:
-    if path and not os.path.exists(path):
-        Path(path).write_text("injected fault\n")
-        raise RuntimeError(f"injected fault ({FAULT_FILE_ENV}={path})")
-
-
 @dataclass
 class TrialPlace:
     """Where a trial's folds run, as the functions the fold loop needs: `report(metrics, folder)`
@@ -288,15 +275,14 @@ class TrialPlace:
     nodes: list[str] | None = None
 
 
-def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACHE) -> None:
+def run_folds(job: TrialJob, place: TrialPlace, cache: ProcessCache = CACHE) -> None:
     """All folds of one trial (from the first one not in its checkpoint), one report per fold.
 
-    `job` is what the trainable hands every place: the run config, where its encoded data is
-    (`SharedData`), the metric, the trial id and the testing hooks. It writes nothing but its
+    `job` is what the trainable hands every place (`contract.TrialJob`). It writes nothing but its
     reports: what the driver records comes to it through them (the trial may run on another node)."""
-    config = RunConfig.model_validate(job["run_config"])
+    config = job.run_config
     passes = data_module.TOKENIZATION_PASSES
-    data = cache.data(job["data"], config, get_task(config.model.task))
+    data = cache.data(job.data, config, get_task(config.model.task))
     saved = place.saved() or {"scores": [], "metrics": None}
     scores = saved["scores"]
     if len(scores) >= len(data.splits) or (saved["metrics"] or {}).get("diverged"):
@@ -330,7 +316,7 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
     ) -> None:
         spent["s"] += summary["fold_seconds"]
         metrics = {
-            "sweep_trial_id": job["trial_id"],
+            "sweep_trial_id": job.trial_id,
             "fold_seconds_total": spent["s"],
             "fold": fold + 1,
             "fold_score": scores[-1],
@@ -360,20 +346,17 @@ def run_folds(job: dict[str, Any], place: TrialPlace, cache: ProcessCache = CACH
         cross_validate(
             config,
             data,
-            job["metric"],
+            job.metric,
             rt,
             len(scores),
             scores,
             after_fold,
-            job.get("fault_file"),
+            job.faults,
             cache,
         )
     finally:
         release_memory(place.device)
-    kill_file = job.get("kill_after_last_fold")
-    if kill_file and place.rank == 0 and not os.path.exists(kill_file):
-        Path(kill_file).write_text("killed after the last fold\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+    job.faults.after_last_fold(place.rank)
 
 
 def read_saved(checkpoint) -> dict[str, Any] | None:
@@ -384,14 +367,14 @@ def read_saved(checkpoint) -> dict[str, Any] | None:
         return json.loads((Path(folder) / FOLDS_FILE).read_text())
 
 
-def _resume_from(job: dict[str, Any]):
+def _resume_from(job: TrialJob):
     """The checkpoint a trial that finishes a stopped one starts from (its own comes first)."""
     import ray.train
 
-    return ray.train.Checkpoint(job["resume_from"]) if job.get("resume_from") else None
+    return ray.train.Checkpoint(job.resume_from) if job.resume_from else None
 
 
-def run_in_actor(job: dict[str, Any], cpus: float) -> None:
+def run_in_actor(job: TrialJob, cpus: float) -> None:
     """A 1-worker trial: its folds run right here, in the Tune trial actor, on the actor's CPUs
     (torch threads) and GPU (Ray sets CUDA_VISIBLE_DEVICES to the one it assigned)."""
     import ray
@@ -399,7 +382,7 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(cpus)))
-    device = trial_device(ray.get_gpu_ids(), job["run_config"].get("device"))
+    device = trial_device(ray.get_gpu_ids(), job.run_config.device)
 
     def report(metrics: dict[str, Any], folder: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
@@ -409,7 +392,7 @@ def run_in_actor(job: dict[str, Any], cpus: float) -> None:
         # killed between two saves of its state): go on from the newest fold state there is.
         states = [
             read_saved(tune.get_checkpoint() or _resume_from(job)),
-            last_fold_state(job.get("trial_folder")),
+            last_fold_state(job.trial_folder),
         ]
         return max((s for s in states if s), key=lambda s: len(s["scores"]), default=None)
 
@@ -439,13 +422,15 @@ def trial_device(assigned: list, wanted: str | None):
     return torch.device("cuda")
 
 
-def ddp_worker(job: dict[str, Any]) -> None:
-    """One rank of a multi-worker trial's TorchTrainer: the same folds, DDP across the ranks."""
+def ddp_worker(config: dict[str, TrialJob]) -> None:
+    """One rank of a multi-worker trial's TorchTrainer: the same folds, DDP across the ranks
+    (`config` is the trainer's train_loop_config, which Ray Train wants as a dict: {"job": job})."""
     import ray
     import ray.train
     import ray.train.torch
     import torch.distributed
 
+    job = config["job"]
     context = ray.train.get_context()
     nodes = [None] * context.get_world_size()
     torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())

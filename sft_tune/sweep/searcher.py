@@ -14,9 +14,7 @@ storage URL and reopens it.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import signal
 import warnings
 from typing import Any
 
@@ -24,19 +22,11 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from sft_tune.sweep.faults import KILL_DRIVER_AFTER_SUGGESTION_ENV, maybe_kill_driver
 from sft_tune.sweep.space import Sweep, phase1_only
 from sft_tune.sweep.strategy import make_sampler, suggest, to_optuna
 
 TUNE_METRIC = "cv_mean"  # running mean of the task metric over the folds done so far
-# Testing hooks: when set to N, the driver kills itself (SIGKILL) right after its N-th suggestion
-# (before Tune saves that trial in its experiment state), or right after the N-th trial end it
-# records in events.jsonl (before Tune saves that end). Read when used, never saved.
-KILL_DRIVER_ENV = "SFT_TUNE_KILL_DRIVER_AFTER_SUGGESTION"
-KILL_DRIVER_AFTER_END_ENV = "SFT_TUNE_KILL_DRIVER_AFTER_END"
-KILL_DRIVER_AFTER_FOLD_ENV = (
-    "SFT_TUNE_KILL_DRIVER_AFTER_FOLD"  # after the driver logs the N-th fold
-)
-_counts = {KILL_DRIVER_ENV: 0, KILL_DRIVER_AFTER_END_ENV: 0, KILL_DRIVER_AFTER_FOLD_ENV: 0}
 
 
 class ConditionalSpace:
@@ -115,7 +105,7 @@ class FoldAwareOptunaSearch(OptunaSearch):
         self._study()
         params = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
-        maybe_kill_driver(KILL_DRIVER_ENV)
+        maybe_kill_driver(KILL_DRIVER_AFTER_SUGGESTION_ENV)
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -177,12 +167,6 @@ class SweepLimiter(ConcurrencyLimiter):
         gone = self.live_trials & settled
         self.live_trials -= gone
         self.num_unfinished_live_trials = max(0, self.num_unfinished_live_trials - len(gone))
-
-
-def maybe_kill_driver(hook: str) -> None:
-    _counts[hook] += 1
-    if os.environ.get(hook) == str(_counts[hook]):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def close_orphans(study_name: str, storage_url: str, trials: list) -> dict[int, str]:

@@ -20,7 +20,14 @@ from ray import tune
 
 from sft_tune.runconfig import parse_config
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
+from sft_tune.sweep.contract import SweepInputs, TrialJob
 from sft_tune.sweep.encodings import SharedData
+from sft_tune.sweep.faults import (
+    KILL_DRIVER_AFTER_END_ENV,
+    KILL_DRIVER_AFTER_FOLD_ENV,
+    TrialFaults,
+    maybe_kill_driver,
+)
 from sft_tune.sweep.folder import (
     FINISH_EXPERIMENT,
     FINISH_KEY,
@@ -29,17 +36,14 @@ from sft_tune.sweep.folder import (
     last_fold_state,
     new_fold,
 )
-from sft_tune.sweep.folds import FAULT_FILE_ENV, KILL_AFTER_LAST_FOLD_ENV, ddp_worker, run_in_actor
+from sft_tune.sweep.folds import ddp_worker, run_in_actor
 from sft_tune.sweep.records import all_folds_done, end_status
 from sft_tune.sweep.searcher import (
-    KILL_DRIVER_AFTER_END_ENV,
-    KILL_DRIVER_AFTER_FOLD_ENV,
     TUNE_METRIC,
     SweepLimiter,
     make_searcher,
-    maybe_kill_driver,
 )
-from sft_tune.sweep.space import Sweep, with_params
+from sft_tune.sweep.space import Resources, Sweep, with_params
 from sft_tune.sweep.storage import join, listing, read_text, write_text
 from sft_tune.sweep.strategy import make_scheduler
 from sft_tune.sweep.tunestate import mark_changed
@@ -47,50 +51,49 @@ from sft_tune.sweep.tunestate import mark_changed
 ACTOR_ANSWER_S = 30  # how long the driver waits for a started trial actor to give its PID
 
 
-def run_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], shared: SweepInputs) -> None:
     """Tune function trainable: every fold of one configuration (`config` holds the searched
     parameters, or FINISH_KEY: the id of a stopped trial to finish from its last fold)."""
     tune_id = tune.get_context().get_trial_id()
     if FINISH_KEY in config:
-        stopped = shared["finish"][config[FINISH_KEY]]
+        stopped = shared.finish[config[FINISH_KEY]]
         trial_id, params, resume_from = config[FINISH_KEY], stopped["params"], stopped["checkpoint"]
     else:
         trial_id, params, resume_from = tune_id, config, None
-    job = {
-        "trial_id": trial_id,
-        "run_config": parse_config(with_params(shared["base"], params)).model_dump(mode="json"),
-        "data": shared["data"],
-        "metric": shared["metric"],
-        "fault_file": shared["fault_file"],
-        "kill_after_last_fold": shared.get("kill_after_last_fold"),
-        "resume_from": resume_from,
+    job = TrialJob(
+        trial_id=trial_id,
+        run_config=parse_config(with_params(shared.base, params)),
+        data=shared.data,
+        metric=shared.metric,
+        faults=shared.faults,
+        resume_from=resume_from,
         # where Tune keeps this trial's fold checkpoints on the storage
-        "trial_folder": join(shared["experiment"], Path(tune.get_context().get_trial_dir()).name),
-    }
-    resources = shared["resources"]
-    if resources["workers"] == 1:
-        run_in_actor(job, resources["cpus_per_worker"])
+        trial_folder=join(shared.experiment, Path(tune.get_context().get_trial_dir()).name),
+    )
+    resources = shared.resources
+    if resources.workers == 1:
+        run_in_actor(job, resources.cpus_per_worker)
     else:
-        _run_ddp(job, resources, shared["train_storage"], tune_id)
+        _run_ddp(job, resources, shared.train_storage, tune_id)
 
 
-def _run_ddp(job: dict[str, Any], resources: dict[str, Any], storage: str, tune_id: str) -> None:
+def _run_ddp(job: TrialJob, resources: Resources, storage: str, tune_id: str) -> None:
     """The folds through one TorchTrainer run, named after the Tune trial: a retried or restored
     trial resumes its Train run from the last fold checkpoint."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    use_gpu = resources["gpus_per_worker"] > 0
+    use_gpu = resources.gpus_per_worker > 0
     per_worker = {
-        "CPU": resources["cpus_per_worker"],
-        **({"GPU": resources["gpus_per_worker"]} if use_gpu else {}),
+        "CPU": resources.cpus_per_worker,
+        **({"GPU": resources.gpus_per_worker} if use_gpu else {}),
     }
     trainer = TorchTrainer(
         ddp_worker,
-        train_loop_config=job,
+        train_loop_config={"job": job},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
@@ -194,22 +197,21 @@ def actor_ip_pid(trial) -> tuple[str | None, int | None]:
 
 def shared_inputs(
     sweep: Sweep, folder: SweepFolder, data: SharedData, finish: dict[str, dict] | None = None
-) -> dict[str, Any]:
+) -> SweepInputs:
     """What every trial of the sweep gets (through `tune.with_parameters`, in the object store)."""
-    return {
-        "base": sweep.base,
-        "resources": sweep.search.resources.model_dump(),
-        "metric": sweep.search.metric,
-        "data": data,
-        "train_storage": folder.train_storage,
-        "experiment": f"{folder.experiment}/{FINISH_EXPERIMENT}" if finish else folder.experiment,
-        "fault_file": os.environ.get(FAULT_FILE_ENV),
-        "kill_after_last_fold": os.environ.get(KILL_AFTER_LAST_FOLD_ENV),
-        "finish": finish or {},
-    }
+    return SweepInputs(
+        base=sweep.base,
+        resources=sweep.search.resources,
+        metric=sweep.search.metric,
+        data=data,
+        train_storage=folder.train_storage,
+        experiment=f"{folder.experiment}/{FINISH_EXPERIMENT}" if finish else folder.experiment,
+        faults=TrialFaults.from_environ(),
+        finish=finish or {},
+    )
 
 
-def _trainable(sweep: Sweep, shared: dict[str, Any]):
+def _trainable(sweep: Sweep, shared: SweepInputs):
     return tune.with_resources(
         tune.with_parameters(run_trial, shared=shared), trial_resources(sweep)
     )
@@ -218,7 +220,7 @@ def _trainable(sweep: Sweep, shared: dict[str, Any]):
 def make_tuner(
     sweep: Sweep,
     folder: SweepFolder,
-    shared: dict[str, Any],
+    shared: SweepInputs,
     callbacks: list,
     restoring: bool,
     max_concurrent: int,
@@ -298,7 +300,7 @@ def settle_ended_trials(
 def make_finishing_tuner(
     sweep: Sweep,
     folder: SweepFolder,
-    shared: dict[str, Any],
+    shared: SweepInputs,
     callbacks: list,
     trial_ids: list[str],
     max_concurrent: int,

@@ -1,5 +1,5 @@
 """What faults must not cost a sweep: a real local Ray, tiny models, fault hooks that hit a window
-exactly (see sft_tune.sweep.folds: SFT_TUNE_FAULT_FILE, SFT_TUNE_KILL_AFTER_LAST_FOLD)."""
+exactly (see sft_tune.sweep.faults: SFT_TUNE_FAULT_FILE, SFT_TUNE_KILL_AFTER_LAST_FOLD)."""
 
 import json
 

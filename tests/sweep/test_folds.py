@@ -143,14 +143,14 @@ def test_a_sweep_without_phase_one_builds_no_lm_head(tiny_bert, toy_files, tmp_p
 
 
 def test_the_fault_hook_fails_the_first_fold_once(setup, tmp_path):
+    from sft_tune.sweep.faults import TrialFaults
+
     config, data = setup
-    fault = tmp_path / "fault"
+    faults = TrialFaults(fault_file=str(tmp_path / "fault"))
     with pytest.raises(RuntimeError, match="injected fault"):
-        cross_validate(config, data, METRIC, _rt(), fault_file=str(fault), cache=ProcessCache())
-    assert fault.exists()
-    scores = cross_validate(
-        config, data, METRIC, _rt(), fault_file=str(fault), cache=ProcessCache()
-    )
+        cross_validate(config, data, METRIC, _rt(), faults=faults, cache=ProcessCache())
+    assert (tmp_path / "fault").exists()
+    scores = cross_validate(config, data, METRIC, _rt(), faults=faults, cache=ProcessCache())
     assert len(scores) == 2
 
 
@@ -203,12 +203,9 @@ class _Shared:
 
 
 def _job(config, trial_id="t1"):
-    return {
-        "run_config": config.model_dump(mode="json"),
-        "data": _Shared(),
-        "metric": METRIC,
-        "trial_id": trial_id,
-    }
+    from sft_tune.sweep.contract import TrialJob
+
+    return TrialJob(trial_id=trial_id, run_config=config, data=_Shared(), metric=METRIC)
 
 
 def _place(saved=None):
