@@ -96,10 +96,9 @@ def _running_cluster() -> str | None:
     """The address of a cluster started on this machine with `ray start` (the one a plain
     `ray.init()` would attach to), if any."""
     try:
-        from ray._private.services import find_bootstrap_address, find_gcs_addresses
+        from sft_tune.compat import local_cluster_address
 
-        address = find_bootstrap_address(None)  # the last `ray start`, maybe stopped since
-        return address if address and address in set(find_gcs_addresses()) else None
+        return local_cluster_address()
     except Exception:  # a private helper of Ray: only a better message depends on it
         return None
 
@@ -155,9 +154,9 @@ def capacity() -> tuple[dict[str, float], bool | None]:
 
     have = ray.cluster_resources()
     try:
-        from ray._private.state import state
+        from sft_tune.compat import max_cluster_resources
 
-        most = state.get_max_resources_from_cluster_config()
+        most = max_cluster_resources()
     except Exception:  # a private part of Ray: without it, the cluster is taken as it is now
         most = None
     if most:

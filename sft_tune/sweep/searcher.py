@@ -8,20 +8,19 @@ TPE). Results that arrive again for a trial the study already closed (a resumed 
 ignored. Each Optuna trial records its Tune trial id (user attribute `tune_trial_id`). And the
 study is never pickled with its storage: Tune pickles the searcher into the sweep's state, and a
 sweep folder that moved must reopen the study.db that moved with it, so the searcher holds the
-storage URL and reopens it.
+storage URL and reopens it (`compat.StudySearch`, which also holds every use of OptunaSearch's
+private state).
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from typing import Any
 
 import optuna
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
+from sft_tune.compat import StudySearch, running_trial
 from sft_tune.sweep.faults import KILL_DRIVER_AFTER_SUGGESTION_ENV, maybe_kill_driver
 from sft_tune.sweep.space import Sweep, phase1_only
 from sft_tune.sweep.strategy import make_sampler, suggest, to_optuna
@@ -49,67 +48,25 @@ class ConditionalSpace:
                 suggest(trial, name, distribution)
 
 
-class FoldAwareOptunaSearch(OptunaSearch):
+class FoldAwareOptunaSearch(StudySearch):
     """OptunaSearch that records trials stopped before their last fold as PRUNED."""
 
     def __init__(self, *args: Any, folds: int, storage_url: str, **kwargs: Any) -> None:
-        self._storage_url = storage_url
-        super().__init__(*args, storage=optuna.storages.RDBStorage(storage_url), **kwargs)
+        super().__init__(*args, storage_url=storage_url, **kwargs)
         self._folds = folds
         self._last_results: dict[str, dict] = {}  # each live trial's latest result
-
-    # -- persistence: the storage URL, never a live storage ----------------------------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_storage"] = state["_ot_study"] = None
-        state["_ot_trials"] = {tid: trial._trial_id for tid, trial in self._ot_trials.items()}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)  # reopened on first use (`_study`)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__getstate__(), handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Take the saved state, but keep this searcher's storage URL (the folder may have moved)."""
-        with open(checkpoint_path, "rb") as handle:
-            state = pickle.load(handle)
-        url = self._storage_url
-        self.__dict__.update(state, _storage_url=url, _storage=None, _ot_study=None)
-        self._study()
-
-    def _study(self) -> optuna.Study:
-        """The study, reopened from the storage URL after unpickling or restore."""
-        if self._ot_study is None:
-            self._storage = optuna.storages.RDBStorage(self._storage_url)
-            self._ot_study = optuna.load_study(
-                study_name=self._study_name,
-                storage=self._storage,
-                sampler=self._sampler,
-                pruner=optuna.pruners.NopPruner(),
-            )
-            self._ot_trials = {
-                tid: optuna.trial.Trial(self._ot_study, number)
-                if isinstance(number, int)
-                else number
-                for tid, number in self._ot_trials.items()
-            }
-        return self._ot_study
 
     # -- Tune's calls ------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
-        self._study()
+        self.study()
         params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        self.trial_handle(trial_id).set_user_attr("tune_trial_id", trial_id)
         maybe_kill_driver(KILL_DRIVER_AFTER_SUGGESTION_ENV)
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._study()
+        self.study()
         self._last_results = getattr(self, "_last_results", {})  # state saved by older versions
         self._last_results[trial_id] = result
         if result.get("diverged"):
@@ -122,19 +79,19 @@ class FoldAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        self._study()
+        self.study()
         last = getattr(self, "_last_results", {}).pop(trial_id, None)
         diverged = (result or last or {}).get("diverged")
-        if diverged and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if diverged and self.is_open(trial_id):
             # A NaN or infinite loss or score: FAIL in the study (TPE learns nothing from a value
             # that is not one), marked as diverged.
-            self._ot_trials[trial_id].set_user_attr("diverged", (result or last)["diverged_at"])
+            self.trial_handle(trial_id).set_user_attr("diverged", (result or last)["diverged_at"])
             super().on_trial_complete(trial_id, None, error=True)
             return
         if error and (result or last) and (result or last).get("folds_done", 0) >= self._folds:
             # Its process died after the last fold: every fold is scored, the trial is complete.
             result, error = result or last, False
-        if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if result and self.is_open(trial_id):
             # The running CV mean after each fold, as Optuna intermediate values (what TPE ranks
             # pruned trials by).
             scores = json.loads(result.get("fold_scores", "[]"))
@@ -142,7 +99,7 @@ class FoldAwareOptunaSearch(OptunaSearch):
                 warnings.simplefilter("ignore")  # steps Tune already reported are ignored by Optuna
                 try:
                     for fold in range(1, len(scores) + 1):
-                        self._ot_trials[trial_id].report(sum(scores[:fold]) / fold, fold)
+                        self.trial_handle(trial_id).report(sum(scores[:fold]) / fold, fold)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # told before the driver went away (a resumed sweep)
         if result and not error and result.get("folds_done", self._folds) < self._folds:
@@ -150,23 +107,6 @@ class FoldAwareOptunaSearch(OptunaSearch):
                 None  # stopped early: told without a value and without error, Optuna records PRUNED
             )
         super().on_trial_complete(trial_id, result, error)
-
-
-class SweepLimiter(ConcurrencyLimiter):
-    """Tune's ConcurrencyLimiter, restored without the trials that `tuner.settle_ended_trials`
-    marked ended: Tune does not run them again, so they would hold their slots forever."""
-
-    def __init__(self, searcher, max_concurrent: int, settled: list[str] = ()) -> None:
-        super().__init__(searcher, max_concurrent=max_concurrent)
-        self.settled = set(settled)
-
-    def set_state(self, state: dict) -> None:
-        settled = self.settled
-        super().set_state(state)
-        self.settled = settled
-        gone = self.live_trials & settled
-        self.live_trials -= gone
-        self.num_unfinished_live_trials = max(0, self.num_unfinished_live_trials - len(gone))
 
 
 def close_orphans(study_name: str, storage_url: str, trials: list) -> dict[int, str]:
@@ -193,7 +133,7 @@ def close_orphans(study_name: str, storage_url: str, trials: list) -> dict[int, 
         )
         if status is not None:
             reason = f"its Tune trial ended {status} after the driver that ran it was killed"
-        optuna.trial.Trial(study, frozen._trial_id).set_user_attr("closed_by_resume", reason)
+        running_trial(study, frozen).set_user_attr("closed_by_resume", reason)
         study.tell(frozen.number, state=state)
         closed[frozen.number] = state.name
     return closed

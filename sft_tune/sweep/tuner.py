@@ -18,6 +18,7 @@ from typing import Any
 
 from ray import tune
 
+from sft_tune.compat import RestoredLimiter, replace_restored_parts, trial_actor
 from sft_tune.runconfig import parse_config
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
 from sft_tune.sweep.contract import SweepInputs, TrialJob
@@ -40,7 +41,6 @@ from sft_tune.sweep.folds import ddp_worker, run_in_actor
 from sft_tune.sweep.records import all_folds_done, end_status
 from sft_tune.sweep.searcher import (
     TUNE_METRIC,
-    SweepLimiter,
     make_searcher,
 )
 from sft_tune.sweep.space import Resources, Sweep, with_params
@@ -188,7 +188,7 @@ def actor_ip_pid(trial) -> tuple[str | None, int | None]:
     answer."""
     import ray
 
-    actor = trial.temporary_state.ray_actor
+    actor = trial_actor(trial)
     try:
         return tuple(ray.get(actor.get_current_ip_pid.remote(), timeout=ACTOR_ANSWER_S))
     except Exception:  # a dead or unreachable actor: Tune reports its failure itself
@@ -229,7 +229,7 @@ def make_tuner(
     settings = sweep.search
     trainable = _trainable(sweep, shared)
     settled = settle_ended_trials(folder, settings.cv_folds) if restoring else []
-    search_alg = SweepLimiter(
+    search_alg = RestoredLimiter(
         make_searcher(sweep, folder.optuna_url(settings.optuna_storage), restoring),
         max_concurrent=max_concurrent,
         settled=settled,
@@ -239,7 +239,12 @@ def make_tuner(
         tuner = tune.Tuner.restore(
             folder.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        _replace_pickled_parts(tuner, search_alg, scheduler, callbacks)
+        # Tuner.restore unpickles the searcher, scheduler and callbacks the sweep started with,
+        # which point at the folder where it started (and hold no terminal): use the ones made
+        # for this run. The searcher's saved state is still loaded into the new one
+        # (`StudySearch.restore`); Tune keeps no scheduler state, the callbacks none across a
+        # restore.
+        replace_restored_parts(tuner, search_alg, scheduler, callbacks)
         return tuner
     return tune.Tuner(
         trainable,
@@ -315,8 +320,7 @@ def make_finishing_tuner(
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        internal = tuner._local_tuner  # see _replace_pickled_parts
-        internal.get_run_config().callbacks = callbacks
+        replace_restored_parts(tuner, callbacks=callbacks)
         return tuner
     return tune.Tuner(
         trainable,
@@ -340,15 +344,3 @@ def _run_config(sweep: Sweep, name: str, storage_path: str, callbacks: list):
         callbacks=callbacks,
         verbose=1,
     )
-
-
-def _replace_pickled_parts(tuner, search_alg, scheduler, callbacks) -> None:
-    """`Tuner.restore` unpickles the searcher, scheduler and callbacks the sweep started with, which
-    point at the folder where it started (and hold no terminal); use the ones made for this run.
-    The searcher's saved state is still loaded into the new one (`FoldAwareOptunaSearch.restore`);
-    Tune keeps no scheduler state, and the callbacks keep none across a restore. Ray has no
-    public accessor for a restored Tuner's configs (ray-project/ray#41364)."""
-    internal = tuner._local_tuner
-    internal._tune_config.search_alg = search_alg
-    internal._tune_config.scheduler = scheduler
-    internal.get_run_config().callbacks = callbacks

@@ -1,5 +1,5 @@
-"""When Tune saves its experiment state (written for Ray 2.60's `_ExperimentCheckpointManager`;
-the one place sft-tune touches it).
+"""When Tune saves its experiment state (through `compat.experiment_saves_only_when`, the one
+place that touches Ray's `_ExperimentCheckpointManager`).
 
 A resumed sweep must never launch again a trial that ended, so Tune's state must be saved as soon
 as a trial starts, reports a fold or ends. Tune saves at most every `TUNE_GLOBAL_CHECKPOINT_S`
@@ -35,21 +35,12 @@ def saved_when_changed(wanted: bool) -> Iterator[None]:
     if not wanted or PERIOD_ENV in os.environ:
         yield
         return
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
-
-    original = _ExperimentCheckpointManager.sync_up_experiment_state
-
-    def sync_up_when_changed(self, save_fn, force: bool = False, wait: bool = False) -> None:
-        if not (force or _changed.is_set() or self._should_force_sync_up):
-            return
-        _changed.clear()
-        original(self, save_fn, force=force, wait=wait)
+    from sft_tune.compat import experiment_saves_only_when
 
     os.environ[PERIOD_ENV] = "0"  # read when a Tuner's controller starts
-    _ExperimentCheckpointManager.sync_up_experiment_state = sync_up_when_changed
     _changed.set()  # the first step saves (the new trials)
     try:
-        yield
+        with experiment_saves_only_when(_changed.is_set, _changed.clear):
+            yield
     finally:
-        _ExperimentCheckpointManager.sync_up_experiment_state = original
         os.environ.pop(PERIOD_ENV, None)
