@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     select = sub.add_parser(
         "select",
         help="retrain the best trial of a sweep on all data, test, export",
-        description="Take the best COMPLETE trial of SWEEP_DIR by CV mean (ties: lower std, then lower trial id), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best. With a sweep on URI storage, best_model is then uploaded whole to the sweep's home (its MANIFEST.json last) with the W&B run.",
+        description="Take the COMPLETE trial of SWEEP_DIR that search.select chooses (best: the highest CV mean, ties: lower std, then lower trial id; simplest: the cheapest trial the best cannot be told apart from), retrain both phases on all labelled training data, evaluate the test file, and export SWEEP_DIR/best_model (Hugging Face folder + best.json), logged to W&B as an Artifact of type model with alias best. With a sweep on URI storage, best_model is then uploaded whole to the sweep's home (its MANIFEST.json last) with the W&B run.",
     )
     select.add_argument("sweep_dir", type=str, metavar="SWEEP_DIR", help=SWEEP_DIR_HELP)
     select.add_argument(

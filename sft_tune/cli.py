@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from sft_tune.arguments import build_parser
 from sft_tune.errors import InputError, fail
@@ -110,14 +111,13 @@ def _search(args: argparse.Namespace) -> int:
             "\nretraining the best configuration on all labelled data (sft-tune select) ...",
             flush=True,
         )
-        args.sweep_dir, args.no_progress, args.data_dir = checked.folder, False, None
         # On a cluster, a GPU sweep on URI storage retrains on a GPU node, not on the head.
-        args.on_ray = bool(
+        on_ray = bool(
             checked.folder.remote
             and checked.sweep.search.resources.gpus_per_worker
             and (args.address or os.environ.get("RAY_ADDRESS"))
         )
-        _select(args)
+        _run_select(checked.folder, None, on_ray, not args.no_wandb, True, args.address)
     from sft_tune.report import build_report
 
     path, _ = build_report(checked.folder)
@@ -126,17 +126,30 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
+    return _run_select(
+        args.sweep_dir,
+        args.data_dir,
+        args.on_ray,
+        not args.no_wandb,
+        not args.no_progress,
+        args.address,
+    )
+
+
+def _run_select(
+    sweep_dir, data_dir: Path | None, on_ray: bool, use_wandb: bool, progress: bool, address
+) -> int:
+    """`sft-tune select`, or the selection a finished search runs."""
     from sft_tune.select import check_selection, select_best
 
-    on_ray = getattr(args, "on_ray", False)
-    checked = check_selection(args.sweep_dir, args.data_dir, on_ray)  # before torch loads
+    checked = check_selection(sweep_dir, data_dir, on_ray)  # before torch loads
     summary = select_best(
-        args.sweep_dir,
-        use_wandb=not args.no_wandb,
-        progress=not args.no_progress,
+        sweep_dir,
+        use_wandb=use_wandb,
+        progress=progress,
         checked=checked,
         on_ray=on_ray,
-        address=getattr(args, "address", None),
+        address=address,
     )
     print(json.dumps(summary, indent=2, default=str))
     print(

@@ -15,9 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from sft_tune.checkpoint import architecture_problems, folder_problems, hub_problems
-from sft_tune.config import RunConfig, check_schema, problems_from_validation
+from sft_tune.config import RunConfig, check_schema
 from sft_tune.core.files import READERS, RawData, data_names, data_problems, read_table, renamed
-from sft_tune.errors import InputError, Problem, fail, text_of
+from sft_tune.errors import InputError, Problem, fail, problems_from_validation, text_of
 from sft_tune.tasks import TASKS, task_files
 
 

@@ -14,9 +14,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sft_tune.addresses import probe_address, refuse_ray_client
-from sft_tune.config import RunConfig, problems_from_validation, resolve_paths
+from sft_tune.config import RunConfig, resolve_paths
 from sft_tune.core.files import RawData, data_names, data_problems
-from sft_tune.errors import InputError, Problem, fail
+from sft_tune.errors import InputError, Problem, fail, problems_from_validation
 from sft_tune.runconfig import input_problems, parse_config, read_yaml, table_problems
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
@@ -191,6 +191,7 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
         except InputError as err:
             problems += _in_base(err.problems)
     if base_config is not None and space is not None:
+        space = space.model_copy(update={"search": with_defaults(space.search, base_config)})
         problems += _searchable_problems(space.params, base_config, space.search)
         problems += _check_params(base, space.params)
         problems += _check_settings(space, base_config)
@@ -406,11 +407,19 @@ def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Proble
     return problems
 
 
+def with_defaults(search: SearchSettings, base_config: RunConfig) -> SearchSettings:
+    """The settings' defaults that depend on the base config, resolved in one explicit step: a
+    search that names no metric is scored by its task's own (macro_f1, entity f1, squad f1, ...).
+    A missing mode stays missing until the mode check has run; `Sweep` then takes the metric's
+    own direction."""
+    if "metric" in search.model_fields_set:
+        return search
+    return search.model_copy(update={"metric": task_files(base_config.model.task).metric})
+
+
 def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]:
     search, problems = space.search, []
     task = task_files(base_config.model.task)
-    if "metric" not in search.model_fields_set:
-        search.metric = task.metric  # the task's own score (macro_f1, entity f1, squad f1, ...)
     if search.metric not in task.metrics:
         problems.append(
             Problem(
