@@ -74,7 +74,7 @@ from sft_tune.config import ModelConfig, OptimizerConfig  # noqa: E402
 from sft_tune.core.batches import MaskingCollator  # noqa: E402
 from sft_tune.core.loop import Runtime, make_optimizer, train_step  # noqa: E402
 from sft_tune.core.model import TwoPhaseModel, load_model, load_tokenizer  # noqa: E402
-from sft_tune.tasks.classification import ClassificationTask, EncodedLabelled  # noqa: E402
+from sft_tune.tasks.classification.model import ClassificationTask, EncodedLabelled  # noqa: E402
 
 RUNTIME = Runtime(progress=False)
 

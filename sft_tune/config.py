@@ -171,15 +171,15 @@ class DataConfig(_Strict):
     )
     ner: dict[str, Any] = Field(
         default_factory=dict,
-        description="Token classification options (task: ner; `NerOptions` in sft_tune/tasks/ner_files.py; each key in docs/config.md).",
+        description="Token classification options (task: ner; `NerOptions` in sft_tune/tasks/ner/files.py; each key in docs/config.md).",
     )
     qa: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extractive QA options (task: qa; `QaOptions` in sft_tune/tasks/qa_files.py; each key in docs/config.md).",
+        description="Extractive QA options (task: qa; `QaOptions` in sft_tune/tasks/qa/files.py; each key in docs/config.md).",
     )
     generation: dict[str, Any] = Field(
         default_factory=dict,
-        description="Prompt->response SFT options (task: generation; `GenerationOptions` in sft_tune/tasks/generation_files.py; each key in docs/config.md).",
+        description="Prompt->response SFT options (task: generation; `GenerationOptions` in sft_tune/tasks/generation/files.py; each key in docs/config.md).",
     )
 
 

@@ -12,10 +12,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 from sft_tune.tasks.base import TaskFiles
-from sft_tune.tasks.classification_files import ClassificationFiles
-from sft_tune.tasks.generation_files import GenerationFiles
-from sft_tune.tasks.ner_files import NerFiles
-from sft_tune.tasks.qa_files import QaFiles
+from sft_tune.tasks.classification.files import ClassificationFiles
+from sft_tune.tasks.generation.files import GenerationFiles
+from sft_tune.tasks.ner.files import NerFiles
+from sft_tune.tasks.qa.files import QaFiles
 
 if TYPE_CHECKING:
     from sft_tune.tasks.base import Task
@@ -29,10 +29,10 @@ TASKS: dict[str, type[TaskFiles]] = {
 
 # The whole task of each name: module and class, imported by `get_task` only.
 IMPLEMENTATIONS = {
-    "classification": ("sft_tune.tasks.classification", "ClassificationTask"),
-    "ner": ("sft_tune.tasks.ner", "NerTask"),
-    "qa": ("sft_tune.tasks.qa", "QaTask"),
-    "generation": ("sft_tune.tasks.generation", "GenerationTask"),
+    "classification": ("sft_tune.tasks.classification.model", "ClassificationTask"),
+    "ner": ("sft_tune.tasks.ner.model", "NerTask"),
+    "qa": ("sft_tune.tasks.qa.model", "QaTask"),
+    "generation": ("sft_tune.tasks.generation.model", "GenerationTask"),
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from sft_tune.tasks.classification import ClassificationTask, EncodedLabelled
+from sft_tune.tasks.classification.model import ClassificationTask, EncodedLabelled
 
 
 class _Constant(torch.nn.Module):

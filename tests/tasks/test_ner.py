@@ -16,8 +16,8 @@ from sft_tune.config import DataConfig
 from sft_tune.errors import InputError
 from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
-from sft_tune.tasks.ner import Windows, entity_scores, stitch, window_spans
-from sft_tune.tasks.ner_files import detect_scheme, join_words, split_words
+from sft_tune.tasks.ner.files import detect_scheme, join_words, split_words
+from sft_tune.tasks.ner.model import Windows, entity_scores, stitch, window_spans
 
 DATA = Path(__file__).parents[1] / "data" / "ner"
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,7 +261,7 @@ def test_subword_labels(wordpiece_bert, subwords, expected):
 
 @pytest.mark.parametrize("model_fixture", ["wordpiece_bert", "tiny_gpt2"])
 def test_words_tokenize_as_with_is_split_into_words(model_fixture, request):
-    from sft_tune.tasks.ner import word_pieces
+    from sft_tune.tasks.ner.model import word_pieces
 
     tokenizer = _tokenizer(request.getfixturevalue(model_fixture))
     words = ["Johnson", "visited", "new", "Maryton", "today", "."]

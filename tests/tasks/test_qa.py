@@ -19,7 +19,7 @@ from sft_tune.core import data as data_module
 from sft_tune.errors import InputError
 from sft_tune.runconfig import parse_config
 from sft_tune.tasks import get_task
-from sft_tune.tasks.qa import decode_answer, normalize_answer, question_scores, squad_scores
+from sft_tune.tasks.qa.model import decode_answer, normalize_answer, question_scores, squad_scores
 
 DATA = Path(__file__).parents[1] / "data" / "qa"
 TASK = get_task("qa")

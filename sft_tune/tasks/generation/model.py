@@ -29,7 +29,7 @@ from sft_tune.core.data import cached
 from sft_tune.core.losses import IGNORE_INDEX
 from sft_tune.errors import fail
 from sft_tune.tasks.base import Task
-from sft_tune.tasks.generation_files import (
+from sft_tune.tasks.generation.files import (
     Conversations,
     GenerationFiles,
     GenerationOptions,

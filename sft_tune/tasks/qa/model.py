@@ -27,7 +27,7 @@ from sft_tune.core.batches import pad
 from sft_tune.core.data import cached
 from sft_tune.errors import fail
 from sft_tune.tasks.base import Task
-from sft_tune.tasks.qa_files import QaFiles, QaOptions, Questions
+from sft_tune.tasks.qa.files import QaFiles, QaOptions, Questions
 
 N_BEST_SHOWN = 5  # candidates listed per question by `predict`
 

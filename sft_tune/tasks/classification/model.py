@@ -14,7 +14,7 @@ from sft_tune.config import DataConfig
 from sft_tune.core.batches import pad
 from sft_tune.core.data import tokenize
 from sft_tune.tasks.base import Task
-from sft_tune.tasks.classification_files import ClassificationFiles, LabelledTexts
+from sft_tune.tasks.classification.files import ClassificationFiles, LabelledTexts
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Token classification (NER): one tag per word, scored by entity-level seqeval F1.
 
-Reading (CoNLL, sentence tables, tag schemes, the label set) is `ner_files.py`'s part. Test files
+Reading (CoNLL, sentence tables, tag schemes, the label set) is `files.py`'s part. Test files
 are scored in the training file's scheme: seqeval strict mode for IOB2 and BIOES, conlleval
 (default) mode for IOB1.
 
@@ -38,7 +38,7 @@ from sft_tune.core.data import cached
 from sft_tune.core.losses import IGNORE_INDEX
 from sft_tune.errors import fail
 from sft_tune.tasks.base import Task
-from sft_tune.tasks.ner_files import NerFiles, NerOptions, Sentences
+from sft_tune.tasks.ner.files import NerFiles, NerOptions, Sentences
 
 
 @dataclass
