@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from sft_tune import __version__
+from sft_tune.tasks import SPECS
 
 # Variables of this shell that `submit` forwards to the job when they are set (WANDB_MODE
 # defaults to offline); any other goes with --env.
@@ -81,21 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="column holding the text (classification, ner; default: as in training)",
     )
-    predict.add_argument(
-        "--tokens-column",
-        default=None,
-        help="column holding lists of words (ner; default: as in training)",
-    )
-    predict.add_argument(
-        "--question-column",
-        default=None,
-        help="column holding the question (qa; default: as in training)",
-    )
-    predict.add_argument(
-        "--context-column",
-        default=None,
-        help="column holding the context (qa; default: as in training)",
-    )
+    for spec in SPECS.values():  # each task's own columns
+        for setting, flag in spec.predict_flags.items():
+            field = spec.files.options.model_fields[setting.rsplit(".", 1)[-1]]
+            about = field.description.rstrip(".")
+            predict.add_argument(
+                flag, default=None, help=f"{about} ({spec.name}; default: as in training)"
+            )
     predict.add_argument(
         "--output", type=Path, default=None, help="JSONL file to write (default: stdout)"
     )

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from sft_tune.errors import Problem
+from sft_tune.tasks import SPECS
 
 # What `from_pretrained` reads weights from (single or sharded files).
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "tf_model.h5")
@@ -29,16 +30,6 @@ TOKENIZER_PATTERNS = (
     "*.model",
     "*.tiktoken",
 )
-# The head each task puts on the backbone (`transformers` mapping of model types to classes).
-TASK_HEADS = {
-    "classification": (
-        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-        "sequence-classification",
-    ),
-    "ner": ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "token-classification"),
-    "qa": ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "question-answering"),
-    "generation": ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "causal-LM"),
-}
 MASKED = "MODEL_FOR_MASKED_LM_MAPPING_NAMES"
 CAUSAL = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
 
@@ -121,12 +112,13 @@ def architecture_problems(config_json: Path, objective: str, task: str) -> list[
         problems.append(Problem("model.lm_objective", objective, f"a masked-LM loss needs an encoder with a masked-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to causal or auto"))  # fmt: skip
     if objective == "causal" and kind not in heads[CAUSAL]:
         problems.append(Problem("model.lm_objective", objective, f"a next-token loss needs a causal-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to masked or auto"))  # fmt: skip
-    table, head = TASK_HEADS.get(task, (None, None))
-    if task == "generation":
+    spec = SPECS.get(task)
+    table, head = spec.head if spec is not None and spec.head else (None, None)
+    if spec is not None and spec.decoder_only:
         # BERT-like encoders also have a causal-LM class (for decoder use): is_decoder tells.
         encoder = kind in heads[MASKED] and not checkpoint.get("is_decoder")
         if encoder or kind not in heads[CAUSAL]:
-            problems.append(Problem("model.task", task, f"prompt->response generation needs a decoder (GPT/Llama-like); {config_json} is the encoder {kind!r}", "use a decoder checkpoint, or another task"))  # fmt: skip
+            problems.append(Problem("model.task", task, f"the {task} task needs a decoder (GPT/Llama-like); {config_json} is the encoder {kind!r}", "use a decoder checkpoint, or another task"))  # fmt: skip
     elif table is not None and kind not in heads[table]:
         problems.append(Problem("model.task", task, f"the {task} task needs a {head} head, and transformers has none for {config_json}'s model type {kind!r}", "use a checkpoint of an architecture that has one, or another task"))  # fmt: skip
     return problems
@@ -140,7 +132,7 @@ def head_tables() -> dict[str, set[str]]:
     if spec is None or not spec.submodule_search_locations:
         return {}
     source = Path(spec.submodule_search_locations[0]) / "models" / "auto" / "modeling_auto.py"
-    wanted = {MASKED, CAUSAL, *(table for table, _ in TASK_HEADS.values())}
+    wanted = {MASKED, CAUSAL, *(spec.head[0] for spec in SPECS.values() if spec.head)}
     try:
         tree = ast.parse(source.read_text(encoding="utf-8"))
         tables = {}

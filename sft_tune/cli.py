@@ -43,13 +43,11 @@ def scores_on_test(test: dict | None) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sft_tune.predict import check_input, predictions, write_jsonl
+    from sft_tune.predict import check_input, flags, predictions, write_jsonl
 
     columns = {
-        "text_column": args.text_column,
-        "ner.tokens_column": args.tokens_column,
-        "qa.question_column": args.question_column,
-        "qa.context_column": args.context_column,
+        setting.removeprefix("data."): getattr(args, flag.removeprefix("--").replace("-", "_"))
+        for setting, flag in flags().items()
     }
     checked = check_input(args.model, args.input, columns, args.batch_size, args.output)
     records = predictions(checked, args.batch_size)  # the model loads only now

@@ -15,23 +15,15 @@ from typing import Any
 from sft_tune.config import DataConfig
 from sft_tune.core.export import RUN_FILE
 from sft_tune.errors import InputError, Problem, fail
-from sft_tune.tasks import TASKS, get_task, task_files
-
-# Which task an exported folder without run.json holds, from its architecture's name.
-ARCHITECTURE_TASKS = {
-    "ForSequenceClassification": "classification",
-    "ForTokenClassification": "ner",
-    "ForQuestionAnswering": "qa",
-}
+from sft_tune.tasks import SPECS, TASKS, get_task, task_files
 
 
-# The command-line flag of each data setting that `sft-tune predict` can override.
-FLAGS = {
-    "data.text_column": "--text-column",
-    "data.ner.tokens_column": "--tokens-column",
-    "data.qa.question_column": "--question-column",
-    "data.qa.context_column": "--context-column",
-}
+def flags() -> dict[str, str]:
+    """The command-line flag of each data setting that `sft-tune predict` can override: the text
+    column's, and each registered task's own (`TaskSpec.predict_flags`)."""
+    return {"data.text_column": "--text-column"} | {
+        setting: flag for spec in SPECS.values() for setting, flag in spec.predict_flags.items()
+    }
 
 
 @dataclass
@@ -106,7 +98,7 @@ def predictions(checked: PredictInput, batch_size: int = 32) -> Iterator[dict[st
 def _in_flags(problem: Problem) -> Problem:
     """An input problem's fix in predict's terms: the flag where a run config's setting is named."""
     fix = problem.fix
-    for setting, flag in FLAGS.items():
+    for setting, flag in flags().items():
         fix = fix.replace(f"set {setting} to", f"pass {flag} with")
     return replace(problem, fix=fix)
 
@@ -122,9 +114,9 @@ def _task_name(model_dir: Path, run_config: dict[str, Any]) -> str:
         return name
     architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
     for architecture in architectures:
-        for suffix, task in ARCHITECTURE_TASKS.items():
-            if architecture.endswith(suffix) and task in TASKS:
-                return task
+        for spec in SPECS.values():
+            if spec.architecture and architecture.endswith(spec.architecture):
+                return spec.name
     raise fail(
         f"{model_dir}/config.json",
         architectures,

@@ -1,9 +1,9 @@
-"""Task registry: one file per task for its input (`<task>_files.py`: options, rules, reading; light
-imports) and one for the rest (`<task>.py`: encoding, batches, scores, predictions; torch and
-transformers).
+"""The task registry: each task is one folder, `tasks/<name>/` (`files.py`: its input side, with
+light imports; `model.py`: its model side; `__init__.py`: its `TaskSpec`), registered here.
 
 `TASKS` holds the input sides, so a config and its files are checked before torch loads;
-`get_task` imports the whole task. Adding a task is adding its two files and a line to each dict.
+`get_task` imports the whole task. A task defined elsewhere (a plugin, a test) calls `register`
+with its own `TaskSpec`; nothing else needs to know it.
 """
 
 from __future__ import annotations
@@ -11,29 +11,25 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from sft_tune.tasks.base import TaskFiles
-from sft_tune.tasks.classification.files import ClassificationFiles
-from sft_tune.tasks.generation.files import GenerationFiles
-from sft_tune.tasks.ner.files import NerFiles
-from sft_tune.tasks.qa.files import QaFiles
+from sft_tune.tasks import classification, generation, ner, qa
+from sft_tune.tasks.base import TaskFiles, TaskSpec
 
 if TYPE_CHECKING:
     from sft_tune.tasks.base import Task
 
-TASKS: dict[str, type[TaskFiles]] = {
-    "classification": ClassificationFiles,
-    "ner": NerFiles,
-    "qa": QaFiles,
-    "generation": GenerationFiles,
-}
+SPECS: dict[str, TaskSpec] = {}
+# The input side of each registered task, by name.
+TASKS: dict[str, type[TaskFiles]] = {}
 
-# The whole task of each name: module and class, imported by `get_task` only.
-IMPLEMENTATIONS = {
-    "classification": ("sft_tune.tasks.classification.model", "ClassificationTask"),
-    "ner": ("sft_tune.tasks.ner.model", "NerTask"),
-    "qa": ("sft_tune.tasks.qa.model", "QaTask"),
-    "generation": ("sft_tune.tasks.generation.model", "GenerationTask"),
-}
+
+def register(spec: TaskSpec) -> None:
+    """Make `spec`'s task known by its name (a later spec of the same name replaces it)."""
+    SPECS[spec.name] = spec
+    TASKS[spec.name] = spec.files
+
+
+for _task in (classification, ner, qa, generation):
+    register(_task.SPEC)
 
 
 def task_files(name: str) -> TaskFiles:
@@ -43,5 +39,5 @@ def task_files(name: str) -> TaskFiles:
 
 def get_task(name: str) -> Task:
     """The whole task registered under `name` (imports torch and transformers)."""
-    module, cls = IMPLEMENTATIONS[name]
+    module, cls = SPECS[name].model.split(":")
     return getattr(import_module(module), cls)()

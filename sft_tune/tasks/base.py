@@ -1,5 +1,6 @@
 """What a task provides: its input side (`TaskFiles`: its options, rules and files, read and
-checked with light imports) and its model side (`Task`: encoding, batches, scores, predictions).
+checked with light imports), its model side (`Task`: encoding, batches, scores, predictions, with
+its input side composed in) and what the registry knows of it (`TaskSpec`).
 
 The input side runs before any model loads (`sft-tune` checks every input first); the two-phase
 loop (`sft_tune.core.loop`) knows nothing task-specific beyond `Task`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,11 +80,69 @@ class TaskFiles(ABC):
         return "min" if metric in ("loss", "perplexity") else "max"
 
 
-class Task(TaskFiles):
-    """A whole task: its input side and its model side. `auto_model` is the transformers Auto
-    class of the exported model."""
+class Task(ABC):
+    """A whole task: its model side, with its input side composed in (`files`, an instance of
+    `files_class`). The run reads the input side through the whole task: the delegating methods
+    below, one line each. `auto_model` is the transformers Auto class of the exported model."""
 
+    files_class: type[TaskFiles]
     auto_model: Any
+
+    def __init__(self) -> None:
+        self.files = self.files_class()
+
+    # -- the input side, composed ------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.files.name
+
+    @property
+    def metric(self) -> str:
+        return self.files.metric
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.files.metrics
+
+    @property
+    def options(self) -> type[TaskOptions] | None:
+        return self.files.options
+
+    def check(self, config: RunConfig) -> list[Problem]:
+        return self.files.check(config)
+
+    def read(self, path: Path, data: DataConfig, what: str) -> Any:
+        return self.files.read(path, data, what)
+
+    def label_names(self, train: Any, data: DataConfig) -> list[str]:
+        return self.files.label_names(train, data)
+
+    def check_labels(self, labelled: Any, names: Sequence[str], path: Path) -> None:
+        return self.files.check_labels(labelled, names, path)
+
+    def read_input(self, path: Path, data: DataConfig) -> Any:
+        return self.files.read_input(path, data)
+
+    def texts(self, labelled: Any) -> list[str]:
+        return self.files.texts(labelled)
+
+    def held_out_texts(self, labelled: Any) -> list[list[str]]:
+        return self.files.held_out_texts(labelled)
+
+    def strata(self, labelled: Any) -> list[Any]:
+        return self.files.strata(labelled)
+
+    def groups(self, labelled: Any) -> list[Any] | None:
+        return self.files.groups(labelled)
+
+    def metric_problems(self, metric: str, train: Any) -> list[Problem]:
+        return self.files.metric_problems(metric, train)
+
+    def metric_mode(self, metric: str) -> str:
+        return self.files.metric_mode(metric)
+
+    # -- the model side ----------------------------------------------------------------------
 
     @abstractmethod
     def encode(self, labelled: Any, tokenizer, names: Sequence[str], data: DataConfig) -> Any:
@@ -143,3 +203,25 @@ def window_problems(data: DataConfig) -> list[Problem]:
             )
         ]
     return []
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as the registry (`tasks.register`) knows it, with light imports: its name, its
+    input side, where its whole task is (imported only when a model is about to load), the head
+    it puts on the backbone (for the checks of a local checkpoint before anything loads) and
+    what `sft-tune predict` knows of it."""
+
+    name: str
+    files: type[TaskFiles]
+    # "module:Class" of the whole `Task` (torch and transformers import with it)
+    model: str
+    # transformers' model-type mapping of its head (e.g. MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
+    # and the head in words; None: no check before loading
+    head: tuple[str, str] | None = None
+    # the head needs a decoder (an encoder's causal-LM class does not count)
+    decoder_only: bool = False
+    # the suffix of an exported architecture's name that means this task (a folder without run.json)
+    architecture: str | None = None
+    # data setting -> the `sft-tune predict` flag that overrides it (with `data.text_column`'s)
+    predict_flags: dict[str, str] = field(default_factory=dict)

@@ -33,7 +33,8 @@ class EncodedLabelled:
         )
 
 
-class ClassificationTask(ClassificationFiles, Task):
+class ClassificationTask(Task):
+    files_class = ClassificationFiles
     auto_model = AutoModelForSequenceClassification
 
     def encode(

@@ -61,7 +61,8 @@ class EncodedConversations:
         )
 
 
-class GenerationTask(GenerationFiles, Task):
+class GenerationTask(Task):
+    files_class = GenerationFiles
     auto_model = AutoModelForCausalLM
 
     def encode(

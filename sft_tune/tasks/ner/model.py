@@ -80,11 +80,12 @@ class Windows:
             self.prefix,
             self.suffix,
             self.names,
-            self.scheme,
+            self.files.scheme,
         )
 
 
-class NerTask(NerFiles, Task):
+class NerTask(Task):
+    files_class = NerFiles
     auto_model = AutoModelForTokenClassification
 
     def encode(
@@ -124,7 +125,7 @@ class NerTask(NerFiles, Task):
             prefix=len(prefix),
             suffix=len(suffix),
             names=list(names),
-            scheme=self.scheme or labelled.scheme,
+            scheme=self.files.scheme or labelled.scheme,
         )
 
     def collate(

@@ -107,7 +107,8 @@ class Answer:
     candidates: list[dict[str, Any]]
 
 
-class QaTask(QaFiles, Task):
+class QaTask(Task):
+    files_class = QaFiles
     auto_model = AutoModelForQuestionAnswering
 
     def encode(
