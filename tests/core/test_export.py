@@ -25,10 +25,19 @@ HISTORY = [{"phase": 1, "step": 1, "loss": 2.5}, {"phase": 2, "step": 2, "loss":
 
 @pytest.fixture
 def model_and_tokenizer(tiny_bert):
+    """A model trained a few steps in memory (its weights are no longer the checkpoint's), so an
+    exported folder that loads back the same logits holds what training changed."""
     model = AutoModelForSequenceClassification.from_pretrained(
         tiny_bert, num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}
-    ).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_bert)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = tokenizer(["the car was good", "awful road", "good"], padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        model(**batch, labels=torch.tensor([1, 0, 1])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
 
 
 def _export(model_and_tokenizer, target, info=None, **kwargs):
@@ -40,7 +49,9 @@ def _leftovers(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def test_export_writes_a_plain_hugging_face_folder_that_loads(model_and_tokenizer, tmp_path):
+def test_export_writes_a_plain_hugging_face_folder_that_loads(
+    model_and_tokenizer, tiny_bert, tmp_path
+):
     target = tmp_path / "out" / "model"
     info = {"config": {"seed": 7}, "labels": ["neg", "pos"], "metrics": {"test": {"acc": 0.5}}}
     returned = _export(
@@ -59,7 +70,13 @@ def test_export_writes_a_plain_hugging_face_folder_that_loads(model_and_tokenize
     assert json.loads((target / "best.json").read_text()) == {"trial": 3}
 
     model, _ = model_and_tokenizer
+    checkpoint = AutoModelForSequenceClassification.from_pretrained(tiny_bert).state_dict()
+    trained = model.state_dict()
+    backbone = [k for k in checkpoint if not k.startswith("classifier")]
+    assert any(not torch.equal(trained[k], checkpoint[k]) for k in backbone)  # it trained
     loaded = AutoModelForSequenceClassification.from_pretrained(target).eval()
+    for name, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, trained[name], msg=name)
     tokenizer = AutoTokenizer.from_pretrained(target)
     assert loaded.config.id2label == {0: "neg", 1: "pos"}
     batch = tokenizer(["the car was good", "awful road"], padding=True, return_tensors="pt")

@@ -7,7 +7,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -254,7 +253,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(
         resources={"workers": workers, "cpus_per_worker": 1 / workers},
     )
     folder = tmp_path / "sweeps" / "resume"
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # The driver kills itself (SIGKILL) right after it logs the 3rd fold in events.jsonl: the
+    # first trial has ended, the second is running its first fold. The sweep's own event, no
+    # polling and no sleeps.
+    env = {**os.environ, "RAY_ADDRESS": "", "SFT_TUNE_KILL_DRIVER_AFTER_FOLD": "3"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "sft_tune", "search", "--space", str(space)],
         cwd=tmp_path,
@@ -264,16 +266,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and driver.poll() is None:
-            folds = [e for e in read_events(folder / "events.jsonl") if e["event"] == "fold"]
-            if any(e["fold"] == 2 for e in folds):
-                break
-            time.sleep(1)
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(3)  # let Tune save the experiment state with the finished trial
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+        assert driver.wait(timeout=600) == -signal.SIGKILL, "the driver was not killed by the hook"
     finally:
         try:  # the driver's own Ray processes share its process group
             os.killpg(driver.pid, signal.SIGKILL)

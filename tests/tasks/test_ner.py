@@ -4,6 +4,7 @@ seqeval scores, training end to end, prediction, and one small search."""
 import importlib.util
 import json
 import random
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -519,9 +520,27 @@ def test_hironsan_corpus_trains_with_a_byte_level_gpt2(tmp_path):
     text = "東京タワーは二〇〇五年に山田太郎が訪れた。"
     (tmp_path / "raw.jsonl").write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     (record,) = predict(tmp_path / "out" / "model", tmp_path / "raw.jsonl")
-    assert record["text"] == text
+    assert set(record) == {"text", "entities"} and record["text"] == text
+    assert isinstance(record["entities"], list)
     for entity in record["entities"]:
         assert entity["text"] == text[entity["start"] : entity["end"]] and " " not in entity["text"]
+
+    # A model this small may find no entity at all, so the same folder with a head that tags
+    # every token B-PSN: then each word is one PSN entity, at the word's character offsets.
+    from transformers import AutoModelForTokenClassification
+
+    forced = tmp_path / "forced"
+    shutil.copytree(tmp_path / "out" / "model", forced)
+    model = AutoModelForTokenClassification.from_pretrained(forced)
+    with torch.no_grad():
+        model.classifier.bias.fill_(-100.0)
+        model.classifier.bias[model.config.label2id["B-PSN"]] = 100.0
+    model.save_pretrained(forced)
+    (record,) = predict(forced, tmp_path / "raw.jsonl")
+    words, spans = split_words(text)
+    assert [(e["type"], e["start"], e["end"], e["text"]) for e in record["entities"]] == [
+        ("PSN", start, end, word) for word, (start, end) in zip(words, spans)
+    ]
 
 
 @pytest.mark.parametrize(
