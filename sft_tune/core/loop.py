@@ -2,8 +2,8 @@
 
 `fit` runs both phases on prepared, tokenized data and calls an injected `report(metrics,
 checkpoint)` after each evaluation, so the same loop runs in a unit test, in one process, and in
-a Ray Train worker. `train` is the whole `sft-tune train` run: data, model, both phases, test,
-export.
+a Ray Train worker (`run.train` is the whole `sft-tune train` run around it: data, model, both
+phases, test, export; `sweep.folds` runs it per fold).
 """
 
 from __future__ import annotations
