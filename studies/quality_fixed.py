@@ -15,17 +15,17 @@ head starts random: an LM-head warm-up first). Five arms per model, equal in wha
 E, both learning rates and S come from a pilot on seed 0 that never sees the test file
 (`--pilot`: the labelled tweets split 75/25; the best validation macro-F1 picks the phase-2 rate
 and E from plain runs, then sft-a1's phase-1 rate at the shortest S, then S at that rate; the
-scores are written to bench/PILOT.json and the report). Each run is one `sft-tune train` in a fresh
+scores are written to studies/PILOT.json and the report). Each run is one `sft-tune train` in a fresh
 process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the seed
 sets the new head's weights, data order and masking). Finished runs are skipped on a rerun: those
-with a run folder under --out, and those kept in bench/QUALITY_FIXED.json (one row per finished run,
+with a run folder under --out, and those kept in studies/QUALITY_FIXED.json (one row per finished run,
 in the repository, so that --report-only works from a fresh clone; `--results NEW.json` starts over).
 The report's section holds every kept run of the chosen --models and --seeds, whichever --arms ran.
 
     python examples/prepare_tweets.py
-    python bench/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
-    python bench/quality_fixed.py --seeds 0 1 2            # the study -> bench/QUALITY.md (2nd section)
-    python bench/quality_fixed.py --report-only            # rewrite the report from finished runs (kept rows)
+    python studies/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
+    python studies/quality_fixed.py --seeds 0 1 2            # the study -> studies/QUALITY.md (2nd section)
+    python studies/quality_fixed.py --report-only            # rewrite the report from finished runs (kept rows)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from harness import ROOT, machine, markdown_table, mean_std, paired_test  # noqa: E402  (bench/harness.py)
 
 EXAMPLES = ROOT / "examples"
@@ -83,7 +83,7 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 ARMS = ("plain", "matched", "sft-a1", "sft-a025", "tapt")
 ALPHA = {"sft-a1": 1.0, "sft-a025": 0.25, "tapt": 0.0}
-SECTION = "<!-- quality study 2 (bench/quality_fixed.py) -->"
+SECTION = "<!-- quality study 2 (studies/quality_fixed.py) -->"
 SECTION_END = "<!-- end of quality study 2 -->"
 
 
@@ -216,13 +216,13 @@ def paired(results: list[dict], model: str, arm: str, metric: str, base_arm: str
 
 
 def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> str:
-    """The study's section of bench/QUALITY.md."""
+    """The study's section of studies/QUALITY.md."""
     lines = [
         SECTION,
         "",
-        "### Round 2: the runs kept in `bench/QUALITY_FIXED.json`",
+        "### Round 2: the runs kept in `studies/QUALITY_FIXED.json`",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/quality_fixed.py` (seeds {' '.join(map(str, seeds))}) from {len(results)} runs on {' and '.join(sorted({r.get('machine', '?') for r in results}))}; one run at a time.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python studies/quality_fixed.py` (seeds {' '.join(map(str, seeds))}) from {len(results)} runs on {' and '.join(sorted({r.get('machine', '?') for r in results}))}; one run at a time.",
         "Every run: `sft-tune train` on all 300 labelled tweets, tested once on 1,500. Arms per model: `plain` (E epochs), `matched` (plain with the labelled examples the α > 0 arms add), `sft-a1` / `sft-a025` (phase 1 of S steps with α = 1 / 0.25, then the same E epochs), `tapt` (α = 0).",
         "",
     ]
@@ -274,9 +274,9 @@ def lm_lines(results: list[dict], models: list[str]) -> list[str]:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Put the study's section in bench/QUALITY.md: in place of the old one (what is written
+    """Put the study's section in studies/QUALITY.md: in place of the old one (what is written
     around it, such as the hand-written reading below it, stays), else at the end (below the first
-    study's hand-written part, which bench/quality.py keeps)."""
+    study's hand-written part, which studies/quality.py keeps)."""
     old = path.read_text() if path.is_file() else ""
     if SECTION in old and SECTION_END in old:
         after = old[old.index(SECTION_END) + len(SECTION_END) + 1 :]
@@ -311,13 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pilot", action="store_true", help="choose E, learning rates and S (seed 0)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rewrite the report; train nothing")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality-fixed")
-    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "QUALITY.md")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "QUALITY_FIXED.json", help="every finished run's row, kept in the repository: --report-only works without the run folders")  # fmt: skip
+    parser.add_argument("--report", type=Path, default=ROOT / "studies" / "QUALITY.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "studies" / "QUALITY_FIXED.json", help="every finished run's row, kept in the repository: --report-only works without the run folders")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
-    pilots_file = ROOT / "bench" / "PILOT.json"
+    pilots_file = ROOT / "studies" / "PILOT.json"
     pilots = json.loads(pilots_file.read_text()) if pilots_file.is_file() else {}
     if args.pilot:
         for model in args.models:

@@ -19,7 +19,7 @@ keeps the hand-written part of the old report below the KEEP marker; `--report-o
 finished pairs from their sweep folders and rewrites the files without training).
 
     python examples/prepare_tweets.py
-    python bench/quality.py --seeds 0 1 2 3 4 --trials 4 --folds 2      # writes bench/QUALITY.md
+    python studies/quality.py --seeds 0 1 2 3 4 --trials 4 --folds 2      # writes studies/QUALITY.md
 
 Extra arm options (all searchable config fields): `--warmup N` adds an LM-head warm-up of N steps
 to the phase-1 arms (MiniLM ships no MLM head), `--head-lr-scale X` gives the heads X times the
@@ -42,7 +42,7 @@ import yaml
 if TYPE_CHECKING:
     from sft_tune.config import RunConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from harness import ROOT, markdown_table, mean_std, paired_test, save_report  # noqa: E402  (bench/harness.py)
 
 sys.path.insert(0, str(ROOT))
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--report",
         type=Path,
-        default=ROOT / "bench" / "QUALITY.md",
+        default=ROOT / "studies" / "QUALITY.md",
         help="Markdown results table to write",
     )
     parser.add_argument(
@@ -257,7 +257,7 @@ def paired(results: list[dict], arm: str, metric: str) -> dict:
 
 def command(args: argparse.Namespace) -> str:
     """The command line that runs (or resumes) this study: the options that differ from the defaults."""
-    parts = ["python bench/quality.py"]
+    parts = ["python studies/quality.py"]
     if args.base.resolve() != (ROOT / "examples" / "tweets.yaml").resolve():
         parts.append(f"--base {_rel(args.base)}")
     if args.arms != list(ARMS):
@@ -277,9 +277,7 @@ def _rel(path: Path | str) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-KEEP = (
-    "<!-- written by hand below this line; bench/quality.py keeps it when it rewrites the table -->"
-)
+KEEP = "<!-- written by hand below this line; studies/quality.py keeps it when it rewrites the table -->"
 
 
 def write_report(args: argparse.Namespace, results: list[dict]) -> None:

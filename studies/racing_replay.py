@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Replays the fold scores of finished `none` sweeps under racing rules, without training:
 
-    .venv/bin/python bench/racing_replay.py FOLDER [FOLDER ...]
+    .venv/bin/python studies/racing_replay.py FOLDER [FOLDER ...]
 
 FOLDER holds sweeps/sched-none-SEED/events.jsonl, as `bench/sweep.py --parts 2 --keep` leaves
 them. The trials ran one at a time (max_concurrent 1), so the replay is exact: each trial meets
