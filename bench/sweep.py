@@ -61,15 +61,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (bench/harness.py)
     DEMO_PACKAGES,
     ROOT,
+    WORDS,
     OtherCPU,
     chatter_to,
     command_line,
     load_average,
     machine,
     others_text,
+    save_tiny_bert,
     say,
     show_tail,
     table,
+    toy_sentence,
+    toy_vocabulary,
     versions,
     watched,
 )
@@ -78,16 +82,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-# Toy sentiment task: one sentiment word among filler words (like the tests' toy set), 3 classes.
-WORDS = {
-    "positive": ["good", "great", "excellent", "happy", "love"],
-    "negative": ["bad", "awful", "terrible", "sad", "hate"],
-    "neutral": ["okay", "fine", "average", "normal", "plain"],
-}
-FILLER = (
-    "the a car road drive today city bus train ride was is it this my our very so and then".split()
-)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -297,37 +291,12 @@ def busy(info: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- model and data
 
 
-def toy_sentence(rng: random.Random, word: str) -> str:
-    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
-    words.insert(rng.randint(0, len(words)), word)
-    return " ".join(words)
-
-
 def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dict[str, Any]:
-    """A tiny random BERT (like the tests' `tiny_bert`) and the toy CSV/JSONL files."""
+    """The tests' tiny random BERT (`tests/tiny.py`) and the toy 3-class CSV/JSONL files."""
     import csv
 
-    import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    vocab = (
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
-        + list("abcdefghijklmnopqrstuvwxyz")
-    )
-    model_dir = folder / "tiny-bert"
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    vocab = toy_vocabulary()
+    model_dir = save_tiny_bert(folder / "tiny-bert", vocab)
 
     rng = random.Random(1)
     labels = sorted(WORDS)

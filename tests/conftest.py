@@ -11,20 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import (
+    LABELS,
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    save_tiny_bert,
+    save_tiny_gpt2,
+    toy_sentence,
+    toy_vocabulary,
+)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Real Ray heads in tests answer slowly on a busy 2-core machine; users keep the 1.5-s default.
 os.environ.setdefault("SFT_TUNE_PROBE_TIMEOUT_S", "10")
-
-POSITIVE = ["good", "great", "excellent", "happy", "love"]
-NEGATIVE = ["bad", "awful", "terrible", "sad", "hate"]
-NEUTRAL = ["okay", "fine", "average", "normal", "plain"]
-FILLER = (
-    "the a car road drive today city bus train ride was is it this my our very so and then".split()
-)
-LABELS = {"positive": POSITIVE, "negative": NEGATIVE, "neutral": NEUTRAL}
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +38,6 @@ def _seed():
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SFT_TUNE_CACHE", str(tmp_path / "cache"))
-
-
-def toy_sentence(rng: random.Random, word: str) -> str:
-    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
-    words.insert(rng.randint(0, len(words)), word)
-    return " ".join(words)
 
 
 def toy_rows(n: int, seed: int, labels: tuple[str, ...] = ("negative", "positive")) -> list[dict]:
@@ -66,76 +62,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _vocabulary() -> list[str]:
-    words = sorted({w for ws in LABELS.values() for w in ws} | set(FILLER))
-    return (
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        + words
-        + list("abcdefghijklmnopqrstuvwxyz")
-        + list(".,?!'-")  # what the toy texts and the QA fixtures hold besides words
-    )
-
-
-def save_tiny_bert(folder: Path, vocab: list[str]) -> Path:
-    """A 2-layer BERT (masked LM) with this WordPiece vocabulary, saved like a hub checkpoint."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def save_tiny_gpt2(
-    folder: Path, corpus: list[str], vocab_size: int, min_frequency: int, seed: int | None = 0
-) -> Path:
-    """A 2-layer GPT-2 with a byte-level BPE trained on `corpus`; no pad token (like GPT-2).
-    `seed` None leaves torch's random state as it is."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        corpus, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=["<|endoftext|>"]
-    )
-    bpe.save_model(str(folder))
-    merges = [
-        tuple(line.split())
-        for line in (folder / "merges.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
-    tokenizer = GPT2TokenizerFast(
-        vocab=json.loads((folder / "vocab.json").read_text()), merges=merges
-    )
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    if seed is not None:
-        torch.manual_seed(seed)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT with a word-level WordPiece vocabulary, saved like a hub checkpoint."""
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), _vocabulary())
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), toy_vocabulary())
 
 
 @pytest.fixture(scope="session")

@@ -592,11 +592,11 @@ def test_a_sweep_searches_two_checkpoints_with_different_vocabularies(
     """Each trial loads its own checkpoint and trains on token ids of its own tokenizer (the
     sweep fed every trial the base tokenizer's ids). Both checkpoints are encoded before Ray
     starts (a tokenizer that cannot read the data is refused there)."""
-    from conftest import _vocabulary, save_tiny_bert
+    from tiny import save_tiny_bert, toy_vocabulary
 
     from sft_tune.sweep.checks import load_space
 
-    vocab = _vocabulary()  # specials, the toy words, a-z, punctuation
+    vocab = toy_vocabulary()  # specials, the toy words, a-z, punctuation
     letters = set("abcdefghijklmnopqrstuvwxyz")
     # Other ids for the same words, and a smaller vocabulary (no single letters).
     other = save_tiny_bert(

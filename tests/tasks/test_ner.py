@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import save_tiny_bert, save_tiny_gpt2
+from tiny import save_tiny_bert, save_tiny_gpt2
 
 from sft_tune.config import DataConfig
 from sft_tune.errors import InputError
