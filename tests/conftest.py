@@ -29,6 +29,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("SFT_TUNE_PROBE_TIMEOUT_S", "10")
 
 
+# Fixtures that start a real local Ray: a test that uses one is a `ray` test wherever it is.
+RAY_FIXTURES = {"ray_session", "finished_sweep"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)

@@ -13,7 +13,6 @@ from sft_tune.cli import main
 from sft_tune.report import PLOTS, build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.ray
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it",

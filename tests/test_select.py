@@ -15,8 +15,6 @@ from sft_tune.sweep.ranking import best_trial
 from sft_tune.sweep.records import Trial, read_trials
 from sft_tune.tasks import get_task
 
-pytestmark = pytest.mark.ray
-
 
 def test_best_json_holds_params_cv_test_sweep_and_versions(finished_sweep):
     selected = finished_sweep["selected"]
