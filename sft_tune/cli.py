@@ -18,12 +18,12 @@ EXIT_INPUT = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sft_tune.runconfig import load_run
+    from sft_tune.runconfig import check_train
 
-    config, data = load_run(args.config, args.output_dir)
+    checked = check_train(args.config, args.output_dir)
     from sft_tune.run import train  # heavy imports only once the whole input is known good
 
-    metrics = train(config, progress=not args.no_progress, raw=data)
+    metrics = train(checked.config, progress=not args.no_progress, raw=checked.data)
     print(json.dumps(metrics, indent=2, default=str))
     print(f"{scores_on_test(metrics.get('test'))}  (model: {metrics['model_dir']})")
     return 0
@@ -43,13 +43,13 @@ def scores_on_test(test: dict | None) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sft_tune.predict import check_input, flags, predictions, write_jsonl
+    from sft_tune.predict import check_predict, flags, predictions, write_jsonl
 
     columns = {
         setting.removeprefix("data."): getattr(args, flag.removeprefix("--").replace("-", "_"))
         for setting, flag in flags().items()
     }
-    checked = check_input(args.model, args.input, columns, args.batch_size, args.output)
+    checked = check_predict(args.model, args.input, columns, args.batch_size, args.output)
     records = predictions(checked, args.batch_size)  # the model loads only now
     if args.output is None:
         write_jsonl(records, sys.stdout)

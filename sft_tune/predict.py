@@ -27,7 +27,7 @@ def flags() -> dict[str, str]:
 
 
 @dataclass
-class PredictInput:
+class CheckedPredict:
     """What `predict` runs on, read and checked before any model loads."""
 
     model_dir: Path
@@ -36,13 +36,13 @@ class PredictInput:
     rows: Any  # the task's `read_input`
 
 
-def check_input(
+def check_predict(
     model_dir: Path,
     input_path: Path,
     columns: dict[str, str] | None = None,
     batch_size: int = 32,
     output: Path | None = None,
-) -> PredictInput:
+) -> CheckedPredict:
     """Every problem of a predict command at once, before the model loads: the model folder,
     the batch size, the input file (read whole and checked by the task) and the output folder.
 
@@ -74,18 +74,18 @@ def check_input(
         rows = task_files(task).read_input(input_path, data)
     except InputError as err:
         raise InputError([_in_flags(p) for p in err.problems], title=err.title) from None
-    return PredictInput(model_dir, task, data, rows)
+    return CheckedPredict(model_dir, task, data, rows)
 
 
 def predict(
     model_dir: Path, input_path: Path, columns: dict[str, str] | None = None, batch_size: int = 32
 ) -> Iterator[dict[str, Any]]:
     """Yield the task's prediction record for each row of `input_path`, in order. Bad input is
-    reported before the model loads (`check_input`)."""
-    return predictions(check_input(model_dir, input_path, columns, batch_size), batch_size)
+    reported before the model loads (`check_predict`)."""
+    return predictions(check_predict(model_dir, input_path, columns, batch_size), batch_size)
 
 
-def predictions(checked: PredictInput, batch_size: int = 32) -> Iterator[dict[str, Any]]:
+def predictions(checked: CheckedPredict, batch_size: int = 32) -> Iterator[dict[str, Any]]:
     """Load the model and run it over the checked input."""
     from transformers import AutoTokenizer
 

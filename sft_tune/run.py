@@ -27,7 +27,7 @@ def train(
 ) -> dict[str, Any]:
     """Train both phases, evaluate on the test file, export to `model_dir` (default
     `output_dir/model`) with `extra_files` (name -> JSON, given the metrics as "test"); returns
-    the metrics. `raw`: the data files already read and checked (`runconfig.load_run`)."""
+    the metrics. `raw`: the data files already read and checked (`runconfig.check_train`)."""
     task = get_task(config.model.task)
     # The device and precision first: bf16 on a GPU without it is refused before any work.
     rt = runtime_for(config, **({"report": report} if report else {}), progress=progress)

@@ -8,6 +8,7 @@ the schema and the tasks import in one direction only (tasks -> config).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ def load_config(path: str | Path, check_inputs: bool = False) -> RunConfig:
     return parse_config(raw, Path(path).resolve().parent, str(path), check_inputs)
 
 
-def load_run(path: str | Path, output_dir: Path | None = None) -> tuple[RunConfig, RawData]:
+@dataclass(frozen=True)
+class CheckedTrain:
+    """What `sft-tune train` runs from: the config, its data files read and checked."""
+
+    config: RunConfig
+    data: RawData
+
+
+def check_train(path: str | Path, output_dir: Path | None = None) -> CheckedTrain:
     """A `train` run's whole input checked at once, before anything heavy is imported: the
     config (schema, task, rules), every path it names, the model folder and its config.json, and
     every data file read and checked (or, when the config itself is broken, each data file that
@@ -52,7 +61,7 @@ def load_run(path: str | Path, output_dir: Path | None = None) -> tuple[RunConfi
     problems += found
     if problems:
         raise InputError(problems, title=f"{path}: invalid input")
-    return config, data
+    return CheckedTrain(config, data)
 
 
 def table_problems(names: dict[Path, str]) -> list[Problem]:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Selection:
+class CheckedSelection:
     """The best trial of a sweep and its retraining config, with the data files read and
     checked: what `select_best` needs before torch loads."""
 
@@ -44,7 +44,7 @@ class Selection:
 
 def check_selection(
     sweep_dir: str | Path | SweepFolder, data_dir: Path | None = None, on_ray: bool = False
-) -> Selection:
+) -> CheckedSelection:
     """A finished sweep's best COMPLETE trial and its config for retraining on all labelled data
     (its data files read and checked again: they may have changed since; `data_dir`: where they
     are now, see `folder.repoint_data`). `sweep_dir`: its folder, or its home on URI storage;
@@ -95,14 +95,14 @@ def check_selection(
     data, problems = data_problems(config, task_files(config.model.task))
     if problems:
         raise InputError(problems, title=f"{folder.path}: the best configuration's data")
-    return Selection(folder, sweep, best, config, data)
+    return CheckedSelection(folder, sweep, best, config, data)
 
 
 def select_best(
     sweep_dir: str | Path | SweepFolder,
     use_wandb: bool = True,
     progress: bool = True,
-    checked: Selection | None = None,
+    checked: CheckedSelection | None = None,
     on_ray: bool = False,
     address: str | None = None,
 ) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def task_resources(resources) -> dict[str, float]:
     return {"num_cpus": resources.cpus_per_worker, "num_gpus": gpus}
 
 
-def _retrain_on_ray(checked: Selection, summary: dict[str, Any], address: str | None):
+def _retrain_on_ray(checked: CheckedSelection, summary: dict[str, Any], address: str | None):
     """The retraining as a Ray task: it exports and uploads the model to the sweep's home, then
     the model folder is brought down into this sweep folder."""
     import ray
