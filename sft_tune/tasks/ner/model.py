@@ -80,7 +80,7 @@ class Windows:
             self.prefix,
             self.suffix,
             self.names,
-            self.files.scheme,
+            self.scheme,
         )
 
 
