@@ -10,7 +10,15 @@ import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sft_tune.errors import Problem, problems_from_validation
 
@@ -110,7 +118,14 @@ class TaskOptions(_Strict):
     @classmethod
     def of(cls, data: DataConfig) -> TaskOptions:
         """The task's options from a parsed data config (its section is a validated mapping)."""
-        return cls.model_validate(getattr(data, cls.section))
+        return cls.model_validate(data.task_sections.get(cls.section, {}))
+
+
+# The `data` sections of the registered tasks (section -> task name), filled in by
+# `tasks.register`: the schema knows no task, only which keys of `data` belong to one.
+TASK_SECTIONS: dict[str, str] = {}
+# Where a parsed `data` keeps its task sections (an alias no config can use).
+_SECTIONS_KEY = "__task_sections__"
 
 
 class DataConfig(_Strict):
@@ -169,18 +184,37 @@ class DataConfig(_Strict):
         description="Tokens shared by consecutive windows when a long input (NER sentence, QA "
         "context) is split to fit max_length; below max_length / 2.",
     )
-    ner: dict[str, Any] = Field(
+    task_sections: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Token classification options (task: ner; `NerOptions` in sft_tune/tasks/ner/files.py; each key in docs/config.md).",
+        validation_alias=_SECTIONS_KEY,
+        description="Each registered task's own section of `data` (e.g. `data.ner`), written as "
+        "a key of `data` and validated by that task's options.",
+        json_schema_extra={"internal": True},
     )
-    qa: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Extractive QA options (task: qa; `QaOptions` in sft_tune/tasks/qa/files.py; each key in docs/config.md).",
-    )
-    generation: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Prompt->response SFT options (task: generation; `GenerationOptions` in sft_tune/tasks/generation/files.py; each key in docs/config.md).",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_task_sections(cls, raw: Any) -> Any:
+        """`data.ner`, `data.qa`, ... (a registered task's section) go to `task_sections`; any
+        other unknown key is refused as usual."""
+        if not isinstance(raw, dict) or not any(key in TASK_SECTIONS for key in raw):
+            return raw
+        sections = {key: value for key, value in raw.items() if key in TASK_SECTIONS}
+        return {
+            **{key: value for key, value in raw.items() if key not in TASK_SECTIONS},
+            _SECTIONS_KEY: sections,
+        }
+
+    @model_serializer(mode="wrap")
+    def _flat_task_sections(self, handler) -> dict[str, Any]:
+        """Written back as keys of `data`, as the user wrote them (run.json, a sweep's base)."""
+        dumped = handler(self)
+        return {**{k: v for k, v in dumped.items() if k != "task_sections"}, **self.task_sections}
+
+    @classmethod
+    def valid_keys(cls) -> list[str]:
+        """The keys `data` takes: its fields and the registered tasks' sections."""
+        return sorted({*cls.model_fields, *TASK_SECTIONS} - {"task_sections"})
 
 
 class Phase1Config(_Strict):

@@ -39,6 +39,8 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     dotted keys in declaration order."""
     out = []
     for name, field in model.model_fields.items():
+        if (field.json_schema_extra or {}).get("internal"):
+            continue  # written as other keys (a task's section of `data`: listed per task)
         key = f"{prefix}{name}"
         if _is_model(field.annotation):
             summary = field.description or _first_line(field.annotation.__doc__)

@@ -108,7 +108,8 @@ def problems_from_validation(
     """Turn pydantic's errors into `Problem`s that name the key, value, rule and fix."""
     problems = []
     for item in err.errors():
-        loc = [str(part) for part in item["loc"]]
+        # an internal alias (a leading "__", e.g. where `data` keeps task sections) is no key
+        loc = [str(part) for part in item["loc"] if not str(part).startswith("__")]
         where = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "(top level)"
         kind, message = item["type"], item["msg"]
         if kind == "extra_forbidden":
@@ -188,6 +189,8 @@ def _bounds(schema: type[BaseModel], loc: list[str]) -> tuple[tuple | None, tupl
 
 def _field_names(schema: type[BaseModel], loc: list[str]) -> list[str]:
     model = _sub_model(schema, loc)
+    if model is not None and hasattr(model, "valid_keys"):
+        return model.valid_keys()
     return sorted(model.model_fields) if model else []
 
 

@@ -103,7 +103,8 @@ def parse_config(
     sections, section_problems = task_sections(raw)
     problems += section_problems
     if config is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(update=sections)})
+        data = config.data.model_copy(update={"task_sections": sections})
+        config = config.model_copy(update={"data": data})
         if task_name in TASKS and not section_problems:
             problems += TASKS[task_name]().check(config)
     if problems:

@@ -115,7 +115,7 @@ def test_task_sections_come_back_complete():
     raw = _base()
     raw["data"]["ner"] = {"tag_scheme": "BIOES"}
     config = parse_config(raw)
-    assert config.data.ner == {
+    assert config.data.task_sections["ner"] == {
         "tokens_column": "tokens",
         "tags_column": "tags",
         "document_column": "document",
@@ -123,7 +123,8 @@ def test_task_sections_come_back_complete():
         "label_subwords": "first",
     }
     assert (
-        config.data.qa["max_answer_length"] == 30 and config.data.generation["max_new_tokens"] == 32
+        config.data.task_sections["qa"]["max_answer_length"] == 30
+        and config.data.task_sections["generation"]["max_new_tokens"] == 32
     )
     assert (
         parse_config(config.model_dump(mode="json")) == config

@@ -295,7 +295,7 @@ def _leaf_fields(model, prefix=""):
         kind = field.annotation
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             yield from _leaf_fields(kind, f"{prefix}{name}.")
-        elif name not in ("ner", "qa", "generation"):
+        elif name != "task_sections":  # a task's section: its fields are added per task
             yield f"{prefix}{name}"
 
 

@@ -201,7 +201,9 @@ def encoding_key(config: RunConfig, task) -> str:
             "task": task.name,
             "max_length": config.data.max_length,
             "stride": config.data.stride,
-            "options": getattr(config.data, options.section) if options is not None else None,
+            "options": config.data.task_sections.get(options.section)
+            if options is not None
+            else None,
         },
         sort_keys=True,
     )

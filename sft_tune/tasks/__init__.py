@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from sft_tune.config import TASK_SECTIONS
 from sft_tune.tasks import classification, generation, ner, qa
 from sft_tune.tasks.base import TaskFiles, TaskSpec
 
@@ -23,9 +24,12 @@ TASKS: dict[str, type[TaskFiles]] = {}
 
 
 def register(spec: TaskSpec) -> None:
-    """Make `spec`'s task known by its name (a later spec of the same name replaces it)."""
+    """Make `spec`'s task known by its name (a later spec of the same name replaces it), and its
+    section of `data`, if it has one, a key the config takes."""
     SPECS[spec.name] = spec
     TASKS[spec.name] = spec.files
+    if spec.files.options is not None:
+        TASK_SECTIONS[spec.files.options.section] = spec.name
 
 
 for _task in (classification, ner, qa, generation):
