@@ -17,11 +17,12 @@ import pytest
 import torch
 import yaml
 from conftest import toy_rows, write_jsonl
+from pydantic import Field
 from transformers import AutoModelForSequenceClassification
 
 from sft_tune import tasks
 from sft_tune.cli import main
-from sft_tune.config import DataConfig
+from sft_tune.config import DataConfig, TaskOptions
 from sft_tune.core.batches import pad
 from sft_tune.core.data import tokenize
 from sft_tune.core.files import read_table, require_columns, text_column
@@ -38,17 +39,27 @@ class Texts:
     labels: list[str]
 
 
+class LengthOptions(TaskOptions):
+    """The toy task's own section of `data`."""
+
+    section = "length"
+
+    sentence_column: str = Field("sentence", description="Column with the sentence.")
+
+
 class LengthFiles(TaskFiles):
     """The input side: a JSONL file of {"sentence", "size"} rows."""
 
     name = "length"
     metric = "accuracy"
     metrics = ("accuracy", "loss")
+    options = LengthOptions
 
     def read(self, path: Path, data: DataConfig, what: str) -> Texts:
+        column = LengthOptions.of(data).sentence_column
         table = read_table(path, what)
-        require_columns(table, {"sentence": "sentence", "size": "size"}, path, what)
-        texts = text_column(table, "sentence", path, what, "sentence")
+        require_columns(table, {"data.length.sentence_column": column, "size": "size"}, path, what)
+        texts = text_column(table, column, path, what, "data.length.sentence_column")
         return Texts(texts, [str(size) for size in table["size"]])
 
     def label_names(self, train: Texts, data: DataConfig) -> list[str]:
@@ -119,7 +130,7 @@ class LengthTask(Task):
             with torch.no_grad():
                 best = model(**batch).logits.argmax(-1).tolist()
             for text, label in zip(chunk, best):
-                yield {"sentence": text, "size": model.config.id2label[label]}
+                yield {"line": text, "size": model.config.id2label[label]}
 
 
 SPEC = TaskSpec(
@@ -133,14 +144,19 @@ SPEC = TaskSpec(
 
 @pytest.fixture
 def registered(monkeypatch):
-    """The toy task registered for this test only."""
+    """The toy task registered for this test only (its section of `data` too)."""
+    from sft_tune import config
+
+    # monkeypatch remembers each registry entry's absence, so the registration is undone after
     monkeypatch.setitem(tasks.SPECS, SPEC.name, SPEC)
     monkeypatch.setitem(tasks.TASKS, SPEC.name, SPEC.files)
+    monkeypatch.setitem(config.TASK_SECTIONS, "length", SPEC.name)
+    tasks.register(SPEC)
 
 
 def _rows(n: int, seed: int) -> list[dict]:
     return [
-        {"sentence": row["text"], "size": "long" if len(row["text"].split()) > SHORT else "short"}
+        {"line": row["text"], "size": "long" if len(row["text"].split()) > SHORT else "short"}
         for row in toy_rows(n, seed)
     ]
 
@@ -152,7 +168,12 @@ def test_a_task_registered_from_a_test_file_trains_and_predicts(
     test = write_jsonl(tmp_path / "test.jsonl", _rows(16, 2))
     config = {
         "model": {"name_or_path": str(tiny_bert), "task": "length"},
-        "data": {"train": str(train), "test": str(test), "max_length": 32},
+        "data": {
+            "train": str(train),
+            "test": str(test),
+            "max_length": 32,
+            "length": {"sentence_column": "line"},
+        },
         "phase1": {"steps": 0},
         "phase2": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8},
         "output_dir": str(tmp_path / "out"),
@@ -163,6 +184,7 @@ def test_a_task_registered_from_a_test_file_trains_and_predicts(
     assert main(["train", "--config", str(path), "--no-progress"]) == 0
     run = json.loads((tmp_path / "out" / "model" / "run.json").read_text())
     assert run["config"]["model"]["task"] == "length"
+    assert run["config"]["data"]["length"] == {"sentence_column": "line"}
     assert set(run["metrics"]["test"]) >= {"accuracy", "loss"}
 
     capsys.readouterr()
@@ -170,6 +192,11 @@ def test_a_task_registered_from_a_test_file_trains_and_predicts(
     assert main(["predict", "--model", str(model), "--input", str(test)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 16 and {r["size"] for r in records} <= set(NAMES)
+
+    config["data"]["length"] = {"sentence_colum": "line"}  # a typo in the task's own section
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path)]) == 2
+    assert "data.length.sentence_colum" in capsys.readouterr().err
 
 
 def test_an_unregistered_task_is_refused_naming_the_registered_ones(tiny_bert, tmp_path, capsys):
