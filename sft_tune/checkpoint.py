@@ -14,10 +14,10 @@ import ast
 import functools
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from sft_tune.errors import Problem
-from sft_tune.tasks import SPECS
 
 # What `from_pretrained` reads weights from (single or sharded files).
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "tf_model.h5")
@@ -69,7 +69,20 @@ def folder_problems(key: str, written: str, folder: Path, gguf: str | None) -> l
     ]
 
 
-def hub_problems(key: str, name: str, gguf: str | None, objective: str, task: str) -> list[Problem]:
+@dataclass(frozen=True)
+class Head:
+    """The head a task puts on the backbone: transformers' mapping of the model types that have
+    it (e.g. MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES), the head in words, and whether it
+    needs a decoder (an encoder's causal-LM class does not count)."""
+
+    table: str
+    words: str
+    decoder_only: bool = False
+
+
+def hub_problems(
+    key: str, name: str, gguf: str | None, objective: str, task: str, head: Head | None = None
+) -> list[Problem]:
     """A hub id (not a local folder). Online, loading downloads it: nothing to judge before. With
     Hugging Face offline (HF_HUB_OFFLINE), it must already be in the local cache, or loading fails
     only after every other check passed: looked up there with huggingface_hub (no torch), and a
@@ -84,7 +97,7 @@ def hub_problems(key: str, name: str, gguf: str | None, objective: str, task: st
     except ValueError:  # not a valid repo id (huggingface_hub's HFValidationError)
         found = None
     if isinstance(found, str):
-        return [] if gguf else architecture_problems(Path(found), objective, task)
+        return [] if gguf else architecture_problems(Path(found), objective, task, head)
     return [
         Problem(
             key,
@@ -95,16 +108,18 @@ def hub_problems(key: str, name: str, gguf: str | None, objective: str, task: st
     ]
 
 
-def architecture_problems(config_json: Path, objective: str, task: str) -> list[Problem]:
+def architecture_problems(
+    config_json: Path, objective: str, task: str, head: Head | None = None
+) -> list[Problem]:
     """What the checkpoint's config.json already rules out, before any weight loads: a masked-LM
     objective on a model without a masked-LM head, a causal one without a causal-LM head, a task
-    whose head the architecture lacks (generation on an encoder, QA on GPT-2's family ...)."""
+    whose `head` the architecture lacks (generation on an encoder, QA on GPT-2's family ...)."""
     try:
         checkpoint = json.loads(Path(config_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         return [Problem(str(config_json), str(err), "the model's config.json must be JSON", "re-save the model with save_pretrained")]  # fmt: skip
     kind = checkpoint.get("model_type") if isinstance(checkpoint, dict) else None
-    heads = head_tables()
+    heads = head_tables(*((head.table,) if head else ()))
     if not isinstance(kind, str) or not heads:
         return []  # a custom model, or transformers' tables unreadable: loading decides
     problems = []
@@ -112,27 +127,25 @@ def architecture_problems(config_json: Path, objective: str, task: str) -> list[
         problems.append(Problem("model.lm_objective", objective, f"a masked-LM loss needs an encoder with a masked-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to causal or auto"))  # fmt: skip
     if objective == "causal" and kind not in heads[CAUSAL]:
         problems.append(Problem("model.lm_objective", objective, f"a next-token loss needs a causal-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to masked or auto"))  # fmt: skip
-    spec = SPECS.get(task)
-    table, head = spec.head if spec is not None and spec.head else (None, None)
-    if spec is not None and spec.decoder_only:
+    if head is not None and head.decoder_only:
         # BERT-like encoders also have a causal-LM class (for decoder use): is_decoder tells.
         encoder = kind in heads[MASKED] and not checkpoint.get("is_decoder")
         if encoder or kind not in heads[CAUSAL]:
             problems.append(Problem("model.task", task, f"the {task} task needs a decoder (GPT/Llama-like); {config_json} is the encoder {kind!r}", "use a decoder checkpoint, or another task"))  # fmt: skip
-    elif table is not None and kind not in heads[table]:
-        problems.append(Problem("model.task", task, f"the {task} task needs a {head} head, and transformers has none for {config_json}'s model type {kind!r}", "use a checkpoint of an architecture that has one, or another task"))  # fmt: skip
+    elif head is not None and kind not in heads[head.table]:
+        problems.append(Problem("model.task", task, f"the {task} task needs a {head.words} head, and transformers has none for {config_json}'s model type {kind!r}", "use a checkpoint of an architecture that has one, or another task"))  # fmt: skip
     return problems
 
 
 @functools.cache
-def head_tables() -> dict[str, set[str]]:
-    """transformers' model-type tables of the heads used here, read from its source without
-    importing it; {} when the source cannot be found or read."""
+def head_tables(*tables: str) -> dict[str, set[str]]:
+    """transformers' model-type tables of the LM heads and of `tables` (a task's head), read from
+    its source without importing it; {} when the source cannot be found or read."""
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
         return {}
     source = Path(spec.submodule_search_locations[0]) / "models" / "auto" / "modeling_auto.py"
-    wanted = {MASKED, CAUSAL, *(spec.head[0] for spec in SPECS.values() if spec.head)}
+    wanted = {MASKED, CAUSAL, *tables}
     try:
         tree = ast.parse(source.read_text(encoding="utf-8"))
         tables = {}

@@ -19,7 +19,7 @@ from sft_tune.checkpoint import architecture_problems, folder_problems, hub_prob
 from sft_tune.config import RunConfig, check_schema
 from sft_tune.core.files import READERS, RawData, data_names, data_problems, read_table, renamed
 from sft_tune.errors import InputError, Problem, fail, problems_from_validation, text_of
-from sft_tune.tasks import TASKS, task_files
+from sft_tune.tasks import SPECS, TASKS, task_files
 
 
 def load_config(path: str | Path, check_inputs: bool = False) -> RunConfig:
@@ -209,13 +209,14 @@ def input_problems(raw: dict[str, Any], base_dir: Path) -> list[Problem]:
     local = base_dir / name if isinstance(name, str) else None
     gguf = gguf if isinstance(gguf, str) else None
     objective, task = model.get("lm_objective", "auto"), model.get("task", "classification")
+    head = SPECS[task].head if isinstance(task, str) and task in SPECS else None
     if local is not None and (local.exists() or name.startswith((".", "/", "~"))):
         found = folder_problems("model.name_or_path", name, local, gguf)
         problems += found
         if not found and gguf is None:
-            problems += architecture_problems(local / "config.json", objective, task)
+            problems += architecture_problems(local / "config.json", objective, task, head)
     elif isinstance(name, str):
-        problems += hub_problems("model.name_or_path", name, gguf, objective, task)
+        problems += hub_problems("model.name_or_path", name, gguf, objective, task, head)
     output = raw.get("output_dir")
     if isinstance(output, str) and (base_dir / output).is_file():
         problems.append(

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from sft_tune.checkpoint import architecture_problems, folder_problems, head_tables
+from sft_tune.tasks import SPECS
 
 
 def _folder(tmp_path, *files, model_type="bert", **config):
@@ -60,7 +61,7 @@ def test_a_missing_gguf_file_lists_those_there(tmp_path):
 )
 def test_what_config_json_rules_out(tmp_path, model_type, objective, task, key):
     folder = _folder(tmp_path, "config.json", model_type=model_type)
-    (problem,) = architecture_problems(folder / "config.json", objective, task)
+    (problem,) = architecture_problems(folder / "config.json", objective, task, SPECS[task].head)
     assert problem.where == key and model_type in problem.rule
 
 
@@ -70,12 +71,17 @@ def test_what_config_json_rules_out(tmp_path, model_type, objective, task, key):
 )
 def test_what_config_json_allows(tmp_path, model_type, task):
     folder = _folder(tmp_path, "config.json", model_type=model_type)
-    assert architecture_problems(folder / "config.json", "auto", task) == []
+    assert architecture_problems(folder / "config.json", "auto", task, SPECS[task].head) == []
 
 
 def test_bert_as_a_decoder_may_generate(tmp_path):
     folder = _folder(tmp_path, "config.json", model_type="bert", is_decoder=True)
-    assert architecture_problems(folder / "config.json", "causal", "generation") == []
+    assert (
+        architecture_problems(
+            folder / "config.json", "causal", "generation", SPECS["generation"].head
+        )
+        == []
+    )
 
 
 def test_the_head_tables_are_read_without_importing_torch():
@@ -121,7 +127,9 @@ def test_offline_a_hub_id_must_be_in_the_local_cache(offline_cache):
     _cached(offline_cache, "org/bert", model_type="bert")
     assert hub_problems("model.name_or_path", "org/bert", None, "auto", "classification") == []
     # Cached: its config.json is judged like a local folder's.
-    (wrong,) = hub_problems("model.name_or_path", "org/bert", None, "auto", "generation")
+    (wrong,) = hub_problems(
+        "model.name_or_path", "org/bert", None, "auto", "generation", SPECS["generation"].head
+    )
     assert wrong.where == "model.task"
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sft_tune.checkpoint import Head
 from sft_tune.config import DataConfig, RunConfig, TaskOptions
 from sft_tune.errors import Problem
 
@@ -216,11 +217,9 @@ class TaskSpec:
     files: type[TaskFiles]
     # "module:Class" of the whole `Task` (torch and transformers import with it)
     model: str
-    # transformers' model-type mapping of its head (e.g. MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
-    # and the head in words; None: no check before loading
-    head: tuple[str, str] | None = None
-    # the head needs a decoder (an encoder's causal-LM class does not count)
-    decoder_only: bool = False
+    # the head it puts on the backbone, checked against a local checkpoint's config.json before
+    # anything loads (None: no check)
+    head: Head | None = None
     # the suffix of an exported architecture's name that means this task (a folder without run.json)
     architecture: str | None = None
     # data setting -> the `sft-tune predict` flag that overrides it (with `data.text_column`'s)

@@ -21,6 +21,7 @@ from pydantic import Field
 from transformers import AutoModelForSequenceClassification
 
 from sft_tune import tasks
+from sft_tune.checkpoint import Head
 from sft_tune.cli import main
 from sft_tune.config import DataConfig, TaskOptions
 from sft_tune.core.batches import pad
@@ -137,8 +138,7 @@ SPEC = TaskSpec(
     name="length",
     files=LengthFiles,
     model=f"{__name__}:LengthTask",
-    head=("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "sequence-classification"),
-    architecture=None,
+    head=Head("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "sequence-classification"),
 )
 
 
