@@ -322,9 +322,8 @@ def run_sft(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path
 def sft_retrain(sweep_dir: Path, params: dict[str, Any], seed: int, folder: Path) -> float:
     """What `select_best` does (retrain the best configuration on all labelled data, test), with another seed."""
     from sft_tune.run import train
-    from sft_tune.runconfig import parse_config
+    from sft_tune.runconfig import parse_config, with_params
     from sft_tune.sweep.folder import SweepFolder
-    from sft_tune.sweep.space import with_params
 
     raw = with_params(SweepFolder(sweep_dir).load_sweep().base, params)
     raw = {

@@ -394,7 +394,7 @@ def make_real() -> dict[str, Any]:
 
 
 def sized(base: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
-    from sft_tune.sweep.space import with_params
+    from sft_tune.runconfig import with_params
 
     return with_params(base, {"phase1.steps": steps, "phase2.epochs": epochs})
 
@@ -556,10 +556,9 @@ def back_to_back(
     """The same configurations in this process: prepare_data once, cross_validate each."""
     from sft_tune.core.loop import Runtime
     from sft_tune.core.prepare import prepare_data
-    from sft_tune.runconfig import parse_config
+    from sft_tune.runconfig import parse_config, with_params
     from sft_tune.sweep.checks import load_space
     from sft_tune.sweep.folds import ProcessCache, cross_validate
-    from sft_tune.sweep.space import with_params
     from sft_tune.tasks import get_task
 
     sweep = load_space(space)

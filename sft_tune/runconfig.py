@@ -236,3 +236,17 @@ def _get(raw: Any, *keys: str, default: Any) -> Any:
             return default
         raw = raw[key]
     return raw
+
+
+def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of the base config dict with each dotted path set to its value."""
+    import copy
+
+    config = copy.deepcopy(base)
+    for dotted, value in params.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config

@@ -221,9 +221,8 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
     """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
-    from sft_tune.runconfig import parse_config
+    from sft_tune.runconfig import parse_config, with_params
     from sft_tune.sweep.folder import SweepFolder
-    from sft_tune.sweep.space import with_params
 
     trials = json.loads((Path(sweep_dir) / "trials.json").read_text())
     sweep = SweepFolder(Path(sweep_dir)).load_sweep()

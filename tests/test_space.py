@@ -6,8 +6,8 @@ import yaml
 
 from sft_tune.cli import main
 from sft_tune.errors import InputError
+from sft_tune.runconfig import with_params
 from sft_tune.sweep.checks import load_space
-from sft_tune.sweep.space import with_params
 from sft_tune.sweep.strategy import make_sampler, to_optuna
 
 ROOT = Path(__file__).resolve().parents[1]

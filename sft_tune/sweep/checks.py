@@ -17,7 +17,13 @@ from sft_tune.addresses import probe_address, refuse_ray_client
 from sft_tune.config import RunConfig, resolve_paths
 from sft_tune.core.files import RawData, data_names, data_problems
 from sft_tune.errors import InputError, Problem, fail, problems_from_validation
-from sft_tune.runconfig import input_problems, parse_config, read_yaml, table_problems
+from sft_tune.runconfig import (
+    input_problems,
+    parse_config,
+    read_yaml,
+    table_problems,
+    with_params,
+)
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.space import (
@@ -26,7 +32,6 @@ from sft_tune.sweep.space import (
     SearchSpace,
     Sweep,
     searched_by,
-    with_params,
 )
 from sft_tune.sweep.storage import storage_problem
 from sft_tune.sweep.strategy import SAMPLERS, sampler_class

@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sft_tune.runconfig import with_params
 from sft_tune.sweep.paired import Comparison, compare, held_out_ratio
 from sft_tune.sweep.records import Status, Trial, finite
-from sft_tune.sweep.space import Sweep, with_params
+from sft_tune.sweep.space import Sweep
 
 # -- the ranking rule -----------------------------------------------------------------------------
 

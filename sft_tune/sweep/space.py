@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from sft_tune.config import RunConfig
-from sft_tune.runconfig import parse_config
+from sft_tune.runconfig import parse_config, with_params
 from sft_tune.tasks import TASKS, task_files
 
 
@@ -347,17 +347,3 @@ def searched_by(dotted: str, task: str) -> tuple[str | None, str | None]:
 def phase1_only(dotted: str) -> bool:
     """Whether a searched parameter changes nothing when phase 1 is skipped."""
     return (dotted.startswith("phase1.") and dotted != "phase1.steps") or dotted in PHASE1_ONLY
-
-
-def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of the base config dict with each dotted path set to its value."""
-    import copy
-
-    config = copy.deepcopy(base)
-    for dotted, value in params.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return config

@@ -19,7 +19,7 @@ from typing import Any
 from ray import tune
 
 from sft_tune.compat import RestoredLimiter, replace_restored_parts, trial_actor
-from sft_tune.runconfig import parse_config
+from sft_tune.runconfig import parse_config, with_params
 from sft_tune.sweep.cluster import CONTROLLER_FAILURE_LIMIT, in_actor, trial_resources
 from sft_tune.sweep.contract import SweepInputs, TrialJob
 from sft_tune.sweep.encodings import SharedData
@@ -43,7 +43,7 @@ from sft_tune.sweep.searcher import (
     TUNE_METRIC,
     make_searcher,
 )
-from sft_tune.sweep.space import Resources, Sweep, with_params
+from sft_tune.sweep.space import Resources, Sweep
 from sft_tune.sweep.storage import join, listing, read_text, write_text
 from sft_tune.sweep.strategy import make_scheduler
 from sft_tune.sweep.tunestate import mark_changed
