@@ -8,8 +8,9 @@ them. The trials ran one at a time (max_concurrent 1), so the replay is exact: e
 the incumbent the racing scheduler would have had at that moment (the best trial that ran every
 fold so far), and is stopped after the first fold at which `RacingScheduler.behind` says so. A
 stopped trial whose partial mean reaches the best complete mean is finished before selection
-(its remaining folds counted), as in a sweep. For each rule set: the share of none's folds
-trained, and whether the chosen configuration is none's (else how far behind, in points)."""
+(its remaining folds counted), as in a sweep. For each rule set, and for the ASHA scheduler a
+sweep makes (fed the running CV mean after each fold): the share of none's folds trained, and
+whether the chosen configuration is none's (else how far behind, in points)."""
 
 from __future__ import annotations
 
@@ -47,23 +48,53 @@ def trials_of(events_path: Path) -> list[tuple[str, list[float]]]:
 
 def replay(trials, rules, folds: int, rope: float) -> tuple[int, str]:
     race = RacingScheduler(folds, "max", rope, 1 / (folds - 1), rules=rules)
-    stopped, trained = {}, 0
+    return _run(trials, folds, lambda t, scores: bool(race.behind(t, scores)), race.complete)
+
+
+def replay_asha(trials, folds: int) -> tuple[int, str]:
+    """The same fold scores through the ASHA scheduler a sweep makes (`strategy.SCHEDULERS`),
+    fed each trial's running CV mean after each fold, as Tune does."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from sft_tune.sweep.strategy import SCHEDULERS
+
+    settings = SimpleNamespace(cv_folds=folds)
+    asha = SCHEDULERS["asha"](SimpleNamespace(search=settings), None)
+    asha.set_search_properties("cv_mean", "max")
+
+    def stop(trial_id: str, scores: list[float]) -> bool:
+        trial = SimpleNamespace(trial_id=trial_id)
+        if len(scores) == 1:
+            asha.on_trial_add(None, trial)
+        result = {"training_iteration": len(scores), "cv_mean": statistics.fmean(scores)}
+        return asha.on_trial_result(None, trial, result) == TrialScheduler.STOP
+
+    return _run(trials, folds, stop)
+
+
+def _run(trials, folds: int, stop, complete: dict | None = None) -> tuple[int, str]:
+    """Trials one at a time, each stopped after the first fold where `stop(id, scores)` says so;
+    stopped trials whose partial mean reaches the best complete one finished before selection.
+    `complete` (a scheduler's own record of the trials that ran every fold) is filled in."""
+    complete, stopped, trained = ({} if complete is None else complete), {}, 0
     for trial_id, scores in trials:
         ran = len(scores)
         for j in range(1, len(scores)):
-            if race.behind(trial_id, scores[:j]):
+            if stop(trial_id, scores[:j]):
                 ran = j
                 stopped[trial_id] = scores[:j]
                 break
         trained += ran
         if ran == len(scores):
-            race.complete[trial_id] = scores
-    best = max(statistics.fmean(s) for s in race.complete.values())
+            complete[trial_id] = scores
+    best = max(statistics.fmean(s) for s in complete.values())
     for trial_id, partial in stopped.items():
         if statistics.fmean(partial) >= best:  # a contender: finished before selection
             trained += folds - len(partial)
-            race.complete[trial_id] = dict(trials)[trial_id]
-    chosen = max(race.complete, key=lambda t: statistics.fmean(race.complete[t]))
+            complete[trial_id] = dict(trials)[trial_id]
+    chosen = max(complete, key=lambda t: statistics.fmean(complete[t]))
     return trained, chosen
 
 
@@ -79,7 +110,7 @@ def main() -> int:
         if "cannot_win" in rules
         for threshold in THRESHOLDS
     ]
-    for rules, threshold in variants:
+    for rules, threshold in [*variants, (("asha",), None)]:
         if threshold is not None:
             racing.CANNOT_WIN = threshold
         cells = []
@@ -88,7 +119,10 @@ def main() -> int:
             total = sum(len(s) for _, s in trials)
             means = {t: statistics.fmean(s) for t, s in trials if len(s) == folds}
             best = max(means, key=means.get)
-            trained, chosen = replay(trials, rules, folds, rope=0.01)
+            if rules == ("asha",):
+                trained, chosen = replay_asha(trials, folds)
+            else:
+                trained, chosen = replay(trials, rules, folds, rope=0.01)
             gap = (
                 "same choice"
                 if chosen == best
