@@ -65,6 +65,23 @@ class StudySearch(OptunaSearch):
         url = self._storage_url
         self.__dict__.update(state, _storage_url=url, _storage=None, _ot_study=None)
         self.study()
+        # The study may be older than this state (a sweep on URI storage syncs study.db when a
+        # trial ends): a trial the lost driver had taken from the study's queue is WAITING
+        # there again. Its Tune trial goes on, so it is RUNNING with its queued values as
+        # parameters, as `ask` and the define-by-run space would have left it.
+        study = self._ot_study
+        queued = {
+            frozen._trial_id
+            for frozen in study.get_trials(deepcopy=False)
+            if frozen.state == optuna.trial.TrialState.WAITING
+        }
+        for trial in self._ot_trials.values():
+            if trial._trial_id in queued:
+                study._storage.set_trial_state_values(
+                    trial._trial_id, optuna.trial.TrialState.RUNNING
+                )
+                if callable(self._space):
+                    self._space(trial)
 
     def study(self) -> optuna.Study:
         """The study, reopened from the storage URL after unpickling or restore."""

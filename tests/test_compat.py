@@ -84,3 +84,34 @@ def test_the_versions_it_was_written_for_are_named():
     installed = {"ray": ray.__version__, "optuna": optuna.__version__}
     for name, version in compat.WRITTEN_FOR.items():
         assert installed[name].startswith(version.split(".")[0] + "."), (name, installed[name])
+
+
+def test_a_restored_search_takes_back_a_trial_its_older_study_still_queues(tmp_path):
+    """A sweep on URI storage syncs study.db when a trial ends, Tune's state every few seconds:
+    after a lost driver, the study can still queue (WAITING) the trial the saved searcher had
+    taken from it. The restored searcher makes it RUNNING again, and tells it when it ends."""
+    import shutil
+
+    db = tmp_path / "study.db"
+    kwargs = dict(
+        space=_space,
+        metric="score",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="queued",
+        points_to_evaluate=[{"x": 0.25}],
+    )
+    search = compat.StudySearch(storage_url=f"sqlite:///{db}", **kwargs)
+    shutil.copy(db, tmp_path / "before.db")  # the study as last synced: the point queued
+    assert search.suggest("t1") == {"x": 0.25}
+    search.save(str(tmp_path / "searcher.pkl"))
+    shutil.copy(tmp_path / "before.db", db)  # the driver and its newer study are lost
+
+    restored = compat.StudySearch(
+        storage_url=f"sqlite:///{db}", **{**kwargs, "points_to_evaluate": None}
+    )
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert [t.state.name for t in restored.study().trials] == ["RUNNING"]
+    restored.on_trial_complete("t1", {"score": 0.5})
+    (trial,) = restored.study().trials
+    assert trial.state.name == "COMPLETE" and trial.params == {"x": 0.25}
