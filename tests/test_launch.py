@@ -112,7 +112,8 @@ def test_every_launch_file_is_valid_and_uses_token_auth(path):
     assert "WANDB_API_KEY=" not in text and "auth_token:" not in text
 
 
-@pytest.mark.slow  # a JSON-schema check of the whole CRD: ~6 s a case
+# slow: a JSON-schema check of the whole CRD, ~6 s a case
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "where, field",
     [

