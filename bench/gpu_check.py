@@ -183,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         # 4. the tweet search (the toy one in the dry run)
         trials, folds = (32, 5) if gpu else (2, 2)
         info = sweep(
-            write_space(work, "search", setup, one, num_trials=trials, folds=folds),
+            # a retry for a crashing trial, as a user's search has by default (search.max_failures)
+            write_space(work, "search", setup, one, num_trials=trials, folds=folds, max_failures=1),
             log,
             args.verbose,
         )
         complete = sum(t.status == "COMPLETE" for t in info["trials"])
         result["search_s"], result["search_complete"] = info["seconds"], complete
+        result["search_statuses"] = {t.trial_id: [t.status.value, t.error] for t in info["trials"]}
         rows.append(
             [
                 f"4. {trials} trials x {folds} folds",

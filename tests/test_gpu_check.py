@@ -24,4 +24,4 @@ def test_the_gpu_check_runs_whole_in_its_cpu_dry_mode(tmp_path):
     assert result["packed_at_once"] >= 2  # trials of half a CPU share the machine's cores
     assert result["reused_model_loads"] == [1, 1, 1]  # one actor served every trial
     assert result["reused_cuda_peak_mb"] == [None, None, None]  # no CUDA figures on the CPU
-    assert result["search_complete"] == 2
+    assert result["search_complete"] == 2, result["search_statuses"]
