@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Replays the fold scores of finished `none` sweeps under racing rules, without training:
 
-    .venv/bin/python studies/racing_replay.py FOLDER [FOLDER ...]
+    .venv/bin/python studies/racing_replay.py [--orders N] FOLDER [FOLDER ...]
 
 FOLDER holds sweeps/sched-none-SEED/events.jsonl, as `bench/sweep.py --parts 2 --keep` leaves
 them. The trials ran one at a time (max_concurrent 1), so the replay is exact: each trial meets
@@ -10,11 +10,19 @@ fold so far), and is stopped after the first fold at which `RacingScheduler.behi
 stopped trial whose partial mean reaches the best complete mean is finished before selection
 (its remaining folds counted), as in a sweep. For each rule set, and for the ASHA scheduler a
 sweep makes (fed the running CV mean after each fold): the share of none's folds trained, and
-whether the chosen configuration is none's (else how far behind, in points)."""
+whether the chosen configuration is none's (else how far behind, in points).
+
+`--orders N`: the same fold scores in N random trial orders and fold orders per sweep (seeded),
+under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, and plus each other rule: the mean and
+largest share of folds trained, how often it exceeds 50%, and how often the choice is more than
+the ROPE behind none's. One sweep's order is one draw of a random start; this is how a rule was
+judged beyond it."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +38,9 @@ RULE_SETS = [
     ("paired",),
     ("cannot_win",),
     ("paired", "forgiving", "cannot_win"),
+    ("intensify",),
+    racing.DEFAULT_RULES,
+    racing.RULES,
 ]
 THRESHOLDS = (0.05, 0.10, 0.20)
 
@@ -98,8 +109,45 @@ def _run(trials, folds: int, stop, complete: dict | None = None) -> tuple[int, s
     return trained, chosen
 
 
+def orders(runs, count: int, rope: float = 0.01) -> None:
+    """The default rules, and the default rules less one, over `count` random trial and fold
+    orders of each sweep (seed 0): the share of none's folds trained, and the choice."""
+    racing.CANNOT_WIN = 0.10  # the rule's own level (the table above may have left another)
+    rng = random.Random(0)
+    default = racing.DEFAULT_RULES
+    variants = [
+        default,
+        *(tuple(r for r in default if r != left_out) for left_out in default),
+        *((*default, added) for added in racing.RULES if added not in default),
+    ]
+    for name, trials in runs:
+        folds = max(len(s) for _, s in trials)
+        means = {t: statistics.fmean(s) for t, s in trials}
+        draws = []
+        for _ in range(count):
+            fold_order = rng.sample(range(folds), folds)
+            draws.append(rng.sample([(t, [s[i] for i in fold_order]) for t, s in trials], len(trials)))  # fmt: skip
+        print(f"{name}, {count} random trial and fold orders:")
+        for rules in variants:
+            shares, behind = [], []
+            for shuffled in draws:
+                trained, chosen = replay(shuffled, rules, folds, rope)
+                shares.append(trained / sum(len(s) for _, s in trials))
+                behind.append(max(means.values()) - means[chosen])
+            print(
+                f"  {'+'.join(rules):42s} share mean {statistics.fmean(shares):6.1%}, "
+                f"max {max(shares):6.1%}, > 50% in {sum(x > 0.5 for x in shares)}/{count}; "
+                f"choice > ROPE behind in {sum(b > rope for b in behind)}/{count} "
+                f"(at most {max(behind) * 100:.2f} points)"
+            )
+
+
 def main() -> int:
-    paths = sorted(p for folder in sys.argv[1:] for p in Path(folder).glob("sweeps/sched-none-*/events.jsonl"))  # fmt: skip
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--orders", type=int, default=0, help="random orders per sweep (0: none)")
+    args = parser.parse_args()
+    paths = sorted(p for folder in args.folders for p in folder.glob("sweeps/sched-none-*/events.jsonl"))  # fmt: skip
     if not paths:
         sys.exit("no sweeps/sched-none-*/events.jsonl under the folders given")
     runs = [(p.parent.name, trials_of(p)) for p in paths]
@@ -131,6 +179,8 @@ def main() -> int:
             cells.append(f"{trained / total:6.1%} {gap}")
         name = "+".join(rules) + (f" (P <= {threshold:.2f})" if threshold is not None else "")
         print(f"{name:42s} " + " | ".join(cells))
+    if args.orders:
+        orders(runs, args.orders)
     return 0
 
 

@@ -132,8 +132,8 @@ class SearchSettings(_Strict):
     scheduler: Literal["asha", "racing", "median", "none"] = Field(
         "asha",
         description="Early stopping between folds: asha, racing (a trial behind the incumbent "
-        "beyond doubt on the folds both completed, or unlikely to beat it by more than the "
-        "ROPE, is stopped), median, or none.",
+        "beyond doubt on the folds both completed, or behind it by more than the ROPE on 2 or "
+        "more of them, is stopped), median, or none.",
     )
     folds: int = Field(
         3,

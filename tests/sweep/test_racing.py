@@ -81,6 +81,20 @@ def test_the_cannot_win_rule_stops_a_trial_that_can_at_best_tie_within_the_rope(
     )
 
 
+def test_the_intensify_rule_stops_a_trial_behind_by_more_than_the_rope_on_two_shared_folds():
+    incumbent = [0.70, 0.80, 0.75, 0.72, 0.78]
+    race = _race(rules=("intensify",), known={"inc": incumbent})
+    assert race.on_trial_result(None, _Trial("t"), _result([0.50])) == GO  # one fold never decides
+    # 0.015 behind on the two folds both ran, with a spread no test would call beyond doubt
+    assert race.on_trial_result(None, _Trial("t"), _result([0.655, 0.815])) == STOP
+    assert "by +0.0150 on the 2 folds both ran, more than the ROPE 0.01" in race.stopped["t"]
+    # 0.005 behind: inside the ROPE, it goes on
+    assert race.on_trial_result(None, _Trial("u"), _result([0.69, 0.80])) == GO
+    lower = _race(rules=("intensify",), mode="min", known={"inc": [1.0, 1.2, 1.1, 1.05, 1.15]})
+    assert lower.on_trial_result(None, _Trial("z"), _result([1.02, 1.22])) == STOP  # loss higher
+    assert lower.on_trial_result(None, _Trial("y"), _result([0.98, 1.18])) == GO
+
+
 def test_the_incumbent_is_never_stopped_and_a_better_trial_takes_its_place():
     race = _race(known={"inc": [0.60, 0.62, 0.61, 0.60, 0.62]})
     for n in range(1, 5):
