@@ -208,7 +208,9 @@ def part1(args, folder: Path) -> list[dict[str, Any]]:
             [
                 r["arm"],
                 f"{r['trainable']:,} ({r['trainable'] / r['total']:.2%})",
-                f"{r['optimizer_state_bytes'] / 2**20:.1f} ({full['optimizer_state_bytes'] / max(r['optimizer_state_bytes'], 1):.0f}x less)",
+                f"{r['optimizer_state_bytes'] / 2**20:.1f} "
+                f"({full['optimizer_state_bytes'] / max(r['optimizer_state_bytes'], 1):.0f}x "
+                "less)",
                 f"{r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] / full['peak_rss_mb']:.2f})",
                 f"{r['phase1_step_s']:.2f} ({r['phase1_step_s'] / full['phase1_step_s']:.2f})",
                 f"{r['phase2_step_s']:.2f} ({r['phase2_step_s'] / full['phase2_step_s']:.2f})",
@@ -236,10 +238,14 @@ def part1(args, folder: Path) -> list[dict[str, Any]]:
     )
     for r in results[1:]:
         say(
-            f"RATIO {r['arm']} / full: optimizer state {r['optimizer_state_bytes'] / full['optimizer_state_bytes']:.4f} "
-            f"(goal <= 0.333: {'met' if r['optimizer_state_bytes'] * 3 <= full['optimizer_state_bytes'] else 'not met'}); "
-            f"phase-1 step {r['phase1_step_s'] / full['phase1_step_s']:.2f}, phase-2 step {r['phase2_step_s'] / full['phase2_step_s']:.2f} "
-            f"(goal <= 0.70); macro-F1 {(r['macro_f1'] - full['macro_f1']) * 100:+.1f} points (goal within 2)"
+            f"RATIO {r['arm']} / full: optimizer state "
+            f"{r['optimizer_state_bytes'] / full['optimizer_state_bytes']:.4f} "
+            "(goal <= 0.333: "
+            f"{'met' if r['optimizer_state_bytes'] * 3 <= full['optimizer_state_bytes'] else 'not met'}); "
+            f"phase-1 step {r['phase1_step_s'] / full['phase1_step_s']:.2f}, phase-2 step "
+            f"{r['phase2_step_s'] / full['phase2_step_s']:.2f} "
+            f"(goal <= 0.70); macro-F1 {(r['macro_f1'] - full['macro_f1']) * 100:+.1f} points "
+            "(goal within 2)"
         )
     return results
 
@@ -297,9 +303,12 @@ def part2(args, folder: Path) -> dict[str, Any]:
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     say(
-        f"part 2: 4 trials x 2 folds of LoRA on SmolLM2 in {seconds:.0f} s wall; statuses {figures['statuses']}; "
-        f"trial process resident memory after each trial's last fold, in the order they ran: {', '.join(f'{m:.0f}' for m in rss)} MB; "
-        f"model loads in that process {figures['model_loads']}; driver peak RSS {figures['driver_peak_rss_mb']:.0f} MB"
+        f"part 2: 4 trials x 2 folds of LoRA on SmolLM2 in {seconds:.0f} s wall; statuses "
+        f"{figures['statuses']}; "
+        "trial process resident memory after each trial's last fold, in the order they ran: "
+        f"{', '.join(f'{m:.0f}' for m in rss)} MB; "
+        f"model loads in that process {figures['model_loads']}; driver peak RSS "
+        f"{figures['driver_peak_rss_mb']:.0f} MB"
     )
     return figures
 
@@ -308,7 +317,9 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), Path(sys.argv[3]))
         return 0
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 32])
     p.add_argument("--phase1-steps", type=int, default=6)
     p.add_argument("--epochs", type=int, default=1)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The sft-tune cost study in one command: every benchmark side by side, written to bench/RESULTS.md.
+"""The sft-tune cost study in one command: every benchmark side by side, written to
+bench/RESULTS.md.
 
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/all.py [--quick] [--parts core,sweep,tokens,memory,hf] ...
 
@@ -126,8 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch threads (= CPUs of a Train worker) of core, sweep and hf, the same on both sides of each "
-        "comparison (default: all cores for MiniLM runs, 1 for the tiny BERT: more threads only wait for busy cores)",
+        help="torch threads (= CPUs of a Train worker) of core, sweep and hf, the same on both "
+        "sides of each "
+        "comparison (default: all cores for MiniLM runs, 1 for the tiny BERT: more threads only "
+        "wait for busy cores)",
     )
     p.add_argument(
         "--part-timeout",
@@ -148,7 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--core-warmup", type=int, help="core: untimed warm-up steps (full 2, quick 1)")
     g.add_argument(
         "--sweep-overhead",
-        help="sweep: overhead sweeps, comma-separated SECONDS:TRIALS:GOAL (full 120:4:1.05,10:8:1.25, quick 8:3:1.25)",
+        help="sweep: overhead sweeps, comma-separated SECONDS:TRIALS:GOAL (full "
+        "120:4:1.05,10:8:1.25, quick 8:3:1.25)",
     )
     g.add_argument(
         "--asha-trials", type=int, help="sweep: trials of each ASHA / none sweep (full 16, quick 6)"
@@ -211,7 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument(
         "--hf-lr",
-        help="hf: learning-rate range LOW,HIGH, log scale (default 1e-5,3e-4 for minilm, 1e-3,3e-2 for tiny)",
+        help="hf: learning-rate range LOW,HIGH, log scale (default 1e-5,3e-4 for minilm, "
+        "1e-3,3e-2 for tiny)",
     )
     args = p.parse_args(argv)
     args.preset = "quick" if args.quick else "full"
@@ -354,7 +359,8 @@ def failure(run: dict[str, Any] | None, err: BaseException | None = None) -> str
 
 # ----------------------------------------------------------------------------- parts
 #
-# Each part returns {"rows": [[figure, value, goal/expected]], "details": [markdown lines]} or raises.
+# Each part returns {"rows": [[figure, value, goal/expected]], "details": [markdown lines]} or
+# raises.
 
 
 def threads(args: argparse.Namespace, big: bool) -> int:
@@ -379,7 +385,8 @@ def part_core(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
     if r["rc"] != 0:
         raise PartFailed(r)
     ratio = re.compile(
-        r"(phase \d)\s+(\w+) / sft-tune\s+=\s+([\d.]+)x mean wall time \(medians ([\d.]+)x, minima ([\d.]+)x, CPU seconds ([\d.]+)x\)\s+goal >= ([\d.]+)\s+(.+)$",
+        r"(phase \d)\s+(\w+) / sft-tune\s+=\s+([\d.]+)x mean wall time \(medians ([\d.]+)x, "
+        r"minima ([\d.]+)x, CPU seconds ([\d.]+)x\)\s+goal >= ([\d.]+)\s+(.+)$",
         re.M,
     )
     found = {m.group(1): m for m in ratio.finditer(text)}
@@ -396,7 +403,8 @@ def part_core(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         rows.append(
             [
                 f"{phase} step time, {slow} / sft-tune",
-                f"{float(m.group(3)):.2f}x mean, {float(m.group(4)):.2f}x median, {float(m.group(6)):.2f}x CPU s",
+                f"{float(m.group(3)):.2f}x mean, {float(m.group(4)):.2f}x median, "
+                f"{float(m.group(6)):.2f}x CPU s",
                 f">= {m.group(7)}: {m.group(8).strip()}",
             ]
         )
@@ -426,7 +434,8 @@ def part_core(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
     if busy:
         details.insert(
             0,
-            f"bench/core.py's own /proc/stat meter while timing: other processes kept {busy.group(1)} (phase 1) and {busy.group(2)} (phase 2) cores busy.",
+            "bench/core.py's own /proc/stat meter while timing: other processes kept "
+            f"{busy.group(1)} (phase 1) and {busy.group(2)} (phase 2) cores busy.",
         )
     return {"rows": rows, "details": details}
 
@@ -474,12 +483,14 @@ def part_sweep(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
     for p1 in sizes:
         rows += [
             [
-                f"sweep / back-to-back wall time ({p1['trials']} trials of {p1['training_per_config']:.0f} s)",
+                f"sweep / back-to-back wall time ({p1['trials']} trials of "
+                f"{p1['training_per_config']:.0f} s)",
                 f"{p1['ratio']:.2f}x ({p1['sweep_seconds']:.0f} s vs {p1['plain_seconds']:.0f} s)",
                 _goal(p1["ratio"] <= p1["goal"], f"<= {p1['goal']}"),
             ],
             [
-                f"sweep cost per trial outside the training loops ({p1['training_per_config']:.0f}-s trials)",
+                "sweep cost per trial outside the training loops "
+                f"({p1['training_per_config']:.0f}-s trials)",
                 f"{p1['fixed_per_trial']:.1f} s per trial",
                 "-",
             ],
@@ -487,7 +498,8 @@ def part_sweep(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         if p1.get("gap_max") is not None:
             rows.append(
                 [
-                    f"gap between trials after the first ({p1['training_per_config']:.0f}-s trials)",
+                    f"gap between trials after the first ({p1['training_per_config']:.0f}-s "
+                    "trials)",
                     f"mean {p1['gap_mean']:.2f} s, max {p1['gap_max']:.2f} s",
                     _goal(p1["gap_max"] <= 1.0, "<= 1 s"),
                 ]
@@ -495,7 +507,8 @@ def part_sweep(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         if p1.get("inside_ratio") is not None:
             rows.append(
                 [
-                    f"training inside a trial / same training in one process ({p1['training_per_config']:.0f}-s trials)",
+                    "training inside a trial / same training in one process "
+                    f"({p1['training_per_config']:.0f}-s trials)",
                     f"{p1['inside_ratio']:.2f}x",
                     "-",
                 ]
@@ -504,7 +517,8 @@ def part_sweep(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
         name = p2["scheduler"].upper() if p2["scheduler"] == "asha" else p2["scheduler"]
         rows += [
             [
-                f"{name} / none, folds trained ({p2['trials']} trials x {p2['folds']} folds, seed {p2['seed']}, stopped contenders finished)",
+                f"{name} / none, folds trained ({p2['trials']} trials x {p2['folds']} folds, "
+                f"seed {p2['seed']}, stopped contenders finished)",
                 f"{p2['fold_ratio']:.0%} ({p2['folds_trained']}/{p2['none_folds']})",
                 _goal(p2["fold_ratio"] <= 0.6, "<= 60%"),
             ],
@@ -514,24 +528,29 @@ def part_sweep(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
                 "-",
             ],
             [
-                f"complete CV macro-F1 of the chosen configuration, none - {name} (seed {p2['seed']})",
-                f"{p2['diff_points']:+.2f} points ({p2['none_chosen_full_cv'] * 100:.2f} vs {p2['chosen_full_cv'] * 100:.2f})",
+                f"complete CV macro-F1 of the chosen configuration, none - {name} (seed "
+                f"{p2['seed']})",
+                f"{p2['diff_points']:+.2f} points ({p2['none_chosen_full_cv'] * 100:.2f} vs "
+                f"{p2['chosen_full_cv'] * 100:.2f})",
                 _goal(p2["diff_points"] <= 1.0, "<= 1 point (the ROPE)"),
             ],
         ]
     p1 = sizes[0]
     summary = _block(r["lines"], "== summary ==", "total bench time")
     details = [
-        f"bench/sweep.py's own meter: other processes kept {p1['others_sweep']:.2f} / {p1['others_plain']:.2f} cores busy (sweep / back to back, part 1, first size) "
+        f"bench/sweep.py's own meter: other processes kept {p1['others_sweep']:.2f} / "
+        f"{p1['others_plain']:.2f} cores busy (sweep / back to back, part 1, first size) "
         "and, in part 2, "
         + "; ".join(
-            f"{p2['others']:.2f} / {p2['others_none']:.2f} ({p2['scheduler']} / none, seed {p2['seed']})"
+            f"{p2['others']:.2f} / {p2['others_none']:.2f} ({p2['scheduler']} / none, seed "
+            f"{p2['seed']})"
             for p2 in p2s
         )
         + ".",
         "Part 2 sampled the same configurations on both sides: "
         + "; ".join(
-            f"{p2['scheduler']} seed {p2['seed']}: {'yes' if p2['same_configs'] else 'no'}, statuses {p2['statuses']}"
+            f"{p2['scheduler']} seed {p2['seed']}: {'yes' if p2['same_configs'] else 'no'}, "
+            f"statuses {p2['statuses']}"
             for p2 in p2s
         )
         + ".",
@@ -617,7 +636,8 @@ def part_memory(args: argparse.Namespace, run: Callable, state: dict[str, Any]) 
     if "get_uss_mb" in f:
         rows.append(
             [
-                f"`ray.get` of the data in {f['get_workers']} fresh Ray workers at once: each worker's own USS",
+                f"`ray.get` of the data in {f['get_workers']} fresh Ray workers at once: each "
+                "worker's own USS",
                 f"{f['get_uss_mb']:+.1f} MB (RSS {f['get_rss_mb']:+.1f} MB)",
                 f"shared: ~0; a private copy: {f['data_heap_mb']:.1f} MB. Measured: "
                 + ("copied per worker" if f["get_copied"] else "mapped, not copied"),
@@ -634,8 +654,10 @@ def part_memory(args: argparse.Namespace, run: Callable, state: dict[str, Any]) 
         rows.append(
             [
                 "Train worker's own peak USS, large pool - small pool",
-                f"{f['worker_data_cost_mb']:+.0f} MB per trial (deserialized data differ by {f['worker_data_heap_mb']:.0f} MB)",
-                "the data if copied + per-trial structures over the pool (fold indices, shuffled order)",
+                f"{f['worker_data_cost_mb']:+.0f} MB per trial (deserialized data differ by "
+                f"{f['worker_data_heap_mb']:.0f} MB)",
+                "the data if copied + per-trial structures over the pool (fold indices, shuffled "
+                "order)",
             ]
         )
     rows.append(
@@ -664,16 +686,24 @@ def part_memory(args: argparse.Namespace, run: Callable, state: dict[str, Any]) 
         details.insert(
             0,
             (
-                f"Reading: the object store holds {'one copy' if shared_store else 'more than one copy'} of the tokenized data ({f['store_n_mb']:.1f} MB with {n} concurrent trials, "
+                "Reading: the object store holds "
+                f"{'one copy' if shared_store else 'more than one copy'} of the tokenized data "
+                f"({f['store_n_mb']:.1f} MB with {n} concurrent trials, "
                 f"{f['store_one_mb']:.1f} MB with one). "
                 + (
-                    f"`ray.get` in a worker builds a private copy: {f['get_uss_mb']:+.1f} MB of the worker's own memory for {f['data_heap_mb']:.1f} MB of deserialized data, so the data "
+                    f"`ray.get` in a worker builds a private copy: {f['get_uss_mb']:+.1f} MB of "
+                    f"the worker's own memory for {f['data_heap_mb']:.1f} MB of deserialized "
+                    "data, so the data "
                     f"is shared in the store but copied into every trial's worker. "
                     if f["get_copied"]
-                    else f"`ray.get` in a worker maps the store's copy: {f['get_uss_mb']:+.1f} MB of the worker's own memory for {f['data_heap_mb']:.1f} MB of data, so N concurrent trials "
+                    else f"`ray.get` in a worker maps the store's copy: {f['get_uss_mb']:+.1f} "
+                    f"MB of the worker's own memory for {f['data_heap_mb']:.1f} MB of data, "
+                    "so N concurrent trials "
                     f"share one copy. "
                 )
-                + f"Most of the {f['per_extra_trial_mb']:.0f} MB per extra concurrent trial is the trial's own Ray processes ({f.get('processes_per_extra_trial', 0):.0f} processes)."
+                + f"Most of the {f['per_extra_trial_mb']:.0f} MB per extra concurrent trial is "
+                f"the trial's own Ray processes ({f.get('processes_per_extra_trial', 0):.0f} "
+                "processes)."
             ),
         )
         details.insert(1, "")
@@ -714,7 +744,8 @@ def part_tokens(args: argparse.Namespace, run: Callable, state: dict[str, Any]) 
     return {
         "rows": rows,
         "details": [
-            f"From {source}: a classification sweep on a tiny BERT, a toy labelled set and an unlabelled pool."
+            f"From {source}: a classification sweep on a tiny BERT, a toy labelled set and an "
+            "unlabelled pool."
         ],
     }
 
@@ -748,7 +779,8 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
     rows = [
         [
             "wall time, sft-tune / HF (search + retrain best + test)",
-            f"{sft['seconds'] / hf['seconds']:.2f}x ({sft['seconds']:.0f} s vs {hf['seconds']:.0f} s)",
+            f"{sft['seconds'] / hf['seconds']:.2f}x ({sft['seconds']:.0f} s vs "
+            f"{hf['seconds']:.0f} s)",
             "-",
         ],
         [
@@ -762,13 +794,15 @@ def part_hf(args: argparse.Namespace, run: Callable) -> dict[str, Any]:
             "-",
         ],
         [
-            f"best search score: sft-tune {f['folds']}-fold CV vs HF eval split ({f['eval_fraction']:.0%})",
+            f"best search score: sft-tune {f['folds']}-fold CV vs HF eval split "
+            f"({f['eval_fraction']:.0%})",
             f"{sft['best_score']:.4f} vs {hf['best_score']:.4f}",
             "not comparable: different estimates",
         ],
         [
             "examples trained, sft-tune / HF",
-            f"{sft['examples_trained'] / hf['examples_trained']:.2f}x ({sft['trainings']} vs {hf['trainings']} trainings)",
+            f"{sft['examples_trained'] / hf['examples_trained']:.2f}x ({sft['trainings']} vs "
+            f"{hf['trainings']} trainings)",
             "-",
         ],
     ]
@@ -857,16 +891,22 @@ def write_report(
     lines = [
         "# sft-tune cost study",
         "",
-        f"Written by `bench/all.py` ({args.preset} preset). Ratios measured side by side are the point; absolute times",
+        f"Written by `bench/all.py` ({args.preset} preset). Ratios measured side by side are the "
+        "point; absolute times",
         "depend on how busy this shared machine was (see the other-process load of each part).",
         "",
         f"- **Date**: {meta['started']} to {meta['finished']} (UTC)",
         f"- **Command**: `{meta['command']}`"
         + ("" if meta["locked"] else f" (NOT run under `flock {LOCK}`)"),
-        f"- **Machine**: {cpu_name()}, {os.cpu_count()} logical CPUs, {ram_gib()} RAM, {platform.system()} {platform.release()}; load average {meta['load_start']} at start, {load_average()} at end",
-        f"- **Versions**: {', '.join(versions(('tokenizers', 'accelerate', 'numpy', *DEMO_PACKAGES)))}",
-        f"- **Threads** (torch threads = CPUs of a Train worker, the same on both sides of each comparison): core {threads(args, True)}, "
-        f"sweep {threads(args, args.sweep_real)}, hf {threads(args, args.hf_model == 'minilm')}, memory 1 per trial",
+        f"- **Machine**: {cpu_name()}, {os.cpu_count()} logical CPUs, {ram_gib()} RAM, "
+        f"{platform.system()} {platform.release()}; load average {meta['load_start']} at start, "
+        f"{load_average()} at end",
+        "- **Versions**: "
+        f"{', '.join(versions(('tokenizers', 'accelerate', 'numpy', *DEMO_PACKAGES)))}",
+        "- **Threads** (torch threads = CPUs of a Train worker, the same on both sides of each "
+        f"comparison): core {threads(args, True)}, "
+        f"sweep {threads(args, args.sweep_real)}, hf {threads(args, args.hf_model == 'minilm')}, "
+        "memory 1 per trial",
         "",
         "## Figures",
         "",
@@ -904,7 +944,8 @@ def write_report(
         busy_text = others_text(res.get("others"))
         if res.get("command"):
             lines += [
-                f"Command: `{res['command']}`; {res['seconds']:.0f} s; {busy_text}; load average {res['load']}.",
+                f"Command: `{res['command']}`; {res['seconds']:.0f} s; {busy_text}; load average "
+                f"{res['load']}.",
                 "",
             ]
         elif res["status"] == "ok":
@@ -928,23 +969,40 @@ def write_report(
 
 
 NOTES = [
-    "- The machine is shared and busy (other agents' tests run on the same 2 cores): every part reports the cores other",
-    "  processes kept busy while it ran (a lower bound from /proc: processes that end between two samples lose their last second).",
-    "  Compared variants run interleaved (core) or back to back (sweep, memory, hf), so load changes between them move the ratios.",
-    "- core: a few timed steps per variant in the quick preset; the mean and median ratios disagree when the load changes.",
-    "- sweep: trials of seconds, not minutes, in the quick preset: the fixed Ray/Train cost per trial (tens of seconds on this",
-    "  machine) dominates the ratio; the goal of 1.05 is for trials of about 2 minutes. ASHA decides on few, short toy trials.",
-    "- memory: PSS splits shared pages (the object store's shared memory, libraries) between the processes mapping them, so the",
-    "  total PSS is the machine's memory; RSS counts shared pages once per process. Sampled every 0.5 s: a shorter peak can be",
-    "  missed. The object store's bytes come from Ray internals (the raylet's store stats, as `ray memory --stats-only`).",
-    "  Whether a trial copies the data is measured by the `ray.get` probe (fresh Ray workers fetching the same object); the",
-    "  Train workers' peak USS with a large pool minus a 100x smaller one also holds per-trial structures over the pool.",
-    "- tokens: on a tiny BERT and toy data; other tasks (ner, qa, generation) are not covered here.",
-    "- hf: plain fine-tuning only (phase1.steps 0 on the sft-tune side), so the two-phase objective is not part of this",
-    "  comparison. sft-tune scores by k-fold CV (k trainings per trial) and HF by one eval split, so the search scores are",
-    "  different estimates and the compute differs (see 'examples trained'). The Ray Tune backend of HF is not run.",
-    "  On the tiny random BERT a training run either learns the 3 classes (test macro-F1 ~0.95) or merges two of them",
-    "  (~0.55) depending on the seed, on both sides: compare the means over seeds, not one seed's score.",
+    "- The machine is shared and busy (other agents' tests run on the same 2 cores): every part "
+    "reports the cores other",
+    "  processes kept busy while it ran (a lower bound from /proc: processes that end between "
+    "two samples lose their last second).",
+    "  Compared variants run interleaved (core) or back to back (sweep, memory, hf), so load "
+    "changes between them move the ratios.",
+    "- core: a few timed steps per variant in the quick preset; the mean and median ratios "
+    "disagree when the load changes.",
+    "- sweep: trials of seconds, not minutes, in the quick preset: the fixed Ray/Train cost per "
+    "trial (tens of seconds on this",
+    "  machine) dominates the ratio; the goal of 1.05 is for trials of about 2 minutes. ASHA "
+    "decides on few, short toy trials.",
+    "- memory: PSS splits shared pages (the object store's shared memory, libraries) between the "
+    "processes mapping them, so the",
+    "  total PSS is the machine's memory; RSS counts shared pages once per process. Sampled "
+    "every 0.5 s: a shorter peak can be",
+    "  missed. The object store's bytes come from Ray internals (the raylet's store stats, as "
+    "`ray memory --stats-only`).",
+    "  Whether a trial copies the data is measured by the `ray.get` probe (fresh Ray workers "
+    "fetching the same object); the",
+    "  Train workers' peak USS with a large pool minus a 100x smaller one also holds per-trial "
+    "structures over the pool.",
+    "- tokens: on a tiny BERT and toy data; other tasks (ner, qa, generation) are not covered "
+    "here.",
+    "- hf: plain fine-tuning only (phase1.steps 0 on the sft-tune side), so the two-phase "
+    "objective is not part of this",
+    "  comparison. sft-tune scores by k-fold CV (k trainings per trial) and HF by one eval "
+    "split, so the search scores are",
+    "  different estimates and the compute differs (see 'examples trained'). The Ray Tune "
+    "backend of HF is not run.",
+    "  On the tiny random BERT a training run either learns the 3 classes (test macro-F1 ~0.95) "
+    "or merges two of them",
+    "  (~0.55) depending on the seed, on both sides: compare the means over seeds, not one "
+    "seed's score.",
     "- Not measured: GPUs, multi-node clusters, W&B online.",
 ]
 
@@ -957,7 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
     command, locked = invocation()
     if not locked:
         print(
-            f"[all] WARNING: not run under `flock {LOCK}`: other Ray users of this machine may collide with this run",
+            f"[all] WARNING: not run under `flock {LOCK}`: other Ray users of this machine may "
+            "collide with this run",
             flush=True,
         )
     logs = args.logs.resolve() if args.logs else Path(tempfile.mkdtemp(prefix="sft-bench-all-"))
@@ -969,7 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": load_average(),
     }
     print(
-        f"[all] {args.preset} preset, parts {','.join(args.parts)}; machine {cpu_name()}, {os.cpu_count()} cores, {ram_gib()}; load average {meta['load_start']}",
+        f"[all] {args.preset} preset, parts {','.join(args.parts)}; machine {cpu_name()}, "
+        f"{os.cpu_count()} cores, {ram_gib()}; load average {meta['load_start']}",
         flush=True,
     )
     others = OtherCPU()

@@ -27,7 +27,8 @@ It measures, in one run and with the measured variants interleaved step by step:
 Warm-up steps are run but not timed; every variant runs with the same torch thread count; the
 order of the variants rotates every step (A B, B A, A B, ...) so that drifts in machine speed
 hit both alike. It reports how many cores other processes kept busy meanwhile (from /proc/stat)
-and warns when the machine was shared. Needs `accelerate` (the Trainer requires it): `.venv/bin/pip install accelerate`.
+and warns when the machine was shared. Needs `accelerate` (the Trainer requires it): `.venv/bin/pip
+install accelerate`.
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ def read_tweets() -> tuple[list[str], list[str], Path]:
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> tuple[float, float]:
-    """(best, median) fp32 FLOP/s of an n x n x n torch.matmul (2 n^3 FLOPs) at the current thread count."""
+    """(best, median) fp32 FLOP/s of an n x n x n torch.matmul (2 n^3 FLOPs) at the current thread
+    count."""
     a = torch.randn(n, n)
     b = torch.randn(n, n)
     out = torch.empty(n, n)
@@ -282,9 +284,14 @@ def check_same_objective(ours: TwoPhaseModel, cls_model, mlm_model, lm, task, al
     d_task = abs(parts.task.item() - naive_task.item())
     if d_lm > 1e-3 or d_task > 1e-3:
         raise SystemExit(
-            f"bench/core.py: the naive step does not compute sft-tune's objective (lm {parts.lm.item():.5f} vs {naive_lm.item():.5f}, task {parts.task.item():.5f} vs {naive_task.item():.5f})"
+            "bench/core.py: the naive step does not compute sft-tune's objective (lm "
+            f"{parts.lm.item():.5f} vs {naive_lm.item():.5f}, task {parts.task.item():.5f} vs "
+            f"{naive_task.item():.5f})"
         )
-    return f"L_lm {parts.lm.item():.4f} vs {naive_lm.item():.4f}, L_task {parts.task.item():.4f} vs {naive_task.item():.4f} (|diff| <= {max(d_lm, d_task):.1e})"
+    return (
+        f"L_lm {parts.lm.item():.4f} vs {naive_lm.item():.4f}, L_task "
+        f"{parts.task.item():.4f} vs {naive_task.item():.4f} (|diff| <= {max(d_lm, d_task):.1e})"
+    )
 
 
 def make_trainer(model: nn.Module, batch_size: int, steps: int, opt: OptimizerConfig, out_dir: str):
@@ -292,7 +299,8 @@ def make_trainer(model: nn.Module, batch_size: int, steps: int, opt: OptimizerCo
         import accelerate  # noqa: F401
     except ImportError:
         raise SystemExit(
-            "bench/core.py: transformers.Trainer needs `accelerate`: .venv/bin/pip install accelerate"
+            "bench/core.py: transformers.Trainer needs `accelerate`: .venv/bin/pip install "
+            "accelerate"
         ) from None
     from transformers import Trainer, TrainingArguments
 
@@ -356,13 +364,17 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(versions(("tokenizers", "accelerate", "numpy", *DEMO_PACKAGES), detail=True))
     )
     print(
-        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads} (all variants), interop threads {torch.get_num_interop_threads()}"
+        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads} (all "
+        f"variants), interop threads {torch.get_num_interop_threads()}"
     )
     print(
-        f"load average before start (1/5/15 min): {load_average()} (well above 0 = other work shares the CPUs; timings then drift)"
+        f"load average before start (1/5/15 min): {load_average()} (well above 0 = other work "
+        "shares the CPUs; timings then drift)"
     )
     print(
-        f"settings: {args.steps} timed + {args.warmup} warm-up steps per variant, LM batch {args.lm_batch_size}, task batch {args.batch_size}, alpha {args.alpha}, max_length {args.max_length}, mask p {MASK_PROBABILITY}, fp32, dropout on (train mode)"
+        f"settings: {args.steps} timed + {args.warmup} warm-up steps per variant, LM batch "
+        f"{args.lm_batch_size}, task batch {args.batch_size}, alpha {args.alpha}, max_length "
+        f"{args.max_length}, mask p {MASK_PROBABILITY}, fp32, dropout on (train mode)"
     )
 
     peak_start, peak_start_median = matmul_peak()
@@ -390,7 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     labelled = EncodedLabelled(task_ids, [label_id[sentiments[i]] for i in task_rows])
     all_lengths = [len(ids) for ids in lm_ids + task_ids]
     print(
-        f"data: {csv_path.name} ({len(texts)} tweets, labels {labels}); sampled {len(all_lengths)}, tokens/tweet mean {statistics.fmean(all_lengths):.1f}, median {statistics.median(all_lengths):.0f}, max {max(all_lengths)}"
+        f"data: {csv_path.name} ({len(texts)} tweets, labels {labels}); sampled "
+        f"{len(all_lengths)}, tokens/tweet mean {statistics.fmean(all_lengths):.1f}, median "
+        f"{statistics.median(all_lengths):.0f}, max {max(all_lengths)}"
     )
 
     # ---- models: sft-tune's, and the naive pair with the same weights
@@ -402,10 +416,14 @@ def main(argv: list[str] | None = None) -> None:
     n_naive = sum(p.numel() for p in naive.parameters())
     flops = FlopModel(ours)
     print(
-        f"model: {Path(path).parent.name} ({ours.task_model.config.model_type}) - L={flops.layers} h={flops.hidden} V={flops.vocab}; trainable params sft-tune {n_ours / 1e6:.2f} M, naive {n_naive / 1e6:.2f} M (shared backbone, tied decoder); encoder (non-embedding) params N_enc {flops.n_enc / 1e6:.2f} M"
+        f"model: {Path(path).parent.name} ({ours.task_model.config.model_type}) - "
+        f"L={flops.layers} h={flops.hidden} V={flops.vocab}; trainable params sft-tune "
+        f"{n_ours / 1e6:.2f} M, naive {n_naive / 1e6:.2f} M (shared backbone, tied decoder); "
+        f"encoder (non-embedding) params N_enc {flops.n_enc / 1e6:.2f} M"
     )
 
-    # Pre-built batches: round r of every variant uses batch r (identical masked inputs for both sides).
+    # Pre-built batches: round r of every variant uses batch r (identical masked inputs for both
+    # sides).
     collator = MaskingCollator(tokenizer, ours.objective, MASK_PROBABILITY, seed=args.seed + 1)
     p1_batches = []
     for r in range(rounds):
@@ -456,7 +474,8 @@ def main(argv: list[str] | None = None) -> None:
         ).loss
         task_loss = cls_model(**tb).loss
         total = lm_loss + args.alpha * task_loss
-        # Same backward + clip + AdamW + schedule as sft-tune's train_step: only the forward differs.
+        # Same backward + clip + AdamW + schedule as sft-tune's train_step: only the forward
+        # differs.
         plain_step(naive, naive_opt, naive_sched, total, opt_cfg.max_grad_norm)
         total.item(), lm_loss.item(), task_loss.item()
 
@@ -482,17 +501,19 @@ def main(argv: list[str] | None = None) -> None:
     # grad clipping at 1.0, linear warm-up/decay. The Trainer side is the per-step body of
     # `Trainer._inner_training_loop` with gradient_accumulation_steps=1: `training_step` (train
     # mode, input preparation, `compute_loss`, `accelerator.backward`), grad-norm clipping through
-    # `accelerator.clip_grad_norm_` (and the `.item()` of the norm its loop logs), `optimizer.step()`
-    # with the Trainer's own default optimizer, `lr_scheduler.step()`, `model.zero_grad()`.
-    # Callbacks, logging and the DataLoader (all no-ops or cheap here) are left out; the sft-tune side
-    # likewise leaves out its collate and progress bar but keeps the `.item()`s its loop logs.
+    # `accelerator.clip_grad_norm_` (and the `.item()` of the norm its loop logs),
+    # `optimizer.step()` with the Trainer's own default optimizer, `lr_scheduler.step()`,
+    # `model.zero_grad()`. Callbacks, logging and the DataLoader (all no-ops or cheap here) are left
+    # out; the sft-tune side likewise leaves out its collate and progress bar but keeps the
+    # `.item()`s its loop logs.
     ours_opt, ours_sched = make_optimizer(ours, LR, opt_cfg, rounds)
     hf_model = copy.deepcopy(ours.task_model)
     tmp = tempfile.TemporaryDirectory(prefix="sft-tune-bench-")
     trainer = make_trainer(hf_model, args.batch_size, rounds, opt_cfg, tmp.name)
     if torch.get_num_threads() != threads:  # keep one thread count for every variant
         print(
-            f"note: creating the Trainer changed torch threads to {torch.get_num_threads()}; set back to {threads}"
+            f"note: creating the Trainer changed torch threads to {torch.get_num_threads()}; set "
+            f"back to {threads}"
         )
         torch.set_num_threads(threads)
     hf_opt = trainer.optimizer
@@ -534,7 +555,8 @@ def main(argv: list[str] | None = None) -> None:
         float(norm), loss.item()
 
     print(
-        f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: {ours_kind}) ...",
+        f"phase 2: {rounds} rounds x 2 variants (Trainer optimizer: {opt_kind}; sft-tune: "
+        f"{ours_kind}) ...",
         flush=True,
     )
     p2, p2_cpu, p2_others = race(
@@ -582,16 +604,26 @@ def main(argv: list[str] | None = None) -> None:
     selected = statistics.fmean(int((p1_batches[r][0]["labels"] != -100).sum()) for r in timed)
 
     print(
-        f"\nfp32 matmul peak (2048x2048, {threads} threads, best of 10): {peak_start / 1e9:.1f} GFLOP/s at start (median {peak_start_median / 1e9:.1f}), {peak_end / 1e9:.1f} at end -> peak {peak / 1e9:.1f} GFLOP/s"
+        f"\nfp32 matmul peak (2048x2048, {threads} threads, best of 10): {peak_start / 1e9:.1f} "
+        f"GFLOP/s at start (median {peak_start_median / 1e9:.1f}), {peak_end / 1e9:.1f} at end "
+        f"-> peak {peak / 1e9:.1f} GFLOP/s"
     )
     print(
-        f"padded shapes (timed steps, mean): phase-1 LM {args.lm_batch_size}x{lm_shape:.1f} with {selected:.1f} selected MLM positions, phase-1 task {args.batch_size}x{t1_shape:.1f}, phase-2 task {args.batch_size}x{t2_shape:.1f}"
+        f"padded shapes (timed steps, mean): phase-1 LM {args.lm_batch_size}x{lm_shape:.1f} with "
+        f"{selected:.1f} selected MLM positions, phase-1 task {args.batch_size}x{t1_shape:.1f}, "
+        f"phase-2 task {args.batch_size}x{t2_shape:.1f}"
     )
     print(
-        "FLOPs/step = 6*N_enc*sum(B*T) + 12*L*h*sum(B*T^2) + 6*(h*V + h^2)*n_lm + 6*N_cls*B_task  (padded B x T; n_lm = selected MLM positions for sft-tune, all B_lm*T_lm positions for naive)"
+        "FLOPs/step = 6*N_enc*sum(B*T) + 12*L*h*sum(B*T^2) + 6*(h*V + h^2)*n_lm + 6*N_cls*B_task "
+        " (padded B x T; n_lm = selected MLM positions for sft-tune, all B_lm*T_lm positions for "
+        "naive)"
     )
     print()
-    header = f"{'phase':<8} {'variant':<9} {'mean s/step':>11} {'median':>8} {'min':>7} {'std':>7} {'CPU s/step':>10} {'CPU/wall':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7}"
+    header = (
+        f"{'phase':<8} {'variant':<9} {'mean s/step':>11} {'median':>8} {'min':>7} "
+        f"{'std':>7} {'CPU s/step':>10} {'CPU/wall':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} "
+        f"{'% peak':>7}"
+    )
     print(header)
     print("-" * len(header))
     results = {}
@@ -601,7 +633,9 @@ def main(argv: list[str] | None = None) -> None:
             results[(phase, name)] = mean
             rate = fl[(phase, name)] / mean
             print(
-                f"{phase:<8} {name:<9} {mean:>11.3f} {median:>8.3f} {low:>7.3f} {std:>7.3f} {cpu[name] * mean:>10.3f} {cpu[name]:>8.2f} {fl[(phase, name)] / 1e9:>10.1f} {rate / 1e9:>8.1f} {100 * rate / peak:>6.1f}%"
+                f"{phase:<8} {name:<9} {mean:>11.3f} {median:>8.3f} {low:>7.3f} {std:>7.3f} "
+                f"{cpu[name] * mean:>10.3f} {cpu[name]:>8.2f} {fl[(phase, name)] / 1e9:>10.1f} "
+                f"{rate / 1e9:>8.1f} {100 * rate / peak:>6.1f}%"
             )
     print()
 
@@ -620,7 +654,9 @@ def main(argv: list[str] | None = None) -> None:
             else "UNCLEAR (mean and median disagree: noisy run)"
         )
         print(
-            f"  {label}  {slow + ' / sft-tune':<18} = {mean:.2f}x mean wall time (medians {median:.2f}x, minima {low:.2f}x, CPU seconds {cpu_ratio:.2f}x)   goal >= {goal}  {verdict}"
+            f"  {label}  {slow + ' / sft-tune':<18} = {mean:.2f}x mean wall time (medians "
+            f"{median:.2f}x, minima {low:.2f}x, CPU seconds {cpu_ratio:.2f}x)   goal >= {goal}  "
+            f"{verdict}"
         )
 
     print("RATIOS")
@@ -628,17 +664,24 @@ def main(argv: list[str] | None = None) -> None:
     ratio_line("phase 2", p2, p2_cpu, "Trainer", 1.0)
     if p1_others is not None and p2_others is not None:
         print(
-            f"  other processes kept {p1_others:.2f} (phase 1) and {p2_others:.2f} (phase 2) of {os.cpu_count()} cores busy on average while timing"
+            f"  other processes kept {p1_others:.2f} (phase 1) and {p2_others:.2f} (phase 2) of "
+            f"{os.cpu_count()} cores busy on average while timing"
         )
         if max(p1_others, p2_others) > 0.1 * (os.cpu_count() or 1):
             print(
-                "  WARNING: the CPUs were shared with other processes: wall times are inflated and noisy (the interleaving keeps the ratios roughly fair); trust the minima/medians more, or rerun on an idle machine"
+                "  WARNING: the CPUs were shared with other processes: wall times are inflated "
+                "and noisy (the interleaving keeps the ratios roughly fair); trust the "
+                "minima/medians more, or rerun on an idle machine"
             )
     print(
-        f"  achieved / peak: phase 1 sft-tune {100 * fl[('phase 1', 'sft-tune')] / results[('phase 1', 'sft-tune')] / peak:.1f}%, phase 2 sft-tune {100 * fl[('phase 2', 'sft-tune')] / results[('phase 2', 'sft-tune')] / peak:.1f}%"
+        "  achieved / peak: phase 1 sft-tune "
+        f"{100 * fl[('phase 1', 'sft-tune')] / results[('phase 1', 'sft-tune')] / peak:.1f}%, "
+        "phase 2 sft-tune "
+        f"{100 * fl[('phase 2', 'sft-tune')] / results[('phase 2', 'sft-tune')] / peak:.1f}%"
     )
     print(
-        f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})"
+        f"  AdamW update alone (median of 5): sft-tune {1e3 * adam_ours:.1f} ms ({ours_kind}), "
+        f"Trainer {1e3 * adam_hf:.1f} ms ({opt_kind})"
     )
     print(f"load average at end (1/5/15 min): {load_average()}")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")

@@ -296,7 +296,9 @@ def paired_test(mine: dict[Any, float], base: dict[Any, float]) -> dict[str, Any
     diffs = [mine[s] - base[s] for s in seeds]
     found: dict[str, Any] = {"seeds": seeds, "diffs": diffs}
     if len(seeds) >= 2 and any(d != 0 for d in diffs):
-        found["t_p"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)  # fmt: skip
+        found["t_p"] = float(
+            stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue
+        )
         found["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
     return found
 

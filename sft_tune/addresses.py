@@ -26,8 +26,10 @@ def refuse_ray_client(option: str, address: str) -> None:
         raise fail(
             option,
             address,
-            "a sweep does not run through Ray Client (ray://): its Tuner would run as a remote actor on the head, away from the sweep's files, progress view and W&B runs",
-            "submit the search as a Ray Job (sft-tune submit --address http://HEAD:8265 -- search --space FILE), or run it on a cluster node with --address HEAD:6379 (or auto)",
+            "a sweep does not run through Ray Client (ray://): its Tuner would run as a remote "
+            "actor on the head, away from the sweep's files, progress view and W&B runs",
+            "submit the search as a Ray Job (sft-tune submit --address http://HEAD:8265 -- "
+            "search --space FILE), or run it on a cluster node with --address HEAD:6379 (or auto)",
         )
 
 
@@ -44,7 +46,12 @@ def probe_address(option: str, address: str, http: bool = False) -> None:
     try:
         connection = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
-        raise fail(option, address, f"nothing accepted a connection to {host}:{port} within {timeout:g} s ({err})", f"check the address and that the cluster is up (wait longer: {PROBE_TIMEOUT_ENV})") from None  # fmt: skip
+        raise fail(
+            option,
+            address,
+            f"nothing accepted a connection to {host}:{port} within {timeout:g} s ({err})",
+            f"check the address and that the cluster is up (wait longer: {PROBE_TIMEOUT_ENV})",
+        ) from None
     if not http:
         with connection:
             _probe_grpc(connection, option, address, f"{host}:{port}", timeout)
@@ -52,15 +59,30 @@ def probe_address(option: str, address: str, http: bool = False) -> None:
     connection.close()
     url = f"{parts.scheme}://{parts.netloc}/api/version"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (the user's address)
+        # the address is the user's own (ruff S310 asks for a check of the URL's scheme)
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310
             json.loads(reply.read(65536))
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
             return  # a dashboard that wants the token: the client says so
-        raise fail(option, address, f"must be a Ray dashboard: GET {url} answered HTTP {err.code}", "pass the head's dashboard address (http://HEAD:8265)") from None  # fmt: skip
+        raise fail(
+            option,
+            address,
+            f"must be a Ray dashboard: GET {url} answered HTTP {err.code}",
+            "pass the head's dashboard address (http://HEAD:8265)",
+        ) from None
     except (OSError, ValueError) as err:
-        what = "did not answer" if isinstance(err, (TimeoutError, socket.timeout)) or "timed out" in str(err) else f"did not answer as a Ray dashboard ({err})"  # fmt: skip
-        raise fail(option, address, f"accepted the connection but {what} to GET {url} within {timeout:g} s", "pass the head's dashboard address (http://HEAD:8265)") from None  # fmt: skip
+        what = (
+            "did not answer"
+            if isinstance(err, (TimeoutError, socket.timeout)) or "timed out" in str(err)
+            else f"did not answer as a Ray dashboard ({err})"
+        )
+        raise fail(
+            option,
+            address,
+            f"accepted the connection but {what} to GET {url} within {timeout:g} s",
+            "pass the head's dashboard address (http://HEAD:8265)",
+        ) from None
 
 
 # HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (a Ray head's GCS, the Ray
@@ -69,7 +91,9 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x0
 SETTINGS = 0x4
 
 
-def _probe_grpc(connection: socket.socket, option: str, address: str, where: str, timeout: float) -> None:  # fmt: skip
+def _probe_grpc(
+    connection: socket.socket, option: str, address: str, where: str, timeout: float
+) -> None:
     """The peer must answer HTTP/2 within the timeout, as Ray's gRPC servers do: a server that
     accepts and never answers, or one that speaks something else, is not a Ray head."""
     if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
@@ -78,7 +102,25 @@ def _probe_grpc(connection: socket.socket, option: str, address: str, where: str
         connection.sendall(H2_PREFACE)
         frame = connection.recv(9)
     except OSError as err:
-        what = "did not answer" if isinstance(err, (TimeoutError, socket.timeout)) else f"dropped the connection ({err})"  # fmt: skip
-        raise fail(option, address, f"{where} accepted the connection but {what} within {timeout:g} s, as a Ray head's GCS answers at once", f"pass the head's GCS address (HOST:6379, printed by `ray start --head`) (wait longer: {PROBE_TIMEOUT_ENV})") from None  # fmt: skip
+        what = (
+            "did not answer"
+            if isinstance(err, (TimeoutError, socket.timeout))
+            else f"dropped the connection ({err})"
+        )
+        raise fail(
+            option,
+            address,
+            f"{where} accepted the connection but {what} within {timeout:g} s, as a Ray head's "
+            "GCS answers at once",
+            "pass the head's GCS address (HOST:6379, printed by `ray start --head`) (wait "
+            f"longer: {PROBE_TIMEOUT_ENV})",
+        ) from None
     if len(frame) < 9 or frame[3] != SETTINGS:
-        raise fail(option, address, f"{where} answered, but not as a Ray head (its GCS speaks gRPC; it sent {frame[:16]!r})", "pass the head's GCS address (HOST:6379, printed by `ray start --head`), not the dashboard's") from None  # fmt: skip
+        raise fail(
+            option,
+            address,
+            f"{where} answered, but not as a Ray head (its GCS speaks gRPC; it sent "
+            f"{frame[:16]!r})",
+            "pass the head's GCS address (HOST:6379, printed by `ray start --head`), not the "
+            "dashboard's",
+        ) from None

@@ -39,19 +39,34 @@ def folder_problems(key: str, written: str, folder: Path, gguf: str | None) -> l
     `gguf`, the GGUF file that holds all three). `key`/`written` name the setting as written."""
     folder = Path(folder)
     if not folder.is_dir():
-        return [Problem(key, written, f"a local model must be a folder ({folder.resolve()} is not one)", "point to the folder holding config.json and the tokenizer files")]  # fmt: skip
+        return [
+            Problem(
+                key,
+                written,
+                f"a local model must be a folder ({folder.resolve()} is not one)",
+                "point to the folder holding config.json and the tokenizer files",
+            )
+        ]
     if gguf is not None:
         if (folder / gguf).is_file():
             return []
         there = sorted(p.name for p in folder.iterdir() if p.suffix == ".gguf")
-        return [Problem("model.gguf_file", gguf, f"must be a file in {folder.resolve()} (GGUF files there: {there or 'none'})", f"set model.gguf_file to one of {there}" if there else "check the file name")]  # fmt: skip
+        return [
+            Problem(
+                "model.gguf_file",
+                gguf,
+                f"must be a file in {folder.resolve()} (GGUF files there: {there or 'none'})",
+                f"set model.gguf_file to one of {there}" if there else "check the file name",
+            )
+        ]
     missing = [
         what
         for what, present in (
             ("config.json", (folder / "config.json").is_file()),
             ("weights (model.safetensors or pytorch_model.bin)", _holds(folder, WEIGHT_PATTERNS)),
             (
-                "tokenizer files (tokenizer.json, or a vocabulary: vocab.txt, vocab.json with merges.txt, *.model)",
+                "tokenizer files (tokenizer.json, or a vocabulary: vocab.txt, vocab.json with "
+                "merges.txt, *.model)",
                 _holds(folder, TOKENIZER_PATTERNS),
             ),
         )
@@ -63,8 +78,10 @@ def folder_problems(key: str, written: str, folder: Path, gguf: str | None) -> l
         Problem(
             key,
             written,
-            f"a local model folder must hold config.json, the weights and the tokenizer files; {folder.resolve()} has no {', no '.join(missing)}",
-            "point to a folder saved by save_pretrained (model and tokenizer), or copy the missing files in",
+            "a local model folder must hold config.json, the weights and the tokenizer files; "
+            f"{folder.resolve()} has no {', no '.join(missing)}",
+            "point to a folder saved by save_pretrained (model and tokenizer), or copy the "
+            "missing files in",
         )
     ]
 
@@ -102,8 +119,10 @@ def hub_problems(
         Problem(
             key,
             name,
-            f"with Hugging Face offline (HF_HUB_OFFLINE), a hub id must be in the local cache ({constants.HF_HUB_CACHE}), and its {wanted} is not there",
-            "download it once where the hub is reachable (`hf download ID`), point to a local model folder, or unset HF_HUB_OFFLINE",
+            "with Hugging Face offline (HF_HUB_OFFLINE), a hub id must be in the local cache "
+            f"({constants.HF_HUB_CACHE}), and its {wanted} is not there",
+            "download it once where the hub is reachable (`hf download ID`), point to a local "
+            "model folder, or unset HF_HUB_OFFLINE",
         )
     ]
 
@@ -117,23 +136,61 @@ def architecture_problems(
     try:
         checkpoint = json.loads(Path(config_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        return [Problem(str(config_json), str(err), "the model's config.json must be JSON", "re-save the model with save_pretrained")]  # fmt: skip
+        return [
+            Problem(
+                str(config_json),
+                str(err),
+                "the model's config.json must be JSON",
+                "re-save the model with save_pretrained",
+            )
+        ]
     kind = checkpoint.get("model_type") if isinstance(checkpoint, dict) else None
     heads = head_tables(*((head.table,) if head else ()))
     if not isinstance(kind, str) or not heads:
         return []  # a custom model, or transformers' tables unreadable: loading decides
     problems = []
     if objective == "masked" and kind not in heads[MASKED]:
-        problems.append(Problem("model.lm_objective", objective, f"a masked-LM loss needs an encoder with a masked-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to causal or auto"))  # fmt: skip
+        problems.append(
+            Problem(
+                "model.lm_objective",
+                objective,
+                f"a masked-LM loss needs an encoder with a masked-LM head; {config_json} is a "
+                f"{kind!r} model",
+                "set model.lm_objective to causal or auto",
+            )
+        )
     if objective == "causal" and kind not in heads[CAUSAL]:
-        problems.append(Problem("model.lm_objective", objective, f"a next-token loss needs a causal-LM head; {config_json} is a {kind!r} model", "set model.lm_objective to masked or auto"))  # fmt: skip
+        problems.append(
+            Problem(
+                "model.lm_objective",
+                objective,
+                f"a next-token loss needs a causal-LM head; {config_json} is a {kind!r} model",
+                "set model.lm_objective to masked or auto",
+            )
+        )
     if head is not None and head.decoder_only:
         # BERT-like encoders also have a causal-LM class (for decoder use): is_decoder tells.
         encoder = kind in heads[MASKED] and not checkpoint.get("is_decoder")
         if encoder or kind not in heads[CAUSAL]:
-            problems.append(Problem("model.task", task, f"the {task} task needs a decoder (GPT/Llama-like); {config_json} is the encoder {kind!r}", "use a decoder checkpoint, or another task"))  # fmt: skip
+            problems.append(
+                Problem(
+                    "model.task",
+                    task,
+                    f"the {task} task needs a decoder (GPT/Llama-like); {config_json} is the "
+                    f"encoder {kind!r}",
+                    "use a decoder checkpoint, or another task",
+                )
+            )
     elif head is not None and kind not in heads[head.table]:
-        problems.append(Problem("model.task", task, f"the {task} task needs a {head.words} head, and transformers has none for {config_json}'s model type {kind!r}", "use a checkpoint of an architecture that has one, or another task"))  # fmt: skip
+        problems.append(
+            Problem(
+                "model.task",
+                task,
+                f"the {task} task needs a {head.words} head, and transformers has none for "
+                f"{config_json}'s model type {kind!r}",
+                "use a checkpoint of an architecture that has one, or another task",
+            )
+        )
     return problems
 
 
@@ -157,7 +214,9 @@ def head_tables(*tables: str) -> dict[str, set[str]]:
                 and isinstance(node.value, ast.Call)
                 and node.value.args
             ):
-                tables[node.targets[0].id] = {kind for kind, _ in ast.literal_eval(node.value.args[0])}  # fmt: skip
+                tables[node.targets[0].id] = {
+                    kind for kind, _ in ast.literal_eval(node.value.args[0])
+                }
     except (OSError, SyntaxError, ValueError, TypeError):
         return {}
     return tables if set(tables) == wanted else {}

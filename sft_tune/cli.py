@@ -1,4 +1,5 @@
-"""The `sft-tune` command line: each subcommand parses its arguments and calls one public function."""
+"""The `sft-tune` command line: each subcommand parses its arguments and calls one public
+function."""
 
 from __future__ import annotations
 
@@ -78,23 +79,27 @@ def _search(args: argparse.Namespace) -> int:
         result = run_search(use_wandb=not args.no_wandb, verbose=args.verbose, checked=checked)
     except KeyboardInterrupt:
         print(
-            f"\nsweep interrupted; resume it with: sft-tune search --resume {checked.folder.location}",
+            "\nsweep interrupted; resume it with: sft-tune search --resume "
+            f"{checked.folder.location}",
             file=sys.stderr,
         )
         return 130
     print(format_table(result))
     where = checked.folder.location
     print(
-        f"\nsweep folder: {where}  (trials.csv, trials.json, best.json, best_config.yaml, summary.json, study.db, sweep.log)"
+        f"\nsweep folder: {where}  (trials.csv, trials.json, best.json, best_config.yaml, "
+        "summary.json, study.db, sweep.log)"
         + (f"; cached in {result.sweep_dir}" if checked.folder.remote else "")
     )
     print(
-        f"tokenization passes in this sweep: {result.tokenization_passes}; Optuna trial states: {result.optuna_states}"
+        f"tokenization passes in this sweep: {result.tokenization_passes}; Optuna trial states: "
+        f"{result.optuna_states}"
     )
     if result.best:
         best = result.best
         print(
-            f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± {best['cv_std']:.4f}  params {best['params']}"
+            f"best: {best['trial_id']}  {best['metric']} {best['cv_mean']:.4f} ± "
+            f"{best['cv_std']:.4f}  params {best['params']}"
         )
         print(f"choice: {choice_text(best['choice'], best['metric'])}")
     print(f"phase 1: {result.verdict['statement']}")
@@ -151,7 +156,8 @@ def _run_select(
     )
     print(json.dumps(summary, indent=2, default=str))
     print(
-        f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}; {scores_on_test(summary.get('test'))}"
+        f"best trial {summary['trial_id']}: CV {summary['metric']} {summary['cv_mean']:.4f} ± "
+        f"{summary['cv_std']:.4f}; {scores_on_test(summary.get('test'))}"
         + f"\nmodel: {summary['model_dir']}"
         + (f" (uploaded to {summary['model_uri']})" if summary.get("model_uri") else "")
     )

@@ -59,7 +59,8 @@ class StudySearch(OptunaSearch):
             pickle.dump(self.__getstate__(), handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Take the saved state, but keep this searcher's storage URL (the folder may have moved)."""
+        """Take the saved state, but keep this searcher's storage URL (the folder may have
+        moved)."""
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
         url = self._storage_url

@@ -49,7 +49,8 @@ class AdapterConfig(_Strict):
         "auto",
         description="Module names (suffixes) to adapt (PEFT `target_modules`); auto = PEFT's "
         "default for the architecture (attention projections), else every linear layer of the "
-        "backbone; all-linear = every linear layer of the backbone; or a list, e.g. [q_proj, v_proj]. "
+        "backbone; all-linear = every linear layer of the backbone; or a list, e.g. [q_proj, "
+        "v_proj]. "
         "Never the task head, which trains fully.",
     )
     bias: Literal["none", "all", "lora_only"] = Field(
@@ -103,7 +104,8 @@ class ModelConfig(_Strict):
     adapter: AdapterConfig = Field(
         default_factory=AdapterConfig,
         description="Train adapters instead of every weight: `{type: none}` (full fine-tune) or "
-        "`{type: lora, r, alpha, dropout, target_modules, bias}` (PEFT's LoRA); every field is searchable.",
+        "`{type: lora, r, alpha, dropout, target_modules, bias}` (PEFT's LoRA); every field is "
+        "searchable.",
     )
 
 
@@ -146,7 +148,8 @@ class DataConfig(_Strict):
     )
     labels: list[str] | None = Field(
         None,
-        description="The label set, in order; inferred (sorted) from the training file when absent.",
+        description="The label set, in order; inferred (sorted) from the training file when "
+        "absent.",
     )
     max_length: int = Field(
         128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated)."
@@ -160,7 +163,8 @@ class DataConfig(_Strict):
         0.1,
         ge=0.0,
         lt=0.5,
-        description="Stratified share of the labelled training file held out for per-epoch evaluation "
+        description="Stratified share of the labelled training file held out for per-epoch "
+        "evaluation "
         "(0 = none).",
     )
     max_unknown_fraction: float = Field(
@@ -175,7 +179,8 @@ class DataConfig(_Strict):
     )
     cache_dir: Path | None = Field(
         None,
-        description="Where tokenized data is cached by content (default: $SFT_TUNE_CACHE/tokenized, "
+        description="Where tokenized data is cached by content (default: "
+        "$SFT_TUNE_CACHE/tokenized, "
         "else ~/.cache/sft-tune/tokenized).",
     )
     stride: int = Field(
@@ -237,13 +242,15 @@ class Phase1Config(_Strict):
     )
     alpha_schedule: Literal["constant", "increase", "decrease"] = Field(
         "constant",
-        description="How the task-loss weight moves over phase 1: constant alpha, linearly from 0 up "
+        description="How the task-loss weight moves over phase 1: constant alpha, linearly from "
+        "0 up "
         "to alpha (LM first, task later), or from alpha down to 0.",
     )
     head_warmup_steps: int = Field(
         0,
         ge=0,
-        description="Steps that train only the LM head on the LM loss, backbone frozen, before phase 1 "
+        description="Steps that train only the LM head on the LM loss, backbone frozen, before "
+        "phase 1 "
         "(for checkpoints whose LM head starts fresh, e.g. MiniLM); 0 = none.",
     )
     head_warmup_learning_rate: float = Field(
@@ -263,14 +270,16 @@ class Phase2Config(_Strict):
     early_stopping_patience: int = Field(
         0,
         ge=0,
-        description="Stop phase 2 after this many epochs without a better validation score and keep "
+        description="Stop phase 2 after this many epochs without a better validation score and "
+        "keep "
         "the best epoch's weights (0 = off). Needs data.validation_fraction > 0; in a search, each "
         "fold's training part is split again, so the held-out fold stays unseen.",
     )
 
 
 class OptimizerConfig(_Strict):
-    """AdamW with linear warm-up and linear decay, used by both phases (each with its own schedule)."""
+    """AdamW with linear warm-up and linear decay, used by both phases (each with its own
+    schedule)."""
 
     weight_decay: float = Field(
         0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay (not on biases/norms)."
@@ -325,7 +334,8 @@ class RunConfig(_Strict):
     log_every: int = Field(
         10,
         ge=1,
-        description="Steps between the per-step loss rows a sweep logs to W&B (each phase's last step too); history.jsonl keeps every step.",
+        description="Steps between the per-step loss rows a sweep logs to W&B (each phase's last "
+        "step too); history.jsonl keeps every step.",
     )
 
 

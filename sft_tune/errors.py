@@ -99,7 +99,7 @@ def text_of(path: Path, what: str, missing_fix: str) -> str:
         ) from None
 
 
-# -- pydantic's errors as problems ------------------------------------------------------------------
+# -- pydantic's errors as problems -----------------------------------------------------------------
 
 
 def problems_from_validation(
@@ -135,7 +135,10 @@ def problems_from_validation(
             )
         else:
             rule = message.removeprefix("Value error, ")
-            fix = f"{_what_to_write(schema, loc, kind, item.get('ctx') or {})} ({_describe(schema, loc)})"
+            fix = (
+                f"{_what_to_write(schema, loc, kind, item.get('ctx') or {})} "
+                f"({_describe(schema, loc)})"
+            )
             problems.append(Problem(where, item.get("input"), rule, fix))
     return problems
 
@@ -177,7 +180,12 @@ def _bounds(schema: type[BaseModel], loc: list[str]) -> tuple[tuple | None, tupl
     field = model.model_fields.get(loc[-1]) if model is not None and loc else None
     low = high = None
     for item in field.metadata if field is not None else []:
-        for attr, words, is_low in (("ge", "of at least", True), ("gt", "above", True), ("le", "at most", False), ("lt", "below", False)):  # fmt: skip
+        for attr, words, is_low in (
+            ("ge", "of at least", True),
+            ("gt", "above", True),
+            ("le", "at most", False),
+            ("lt", "below", False),
+        ):
             value = getattr(item, attr, None)
             if value is not None:
                 if is_low:

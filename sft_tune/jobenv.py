@@ -53,8 +53,10 @@ def check_job() -> str | None:
             Problem(
                 JOB_VERSION_ENV,
                 here,
-                f"the job was submitted with sft-tune {expected}, and the cluster runs sft-tune {here}",
-                f"install sft-tune=={expected} in the cluster image (see the Dockerfile), or submit without --cluster-sft-tune to ship the local one with the job",
+                f"the job was submitted with sft-tune {expected}, and the cluster runs sft-tune "
+                f"{here}",
+                f"install sft-tune=={expected} in the cluster image (see the Dockerfile), or "
+                "submit without --cluster-sft-tune to ship the local one with the job",
             )
         )
     missing = [dist for module, dist in NEEDED.items() if importlib.util.find_spec(module) is None]
@@ -64,7 +66,8 @@ def check_job() -> str | None:
                 "cluster image",
                 ", ".join(missing),
                 f"sft-tune {expected} needs these packages on every node",
-                f"build the image with sft-tune's dependencies (pip install 'sft-tune=={expected}', or the project's Dockerfile)",
+                "build the image with sft-tune's dependencies (pip install "
+                f"'sft-tune=={expected}', or the project's Dockerfile)",
             )
         )
     if problems:

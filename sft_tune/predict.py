@@ -50,15 +50,52 @@ def check_predict(
     "qa.question_column": "q"}."""
     model_dir, input_path, problems = Path(model_dir), Path(input_path), []
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
-        problems.append(Problem("--model", str(model_dir), "is an adapter-only export (export.adapter_only: LoRA adapters and head, no merged weights); predict reads a merged model folder", "load it with peft's AutoPeftModelFor... (see docs/tasks.md, Adapters), or train with export.adapter_only: false"))  # fmt: skip
+        problems.append(
+            Problem(
+                "--model",
+                str(model_dir),
+                "is an adapter-only export (export.adapter_only: LoRA adapters and head, no "
+                "merged weights); predict reads a merged model folder",
+                "load it with peft's AutoPeftModelFor... (see docs/tasks.md, Adapters), or train "
+                "with export.adapter_only: false",
+            )
+        )
     elif not (model_dir / "config.json").is_file():
-        problems.append(Problem("--model", str(model_dir), "must be a model folder with config.json (as written by `sft-tune train`)", "pass the `model` folder inside the run's output_dir"))  # fmt: skip
+        problems.append(
+            Problem(
+                "--model",
+                str(model_dir),
+                "must be a model folder with config.json (as written by `sft-tune train`)",
+                "pass the `model` folder inside the run's output_dir",
+            )
+        )
     if batch_size < 1:
-        problems.append(Problem("--batch-size", batch_size, "must be at least 1", "pass a positive number, e.g. --batch-size 32"))  # fmt: skip
+        problems.append(
+            Problem(
+                "--batch-size",
+                batch_size,
+                "must be at least 1",
+                "pass a positive number, e.g. --batch-size 32",
+            )
+        )
     if not input_path.exists():
-        problems.append(Problem("--input", str(input_path), "must be a CSV, TSV, JSONL, JSON or Parquet file (or a saved `datasets` folder)", "check the path (relative to the current folder)"))  # fmt: skip
+        problems.append(
+            Problem(
+                "--input",
+                str(input_path),
+                "must be a CSV, TSV, JSONL, JSON or Parquet file (or a saved `datasets` folder)",
+                "check the path (relative to the current folder)",
+            )
+        )
     if output is not None and not output.parent.is_dir():
-        problems.append(Problem("--output", str(output), f"its folder {output.parent} must exist", f"create it (mkdir -p {output.parent}) or write elsewhere"))  # fmt: skip
+        problems.append(
+            Problem(
+                "--output",
+                str(output),
+                f"its folder {output.parent} must exist",
+                f"create it (mkdir -p {output.parent}) or write elsewhere",
+            )
+        )
     if problems:
         raise InputError(problems, title="invalid arguments")
     run_config = _run_config(model_dir)

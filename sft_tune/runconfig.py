@@ -55,7 +55,14 @@ def check_train(path: str | Path, output_dir: Path | None = None) -> CheckedTrai
     problems = []
     if output_dir is not None:
         if output_dir.is_file():
-            problems.append(Problem("--output-dir", str(output_dir), f"must be a folder, and {output_dir.resolve()} is an existing file", "pick another folder"))  # fmt: skip
+            problems.append(
+                Problem(
+                    "--output-dir",
+                    str(output_dir),
+                    f"must be a folder, and {output_dir.resolve()} is an existing file",
+                    "pick another folder",
+                )
+            )
         config = config.model_copy(update={"output_dir": output_dir.resolve()})
     data, found = data_problems(config, task_files(config.model.task), names=names)
     problems += found
@@ -122,9 +129,11 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"the key {key!r} is given twice (first on line {seen[key].line + 1})",
+                None,
+                None,
+                f"the key {key!r} is given twice (first on line {seen[key].line + 1})",
                 key_node.start_mark,
-            )  # fmt: skip
+            )
         seen[key] = key_node.start_mark
     return loader.construct_mapping(node, deep=deep)
 
@@ -168,7 +177,8 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
 
 def task_sections(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """Every task's section of `data` validated by its options (all of them, whichever the task:
-    a typo in an unused section is still a typo); returns (section -> complete mapping, problems)."""
+    a typo in an unused section is still a typo); returns (section -> complete mapping,
+    problems)."""
     sections: dict[str, dict[str, Any]] = {}
     problems: list[Problem] = []
     for task in TASKS.values():

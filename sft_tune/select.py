@@ -59,15 +59,18 @@ def check_selection(
         raise fail(
             "--on-ray",
             str(folder.path),
-            "a retrain on Ray runs on another node, which hands the model back through the sweep's URI storage; this sweep's storage is a local folder",
-            "drop --on-ray (retrain here), or run sweeps that should retrain on the cluster with search.storage_path s3://...",
+            "a retrain on Ray runs on another node, which hands the model back through the "
+            "sweep's URI storage; this sweep's storage is a local folder",
+            "drop --on-ray (retrain here), or run sweeps that should retrain on the cluster with "
+            "search.storage_path s3://...",
         )
     if data_dir is not None and not Path(data_dir).is_dir():
         raise fail(
             "--data-dir",
             str(data_dir),
             "must be an existing folder (the one holding the sweep's data files now)",
-            "pass the folder that holds the data files, or drop --data-dir to read them where the sweep ran",
+            "pass the folder that holds the data files, or drop --data-dir to read them where "
+            "the sweep ran",
         )
     sweep = folder.load_sweep(data_dir)
     best = best_trial(sweep, read_trials(folder))

@@ -43,7 +43,8 @@ def read_token(token_file: Path | None = None) -> str:
                 "--token-file",
                 str(token_file),
                 "must be a readable file holding the cluster's Ray token",
-                "pass the token file of the cluster (e.g. copied from the head's ~/.ray/auth_token)",
+                "pass the token file of the cluster (e.g. copied from the head's "
+                "~/.ray/auth_token)",
             )
         return Path(token_file).read_text().strip()
     if os.environ.get("RAY_AUTH_TOKEN"):
@@ -116,15 +117,21 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            problems.append(Problem("--env", pair, "must be KEY=VALUE", "write e.g. --env WANDB_MODE=online"))  # fmt: skip
+            problems.append(
+                Problem("--env", pair, "must be KEY=VALUE", "write e.g. --env WANDB_MODE=online")
+            )
         elif key not in FORWARDED_ENV and any(part in key.upper() for part in SECRET_ENV_PARTS):
-            problems.append(Problem(
-                "--env",
-                f"{key}=(hidden)",
-                "secrets are not sent with a job (they would be visible in its runtime environment);"
-                f" names containing {', '.join(SECRET_ENV_PARTS)} (any case) count as secrets",
-                f"set {key} on the cluster nodes instead (e.g. a Kubernetes Secret or the node environment)",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "--env",
+                    f"{key}=(hidden)",
+                    "secrets are not sent with a job (they would be visible in its runtime "
+                    "environment);"
+                    f" names containing {', '.join(SECRET_ENV_PARTS)} (any case) count as secrets",
+                    f"set {key} on the cluster nodes instead (e.g. a Kubernetes Secret or the "
+                    "node environment)",
+                )
+            )
         else:
             env[key] = value
     if problems:
@@ -140,7 +147,8 @@ def check_command(command: list[str], root: Path | None = None) -> list[Path]:
             "command",
             command[:1],
             "must be one of: search, train, select, report (after `--`)",
-            "e.g. sft-tune submit --address http://HEAD:8265 -- search --space search_spaces/alpha.yaml",
+            "e.g. sft-tune submit --address http://HEAD:8265 -- search --space "
+            "search_spaces/alpha.yaml",
         )
     root = Path(root or Path.cwd()).resolve()
     args = _parse_command(command)
@@ -202,7 +210,10 @@ def _job_path(option: str, value: Path, root: Path) -> Path:
         return job
     here = value.resolve()  # what was probably meant: relative to the current folder
     if here.is_file() and here.is_relative_to(root):
-        fix = f"pass {option} {here.relative_to(root)} (relative to the project folder, not to the current folder)"
+        fix = (
+            f"pass {option} {here.relative_to(root)} (relative to the project folder, not to "
+            "the current folder)"
+        )
     elif here.is_file():
         fix = f"move or copy {here} into {root} and pass its path relative to it"
     else:
@@ -210,7 +221,8 @@ def _job_path(option: str, value: Path, root: Path) -> Path:
     raise fail(
         option,
         str(value),
-        f"must name a file in the project folder {root}, which the job runs from ({job} does not exist)",
+        f"must name a file in the project folder {root}, which the job runs from ({job} does not "
+        "exist)",
         fix,
     )
 

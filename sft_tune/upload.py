@@ -20,7 +20,8 @@ from typing import Any
 from sft_tune.errors import fail
 
 # File or folder names never uploaded (matched case-insensitively on every part of a path), after
-# removing the harmless "token" of Hugging Face tokenizer files (tokenizer.json, special_tokens_map).
+# removing the harmless "token" of Hugging Face tokenizer files (tokenizer.json,
+# special_tokens_map).
 SECRET_FILES = (
     ".env*",
     "*token*",
@@ -96,7 +97,8 @@ def is_secret(name: str) -> bool:
 
 
 def build_package(root: Path, reads: list[Path]) -> Package:
-    """List the job's working directory: git-tracked files plus `reads` inside `root`, no secrets."""
+    """List the job's working directory: git-tracked files plus `reads` inside `root`, no
+    secrets."""
     root = Path(root).resolve()
     tracked = _git_files(root, "--cached")
     listed = _rayignore_keeps(root, tracked) if tracked is not None else _folder_files(root)
@@ -112,9 +114,11 @@ def build_package(root: Path, reads: list[Path]) -> Package:
                 raise fail(
                     "file the command reads",
                     name,
-                    f"its name looks like a secret file ({', '.join(SECRET_FILES)}), and such files "
+                    f"its name looks like a secret file ({', '.join(SECRET_FILES)}), and such "
+                    "files "
                     "are never uploaded",
-                    "rename it (or keep it on storage the cluster reads and point the config there)",
+                    "rename it (or keep it on storage the cluster reads and point the config "
+                    "there)",
                 )
             if file.is_file() and name not in known:
                 known.add(name)
@@ -137,7 +141,8 @@ def build_package(root: Path, reads: list[Path]) -> Package:
 
 
 def _git_files(root: Path, *which: str) -> list[str] | None:
-    """`git ls-files` under `root` (relative to it), or None when `root` is not in a git checkout."""
+    """`git ls-files` under `root` (relative to it), or None when `root` is not in a git
+    checkout."""
     try:
         done = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", *which],

@@ -119,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrent",
         type=int,
         default=1,
-        help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first 10 trials at random anyway)",
+        help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first "
+        "10 trials at random anyway)",
     )
     parser.add_argument(
         "--num-cpus",
@@ -130,14 +131,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="recount the finished pairs in --out from their sweep folders and rewrite results.json and the report; train nothing",
+        help="recount the finished pairs in --out from their sweep folders and rewrite "
+        "results.json and the report; train nothing",
     )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.folds < 2 or args.concurrent < 1:
         parser.error("--trials and --concurrent must be >= 1 and --folds >= 2")
     if not args.base.is_file():
         parser.error(
-            f"--base {args.base}: no such file (run `python examples/prepare_tweets.py` for the demo)"
+            f"--base {args.base}: no such file (run `python examples/prepare_tweets.py` for the "
+            "demo)"
         )
     return args
 
@@ -220,7 +223,8 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 
 def examples_read(args: argparse.Namespace, sweep_dir: Path, best_params: dict) -> dict[str, int]:
-    """Labelled and unlabelled examples a pair read: every fold of every trial, plus the retraining."""
+    """Labelled and unlabelled examples a pair read: every fold of every trial, plus the
+    retraining."""
     from sft_tune.runconfig import parse_config, with_params
     from sft_tune.sweep.folder import SweepFolder
 
@@ -255,7 +259,8 @@ def paired(results: list[dict], arm: str, metric: str) -> dict:
 
 
 def command(args: argparse.Namespace) -> str:
-    """The command line that runs (or resumes) this study: the options that differ from the defaults."""
+    """The command line that runs (or resumes) this study: the options that differ from the
+    defaults."""
     parts = ["python studies/quality.py"]
     if args.base.resolve() != (ROOT / "examples" / "tweets.yaml").resolve():
         parts.append(f"--base {_rel(args.base)}")
@@ -271,16 +276,21 @@ def command(args: argparse.Namespace) -> str:
 
 
 def _rel(path: Path | str) -> str:
-    """`path` relative to the repository when it lies inside it (the report and its JSON are committed)."""
+    """`path` relative to the repository when it lies inside it (the report and its JSON are
+    committed)."""
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-KEEP = "<!-- written by hand below this line; studies/quality.py keeps it when it rewrites the table -->"
+KEEP = (
+    "<!-- written by hand below this line; studies/quality.py keeps it when it rewrites the "
+    "table -->"
+)
 
 
 def write_report(args: argparse.Namespace, results: list[dict]) -> None:
-    """The Markdown report, keeping the hand-written part of the old one, and its JSON next to it."""
+    """The Markdown report, keeping the hand-written part of the old one, and its JSON next to
+    it."""
     save_report(args.report, report(args, results), keep=KEEP)
     rows = [{**r, "sweep_dir": _rel(r["sweep_dir"])} for r in results]
     args.report.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
@@ -290,8 +300,11 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
     lines = [
         "# Quality study: searched two-phase SFT against an equally searched plain fine-tune",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the pairs finished by `{command(args)}`.",
-        f"Base config `{_rel(args.base)}`; every arm: {args.trials} trials x {args.folds} folds, {args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, retrained on all labelled data, tested once.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the pairs finished "
+        f"by `{command(args)}`.",
+        f"Base config `{_rel(args.base)}`; every arm: {args.trials} trials x {args.folds} folds, "
+        f"{args.concurrent} at a time (no early stopping of trials), best by CV macro-F1, "
+        "retrained on all labelled data, tested once.",
         "",
     ]
     rows = []
@@ -324,9 +337,12 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
     lines += [
         *markdown_table(header, rows),
         "",
-        "Examples learned from: every fold of every trial plus the retraining; an α = 0 phase 1 scores its labelled "
-        "batches for the log without learning from them (not counted). Both p-values are two-sided, over the per-seed pairs: a paired t-test and a Wilcoxon signed-rank test "
-        f"(with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** len(args.seeds):.4f} at {len(args.seeds)} seeds).",
+        "Examples learned from: every fold of every trial plus the retraining; an α = 0 phase 1 "
+        "scores its labelled "
+        "batches for the log without learning from them (not counted). Both p-values are "
+        "two-sided, over the per-seed pairs: a paired t-test and a Wilcoxon signed-rank test "
+        f"(with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** len(args.seeds):.4f} "
+        f"at {len(args.seeds)} seeds).",
         "",
         "Best parameters per (arm, seed):",
         "",
@@ -334,20 +350,23 @@ def report(args: argparse.Namespace, results: list[dict]) -> str:
     for r in results:
         if _complete(r) != args.trials:
             lines.append(
-                f"- WARNING {r['arm']} seed {r['seed']}: {_complete(r)} of {args.trials} trials finished every fold (an unequal budget)"
+                f"- WARNING {r['arm']} seed {r['seed']}: {_complete(r)} of {args.trials} trials "
+                "finished every fold (an unequal budget)"
             )
     for r in results:
         params = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
         )
         lines.append(
-            f"- {r['arm']} seed {r['seed']}: CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}; test macro-F1 {r['test']['macro_f1']:.4f}; {params}"
+            f"- {r['arm']} seed {r['seed']}: CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}; test "
+            f"macro-F1 {r['test']['macro_f1']:.4f}; {params}"
         )
     return "\n".join(lines) + "\n"
 
 
 def _complete(r: dict) -> int:
-    """Trials of the pair's search that finished every fold (read from its sweep when not stored)."""
+    """Trials of the pair's search that finished every fold (read from its sweep when not
+    stored)."""
     if "trials_complete" not in r:
         trials = json.loads((ROOT / r["sweep_dir"] / "trials.json").read_text())
         r["trials_complete"] = sum(t["status"] == "COMPLETE" for t in trials)
@@ -376,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray
 
-    # Each trial holds its one worker's CPU (it trains in its Tune actor): room for --concurrent of them.
+    # Each trial holds its one worker's CPU (it trains in its Tune actor): room for --concurrent of
+    # them.
     logical = max(args.num_cpus or os.cpu_count() or 1, args.concurrent)
     ray.init(
         num_cpus=logical, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
@@ -392,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_report(args, results)
                 r = results[-1]
                 print(
-                    f"   test macro-F1 {r['test']['macro_f1']:.4f} (CV {r['cv_mean']:.4f}) in {r['minutes']:.1f} min",
+                    f"   test macro-F1 {r['test']['macro_f1']:.4f} (CV {r['cv_mean']:.4f}) in "
+                    f"{r['minutes']:.1f} min",
                     flush=True,
                 )
     finally:

@@ -15,12 +15,13 @@ head starts random: an LM-head warm-up first). Five arms per model, equal in wha
 E, both learning rates and S come from a pilot on seed 0 that never sees the test file
 (`--pilot`: the labelled tweets split 75/25; the best validation macro-F1 picks the phase-2 rate
 and E from plain runs, then sft-a1's phase-1 rate at the shortest S, then S at that rate; the
-scores are written to studies/PILOT.json and the report). Each run is one `sft-tune train` in a fresh
-process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the seed
-sets the new head's weights, data order and masking). Finished runs are skipped on a rerun: those
-with a run folder under --out, and those kept in studies/QUALITY_FIXED.json (one row per finished run,
-in the repository, so that --report-only works from a fresh clone; `--results NEW.json` starts over).
-The report's section holds every kept run of the chosen --models and --seeds, whichever --arms ran.
+scores are written to studies/PILOT.json and the report). Each run is one `sft-tune train` in a
+fresh process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the
+seed sets the new head's weights, data order and masking). Finished runs are skipped on a rerun:
+those with a run folder under --out, and those kept in studies/QUALITY_FIXED.json (one row per
+finished run, in the repository, so that --report-only works from a fresh clone; `--results
+NEW.json` starts over). The report's section holds every kept run of the chosen --models and
+--seeds, whichever --arms ran.
 
     python examples/prepare_tweets.py
     python studies/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
@@ -64,7 +65,7 @@ MODELS: dict[str, dict[str, Any]] = {
             "epochs": 4,
             "phase1_lr": [2e-5, 6e-5],
             "steps": [60, 120],
-        },  # fmt: skip
+        },
     },
     "minilm": {
         "model": {"name_or_path": str(EXAMPLES / "data" / "minilm"), "task": "classification"},
@@ -78,7 +79,7 @@ MODELS: dict[str, dict[str, Any]] = {
             "epochs": 6,
             "phase1_lr": [3e-5, 1e-4],
             "steps": [300, 500],
-        },  # fmt: skip
+        },
     },
 }
 ARMS = ("plain", "matched", "sft-a1", "sft-a025", "tapt")
@@ -144,7 +145,9 @@ LM_STEPS = 10  # steps averaged at each end of a phase for the L_lm figures
 def lm_losses(history: Path, steps: int = LM_STEPS) -> dict[str, list[float]]:
     """The LM loss at the start and the end of the LM-head warm-up (phase 0) and of phase 1: the
     mean over the first and the last `steps` logged steps of each, from the run's history.jsonl."""
-    rows = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []  # fmt: skip
+    rows = (
+        [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
+    )
     found = {}
     for phase, key in ((0, "warmup"), (1, "phase1")):
         lm = [r["lm_loss"] for r in rows if r.get("phase") == phase]
@@ -168,7 +171,15 @@ def train(name: str, config: dict, out: Path) -> dict[str, Any]:
         print(f"== {name}", flush=True)
         start = time.time()
         with open(log, "w") as handle:
-            command = [sys.executable, "-m", "sft_tune", "train", "--config", str(path), "--no-progress"]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "sft_tune",
+                "train",
+                "--config",
+                str(path),
+                "--no-progress",
+            ]
             done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise SystemExit(f"{name} failed (exit {done.returncode}); see {log}")
@@ -189,14 +200,18 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
         name = f"pilot-{model}-plain-lr{lr:g}"
         run = train(name, config_of(model, chosen, "plain", 0, out, True, name), out)
         for ev in run["evaluations"]:  # after each phase-2 epoch, on the 75 held-out tweets
-            seen.append({"arm": "plain", "phase2_lr": lr, "epochs": ev["epoch"], "macro_f1": ev["macro_f1"]})  # fmt: skip
+            seen.append(
+                {"arm": "plain", "phase2_lr": lr, "epochs": ev["epoch"], "macro_f1": ev["macro_f1"]}
+            )
     best = max(seen, key=lambda s: (s["macro_f1"], -s["epochs"]))
     choice = {"phase2_lr": best["phase2_lr"], "epochs": best["epochs"]}
 
     def two_phase(lr: float, steps: int) -> dict[str, Any]:
         name = f"pilot-{model}-sft-a1-lr{lr:g}-s{steps}"
         chosen = {**choice, "phase1_lr": lr, "steps": steps}
-        final = train(name, config_of(model, chosen, "sft-a1", 0, out, True, name), out)["evaluations"][-1]  # fmt: skip
+        final = train(name, config_of(model, chosen, "sft-a1", 0, out, True, name), out)[
+            "evaluations"
+        ][-1]
         found = {"arm": "sft-a1", "phase1_lr": lr, "steps": steps, "macro_f1": final["macro_f1"]}
         seen.append(found)
         return found
@@ -208,10 +223,15 @@ def pilot(model: str, out: Path) -> dict[str, Any]:
     return {**choice, "phase1_lr": two["phase1_lr"], "steps": two["steps"], "pilot_runs": seen}
 
 
-def paired(results: list[dict], model: str, arm: str, metric: str, base_arm: str = "plain") -> dict[str, Any]:  # fmt: skip
-    """Per-seed differences of `arm` against `base_arm`, with a paired t-test and a Wilcoxon test."""
-    base = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, base_arm)}  # fmt: skip
-    mine = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, arm)}  # fmt: skip
+def paired(
+    results: list[dict], model: str, arm: str, metric: str, base_arm: str = "plain"
+) -> dict[str, Any]:
+    """Per-seed differences of `arm` against `base_arm`, with a paired t-test and a Wilcoxon
+    test."""
+    base = {
+        r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, base_arm)
+    }
+    mine = {r["seed"]: r["test"][metric] for r in results if (r["model"], r["arm"]) == (model, arm)}
     return paired_test(mine, base)
 
 
@@ -222,18 +242,46 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
         "",
         "### Round 2: the runs kept in `studies/QUALITY_FIXED.json`",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python studies/quality_fixed.py` (seeds {' '.join(map(str, seeds))}) from {len(results)} runs on {' and '.join(sorted({r.get('machine', '?') for r in results}))}; one run at a time.",
-        "Every run: `sft-tune train` on all 300 labelled tweets, tested once on 1,500. Arms per model: `plain` (E epochs), `matched` (plain with the labelled examples the α > 0 arms add), `sft-a1` / `sft-a025` (phase 1 of S steps with α = 1 / 0.25, then the same E epochs), `tapt` (α = 0).",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python "
+        f"studies/quality_fixed.py` (seeds {' '.join(map(str, seeds))}) from {len(results)} runs "
+        f"on {' and '.join(sorted({r.get('machine', '?') for r in results}))}; one run at a time.",
+        "Every run: `sft-tune train` on all 300 labelled tweets, tested once on 1,500. Arms per "
+        "model: `plain` (E epochs), `matched` (plain with the labelled examples the α > 0 arms "
+        "add), `sft-a1` / `sft-a025` (phase 1 of S steps with α = 1 / 0.25, then the same E "
+        "epochs), `tapt` (α = 0).",
         "",
     ]
     for model, choice in pilots.items():
         if not any(r["model"] == model for r in results):
             continue
         grid = MODELS[model]["pilot"]
-        tried = ", ".join(f"{r['arm']} {r.get('phase2_lr', r.get('phase1_lr')):g}" + (f" E={r['epochs']}" if r["arm"] == "plain" else f" S={r['steps']}") + f": {r['macro_f1']:.3f}" for r in choice.get("pilot_runs", []))  # fmt: skip
-        lines.append(f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs (the best per-epoch validation macro-F1 of plain runs of {grid['epochs']} epochs at rates {grid['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} (sft-a1 at rates {grid['phase1_lr']} with the shortest S) and S = {choice['steps']} steps (of {grid['steps']} at that rate). Validation macro-F1: {tried}.")  # fmt: skip
+        tried = ", ".join(
+            f"{r['arm']} {r.get('phase2_lr', r.get('phase1_lr')):g}"
+            + (f" E={r['epochs']}" if r["arm"] == "plain" else f" S={r['steps']}")
+            + f": {r['macro_f1']:.3f}"
+            for r in choice.get("pilot_runs", [])
+        )
+        lines.append(
+            f"Pilot ({model}, seed 0, 225 tweets to train and 75 to validate, no test file): "
+            f"phase-2 learning rate {choice['phase2_lr']:g} and E = {choice['epochs']} epochs "
+            f"(the best per-epoch validation macro-F1 of plain runs of {grid['epochs']} epochs "
+            f"at rates {grid['phase2_lr']}), phase-1 learning rate {choice['phase1_lr']:g} "
+            f"(sft-a1 at rates {grid['phase1_lr']} with the shortest S) and S = "
+            f"{choice['steps']} steps (of {grid['steps']} at that rate). Validation macro-F1: "
+            f"{tried}."
+        )
     lines.append("")
-    header = ["model", "arm", "seeds", "test macro-F1", "test accuracy", "Δ macro-F1 vs plain, per seed (mean; paired t p, Wilcoxon p)", "Δ macro-F1 vs matched, per seed (mean; p, p)", "labelled / unlabelled examples", "minutes per run"]  # fmt: skip
+    header = [
+        "model",
+        "arm",
+        "seeds",
+        "test macro-F1",
+        "test accuracy",
+        "Δ macro-F1 vs plain, per seed (mean; paired t p, Wilcoxon p)",
+        "Δ macro-F1 vs matched, per seed (mean; p, p)",
+        "labelled / unlabelled examples",
+        "minutes per run",
+    ]
     rows = []
     for model in pilots:
         for arm in ARMS:
@@ -243,13 +291,33 @@ def report(results: list[dict], pilots: dict[str, dict], seeds: list[int]) -> st
             f1 = [100 * r["test"]["macro_f1"] for r in runs]
             acc = [100 * r["test"]["accuracy"] for r in runs]
             vs_plain = _diffs(paired(results, model, arm, "macro_f1")) if arm != "plain" else "-"
-            vs_matched = _diffs(paired(results, model, arm, "macro_f1", "matched")) if arm in ALPHA else "-"  # fmt: skip
+            vs_matched = (
+                _diffs(paired(results, model, arm, "macro_f1", "matched")) if arm in ALPHA else "-"
+            )
             used = runs[0]["examples"]
-            rows.append([model, arm, len(runs), mean_std(f1, ".1f"), mean_std(acc, ".1f"), vs_plain, vs_matched, f"{used['labelled']:,} / {used['unlabelled']:,}", f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}"])  # fmt: skip
+            rows.append(
+                [
+                    model,
+                    arm,
+                    len(runs),
+                    mean_std(f1, ".1f"),
+                    mean_std(acc, ".1f"),
+                    vs_plain,
+                    vs_matched,
+                    f"{used['labelled']:,} / {used['unlabelled']:,}",
+                    f"{statistics.fmean(r['minutes'] for r in runs if r['minutes']):.1f}",
+                ]
+            )
     lines += markdown_table(header, rows)
     lm = lm_lines(results, list(pilots))
     lines += ["", *lm] if lm else []
-    lines += ["", f"Both p-values are two-sided over the per-seed pairs (with n pairs the Wilcoxon test cannot go below 2/2^n: {2 / 2 ** max(len(seeds), 1):.3f} at {len(seeds)} seeds).", "", SECTION_END]  # fmt: skip
+    lines += [
+        "",
+        "Both p-values are two-sided over the per-seed pairs (with n pairs the Wilcoxon test "
+        f"cannot go below 2/2^n: {2 / 2 ** max(len(seeds), 1):.3f} at {len(seeds)} seeds).",
+        "",
+        SECTION_END,
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +337,11 @@ def lm_lines(results: list[dict], models: list[str]) -> list[str]:
             if pairs:
                 start, end = (statistics.fmean(p[i] for p in pairs) for i in (0, 1))
                 parts.append(f"{what} {start:.2f} → {end:.2f}")
-        lines.append(f"L_lm of {model} (nats per token, the mean of the first and of the last {LM_STEPS} steps, over its {len(runs)} run{'' if len(runs) == 1 else 's'} with phase 1): {'; '.join(parts)}.")  # fmt: skip
+        lines.append(
+            f"L_lm of {model} (nats per token, the mean of the first and of the last {LM_STEPS} "
+            f"steps, over its {len(runs)} run{'' if len(runs) == 1 else 's'} with phase 1): "
+            f"{'; '.join(parts)}."
+        )
     return lines
 
 
@@ -300,7 +372,10 @@ def _diffs(stat: dict[str, Any]) -> str:
     if not diffs:
         return "-"
     text = " ".join(f"{d:+.1f}" for d in diffs)
-    return f"{text} ({statistics.fmean(diffs):+.1f}; {_p(stat.get('t_p'))}, {_p(stat.get('wilcoxon_p'))})"
+    return (
+        f"{text} ({statistics.fmean(diffs):+.1f}; {_p(stat.get('t_p'))}, "
+        f"{_p(stat.get('wilcoxon_p'))})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,11 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--pilot", action="store_true", help="choose E, learning rates and S (seed 0)")  # fmt: skip
-    parser.add_argument("--report-only", action="store_true", help="rewrite the report; train nothing")  # fmt: skip
+    parser.add_argument(
+        "--pilot", action="store_true", help="choose E, learning rates and S (seed 0)"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report; train nothing"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality-fixed")
     parser.add_argument("--report", type=Path, default=ROOT / "studies" / "QUALITY.md")
-    parser.add_argument("--results", type=Path, default=ROOT / "studies" / "QUALITY_FIXED.json", help="every finished run's row, kept in the repository: --report-only works without the run folders")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "studies" / "QUALITY_FIXED.json",
+        help="every finished run's row, kept in the repository: --report-only works without the "
+        "run folders",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -323,16 +408,24 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             pilots[model] = pilot(model, args.out)
             pilots_file.write_text(json.dumps(pilots, indent=2) + "\n")
-            print(f"{model}: {json.dumps({k: v for k, v in pilots[model].items() if k != 'pilot_runs'})}")  # fmt: skip
+            print(
+                f"{model}: {json.dumps({k: v for k, v in pilots[model].items() if k != 'pilot_runs'})}"
+            )
         return 0
     missing = [m for m in args.models if m not in pilots]
     if missing:
         parser.error(f"no pilot for {missing} in {pilots_file}: run with --pilot first")
-    kept = {_key(r): r for r in json.loads(args.results.read_text())} if args.results.is_file() else {}  # fmt: skip
+    kept = (
+        {_key(r): r for r in json.loads(args.results.read_text())} if args.results.is_file() else {}
+    )
     chosen = {m: pilots[m] for m in args.models}
 
     def section() -> str:  # every kept run of these models and seeds, whatever --arms ran now
-        rows = [r for r in sorted(kept.values(), key=_key) if r["model"] in chosen and r["seed"] in args.seeds]  # fmt: skip
+        rows = [
+            r
+            for r in sorted(kept.values(), key=_key)
+            if r["model"] in chosen and r["seed"] in args.seeds
+        ]
         return report(rows, chosen, args.seeds)
 
     for seed in args.seeds:  # seed-major: every arm of a seed before the next (paired)
@@ -344,7 +437,17 @@ def main(argv: list[str] | None = None) -> int:
                 if not run_json.is_file() and ((model, arm, seed) in kept or args.report_only):
                     continue  # kept (finished, folder gone), or not run and not to be run now
                 run = train(name, config, args.out)
-                row = {"model": model, "arm": arm, "seed": seed, "test": run["metrics"]["test"], "examples": examples_learned(config), "minutes": run["minutes"], "unknown_token_share": run.get("unknown_token_share"), "lm_loss": lm_losses(run_json.parent / "history.jsonl"), "machine": kept.get((model, arm, seed), {}).get("machine") or machine()}  # fmt: skip
+                row = {
+                    "model": model,
+                    "arm": arm,
+                    "seed": seed,
+                    "test": run["metrics"]["test"],
+                    "examples": examples_learned(config),
+                    "minutes": run["minutes"],
+                    "unknown_token_share": run.get("unknown_token_share"),
+                    "lm_loss": lm_losses(run_json.parent / "history.jsonl"),
+                    "machine": kept.get((model, arm, seed), {}).get("machine") or machine(),
+                }
                 kept[model, arm, seed] = row
                 args.results.write_text(
                     json.dumps(sorted(kept.values(), key=_key), indent=2) + "\n"

@@ -13,10 +13,10 @@ sweep makes (fed the running CV mean after each fold): the share of none's folds
 whether the chosen configuration is none's (else how far behind, in points).
 
 `--orders N`: the same fold scores in N random trial orders and fold orders per sweep (seeded),
-under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, and plus each other rule: the mean and
-largest share of folds trained, how often it exceeds 50%, and how often the choice is more than
-the ROPE behind none's. One sweep's order is one draw of a random start; this is how a rule was
-judged beyond it."""
+under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, and plus each other rule:
+the mean and largest share of folds trained, how often it exceeds 50%, and how often the choice is
+more than the ROPE behind none's. One sweep's order is one draw of a random start; this is how a
+rule was judged beyond it."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def orders(runs, count: int, rope: float = 0.01) -> None:
         draws = []
         for _ in range(count):
             fold_order = rng.sample(range(folds), folds)
-            draws.append(rng.sample([(t, [s[i] for i in fold_order]) for t, s in trials], len(trials)))  # fmt: skip
+            draws.append(
+                rng.sample([(t, [s[i] for i in fold_order]) for t, s in trials], len(trials))
+            )
         print(f"{name}, {count} random trial and fold orders:")
         for rules in variants:
             shares, behind = [], []
@@ -147,7 +149,9 @@ def main() -> int:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--orders", type=int, default=0, help="random orders per sweep (0: none)")
     args = parser.parse_args()
-    paths = sorted(p for folder in args.folders for p in folder.glob("sweeps/sched-none-*/events.jsonl"))  # fmt: skip
+    paths = sorted(
+        p for folder in args.folders for p in folder.glob("sweeps/sched-none-*/events.jsonl")
+    )
     if not paths:
         sys.exit("no sweeps/sched-none-*/events.jsonl under the folders given")
     runs = [(p.parent.name, trials_of(p)) for p in paths]

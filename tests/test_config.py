@@ -148,7 +148,10 @@ def test_config_schema_imports_no_task():
     import subprocess
     import sys
 
-    code = "import sys, sft_tune.config; print(sorted(m for m in sys.modules if m.startswith('sft_tune.tasks')))"
+    code = (
+        "import sys, sft_tune.config; print(sorted(m for m in sys.modules if "
+        "m.startswith('sft_tune.tasks')))"
+    )
     assert (
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -1,7 +1,8 @@
 """Every launch file loads, passes its schema (Ray's cluster-config schema for the cluster launcher,
 KubeRay's RayJob CRD for the RayJob, with unknown fields refused as `kubectl apply
---validate=strict` does), and keeps token authentication on; the cluster launcher's head commands start a token-auth head from a
-clean machine (run here against a real `ray start --head`, marked `ray`)."""
+--validate=strict` does), and keeps token authentication on; the cluster launcher's head commands
+start a token-auth head from a clean machine (run here against a real `ray start --head`, marked
+`ray`)."""
 
 import gzip
 import json

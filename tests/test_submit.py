@@ -234,7 +234,8 @@ def test_plain_environment_variables_are_forwarded(name):
 
 
 def _paths_project(root: Path, tiny_bert: Path) -> None:
-    """A project with a valid config and space under configs/, a bad one of each, and a subfolder."""
+    """A project with a valid config and space under configs/, a bad one of each, and a
+    subfolder."""
     data = make_project(root)
     raw = run_config_dict(tiny_bert, {k: Path("..") / p for k, p in data.items()}, root / "out")
     (root / "configs").mkdir()

@@ -14,7 +14,8 @@ from sft_tune.core.losses import mask_tokens
 def pad(
     sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence in the batch (dynamic padding); returns (input_ids, attention_mask)."""
+    """Pad to the longest sequence in the batch (dynamic padding); returns (input_ids,
+    attention_mask)."""
     width = max(len(seq) for seq in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)

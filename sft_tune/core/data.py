@@ -63,7 +63,8 @@ def cached(
     compute: Callable[[], Any],
     cache_dir: Path | None = None,
 ) -> Any:
-    """`compute()`'s JSON result, reused when the same `kind`, tokenizer, params and items come again.
+    """`compute()`'s JSON result, reused when the same `kind`, tokenizer, params and items come
+    again.
 
     Every tokenization of a labelled or unlabelled set goes through here, so a sweep tokenizes
     each file once however many trials, folds and workers use it; `TOKENIZATION_PASSES` counts
@@ -94,7 +95,8 @@ def cached(
 def tokenize(
     texts: Sequence[str], tokenizer, max_length: int, cache_dir: Path | None = None
 ) -> Encoded:
-    """Tokenize texts with truncation, reusing an earlier result for the same texts and tokenizer."""
+    """Tokenize texts with truncation, reusing an earlier result for the same texts and
+    tokenizer."""
     ids = cached(
         "texts",
         tokenizer,

@@ -118,7 +118,8 @@ def _check_saved(path: Path, what: str) -> None:
         raise fail(
             str(path),
             f"a folder holding {there}",
-            f"the {what} folder must be a dataset saved by Dataset.save_to_disk ({type(err).__name__}: {err})",
+            f"the {what} folder must be a dataset saved by Dataset.save_to_disk "
+            f"({type(err).__name__}: {err})",
             "save it again with Dataset.save_to_disk, or point to a data file",
         ) from None
     if missing:
@@ -163,18 +164,34 @@ def _csv_table(path: Path, text: str, delimiter: str, problems: list[Problem]) -
     try:
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as err:
-        problems.append(Problem(str(path), str(err), "the file must be valid CSV", "fix the quoting"))  # fmt: skip
+        problems.append(
+            Problem(str(path), str(err), "the file must be valid CSV", "fix the quoting")
+        )
         return Table({})
     header, body = rows[0], rows[1:]
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
-        problems.append(Problem(f"{path} row 1", header[:10], f"every column name must appear once in the header ({twice} appear more than once)", "rename the repeated columns"))  # fmt: skip
+        problems.append(
+            Problem(
+                f"{path} row 1",
+                header[:10],
+                f"every column name must appear once in the header ({twice} appear more than once)",
+                "rename the repeated columns",
+            )
+        )
     kept = []
     for number, row in enumerate(body, 2):
         if not row:
             continue  # a blank line
         if len(row) != len(header):
-            problems.append(Problem(f"{path} row {number}", row[:5], f"row {number} has {len(row)} fields, the header has {len(header)}", "quote fields that hold the delimiter, or fix the row"))  # fmt: skip
+            problems.append(
+                Problem(
+                    f"{path} row {number}",
+                    row[:5],
+                    f"row {number} has {len(row)} fields, the header has {len(header)}",
+                    "quote fields that hold the delimiter, or fix the row",
+                )
+            )
         kept.append(row)
     return Table({name: [row[i] for row in kept] for i, name in enumerate(header)})
 
@@ -191,7 +208,15 @@ def _json_table(path: Path, text: str, suffix: str, problems: list[Problem]) -> 
             if len({len(v) for v in document.values()}) <= 1:
                 return Table(document)
         if document is not None:
-            problems.append(Problem(str(path), _kind(document), "a JSON file must be an array of row objects, an object of equal-length column lists, or one JSON object per line", "rewrite it in one of those layouts"))  # fmt: skip
+            problems.append(
+                Problem(
+                    str(path),
+                    _kind(document),
+                    "a JSON file must be an array of row objects, an object of equal-length "
+                    "column lists, or one JSON object per line",
+                    "rewrite it in one of those layouts",
+                )
+            )
             return Table({})
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -280,7 +305,8 @@ def text_column(table: Table, column: str, path: Path, what: str, setting: str) 
         raise fail(
             f"{path} column {column!r} row {row + 1}",
             value,
-            f"every value of the {what} text column must be non-empty text ({len(bad)} of {len(values)} rows are not)",
+            f"every value of the {what} text column must be non-empty text ({len(bad)} of "
+            f"{len(values)} rows are not)",
             f"remove or fill those rows, or set {setting} to the text column",
         )
     return values
@@ -344,7 +370,8 @@ def read_data(
             Problem(
                 "phase1.steps",
                 config.phase1.steps,
-                "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: true`",
+                "phase 1 needs LM text: `data.unlabelled` files or `data.labelled_text_for_lm: "
+                "true`",
                 "add unlabelled files, enable labelled_text_for_lm, or set phase1.steps to 0",
             )
         )

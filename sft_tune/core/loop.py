@@ -481,8 +481,10 @@ def require_lm_data(data: FitData, config: RunConfig) -> None:
         raise fail(
             "phase1.steps",
             config.phase1.steps,
-            f"phase 1 needs LM text, and this run's LM data is empty ({source}, after leaving out the held-out texts)",
-            "add data.unlabelled files, set data.labelled_text_for_lm: true, or set phase1.steps: 0",
+            f"phase 1 needs LM text, and this run's LM data is empty ({source}, after leaving "
+            "out the held-out texts)",
+            "add data.unlabelled files, set data.labelled_text_for_lm: true, or set "
+            "phase1.steps: 0",
         )
 
 

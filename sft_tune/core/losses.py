@@ -1,9 +1,10 @@
 """The phase-1 objective: real language-model losses and their mix with the task loss.
 
 `phase_loss` is the one place the objective is composed (with the alpha schedule, `alpha_at`,
-and the alpha = 0 rule, `task_trains`); its `LossParts` feed both `backward()` and the logs. The LM losses take the backbone's hidden states and project to the vocabulary only
-where a target exists (selected MLM positions, non-padding next tokens): over all positions the
-vocabulary projection dominates the cost of a phase-1 step.
+and the alpha = 0 rule, `task_trains`); its `LossParts` feed both `backward()` and the logs. The LM
+losses take the backbone's hidden states and project to the vocabulary only where a target exists
+(selected MLM positions, non-padding next tokens): over all positions the vocabulary projection
+dominates the cost of a phase-1 step.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def mask_tokens(
     probability: float,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking recipe: select `probability` of the ordinary tokens, then 80% mask / 10% random / 10% kept.
+    """BERT's masking recipe: select `probability` of the ordinary tokens, then 80% mask / 10%
+    random / 10% kept.
 
     `special_tokens_mask` is 1 for special tokens and padding, which are never selected.
     Returns (masked input ids, labels) where labels are IGNORE_INDEX outside the selected positions.

@@ -120,7 +120,8 @@ def load_tokenizer(model: ModelConfig, task=None):
         raise fail(
             "model.name_or_path",
             model.name_or_path,
-            f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: {str(err).splitlines()[0]})",
+            f"must be a local model folder or a reachable hub id ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0]})",
             "point to a folder with config.json and tokenizer files",
         ) from None
     if tokenizer.pad_token is None:
@@ -282,7 +283,8 @@ def lm_head_of(lm_model: nn.Module) -> nn.Module:
         raise fail(
             "model.name_or_path",
             type(lm_model).__name__,
-            f"the LM model must be a backbone `{prefix}` plus one head module, but has children {names}",
+            f"the LM model must be a backbone `{prefix}` plus one head module, but has children "
+            f"{names}",
             "use a BERT/RoBERTa-like encoder or a GPT/Llama-like decoder",
         )
     return heads[0]
@@ -342,7 +344,8 @@ def add_adapters(
             "model.adapter.target_modules",
             adapter.target_modules,
             f"PEFT cannot put LoRA adapters there ({str(err).splitlines()[0][:300]})",
-            f"name linear layers of the backbone, e.g. {_linear_names(task_model)[:8]}, or use auto / all-linear",
+            f"name linear layers of the backbone, e.g. {_linear_names(task_model)[:8]}, or use "
+            "auto / all-linear",
         ) from None
     object.__setattr__(model, "peft_model", peft_model)  # not a submodule: see TwoPhaseModel
     if model.lm_head is not None and model.objective == "causal":
@@ -365,7 +368,8 @@ def target_modules(task_model: nn.Module, adapter: AdapterConfig) -> list[str] |
             raise fail(
                 "model.adapter.target_modules",
                 adapter.target_modules,
-                f"{unknown} name no module of this {task_model.config.model_type!r} backbone, whose linear layers are {_linear_names(task_model)}",
+                f"{unknown} name no module of this {task_model.config.model_type!r} backbone, "
+                f"whose linear layers are {_linear_names(task_model)}",
                 "pick module names from that list, or use auto / all-linear",
             )
         wanted = adapter.target_modules

@@ -334,7 +334,10 @@ def check_coverage(
     sample = random.Random(0).sample(list(unlabelled), min(len(unlabelled), COVERAGE_SAMPLE))
     parts = {"labelled": (texts, text_ids)}
     if sample:
-        parts["unlabelled"] = (sample, tokenizer(sample, truncation=True, max_length=config.data.max_length)["input_ids"])  # fmt: skip
+        parts["unlabelled"] = (
+            sample,
+            tokenizer(sample, truncation=True, max_length=config.data.max_length)["input_ids"],
+        )
     shares, problems = {}, []
     limit = config.data.max_unknown_fraction
     for part, (part_texts, ids) in parts.items():
@@ -355,8 +358,12 @@ def check_coverage(
                 Problem(
                     "model.name_or_path",
                     config.model.name_or_path,
-                    f"its tokenizer must read the data: {shares[part]:.1%} of the tokens of the {part} texts are unknown ({unknown} of {total}), above data.max_unknown_fraction {limit:g}; characters it cannot read: {shown or 'none alone (unknown only in context)'}",
-                    "use a model whose vocabulary covers the language of the data, or raise data.max_unknown_fraction to train anyway",
+                    f"its tokenizer must read the data: {shares[part]:.1%} of the tokens of the "
+                    f"{part} texts are unknown ({unknown} of {total}), above "
+                    f"data.max_unknown_fraction {limit:g}; characters it cannot read: "
+                    f"{shown or 'none alone (unknown only in context)'}",
+                    "use a model whose vocabulary covers the language of the data, or raise "
+                    "data.max_unknown_fraction to train anyway",
                 )
             )
     if problems:
@@ -376,7 +383,8 @@ def lm_selection(
     (`data.text_hashes`): the unlabelled texts that are not a held-out text nor another form of
     one (`forms`; the pool may hold copies of labelled texts, written another way), and, when
     `include_labelled`, one copy of each training text that is not held out (several examples
-    may share a text: QA questions on one context). Returns (unlabelled indices, labelled indices)."""
+    may share a text: QA questions on one context). Returns (unlabelled indices, labelled
+    indices)."""
     held = held_hashes(labelled_hashes, forms, heldout_indices)
     keep = np.flatnonzero(~np.isin(unlabelled_hashes, held))
     chosen: list[int] = []

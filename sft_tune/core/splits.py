@@ -27,7 +27,8 @@ def check_class_counts(strata: Sequence[Any], needed: int, what: str, path: Path
             f"{path} labels",
             short,
             f"every class needs at least {needed} examples for {what}",
-            "add examples of those classes, drop them from the label set, or ask for a smaller split",
+            "add examples of those classes, drop them from the label set, or ask for a smaller "
+            "split",
         )
 
 
@@ -84,7 +85,8 @@ def _check_validation(
         raise fail(
             "data.validation_fraction",
             fraction,
-            f"the validation split ({held} of {size} examples) and the rest must each hold at least one example per class ({classes} classes)",
+            f"the validation split ({held} of {size} examples) and the rest must each hold at "
+            f"least one example per class ({classes} classes)",
             "raise data.validation_fraction or add examples"
             if held < classes
             else "lower data.validation_fraction or add examples",

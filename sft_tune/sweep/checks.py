@@ -83,8 +83,10 @@ def check_search(
             Problem(
                 "--data-dir",
                 str(data_dir),
-                "re-points the data files of a sweep to resume: needs --resume and an existing folder",
-                "drop --data-dir with --space (the space's config names its data), or pass the folder that holds the data now",
+                "re-points the data files of a sweep to resume: needs --resume and an existing "
+                "folder",
+                "drop --data-dir with --space (the space's config names its data), or pass the "
+                "folder that holds the data now",
             )
         )
     target = address or os.environ.get("RAY_ADDRESS")
@@ -142,7 +144,8 @@ def _resumed(
             Problem(
                 "--resume",
                 str(path),
-                "the sweep never got as far as saving Ray Tune state, so there is nothing to resume",
+                "the sweep never got as far as saving Ray Tune state, so there is nothing to "
+                "resume",
                 f"delete {path} and start the sweep again with --space",
             )
         )
@@ -151,7 +154,7 @@ def _resumed(
     return sweep, folder, data, problems + found
 
 
-# -- the search-space file --------------------------------------------------------------------------
+# -- the search-space file -------------------------------------------------------------------------
 
 
 def load_space(path: str | Path, check_inputs: bool = False) -> Sweep:
@@ -297,7 +300,8 @@ def _searchable_problems(
                     f"params.{dotted}",
                     param.model_dump(exclude_none=True, exclude_defaults=True),
                     f"{dotted} cannot be searched: {refused}",
-                    "set one value for the whole sweep in the base config or `overrides` (see docs/search.md, Searchable fields)",
+                    "set one value for the whole sweep in the base config or `overrides` (see "
+                    "docs/search.md, Searchable fields)",
                 )
             )
     lm_text = params.get("data.labelled_text_for_lm")
@@ -316,7 +320,8 @@ def _searchable_problems(
             Problem(
                 "params.data.labelled_text_for_lm",
                 lm_text.candidates(),
-                "with no data.unlabelled file, a two-phase trial that samples false has no LM text for phase 1",
+                "with no data.unlabelled file, a two-phase trial that samples false has no LM "
+                "text for phase 1",
                 "add data.unlabelled files, or drop false from the choices",
             )
         )
@@ -404,8 +409,10 @@ def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Proble
                             Problem(
                                 where,
                                 value,
-                                f"each bound/choice must fit the rest of the config: with {dotted} = {value!r}, {p.where}: {p.rule}",
-                                f"narrow the range, or set {p.where} (in overrides) so that every value fits",
+                                "each bound/choice must fit the rest of the config: with "
+                                f"{dotted} = {value!r}, {p.where}: {p.rule}",
+                                f"narrow the range, or set {p.where} (in overrides) so that "
+                                "every value fits",
                             )
                         )
                 break
@@ -443,7 +450,9 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
                 Problem(
                     "search.mode",
                     search.mode,
-                    f"must agree with search.metric: a {better} {search.metric} is better, so the mode is {direction} (each fold's early stopping, the scheduler, Optuna and the ranking all follow it)",
+                    f"must agree with search.metric: a {better} {search.metric} is better, so "
+                    f"the mode is {direction} (each fold's early stopping, the scheduler, Optuna "
+                    "and the ranking all follow it)",
                     f"set search.mode: {direction}, or leave it out",
                 )
             )
@@ -474,8 +483,10 @@ def _check_settings(space: SearchSpace, base_config: RunConfig) -> list[Problem]
             Problem(
                 "search.folds",
                 1,
-                "one fold is a holdout split of data.validation_fraction of the labelled file, and the base config sets it to 0",
-                "set data.validation_fraction (e.g. overrides: {data.validation_fraction: 0.2}), or use folds >= 2",
+                "one fold is a holdout split of data.validation_fraction of the labelled file, "
+                "and the base config sets it to 0",
+                "set data.validation_fraction (e.g. overrides: {data.validation_fraction: 0.2}), "
+                "or use folds >= 2",
             )
         )
     for i, point in enumerate(search.initial_points):

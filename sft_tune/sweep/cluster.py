@@ -104,14 +104,17 @@ def _running_cluster() -> str | None:
 
 
 def _warn_node_local_storage(sweep: Sweep) -> None:
-    """A multi-node sweep needs storage every node reaches; say so when storage_path is a plain path."""
+    """A multi-node sweep needs storage every node reaches; say so when storage_path is a plain
+    path."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and "://" not in sweep.search.storage_path:
         log.warning(
-            "search.storage_path %s is a local path on a %d-node cluster: unless it is a shared file system "
-            "mounted on every node, trials on other nodes cannot write results and checkpoints there. "
+            "search.storage_path %s is a local path on a %d-node cluster: unless it is a shared "
+            "file system "
+            "mounted on every node, trials on other nodes cannot write results and checkpoints "
+            "there. "
             "Use s3://bucket/path, gs://bucket/path or a shared mount.",
             sweep.search.storage_path,
             len(nodes),
@@ -140,7 +143,8 @@ def check_local_resources(resources: Resources) -> None:
         raise fail(
             "search.resources",
             resources.model_dump(),
-            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, this machine has {cpus} CPU and {gpus} GPU (a local Ray gets what the machine has)",
+            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU, this machine has {cpus} CPU "
+            f"and {gpus} GPU (a local Ray gets what the machine has)",
             "lower workers / cpus_per_worker / gpus_per_worker, or run on a cluster with --address",
         )
 

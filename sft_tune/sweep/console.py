@@ -148,7 +148,8 @@ class ProgressView(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         if FINISH_KEY in trial.config:
             self.say(
-                f"{self._label(trial)} finishing: the scheduler stopped it, its partial mean is in the running"
+                f"{self._label(trial)} finishing: the scheduler stopped it, its partial mean is "
+                "in the running"
             )
             return
         params = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
@@ -161,7 +162,9 @@ class ProgressView(tune.Callback):
             return
         self.folds_done += 1
         self.say(
-            f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} {result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± {result['cv_std']:.4f}"
+            f"{self._label(trial)} fold {result['fold']}/{self.folds}: {self.metric} "
+            f"{result['fold_score']:.4f}, running mean {result['cv_mean']:.4f} ± "
+            f"{result['cv_std']:.4f}"
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -177,14 +180,16 @@ class ProgressView(tune.Callback):
         )
         ended = {
             "STOPPED": f"stopped by the scheduler after {done}/{self.folds} folds",
-            "DIVERGED": f"DIVERGED in fold {done}/{self.folds} (a loss or score was NaN or infinite): it ranks after every finite trial",
+            "DIVERGED": f"DIVERGED in fold {done}/{self.folds} (a loss or score was NaN or "
+            "infinite): it ranks after every finite trial",
         }.get(status, f"complete ({done} folds)")
         self.say(f"{self._label(trial)} {ended}{score}")
         self._where(trials)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.say(
-            f"{self._label(trial)} failed ({_error_line(trial, self.storage_path)}); retrying from its last finished fold"
+            f"{self._label(trial)} failed ({_error_line(trial, self.storage_path)}); retrying "
+            "from its last finished fold"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -212,7 +217,8 @@ class ProgressView(tune.Callback):
             per_fold = elapsed / self.folds_done
             eta = f", ETA at most {_clock(per_fold * left * self.folds)}"
         self.say(
-            f"sweep: {ended}/{self.num_trials} trials ended ({counts}){finishing}, {self.folds_done} folds trained in {_clock(elapsed)}{eta}"
+            f"sweep: {ended}/{self.num_trials} trials ended ({counts}){finishing}, "
+            f"{self.folds_done} folds trained in {_clock(elapsed)}{eta}"
         )
 
 

@@ -112,8 +112,10 @@ class SweepFolder:
                 raise fail(
                     option,
                     folder.experiment,
-                    f"must be a sweep's home on its storage (STORAGE_URI/NAME, holding {cls.SNAPSHOT})",
-                    "pass search.storage_path/search.name of the sweep, e.g. s3://bucket/sweeps/NAME",
+                    "must be a sweep's home on its storage (STORAGE_URI/NAME, holding "
+                    f"{cls.SNAPSHOT})",
+                    "pass search.storage_path/search.name of the sweep, e.g. "
+                    "s3://bucket/sweeps/NAME",
                 )
             folder.path.mkdir(parents=True, exist_ok=True)
             folder.home.pull(list(cls.OWN_FILES))
@@ -226,7 +228,8 @@ class SweepFolder:
                 raise fail(
                     "--resume",
                     str(self.path),
-                    f"a sweep folder must keep its search.name ({search.name!r}): the Optuna study and Ray Tune state inside are named after it",
+                    f"a sweep folder must keep its search.name ({search.name!r}): the Optuna "
+                    "study and Ray Tune state inside are named after it",
                     f"rename the folder back to {self.path.parent / search.name}",
                 )
             search = search.model_copy(update={"storage_path": str(self.path.parent)})

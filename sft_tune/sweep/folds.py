@@ -146,7 +146,8 @@ def cross_validate(
     faults: TrialFaults = TrialFaults(),
     cache: ProcessCache = CACHE,
 ) -> list[float]:
-    """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after each."""
+    """Train and score each fold from `start`; `after_fold(fold, scores, summary, history)` after
+    each."""
     task = get_task(config.model.task)
     scores = list(scores or [])
     tokenizer = cache.tokenizer(config, task)
@@ -279,7 +280,8 @@ def run_folds(job: TrialJob, place: TrialPlace, cache: ProcessCache = CACHE) -> 
     """All folds of one trial (from the first one not in its checkpoint), one report per fold.
 
     `job` is what the trainable hands every place (`contract.TrialJob`). It writes nothing but its
-    reports: what the driver records comes to it through them (the trial may run on another node)."""
+    reports: what the driver records comes to it through them (the trial may run on another
+    node)."""
     config = job.run_config
     passes = data_module.TOKENIZATION_PASSES
     data = cache.data(job.data, config, get_task(config.model.task))
@@ -360,7 +362,8 @@ def run_folds(job: TrialJob, place: TrialPlace, cache: ProcessCache = CACHE) -> 
 
 
 def read_saved(checkpoint) -> dict[str, Any] | None:
-    """The fold state inside a fold checkpoint (a `ray.train.Checkpoint`, local or on URI storage)."""
+    """The fold state inside a fold checkpoint (a `ray.train.Checkpoint`, local or on URI
+    storage)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:

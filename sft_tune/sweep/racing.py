@@ -1,7 +1,8 @@
 """The racing scheduler (`search.scheduler: racing`): after each fold, a trial that is behind the
-incumbent beyond doubt, or by more than the ROPE on the folds both ran, is stopped. Racing as in F-race / irace and SMAC's intensification: every
-trial runs the same folds in the same order, so a new trial is compared with the incumbent (the
-best trial that has run every fold) on the folds both completed, paired.
+incumbent beyond doubt, or by more than the ROPE on the folds both ran, is stopped. Racing as in
+F-race / irace and SMAC's intensification: every trial runs the same folds in the same order, so a
+new trial is compared with the incumbent (the best trial that has run every fold) on the folds both
+completed, paired.
 
 A trial is stopped when any of the rules in use says so:
 - `paired`: the corrected 95% interval of incumbent − trial (`paired.compare`) lies above 0;
@@ -124,7 +125,10 @@ class RacingScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         found = self.incumbent()
-        return f"Racing against {found[0] if found else 'no incumbent yet'} ({len(self.stopped)} stopped)."
+        return (
+            f"Racing against {found[0] if found else 'no incumbent yet'} "
+            f"({len(self.stopped)} stopped)."
+        )
 
 
 def _scores(result: dict[str, Any]) -> list[float]:

@@ -153,7 +153,10 @@ def choice_text(choice: dict[str, Any], metric: str) -> str:
     runner = choice["runner_up"]
     if runner:
         gap = runner["chosen_minus_runner_up"]
-        text += f"; runner-up {runner['trial_id']} (CV {metric} {runner['cv_mean']:.4f}, chosen − runner-up {_signed_interval(gap)})"
+        text += (
+            f"; runner-up {runner['trial_id']} (CV {metric} {runner['cv_mean']:.4f}, chosen "
+            f"− runner-up {_signed_interval(gap)})"
+        )
     return text
 
 
@@ -241,12 +244,14 @@ def phase1_verdict(
         (only,) = space_arms
         fixed = "above 0" if only == "two-phase" else "at 0"
         verdict["statement"] = (
-            f"the search space keeps phase1.steps {fixed}, so every trial is {only} and this sweep makes no plain-vs-two-phase comparison ({happened or 'no trial ran'})"
+            f"the search space keeps phase1.steps {fixed}, so every trial is {only} and this "
+            f"sweep makes no plain-vs-two-phase comparison ({happened or 'no trial ran'})"
         )
     else:
         missing = [arm for arm in ("plain", "two-phase") if best[arm] is None]
         verdict["statement"] = (
-            f"no {' and no '.join(missing)} trial finished all folds, so this sweep cannot compare the two ({happened or 'no trial ran'})"
+            f"no {' and no '.join(missing)} trial finished all folds, so this sweep cannot "
+            f"compare the two ({happened or 'no trial ran'})"
         )
     return verdict
 
@@ -274,20 +279,34 @@ def _outcome_text(sweep: Sweep, gap: Comparison, two_phase: Trial, plain: Trial)
             f"{gap.mean:+.4f} ({pair}) on one paired fold, {where} the ROPE ±{rope:g}; one fold "
             "gives no spread to judge by: use search.folds >= 2 or search.repeats"
         )
-    interval = f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] ({pair}, 95% interval on {gap.folds} paired folds)"
+    interval = (
+        f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] ({pair}, 95% interval on "
+        f"{gap.folds} paired folds)"
+    )
     if gap.outcome == "better":
-        return f"phase 1 helped: {interval}, P(better by more than the ROPE {rope:g}) = {gap.p_better:.2f}"
+        return (
+            f"phase 1 helped: {interval}, P(better by more than the ROPE {rope:g}) = "
+            f"{gap.p_better:.2f}"
+        )
     if gap.outcome == "worse":
         return (
             f"phase 1 hurt: {interval}, P(worse by more than the ROPE {rope:g}) = {gap.p_worse:.2f}"
         )
     if gap.outcome == "equivalent":
-        return f"no difference that matters: {interval} lies inside ±{rope:g} (the ROPE), P(equivalent) = {gap.p_equivalent:.2f}"
-    text = f"can't tell yet: the interval of {interval} is wider than the ROPE ±{rope:g} and spans 0 (P(better) = {gap.p_better:.2f}, P(equivalent) = {gap.p_equivalent:.2f}, P(worse) = {gap.p_worse:.2f})"
+        return (
+            f"no difference that matters: {interval} lies inside ±{rope:g} (the ROPE), "
+            f"P(equivalent) = {gap.p_equivalent:.2f}"
+        )
+    text = (
+        f"can't tell yet: the interval of {interval} is wider than the ROPE ±{rope:g} and "
+        f"spans 0 (P(better) = {gap.p_better:.2f}, P(equivalent) = {gap.p_equivalent:.2f}, "
+        f"P(worse) = {gap.p_worse:.2f})"
+    )
     if gap.more_folds is None:
         return (
             text + "; more folds alone would not decide at this fold-to-fold spread (the "
-            "corrected interval cannot narrow enough): a larger search.rope or more labelled data would"
+            "corrected interval cannot narrow enough): a larger search.rope or more labelled "
+            "data would"
         )
     repeats = math.ceil((gap.folds + gap.more_folds) / search.folds)
     return text + f"; about {gap.more_folds} more folds (search.repeats: {repeats}) would decide"
@@ -316,6 +335,7 @@ def _describe(counts: dict[str, int]) -> str:
     ]
     if counts["finished_after_stop"]:
         parts.append(
-            f"{counts['finished_after_stop']} of the complete ones finished after the scheduler stopped them"
+            f"{counts['finished_after_stop']} of the complete ones finished after the scheduler "
+            "stopped them"
         )
     return ", ".join(parts)

@@ -179,7 +179,8 @@ def collect(sweep: Sweep, folder: SweepFolder, results) -> list[Trial]:
     trials = []
     for result in results:
         metrics = result.metrics or {}
-        # Tune fills in its own `trial_id`; a trial that finishes a stopped one reports that one's id.
+        # Tune fills in its own `trial_id`; a trial that finishes a stopped one reports that one's
+        # id.
         trial_id = (
             metrics.get("sweep_trial_id")
             or metrics.get("trial_id")
@@ -237,7 +238,8 @@ def search_ended(sweep: Sweep, trials: list[Trial]) -> bool:
 
 
 def _trial_id_from_path(path: str) -> str:
-    """Tune names trial folders `<trainable>_<trial id>_<n>_...`; the trainable here is run_trial."""
+    """Tune names trial folders `<trainable>_<trial id>_<n>_...`; the trainable here is
+    run_trial."""
     return Path(path).name.removeprefix("run_trial_").split("_")[0]
 
 

@@ -73,7 +73,8 @@ def run_search(
                 folder.sync([folder.SNAPSHOT], strict=True)
             unknown = ", ".join(f"{v:.2%} of the {k} tokens" for k, v in data.coverage.items())
             print(
-                f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x {_folds_text(sweep.search)} of {sweep.search.metric}; "
+                f"sweep {sweep.search.name}: {sweep.search.num_trials} trials x "
+                f"{_folds_text(sweep.search)} of {sweep.search.metric}; "
                 f"folder {folder.location}"
                 + (f" (cached in {folder.path})" if folder.remote else "")
                 + f" (Ray's output: {folder.file(folder.LOG)})\n"
@@ -272,7 +273,7 @@ def _merge(
                 trial.trial_id,
                 done.fold_scores,
             )
-        else:  # not finished (its finishing run failed, or the sweep was interrupted): as it stopped
+        else:  # not finished (its finishing run failed, or the sweep was interrupted): as stopped
             merged.append(
                 trial
                 if done is None
@@ -296,7 +297,8 @@ def _lm_line(data) -> str:
     per_fold = "/".join(str(n) for n in counts["dropped_as_copies_of_held_out_texts_per_fold"])
     return (
         f"\nLM data: {counts['unlabelled_texts']} unlabelled texts; left out as copies (compared "
-        f"case-, width- and space-blind) of test texts: {counts['dropped_as_copies_of_test_texts']}, "
+        "case-, width- and space-blind) of test texts: "
+        f"{counts['dropped_as_copies_of_test_texts']}, "
         f"of each fold's held-out texts: {per_fold}"
     )
 

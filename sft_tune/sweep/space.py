@@ -57,7 +57,8 @@ class Param(_Strict):
             raise ValueError("`step` and `log: true` cannot be used together")
         if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
             raise ValueError(
-                f"an int parameter needs whole-number bounds, but got (low={self.low}, high={self.high})"
+                f"an int parameter needs whole-number bounds, but got (low={self.low}, "
+                f"high={self.high})"
             )
         if self.choices is not None:
             raise ValueError(f"a {self.type} parameter takes `low`/`high`, not `choices`")
@@ -115,7 +116,8 @@ class SearchSettings(_Strict):
 
     metric: str = Field(
         "macro_f1",
-        description="Task metric averaged over folds; default: the task's own (classification macro_f1, ner f1, qa f1).",
+        description="Task metric averaged over folds; default: the task's own (classification "
+        "macro_f1, ner f1, qa f1).",
     )
     mode: Literal["max", "min"] | None = Field(
         None,
@@ -127,7 +129,8 @@ class SearchSettings(_Strict):
     max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
     sampler: str = Field(
         "tpe",
-        description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers class name.",
+        description="Optuna sampler: tpe, random, grid, cmaes, qmc, gp, or any optuna.samplers "
+        "class name.",
     )
     scheduler: Literal["asha", "racing", "median", "none"] = Field(
         "asha",
@@ -139,7 +142,8 @@ class SearchSettings(_Strict):
         3,
         ge=1,
         le=20,
-        description="k of stratified k-fold cross-validation; 1 = one holdout split of the base config's data.validation_fraction.",
+        description="k of stratified k-fold cross-validation; 1 = one holdout split of the base "
+        "config's data.validation_fraction.",
     )
     repeats: int = Field(
         1,
@@ -165,7 +169,8 @@ class SearchSettings(_Strict):
     max_failures: int = Field(1, ge=0, description="Retries of a crashing trial.")
     storage_path: str = Field(
         "runs/sweeps",
-        description="Folder (relative to this file) or URI (s3://, gs://) for results and checkpoints.",
+        description="Folder (relative to this file) or URI (s3://, gs://) for results and "
+        "checkpoints.",
     )
     optuna_storage: str | None = Field(
         None, description="Optuna storage URL (default: sqlite file in the sweep folder)."
@@ -305,10 +310,14 @@ SEARCHED_BY = {
     "model.name_or_path": CHECKPOINT,
     "model.gguf_file": CHECKPOINT,
 }
-_OTHER_DATA = "the data is what cross-validation scores: trials on other data, or another reading of the same files, cannot be compared"
+_OTHER_DATA = (
+    "the data is what cross-validation scores: trials on other data, or another "
+    "reading of the same files, cannot be compared"
+)
 _NO_SCORE = "it changes nothing a fold scores"
 NOT_SEARCHABLE = {
-    "model.task": "the task decides how the files are read, the head and the metric: one sweep searches one task",
+    "model.task": "the task decides how the files are read, the head and the metric: one sweep "
+    "searches one task",
     "data.train": _OTHER_DATA,
     "data.test": "the test file is scored once, by select, after the search",
     "data.unlabelled": _OTHER_DATA,

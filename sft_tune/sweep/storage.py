@@ -284,7 +284,8 @@ def storage_problem(option: str, uri: str, err: Exception):
     return fail(
         option,
         uri,
-        f"must be readable storage: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+        f"must be readable storage: {type(err).__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''}",
         "check the URI and the storage's settings in the environment (AWS_ENDPOINT_URL, "
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION for S3)",
     )

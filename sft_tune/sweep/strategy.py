@@ -144,7 +144,8 @@ SCHEDULERS = {"asha": _asha, "racing": _racing, "median": _median, "none": _none
 
 
 def make_scheduler(sweep: Sweep, resumed: SweepFolder | None = None):
-    """The Tune scheduler `search.scheduler` names, for a new sweep or one resumed from `resumed`."""
+    """The Tune scheduler `search.scheduler` names, for a new sweep or one resumed from
+    `resumed`."""
     return SCHEDULERS[sweep.search.scheduler](sweep, resumed)
 
 

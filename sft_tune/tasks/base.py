@@ -169,7 +169,8 @@ class Task(ABC):
         eval mode without gradients."""
 
     def lengths(self, examples: Any) -> list[int] | None:
-        """Token length of each training unit, for length-grouped batches; None = plain shuffling."""
+        """Token length of each training unit, for length-grouped batches; None = plain
+        shuffling."""
         return None
 
     def model_kwargs(self, names: Sequence[str]) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def corpus_results(request, tmp_path_factory) -> dict:
     )
     if done.returncode != 0 or not output.is_file():
         pytest.fail(
-            f"runner.py failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
+            "runner.py failed (exit "
+            f"{done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
             pytrace=False,
         )
     return json.loads(output.read_text())

@@ -78,7 +78,14 @@ def test_only_adapters_and_heads_train_in_each_phase(model_fixture, request, toy
         assert not lm_head and not any(n.startswith("lm_head.") for n in changed)
 
     before = _snapshot(model)
-    fit(model, task, fit_data, config.model_copy(update={"phase1": config.phase1.model_copy(update={"steps": 0})}), tokenizer, Runtime(progress=False))  # fmt: skip
+    fit(
+        model,
+        task,
+        fit_data,
+        config.model_copy(update={"phase1": config.phase1.model_copy(update={"steps": 0})}),
+        tokenizer,
+        Runtime(progress=False),
+    )
     changed = _changed(before, model)
     assert not changed & base and head <= changed and adapters & changed
     assert not any(n.startswith("lm_head.") for n in changed)  # phase 2 has no LM loss
@@ -112,7 +119,9 @@ def test_the_merged_export_is_a_plain_model_with_the_logits_of_base_plus_adapter
     assert not any("lora" in name or "base_layer" in name for name in plain.state_dict())
     torch.testing.assert_close(_logits(plain, tokenizer), adapted, atol=1e-5, rtol=0)
     assert not (target / "adapter_config.json").exists()
-    (target / "run.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "labels": data.label_names}))  # fmt: skip
+    (target / "run.json").write_text(
+        json.dumps({"config": config.model_dump(mode="json"), "labels": data.label_names})
+    )
     records = list(predict(target, toy_files["test"]))
     assert len(records) == 40 and {r["label"] for r in records} <= set(data.label_names)
 
@@ -148,7 +157,14 @@ def test_an_adapter_only_export_loads_with_peft_and_records_the_adapter(
     )
     # The same weights as the run trained: retrain in memory with the same seed and compare.
     task, data, tokenizer, model = _loaded(config)
-    fit(model, task, data.fit_data(0, config, evaluate_held_out=True), config, tokenizer, Runtime(progress=False))  # fmt: skip
+    fit(
+        model,
+        task,
+        data.fit_data(0, config, evaluate_held_out=True),
+        config,
+        tokenizer,
+        Runtime(progress=False),
+    )
     torch.testing.assert_close(
         _logits(loaded, tokenizer), _logits(model.task_model, tokenizer), atol=1e-5, rtol=0
     )
@@ -201,10 +217,16 @@ def test_an_unknown_target_module_is_refused_with_the_modules_of_the_model(
 def test_target_modules_all_linear_adapts_every_backbone_linear_and_never_the_head(
     tiny_gpt2, toy_files, tmp_path
 ):
-    config = _config(tiny_gpt2, toy_files, tmp_path, adapter={**LORA, "target_modules": "all-linear"})  # fmt: skip
+    config = _config(
+        tiny_gpt2, toy_files, tmp_path, adapter={**LORA, "target_modules": "all-linear"}
+    )
     task = get_task("classification")
     model = load_model(config.model, task, ["a", "b"], load_tokenizer(config.model, task))
-    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}  # fmt: skip
+    adapted = {
+        n.split(".lora_A")[0].rsplit(".", 1)[-1]
+        for n, _ in model.named_parameters()
+        if "lora_A" in n
+    }
     assert adapted == {"c_attn", "c_proj", "c_fc"}  # GPT-2's Conv1D layers
     assert not any("score" in n and "lora" in n for n, _ in model.named_parameters())
 
@@ -223,7 +245,9 @@ def test_a_trial_process_swaps_adapters_on_one_loaded_model_and_resets_them_per_
 
     def recording_fit(model, *args, **kwargs):
         inner = getattr(model, "module", model)
-        starts.append({n: p.detach().clone() for n, p in inner.named_parameters() if p.requires_grad})  # fmt: skip
+        starts.append(
+            {n: p.detach().clone() for n, p in inner.named_parameters() if p.requires_grad}
+        )
         return real_fit(model, *args, **kwargs)
 
     monkeypatch.setattr(folds_module, "fit", recording_fit)
@@ -237,11 +261,13 @@ def test_a_trial_process_swaps_adapters_on_one_loaded_model_and_resets_them_per_
             "model": config.model.model_copy(
                 update={"adapter": config.model.adapter.model_copy(update={"r": 8})}
             )
-        }  # fmt: skip
+        }
     )
     cross_validate(wider, data, "accuracy", Runtime(progress=False), cache=cache)
     assert any(p.shape[0] == 8 for n, p in starts[-1].items() if "lora_A" in n)
-    full = config.model_copy(update={"model": config.model.model_copy(update={"adapter": AdapterConfig()})})  # fmt: skip
+    full = config.model_copy(
+        update={"model": config.model.model_copy(update={"adapter": AdapterConfig()})}
+    )
     cross_validate(full, data, "accuracy", Runtime(progress=False), cache=cache)
     assert cache.model_loads == 1
     again = cross_validate(config, data, "accuracy", Runtime(progress=False), cache=cache)

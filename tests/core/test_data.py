@@ -125,21 +125,21 @@ def test_unsupported_extension(tmp_path, toy_files):
             "latin.csv line 2",
             "byte 0xe9 at offset 14",
             "must be UTF-8",
-        ),  # fmt: skip
+        ),
         (
             "bad.jsonl",
             b'{"text": "a", "label": "b"}\n{"text": "c" "label": "d"}\n',
             "bad.jsonl line 2",
             '{"text": "c" "label": "d"}',
             "Expecting ',' delimiter",
-        ),  # fmt: skip
+        ),
         (
             "ragged.csv",
             b"text,label\na,b\nc,d,e\n",
             "ragged.csv row 3",
             ["c", "d", "e"],
             "row 3 has 3 fields, the header has 2",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_unreadable_files_say_which_line_and_what_is_there(

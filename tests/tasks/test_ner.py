@@ -86,7 +86,8 @@ def toy_conll(path: Path, documents: int, seed: int) -> Path:
                     else [piece]
                 )
                 lines += [
-                    f"{w.capitalize() if kind else w} {('B-' if i == 0 else 'I-') + kind if kind else 'O'}"
+                    f"{w.capitalize() if kind else w} "
+                    f"{('B-' if i == 0 else 'I-') + kind if kind else 'O'}"
                     for i, w in enumerate(words)
                 ]
             lines.append("")
@@ -300,7 +301,8 @@ def test_long_sentence_windows_cover_every_token_and_each_word_is_read_once(word
     assert all(
         encoded.end(a) - encoded.start[b] == 3 for a, b in zip(long, long[1:])
     )  # overlap = stride
-    # The oracle reads every word at its first sub-token: all right only if each word is read once, there.
+    # The oracle reads every word at its first sub-token: all right only if each word is read once,
+    # there.
     batches = [[0, 3], [1, 4, 2], list(range(5, len(encoded)))]
     picked, loss = stitch(
         Oracle(len(names)), encoded, batches, tokenizer.pad_token_id, side, torch.device("cpu")
@@ -349,7 +351,8 @@ def test_stride_must_leave_room(wordpiece_bert, tmp_path):
     )
     with pytest.raises(
         InputError,
-        match=r"data.stride: got 5; windows must overlap by less than half of data.max_length \(10\)",
+        match=r"data.stride: got 5; windows must overlap by less than half of data.max_length "
+        r"\(10\)",
     ):
         parse_config(raw)
     parse_config(

@@ -164,7 +164,8 @@ def test_shipped_bad_fixture_and_other_bad_inputs(tmp_path, tokenizer):
     questions = TASK.read(DATA / "squad_v1.json", _data(), "train")
     with pytest.raises(
         InputError,
-        match=r"squad_v1.json question 'drive-1'.*more than data.stride \(8\).*raise data.max_length",
+        match=r"squad_v1.json question 'drive-1'.*more than data.stride \(8\).*raise "
+        r"data.max_length",
     ):
         TASK.encode(
             questions, tokenizer, ["answer"], _data(max_length=16, cache_dir=tmp_path / "c")
@@ -293,8 +294,8 @@ def _window(tokens, start, end):
 
 
 def test_best_span_is_stitched_across_windows_by_hand_computed_logits():
-    # Window 1 holds tokens 0-3 ("the city bus was"), window 2 tokens 2-6 ("bus was very good today").
-    # Window 1: off-context positions 1 and 2 score 20 (never used); "bus was" = 4 + 3 = 7,
+    # Window 1 holds tokens 0-3 ("the city bus was"), window 2 tokens 2-6 ("bus was very good
+    # today"). Window 1: off-context positions 1 and 2 score 20 (never used); "bus was" = 4 + 3 = 7,
     # "the city bus was" = 2 + 3 = 5, "the city" = 2 + 1 = 3.
     w1, o1 = _window([0, 1, 2, 3], {1: 20.0, 3: 2.0, 5: 4.0}, {2: 20.0, 4: 1.0, 6: 3.0})
     # Window 2: "very" -> "was" (14) and "today" -> "was" (17) end before they start: invalid;
@@ -329,7 +330,8 @@ def test_best_span_is_stitched_across_windows_by_hand_computed_logits():
 
 
 def test_no_answer_wins_when_allowed_and_the_null_score_is_higher():
-    # Null score = the minimum over windows of start[0] + end[0]: min(5 + 5, 4 + 5) = 9 > "the city" 8.
+    # Null score = the minimum over windows of start[0] + end[0]: min(5 + 5, 4 + 5) = 9 > "the city"
+    # 8.
     w1, o1 = _window([0, 1], {0: 5.0, 3: 4.0}, {0: 5.0, 4: 4.0})
     w2, o2 = _window([1, 2], {0: 4.0, 3: 1.0}, {0: 5.0, 4: 2.0})
     answer = decode_answer([w1, w2], [o1, o2], CONTEXT, 30, 20, allow_no_answer=True)
@@ -521,14 +523,16 @@ def test_train_end_to_end_then_predict_and_load_with_plain_transformers(tiny_ber
                 assert context[candidate["start"] : candidate["end"]] == candidate["answer"]
             else:
                 assert candidate["start"] is None and candidate["end"] is None
-    # With no-answer switched off (a data setting, overridable like the columns) every answer is a span.
+    # With no-answer switched off (a data setting, overridable like the columns) every answer is a
+    # span.
     spans = list(predict(folder, DATA / "squad_v2.json", columns={"qa.no_answer": "false"}))
     assert all(
         r["answer"] and context[r["start"] : r["end"]] == r["answer"]
         for r, context in zip(spans, questions.contexts)
     )
     json.dumps(records)
-    # A table of questions (no answers needed); question/context columns as configured or overridden.
+    # A table of questions (no answers needed); question/context columns as configured or
+    # overridden.
     table = tmp_path / "ask.jsonl"
     table.write_text(
         json.dumps({"q": "how was the bus ride ?", "context": questions.contexts[0]}) + "\n"

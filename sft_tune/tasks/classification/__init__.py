@@ -1,4 +1,5 @@
-"""Sequence classification (sentiment, topic): a table with a text and a label column. `files.py` is its input side (light imports), `model.py` its model side."""
+"""Sequence classification (sentiment, topic): a table with a text and a label column. `files.py` is
+its input side (light imports), `model.py` its model side."""
 
 from sft_tune.checkpoint import Head
 from sft_tune.tasks.base import TaskSpec

@@ -1,4 +1,5 @@
-"""Prompt -> response supervised fine-tuning of decoders: tables or chat messages. `files.py` is its input side (light imports), `model.py` its model side."""
+"""Prompt -> response supervised fine-tuning of decoders: tables or chat messages. `files.py` is its
+input side (light imports), `model.py` its model side."""
 
 from sft_tune.checkpoint import Head
 from sft_tune.tasks.base import TaskSpec

@@ -180,7 +180,8 @@ def _split_messages(
             raise fail(
                 f"{path} column {name!r} row {row + 1}",
                 [m["role"] for m in messages],
-                "a training conversation must end with a non-empty assistant message after at least one other message",
+                "a training conversation must end with a non-empty assistant message after at "
+                "least one other message",
                 "end each conversation with the assistant reply to learn",
             )
         prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])

@@ -39,7 +39,8 @@ from sft_tune.tasks.generation.files import (
 
 @dataclass
 class EncodedConversations:
-    """Token ids of prompts (as rendered) and responses (ending in EOS), plus what evaluation needs."""
+    """Token ids of prompts (as rendered) and responses (ending in EOS), plus what evaluation
+    needs."""
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
@@ -259,7 +260,8 @@ def render_prompt(
                 f"{path}",
                 what,
                 "rendering chat messages needs a tokenizer with a chat template",
-                "use an instruct/chat checkpoint, or give plain `prompt`/`response` columns with chat_template: never",
+                "use an instruct/chat checkpoint, or give plain `prompt`/`response` columns with "
+                "chat_template: never",
             )
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True

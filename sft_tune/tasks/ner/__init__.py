@@ -1,4 +1,5 @@
-"""Token classification (NER): CoNLL text or sentence tables, entity-level scores (seqeval). `files.py` is its input side (light imports), `model.py` its model side."""
+"""Token classification (NER): CoNLL text or sentence tables, entity-level scores (seqeval).
+`files.py` is its input side (light imports), `model.py` its model side."""
 
 from sft_tune.checkpoint import Head
 from sft_tune.tasks.base import TaskSpec

@@ -47,7 +47,8 @@ TAG = re.compile(r"^([A-Z])-(\S+)$")
 # (grapheme), as character-tagged corpora (Chinese NER, ...) are; Korean writes spaces.
 UNSPACED = (
     r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
-    r"\u3000-\u303f\u30fc\uff00-\uffef"  # CJK punctuation, the prolonged-sound mark, full-width forms
+    # CJK punctuation, the prolonged-sound mark, full-width forms
+    r"\u3000-\u303f\u30fc\uff00-\uffef"
 )
 # Raw text to words at predict time: a character of an unspaced script, a run of other word
 # characters (with inner hyphens and apostrophes, as CoNLL English has them), or one symbol.
@@ -158,7 +159,8 @@ class NerFiles(TaskFiles):
                 labelled.where(sentence, word),
                 dict(unknown),
                 f"tags must be in the label set {list(names)} (the first unknown tag is here)",
-                "fix those tags, or add them to `data.labels` (without it the training file decides the label set)",
+                "fix those tags, or add them to `data.labels` (without it the training file "
+                "decides the label set)",
             )
 
     def texts(self, labelled: Sentences) -> list[str]:
@@ -222,8 +224,11 @@ def _split_columns(line: str) -> list[str]:
 
 
 def read_conll(path: Path, scheme: str, what: str) -> Sentences:
-    """CoNLL text: token first, tag last; blank lines between sentences, -DOCSTART- between documents."""
-    text = text_of(path, what, "check the path in the config (relative paths are relative to the config file)")  # fmt: skip
+    """CoNLL text: token first, tag last; blank lines between sentences, -DOCSTART- between
+    documents."""
+    text = text_of(
+        path, what, "check the path in the config (relative paths are relative to the config file)"
+    )
     words: list[list[str]] = []
     tags: list[list[str]] = []
     documents: list[str] = []
@@ -256,7 +261,8 @@ def read_conll(path: Path, scheme: str, what: str) -> Sentences:
                 Problem(
                     f"{path} line {number}",
                     line,
-                    "a token line needs the token in the first column and the tag in the last (2 or more columns, separated by tabs or spaces)",
+                    "a token line needs the token in the first column and the tag in the last (2 "
+                    "or more columns, separated by tabs or spaces)",
                     "add the tag column, or leave a blank line between sentences",
                 )
             )
@@ -268,7 +274,12 @@ def read_conll(path: Path, scheme: str, what: str) -> Sentences:
                     f"{path} line {number}",
                     columns[-1],
                     rule,
-                    f"fix the tag{'' if scheme == 'auto' else ', or set data.ner.tag_scheme to the scheme of the file'}",
+                    "fix the tag"
+                    + (
+                        ""
+                        if scheme == "auto"
+                        else ", or set data.ner.tag_scheme to the scheme of the file"
+                    ),
                 )
             )
         current.append((columns[0], columns[-1]))
@@ -386,8 +397,10 @@ def read_prediction_input(
         raise fail(
             str(path),
             table.column_names,
-            f"the input file needs a text column {data.text_column!r} or a tokens column {tokens_column!r}",
-            "rename a column to one of those, or set data.text_column to the text column (or data.ner.tokens_column to the tokens column)",
+            f"the input file needs a text column {data.text_column!r} or a tokens column "
+            f"{tokens_column!r}",
+            "rename a column to one of those, or set data.text_column to the text column (or "
+            "data.ner.tokens_column to the tokens column)",
         )
     rows = []
     for row, tokens in enumerate(table[tokens_column], 1):

@@ -165,8 +165,9 @@ class NerTask(Task):
     def predict(
         self, model, tokenizer, rows, data: DataConfig, batch_size: int
     ) -> Iterator[dict[str, Any]]:
-        """`{"text", "entities": [{"type", "start", "end", "text", "score"}]}` per row (`read_input`'s
-        rows); character offsets into `text` (the text column, or the tokens joined by spaces)."""
+        """`{"text", "entities": [{"type", "start", "end", "text", "score"}]}` per row
+        (`read_input`'s rows); character offsets into `text` (the text column, or the tokens joined
+        by spaces)."""
         prefix, suffix = special_tokens(tokenizer)
         content = content_length(data, len(prefix) + len(suffix))
         return _predictions(
@@ -209,7 +210,8 @@ def word_pieces(sentences: Sequence[Sequence[str]], tokenizer) -> dict[str, list
 
 
 def window_spans(length: int, content: int, stride: int) -> list[tuple[int, int]]:
-    """[start, end) sub-token spans of at most `content` tokens, consecutive ones sharing `stride`."""
+    """[start, end) sub-token spans of at most `content` tokens, consecutive ones sharing
+    `stride`."""
     spans, start = [], 0
     while True:
         end = min(start + content, length)
@@ -309,7 +311,8 @@ def entity_scores(
 def collate_windows(
     examples: Windows, indices: Sequence[int], pad_id: int, side: str
 ) -> dict[str, torch.Tensor]:
-    """Windows padded on the tokenizer's side (labels with IGNORE_INDEX); no labels where none are known."""
+    """Windows padded on the tokenizer's side (labels with IGNORE_INDEX); no labels where none are
+    known."""
     input_ids, attention_mask = pad([examples.input_ids[i] for i in indices], pad_id, side)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if examples.labels:
@@ -356,7 +359,8 @@ def stitch(
 
 
 def _predictions(model, tokenizer, rows, layout, batch_size: int) -> Iterator[dict[str, Any]]:
-    """Records for `rows`, `batch_size` rows at a time (their windows in batches of `batch_size`)."""
+    """Records for `rows`, `batch_size` rows at a time (their windows in batches of
+    `batch_size`)."""
     prefix, suffix, content, stride = layout
     pad_id = (
         tokenizer.pad_token_id

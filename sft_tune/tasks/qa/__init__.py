@@ -1,4 +1,5 @@
-"""Extractive question answering: SQuAD v1.1/v2.0 JSON or tables, SQuAD scores. `files.py` is its input side (light imports), `model.py` its model side."""
+"""Extractive question answering: SQuAD v1.1/v2.0 JSON or tables, SQuAD scores. `files.py` is its
+input side (light imports), `model.py` its model side."""
 
 from sft_tune.checkpoint import Head
 from sft_tune.tasks.base import TaskSpec

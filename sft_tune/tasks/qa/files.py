@@ -21,12 +21,16 @@ from sft_tune.tasks.base import TaskFiles, window_problems
 log = logging.getLogger(__name__)
 
 ANSWER_KINDS = ["answer", "no_answer"]  # `label_names`: what the model may predict
-SQUAD_SHAPE = '{"version": ..., "data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}'
+SQUAD_SHAPE = (
+    '{"version": ..., "data": [{"title": ..., "paragraphs": [{"context": ..., "qas": '
+    '[{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}'
+)
 
 
 @dataclass
 class Questions:
-    """Questions on contexts as read; `answers[i]` is a list of (text, answer_start), [] = unanswerable."""
+    """Questions on contexts as read; `answers[i]` is a list of (text, answer_start), [] =
+    unanswerable."""
 
     ids: list[str | None]
     questions: list[str]
@@ -57,7 +61,8 @@ class QaOptions(TaskOptions):
     )
     group_column: str = Field(
         "title",
-        description="Optional column naming the article; folds keep articles (else contexts) whole.",
+        description="Optional column naming the article; folds keep articles (else contexts) "
+        "whole.",
     )
     max_answer_length: int = Field(
         30, ge=1, description="Longest answer span predicted, in tokens."
@@ -98,16 +103,17 @@ class QaFiles(TaskFiles):
                 Problem(
                     "search.metric",
                     metric,
-                    f"{metric} is scored only on data with unanswerable questions (SQuAD v2), and every question of {train.path} has an answer",
+                    f"{metric} is scored only on data with unanswerable questions (SQuAD v2), "
+                    f"and every question of {train.path} has an answer",
                     "use f1 or exact_match",
                 )
             ]
         return []
 
     def label_names(self, train: Questions, data: DataConfig) -> list[str]:
-        """Not labels but answer kinds: ["answer", "no_answer"] when the model may answer "no answer"
-        (`data.qa.no_answer`, auto = the training file has unanswerable questions), else ["answer"].
-        Written to run.json, so `predict` knows it too."""
+        """Not labels but answer kinds: ["answer", "no_answer"] when the model may answer "no
+        answer" (`data.qa.no_answer`, auto = the training file has unanswerable questions), else
+        ["answer"]. Written to run.json, so `predict` knows it too."""
         if data.labels is not None:
             raise fail(
                 "data.labels",
@@ -123,7 +129,8 @@ class QaFiles(TaskFiles):
         """Answers were checked against their contexts when read; here only a mismatch is noted."""
         if "no_answer" not in names and any(not a for a in labelled.answers):
             log.warning(
-                '%s has unanswerable questions, but the model may not answer "no answer" (data.qa.no_answer)',
+                '%s has unanswerable questions, but the model may not answer "no answer" '
+                "(data.qa.no_answer)",
                 path,
             )
 
@@ -153,7 +160,8 @@ class QaFiles(TaskFiles):
 
 
 def read_questions(path: Path, data: DataConfig, what: str, need_answers: bool) -> Questions:
-    """A SQuAD JSON file (an object with "data") or a table with question/context(/answers) columns."""
+    """A SQuAD JSON file (an object with "data") or a table with question/context(/answers)
+    columns."""
     if path.is_file() and path.suffix.lower() == ".json":
         text = path.read_text(encoding="utf-8", errors="replace")
         if not text.strip():
@@ -276,7 +284,8 @@ def _add_squad_question(
                 Problem(
                     where,
                     raw,
-                    '\'answers\' must be a list of {"text", "answer_start"} ([] and "is_impossible": true for an unanswerable question)',
+                    '\'answers\' must be a list of {"text", "answer_start"} ([] and '
+                    '"is_impossible": true for an unanswerable question)',
                     "add the answers",
                 )
             )
@@ -287,7 +296,8 @@ def _add_squad_question(
                     where,
                     raw,
                     'a question with "is_impossible": true must have no answers',
-                    "empty 'answers' (SQuAD v2 keeps them as 'plausible_answers') or set is_impossible to false",
+                    "empty 'answers' (SQuAD v2 keeps them as 'plausible_answers') or set "
+                    "is_impossible to false",
                 )
             )
             return
@@ -391,7 +401,8 @@ def _answer_pairs(raw: Any, where: str, problems: list[Problem]) -> list[Any] | 
         Problem(
             where,
             raw,
-            'answers must be {"text": [...], "answer_start": [...]} (equal lengths; empty = unanswerable) or a list of {"text", "answer_start"}',
+            'answers must be {"text": [...], "answer_start": [...]} (equal lengths; empty = '
+            'unanswerable) or a list of {"text", "answer_start"}',
             "rewrite the answers in one of those layouts",
         )
     )
@@ -441,7 +452,8 @@ def _checked_answers(
                         "answer_start": start,
                         "context there": context[max(start, 0) : max(start, 0) + len(text)],
                     },
-                    f"context[answer_start : answer_start + len(text)] must equal the answer text (context length {len(context)})",
+                    "context[answer_start : answer_start + len(text)] must equal the answer "
+                    f"text (context length {len(context)})",
                     fix,
                 )
             )

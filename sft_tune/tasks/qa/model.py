@@ -216,7 +216,8 @@ class QaTask(Task):
             logits.update(
                 zip(indices, self.window_logits(model, windows, indices, pad_id, side, device)[0])
             )
-            # Windows come in question order: every question whose last window is done can be answered.
+            # Windows come in question order: every question whose last window is done can be
+            # answered.
             while next_question < len(questions) and by_question[next_question][-1] <= indices[-1]:
                 answer = windows.decode(next_question, by_question[next_question], logits)
                 for window in by_question[next_question]:
@@ -260,7 +261,8 @@ def tokenize_windows(labelled: Questions, tokenizer, data: DataConfig) -> dict[s
         raise fail(
             "model.name_or_path",
             type(tokenizer).__name__,
-            "extractive QA needs a fast (Rust) tokenizer: answers are mapped through its character offsets",
+            "extractive QA needs a fast (Rust) tokenizer: answers are mapped through its "
+            "character offsets",
             "use a model whose tokenizer has a tokenizer.json",
         )
     _check_room(labelled, tokenizer, data)
@@ -302,7 +304,8 @@ def _trimmed(span: Sequence[int], context: str) -> list[int]:
 
 
 def _check_room(labelled: Questions, tokenizer, data: DataConfig) -> None:
-    """Every window must hold more context tokens than the stride (the tokenizer panics otherwise)."""
+    """Every window must hold more context tokens than the stride (the tokenizer panics
+    otherwise)."""
     lengths = [
         len(ids)
         for ids in tokenizer(list(labelled.questions), add_special_tokens=False)["input_ids"]
@@ -319,7 +322,8 @@ def _check_room(labelled: Questions, tokenizer, data: DataConfig) -> None:
         raise fail(
             f"{labelled.path} {name}",
             labelled.questions[worst],
-            f"the question ({lengths[worst]} tokens) and {special} special tokens leave {room} context tokens per window, which must be more than data.stride ({data.stride})",
+            f"the question ({lengths[worst]} tokens) and {special} special tokens leave {room} "
+            f"context tokens per window, which must be more than data.stride ({data.stride})",
             "raise data.max_length, lower data.stride, or shorten the question",
         )
 
@@ -426,9 +430,10 @@ def _top(logits: np.ndarray, allowed: np.ndarray, k: int) -> list[int]:
     return index[np.argsort(-logits[index], kind="stable")[:k]].tolist()
 
 
-# The official SQuAD v2.0 evaluation (evaluate-v2.0.py, https://rajpurkar.github.io/SQuAD-explorer/):
-# normalize_answer, get_tokens, compute_exact and compute_f1, here as small functions (no library
-# on this machine ships them offline). Scores are fractions in [0, 1], not percentages.
+# The official SQuAD v2.0 evaluation (evaluate-v2.0.py,
+# https://rajpurkar.github.io/SQuAD-explorer/): normalize_answer, get_tokens, compute_exact and
+# compute_f1, here as small functions (no library on this machine ships them offline). Scores are
+# fractions in [0, 1], not percentages.
 
 
 PUNCTUATION = frozenset(string.punctuation)
