@@ -13,9 +13,9 @@ sweep makes (fed the running CV mean after each fold): the share of none's folds
 whether the chosen configuration is none's (else how far behind, in points).
 
 `--orders N`: the same fold scores in N random trial orders and fold orders per sweep (seeded),
-under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, and plus each other rule:
-the mean and largest share of folds trained, how often it exceeds 50%, and how often the choice is
-more than the ROPE behind none's. One sweep's order is one draw of a random start; this is how a
+under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, plus each other rule,
+and with each rule swapped for each other one: the mean and largest share of folds trained, how
+often it exceeds 50%, and how often the choice is more than the ROPE behind none's. One sweep's order is one draw of a random start; this is how a
 rule was judged beyond it."""
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ def orders(runs, count: int, rope: float = 0.01) -> None:
         default,
         *(tuple(r for r in default if r != left_out) for left_out in default),
         *((*default, added) for added in racing.RULES if added not in default),
+        *(
+            tuple(other if r == swapped else r for r in default)
+            for swapped in default
+            for other in racing.RULES
+            if other not in default
+        ),
     ]
     for name, trials in runs:
         folds = max(len(s) for _, s in trials)
