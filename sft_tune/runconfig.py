@@ -1,6 +1,8 @@
 """A run config checked whole: the schema (`config.py`), the task name, each task's own section
 of `data` (e.g. `data.ner`, defined in the task's module) and the task's rules; every problem at
-once (see `errors.InputError`).
+once (see `errors.InputError`). `check_train` checks a `train` run's whole input; the functions at
+the end check a search space's base config: its overrides, every searched value as an override
+of it, every searched checkpoint.
 
 `config.py` knows no task: the task registry is consulted here, after the schema has parsed, so
 the schema and the tasks import in one direction only (tasks -> config).
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 
 from sft_tune.checkpoint import architecture_problems, folder_problems, hub_problems
 from sft_tune.config import RunConfig, check_schema
-from sft_tune.core.files import READERS, RawData, data_names, data_problems, read_table, renamed
+from sft_tune.core.files import RawData, data_names, data_problems, table_problems
 from sft_tune.errors import InputError, Problem, fail, problems_from_validation, text_of
 from sft_tune.tasks import SPECS, TASKS, task_files
 
@@ -69,19 +71,6 @@ def check_train(path: str | Path, output_dir: Path | None = None) -> CheckedTrai
     if problems:
         raise InputError(problems, title=f"{path}: invalid input")
     return CheckedTrain(config, data)
-
-
-def table_problems(names: dict[Path, str]) -> list[Problem]:
-    """What is wrong with each data file that is there and is a table (CSV, JSON, Parquet, ...),
-    read without the config's settings: for a config too broken to read its files properly."""
-    problems = []
-    for path, name in names.items():
-        if path.is_file() and path.suffix.lower() in READERS:
-            try:
-                read_table(path, "data file")
-            except InputError as err:
-                problems += renamed(err.problems, path, name)
-    return problems
 
 
 def parse_config(
@@ -260,3 +249,111 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return config
+
+
+# -- a search space's base config ------------------------------------------------------------------
+
+
+def in_base(problems: list[Problem]) -> list[Problem]:
+    """Problems of a space's base config, named so (`base config data.train ...`)."""
+    return [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in problems]
+
+
+def base_mapping(
+    given_base: Any, config: Any, overrides: Any, path: Path, strict: bool, problems: list[Problem]
+) -> tuple[dict[str, Any] | None, Path]:
+    """The base config mapping with the overrides applied, and the folder its paths are relative
+    to; read from the raw file when the space schema failed elsewhere (not `strict`), so that the
+    base config's problems are reported too."""
+    overrides = overrides if isinstance(overrides, dict) else {}
+    base_dir = path.resolve().parent
+    if isinstance(given_base, str):
+        base_dir = (path.parent / given_base).resolve().parent
+    if (given_base is None) == (config is None):
+        if strict:
+            problems.append(
+                Problem(
+                    "base / config",
+                    {"base": given_base, "config": "..." if config else None},
+                    "give exactly one of `base` (a run-config file) and `config` (inline)",
+                    "keep one of the two keys",
+                )
+            )
+        return None, base_dir
+    if isinstance(config, dict):
+        return with_params(config, overrides), base_dir
+    if not isinstance(given_base, str):
+        return None, base_dir  # the schema reported it
+    try:
+        return with_params(
+            read_yaml(path.parent / given_base, "base run config"), overrides
+        ), base_dir
+    except InputError as err:
+        problems += [Problem("base", given_base, p.rule, p.fix) for p in err.problems]
+        return None, base_dir
+
+
+def override_problems(base: dict[str, Any], candidates: dict[str, list[Any]]) -> list[Problem]:
+    """Every path must name a config field, and every bound or choice must be valid there."""
+    problems = []
+    for dotted, values in candidates.items():
+        for value in values:
+            try:
+                parse_config(with_params(base, {dotted: value}))
+            except InputError as err:
+                for p in err.problems:
+                    where = f"params.{dotted}"
+                    if p.rule == "unknown key":
+                        problems.append(
+                            Problem(
+                                where, dotted, "must be a dotted path of a run-config field", p.fix
+                            )
+                        )
+                    elif p.where == dotted:
+                        problems.append(
+                            Problem(
+                                where,
+                                value,
+                                f"each bound/choice must be a valid `{dotted}`: {p.rule}",
+                                "narrow the range to valid values",
+                            )
+                        )
+                    elif p.where.startswith(f"{dotted}."):
+                        problems.append(
+                            Problem(
+                                where,
+                                dotted,
+                                f"must be a scalar run-config field ({p.where}: {p.rule})",
+                                "address a leaf field, e.g. phase1.alpha",
+                            )
+                        )
+                    else:  # a rule that ties the value to another field
+                        problems.append(
+                            Problem(
+                                where,
+                                value,
+                                "each bound/choice must fit the rest of the config: with "
+                                f"{dotted} = {value!r}, {p.where}: {p.rule}",
+                                f"narrow the range, or set {p.where} (in overrides) so that "
+                                "every value fits",
+                            )
+                        )
+                break
+    return problems
+
+
+def checkpoint_problems(
+    base: dict[str, Any], base_dir: Path, candidates: dict[str, list[Any]]
+) -> list[Problem]:
+    """Each searched checkpoint judged like the base config's (its folder, or an offline hub id's
+    cache, and what its config.json rules out), named by the param and the choice."""
+    problems = []
+    for dotted in ("model.name_or_path", "model.gguf_file"):
+        for value in candidates.get(dotted, []):
+            found = input_problems(with_params(base, {dotted: value}), base_dir)
+            problems += [
+                Problem(f"params.{dotted} choice {value!r}: {p.where}", p.value, p.rule, p.fix)
+                for p in found
+                if p.where.startswith("model.")
+            ]
+    return problems

@@ -408,6 +408,19 @@ def renamed(problems: list[Problem], path: Path, name: str | None) -> list[Probl
     return [replace(p, where=p.where.replace(str(path), name)) for p in problems]
 
 
+def table_problems(names: dict[Path, str]) -> list[Problem]:
+    """What is wrong with each data file that is there and is a table (CSV, JSON, Parquet, ...),
+    read without the config's settings: for a config too broken to read its files properly."""
+    problems = []
+    for path, name in names.items():
+        if path.is_file() and path.suffix.lower() in READERS:
+            try:
+                read_table(path, "data file")
+            except InputError as err:
+                problems += renamed(err.problems, path, name)
+    return problems
+
+
 def data_names(raw: dict[str, Any], base_dir: Path) -> dict[Path, str]:
     """How a config mapping names its data files: resolved path -> "data.train (train.csv)"."""
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}

@@ -15,14 +15,16 @@ from pydantic import BaseModel, ValidationError
 
 from sft_tune.addresses import probe_address, refuse_ray_client
 from sft_tune.config import RunConfig, resolve_paths
-from sft_tune.core.files import RawData, data_names, data_problems
+from sft_tune.core.files import RawData, data_names, data_problems, table_problems
 from sft_tune.errors import InputError, Problem, fail, problems_from_validation
 from sft_tune.runconfig import (
+    base_mapping,
+    checkpoint_problems,
+    in_base,
     input_problems,
+    override_problems,
     parse_config,
     read_yaml,
-    table_problems,
-    with_params,
 )
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
@@ -31,7 +33,7 @@ from sft_tune.sweep.space import (
     SearchSettings,
     SearchSpace,
     Sweep,
-    searched_by,
+    searchable_problems,
 )
 from sft_tune.sweep.storage import storage_problem
 from sft_tune.sweep.strategy import SAMPLERS, sampler_class
@@ -189,26 +191,32 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
     except ValidationError as err:
         space = None
         problems += problems_from_validation(err, SearchSpace)
-    base, base_dir = _base_dict(raw, space, path, problems)
+    fields = (
+        (space.base, space.config, space.overrides)
+        if space is not None
+        else (raw.get("base"), raw.get("config"), raw.get("overrides"))
+    )
+    base, base_dir = base_mapping(*fields, path, space is not None, problems)
     base_config = None
     if base is not None and check_inputs:  # reported with the schema's problems, not after them
-        problems += _in_base(input_problems(base, base_dir))
+        problems += in_base(input_problems(base, base_dir))
     if base is not None:
         try:
             base_config = parse_config(base, source=f"{path} base config")
         except InputError as err:
-            problems += _in_base(err.problems)
+            problems += in_base(err.problems)
     if base_config is not None and space is not None:
         space = space.model_copy(update={"search": with_defaults(space.search, base_config)})
-        problems += _searchable_problems(space.params, base_config, space.search)
-        problems += _check_params(base, space.params)
+        candidates = {d: p.candidates() for d, p in space.params.items()}
+        problems += searchable_problems(space.params, base_config, space.search)
+        problems += override_problems(base, candidates)
         problems += _check_settings(space, base_config)
         if check_inputs:
-            problems += _checkpoint_problems(base, base_dir, space.params)
+            problems += checkpoint_problems(base, base_dir, candidates)
     search = space.search if space is not None else _valid(SearchSettings, raw.get("search", {}))
     names = data_names(base, base_dir) if base is not None else {}
     if problems:
-        problems += _in_base(table_problems(names)) if read else []
+        problems += in_base(table_problems(names)) if read else []
         return SpaceCheck(None, None, search, problems)
     resolved = resolve_paths(base_config, base_dir)
     if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
@@ -228,7 +236,7 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
     task, lm = task_files(resolved.model.task), "two-phase" in sweep.arms()
     data, found = data_problems(resolved, task, search.folds, lm, names)
     if found:
-        return SpaceCheck(None, None, search, _in_base(found))
+        return SpaceCheck(None, None, search, in_base(found))
     found = task.metric_problems(search.metric, data.train)
     if found:
         return SpaceCheck(None, None, search, found)
@@ -241,108 +249,6 @@ def _valid(schema: type[BaseModel], raw: Any) -> Any:
         return schema.model_validate(raw)
     except ValidationError:
         return None
-
-
-def _in_base(problems: list[Problem]) -> list[Problem]:
-    return [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in problems]
-
-
-def _base_dict(
-    raw: dict[str, Any], space: SearchSpace | None, path: Path, problems: list[Problem]
-) -> tuple[dict[str, Any] | None, Path]:
-    """The base config mapping with the overrides applied, and the folder its paths are relative
-    to; read from the raw file when the space schema failed elsewhere, so that the base config's
-    problems are reported too."""
-    given_base, config = raw.get("base"), raw.get("config")
-    overrides = raw.get("overrides") if isinstance(raw.get("overrides"), dict) else {}
-    if space is not None:
-        given_base, config, overrides = space.base, space.config, space.overrides
-    base_dir = path.resolve().parent
-    if isinstance(given_base, str):
-        base_dir = (path.parent / given_base).resolve().parent
-    if (given_base is None) == (config is None):
-        if space is not None:
-            problems.append(
-                Problem(
-                    "base / config",
-                    {"base": given_base, "config": "..." if config else None},
-                    "give exactly one of `base` (a run-config file) and `config` (inline)",
-                    "keep one of the two keys",
-                )
-            )
-        return None, base_dir
-    if isinstance(config, dict):
-        return with_params(config, overrides), base_dir
-    if not isinstance(given_base, str):
-        return None, base_dir  # the schema reported it
-    try:
-        return with_params(
-            read_yaml(path.parent / given_base, "base run config"), overrides
-        ), base_dir
-    except InputError as err:
-        problems += [Problem("base", given_base, p.rule, p.fix) for p in err.problems]
-        return None, base_dir
-
-
-def _searchable_problems(
-    params: dict[str, Param], base_config: RunConfig, search: SearchSettings
-) -> list[Problem]:
-    """Every searched field must be one a trial honours (`searched_by`), and no searched value
-    may leave a two-phase trial without LM text (phase 1 would have nothing to read)."""
-    problems = []
-    for dotted, param in params.items():
-        kind, refused = searched_by(dotted, base_config.model.task)
-        if refused is None and dotted == "data.validation_fraction" and search.folds == 1:
-            refused = "with search.folds 1 it is the holdout split every trial is scored on"
-        if refused is not None:
-            problems.append(
-                Problem(
-                    f"params.{dotted}",
-                    param.model_dump(exclude_none=True, exclude_defaults=True),
-                    f"{dotted} cannot be searched: {refused}",
-                    "set one value for the whole sweep in the base config or `overrides` (see "
-                    "docs/search.md, Searchable fields)",
-                )
-            )
-    lm_text = params.get("data.labelled_text_for_lm")
-    two_phase = max(
-        params["phase1.steps"].candidates()
-        if "phase1.steps" in params
-        else [base_config.phase1.steps]
-    )
-    if (
-        lm_text is not None
-        and False in lm_text.candidates()
-        and two_phase > 0
-        and not base_config.data.unlabelled
-    ):
-        problems.append(
-            Problem(
-                "params.data.labelled_text_for_lm",
-                lm_text.candidates(),
-                "with no data.unlabelled file, a two-phase trial that samples false has no LM "
-                "text for phase 1",
-                "add data.unlabelled files, or drop false from the choices",
-            )
-        )
-    return problems
-
-
-def _checkpoint_problems(
-    base: dict[str, Any], base_dir: Path, params: dict[str, Param]
-) -> list[Problem]:
-    """Each searched checkpoint judged like the base config's (its folder, or an offline hub id's
-    cache, and what its config.json rules out), named by the param and the choice."""
-    problems = []
-    for dotted in ("model.name_or_path", "model.gguf_file"):
-        for value in params[dotted].candidates() if dotted in params else []:
-            found = input_problems(with_params(base, {dotted: value}), base_dir)
-            problems += [
-                Problem(f"params.{dotted} choice {value!r}: {p.where}", p.value, p.rule, p.fix)
-                for p in found
-                if p.where.startswith("model.")
-            ]
-    return problems
 
 
 def _resolved_checkpoints(
@@ -368,55 +274,6 @@ def _resolved_checkpoints(
         {**params, "model.name_or_path": searched.model_copy(update={"choices": choices})},
         search.model_copy(update={"initial_points": points}),
     )
-
-
-def _check_params(base: dict[str, Any], params: dict[str, Param]) -> list[Problem]:
-    """Every path must name a config field, and every bound or choice must be valid there."""
-    problems = []
-    for dotted, param in params.items():
-        for value in param.candidates():
-            try:
-                parse_config(with_params(base, {dotted: value}))
-            except InputError as err:
-                for p in err.problems:
-                    where = f"params.{dotted}"
-                    if p.rule == "unknown key":
-                        problems.append(
-                            Problem(
-                                where, dotted, "must be a dotted path of a run-config field", p.fix
-                            )
-                        )
-                    elif p.where == dotted:
-                        problems.append(
-                            Problem(
-                                where,
-                                value,
-                                f"each bound/choice must be a valid `{dotted}`: {p.rule}",
-                                "narrow the range to valid values",
-                            )
-                        )
-                    elif p.where.startswith(f"{dotted}."):
-                        problems.append(
-                            Problem(
-                                where,
-                                dotted,
-                                f"must be a scalar run-config field ({p.where}: {p.rule})",
-                                "address a leaf field, e.g. phase1.alpha",
-                            )
-                        )
-                    else:  # a rule that ties the value to another field
-                        problems.append(
-                            Problem(
-                                where,
-                                value,
-                                "each bound/choice must fit the rest of the config: with "
-                                f"{dotted} = {value!r}, {p.where}: {p.rule}",
-                                f"narrow the range, or set {p.where} (in overrides) so that "
-                                "every value fits",
-                            )
-                        )
-                break
-    return problems
 
 
 def with_defaults(search: SearchSettings, base_config: RunConfig) -> SearchSettings:

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from sft_tune.config import RunConfig
+from sft_tune.errors import Problem
 from sft_tune.runconfig import parse_config, with_params
 from sft_tune.tasks import TASKS, task_files
 
@@ -356,3 +357,47 @@ def searched_by(dotted: str, task: str) -> tuple[str | None, str | None]:
 def phase1_only(dotted: str) -> bool:
     """Whether a searched parameter changes nothing when phase 1 is skipped."""
     return (dotted.startswith("phase1.") and dotted != "phase1.steps") or dotted in PHASE1_ONLY
+
+
+def searchable_problems(
+    params: dict[str, Param], base_config: RunConfig, search: SearchSettings
+) -> list[Problem]:
+    """Every searched field must be one a trial honours (`searched_by`), and no searched value
+    may leave a two-phase trial without LM text (phase 1 would have nothing to read)."""
+    problems = []
+    for dotted, param in params.items():
+        kind, refused = searched_by(dotted, base_config.model.task)
+        if refused is None and dotted == "data.validation_fraction" and search.folds == 1:
+            refused = "with search.folds 1 it is the holdout split every trial is scored on"
+        if refused is not None:
+            problems.append(
+                Problem(
+                    f"params.{dotted}",
+                    param.model_dump(exclude_none=True, exclude_defaults=True),
+                    f"{dotted} cannot be searched: {refused}",
+                    "set one value for the whole sweep in the base config or `overrides` (see "
+                    "docs/search.md, Searchable fields)",
+                )
+            )
+    lm_text = params.get("data.labelled_text_for_lm")
+    two_phase = max(
+        params["phase1.steps"].candidates()
+        if "phase1.steps" in params
+        else [base_config.phase1.steps]
+    )
+    if (
+        lm_text is not None
+        and False in lm_text.candidates()
+        and two_phase > 0
+        and not base_config.data.unlabelled
+    ):
+        problems.append(
+            Problem(
+                "params.data.labelled_text_for_lm",
+                lm_text.candidates(),
+                "with no data.unlabelled file, a two-phase trial that samples false has no LM "
+                "text for phase 1",
+                "add data.unlabelled files, or drop false from the choices",
+            )
+        )
+    return problems
