@@ -1,8 +1,9 @@
 """A run config checked whole: the schema (`config.py`), the task name, each task's own section
 of `data` (e.g. `data.ner`, defined in the task's module) and the task's rules; every problem at
-once (see `errors.InputError`). `check_train` checks a `train` run's whole input; the functions at
-the end check a search space's base config: its overrides, every searched value as an override
-of it, every searched checkpoint.
+once (see `errors.InputError`). `check_train` checks a `train` run's whole input; `check_base` a
+search space's base config with its overrides, every searched value as an override of it and
+every searched checkpoint, in one pass (`sweep/checks.py` then checks the space's own settings
+and reads the data).
 
 `config.py` knows no task: the task registry is consulted here, after the schema has parsed, so
 the schema and the tasks import in one direction only (tasks -> config).
@@ -254,12 +255,57 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 # -- a search space's base config ------------------------------------------------------------------
 
 
+@dataclass
+class BaseCheck:
+    """A search space's base config checked whole: the mapping (overrides applied), the folder
+    its paths are relative to, the config (paths resolved; None when it has problems), and every
+    problem, named as the space file's reader sees them (`base config ...`, `base`, `params....`)."""
+
+    mapping: dict[str, Any] | None
+    folder: Path
+    config: RunConfig | None
+    problems: list[Problem]
+
+
+def check_base(
+    given: Any,
+    inline: Any,
+    overrides: Any,
+    space_path: Path,
+    *,
+    strict: bool,
+    check_inputs: bool,
+    candidates: dict[str, list[Any]],
+) -> BaseCheck:
+    """The base config of the space file at `space_path` (`given`: the run-config file `base`
+    names, or `inline`: the `config` mapping; `overrides` applied) checked in one pass: the paths
+    it names and its model folder (with `check_inputs`), the schema, task and rules, then every
+    searched value (`candidates`: dotted path -> the values a trial may take) as an override of
+    it, and each searched checkpoint like the base's own. `strict`: the space's schema passed,
+    so a missing or doubled `base` / `config` is this check's to report."""
+    problems: list[Problem] = []
+    mapping, folder = _base_mapping(given, inline, overrides, space_path, strict, problems)
+    config = None
+    if mapping is not None and check_inputs:  # reported with the schema's problems, not after
+        problems += in_base(input_problems(mapping, folder))
+    if mapping is not None:
+        try:
+            config = parse_config(mapping, folder, source=f"{space_path} base config")
+        except InputError as err:
+            problems += in_base(err.problems)
+    if config is not None:
+        problems += _override_problems(mapping, candidates)
+        if check_inputs:
+            problems += _checkpoint_problems(mapping, folder, candidates)
+    return BaseCheck(mapping, folder, config, problems)
+
+
 def in_base(problems: list[Problem]) -> list[Problem]:
     """Problems of a space's base config, named so (`base config data.train ...`)."""
     return [Problem(f"base config {p.where}", p.value, p.rule, p.fix) for p in problems]
 
 
-def base_mapping(
+def _base_mapping(
     given_base: Any, config: Any, overrides: Any, path: Path, strict: bool, problems: list[Problem]
 ) -> tuple[dict[str, Any] | None, Path]:
     """The base config mapping with the overrides applied, and the folder its paths are relative
@@ -293,7 +339,7 @@ def base_mapping(
         return None, base_dir
 
 
-def override_problems(base: dict[str, Any], candidates: dict[str, list[Any]]) -> list[Problem]:
+def _override_problems(base: dict[str, Any], candidates: dict[str, list[Any]]) -> list[Problem]:
     """Every path must name a config field, and every bound or choice must be valid there."""
     problems = []
     for dotted, values in candidates.items():
@@ -342,7 +388,7 @@ def override_problems(base: dict[str, Any], candidates: dict[str, list[Any]]) ->
     return problems
 
 
-def checkpoint_problems(
+def _checkpoint_problems(
     base: dict[str, Any], base_dir: Path, candidates: dict[str, list[Any]]
 ) -> list[Problem]:
     """Each searched checkpoint judged like the base config's (its folder, or an offline hub id's

@@ -14,18 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sft_tune.addresses import probe_address, refuse_ray_client
-from sft_tune.config import RunConfig, resolve_paths
+from sft_tune.config import RunConfig
 from sft_tune.core.files import RawData, data_names, data_problems, table_problems
 from sft_tune.errors import InputError, Problem, fail, problems_from_validation
-from sft_tune.runconfig import (
-    base_mapping,
-    checkpoint_problems,
-    in_base,
-    input_problems,
-    override_problems,
-    parse_config,
-    read_yaml,
-)
+from sft_tune.runconfig import BaseCheck, check_base, in_base, read_yaml
 from sft_tune.sweep.cluster import check_local_resources
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.space import (
@@ -180,10 +172,13 @@ class SpaceCheck:
 
 
 def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> SpaceCheck:
-    """Every problem of a space file at once: its schema, the base config (with `check_inputs`
-    the paths it names and its model folder), the params against the config, the settings, and
-    (with `read`) the base config's data files: the unlabelled ones when some trial can run
-    phase 1 (`Sweep.arms`). An unreadable YAML file raises `InputError` at once."""
+    """Every problem of a space file at once, in stages that each take their module once: its
+    schema; the base config in one pass (`runconfig.check_base`: with `check_inputs` the paths
+    it names and its model folder, then every searched value and checkpoint against it); the
+    settings and what may be searched; then (with `read`) the base config's data files: the
+    unlabelled ones when some trial can run phase 1 (`Sweep.arms`), each file read as a plain
+    table when an earlier stage found a problem. An unreadable YAML file raises `InputError` at
+    once."""
     raw = read_yaml(path, "search-space file")
     problems: list[Problem] = []
     try:
@@ -196,51 +191,49 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
         if space is not None
         else (raw.get("base"), raw.get("config"), raw.get("overrides"))
     )
-    base, base_dir = base_mapping(*fields, path, space is not None, problems)
-    base_config = None
-    if base is not None and check_inputs:  # reported with the schema's problems, not after them
-        problems += in_base(input_problems(base, base_dir))
-    if base is not None:
-        try:
-            base_config = parse_config(base, source=f"{path} base config")
-        except InputError as err:
-            problems += in_base(err.problems)
-    if base_config is not None and space is not None:
-        space = space.model_copy(update={"search": with_defaults(space.search, base_config)})
-        candidates = {d: p.candidates() for d, p in space.params.items()}
-        problems += searchable_problems(space.params, base_config, space.search)
-        problems += override_problems(base, candidates)
-        problems += _check_settings(space, base_config)
-        if check_inputs:
-            problems += checkpoint_problems(base, base_dir, candidates)
-    search = space.search if space is not None else _valid(SearchSettings, raw.get("search", {}))
-    names = data_names(base, base_dir) if base is not None else {}
-    if problems:
-        problems += in_base(table_problems(names)) if read else []
-        return SpaceCheck(None, None, search, problems)
-    resolved = resolve_paths(base_config, base_dir)
-    if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
-        search = search.model_copy(
-            update={"storage_path": str((path.parent / search.storage_path).resolve())}
-        )
-    params, search = _resolved_checkpoints(space.params, search, base_dir)
-    sweep = Sweep(
-        base=resolved.model_dump(mode="json"),
-        base_config=resolved,
-        params=params,
-        search=search,
-        source=str(path),
+    candidates = {d: p.candidates() for d, p in space.params.items()} if space is not None else {}
+    base = check_base(
+        *fields, path, strict=space is not None, check_inputs=check_inputs, candidates=candidates
     )
+    problems += base.problems
+    search = space.search if space is not None else _valid(SearchSettings, raw.get("search", {}))
+    if base.config is not None and space is not None:
+        space = space.model_copy(update={"search": with_defaults(space.search, base.config)})
+        search = space.search
+        problems += _check_settings(space, base.config)
+        problems += searchable_problems(space.params, base.config, search)
+    sweep = None if problems else _sweep(space, base, path)
     if not read:
-        return SpaceCheck(sweep, None, search, [])
-    task, lm = task_files(resolved.model.task), "two-phase" in sweep.arms()
-    data, found = data_problems(resolved, task, search.folds, lm, names)
+        return SpaceCheck(sweep, None, search, problems)
+    names = data_names(base.mapping, base.folder) if base.mapping is not None else {}
+    if sweep is None:
+        return SpaceCheck(None, None, search, problems + in_base(table_problems(names)))
+    task, lm = task_files(sweep.base_config.model.task), "two-phase" in sweep.arms()
+    data, found = data_problems(base.config, task, search.folds, lm, names)
     if found:
         return SpaceCheck(None, None, search, in_base(found))
     found = task.metric_problems(search.metric, data.train)
     if found:
         return SpaceCheck(None, None, search, found)
     return SpaceCheck(sweep, data, search, [])
+
+
+def _sweep(space: SearchSpace, base: BaseCheck, path: Path) -> Sweep:
+    """The sweep of a space file with no problem: its storage path absolute (relative to the
+    space file) and its searched local checkpoints absolute (relative to the base config)."""
+    search = space.search
+    if "://" not in search.storage_path and not Path(search.storage_path).is_absolute():
+        search = search.model_copy(
+            update={"storage_path": str((path.parent / search.storage_path).resolve())}
+        )
+    params, search = _resolved_checkpoints(space.params, search, base.folder)
+    return Sweep(
+        base=base.config.model_dump(mode="json"),
+        base_config=base.config,
+        params=params,
+        search=search,
+        source=str(path),
+    )
 
 
 def _valid(schema: type[BaseModel], raw: Any) -> Any:
