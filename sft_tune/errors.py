@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -72,31 +71,6 @@ def fail(
 def _short(value: object, limit: int = 120) -> str:
     text = "null" if value is None else repr(value)  # YAML's word for it
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def undecodable(data: bytes, err: UnicodeDecodeError) -> tuple[int, str]:
-    """Where a file's bytes stop being UTF-8: (line number, "byte 0xe9 at offset 312")."""
-    return data[: err.start].count(b"\n") + 1, f"byte 0x{data[err.start]:02x} at offset {err.start}"
-
-
-def text_of(path: Path, what: str, missing_fix: str) -> str:
-    """A file's text (UTF-8, a byte-order mark dropped). A missing file, or bytes that are not
-    UTF-8, raise `InputError` naming the file, and the line, byte and offset where it stops being
-    UTF-8; `missing_fix` says where the path is read from."""
-    path = Path(path)
-    if not path.is_file():
-        raise fail(str(path), str(path), f"the {what} must exist", missing_fix)
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line, found = undecodable(data, err)
-        raise fail(
-            f"{path} line {line}",
-            found,
-            f"the {what} must be UTF-8 text",
-            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
-        ) from None
 
 
 # -- pydantic's errors as problems -----------------------------------------------------------------

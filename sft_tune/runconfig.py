@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from sft_tune.checkpoint import architecture_problems, folder_problems, hub_problems
 from sft_tune.config import RunConfig, check_schema
-from sft_tune.core.files import RawData, data_names, data_problems, table_problems
-from sft_tune.errors import InputError, Problem, fail, problems_from_validation, text_of
+from sft_tune.core.files import RawData, data_names, data_problems, table_problems, text_of
+from sft_tune.errors import InputError, Problem, fail, problems_from_validation
 from sft_tune.tasks import SPECS, TASKS, task_files
 
 

@@ -1,4 +1,7 @@
-"""Reading data files, and a config's labelled and unlabelled files read and checked.
+"""Reading input files, and a config's labelled and unlabelled files read and checked.
+
+`text_of` reads any input text (a data file, a run config, a search space) as UTF-8, naming the
+line where it is not.
 
 CSV/TSV and JSON files are read with Python's own parsers and Parquet with pyarrow, in one pass
 that names each bad line or row; only a folder written by `Dataset.save_to_disk` needs the
@@ -19,7 +22,7 @@ from typing import Any
 
 from sft_tune.config import RunConfig
 from sft_tune.core.splits import split_problems
-from sft_tune.errors import InputError, Problem, fail, first_problems, text_of
+from sft_tune.errors import InputError, Problem, fail, first_problems
 
 READERS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
@@ -41,6 +44,31 @@ class Table:
 
     def __getitem__(self, column: str) -> list[Any]:
         return self.columns[column]
+
+
+def undecodable(data: bytes, err: UnicodeDecodeError) -> tuple[int, str]:
+    """Where a file's bytes stop being UTF-8: (line number, "byte 0xe9 at offset 312")."""
+    return data[: err.start].count(b"\n") + 1, f"byte 0x{data[err.start]:02x} at offset {err.start}"
+
+
+def text_of(path: Path, what: str, missing_fix: str) -> str:
+    """A file's text (UTF-8, a byte-order mark dropped). A missing file, or bytes that are not
+    UTF-8, raise `InputError` naming the file, and the line, byte and offset where it stops being
+    UTF-8; `missing_fix` says where the path is read from."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(str(path), str(path), f"the {what} must exist", missing_fix)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line, found = undecodable(data, err)
+        raise fail(
+            f"{path} line {line}",
+            found,
+            f"the {what} must be UTF-8 text",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
+        ) from None
 
 
 def read_table(path: Path, what: str) -> Table:

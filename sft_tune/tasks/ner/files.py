@@ -34,8 +34,8 @@ import regex
 from pydantic import Field
 
 from sft_tune.config import DataConfig, RunConfig, TaskOptions
-from sft_tune.core.files import read_table, require_columns, text_column
-from sft_tune.errors import Problem, fail, first_problems, text_of
+from sft_tune.core.files import read_table, require_columns, text_column, text_of
+from sft_tune.errors import Problem, fail, first_problems
 from sft_tune.tasks.base import TaskFiles, window_problems
 
 MIN_STRATUM = 20  # sentences a stratum needs; smaller ones join the largest (folds go up to 20)
