@@ -67,11 +67,9 @@ def check_search(
         sweep, folder, data, problems = _resumed(resume, data_dir)
         search = sweep.search
     else:
-        found = check_space(Path(space_path))
+        found = check_space(Path(space_path), new=True)
         sweep, data, search, problems = found.sweep, found.data, found.search, found.problems
         folder = SweepFolder.of(sweep.search) if sweep is not None else None
-        if folder is not None:
-            problems += _taken(folder)
     if data_dir is not None and (resume is None or not Path(data_dir).is_dir()):
         problems.append(
             Problem(
@@ -171,14 +169,16 @@ class SpaceCheck:
     problems: list[Problem]
 
 
-def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> SpaceCheck:
+def check_space(
+    path: Path, check_inputs: bool = True, read: bool = True, new: bool = False
+) -> SpaceCheck:
     """Every problem of a space file at once, in stages that each take their module once: its
     schema; the base config in one pass (`runconfig.check_base`: with `check_inputs` the paths
     it names and its model folder, then every searched value and checkpoint against it); the
-    settings and what may be searched; then (with `read`) the base config's data files: the
-    unlabelled ones when some trial can run phase 1 (`Sweep.arms`), each file read as a plain
-    table when an earlier stage found a problem. An unreadable YAML file raises `InputError` at
-    once."""
+    settings and what may be searched; for a `new` sweep, that its folder holds no sweep yet;
+    then (with `read`) the base config's data files: the unlabelled ones when some trial can run
+    phase 1 (`Sweep.arms`), each file read as a plain table when the space or its base config
+    has a problem. An unreadable YAML file raises `InputError` at once."""
     raw = read_yaml(path, "search-space file")
     problems: list[Problem] = []
     try:
@@ -203,18 +203,19 @@ def check_space(path: Path, check_inputs: bool = True, read: bool = True) -> Spa
         problems += _check_settings(space, base.config)
         problems += searchable_problems(space.params, base.config, search)
     sweep = None if problems else _sweep(space, base, path)
+    folder = SweepFolder.of(sweep.search) if sweep is not None and new else None
+    if folder is not None:
+        problems += _taken(folder)
     if not read:
-        return SpaceCheck(sweep, None, search, problems)
+        return SpaceCheck(None if problems else sweep, None, search, problems)
     names = data_names(base.mapping, base.folder) if base.mapping is not None else {}
     if sweep is None:
         return SpaceCheck(None, None, search, problems + in_base(table_problems(names)))
     task, lm = task_files(sweep.base_config.model.task), "two-phase" in sweep.arms()
     data, found = data_problems(base.config, task, search.folds, lm, names)
-    if found:
-        return SpaceCheck(None, None, search, in_base(found))
-    found = task.metric_problems(search.metric, data.train)
-    if found:
-        return SpaceCheck(None, None, search, found)
+    problems += in_base(found) or task.metric_problems(search.metric, data.train)
+    if problems:
+        return SpaceCheck(None, None, search, problems)
     return SpaceCheck(sweep, data, search, [])
 
 
