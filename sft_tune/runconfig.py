@@ -3,7 +3,7 @@ of `data` (e.g. `data.ner`, defined in the task's module) and the task's rules; 
 once (see `errors.InputError`). `check_train` checks a `train` run's whole input; `check_base` a
 search space's base config with its overrides, every searched value as an override of it and
 every searched checkpoint, in one pass (`sweep/checks.py` then checks the space's own settings
-and reads the data).
+and the sweep folder, and reads the data).
 
 `config.py` knows no task: the task registry is consulted here, after the schema has parsed, so
 the schema and the tasks import in one direction only (tasks -> config).
@@ -255,7 +255,7 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 # -- a search space's base config ------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class BaseCheck:
     """A search space's base config checked whole: the mapping (overrides applied), the folder
     its paths are relative to, the config (paths resolved; None when it has problems), and every

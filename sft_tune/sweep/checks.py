@@ -213,7 +213,10 @@ def check_space(
         return SpaceCheck(None, None, search, problems + in_base(table_problems(names)))
     task, lm = task_files(sweep.base_config.model.task), "two-phase" in sweep.arms()
     data, found = data_problems(base.config, task, search.folds, lm, names)
-    problems += in_base(found) or task.metric_problems(search.metric, data.train)
+    if found:
+        problems += in_base(found)
+    else:  # a metric the data cannot score (QA's no-answer split on SQuAD v1 data)
+        problems += task.metric_problems(search.metric, data.train)
     if problems:
         return SpaceCheck(None, None, search, problems)
     return SpaceCheck(sweep, data, search, [])
