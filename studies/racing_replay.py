@@ -15,8 +15,8 @@ whether the chosen configuration is none's (else how far behind, in points).
 `--orders N`: the same fold scores in N random trial orders and fold orders per sweep (seeded),
 under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, plus each other rule,
 and with each rule swapped for each other one: the mean and largest share of folds trained, how
-often it exceeds 50%, and how often the choice is more than the ROPE behind none's. One sweep's order is one draw of a random start; this is how a
-rule was judged beyond it."""
+often it exceeds 50%, and how often the choice is more than the ROPE behind none's. One sweep's
+order is one draw of a random start; this is how a rule was judged beyond it."""
 
 from __future__ import annotations
 
@@ -110,8 +110,9 @@ def _run(trials, folds: int, stop, complete: dict | None = None) -> tuple[int, s
 
 
 def orders(runs, count: int, rope: float = 0.01) -> None:
-    """The default rules, and the default rules less one, over `count` random trial and fold
-    orders of each sweep (seed 0): the share of none's folds trained, and the choice."""
+    """The default rules, less one, plus one or with one swapped for another, over `count`
+    random trial and fold orders of each sweep (seed 0): the share of none's folds trained, and
+    how far the choice is behind none's."""
     racing.CANNOT_WIN = 0.10  # the rule's own level (the table above may have left another)
     rng = random.Random(0)
     default = racing.DEFAULT_RULES
