@@ -259,7 +259,8 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 class BaseCheck:
     """A search space's base config checked whole: the mapping (overrides applied), the folder
     its paths are relative to, the config (paths resolved; None when it has problems), and every
-    problem, named as the space file's reader sees them (`base config ...`, `base`, `params....`)."""
+    problem, named as the space file's reader sees them (`base config ...`, `base`,
+    `params....`)."""
 
     mapping: dict[str, Any] | None
     folder: Path
