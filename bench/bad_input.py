@@ -18,7 +18,6 @@ goal, and the load meter: how busy other processes kept the machine meanwhile.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -39,6 +38,7 @@ from harness import (  # noqa: E402  (bench/harness.py)
     command_line,
     machine,
     others_text,
+    parser,
     save_report,
     table,
     versions,
@@ -178,12 +178,10 @@ def report(cases: list, times: dict, window: dict) -> tuple[list[str], dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every case (default 3)")
-    parser.add_argument("--only", nargs="+", metavar="PATTERN", help="ids or id prefixes")
-    parser.add_argument("--probe-timeout", help=f"set {PROBE_TIMEOUT_ENV} (default: unset)")
-    parser.add_argument("--save", type=Path, metavar="FILE", help="the per-case figures as JSON")
-    args = parser.parse_args()
+    options = [("--rounds", 3, "runs of every case"), ("--save", Path, "the figures as JSON")]
+    options += [("--only", str, "ids or id prefixes", {"nargs": "+", "metavar": "PATTERN"})]
+    options += [("--probe-timeout", None, f"set {PROBE_TIMEOUT_ENV} (default: unset)")]
+    args = parser(__doc__, options).parse_args()
     cases = corpus.load_cases()
     if args.only:
         cases = corpus.selected(cases, args.only)

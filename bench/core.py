@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402  (bench/harness.py)
+from harness import (
     DEMO_PACKAGES,
     MachineCPU,
     command_line,
@@ -59,6 +59,9 @@ from harness import (  # noqa: E402  (bench/harness.py)
     race,
     summary,
     versions,
+)
+from harness import (  # noqa: E402  (bench/harness.py)
+    parser as options_parser,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,49 +99,21 @@ MASK_PROBABILITY = 0.15
 # ----------------------------------------------------------------------------- setup
 
 
+OPTIONS = [
+    ("--steps", 10, "timed steps per variant and phase"),
+    ("--warmup", 2, "untimed warm-up steps per variant and phase"),
+    ("--batch-size", 16, "labelled (task) batch, phase 1 and phase 2"),
+    ("--lm-batch-size", 32, "unlabelled (LM) batch of phase 1"),
+    ("--alpha", 1.0, "phase-1 task-loss weight"),
+    ("--max-length", 128, "tokens kept per text"),
+    ("--threads", int, "torch threads for everything (default: torch's default)"),
+    ("--seed", 0, "seed of the weights, batches and masking"),
+    ("--profile", False, "also profile one phase-1 step of each variant (torch.profiler)"),
+]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--steps", type=int, default=10, help="timed steps per variant and phase (default 10)"
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=2,
-        help="untimed warm-up steps per variant and phase (default 2)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=16,
-        help="labelled (task) batch, phase 1 and phase 2 (default 16)",
-    )
-    parser.add_argument(
-        "--lm-batch-size",
-        type=int,
-        default=32,
-        help="unlabelled (LM) batch of phase 1 (default 32)",
-    )
-    parser.add_argument(
-        "--alpha", type=float, default=1.0, help="phase-1 task-loss weight (default 1.0)"
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=128, help="tokens kept per text (default 128)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads for everything (default: torch's default)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="also profile one phase-1 step of each variant (torch.profiler)",
-    )
+    parser = options_parser(__doc__, OPTIONS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.lm_batch_size < 1:
         parser.error("--steps and the batch sizes must be >= 1, --warmup >= 0")

@@ -20,7 +20,6 @@ Prints a table and `RESULT_JSON {...}` last. Nothing is written outside a tempor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,7 +30,18 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from harness import OtherCPU, chatter_to, machine, others_text, say, table, versions, watched  # noqa: E402
+from harness import (  # noqa: E402  # noqa: E402
+    VERBOSE,
+    OtherCPU,
+    chatter_to,
+    machine,
+    others_text,
+    parser,
+    say,
+    table,
+    versions,
+    watched,
+)
 from sweep import make_real, make_toy, sized  # noqa: E402  (bench/sweep.py)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,10 +112,8 @@ def train_seconds(base: dict, precision: str, folder: Path, log: Path, verbose: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dry", action="store_true", help="CPU dry run: tiny model, small sweeps")
-    p.add_argument("--verbose", action="store_true", help="show Ray's and the training's output")
-    args = p.parse_args(argv)
+    dry = ("--dry", False, "CPU dry run: tiny model, small sweeps")
+    args = parser(__doc__, [dry, VERBOSE]).parse_args(argv)
     import ray
     import torch
 

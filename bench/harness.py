@@ -9,6 +9,8 @@
   `watched` times a block with a meter; `load_average`, `others_text` put it into words.
 - Timing side by side: `race` runs variants interleaved, rotating their order every round;
   `summary` and `mean_std` reduce the samples.
+- Arguments: `parser` builds a script's argparse parser from one line per option; `LOG`, `KEEP`,
+  `VERBOSE` and `NO_WANDB` are the options several scripts share.
 - Output and reports: `say`, `table` (aligned text), `markdown_table`, `save_report` (a report
   file, keeping its hand-written tail), `chatter_to` (fds 1 and 2 to a log) and `show_tail`.
 
@@ -19,6 +21,7 @@ so it works run as `python bench/<name>.py` from any folder and imported from el
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import math
@@ -89,6 +92,43 @@ def versions(extra: tuple[str, ...] = (), detail: bool = False) -> list[str]:
 def command_line() -> str:
     """This process's command line, shell-quoted."""
     return shlex.join([sys.executable, *sys.argv])
+
+
+# ----------------------------------------------------------------------------- arguments
+
+# An option: (flag, default, help) or (flag, default, help, more argparse keywords).
+Option = tuple
+
+LOG: Option = ("--log", None, "keep the Ray / training output in this file", {"type": Path})
+KEEP: Option = ("--keep", False, "keep the temporary folder (sweep folders) and print its path")
+VERBOSE: Option = ("--verbose", False, "show the Ray / training output instead of a log file")
+NO_WANDB: Option = ("--no-wandb", False, "no W&B callback (default: offline W&B, as run_search)")
+
+
+def parser(doc: str, options: Sequence[Option]) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph, then one option a line. The type is the
+    default's (False: a switch; a list: one or more of its items' type; None: a string). A type
+    or a function in the default's place is the type, with no default (None). A number's or a
+    string's help ends with "(default X)". A flag without a leading '-' is a positional argument."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for flag, default, text, *more in options:
+        keywords = dict(more[0]) if more else {}
+        if callable(default):
+            default, keywords = None, {"type": default, **keywords}
+        if default is False:
+            keywords.setdefault("action", "store_true")
+        elif isinstance(default, list):
+            keywords = {"nargs": "+", "type": type(default[0]), "default": default, **keywords}
+        elif flag.startswith("-"):
+            keywords = {"default": default, **keywords}
+            if default is not None and "action" not in keywords:
+                keywords.setdefault("type", type(default))
+            if isinstance(default, (int, float, str)):
+                text += f" (default {default})"
+        p.add_argument(flag, help=text, **keywords)
+    return p
 
 
 # ----------------------------------------------------------------------------- the load meter

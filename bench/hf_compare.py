@@ -45,11 +45,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (bench/harness.py)
+    LOG,
     ROOT,
     chatter_to,
     command_line,
     machine,
     mean_std,
+    parser,
     say,
     show_tail,
     table,
@@ -72,88 +74,36 @@ def _pair(kind):
     return parse
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
+OPTIONS = [
+    (
         "--model",
-        choices=["tiny", "minilm"],
-        default="minilm",
-        help="tiny random BERT + toy data, or MiniLM-L6 + tweets (default minilm)",
-    )
-    p.add_argument("--trials", type=int, default=6, help="trials on each side (default 6)")
-    p.add_argument(
-        "--folds",
-        type=int,
-        default=1,
-        help="sft-tune's k (default 1: one holdout split of --eval-fraction, as the Trainer's)",
-    )
-    p.add_argument(
-        "--eval-fraction",
-        type=float,
-        default=0.2,
-        help="Hugging Face's eval split, stratified (default 0.2)",
-    )
-    p.add_argument(
-        "--lr",
-        type=_pair(float),
-        default=None,
-        metavar="LOW,HIGH",
-        help="learning-rate range, log scale (default 1e-5,3e-4 minilm, 1e-3,3e-2 tiny)",
-    )
-    p.add_argument(
-        "--epochs",
-        type=_pair(int),
-        default=None,
-        metavar="LOW,HIGH",
-        help="epoch range (default 1,3 minilm, 3,8 tiny: the random tiny BERT needs more steps)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=16, help="training batch, both sides (default 16)"
-    )
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="tokens kept per text (default 64 minilm, 32 tiny)",
-    )
-    p.add_argument(
-        "--train-size",
-        type=int,
-        default=None,
-        help="labelled examples: tiny 300 toy ones by default; minilm: the first N tweets of "
-        "train.csv (default all 300)",
-    )
-    p.add_argument(
-        "--test-size",
-        type=int,
-        default=None,
-        help="test examples: tiny 600 toy ones by default; minilm: the first N tweets of "
-        "test.csv (default all 1500)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads of the Trainer = CPUs of the sft-tune Train worker (default: all "
-        "cores for minilm, 1 for tiny)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="sampler seed and fold/split seed (default 0)"
-    )
-    p.add_argument(
+        "minilm",
+        "tiny: a random BERT + toy data; minilm: MiniLM-L6 + tweets",
+        {"choices": ["tiny", "minilm"]},
+    ),
+    ("--trials", 6, "trials on each side"),
+    ("--folds", 1, "sft-tune's k (1: one holdout split of --eval-fraction, as the Trainer's)"),
+    ("--eval-fraction", 0.2, "Hugging Face's eval split, stratified"),
+    ("--lr", _pair(float), "learning rates LOW,HIGH, log (default 1e-5,3e-4; tiny 1e-3,3e-2)"),
+    ("--epochs", _pair(int), "epochs LOW,HIGH (default 1,3; tiny 3,8: it needs more steps)"),
+    ("--batch-size", 16, "training batch, both sides"),
+    ("--max-length", int, "tokens kept per text (default 64 minilm, 32 tiny)"),
+    ("--train-size", int, "labelled examples (default: tiny 300 toy ones, minilm 300 tweets)"),
+    ("--test-size", int, "test examples (default: tiny 600 toy ones, minilm 1500 tweets)"),
+    ("--threads", int, "torch threads = CPUs of a trial (default: all for minilm, 1 for tiny)"),
+    ("--seed", 0, "sampler seed and fold/split seed"),
+    (
         "--test-seeds",
-        type=int,
-        default=3,
-        help="retrain the best configuration with this many weight/order seeds (42, 43, ...) on "
-        "each side "
-        "and report the test macro-F1's mean and spread: one seed's score is luck on a small set "
-        "(default 3; only the first is timed)",
-    )
-    p.add_argument(
-        "--log", type=Path, default=None, help="keep the Ray / training output in this file"
-    )
+        3,
+        "retrain the best configuration with this many weight/order seeds (42, 43, ...) on each "
+        "side and report the test macro-F1's mean and spread (only the first is timed)",
+    ),
+    LOG,
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser(__doc__, OPTIONS)
     args = p.parse_args(argv)
     minilm = args.model == "minilm"
     args.lr = args.lr or ((1e-5, 3e-4) if minilm else (1e-3, 3e-2))

@@ -58,10 +58,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (bench/harness.py)
+    LOG,
     chatter_to,
     command_line,
     descendants,
     machine,
+    parser,
     proc_stats,
     say,
     show_tail,
@@ -72,50 +74,21 @@ from sweep import make_toy  # noqa: E402  (bench/sweep.py: the tiny BERT and toy
 MB = 1024 * 1024
 
 
+OPTIONS = [
+    ("--concurrent", 2, "N: concurrent trials of sweeps B and C, and trials of every sweep"),
+    ("--unlabelled", 300_000, "U: synthetic unlabelled sentences of sweeps A and B"),
+    ("--train-size", 200, "toy labelled examples"),
+    ("--steps", 300, "phase1.steps of each fold: long enough for concurrent trials to overlap"),
+    ("--folds", 2, "k of the cross-validation"),
+    ("--cpus-per-worker", 1, "CPUs (and torch threads) of each trial's Train worker"),
+    ("--interval", 0.5, "seconds between /proc samples"),
+    ("--sweeps", "A,B,C", "which sweeps to run (A alone gives the tokenization figures)"),
+    LOG,
+]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--concurrent",
-        type=int,
-        default=2,
-        help="N: concurrent trials of sweeps B and C, and trials of every sweep (default 2)",
-    )
-    p.add_argument(
-        "--unlabelled",
-        type=int,
-        default=300_000,
-        help="U: synthetic unlabelled sentences of sweeps A and B (default 300000)",
-    )
-    p.add_argument(
-        "--train-size", type=int, default=200, help="toy labelled examples (default 200)"
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=300,
-        help="phase1.steps of each fold: long enough for concurrent trials to overlap (default "
-        "300)",
-    )
-    p.add_argument("--folds", type=int, default=2, help="k of the cross-validation (default 2)")
-    p.add_argument(
-        "--cpus-per-worker",
-        type=int,
-        default=1,
-        help="CPUs (and torch threads) of each trial's Train worker (default 1)",
-    )
-    p.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between /proc samples (default 0.5)"
-    )
-    p.add_argument(
-        "--sweeps",
-        default="A,B,C",
-        help="which sweeps to run (default A,B,C; A alone gives the tokenization figures)",
-    )
-    p.add_argument(
-        "--log", type=Path, default=None, help="keep the Ray / training output in this file"
-    )
+    p = parser(__doc__, OPTIONS)
     args = p.parse_args(argv)
     args.sweeps = [s.strip().upper() for s in args.sweeps.split(",") if s.strip()]
     if not args.sweeps or not set(args.sweeps) <= {"A", "B", "C"}:

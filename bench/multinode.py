@@ -21,7 +21,6 @@ reports how many cores other processes kept busy. Last line: `RESULT_JSON {...}`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -35,7 +34,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from harness import OtherCPU, chatter_to, machine, others_text, say, table, versions, watched  # noqa: E402
+from harness import (  # noqa: E402  # noqa: E402
+    VERBOSE,
+    OtherCPU,
+    chatter_to,
+    machine,
+    others_text,
+    parser,
+    say,
+    table,
+    versions,
+    watched,
+)
 from ray_nodes import Nodes  # noqa: E402  (tests/ray_nodes.py)
 from s3_server import moto_s3, objects  # noqa: E402  (tests/s3_server.py)
 from sweep import make_toy, sized  # noqa: E402  (bench/sweep.py)
@@ -86,12 +96,9 @@ def timed_sweep(space: Path, log: Path, verbose: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=2, help="local/cluster pairs (default 2)")
-    p.add_argument("--trials", type=int, default=4, help="trials per sweep (default 4)")
-    p.add_argument("--folds", type=int, default=3, help="folds per trial (default 3)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's and the training's output")
-    args = p.parse_args(argv)
+    options = [("--rounds", 2, "local/cluster pairs"), ("--trials", 4, "trials per sweep")]
+    options += [("--folds", 3, "folds per trial"), VERBOSE]
+    args = parser(__doc__, options).parse_args(argv)
     import ray
 
     say(f"machine: {machine()}", *versions(("ray", "pyarrow", "moto")))

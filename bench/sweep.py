@@ -61,7 +61,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (bench/harness.py)
     DEMO_PACKAGES,
+    KEEP,
+    LOG,
+    NO_WANDB,
     ROOT,
+    VERBOSE,
     WORDS,
     OtherCPU,
     chatter_to,
@@ -69,6 +73,7 @@ from harness import (  # noqa: E402  (bench/harness.py)
     load_average,
     machine,
     others_text,
+    parser,
     save_tiny_bert,
     say,
     show_tail,
@@ -117,149 +122,50 @@ def _overhead(text: str) -> tuple[float, int, float]:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
+OPTIONS = [
+    (
         "--overhead",
-        action="append",
-        type=_overhead,
-        default=None,
-        metavar="SECONDS:TRIALS:GOAL",
-        help="part 1, repeatable: a sweep of TRIALS trials of about SECONDS of training each "
-        "against the same trials back to back, "
-        "goal ratio GOAL (default: 120:4:1.05 and 10:8:1.25, the issue's goals; overrides "
+        None,
+        "part 1, repeatable: TRIALS trials of about SECONDS of training each against the same "
+        "trials back to back, goal ratio GOAL (default 120:4:1.05 and 10:8:1.25; overrides "
         "--trials/--trial-seconds)",
-    )
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=3,
-        help="part 1: trials of the sweep, and configurations trained back to back (default 3; "
-        "with --trial-seconds, one size, goal 1.05)",
-    )
-    p.add_argument(
-        "--trial-seconds",
-        type=float,
-        default=None,
-        help="part 1: target training seconds of one trial, all folds (one size instead of the "
-        "--overhead defaults)",
-    )
-    p.add_argument(
-        "--asha-trials",
-        type=int,
-        default=16,
-        help="part 2: trials of each of the asha and none sweeps (default 16)",
-    )
-    p.add_argument(
-        "--asha-sampler",
-        default="random",
-        help="part 2: sampler of both sweeps (default random: the same configurations whatever "
-        "ASHA stops)",
-    )
-    p.add_argument(
-        "--schedulers",
-        default="asha",
-        help="part 2: the schedulers compared with none, comma-separated (default asha; e.g. "
-        "asha,racing)",
-    )
-    p.add_argument(
-        "--part2-seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="part 2: sampler and fold seeds, one comparison each (default: --seed)",
-    )
-    p.add_argument(
-        "--asha-trial-seconds",
-        type=float,
-        default=10.0,
-        help="part 2: target training seconds of one full trial (default 10)",
-    )
-    p.add_argument(
-        "--size",
-        type=_size,
-        default=None,
-        metavar="STEPS,EPOCHS",
-        help="part 1: fix phase1.steps and phase2.epochs instead of sizing by --trial-seconds",
-    )
-    p.add_argument(
-        "--asha-size",
-        type=_size,
-        default=None,
-        metavar="STEPS,EPOCHS",
-        help="part 2: fix phase1.steps and phase2.epochs instead of sizing by --asha-trial-seconds",
-    )
-    p.add_argument(
-        "--folds",
-        type=int,
-        default=3,
-        help="k of the cross-validation, both parts (default 3; part 2 needs >= 3)",
-    )
-    p.add_argument("--parts", default="1,2", help="which parts to run: 1, 2 or 1,2 (default)")
-    p.add_argument(
+        {"action": "append", "type": _overhead, "metavar": "SECONDS:TRIALS:GOAL"},
+    ),
+    ("--trials", 3, "part 1: trials of the sweep and configurations back to back"),
+    ("--trial-seconds", float, "part 1: training seconds of one trial (one size, goal 1.05)"),
+    ("--asha-trials", 16, "part 2: trials of each of the compared sweeps and none's"),
+    ("--asha-sampler", "random", "part 2: sampler of all its sweeps (the same configurations)"),
+    ("--schedulers", "asha", "part 2: the schedulers compared with none, e.g. asha,racing"),
+    ("--part2-seeds", int, "part 2: sampler and fold seeds (default --seed)", {"nargs": "+"}),
+    ("--asha-trial-seconds", 10.0, "part 2: training seconds of one full trial"),
+    ("--size", _size, "part 1: fix phase1.steps,phase2.epochs instead of sizing by time"),
+    ("--asha-size", _size, "part 2: fix phase1.steps,phase2.epochs of part 2's trials"),
+    ("--folds", 3, "k of the cross-validation, both parts (part 2 needs >= 3)"),
+    ("--parts", "1,2", "which parts to run: 1, 2 or 1,2"),
+    (
         "--every-step-too",
-        action="store_true",
-        help="part 1: also run the sweep with Tune saving its state at every step "
-        "(TUNE_GLOBAL_CHECKPOINT_S=0, sft-tune's rule before it saved only when a trial started, "
-        "reported or ended) and print that ratio beside it",
-    )
-    p.add_argument("--sampler", default="tpe", help="Optuna sampler of the sweeps (default tpe)")
-    p.add_argument("--seed", type=int, default=0, help="sampler and fold seed (default 0)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="torch threads of the plain process = CPUs of the Train worker (default: all cores)",
-    )
-    p.add_argument(
-        "--phase1-share",
-        type=float,
-        default=0.5,
-        help="share of a trial's training time spent in phase 1 (default 0.5)",
-    )
-    p.add_argument(
-        "--no-wandb",
-        action="store_true",
-        help="sweeps without the W&B callback (default: offline W&B, like run_search)",
-    )
-    p.add_argument(
-        "--real",
-        action="store_true",
-        help="MiniLM-L6 + the tweet demo files instead of the tiny BERT + toy data",
-    )
-    p.add_argument(
-        "--train-size", type=int, default=300, help="toy labelled examples (default 300)"
-    )
-    p.add_argument(
-        "--unlabelled-size", type=int, default=600, help="toy unlabelled texts (default 600)"
-    )
-    p.add_argument(
-        "--label-noise",
-        type=float,
-        default=0.15,
-        help="toy: share of labels replaced by another class (default 0.15)",
-    )
-    p.add_argument(
-        "--calib-steps",
-        type=int,
-        default=None,
-        help="phase-1 steps per fold of the calibration (default 20 toy, 3 real)",
-    )
-    p.add_argument(
-        "--log", type=Path, default=None, help="keep the Ray / training output in this file"
-    )
-    p.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the temporary folder (sweep folders with their events.jsonl) and print its path",
-    )
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show the Ray / training output instead of logging it to a file",
-    )
+        False,
+        "part 1: also run the sweep with Tune saving its state at every step "
+        "(TUNE_GLOBAL_CHECKPOINT_S=0) and print that ratio beside it",
+    ),
+    ("--sampler", "tpe", "Optuna sampler of the sweeps"),
+    ("--seed", 0, "sampler and fold seed"),
+    ("--threads", os.cpu_count() or 1, "torch threads of the plain process = CPUs of a trial"),
+    ("--phase1-share", 0.5, "share of a trial's training time spent in phase 1"),
+    NO_WANDB,
+    ("--real", False, "MiniLM-L6 + the tweet demo files instead of the tiny BERT + toy data"),
+    ("--train-size", 300, "toy labelled examples"),
+    ("--unlabelled-size", 600, "toy unlabelled texts"),
+    ("--label-noise", 0.15, "toy: share of labels replaced by another class"),
+    ("--calib-steps", int, "phase-1 steps per fold of the calibration (default 20 toy, 3 real)"),
+    LOG,
+    KEEP,
+    VERBOSE,
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser(__doc__, OPTIONS)
     args = p.parse_args(argv)
     args.parts = {int(x) for x in args.parts.split(",") if x.strip()}
     if not args.parts <= {1, 2} or not args.parts:

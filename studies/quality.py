@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from harness import ROOT, markdown_table, mean_std, paired_test, save_report  # noqa: E402  (bench/harness.py)
+from harness import parser as options_parser  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -70,70 +71,29 @@ ARMS = {  # every arm searches the same phase-2 ranges; the phase-1 arms the sam
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--base",
-        type=Path,
-        default=ROOT / "examples" / "tweets.yaml",
-        help="run config every arm starts from (default: the tweet demo)",
-    )
-    parser.add_argument(
-        "--arms",
-        nargs="+",
-        default=list(ARMS),
-        choices=list(ARMS),
-        help="arms to run (default: all four)",
-    )
-    parser.add_argument(
-        "--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0-4)"
-    )
-    parser.add_argument(
-        "--trials", type=int, default=4, help="trials per search (same for every arm)"
-    )
-    parser.add_argument(
-        "--folds", type=int, default=2, help="CV folds per trial (same for every arm)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=0, help="LM-head warm-up steps in the phase-1 arms (0 = none)"
-    )
-    parser.add_argument(
-        "--head-lr-scale",
-        type=float,
-        default=1.0,
-        help="head learning-rate multiplier in every arm",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "runs" / "quality",
-        help="folder for the sweeps and results.json",
-    )
-    parser.add_argument(
-        "--report",
-        type=Path,
-        default=ROOT / "studies" / "QUALITY.md",
-        help="Markdown results table to write",
-    )
-    parser.add_argument(
-        "--concurrent",
-        type=int,
-        default=1,
-        help="trials run at once, each a 1-CPU worker (every arm the same; TPE samples its first "
-        "10 trials at random anyway)",
-    )
-    parser.add_argument(
-        "--num-cpus",
-        type=int,
-        default=None,
-        help="logical CPUs for the local Ray (default: this machine's)",
-    )
-    parser.add_argument(
+OPTIONS = [
+    ("--base", ROOT / "examples" / "tweets.yaml", "run config every arm starts from (the demo's)"),
+    ("--arms", list(ARMS), "arms to run (default: all four)", {"choices": list(ARMS)}),
+    ("--seeds", [0, 1, 2, 3, 4], "seeds (default: 0-4)"),
+    ("--trials", 4, "trials per search (same for every arm)"),
+    ("--folds", 2, "CV folds per trial (same for every arm)"),
+    ("--warmup", 0, "LM-head warm-up steps in the phase-1 arms (0 = none)"),
+    ("--head-lr-scale", 1.0, "head learning-rate multiplier in every arm"),
+    ("--out", ROOT / "runs" / "quality", "folder for the sweeps and results.json"),
+    ("--report", ROOT / "studies" / "QUALITY.md", "Markdown results table to write"),
+    ("--concurrent", 1, "trials run at once, each a 1-CPU worker (every arm the same)"),
+    ("--num-cpus", int, "logical CPUs for the local Ray (default: this machine's)"),
+    (
         "--report-only",
-        action="store_true",
-        help="recount the finished pairs in --out from their sweep folders and rewrite "
-        "results.json and the report; train nothing",
-    )
+        False,
+        "recount the finished pairs in --out from their sweep folders and rewrite results.json "
+        "and the report; train nothing",
+    ),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = options_parser(__doc__, OPTIONS)
     args = parser.parse_args(argv)
     if args.trials < 1 or args.folds < 2 or args.concurrent < 1:
         parser.error("--trials and --concurrent must be >= 1 and --folds >= 2")

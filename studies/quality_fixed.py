@@ -31,7 +31,6 @@ NEW.json` starts over). The report's section holds every kept run of the chosen 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -45,6 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from harness import ROOT, machine, markdown_table, mean_std, paired_test  # noqa: E402  (bench/harness.py)
+from harness import parser as options_parser  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 LABELLED = 300  # tweets in examples/data/tweets/train.csv
@@ -378,26 +378,20 @@ def _diffs(stat: dict[str, Any]) -> str:
     )
 
 
+OPTIONS = [
+    ("--models", list(MODELS), "models to run (default: both)", {"choices": list(MODELS)}),
+    ("--arms", list(ARMS), "arms to run (default: all five)", {"choices": list(ARMS)}),
+    ("--seeds", [0, 1, 2], "seeds (default: 0-2)"),
+    ("--pilot", False, "choose E, learning rates and S (seed 0)"),
+    ("--report-only", False, "rewrite the report; train nothing"),
+    ("--out", ROOT / "runs" / "quality-fixed", "folder for the run folders"),
+    ("--report", ROOT / "studies" / "QUALITY.md", "the report to write (its second section)"),
+    ("--results", ROOT / "studies" / "QUALITY_FIXED.json", "every finished run's row (kept)"),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument(
-        "--pilot", action="store_true", help="choose E, learning rates and S (seed 0)"
-    )
-    parser.add_argument(
-        "--report-only", action="store_true", help="rewrite the report; train nothing"
-    )
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality-fixed")
-    parser.add_argument("--report", type=Path, default=ROOT / "studies" / "QUALITY.md")
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=ROOT / "studies" / "QUALITY_FIXED.json",
-        help="every finished run's row, kept in the repository: --report-only works without the "
-        "run folders",
-    )
+    parser = options_parser(__doc__, OPTIONS)
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,7 +20,6 @@ order is one draw of a random start; this is how a rule was judged beyond it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -28,6 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from harness import parser  # noqa: E402  (bench/harness.py)
 
 from sft_tune.sweep import racing  # noqa: E402
 from sft_tune.sweep.racing import RacingScheduler  # noqa: E402
@@ -152,10 +153,8 @@ def orders(runs, count: int, rope: float = 0.01) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--orders", type=int, default=0, help="random orders per sweep (0: none)")
-    args = parser.parse_args()
+    folders = ("folders", Path, "the bench's kept folders", {"nargs": "+"})
+    args = parser(__doc__, [folders, ("--orders", 0, "random orders per sweep")]).parse_args()
     paths = sorted(
         p for folder in args.folders for p in folder.glob("sweeps/sched-none-*/events.jsonl")
     )
