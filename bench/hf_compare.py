@@ -26,14 +26,13 @@ Sides (in this order): `hf` (the Trainer in this process) and `sft-tune` (`run_s
 `select_best`, W&B off on both sides). Wall times include the tokenization and model loads of each
 side, not the imports. Model: `tiny` (a 2-layer random BERT + the toy 3-class set of bench/sweep.py
 with 15% label noise, test set without noise) or `minilm` (MiniLM-L6 + the tweet files of
-examples/prepare_tweets.py). The last line printed is `RESULT_JSON {...}`, the figures for other tools.
+examples/prepare_tweets.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import shutil
@@ -582,20 +581,6 @@ def main(argv: list[str] | None = None) -> int:
         sides["sft"] = run_sft(args, s, folder, log)
         say(f"   sft-tune: {sides['sft']['seconds']:.0f} s")
         report(args, sides)
-        print(
-            "RESULT_JSON "
-            + json.dumps(
-                {
-                    "model": args.model,
-                    "trials": args.trials,
-                    "folds": args.folds,
-                    "eval_fraction": args.eval_fraction,
-                    "test_seeds": args.test_seeds,
-                    **sides,
-                }
-            ),
-            flush=True,
-        )
         ok = True
         return 0
     finally:

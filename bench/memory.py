@@ -36,8 +36,7 @@ labelled + unlabelled; the labelled texts for the LM are a cache hit), B (expect
 and every trial's `worker_tokenization_passes` (expected 0).
 
 `--sweeps A` runs sweep A alone (what bench/all.py runs for the tokenization figures when the
-memory part is not selected). The last line printed is `RESULT_JSON {...}`, the figures for other
-tools.
+memory part is not selected).
 """
 
 from __future__ import annotations
@@ -710,14 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in sizes:
                 with chatter_to(log, True):
                     sizes[key] = data_sizes(base, pool, args.folds, folder / cache)
-        figures = report(runs, sizes, args)
-        figures["runs"] = {
-            k: {kk: vv for kk, vv in v.items() if kk != "memory"}
-            | {"memory": {kk: vv for kk, vv in v["memory"].items() if kk != "at_peak_by_role"}}
-            for k, v in runs.items()
-        }
-        figures["sizes"] = sizes
-        print("RESULT_JSON " + json.dumps(figures, default=str), flush=True)
+        report(runs, sizes, args)
         ok = True
         return 0
     finally:

