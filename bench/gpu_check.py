@@ -30,7 +30,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from harness import (  # noqa: E402  # noqa: E402
+from harness import (  # noqa: E402
     VERBOSE,
     OtherCPU,
     chatter_to,
@@ -39,9 +39,10 @@ from harness import (  # noqa: E402  # noqa: E402
     parser,
     say,
     table,
+    timed_search,
     versions,
-    watched,
 )
+from harness import write_space as space_file  # noqa: E402
 from sweep import make_real, make_toy, sized  # noqa: E402  (bench/sweep.py)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,38 +53,11 @@ OTHERS = OtherCPU()
 
 
 def write_space(folder: Path, name: str, setup: dict, resources: dict, **search: Any) -> Path:
-    import yaml
-
-    space = {
-        "config": setup["base"],
-        "params": setup["params"],
-        "search": {
-            "name": name,
-            "metric": "macro_f1",
-            "sampler": "random",
-            "scheduler": "none",
-            "seed": 0,
-            "resources": resources,
-            "max_failures": 0,
-            "storage_path": str(folder / "sweeps"),
-            **search,
-        },
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+    return space_file(folder, name, setup["base"], setup["params"], resources=resources, **search)
 
 
 def sweep(space: Path, log: Path, verbose: bool) -> dict[str, Any]:
-    from sft_tune.sweep.folder import read_events
-    from sft_tune.sweep.run import run_search
-
-    info: dict[str, Any] = {}
-    with watched(info, OTHERS), chatter_to(log, not verbose):
-        result = run_search(space, use_wandb=False)
-    info["trials"] = result.trials
-    info["events"] = read_events(result.sweep_dir / "events.jsonl")
-    return info
+    return timed_search(space, log, verbose, OTHERS, use_wandb=False)
 
 
 def most_at_once(events: list[dict]) -> int:
@@ -174,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         info = sweep(
             write_space(work, "reused", setup, one, num_trials=count, folds=2), log, args.verbose
         )
-        peaks = [t.cuda_peak_mb for t in info["trials"]]
-        loads = [t.process_model_loads for t in info["trials"]]
+        peaks = [t.cuda_peak_mb for t in info["result"].trials]
+        loads = [t.process_model_loads for t in info["result"].trials]
         result["reused_cuda_peak_mb"], result["reused_model_loads"] = peaks, loads
         grows = (
             gpu and peaks[-1] is not None and peaks[0] is not None and peaks[-1] > 1.1 * peaks[0]
@@ -196,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             log,
             args.verbose,
         )
-        complete = sum(t.status == "COMPLETE" for t in info["trials"])
+        complete = sum(t.status == "COMPLETE" for t in info["result"].trials)
         result["search_s"], result["search_complete"] = info["seconds"], complete
-        result["search_statuses"] = {t.trial_id: [t.status.value, t.error] for t in info["trials"]}
+        result["search_statuses"] = {
+            t.trial_id: [t.status.value, t.error] for t in info["result"].trials
+        }
         rows.append(
             [
                 f"4. {trials} trials x {folds} folds",

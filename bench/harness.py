@@ -11,6 +11,8 @@
   `summary` and `mean_std` reduce the samples.
 - Arguments: `parser` builds a script's argparse parser from one line per option; `LOG`, `KEEP`,
   `VERBOSE` and `NO_WANDB` are the options several scripts share.
+- Sweeps: `write_space` (a search space file with the benches' usual search section) and
+  `timed_search` (one timed `run_search` call with its events).
 - Output and reports: `say`, `table` (aligned text), `markdown_table`, `save_report` (a report
   file, keeping its hand-written tail), `chatter_to` (fds 1 and 2 to a log) and `show_tail`.
 
@@ -322,6 +324,49 @@ def mean_std(values: Sequence[float], fmt: str = ".4f", extent: bool = False) ->
         else f"{values[0]:{fmt}}"
     )
     return text + (f" ({min(values):{fmt}}..{max(values):{fmt}})" if extent else "")
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def write_space(folder: Path, name: str, config: dict, params: dict, **search: Any) -> Path:
+    """A search space file, `folder/<name>.yaml`: the base config, the searched params and a search
+    section (a random sampler without a scheduler, one trial at a time, one 1-CPU worker each,
+    ranked by macro-F1, stored under folder/sweeps, no failure retried); `search` overrides it."""
+    import yaml
+
+    section = {
+        "name": name,
+        "metric": "macro_f1",
+        "mode": "max",
+        "max_concurrent": 1,
+        "sampler": "random",
+        "scheduler": "none",
+        "seed": 0,
+        "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+        "max_failures": 0,
+        "storage_path": str(folder / "sweeps"),
+        **search,
+    }
+    path = folder / f"{name}.yaml"
+    space = {"config": config, "params": params, "search": section}
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def timed_search(space: Path, log: Path, verbose: bool, meter, **options: Any) -> dict[str, Any]:
+    """One `run_search` call (from data preparation to ray.shutdown), timed by `watched` with
+    `meter`, its output in `log` unless `verbose`: the window's figures, "result" (the
+    SearchResult), "events" (its events.jsonl) and "start"/"end" (epoch seconds)."""
+    from sft_tune.sweep.folder import read_events
+    from sft_tune.sweep.run import run_search
+
+    info: dict[str, Any] = {"start": time.time()}
+    with watched(info, meter), chatter_to(log, not verbose):
+        info["result"] = run_search(space, **options)
+    info["end"] = time.time()
+    info["events"] = read_events(info["result"].sweep_dir / "events.jsonl")
+    return info
 
 
 # ----------------------------------------------------------------------------- output and reports

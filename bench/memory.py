@@ -69,6 +69,9 @@ from harness import (  # noqa: E402  (bench/harness.py)
     show_tail,
     table,
 )
+from harness import (
+    write_space as space_file,
+)
 from sweep import make_toy  # noqa: E402  (bench/sweep.py: the tiny BERT and toy data)
 
 MB = 1024 * 1024
@@ -266,44 +269,25 @@ def write_pool(folder: Path, name: str, n: int, seed: int) -> Path:
     return path
 
 
+PARAMS = {
+    "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
+    "phase1.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+}
+
+
 def write_space(
     folder: Path, name: str, base: dict, pool: Path, args: argparse.Namespace, concurrent: int
 ) -> Path:
-    import yaml
-
     config = json.loads(json.dumps(base))
     config["data"]["unlabelled"] = [str(pool)]
     config["phase1"]["steps"] = args.steps
     config["phase2"]["epochs"] = 1
-    space = {
-        "config": config,
-        "params": {
-            "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
-            "phase1.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-            "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-        },
-        "search": {
-            "name": name,
-            "metric": "macro_f1",
-            "mode": "max",
-            "num_trials": args.concurrent,
-            "max_concurrent": concurrent,
-            "sampler": "random",
-            "scheduler": "none",
-            "folds": args.folds,
-            "seed": 0,
-            "max_failures": 0,
-            "resources": {
-                "workers": 1,
-                "cpus_per_worker": args.cpus_per_worker,
-                "gpus_per_worker": 0,
-            },
-            "storage_path": str(folder / "sweeps"),
-        },
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+    resources = {"workers": 1, "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": 0}
+    return space_file(
+        folder, name, config, PARAMS, num_trials=args.concurrent, max_concurrent=concurrent,
+        folds=args.folds, resources=resources,
+    )  # fmt: skip
 
 
 def overlap_seconds(events: list[dict[str, Any]]) -> float:

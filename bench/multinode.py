@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from harness import (  # noqa: E402  # noqa: E402
+from harness import (  # noqa: E402
     VERBOSE,
     OtherCPU,
     chatter_to,
@@ -43,9 +43,11 @@ from harness import (  # noqa: E402  # noqa: E402
     parser,
     say,
     table,
+    timed_search,
     versions,
     watched,
 )
+from harness import write_space as space_file  # noqa: E402
 from ray_nodes import Nodes  # noqa: E402  (tests/ray_nodes.py)
 from s3_server import moto_s3, objects  # noqa: E402  (tests/s3_server.py)
 from sweep import make_toy, sized  # noqa: E402  (bench/sweep.py)
@@ -59,39 +61,17 @@ OTHERS = OtherCPU()
 
 
 def write_space(folder: Path, name: str, setup: dict, args, storage: str) -> Path:
-    import yaml
-
-    space = {
-        "config": sized(setup["base"], 4, 1),
-        "params": setup["params"],
-        "search": {
-            "name": name,
-            "metric": "macro_f1",
-            "mode": "max",
-            "num_trials": args.trials,
-            "max_concurrent": 1,
-            "sampler": "random",
-            "scheduler": "none",
-            "folds": args.folds,
-            "seed": 0,
-            "resources": {"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 0},
-            "max_failures": 0,
-            "storage_path": storage,
-        },
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+    resources = {"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 0}
+    return space_file(
+        folder, name, sized(setup["base"], 4, 1), setup["params"], num_trials=args.trials,
+        folds=args.folds, resources=resources, storage_path=storage,
+    )  # fmt: skip
 
 
 def timed_sweep(space: Path, log: Path, verbose: bool) -> dict[str, Any]:
-    from sft_tune.sweep.run import run_search
-
-    info: dict[str, Any] = {}
-    with watched(info, OTHERS), chatter_to(log, not verbose):
-        result = run_search(space)
-    info["folds"] = sum(t.folds_done for t in result.trials)
-    info["complete"] = sum(t.status == "COMPLETE" for t in result.trials)
+    info = timed_search(space, log, verbose, OTHERS)
+    info["folds"] = sum(t.folds_done for t in info["result"].trials)
+    info["complete"] = sum(t.status == "COMPLETE" for t in info["result"].trials)
     return info
 
 

@@ -78,10 +78,14 @@ from harness import (  # noqa: E402  (bench/harness.py)
     say,
     show_tail,
     table,
+    timed_search,
     toy_sentence,
     toy_vocabulary,
     versions,
     watched,
+)
+from harness import (
+    write_space as space_file,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -376,54 +380,20 @@ def plan(
 
 
 def write_space(
-    folder: Path,
-    name: str,
-    base: dict,
-    params: dict,
-    args: argparse.Namespace,
-    scheduler: str,
-    trials: int,
+    folder: Path, name: str, base: dict, params: dict, args, scheduler: str, trials: int,
     sampler: str | None = None,
-) -> Path:
-    import yaml
-
-    space = {
-        "config": base,
-        "params": params,
-        "search": {
-            "name": name,
-            "metric": "macro_f1",
-            "mode": "max",
-            "num_trials": trials,
-            "max_concurrent": 1,
-            "sampler": sampler or args.sampler,
-            "scheduler": scheduler,
-            "folds": args.folds,
-            "seed": args.seed,
-            "resources": {"workers": 1, "cpus_per_worker": args.threads, "gpus_per_worker": 0},
-            "max_failures": 0,
-            "storage_path": str(folder / "sweeps"),
-        },
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+) -> Path:  # fmt: skip
+    resources = {"workers": 1, "cpus_per_worker": args.threads, "gpus_per_worker": 0}
+    return space_file(
+        folder, name, base, params, num_trials=trials, sampler=sampler or args.sampler,
+        seed=args.seed, scheduler=scheduler, folds=args.folds, resources=resources,
+    )  # fmt: skip
 
 
 def run_sweep(space: Path, cache: Path, log: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One timed `run_search` call (everything from data preparation to ray.shutdown)."""
-    from sft_tune.sweep.folder import read_events
-    from sft_tune.sweep.run import run_search
-
-    os.environ["SFT_TUNE_CACHE"] = str(
-        cache
-    )  # a fresh tokenization cache: no side gets the other's
-    info: dict[str, Any] = {"start": time.time()}
-    with watched(info, OTHERS), chatter_to(log, not args.verbose):
-        info["result"] = run_search(space, use_wandb=not args.no_wandb)
-    info["end"] = time.time()
-    info["events"] = read_events(info["result"].sweep_dir / "events.jsonl")
-    return info
+    """One timed `run_search` call, with a fresh tokenization cache: no side gets the other's."""
+    os.environ["SFT_TUNE_CACHE"] = str(cache)
+    return timed_search(space, log, args.verbose, OTHERS, use_wandb=not args.no_wandb)
 
 
 def breakdown(sweep: dict[str, Any]) -> dict[str, Any]:
