@@ -457,7 +457,7 @@ def mb(value: float | None) -> str:
 
 def report(
     runs: dict[str, dict[str, Any]], sizes: dict[str, dict[str, int]], args: argparse.Namespace
-) -> dict[str, Any]:
+) -> None:
     n = args.concurrent
     rows = []
     for label, run in runs.items():
@@ -510,7 +510,6 @@ def report(
             for role, v in run["memory"].get("at_peak_by_role", {}).items()
         )
         say(f"   {label} at its peak ({measure} MB by role): {parts}")
-    figures: dict[str, Any] = {"concurrent": n, "measure": measure}
     for label, s in sizes.items():
         say(
             f"   tokenized data of sweep {label}: pickled (object store) {s['pickled'] / MB:.1f} "
@@ -518,30 +517,9 @@ def report(
             "unlabelled tokens"
         )
     big = sizes.get("A") or sizes.get("B")
-    if big:
-        figures.update(data_pickled_mb=big["pickled"] / MB, data_heap_mb=big["heap"] / MB)
-    if "A" in runs:
-        figures.update(
-            tokenization_passes=runs["A"]["tokenization_passes"],
-            worker_tokenization_passes=max(runs["A"]["worker_tokenization_passes"], default=0),
-        )
-    if "B" in runs:
-        figures["tokenization_passes_warm_cache"] = runs["B"]["tokenization_passes"]
-        figures["worker_tokenization_passes"] = max(
-            figures.get("worker_tokenization_passes", 0),
-            max(runs["B"]["worker_tokenization_passes"], default=0),
-        )
     if "A" in runs and "B" in runs and n > 1:
         a, b = runs["A"]["memory"], runs["B"]["memory"]
         per_trial = (b["peak_total"] - a["peak_total"]) / (n - 1)
-        figures.update(
-            peak_one_mb=a["peak_total"] / MB,
-            peak_n_mb=b["peak_total"] / MB,
-            per_extra_trial_mb=per_trial / MB,
-            store_one_mb=(a["store_peak_bytes"] or 0) / MB,
-            store_n_mb=(b["store_peak_bytes"] or 0) / MB,
-            overlap_seconds=runs["B"]["overlap_seconds"],
-        )
         say(
             "",
             f"PEAK total {measure}: 1 trial at a time {a['peak_total'] / MB:.0f} MB, {n} "
@@ -558,12 +536,6 @@ def report(
         }
         added = (sum(v["count"] for v in rb.values()) - sum(v["count"] for v in ra.values())) / (
             n - 1
-        )
-        figures.update(
-            processes_per_extra_trial=added,
-            per_trial_roles_mb={
-                role: v / MB for role, v in sorted(grew.items(), key=lambda x: -x[1])
-            },
         )
         say(
             f"   each extra concurrent trial added {added:.0f} processes at the peak: "
@@ -593,18 +565,12 @@ def report(
                 ("control", "uss_delta"),
             )
         )
-        figures.update(
-            get_uss_mb=uss,
-            get_rss_mb=rss,
-            get_control_uss_mb=control,
-            get_workers=len(probe["data"]),
-            get_copied=uss >= 0.5 * big["heap"] / MB,
-        )
+        copied = uss >= 0.5 * big["heap"] / MB
         say(
             f"RAY.GET PROBE: {len(probe['data'])} fresh Ray workers fetching the sweep's data at "
             f"once: own USS {uss:+.1f} MB, RSS {rss:+.1f} MB each "
             f"(a private copy would be {big['heap'] / MB:.1f} MB): "
-            f"{'COPIED into each worker' if figures['get_copied'] else 'mapped from the object store, not copied'}; "
+            f"{'COPIED into each worker' if copied else 'mapped from the object store, not copied'}; "
             f"control (the pool's token ids as Python lists): own USS {control:+.1f} MB each"
         )
     elif probe:
@@ -617,7 +583,6 @@ def report(
         if wb and wc:
             cost = statistics.fmean(wb) - statistics.fmean(wc)
             extra = big["heap"] - sizes["C"]["heap"] if big and "C" in sizes else None
-            figures.update(worker_data_cost_mb=cost / MB, worker_data_heap_mb=(extra or 0) / MB)
             say(
                 f"PER TRIAL DATA COST: a training process's own peak USS is {cost / MB:+.0f} MB "
                 f"larger with the {args.unlabelled:,}-sentence pool than with "
@@ -627,7 +592,6 @@ def report(
                 if big and "C" in sizes
                 else ""
             )
-    return figures
 
 
 # ----------------------------------------------------------------------------- main
