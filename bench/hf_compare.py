@@ -1,32 +1,9 @@
 #!/usr/bin/env python
-"""sft-tune's search + select against Hugging Face `Trainer.hyperparameter_search` (optuna backend).
+"""sft-tune's search + select against Hugging Face `Trainer.hyperparameter_search` (optuna).
 
-    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/hf_compare.py [--model tiny|minilm] [--trials N] ...
+    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/hf_compare.py [--model tiny|minilm] ...
 
-Both sides search the same thing: plain fine-tuning (sft-tune with phase1.steps fixed to 0) of the
-same classification model on the same labelled file, over the same learning-rate range (log) and
-epoch range, with the same number of trials, the same sampler (Optuna TPE, same seed: its first
-trials are random draws, so both sides usually try the same configurations), then retrain the best
-configuration on the whole training file and score the test file (macro-F1). Same torch threads,
-max_length, batch size (16 by default), eval batch 64, AdamW (fused) with weight decay 0.01 off
-biases/norms, linear schedule with 6% warm-up, gradient clipping 1.0, plainly shuffled batches
-with dynamic padding (sft-tune does not group classification batches by length, nor does the
-Trainer's default sampler), seed 42 for the weights. The best configuration of each side is then
-retrained with --test-seeds seeds (42, 43, ...): the test macro-F1 of seed 42 (the product flow,
-timed) and the mean and spread over the seeds (on a few hundred examples one seed's score is partly
-luck).
-
-By default (`--folds 1`) both sides score a configuration on the same kind of stratified holdout
-split (--eval-fraction): sft-tune with `search.folds: 1` (Ray Tune, each trial in its reused Tune
-trial actor), Hugging Face in this process; the ratio of wall times is the cost of sft-tune's
-machinery (goal <= 1.3). With `--folds k` sft-tune scores by k-fold CV (k trainings on (k-1)/k of
-the data) instead. The table says which, and gives the examples trained on each side.
-
-Sides (in this order): `hf` (the Trainer in this process) and `sft-tune` (`run_search` then
-`select_best`, W&B off on both sides). Wall times include the tokenization and model loads of each
-side, not the imports. Model: `tiny` (a 2-layer random BERT + the toy 3-class set of bench/sweep.py
-with 15% label noise, test set without noise) or `minilm` (MiniLM-L6 + the tweet files of
-examples/prepare_tweets.py).
+What it measures, how, and its goals: bench/README.md, section `hf_compare.py`.
 """
 
 from __future__ import annotations

