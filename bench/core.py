@@ -215,9 +215,8 @@ def build_naive(
     mlm_model.cls.predictions.decoder.weight = cls_model.bert.embeddings.word_embeddings.weight
     if cls_model.config.pad_token_id is None:
         cls_model.config.pad_token_id = ours.task_model.config.pad_token_id
-    both = nn.ModuleDict(
-        {"cls": cls_model, "mlm": mlm_model}
-    )  # .parameters() de-duplicates the shared ones
+    # .parameters() de-duplicates the shared ones
+    both = nn.ModuleDict({"cls": cls_model, "mlm": mlm_model})
     return both, cls_model, mlm_model
 
 

@@ -313,9 +313,8 @@ def run_hf(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path)
     train, evaluation = [everything[i] for i in keep], [everything[i] for i in held]
 
     def model_init(trial: Any = None):
-        torch.set_num_threads(
-            args.threads
-        )  # one thread count on both sides, whatever the Trainer sets
+        # one thread count on both sides, whatever the Trainer sets
+        torch.set_num_threads(args.threads)
         return AutoModelForSequenceClassification.from_pretrained(
             s["model"], num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id
         )
@@ -355,9 +354,7 @@ def run_hf(args: argparse.Namespace, s: dict[str, Any], folder: Path, log: Path)
             dataloader_num_workers=0,
         )
 
-    def hp_space(
-        trial: optuna.Trial,
-    ) -> dict[str, Any]:  # the order and ranges of sft-tune's params
+    def hp_space(trial: optuna.Trial) -> dict[str, Any]:  # sft-tune's params' order and ranges
         return {
             "learning_rate": trial.suggest_float("learning_rate", *args.lr, log=True),
             "num_train_epochs": trial.suggest_int("num_train_epochs", *args.epochs),
@@ -515,9 +512,8 @@ def report(args: argparse.Namespace, sides: dict[str, dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)
-    os.environ["OMP_NUM_THREADS"] = str(
-        args.threads
-    )  # the Train worker's torch threads (Ray passes a set value on)
+    # the trial's torch threads (Ray passes a set value on)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     for key in ("WANDB_DISABLED", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM"):
         os.environ.setdefault(

@@ -117,9 +117,8 @@ class StoreStats:
 
             if not ray.is_initialized():  # (get_runtime_context would start a Ray)
                 return None
-            if (
-                self._state is None
-            ):  # this driver's own cluster, never another session on the machine
+            # this driver's own cluster, never another session on the machine
+            if self._state is None:
                 self._state = get_state_from_address(ray.get_runtime_context().gcs_address)
             reply = get_memory_info_reply(self._state, timeout_seconds=10)
             return int(reply.store_stats.object_store_bytes_used), int(
@@ -358,9 +357,8 @@ def run_one(
             if probe is not None:
                 try:
                     got = get_probe(*probe, args.folds, args.concurrent)
-                except (
-                    Exception
-                ) as err:  # the probe is extra evidence: its failure is reported, not fatal
+                # the probe is extra evidence: its failure is reported, not fatal
+                except Exception as err:
                     got = {"error": f"{type(err).__name__}: {err}"}
         finally:
             ray.shutdown()

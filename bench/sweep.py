@@ -414,9 +414,8 @@ def back_to_back(
     from sft_tune.tasks import get_task
 
     sweep = load_space(space)
-    process = (
-        ProcessCache()
-    )  # loads the model once, as a sweep's reused trial actor does (not the calibration's warm one)
+    # loads the model once, as a sweep's reused trial actor does (not the calibration's warm one)
+    process = ProcessCache()
     os.environ["SFT_TUNE_CACHE"] = str(cache)
     info: dict[str, Any] = {"per_config": [], "scores": []}
     cpu = time.process_time()
@@ -729,13 +728,10 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)  # a local Ray, started and stopped by each run_search call
-    os.environ["OMP_NUM_THREADS"] = str(
-        args.threads
-    )  # Ray keeps a set value: Train workers get the same thread count
+    # Ray keeps a set value: the trials get the same thread count
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="sft-sweep-bench-"))
-    os.environ["RAY_TMPDIR"] = str(
-        folder
-    )  # Ray's session files here, not in /tmp/ray of other runs
+    os.environ["RAY_TMPDIR"] = str(folder)  # Ray's session files here, not in /tmp/ray
     for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         os.environ[key] = str(folder / "wandb" / key.lower())
     log = args.log.resolve() if args.log else folder / "chatter.log"
@@ -757,9 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     OTHERS = OtherCPU()
     started = time.perf_counter()
     ok = False
-    signal.signal(
-        signal.SIGTERM, _interrupt
-    )  # a killed bench still stops Ray and removes its temp folder
+    # a killed bench still stops Ray and removes its temp folder
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         import torch
 

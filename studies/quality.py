@@ -324,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     store = args.out / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else []
     done = {(r["arm"], r["seed"]) for r in results}
-    if (
-        args.report_only
-    ):  # recount from each pair's sweep folder (the counting rules may have changed)
+    # --report-only recounts from each pair's sweep folder (the counting rules may have changed)
+    if args.report_only:
         for r in results:
             r["consumed"] = examples_read(args, ROOT / r["sweep_dir"], r["params"])
         store.write_text(json.dumps(results, indent=2, default=str))
