@@ -176,7 +176,7 @@ def child(config_path: Path, result_path: Path) -> None:
     )
 
 
-def part1(args, folder: Path) -> list[dict[str, Any]]:
+def part1(args, folder: Path) -> None:
     arms = [("full", None)] + [(f"lora r={r}", r) for r in args.ranks]
     results = []
     for name, rank in arms:
@@ -240,10 +240,9 @@ def part1(args, folder: Path) -> list[dict[str, Any]]:
             f"(goal <= 0.70); macro-F1 {(r['macro_f1'] - full['macro_f1']) * 100:+.1f} points "
             "(goal within 2)"
         )
-    return results
 
 
-def part2(args, folder: Path) -> dict[str, Any]:
+def part2(args, folder: Path) -> None:
     import resource
 
     import yaml
@@ -287,23 +286,14 @@ def part2(args, folder: Path) -> dict[str, Any]:
     by_id = {t.trial_id: t for t in result.trials}
     in_order = [by_id[t] for t in dict.fromkeys(started) if t in by_id]
     rss = [t.process_rss_mb for t in in_order if t.process_rss_mb]  # in the order they ran
-    figures = {
-        "seconds": seconds,
-        "statuses": [getattr(t.status, "value", t.status) for t in in_order],
-        "trial_rss_mb": rss,
-        "model_loads": [t.process_model_loads for t in in_order],
-        "trainable": [t.trainable_parameters for t in in_order],
-        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    statuses = [getattr(t.status, "value", t.status) for t in in_order]
     say(
         f"part 2: 4 trials x 2 folds of LoRA on SmolLM2 in {seconds:.0f} s wall; statuses "
-        f"{figures['statuses']}; "
-        "trial process resident memory after each trial's last fold, in the order they ran: "
-        f"{', '.join(f'{m:.0f}' for m in rss)} MB; "
-        f"model loads in that process {figures['model_loads']}; driver peak RSS "
-        f"{figures['driver_peak_rss_mb']:.0f} MB"
+        f"{statuses}; trial process resident memory after each trial's last fold, in the order "
+        f"they ran: {', '.join(f'{m:.0f}' for m in rss)} MB; model loads in that process "
+        f"{[t.process_model_loads for t in in_order]}; driver peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
-    return figures
 
 
 OPTIONS = [
@@ -337,13 +327,11 @@ def main() -> int:
         f"machine: {machine()}; load avg {load_average()}; temp folder {folder}",
     )
     began = time.perf_counter()
-    figures: dict[str, Any] = {}
     if not args.no_part1:
-        figures["part1"] = part1(args, folder)
+        part1(args, folder)
     if args.sweep:
-        figures["part2"] = part2(args, folder)
+        part2(args, folder)
     say(f"total {time.perf_counter() - began:.0f} s; load avg {load_average()}")
-    print("RESULT_JSON " + json.dumps(figures), flush=True)
     return 0
 
 

@@ -4,7 +4,8 @@
     .venv/bin/python bench/gpu_check.py            # on a machine with a CUDA GPU (~10 min)
     .venv/bin/python bench/gpu_check.py --dry      # CPU dry run of the same script (CI, ~1-2 min)
 
-Prints a table and `RESULT_JSON {...}` last (tests/test_gpu_check.py reads it). What it measures, how, and its goals: bench/README.md, section `gpu_check.py`.
+Prints a table and `RESULT_JSON {...}` last (tests/test_gpu_check.py reads it). What it measures,
+how, and its goals: bench/README.md, section `gpu_check.py`.
 """
 
 from __future__ import annotations

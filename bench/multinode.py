@@ -9,7 +9,6 @@ What it measures, how, and its goals: bench/README.md, section `multinode.py`.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -164,20 +163,6 @@ def main(argv: list[str] | None = None) -> int:
             f"({others_text(info.get('others'))})"
         )
     ray.shutdown()
-    print(
-        "RESULT_JSON "
-        + json.dumps(
-            {
-                "local_s": local,
-                "cluster_s": cluster,
-                "ratio": ratio,
-                "bytes": stored,
-                "bytes_per_trial": per_trial,
-                "bytes_per_fold": per_fold,
-                "select_from_uri_s": select_s,
-            }
-        )
-    )
     return 0
 
 
