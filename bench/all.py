@@ -1,7 +1,7 @@
 """The sft-tune cost study in one command: the benchmarks one after another, into bench/RESULTS.md.
 
     flock /tmp/sft-tune-ray.lock .venv/bin/python bench/all.py [--quick] [--parts core,sweep,...]
-    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/all.py --quick --with sweep "--real"
+    flock /tmp/sft-tune-ray.lock .venv/bin/python bench/all.py --quick --with "sweep --real"
 
 The parts, their presets and the report: bench/README.md, section `all.py`.
 """
@@ -37,47 +37,33 @@ from harness import (  # noqa: E402  (bench/harness.py)
 )
 
 LOCK = "/tmp/sft-tune-ray.lock"
-# Each part's script and its sizes: the full study, and --quick (a few minutes on 2 busy cores).
-PARTS: dict[str, tuple[str, dict[str, str]]] = {
-    "core": ("core.py", {"full": "--steps 10 --warmup 2", "quick": "--steps 2 --warmup 1"}),
-    "sweep": (
-        "sweep.py",
-        {
-            "full": "--overhead 120:4:1.05 --overhead 10:8:1.25 --asha-trials 16 "
-            "--asha-trial-seconds 10 --folds 3 --threads 1",
-            "quick": "--overhead 8:3:1.25 --asha-trials 6 --asha-trial-seconds 4 --folds 3 "
-            "--threads 1",
-        },
-    ),
-    "memory": (
-        "memory.py",
-        {
-            "full": "--concurrent 2 --unlabelled 500000 --steps 400",
-            "quick": "--concurrent 2 --unlabelled 200000 --steps 120",
-        },
-    ),
-    "tokens": (
-        "memory.py",
-        dict.fromkeys(("full", "quick"), "--sweeps A --unlabelled 2000 --steps 10"),
-    ),
-    "hf": (
-        "hf_compare.py",
-        {
-            "full": "--model minilm --trials 4 --folds 1 --test-seeds 3",
-            "quick": "--model tiny --trials 3 --folds 1 --test-seeds 5",
-        },
-    ),
+# Each part's script, and its options in the full study and in --quick (minutes on 2 busy cores).
+SCRIPTS = {"core": "core.py", "sweep": "sweep.py", "memory": "memory.py", "hf": "hf_compare.py"}
+SCRIPTS["tokens"] = "memory.py"
+TOKENS = "--sweeps A --unlabelled 2000 --steps 10"
+PRESETS = {
+    "full": {
+        "core": "--steps 10 --warmup 2",
+        "sweep": "--overhead 120:4:1.05 --overhead 10:8:1.25 --asha-trials 16 "
+        "--asha-trial-seconds 10 --folds 3 --threads 1",
+        "memory": "--concurrent 2 --unlabelled 500000 --steps 400",
+        "tokens": TOKENS,
+        "hf": "--model minilm --trials 4 --folds 1 --test-seeds 3",
+    },
+    "quick": {
+        "core": "--steps 2 --warmup 1",
+        "sweep": "--overhead 8:3:1.25 --asha-trials 6 --asha-trial-seconds 4 --folds 3 --threads 1",
+        "memory": "--concurrent 2 --unlabelled 200000 --steps 120",
+        "tokens": TOKENS,
+        "hf": "--model tiny --trials 3 --folds 1 --test-seeds 5",
+    },
 }
 DEFAULT_PARTS = "core,sweep,memory,hf"  # memory reports the tokenization passes too
+WITH = {"action": "append", "dest": "extra", "metavar": "'PART ARGS'"}
 OPTIONS = [
     ("--quick", False, "the quick preset: small sizes of every part"),
-    ("--parts", DEFAULT_PARTS, f"comma-separated parts, of {','.join(PARTS)}"),
-    (
-        "--with",
-        None,
-        "add ARGS to PART's command",
-        {"nargs": 2, "action": "append", "dest": "extra", "metavar": ("PART", "ARGS")},
-    ),
+    ("--parts", DEFAULT_PARTS, f"comma-separated parts, of {','.join(SCRIPTS)}"),
+    ("--with", None, "more options for PART, e.g. --with 'sweep --real'", WITH),
     ("--out", BENCH / "RESULTS.md", "the report (default bench/RESULTS.md)"),
     ("--part-timeout", float, "seconds before a part is stopped (default 5400, quick 900)"),
     ("--logs", Path, "keep each part's stderr in this folder (default: a temp folder, removed)"),
@@ -105,12 +91,14 @@ def parse_args(argv: list[str] | None = None):
     args.preset = "quick" if args.quick else "full"
     args.part_timeout = args.part_timeout or (900.0 if args.quick else 5400.0)
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    extra = {name: shlex.split(text) for name, text in args.extra or []}
-    if not args.parts or not set(args.parts) | set(extra) <= set(PARTS):
-        p.error(f"--parts and --with name parts of {', '.join(PARTS)}")
+    extra = {
+        name: shlex.split(more) for name, _, more in (w.partition(" ") for w in args.extra or [])
+    }
+    if not args.parts or not set(args.parts) | set(extra) <= set(SCRIPTS):
+        p.error(f"--parts and --with name parts of {', '.join(SCRIPTS)}")
     args.commands = {
-        name: [sys.executable, str(BENCH / PARTS[name][0])]
-        + shlex.split(PARTS[name][1][args.preset])
+        name: [sys.executable, str(BENCH / SCRIPTS[name])]
+        + shlex.split(PRESETS[args.preset][name])
         + extra.get(name, [])
         for name in args.parts
     }
@@ -214,7 +202,7 @@ def write_report(args, meta: dict[str, Any], results: dict[str, dict[str, Any]])
     ]
     lines += ["", "## The goals, as each part printed them", "", *goals]
     for name, r in results.items():
-        lines += ["", f"## {name} (bench/{PARTS[name][0]})", "", "```", *r["report"], "```"]
+        lines += ["", f"## {name} (bench/{SCRIPTS[name]})", "", "```", *r["report"], "```"]
     lines += ["", "## Approximate or left out", "", NOTES, ""]
     save_report(args.out, "\n".join(lines))
 
@@ -228,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     command, locked = invocation()
     if not locked:
         print(f"[all] WARNING: not run under `flock {LOCK}`: Ray users may collide", flush=True)
-    logs = args.logs.resolve() if args.logs else Path(tempfile.mkdtemp(prefix="sft-bench-all-"))
+    temp = None if args.logs else tempfile.TemporaryDirectory(prefix="sft-bench-all-")
+    logs = args.logs.resolve() if args.logs else Path(temp.name)
     logs.mkdir(parents=True, exist_ok=True)
     meta = {"command": command, "locked": locked, "started": now(), "load": load_average()}
     print(f"[all] {args.preset} preset, parts {','.join(args.parts)}; {machine()}", flush=True)
@@ -243,10 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r["status"] == "ok" for r in results.values()) else 1
     finally:
         others.stop()
-        if not args.logs:
-            for log in logs.glob("*.log"):
-                log.unlink()
-            logs.rmdir()
+        if temp is not None:
+            temp.cleanup()
         print(f"[all] wrote {args.out}", flush=True)
 
 
