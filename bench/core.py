@@ -281,6 +281,12 @@ def make_trainer(model: nn.Module, batch_size: int, steps: int, opt: OptimizerCo
     return trainer
 
 
+def kind(optimizer, otherwise: str) -> str:
+    """'AdamW fused', 'AdamW foreach' or the class name + `otherwise`."""
+    impl = next((k for k in ("fused", "foreach") if optimizer.defaults.get(k)), None)
+    return type(optimizer).__name__ + (f" {impl}" if impl else otherwise)
+
+
 def profile_step(label: str, step: Callable[[int], None], r: int, rows: int = 14) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -375,26 +381,18 @@ def main(argv: list[str] | None = None) -> None:
     # Pre-built batches: round r of every variant uses batch r (identical masked inputs for both
     # sides).
     collator = MaskingCollator(tokenizer, ours.objective, MASK_PROBABILITY, seed=args.seed + 1)
-    p1_batches = []
-    for r in range(rounds):
-        lm = collator(lm_ids[r * args.lm_batch_size : (r + 1) * args.lm_batch_size])
-        tb = task.collate(
-            labelled,
-            range(r * args.batch_size, (r + 1) * args.batch_size),
-            tokenizer.pad_token_id,
-            tokenizer.padding_side,
-        )
-        p1_batches.append((lm, tb))
-    base = rounds * args.batch_size
-    p2_batches = [
-        task.collate(
-            labelled,
-            range(base + r * args.batch_size, base + (r + 1) * args.batch_size),
-            tokenizer.pad_token_id,
-            tokenizer.padding_side,
-        )
-        for r in range(rounds)
+    size = args.batch_size
+
+    # the i-th labelled batch; phase 2 takes the ones after phase 1's
+    def task_batch(i: int) -> dict:
+        rows = range(i * size, (i + 1) * size)
+        return task.collate(labelled, rows, tokenizer.pad_token_id, tokenizer.padding_side)
+
+    lm_size = args.lm_batch_size
+    p1_batches = [
+        (collator(lm_ids[r * lm_size : (r + 1) * lm_size]), task_batch(r)) for r in range(rounds)
     ]
+    p2_batches = [task_batch(rounds + r) for r in range(rounds)]
     print(
         "objective check (eval mode, batch 0): "
         + check_same_objective(ours, cls_model, mlm_model, *p1_batches[0], args.alpha)
@@ -467,20 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         torch.set_num_threads(threads)
     hf_opt = trainer.optimizer
-    opt_kind = type(hf_opt).__name__ + (
-        " fused"
-        if hf_opt.defaults.get("fused")
-        else " foreach"
-        if hf_opt.defaults.get("foreach")
-        else ""
-    )
-    ours_kind = type(ours_opt).__name__ + (
-        " fused"
-        if ours_opt.defaults.get("fused")
-        else " foreach"
-        if ours_opt.defaults.get("foreach")
-        else " (torch default impl.)"
-    )
+    opt_kind, ours_kind = kind(hf_opt, ""), kind(ours_opt, " (torch default impl.)")
     ours.train()
 
     def ours_phase2(r: int) -> None:

@@ -1,20 +1,5 @@
-"""The shared harness of bench/: what every benchmark script needs besides its own experiment.
-
-- Machine: `cpu_name`, `machine`, `ram_gib`, `versions`, `command_line`.
-- The load meter: the machine is shared, so every timed figure comes with how busy other
-  processes kept the CPUs meanwhile. A meter's `read()` is the CPU seconds other processes have
-  used so far: `OtherCPU` (a thread sampling /proc, leaves out this process's whole tree: its Ray
-  daemons and workers) or `MachineCPU` (the machine's /proc/stat minus this process, read only
-  when asked: costs nothing inside a timed step, but counts this process's children as others).
-  `watched` times a block with a meter; `load_average`, `others_text` put it into words.
-- Timing side by side: `race` runs variants interleaved, rotating their order every round;
-  `summary` and `mean_std` reduce the samples.
-- Arguments: `parser` builds a script's argparse parser from one line per option; `LOG`, `KEEP`,
-  `VERBOSE` and `NO_WANDB` are the options several scripts share.
-- Sweeps: `write_space` (a search space file with the benches' usual search section) and
-  `timed_search` (one timed `run_search` call with its events).
-- Output and reports: `say`, `table` (aligned text), `markdown_table`, `save_report` (a report
-  file, keeping its hand-written tail), `chatter_to` (fds 1 and 2 to a log) and `show_tail`.
+"""The shared harness of bench/ and studies/: machine info, the load meter, timing side by side,
+the options parser, sweep helpers and report output; bench/README.md says what each part holds.
 
 Standard library only (no torch, no sft_tune at import), so a script can import it before it sets
 its environment. Each script puts its own folder on `sys.path` before `from harness import ...`,
@@ -25,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import gc
 import math
 import os
@@ -327,6 +313,15 @@ def mean_std(values: Sequence[float], fmt: str = ".4f", extent: bool = False) ->
 
 
 # ----------------------------------------------------------------------------- sweeps
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A labelled CSV file (text, label) of `rows`."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def write_space(folder: Path, name: str, config: dict, params: dict, **search: Any) -> Path:

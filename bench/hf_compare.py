@@ -31,6 +31,7 @@ from harness import (  # noqa: E402  (bench/harness.py)
     say,
     show_tail,
     table,
+    write_rows,
 )
 from sweep import WORDS, make_toy, toy_sentence  # noqa: E402  (bench/sweep.py: the toy data)
 
@@ -94,14 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

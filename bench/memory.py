@@ -40,7 +40,7 @@ from harness import (  # noqa: E402  (bench/harness.py)
 from harness import (
     write_space as space_file,
 )
-from sweep import make_toy  # noqa: E402  (bench/sweep.py: the tiny BERT and toy data)
+from sweep import make_toy, searched  # noqa: E402  (bench/sweep.py: the tiny BERT, toy data)
 
 MB = 1024 * 1024
 
@@ -236,13 +236,6 @@ def write_pool(folder: Path, name: str, n: int, seed: int) -> Path:
     return path
 
 
-PARAMS = {
-    "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
-    "phase1.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-    "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-}
-
-
 def write_space(
     folder: Path, name: str, base: dict, pool: Path, args: argparse.Namespace, concurrent: int
 ) -> Path:
@@ -251,8 +244,9 @@ def write_space(
     config["phase1"]["steps"] = args.steps
     config["phase2"]["epochs"] = 1
     resources = {"workers": 1, "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": 0}
+    params, trials = searched(1.0e-4, 1.0e-2), args.concurrent
     return space_file(
-        folder, name, config, PARAMS, num_trials=args.concurrent, max_concurrent=concurrent,
+        folder, name, config, params, num_trials=trials, max_concurrent=concurrent,
         folds=args.folds, resources=resources,
     )  # fmt: skip
 

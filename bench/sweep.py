@@ -48,6 +48,7 @@ from harness import (  # noqa: E402  (bench/harness.py)
     toy_vocabulary,
     versions,
     watched,
+    write_rows,
 )
 from harness import (
     write_space as space_file,
@@ -171,10 +172,16 @@ def busy(info: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- model and data
 
 
+def searched(low: float, high: float) -> dict[str, dict]:
+    """The benches' searched params: alpha in [0, 2] and both learning rates in [low, high] (log);
+    none of them changes what a trial computes."""
+    rate = {"type": "float", "low": low, "high": high, "log": True}
+    alpha = {"type": "float", "low": 0.0, "high": 2.0}
+    return {"phase1.alpha": alpha, "phase1.learning_rate": rate, "phase2.learning_rate": {**rate}}
+
+
 def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dict[str, Any]:
     """The tests' tiny random BERT (`tests/tiny.py`) and the toy 3-class CSV/JSONL files."""
-    import csv
-
     vocab = toy_vocabulary()
     model_dir = save_tiny_bert(folder / "tiny-bert", vocab)
 
@@ -187,11 +194,7 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
             shown = rng.choice([x for x in labels if x != label]) if rng.random() < noise else label
             rows.append({"text": text, "label": shown})
     rng.shuffle(rows)
-    train = folder / "train.csv"
-    with open(train, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
+    train = write_rows(folder / "train.csv", rows)
     pool = folder / "unlabelled.jsonl"
     pool.write_text(
         "".join(
@@ -219,14 +222,9 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
         "seed": 42,
         "device": "cpu",
     }
-    params = {
-        "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
-        "phase1.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-        "phase2.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-    }
     return {
         "base": base,
-        "params": params,
+        "params": searched(1.0e-4, 1.0e-2),
         "what": f"tiny random BERT (2 layers, hidden 32, vocab {len(vocab)}); toy 3-class set: "
         f"{len(rows)} labelled ({noise:.0%} label noise), {n_unlabelled} unlabelled",
     }
@@ -261,14 +259,9 @@ def make_real() -> dict[str, Any]:
     raw["device"] = "cpu"
     for key in ("output_dir", "log_every"):
         raw.pop(key, None)
-    params = {
-        "phase1.alpha": {"type": "float", "low": 0.0, "high": 2.0},
-        "phase1.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
-        "phase2.learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True},
-    }
     return {
         "base": raw,
-        "params": params,
+        "params": searched(1.0e-5, 3.0e-4),
         "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled "
         "pool (settings of examples/tweets.yaml)",
     }
