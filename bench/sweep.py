@@ -63,20 +63,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # ----------------------------------------------------------------------------- arguments
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        steps, epochs = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected STEPS,EPOCHS (two whole numbers), got {text!r}"
-        ) from None
-    if steps < 0 or epochs < 0 or steps + epochs == 0:
-        raise argparse.ArgumentTypeError(
-            f"STEPS and EPOCHS must be >= 0 and not both 0, got {text!r}"
-        )
-    return steps, epochs
-
-
 def _overhead(text: str) -> tuple[float, int, float]:
     try:
         seconds, trials, goal = text.split(":")
@@ -108,8 +94,6 @@ OPTIONS = [
     ("--schedulers", "asha", "part 2: the schedulers compared with none, e.g. asha,racing"),
     ("--part2-seeds", int, "part 2: sampler and fold seeds (default --seed)", {"nargs": "+"}),
     ("--asha-trial-seconds", 10.0, "part 2: training seconds of one full trial"),
-    ("--size", _size, "part 1: fix phase1.steps,phase2.epochs instead of sizing by time"),
-    ("--asha-size", _size, "part 2: fix phase1.steps,phase2.epochs of part 2's trials"),
     ("--folds", 3, "k of the cross-validation, both parts (part 2 needs >= 3)"),
     ("--parts", "1,2", "which parts to run: 1, 2 or 1,2"),
     (
@@ -312,20 +296,11 @@ def calibrate(
     }
 
 
-def plan(
-    cal: dict[str, float],
-    seconds: float,
-    folds: int,
-    share: float,
-    fixed: tuple[int, int] | None = None,
-) -> tuple[int, int, float]:
-    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial); `fixed`
-    overrides."""
+def plan(cal: dict[str, float], seconds: float, folds: int, share: float) -> tuple[int, int, float]:
+    """(phase-1 steps, phase-2 epochs, predicted training seconds of one trial)."""
     per_fold = max(seconds / folds - cal["fixed"], 0.0)
     steps = max(1, round(share * per_fold / cal["phase1_step"])) if share > 0 else 0
     epochs = max(1, round((1 - share) * per_fold / (cal["phase2_step"] * cal["steps_per_epoch"])))
-    if fixed is not None:
-        steps, epochs = fixed
     predicted = folds * (
         cal["fixed"]
         + steps * cal["phase1_step"]
@@ -457,7 +432,7 @@ def overhead(
 ) -> None:
     from sft_tune.sweep.records import format_table
 
-    steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share, args.size)
+    steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share)
     base = sized(setup["base"], steps, epochs)
     space = write_space(
         folder, f"overhead-{trial_seconds:g}s", base, setup["params"], args, "none", n_trials
@@ -603,9 +578,7 @@ def overhead(
 
 def part2(args, setup, cal, folder: Path, log: Path) -> None:
     """Part 2 for each scheduler of --schedulers against none, at each of --part2-seeds."""
-    steps, epochs, predicted = plan(
-        cal, args.asha_trial_seconds, args.folds, args.phase1_share, args.asha_size
-    )
+    steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share)
     base = sized(setup["base"], steps, epochs)
     schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip() and s != "none"]
     for seed in args.part2_seeds or [args.seed]:
