@@ -198,7 +198,7 @@ def write_report(args, meta: dict[str, Any], results: dict[str, dict[str, Any]])
         f"- {name}: {line.strip()}"
         for name, r in results.items()
         for line in r["report"]
-        if "goal" in line.lower()
+        if "goal" in line.lower() and not line.startswith("==")
     ]
     lines += ["", "## The goals, as each part printed them", "", *goals]
     for name, r in results.items():
