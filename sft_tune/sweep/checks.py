@@ -69,7 +69,7 @@ def check_search(
     else:
         found = check_space(Path(space_path), new=True)
         sweep, data, search, problems = found.sweep, found.data, found.search, found.problems
-        folder = SweepFolder.of(sweep.search) if sweep is not None else None
+        folder = found.folder
     if data_dir is not None and (resume is None or not Path(data_dir).is_dir()):
         problems.append(
             Problem(
@@ -161,12 +161,14 @@ def load_space(path: str | Path, check_inputs: bool = False) -> Sweep:
 @dataclass
 class SpaceCheck:
     """A space file checked: the sweep and its data when all is well, the search settings when
-    they are valid on their own (so a command can check more with them), and every problem."""
+    they are valid on their own (so a command can check more with them), every problem, and a
+    new sweep's folder (checked to hold no sweep yet) when the sweep is valid."""
 
     sweep: Sweep | None
     data: RawData | None
     search: SearchSettings | None
     problems: list[Problem]
+    folder: SweepFolder | None = None
 
 
 def check_space(
@@ -219,7 +221,7 @@ def check_space(
         problems += task.metric_problems(search.metric, data.train)
     if problems:
         return SpaceCheck(None, None, search, problems)
-    return SpaceCheck(sweep, data, search, [])
+    return SpaceCheck(sweep, data, search, [], folder)
 
 
 def _sweep(space: SearchSpace, base: BaseCheck, path: Path) -> Sweep:
