@@ -433,10 +433,9 @@ def overhead(
     from sft_tune.sweep.records import format_table
 
     steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share)
+    size = f"overhead-{trial_seconds:g}s-{n_trials}"  # one sweep name and cache per size
     base = sized(setup["base"], steps, epochs)
-    space = write_space(
-        folder, f"overhead-{trial_seconds:g}s", base, setup["params"], args, "none", n_trials
-    )
+    space = write_space(folder, size, base, setup["params"], args, "none", n_trials)
     say(
         "",
         f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps "
@@ -444,7 +443,7 @@ def overhead(
         f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target}) ==",
     )
     say("   running the sweep (run_search) ...")
-    sweep = run_sweep(space, folder / f"cache-overhead-{trial_seconds:g}s-sweep", log, args)
+    sweep = run_sweep(space, folder / f"cache-{size}-sweep", log, args)
     result = sweep["result"]
     say(format_table(result), f"   sweep: {sweep['seconds']:.1f} s; {busy(sweep)}")
     bad = [t for t in result.trials if t.status != "COMPLETE"]
@@ -456,9 +455,7 @@ def overhead(
     trials = in_start_order(sweep)
     configs = trial_params(trials)
     say("   training the same configurations back to back in this process ...")
-    plain = back_to_back(
-        space, configs, folder / f"cache-overhead-{trial_seconds:g}s-plain", log, args
-    )
+    plain = back_to_back(space, configs, folder / f"cache-{size}-plain", log, args)
     say(
         f"   back to back: {plain['seconds']:.1f} s, this process's CPU / wall "
         f"{plain['cpu_per_wall']:.2f} (at most {args.threads}); {busy(plain)}"
@@ -555,7 +552,7 @@ def overhead(
         say("   the same sweep with Tune saving its state at every step ...")
         every = write_space(
             folder,
-            f"overhead-{trial_seconds:g}s-every-step",
+            f"{size}-every-step",
             base,
             setup["params"],
             args,
@@ -564,7 +561,7 @@ def overhead(
         )
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
         try:
-            every_step = run_sweep(every, folder / f"cache-every-{trial_seconds:g}s", log, args)
+            every_step = run_sweep(every, folder / f"cache-{size}-every", log, args)
         finally:
             del os.environ["TUNE_GLOBAL_CHECKPOINT_S"]
         lines.append(
