@@ -269,7 +269,9 @@ def overlap_seconds(events: list[dict[str, Any]]) -> float:
 def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, list[dict[str, int]]]:
     """What `ray.get` of the sweep's tokenized data costs a Ray worker: the same `prepare_data`
     object `ray.put` by this driver (as `run_search` does), fetched by `workers` fresh worker
-    processes at once, each measuring its own /proc/self/smaps_rollup just before and after. The
+    processes at once, each measuring its own /proc/self/smaps_rollup just before and after. Each
+    worker first gets a second copy of the object, untimed: unpickling it the first time imports
+    what it needs (sklearn, pandas: ~57 MB), which a trial's process has imported anyway. The
     control is the pool's token ids as a list of Python lists (a layout `ray.get` must rebuild in
     every worker's heap): it shows what a copy looks like to the same probe."""
     import ray
@@ -285,8 +287,9 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
     pool_ids = getattr(data, "unlabelled_ids", None)
     if pool_ids is None:  # a TokenArray: flat ids + offsets
         pool_ids = [data.unlabelled[i].tolist() for i in range(len(data.unlabelled))]
-    refs = {"data": ray.put(data), "control": ray.put(list(pool_ids))}
-    del data, pool_ids
+    control = list(pool_ids)
+    refs = {"data": [ray.put(data), ray.put(data)], "control": [ray.put(control), ray.put(control)]}
+    del data, pool_ids, control
 
     @ray.remote(num_cpus=0, max_calls=1)  # a fresh worker process per call
     def fetch(refs: list) -> dict[str, int]:
@@ -304,6 +307,7 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
                 "rss": kb.get("Rss", 0) * 1024,
             }
 
+        warm = ray.get(refs[1])  # noqa: F841  (kept: its buffers stay mapped, none reused)
         before = memory()
         data = ray.get(refs[0])
         after = memory()
@@ -312,8 +316,8 @@ def get_probe(base: dict, pool: Path, folds: int, workers: int) -> dict[str, lis
 
     try:
         return {
-            name: ray.get([fetch.remote([ref]) for _ in range(workers)], timeout=300)
-            for name, ref in refs.items()
+            name: ray.get([fetch.remote(pair) for _ in range(workers)], timeout=300)
+            for name, pair in refs.items()
         }
     finally:
         del refs
