@@ -50,9 +50,7 @@ from harness import (  # noqa: E402  (bench/harness.py)
     watched,
     write_rows,
 )
-from harness import (
-    write_space as space_file,
-)
+from harness import write_space as space_file  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
