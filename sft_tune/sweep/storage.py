@@ -66,11 +66,20 @@ def write_text(where: str, text: str) -> None:
 
 
 def listing(where: str, recursive: bool = False) -> list[Any]:
-    """The pyarrow `FileInfo`s of a folder's entries (empty when it is not there)."""
+    """The pyarrow `FileInfo`s of a folder's entries (empty when it is not there).
+
+    A local folder made while pyarrow lists it raises FileNotFoundError even so: pyarrow lists
+    first and looks whether the folder exists only after a failed listing. Tune makes a trial's
+    folder as the trial's reused actor starts it, and a trial that read its folder then ended in
+    ERROR before its first fold: the folder is listed again."""
     from pyarrow.fs import FileSelector
 
     fs, path = filesystem(where)
-    return fs.get_file_info(FileSelector(path, allow_not_found=True, recursive=recursive))
+    selector = FileSelector(path, allow_not_found=True, recursive=recursive)
+    try:
+        return fs.get_file_info(selector)
+    except FileNotFoundError:
+        return fs.get_file_info(selector)
 
 
 def join(where: str, *parts: str) -> str:

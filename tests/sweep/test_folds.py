@@ -296,3 +296,34 @@ def test_a_gpu_that_torch_cannot_use_is_an_error_that_says_why():
     cpu = torch.device("cpu")
     assert cuda_peak(cpu) == {}  # no CUDA figures on the CPU, and nothing to release
     release_memory(cpu)  # gc and glibc malloc_trim: no error on the CPU
+
+
+def test_a_trial_folder_made_while_it_is_listed_is_listed_again(tmp_path, monkeypatch):
+    """pyarrow lists a local folder before it looks whether the folder exists: one made in
+    between (Tune makes a trial's folder as its reused actor starts the trial) raised
+    FileNotFoundError, and the trial ended in ERROR before its first fold."""
+    from pyarrow.fs import LocalFileSystem
+
+    from sft_tune.sweep import storage
+    from sft_tune.sweep.folder import last_fold_state
+
+    trial = tmp_path / "run_trial_1"
+    real = LocalFileSystem()
+
+    class MadeWhileListed:
+        calls = 0
+
+        def get_file_info(self, selector):
+            MadeWhileListed.calls += 1
+            if MadeWhileListed.calls == 1:  # the listing fails, then the folder appears
+                (trial / "checkpoint_000000").mkdir(parents=True)
+                (trial / "checkpoint_000000" / FOLDS_FILE).write_text('{"scores": [0.5]}')
+                raise FileNotFoundError(f"Cannot list directory '{trial}'")
+            return real.get_file_info(selector)
+
+        def __getattr__(self, name):  # reading the checkpoint: the real filesystem
+            return getattr(real, name)
+
+    monkeypatch.setattr(storage, "filesystem", lambda where: (MadeWhileListed(), str(where)))
+    assert last_fold_state(str(trial)) == {"scores": [0.5]}
+    assert last_fold_state(str(tmp_path / "not_made")) is None
