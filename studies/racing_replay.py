@@ -43,7 +43,7 @@ def trials_of(events_path: Path) -> list[tuple[str, list[float]]]:
             scores[event["trial_id"]] = []
         elif event["event"] == "fold":
             scores[event["trial_id"]].append(event["score"])
-    return [(t, scores[t]) for t in order]
+    return [(t, scores[t]) for t in order if scores[t]]  # not one that ended before a fold
 
 
 def replay(trials, rules, folds: int, rope: float) -> tuple[int, str]:
