@@ -676,6 +676,9 @@ def part2_seed(args, setup, base, folder, log, schedulers, seed) -> None:
             "   same configurations as none, in the same order: "
             f"{'yes' if s['same_configs'] else 'NO (the sampler saw different results)'}",
         ]
+        errors = {k: stats[k]["statuses"].get("ERROR", 0) for k in (scheduler, "none")}
+        if any(errors.values()):
+            lines.append(f"   WARNING: trials that ended in ERROR {errors}: not like for like")
     say("", *lines)
 
 
