@@ -241,9 +241,14 @@ def make_real() -> dict[str, Any]:
     raw["device"] = "cpu"
     for key in ("output_dir", "log_every"):
         raw.pop(key, None)
+    # alpha and both learning rates over the demo's own ranges (search_spaces/alpha.yaml); its
+    # phase lengths stay fixed here, sized by compute
+    demo = yaml.safe_load((ROOT / "search_spaces" / "alpha.yaml").read_text())["params"]
     return {
         "base": raw,
-        "params": searched(1.0e-5, 3.0e-4),
+        "params": {
+            k: demo[k] for k in ("phase1.alpha", "phase1.learning_rate", "phase2.learning_rate")
+        },
         "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled "
         "pool (settings of examples/tweets.yaml)",
     }
