@@ -183,6 +183,23 @@ def local_cluster_address() -> str | None:
     return address if address and address in set(find_gcs_addresses()) else None
 
 
+def end_local_monitor() -> None:
+    """End the autoscaler monitor of the local Ray this process started (nothing when it only
+    attached to a cluster), before `ray.shutdown`. Ray 2.60's shutdown stops the raylet and the
+    GCS first, then gives the monitor one second to exit on SIGTERM; in every run measured it did
+    not, and that second was all but 0.07 s of a 1.33-s shutdown. A local Ray's monitor holds nothing to
+    save: it scales no nodes."""
+    from ray._private import ray_constants, worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None or not node.head:
+        return
+    for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        if info.process.poll() is None:
+            info.process.kill()
+            info.process.wait(timeout=10)
+
+
 def max_cluster_resources() -> dict[str, float] | None:
     """The most resources an autoscaling cluster's config says it can scale to (None or empty
     when it published none)."""

@@ -21,6 +21,7 @@ from sft_tune.core.export import library_versions
 from sft_tune.core.files import RawData, data_problems
 from sft_tune.errors import InputError, fail
 from sft_tune.runconfig import parse_config
+from sft_tune.sweep.cluster import stop_ray
 from sft_tune.sweep.folder import SweepFolder
 from sft_tune.sweep.ranking import best_trial, choice_text, phase1_verdict
 from sft_tune.sweep.records import read_trials
@@ -194,7 +195,7 @@ def _retrain_on_ray(checked: CheckedSelection, summary: dict[str, Any], address:
         )
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
     folder.home.pull_model(folder.BEST_MODEL)
     return {**metrics, "model_dir": str(folder.file(folder.BEST_MODEL))}
 

@@ -195,12 +195,14 @@ def ray_session():
     """One local Ray for the sweeps of a test module (starting Ray costs seconds each time)."""
     import ray
 
+    from sft_tune.sweep.cluster import stop_ray
+
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     # 4 logical CPUs on 2 cores: room for a trial (0.01) plus its worker even if a stopped trial's
     # placement group is still being cleaned up.
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
-    ray.shutdown()
+    stop_ray()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from sft_tune.core.files import RawData
 from sft_tune.core.prepare import PreparedData, Splits, encoding_key
 from sft_tune.errors import InputError, Problem, fail
 from sft_tune.sweep.checks import CheckedSweep, check_search
-from sft_tune.sweep.cluster import concurrency, start_ray
+from sft_tune.sweep.cluster import concurrency, start_ray, stop_ray
 from sft_tune.sweep.console import ProgressView, sweep_console
 from sft_tune.sweep.encodings import SharedData, start_store
 from sft_tune.sweep.folder import SweepFolder
@@ -107,7 +107,7 @@ def run_search(
             except OSError as err:
                 log.warning("could not copy the sweep's files to %s: %s", folder.location, err)
             if started:
-                ray.shutdown()
+                stop_ray()
 
 
 def encode_checkpoints(sweep: Sweep, raw: RawData) -> list[PreparedData]:

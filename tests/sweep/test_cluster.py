@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import write_space
 
+from sft_tune.sweep.cluster import stop_ray
 from sft_tune.sweep.run import run_search
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -62,6 +63,12 @@ def test_a_sweep_without_address_runs_on_its_own_ray_beside_a_ray_start_cluster(
         assert result.complete and [t.status for t in result.trials] == ["COMPLETE"]
         said = [r.getMessage() for r in caplog.records if r.name == "sft_tune.sweep.cluster"]
         assert any("starts its own local Ray instance" in m and f":{port}" in m for m in said)
+        # Attached to the cluster, stop_ray only disconnects: the cluster's processes go on.
+        import ray
+
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        stop_ray()
+        assert head.poll() is None and written in set(find_gcs_addresses())
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
@@ -70,3 +77,24 @@ def test_a_sweep_without_address_runs_on_its_own_ray_beside_a_ray_start_cluster(
             address_file.unlink(missing_ok=True)
         else:
             address_file.write_text(before)
+
+
+@pytest.mark.ray
+def test_stop_ray_ends_every_process_of_the_local_ray_this_process_started():
+    import ray
+    from ray._private import ray_constants, worker
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        started = [i.process for infos in worker._global_node.all_processes.values() for i in infos]
+        (monitor,) = worker._global_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR]
+        assert monitor.process.poll() is None
+        from sft_tune.compat import end_local_monitor
+
+        end_local_monitor()  # the autoscaler monitor first: the rest of Ray goes on without it
+        assert monitor.process.poll() is not None
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+    finally:
+        stop_ray()
+    assert not ray.is_initialized()
+    assert started and all(p.poll() is not None for p in started)
