@@ -86,6 +86,12 @@ OPTIONS = [
         {"action": "append", "type": _overhead, "metavar": "SECONDS:TRIALS:GOAL"},
     ),
     ("--trials", 3, "part 1: trials of the sweep and configurations back to back"),
+    (
+        "--rounds",
+        1,
+        "part 1: sweep, then back to back, this many times at each size; the median ratio is "
+        "the figure (one round on a shared host can be off by 10%%)",
+    ),
     ("--trial-seconds", float, "part 1: training seconds of one trial (one size, goal 1.05)"),
     ("--asha-trials", 16, "part 2: trials of each of the compared sweeps and none's"),
     ("--asha-sampler", "random", "part 2: sampler of all its sweeps (the same configurations)"),
@@ -425,25 +431,47 @@ def goal(value: float, limit: float, fmt: str, unit: str = "") -> str:
 
 
 def part1(args, setup, cal, folder: Path, log: Path) -> None:
-    """Part 1 at each --overhead size, in turn."""
+    """Part 1 at each --overhead size, in turn, --rounds times each."""
     for seconds, trials, target in args.overhead:
-        overhead(args, setup, cal, folder, log, seconds, trials, target)
+        ratios = [
+            overhead(args, setup, cal, folder, log, seconds, trials, target, r)
+            for r in range(args.rounds)
+        ]
+        if len(ratios) > 1:
+            median = statistics.median(ratios)
+            say(
+                "",
+                f"RATIO median of {len(ratios)} rounds = {median:.3f} "
+                f"({', '.join(f'{r:.3f}' for r in ratios)}): {goal(median, target, '.3f')}",
+            )
 
 
 def overhead(
-    args, setup, cal, folder: Path, log: Path, trial_seconds: float, n_trials: int, target: float
-) -> None:
+    args,
+    setup,
+    cal,
+    folder: Path,
+    log: Path,
+    trial_seconds: float,
+    n_trials: int,
+    target: float,
+    round_: int = 0,
+) -> float:
+    """One round at one size: the sweep, then the same configurations back to back; the ratio."""
     from sft_tune.sweep.records import format_table
 
     steps, epochs, predicted = plan(cal, trial_seconds, args.folds, args.phase1_share)
-    size = f"overhead-{trial_seconds:g}s-{n_trials}"  # one sweep name and cache per size
+    # one sweep name and cache per size and round
+    size = f"overhead-{trial_seconds:g}s-{n_trials}" + (f"-r{round_ + 1}" if round_ else "")
     base = sized(setup["base"], steps, epochs)
     space = write_space(folder, size, base, setup["params"], args, "none", n_trials)
     say(
         "",
         f"== part 1: sweep overhead: {n_trials} trials x {args.folds} folds, phase1.steps "
         f"{steps}, phase2.epochs {epochs} "
-        f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target}) ==",
+        f"(predicted {predicted:.1f} s of training per trial; goal ratio <= {target})"
+        + (f", round {round_ + 1} of {args.rounds}" if args.rounds > 1 else "")
+        + " ==",
     )
     say("   running the sweep (run_search) ...")
     sweep = run_sweep(space, folder / f"cache-{size}-sweep", log, args)
@@ -574,6 +602,7 @@ def overhead(
             f"when-changed {every_step['seconds'] / sweep['seconds']:.3f}); {busy(every_step)}"
         )
     say("", *lines)
+    return ratio
 
 
 def part2(args, setup, cal, folder: Path, log: Path) -> None:
