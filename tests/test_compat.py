@@ -75,6 +75,13 @@ def test_ray_s_private_cluster_helpers_import():
 
     assert callable(state.get_max_resources_from_cluster_config)
     compat.local_cluster_address()  # None or an address: it must not raise
+    # end_local_monitor: the node this process started, and its processes by type
+    from ray._private import node, ray_constants, worker
+
+    assert hasattr(worker, "_global_node") and ray_constants.PROCESS_TYPE_MONITOR == "monitor"
+    source = inspect.getsource(node.Node.__init__)
+    assert "self.head = head" in source and "self.all_processes" in source
+    compat.end_local_monitor()  # no Ray started here: nothing to end, and it must not raise
 
 
 def test_the_versions_it_was_written_for_are_named():

@@ -99,8 +99,10 @@ def stop_ray() -> None:
 
     from sft_tune.compat import end_local_monitor
 
-    end_local_monitor()
-    ray.shutdown()
+    try:
+        end_local_monitor()
+    finally:
+        ray.shutdown()
 
 
 def _running_cluster() -> str | None:
