@@ -6,7 +6,8 @@ Ray Tune's `OptunaSearch` keeps its study and trial handles in private attribute
 `_ot_trials`, `_completed_trials`, `_storage`, `_sampler`, `_study_name`); `StudySearch` is the
 only class that reads them. A restored Tuner's configs have no public accessor
 (ray-project/ray#41364); Tune's experiment-state saving is one private method; a cluster's most
-resources and the address of a local `ray start` come from `ray._private`.
+resources, the address of a local `ray start` and the autoscaler monitor of a local Ray (ended
+before `ray.shutdown`, which waits a second for it) come from `ray._private`.
 
 Imports Ray Tune and Optuna (1.5 s): modules on the checking side import what they need from here
 inside the function that needs it. One private import stays out, for that reason: `upload.py`
