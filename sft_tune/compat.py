@@ -187,9 +187,9 @@ def local_cluster_address() -> str | None:
 def end_local_monitor() -> None:
     """End the autoscaler monitor of the local Ray this process started (nothing when it only
     attached to a cluster), before `ray.shutdown`. Ray 2.60's shutdown stops the raylet and the
-    GCS first, then gives the monitor one second to exit on SIGTERM; in every run measured it did
-    not, and that second was all but 0.07 s of a 1.33-s shutdown. A local Ray's monitor holds nothing to
-    save: it scales no nodes."""
+    GCS first, then gives the monitor one second to exit on SIGTERM; in every run measured it
+    did not, and that second was all but 0.07 s of a 1.33-s shutdown. A local Ray's monitor
+    holds nothing to save: it scales no nodes."""
     from ray._private import ray_constants, worker
 
     node = getattr(worker, "_global_node", None)
