@@ -86,12 +86,7 @@ OPTIONS = [
         {"action": "append", "type": _overhead, "metavar": "SECONDS:TRIALS:GOAL"},
     ),
     ("--trials", 3, "part 1: trials of the sweep and configurations back to back"),
-    (
-        "--rounds",
-        1,
-        "part 1: sweep, then back to back, this many times at each size; the median ratio is "
-        "the figure (one round on a shared host can be off by 10%%)",
-    ),
+    ("--rounds", 1, "part 1: sweep and back to back this many times a size; prints the median"),
     ("--trial-seconds", float, "part 1: training seconds of one trial (one size, goal 1.05)"),
     ("--asha-trials", 16, "part 2: trials of each of the compared sweeps and none's"),
     ("--asha-sampler", "random", "part 2: sampler of all its sweeps (the same configurations)"),
@@ -446,17 +441,7 @@ def part1(args, setup, cal, folder: Path, log: Path) -> None:
             )
 
 
-def overhead(
-    args,
-    setup,
-    cal,
-    folder: Path,
-    log: Path,
-    trial_seconds: float,
-    n_trials: int,
-    target: float,
-    round_: int = 0,
-) -> float:
+def overhead(args, setup, cal, folder: Path, log: Path, trial_seconds, n_trials, target, round_):
     """One round at one size: the sweep, then the same configurations back to back; the ratio."""
     from sft_tune.sweep.records import format_table
 
