@@ -31,7 +31,7 @@ The default rules are `paired`, `forgiving` and `intensify` (any one suffices).
 A trial is never stopped before its first fold, at its last fold (it ends by itself), nor when
 there is no incumbent yet; the incumbent has run all its folds and is never stopped. A stopped
 trial ends like one ASHA stopped: PRUNED in the study, finished before selection if its partial
-mean could still win (`results.contenders`)."""
+mean reaches the best complete mean (`ranking.contenders`)."""
 
 from __future__ import annotations
 
