@@ -21,16 +21,8 @@ from harness import parser  # noqa: E402  (bench/harness.py)
 from sft_tune.sweep import racing  # noqa: E402
 from sft_tune.sweep.racing import RacingScheduler  # noqa: E402
 
-RULE_SETS = [
-    ("paired", "forgiving"),
-    ("forgiving",),
-    ("paired",),
-    ("cannot_win",),
-    ("paired", "forgiving", "cannot_win"),
-    ("intensify",),
-    racing.DEFAULT_RULES,
-    racing.RULES,
-]
+RULE_SETS = [("paired", "forgiving"), ("forgiving",), ("paired",), ("cannot_win",), ("intensify",)]
+RULE_SETS += [("paired", "forgiving", "cannot_win"), racing.DEFAULT_RULES, racing.RULES]
 THRESHOLDS = (0.05, 0.10, 0.20)
 
 
@@ -150,12 +142,8 @@ def main() -> int:
         sys.exit("no sweeps/sched-none-*/events.jsonl under the folders given")
     runs = [(p.parent.name, trials_of(p)) for p in paths]
     print("sweeps:", ", ".join(f"{name} ({len(t)} trials)" for name, t in runs))
-    variants = [(rules, None) for rules in RULE_SETS if "cannot_win" not in rules] + [
-        (rules, threshold)
-        for rules in RULE_SETS
-        if "cannot_win" in rules
-        for threshold in THRESHOLDS
-    ]
+    levels = {True: THRESHOLDS, False: (None,)}  # cannot_win at each level
+    variants = [(rules, t) for rules in RULE_SETS for t in levels["cannot_win" in rules]]
     for rules, threshold in [*variants, (("asha",), None)]:
         if threshold is not None:
             racing.CANNOT_WIN = threshold
@@ -169,12 +157,10 @@ def main() -> int:
                 trained, chosen = replay_asha(trials, folds)
             else:
                 trained, chosen = replay(trials, rules, folds, rope=0.01)
-            gap = (
-                "same choice"
-                if chosen == best
-                else f"{(means[best] - means[chosen]) * 100:+.2f} pt"
+            gap = (means[best] - means[chosen]) * 100
+            cells.append(
+                f"{trained / total:6.1%} " + ("same choice" if chosen == best else f"{gap:+.2f} pt")
             )
-            cells.append(f"{trained / total:6.1%} {gap}")
         name = "+".join(rules) + (f" (P <= {threshold:.2f})" if threshold is not None else "")
         print(f"{name:42s} " + " | ".join(cells))
     if args.orders:
