@@ -38,12 +38,18 @@ def trials_of(events_path: Path) -> list[tuple[str, list[float]]]:
     return [(t, scores[t]) for t in order if scores[t]]  # not one that ended before a fold
 
 
-def replay(trials, rules, folds: int, rope: float) -> tuple[int, str]:
+def arms_of(events_path: Path) -> dict[str, bool]:
+    """Whether each trial of the sweep beside `events_path` runs phase 1 (its trials.json)."""
+    rows = json.loads((events_path.parent / "trials.json").read_text())
+    return {row["trial_id"]: row.get("param:phase1.steps", 1) > 0 for row in rows}
+
+
+def replay(trials, rules, folds: int, rope: float, arms=None) -> tuple[int, str]:
     race = RacingScheduler(folds, "max", rope, 1 / (folds - 1), rules=rules)
-    return _run(trials, folds, lambda t, scores: bool(race.behind(t, scores)), race.complete)
+    return _run(trials, folds, lambda t, s: bool(race.behind(t, s)), race.complete, arms)
 
 
-def replay_asha(trials, folds: int) -> tuple[int, str]:
+def replay_asha(trials, folds: int, arms=None) -> tuple[int, str]:
     """The same fold scores through the ASHA scheduler a sweep makes (`strategy.SCHEDULERS`),
     fed each trial's running CV mean after each fold, as Tune does."""
     from types import SimpleNamespace
@@ -63,13 +69,15 @@ def replay_asha(trials, folds: int) -> tuple[int, str]:
         result = {"training_iteration": len(scores), "cv_mean": statistics.fmean(scores)}
         return asha.on_trial_result(None, trial, result) == TrialScheduler.STOP
 
-    return _run(trials, folds, stop)
+    return _run(trials, folds, stop, None, arms)
 
 
-def _run(trials, folds: int, stop, complete: dict | None = None) -> tuple[int, str]:
+def _run(trials, folds: int, stop, complete=None, arms=None) -> tuple[int, str]:
     """Trials one at a time, each stopped after the first fold where `stop(id, scores)` says so;
-    stopped trials whose partial mean reaches the best complete one finished before selection.
-    `complete` (a scheduler's own record of the trials that ran every fold) is filled in."""
+    then finished before selection, as `ranking.contenders` does: stopped trials whose partial
+    mean reaches the best complete one and, with `arms` ({id: runs phase 1}) holding both arms,
+    the best stopped trial of an arm with none complete. `complete` (a scheduler's own record of
+    the trials that ran every fold) is filled in."""
     complete, stopped, trained = ({} if complete is None else complete), {}, 0
     for trial_id, scores in trials:
         ran = len(scores)
@@ -82,10 +90,14 @@ def _run(trials, folds: int, stop, complete: dict | None = None) -> tuple[int, s
         if ran == len(scores):
             complete[trial_id] = scores
     best = max(statistics.fmean(s) for s in complete.values())
-    for trial_id, partial in stopped.items():
-        if statistics.fmean(partial) >= best:  # a contender: finished before selection
-            trained += folds - len(partial)
-            complete[trial_id] = dict(trials)[trial_id]
+    finished = [t for t, partial in stopped.items() if statistics.fmean(partial) >= best]
+    for arm in (False, True) if arms and len({arms[t] for t, _ in trials}) == 2 else ():
+        pool = [t for t in stopped if arms[t] == arm]
+        if pool and not any(arms[t] == arm for t in [*complete, *finished]):
+            finished.append(max(pool, key=lambda t: statistics.fmean(stopped[t])))
+    for trial_id in finished:
+        trained += folds - len(stopped[trial_id])
+        complete[trial_id] = dict(trials)[trial_id]
     chosen = max(complete, key=lambda t: statistics.fmean(complete[t]))
     return trained, chosen
 
@@ -108,7 +120,7 @@ def orders(runs, count: int, rope: float = 0.01) -> None:
             if other not in default
         ),
     ]
-    for name, trials in runs:
+    for name, trials, arms in runs:
         folds = max(len(s) for _, s in trials)
         means = {t: statistics.fmean(s) for t, s in trials}
         draws = []
@@ -121,7 +133,7 @@ def orders(runs, count: int, rope: float = 0.01) -> None:
         for rules in variants:
             shares, behind = [], []
             for shuffled in draws:
-                trained, chosen = replay(shuffled, rules, folds, rope)
+                trained, chosen = replay(shuffled, rules, folds, rope, arms)
                 shares.append(trained / sum(len(s) for _, s in trials))
                 behind.append(max(means.values()) - means[chosen])
             print(
@@ -140,23 +152,23 @@ def main() -> int:
     )
     if not paths:
         sys.exit("no sweeps/sched-none-*/events.jsonl under the folders given")
-    runs = [(p.parent.name, trials_of(p)) for p in paths]
-    print("sweeps:", ", ".join(f"{name} ({len(t)} trials)" for name, t in runs))
+    runs = [(p.parent.name, trials_of(p), arms_of(p)) for p in paths]
+    print("sweeps:", ", ".join(f"{name} ({len(t)} trials)" for name, t, _ in runs))
     levels = {True: THRESHOLDS, False: (None,)}  # cannot_win at each level
     variants = [(rules, t) for rules in RULE_SETS for t in levels["cannot_win" in rules]]
     for rules, threshold in [*variants, (("asha",), None)]:
         if threshold is not None:
             racing.CANNOT_WIN = threshold
         cells = []
-        for _, trials in runs:
+        for _, trials, arms in runs:
             folds = max(len(s) for _, s in trials)
             total = sum(len(s) for _, s in trials)
             means = {t: statistics.fmean(s) for t, s in trials if len(s) == folds}
             best = max(means, key=means.get)
             if rules == ("asha",):
-                trained, chosen = replay_asha(trials, folds)
+                trained, chosen = replay_asha(trials, folds, arms)
             else:
-                trained, chosen = replay(trials, rules, folds, rope=0.01)
+                trained, chosen = replay(trials, rules, folds, 0.01, arms)
             gap = (means[best] - means[chosen]) * 100
             cells.append(
                 f"{trained / total:6.1%} " + ("same choice" if chosen == best else f"{gap:+.2f} pt")
